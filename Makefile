@@ -1,0 +1,104 @@
+# tide: build, test, check, bench. One build directory per configuration.
+#   make            release build into build/
+#   make test       C unit tests, busted specs, end-to-end specs
+#   make check      the same rebuilt with ASan+UBSan and -Werror, plus lint
+#   make bench      W1-W3, W5 against the plain-LuaJIT floor (never in CI)
+
+BUILD ?= build
+SAN ?=
+PKGS = luajit libuv yajl
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
+PKG_LIBS := $(shell pkg-config --libs $(PKGS))
+WARN = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
+OPT ?= -O2 -g
+CFLAGS_ALL = -std=c11 -D_GNU_SOURCE -fPIC $(OPT) $(WARN) $(EXTRA_CFLAGS) \
+	$(PKG_CFLAGS) -MMD -MP
+LDLIBS_ALL = $(PKG_LIBS) -lm -ldl -lpthread $(EXTRA_LDFLAGS)
+LUAJIT ?= luajit
+
+CORE_SRC = $(wildcard src/*.c)
+CORE_SRC := $(filter-out src/main.c,$(CORE_SRC))
+GLUE_SRC = $(filter-out src/lua/lbundle.c,$(wildcard src/lua/*.c))
+LUA_SRC = $(wildcard lua/tide/*.lua)
+
+OBJ = $(patsubst src/%.c,$(BUILD)/obj/%.o,$(CORE_SRC) $(GLUE_SRC))
+LUA_BC = $(patsubst lua/tide/%.lua,$(BUILD)/obj/bc/tide_%.h,$(LUA_SRC))
+TEST_SRC = $(wildcard spec/c/*.c)
+
+.PHONY: all test check check-build lint bench clean test-c test-lua test-e2e
+
+all: $(BUILD)/tide $(BUILD)/lib/tide/core.so $(BUILD)/test-runner
+
+$(BUILD)/obj/%.o: src/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+# Lua modules are bundled as bytecode with debug info (-g) so tracebacks
+# keep their line numbers.
+$(BUILD)/obj/bc/tide_%.h: lua/tide/%.lua
+	@mkdir -p $(dir $@)
+	$(LUAJIT) -b -g -n tide.$* $< $@
+
+$(BUILD)/obj/bundle.c: $(LUA_SRC) scripts/gen-bundle.sh
+	@mkdir -p $(dir $@)
+	sh scripts/gen-bundle.sh $(LUA_SRC) > $@
+
+$(BUILD)/obj/bundle.o: $(BUILD)/obj/bundle.c $(LUA_BC)
+	$(CC) $(CFLAGS_ALL) -Isrc -Isrc/lua -I$(BUILD)/obj/bc -c $< -o $@
+
+$(BUILD)/tide: $(BUILD)/obj/main.o $(OBJ) $(BUILD)/obj/bundle.o
+	$(CC) $(OPT) $(EXTRA_CFLAGS) -Wl,-E -o $@ $^ $(LDLIBS_ALL)
+
+$(BUILD)/lib/tide/core.so: $(OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(OPT) $(EXTRA_CFLAGS) -shared -o $@ $^ $(PKG_LIBS) -lm -ldl -lpthread
+
+$(BUILD)/test-runner: $(TEST_SRC) $(filter-out $(BUILD)/obj/lua/%,$(OBJ))
+	$(CC) $(CFLAGS_ALL) -Isrc -o $@ $^ $(LDLIBS_ALL)
+
+BUSTED = busted --lua=$(LUAJIT) -o TAP --helper=spec/helpers/init.lua
+
+test-c: all
+	$(BUILD)/test-runner
+
+test-lua: all
+	TIDE_BUILD=$(BUILD) $(SAN_ENV) $(BUSTED) spec/
+
+test-e2e: all
+	TIDE_BUILD=$(BUILD) $(SAN_ENV) $(BUSTED) spec/e2e/
+
+test: test-c test-lua
+
+ASAN_FLAGS = -fsanitize=address,undefined -fno-sanitize-recover=all \
+	-fno-omit-frame-pointer
+ASAN_ENV = LD_PRELOAD=$$($(CC) -print-file-name=libasan.so):$$($(CC) -print-file-name=libubsan.so) \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1
+
+ifeq ($(SAN),thread)
+CHECK_BUILD = build-tsan
+CHECK_FLAGS = -fsanitize=thread
+CHECK_ENV = LD_PRELOAD=$$($(CC) -print-file-name=libtsan.so)
+else
+CHECK_BUILD = build-asan
+CHECK_FLAGS = $(ASAN_FLAGS)
+CHECK_ENV = $(ASAN_ENV)
+endif
+
+check: lint
+	$(MAKE) BUILD=$(CHECK_BUILD) OPT="-O1 -g" \
+		EXTRA_CFLAGS="$(CHECK_FLAGS) -Werror" all
+	$(CHECK_BUILD)/test-runner
+	TIDE_BUILD=$(CHECK_BUILD) $(CHECK_ENV) $(BUSTED) spec/
+	TIDE_GC_STRESS=1 TIDE_BUILD=$(CHECK_BUILD) $(CHECK_ENV) $(BUSTED) spec/
+
+lint:
+	sh scripts/check-layering.sh
+	luacheck -q lua spec bench examples
+
+bench: all
+	sh scripts/bench.sh
+
+clean:
+	rm -rf build build-asan build-tsan build-debug
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,668 @@
+--- The executor: submits contexts to the C engine and runs task bodies.
+--
+-- DESIGN
+-- ------
+-- The C engine (src/sched.c) owns the ready queue, the per-context
+-- counters and the timers; this file owns the values. Each context lives
+-- in a slot; `outputs[slot]` holds its task outputs by task index (index 0
+-- is the context's input). The runner below is the body of every runner
+-- coroutine: it asks the engine for the next operation with `nxt`, runs a
+-- task body under xpcall, stores the output and reports completion in the
+-- same `nxt` call. Per task that is one C call, one xpcall and a few table
+-- reads: no coroutine, no registry ref and no table built in C.
+--
+-- Task indices given by the engine are global (one range per attached
+-- pipeline), so per-task facts sit in flat arrays indexed by them.
+local core = require "tide.core"
+local errors = require "tide.errors"
+local pipeline = require "tide.pipeline"
+
+local json = core.json
+local type, pairs, ipairs, tostring, error, select = type, pairs, ipairs, tostring, error, select
+local xpcall, pcall, setmetatable, next = xpcall, pcall, setmetatable, next
+local traceback, huge, floor = debug.traceback, math.huge, math.floor
+local hrtime = core.hrtime
+local new_error, is_error = errors.new, errors.is
+local jarray = json.array
+local io_stderr = io.stderr
+
+local M = {}
+local Executor = {}
+Executor.__index = Executor
+M.Executor = Executor
+
+local OP_RUN, OP_FINISH, OP_CHILD, OP_FAIL = 1, 2, 3, 4
+local PRIO = { high = 0, low = 1, lifo = 2 }
+M.PRIO = PRIO
+
+local EXEC_OPTS = {
+    threads = true, concurrency = true, task_timeout = true,
+    retention = true, max_results = true, on_done = true,
+}
+
+
+-- The xpcall message handler: keeps the error value and a traceback.
+local function on_error(e)
+    return { e, traceback(type(e) == "string" and e or tostring(e), 2) }
+end
+
+
+-- Why a value cannot be carried as JSON, or nil when it can.
+local function unfit(v)
+    local tv = type(v)
+    if tv == "number" then
+        if v ~= v or v == huge or v == -huge then
+            return "a non-finite number (" .. tostring(v) .. ")"
+        end
+        return nil
+    elseif tv == "table" then
+        local ok, msg = json.encode(v)
+        if ok then return nil end
+        return msg
+    elseif tv == "function" or tv == "thread" or (tv == "userdata") then
+        return "a " .. tv
+    end
+    return nil
+end
+M.unfit = unfit
+
+
+--- Creates an executor.
+-- @param opts { concurrency = n (root contexts in flight, default 10000),
+--   threads = n (reserved for sync tasks), task_timeout = s (default per
+--   attempt), retention = s and max_results = n (how long finished results
+--   are kept) }
+function M.new(opts)
+    opts = opts or {}
+    if type(opts) ~= "table" then
+        error("tide.executor: options must be a table, got " .. type(opts), 2)
+    end
+    for k in pairs(opts) do
+        if not EXEC_OPTS[k] then
+            error("tide.executor: unknown option '" .. tostring(k) .. "'", 2)
+        end
+    end
+    local conc = opts.concurrency or 10000
+    if type(conc) ~= "number" or conc < 1 or conc ~= floor(conc) then
+        error("tide.executor: concurrency must be a whole number >= 1", 2)
+    end
+    if opts.threads ~= nil and (type(opts.threads) ~= "number" or opts.threads < 1) then
+        error("tide.executor: threads must be a number >= 1", 2)
+    end
+    local tt = opts.task_timeout
+    if tt ~= nil and (type(tt) ~= "number" or not (tt > 0)) then
+        error("tide.executor: task_timeout must be a number of seconds > 0", 2)
+    end
+    if opts.on_done ~= nil and type(opts.on_done) ~= "function" then
+        error("tide.executor: on_done must be a function", 2)
+    end
+
+    local ud, E = core.engine(conc)
+    local self = setmetatable({
+        _ud = ud, _E = E, _task_timeout = tt,
+        _retention = opts.retention or 3600,
+        _max_results = opts.max_results or 1000000,
+        _attached = {}, _live = {}, _results = {}, _rorder = {},
+        _rhead = 1, _rtail = 0, _waiters = {}, _next_id = 0,
+        _on_done = opts.on_done, _nsubmitted = 0,
+    }, Executor)
+
+    -- Per global task index.
+    local T_fn, T_pred1, T_preds, T_pnames, T_ctx = {}, {}, {}, {}, {}
+    local T_local, T_map, T_gather_of, T_retry, T_name = {}, {}, {}, {}, {}
+    local T_pipe, T_collect, T_timeout = {}, {}, {}
+    self._T = { fn = T_fn, pred1 = T_pred1, preds = T_preds, pnames = T_pnames,
+                ctx = T_ctx, loc = T_local, map = T_map, gather_of = T_gather_of,
+                retry = T_retry, name = T_name, pipe = T_pipe,
+                collect = T_collect, timeout = T_timeout }
+    -- Per slot.
+    local outputs, ids, kids, parent_of, index_of, data_of, pipe_of, waiting =
+        {}, {}, {}, {}, {}, {}, {}, {}
+    local map_of = {}
+    self._outputs, self._ids, self._pipe_of = outputs, ids, pipe_of
+    self._waiting = waiting
+
+    local nxt, spawn, retry, finalize, release = E.nxt, E.spawn, E.retry, E.finalize, E.release
+
+    -- Builds the value a finished context hands out: its sink's output,
+    -- or a table keyed by sink name when it has several.
+    local function context_output(slot)
+        local p = pipe_of[slot]
+        local outs = outputs[slot]
+        local sinks = p.sinks
+        if #sinks == 1 then return outs[sinks[1]] end
+        local r = {}
+        for i, s in ipairs(sinks) do r[p.sink_names[i]] = outs[s] end
+        return r
+    end
+
+    -- The children of context `slot` all reported: fill in the arrays of
+    -- the sinks inside its maps that no gather collects.
+    local function collect_inner(slot, region)
+        local p = pipe_of[slot]
+        local k = kids[slot]
+        if not k then return end
+        local base = p._gbase
+        for m, sinks in pairs(p.inner_sinks) do
+            if p.tasks[m].region == region then
+                local acc = k[base + m] or {}
+                for _, s in ipairs(sinks) do
+                    local arr = jarray({})
+                    for i = 1, #acc do
+                        local c = acc[i]
+                        if is_error(c) then arr[i] = c else arr[i] = c[s] end
+                    end
+                    outputs[slot][s] = arr
+                end
+            end
+        end
+    end
+
+    local function forget(slot)
+        outputs[slot], kids[slot], parent_of[slot] = nil, nil, nil
+        index_of[slot], data_of[slot], waiting[slot] = nil, nil, nil
+        map_of[slot] = nil
+        ids[slot], pipe_of[slot] = nil, nil
+    end
+    self._forget = forget
+
+    -- A root context ended: hand the result out.
+    local function finish(slot, status, value)
+        local id = ids[slot]
+        forget(slot)
+        release(slot)
+        self._live[id] = nil
+        self:_done(id, status, value)
+    end
+    self._finish = finish
+
+    -- Context `slot` failed for good with rec. A child either becomes an
+    -- error entry of its parent's gather (errors = "collect") or fails
+    -- the parent with the same record. `g` names the attempt that ended.
+    local function fail_context(slot, g, rec)
+        local parent = parent_of[slot]
+        finalize(slot, "failed", g)
+        if not parent then
+            finish(slot, "failed", rec)
+            return
+        end
+        local p = pipe_of[slot]
+        local m = p._gbase + map_of[slot]
+        rec.map_index = rec.map_index or index_of[slot]
+        if T_collect[m] then
+            local k = kids[parent]
+            k[m][index_of[slot]] = rec
+            forget(slot)
+            release(slot)
+        else
+            -- The parent's finalize cancels this child and its siblings
+            -- and frees their slots: do not release it here.
+            forget(slot)
+            fail_context(parent, nil, rec)
+        end
+    end
+
+    -- An attempt failed with rec: retry per policy or fail the context.
+    local function attempt_failed(slot, g, attempt, rec)
+        rec.task = T_name[g]
+        rec.attempts = attempt
+        local r = T_retry[g]
+        local code = rec.code
+        if r and attempt <= r.times and code ~= "EDEADLK" and code ~= "ECANCELED" then
+            local again, delay = true, 0
+            if r.on then
+                local ok, res = pcall(r.on, rec)
+                if not ok then
+                    rec.message = rec.message .. " (and retry.on raised: " .. tostring(res) .. ")"
+                    again = false
+                else
+                    again = res and true or false
+                end
+            end
+            if again then
+                local iv = r.interval
+                if type(iv) == "function" then
+                    local ok, res = pcall(iv, self:_ctx(slot, g, attempt), attempt, rec)
+                    if not ok or type(res) ~= "number" or not (res >= 0) then
+                        rec.message = rec.message .. " (and retry.interval "
+                            .. (ok and ("returned " .. tostring(res) .. ", not seconds >= 0")
+                                or ("raised: " .. tostring(res))) .. ")"
+                        again = false
+                    else
+                        delay = res
+                    end
+                else
+                    delay = iv
+                end
+            end
+            if again then
+                retry(slot, g, delay)
+                return
+            end
+        end
+        fail_context(slot, g, rec)
+    end
+
+    -- Turns what xpcall returned into an error record.
+    local function body_error(g, ok, res, err)
+        if not ok then
+            local e, tb = res[1], res[2]
+            if is_error(e) then
+                return new_error(e.code, e.message, nil, nil, tb)
+            end
+            return new_error("ETASK", type(e) == "string" and e or tostring(e), nil, nil, tb)
+        end
+        if res == nil then
+            if is_error(err) then return new_error(err.code, err.message) end
+            return new_error("ETASK", tostring(err))
+        end
+        return nil
+    end
+
+    local function make_ctx(slot, g, attempt)
+        local d = data_of[slot]
+        if not d then
+            d = {}
+            data_of[slot] = d
+        end
+        local id = ids[slot]
+        local name = T_name[g]
+        local ctx = { id = tostring(id), attempt = attempt, map_index = index_of[slot],
+                      data = d, task = name }
+        ctx.log = function(...)
+            local n = select("#", ...)
+            local parts = {}
+            for i = 1, n do parts[i] = tostring((select(i, ...))) end
+            io_stderr:write("[", tostring(id), " ", name, "] ", table.concat(parts, "\t"), "\n")
+        end
+        return ctx
+    end
+    self._make_ctx = make_ctx
+
+    -- The input of a task with several predecessors (a table keyed by
+    -- predecessor name) or of a gather (an array in map_index order).
+    local function join_input(slot, g, outs)
+        local m = T_gather_of[g]
+        if m then
+            local acc = kids[slot] and kids[slot][m] or {}
+            local preds, names = T_preds[g], T_pnames[g]
+            local arr = jarray({})
+            for i = 1, #acc do
+                local c = acc[i]
+                if is_error(c) then
+                    arr[i] = c
+                elseif #preds == 1 then
+                    arr[i] = c[preds[1]]
+                else
+                    local t = {}
+                    for k = 1, #preds do t[names[k]] = c[preds[k]] end
+                    arr[i] = t
+                end
+            end
+            return arr
+        end
+        local preds, names = T_preds[g], T_pnames[g]
+        local t = {}
+        for k = 1, #preds do t[names[k]] = outs[preds[k]] end
+        return t
+    end
+
+    -- A map task returned `res`: one child context per element.
+    local function fan_out(slot, g, res)
+        local k = kids[slot]
+        if not k then
+            k = {}
+            kids[slot] = k
+        end
+        local n = #res
+        k[g] = {}
+        local p = pipe_of[slot]
+        local loc = T_local[g]
+        local id = ids[slot]
+        for i = 1, n do
+            local c = spawn(slot, g, i)
+            outputs[c] = { [loc] = res[i] }
+            parent_of[c], index_of[c], ids[c], pipe_of[c] = slot, i, id, p
+            map_of[c] = loc
+        end
+    end
+
+    local function runner()
+        local op, a, b, c, d = nxt(0, 0)
+        while true do
+            if op == OP_RUN then
+                local slot, g = a, b
+                local outs = outputs[slot]
+                local p1 = T_pred1[g]
+                local input
+                if p1 then input = outs[p1] else input = join_input(slot, g, outs) end
+                local ok, res, err
+                if T_ctx[g] then
+                    ok, res, err = xpcall(T_fn[g], on_error, input, make_ctx(slot, g, c))
+                else
+                    ok, res, err = xpcall(T_fn[g], on_error, input)
+                end
+                local rec = body_error(g, ok, res, err)
+                if rec == nil then
+                    local why = unfit(res)
+                    if why then
+                        rec = new_error("EVALUE", "task '" .. T_name[g]
+                            .. "' returned a value JSON cannot carry: " .. why)
+                    elseif T_map[g] then
+                        if type(res) ~= "table" then
+                            rec = new_error("EVALUE", "map task '" .. T_name[g]
+                                .. "' must return an array, got " .. type(res))
+                        else
+                            fan_out(slot, g, res)
+                        end
+                    end
+                end
+                if rec == nil then
+                    outs[T_local[g]] = res
+                    op, a, b, c, d = nxt(slot, g)
+                else
+                    attempt_failed(slot, g, c, rec)
+                    op, a, b, c, d = nxt(0, 0)
+                end
+            elseif op == OP_FINISH then
+                collect_inner(a, 0)
+                finish(a, "done", context_output(a))
+                op, a, b, c, d = nxt(0, 0)
+            elseif op == OP_CHILD then
+                -- a = child slot, b = map task, c = parent slot, d = index
+                collect_inner(a, map_of[a])
+                local k = kids[c]
+                if k and k[b] then k[b][d] = outputs[a] end
+                forget(a)
+                release(a)
+                op, a, b, c, d = nxt(0, 0)
+            elseif op == OP_FAIL then
+                -- a = slot, b = task, c = attempt, d = code
+                local msg
+                if d == "ETIMEDOUT" then
+                    msg = "task '" .. T_name[b] .. "' timed out after "
+                        .. tostring(T_timeout[b]) .. " s"
+                elseif d == "EDEADLK" then
+                    local w = waiting[a]
+                    msg = "deadlock: task '" .. T_name[b] .. "' waits for "
+                        .. (w and ("job '" .. tostring(w) .. "'") or "other work")
+                        .. ", which can never finish"
+                else
+                    msg = "attempt failed (" .. tostring(d) .. ")"
+                end
+                attempt_failed(a, b, c, new_error(d, msg))
+                op, a, b, c, d = nxt(0, 0)
+            else
+                op, a, b, c, d = nxt(0, 0)
+            end
+        end
+    end
+    E.set_runner(runner)
+    return self
+end
+
+
+-- Registers pipeline p with this executor's engine (once).
+function Executor:_attach(p)
+    local att = self._attached[p]
+    if att then return att end
+    p:compile()
+    local timeouts = {}
+    for i, t in ipairs(p.tasks) do timeouts[i] = t.timeout or self._task_timeout end
+    local gid, gbase = self._E.attach(p._graph, timeouts)
+    local T = self._T
+    -- Pipelines may be shared by executors: per-executor facts live in a
+    -- shadow table so that p stays immutable.
+    local shadow = setmetatable({ _gbase = gbase }, { __index = p })
+    for i, t in ipairs(p.tasks) do
+        local g = gbase + i
+        T.fn[g] = t.fn
+        T.name[g] = t.name
+        T.loc[g] = i
+        T.ctx[g] = t.nparams >= 2 or nil
+        T.map[g] = t.map or nil
+        T.retry[g] = t.retry
+        T.timeout[g] = timeouts[i]
+        T.pipe[g] = shadow
+        local preds = t.preds
+        if t.gather then
+            T.gather_of[g] = gbase + t.gather_of
+            local pr, pn = {}, {}
+            for k, pi in ipairs(preds) do pr[k], pn[k] = pi, p.tasks[pi].name end
+            T.preds[g], T.pnames[g] = pr, pn
+            if t.errors == "collect" then T.collect[gbase + t.gather_of] = true end
+        elseif #preds == 0 then
+            T.pred1[g] = 0
+        elseif #preds == 1 then
+            T.pred1[g] = preds[1]
+        else
+            local pr, pn = {}, {}
+            for k, pi in ipairs(preds) do pr[k], pn[k] = pi, p.tasks[pi].name end
+            T.preds[g], T.pnames[g] = pr, pn
+        end
+    end
+    att = { gid = gid, gbase = gbase, shadow = shadow }
+    self._attached[p] = att
+    return att
+end
+
+
+function Executor:_ctx(slot, g, attempt)
+    return self._make_ctx(slot, g, attempt)
+end
+
+
+-- Stores a finished context's result and wakes whoever waits for it.
+function Executor:_done(id, status, value)
+    local on_done = self._on_done
+    if on_done then
+        on_done(id, status, value)
+        return
+    end
+    local results = self._results
+    results[id] = { status = status, value = value, t = hrtime() }
+    local tail = self._rtail + 1
+    self._rtail = tail
+    self._rorder[tail] = id
+    self:_evict()
+    local w = self._waiters[id]
+    if w then
+        self._waiters[id] = nil
+        local wake = self._E.wake
+        for _, h in ipairs(w) do wake(h) end
+    end
+end
+
+
+-- Drops the oldest results beyond max_results or older than retention.
+function Executor:_evict()
+    local results, order = self._results, self._rorder
+    local head, tail = self._rhead, self._rtail
+    local now = hrtime()
+    while head <= tail do
+        local id = order[head]
+        local r = results[id]
+        if r and (tail - head + 1 <= self._max_results) and now - r.t < self._retention then
+            break
+        end
+        order[head] = nil
+        if r then results[id] = nil end
+        head = head + 1
+    end
+    self._rhead = head
+end
+
+
+local function check_self(self, fname)
+    if getmetatable(self) ~= Executor then
+        error(fname .. ": call it as ex:" .. fname:match("[%w_]+$") .. "(...), with a colon", 3)
+    end
+end
+
+
+--- Submits one input. Returns its id.
+-- @param opts { id = string (default: generated), priority = "high"|"low"|"lifo" }
+-- @raise on a duplicate id, a bad pipeline or bad options
+function Executor:submit(p, input, opts)
+    check_self(self, "ex:submit")
+    if not pipeline.is(p) then
+        error("ex:submit: argument 1 must be a pipeline (tide.pipeline), got " .. type(p), 2)
+    end
+    local id, prio = nil, PRIO.low
+    if opts ~= nil then
+        if type(opts) ~= "table" then
+            error("ex:submit: options must be a table, got " .. type(opts), 2)
+        end
+        for k in pairs(opts) do
+            if k ~= "id" and k ~= "priority" then
+                error("ex:submit: unknown option '" .. tostring(k) .. "'", 2)
+            end
+        end
+        id = opts.id
+        if id ~= nil then
+            if type(id) == "number" then id = tostring(id) end
+            if type(id) ~= "string" or id == "" then
+                error("ex:submit: id must be a non-empty string", 2)
+            end
+        end
+        if opts.priority ~= nil then
+            prio = PRIO[opts.priority]
+            if not prio then
+                error("ex:submit: priority must be 'high', 'low' or 'lifo', got "
+                      .. tostring(opts.priority), 2)
+            end
+        end
+    end
+    local ok, err = pcall(self._attach, self, p)
+    if not ok then error(err, 2) end
+    if id == nil then
+        repeat
+            self._next_id = self._next_id + 1
+            id = tostring(self._next_id)
+        until self._live[id] == nil and self._results[id] == nil
+    elseif self._live[id] or self._results[id] then
+        error("ex:submit: duplicate id '" .. id .. "'", 2)
+    end
+    return self:_submit(p, input, id, prio)
+end
+
+
+-- Submits without checks (tide.run and the CLI checked already).
+function Executor:_submit(p, input, id, prio)
+    local att = self._attached[p] or self:_attach(p)
+    local slot = self._E.submit(att.gid, prio)
+    self._outputs[slot] = { [0] = input }
+    self._ids[slot] = id
+    self._pipe_of[slot] = att.shadow
+    self._live[id] = slot
+    self._nsubmitted = self._nsubmitted + 1
+    return id
+end
+
+
+--- The status of a job: "pending", "running", "waiting", "done", "failed"
+-- or "cancelled"; `nil, rec, "ENOENT"` for an unknown id.
+function Executor:status(id)
+    check_self(self, "ex:status")
+    local r = self._results[id]
+    if r then return r.status end
+    local slot = self._live[id]
+    if slot then return self._E.status(slot) end
+    return errors.fail("ENOENT", "no job with id '" .. tostring(id) .. "'")
+end
+
+
+local function result_of(r, id)
+    if r.status == "done" then return r.value end
+    local rec = r.value
+    if not is_error(rec) then rec = new_error("ETASK", tostring(rec)) end
+    rec.id = rec.id or id
+    return nil, rec, rec.code
+end
+
+
+--- The output of a job, waiting up to `timeout` seconds (nil: no limit).
+-- Inside a task it waits without blocking the loop (and gives back the
+-- task's concurrency slot); at top level it runs the loop meanwhile.
+-- @return output | nil, rec, code ("EAGAIN" when the wait expired,
+--   "ENOENT" for an unknown id, else the job's own error)
+function Executor:result(id, timeout)
+    check_self(self, "ex:result")
+    if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
+        error("ex:result: timeout must be a number of seconds >= 0", 2)
+    end
+    local r = self._results[id]
+    if r then return result_of(r, id) end
+    local slot = self._live[id]
+    if not slot then
+        return errors.fail("ENOENT", "no job with id '" .. tostring(id) .. "'")
+    end
+    local E = self._E
+    local h = E.handle()
+    if h then
+        -- Inside a task body of this executor: park until woken.
+        local w = self._waiters[id]
+        if not w then
+            w = {}
+            self._waiters[id] = w
+        end
+        w[#w + 1] = h
+        local _, me = E.handle()
+        self._waiting[me] = id
+        E.park(timeout)
+        if self._waiting[me] == id then self._waiting[me] = nil end
+    else
+        local deadline = timeout and (hrtime() + timeout) or nil
+        while not self._results[id] do
+            local left = deadline and (deadline - hrtime()) or 3600
+            if left <= 0 then break end
+            if not E.turn(left) and not self._results[id] then break end
+        end
+    end
+    r = self._results[id]
+    if r then return result_of(r, id) end
+    if self._live[id] then
+        return errors.fail("EAGAIN", "job '" .. tostring(id) .. "' has not finished yet")
+    end
+    return errors.fail("ENOENT", "no job with id '" .. tostring(id) .. "'")
+end
+
+
+--- Cancels a job: its running attempts stop at their yield point, its
+-- children and retry timers go. Returns true, or nil, msg, name for an
+-- unknown or finished job.
+function Executor:cancel(id)
+    check_self(self, "ex:cancel")
+    local slot = self._live[id]
+    if not slot then
+        if self._results[id] then
+            return nil, "EINVAL: job '" .. tostring(id) .. "' has already finished", "EINVAL"
+        end
+        return nil, "ENOENT: no job with id '" .. tostring(id) .. "'", "ENOENT"
+    end
+    self._E.finalize(slot, "cancelled")
+    self._finish(slot, "cancelled", new_error("ECANCELED", "job '" .. tostring(id) .. "' was cancelled"))
+    return true
+end
+
+
+--- Runs the loop until every submitted job finished.
+function Executor:run()
+    check_self(self, "ex:run")
+    self._E.run()
+    return true
+end
+
+
+--- Counters for tests and progress: live, active, queued, timers, ...
+function Executor:stats()
+    return self._E.stats()
+end
+
+
+--- Releases the engine and its loop; the executor cannot be used after.
+function Executor:close()
+    self._E.close()
+end
+
+return M

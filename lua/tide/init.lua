@@ -1,0 +1,55 @@
+--- tide: a workflow engine whose pipelines are Lua scripts.
+-- `local tide = require "tide"`; see README.md for a tour.
+local core = require "tide.core"
+local pipeline = require "tide.pipeline"
+local executor = require "tide.executor"
+local errors = require "tide.errors"
+
+local type, error, pcall = type, error, pcall
+
+local M = { _VERSION = core.version, version = core.version }
+
+M.pipeline = pipeline.new
+M.executor = executor.new
+M.sleep = core.sleep
+M.json = core.json
+M.is_error = errors.is
+M.error_mt = errors.mt
+
+if os.getenv("TIDE_GC_STRESS") == "1" then
+    -- Collect all the time, to shake out missing anchors (STYLE.md 9.9).
+    collectgarbage("setpause", 0)
+end
+
+
+--- Runs every input through p and returns `outputs, errors`, both
+-- indexed like inputs (an input's entry is in one of the two).
+-- @param opts { concurrency = n, task_timeout = s }
+function M.run(p, inputs, opts)
+    if not pipeline.is(p) then
+        error("tide.run: argument 1 must be a pipeline, got " .. type(p), 2)
+    end
+    if type(inputs) ~= "table" then
+        error("tide.run: argument 2 must be an array of inputs, got " .. type(inputs), 2)
+    end
+    opts = opts or {}
+    if type(opts) ~= "table" then
+        error("tide.run: options must be a table, got " .. type(opts), 2)
+    end
+    local ok, err = pcall(p.compile, p)
+    if not ok then error(err, 2) end
+    local outs, errs = {}, {}
+    local ex = executor.new {
+        concurrency = opts.concurrency, task_timeout = opts.task_timeout,
+        on_done = function(id, status, value)
+            if status == "done" then outs[id] = value else errs[id] = value end
+        end,
+    }
+    local low = executor.PRIO.low
+    for i = 1, #inputs do ex:_submit(p, inputs[i], i, low) end
+    ex:run()
+    ex:close()
+    return outs, errs
+end
+
+return M

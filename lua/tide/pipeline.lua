@@ -1,0 +1,227 @@
+--- The pipeline DSL: `tide.pipeline(name)` and `p:task(name, opts, fn)`.
+-- Argument types are checked at the call (raising with the caller's
+-- file:line); names, `after` references and cycles are checked when the
+-- pipeline is compiled, on first use or at the end of loading its file.
+local core = require "tide.core"
+
+local type, pairs, ipairs, error, tostring = type, pairs, ipairs, error, tostring
+local setmetatable, getinfo = setmetatable, debug.getinfo
+local format, concat = string.format, table.concat
+
+local M = {}
+local Pipeline = {}
+Pipeline.__index = Pipeline
+M.Pipeline = Pipeline
+
+local KNOWN_OPTS = {
+    after = true, retry = true, timeout = true, map = true, gather = true,
+    errors = true, kind = true,
+}
+
+
+local function where(level)
+    local info = getinfo(level + 1, "Sl")
+    if not info then return "?" end
+    return info.short_src .. ":" .. (info.currentline or 0)
+end
+
+
+local function argerr(fname, msg)
+    error(fname .. ": " .. msg, 3)
+end
+
+
+--- Creates an empty pipeline.
+-- @raise when name is not a non-empty string
+function M.new(name)
+    if type(name) ~= "string" or name == "" then
+        error("tide.pipeline: name must be a non-empty string, got "
+              .. type(name), 2)
+    end
+    return setmetatable({ name = name, tasks = {}, _where = where(2) },
+                        Pipeline)
+end
+
+
+function M.is(v)
+    return type(v) == "table" and getmetatable(v) == Pipeline
+end
+
+
+local function check_retry(r, fname)
+    if r == nil then return nil end
+    if type(r) == "number" then
+        if r < 0 or r ~= math.floor(r) or r > 1e6 then
+            argerr(fname, "retry must be a whole number >= 0, got " .. tostring(r))
+        end
+        return { times = r, interval = 0 }
+    end
+    if type(r) ~= "table" then
+        argerr(fname, "retry must be a number or a table, got " .. type(r))
+    end
+    for k in pairs(r) do
+        if k ~= "times" and k ~= "interval" and k ~= "on" then
+            argerr(fname, "unknown retry option '" .. tostring(k) .. "'")
+        end
+    end
+    local times = r.times or 1
+    if type(times) ~= "number" or times < 0 or times ~= math.floor(times) then
+        argerr(fname, "retry.times must be a whole number >= 0")
+    end
+    local iv = r.interval or 0
+    if type(iv) == "number" then
+        if iv < 0 or iv ~= iv then argerr(fname, "retry.interval must be >= 0") end
+    elseif type(iv) ~= "function" then
+        argerr(fname, "retry.interval must be a number or a function")
+    end
+    if r.on ~= nil and type(r.on) ~= "function" then
+        argerr(fname, "retry.on must be a function")
+    end
+    return { times = times, interval = iv, on = r.on }
+end
+
+
+--- Declares a task. `opts` may be omitted: `p:task(name, fn)`.
+-- @return the pipeline, so declarations can chain
+-- @raise on wrong argument types or unknown options
+function Pipeline:task(name, opts, fn)
+    local fname = "p:task"
+    if getmetatable(self) ~= Pipeline then
+        error("p:task: call it as p:task(...), with a colon", 2)
+    end
+    if fn == nil and type(opts) == "function" then opts, fn = {}, opts end
+    if type(name) ~= "string" or name == "" then
+        argerr(fname, "task name must be a non-empty string, got " .. type(name))
+    end
+    if opts == nil then opts = {} end
+    if type(opts) ~= "table" then
+        argerr(fname, "options for task '" .. name .. "' must be a table, got " .. type(opts))
+    end
+    if type(fn) ~= "function" then
+        argerr(fname, "task '" .. name .. "' needs a function body, got " .. type(fn))
+    end
+    if self._graph then
+        argerr(fname, "pipeline '" .. self.name .. "' is already compiled; "
+               .. "declare every task before first use")
+    end
+    for k in pairs(opts) do
+        if not KNOWN_OPTS[k] then
+            argerr(fname, "task '" .. name .. "': unknown option '" .. tostring(k) .. "'")
+        end
+    end
+    local after = opts.after
+    if type(after) == "string" then
+        after = { after }
+    elseif after == nil then
+        after = {}
+    elseif type(after) == "table" then
+        for i, a in ipairs(after) do
+            if type(a) ~= "string" then
+                argerr(fname, "task '" .. name .. "': after[" .. i .. "] must be a task name")
+            end
+        end
+    else
+        argerr(fname, "task '" .. name .. "': after must be a name or a list of names")
+    end
+    local timeout = opts.timeout
+    if timeout ~= nil and (type(timeout) ~= "number" or not (timeout > 0)) then
+        argerr(fname, "task '" .. name .. "': timeout must be a number of seconds > 0")
+    end
+    for _, k in ipairs({ "map", "gather" }) do
+        if opts[k] ~= nil and type(opts[k]) ~= "boolean" then
+            argerr(fname, "task '" .. name .. "': " .. k .. " must be a boolean")
+        end
+    end
+    local errors = opts.errors
+    if errors ~= nil then
+        if errors ~= "fail" and errors ~= "collect" then
+            argerr(fname, "task '" .. name .. "': errors must be 'fail' or 'collect'")
+        end
+        if not opts.gather then
+            argerr(fname, "task '" .. name .. "': errors applies to gather tasks only")
+        end
+    end
+    local kind = opts.kind or "async"
+    if kind ~= "async" then
+        if kind == "sync" or kind == "native" or kind == "exec" then
+            argerr(fname, "task '" .. name .. "': kind '" .. kind
+                   .. "' is not available in this version of tide (only 'async')")
+        end
+        argerr(fname, "task '" .. name .. "': unknown kind '" .. tostring(kind) .. "'")
+    end
+    local t = {
+        name = name, after = after, fn = fn, timeout = timeout,
+        retry = check_retry(opts.retry, fname), map = opts.map or false,
+        gather = opts.gather or false, errors = errors or "fail", kind = kind,
+        where = where(2), nparams = getinfo(fn, "u").nparams,
+    }
+    self.tasks[#self.tasks + 1] = t
+    return self
+end
+
+
+--- Compiles the pipeline once: checks names, `after` and cycles, and
+-- computes the order. Returns the pipeline.
+-- @raise with file:line of the task at fault
+function Pipeline:compile()
+    if self._graph then return self end
+    local specs = {}
+    for i, t in ipairs(self.tasks) do
+        specs[i] = { name = t.name, after = t.after, map = t.map, gather = t.gather }
+    end
+    if #specs == 0 then
+        error(format("%s: pipeline '%s' has no tasks", self._where, self.name), 0)
+    end
+    local g, msg, bad = core.compile(specs)
+    if not g then
+        local loc = bad and bad > 0 and self.tasks[bad].where or self._where
+        if msg:match("^duplicate") then
+            -- Name both declarations.
+            local first
+            for _, t in ipairs(self.tasks) do
+                if t.name == self.tasks[bad].name then first = t break end
+            end
+            msg = msg:gsub(" %(also task #%d+%)", " (first declared at " .. first.where .. ")")
+        end
+        error(format("%s: pipeline '%s': %s", loc, self.name, msg), 0)
+    end
+    self._graph = g
+    local info = core.graph_info(g)
+    local byname = {}
+    for i, t in ipairs(self.tasks) do
+        byname[t.name] = i
+        t.index = i
+        local gi = info[i]
+        t.preds, t.succs, t.depth = gi.preds, gi.succs, gi.depth
+        t.region, t.gather_of = gi.region, gi.gather_of
+    end
+    self.byname = byname
+    -- Sinks and, per map, the sinks inside its region that no gather
+    -- collects: their values reach the parent as arrays.
+    local sinks, inner = {}, {}
+    for i, t in ipairs(self.tasks) do
+        if #t.succs == 0 then
+            sinks[#sinks + 1] = i
+            -- Walk up the chain of maps that enclose this sink.
+            local r = t.region
+            while r ~= 0 do
+                inner[r] = inner[r] or {}
+                inner[r][#inner[r] + 1] = i
+                r = self.tasks[r].region
+            end
+        end
+    end
+    self.sinks, self.inner_sinks = sinks, inner
+    local names = {}
+    for i, s in ipairs(sinks) do names[i] = self.tasks[s].name end
+    self.sink_names = names
+    return self
+end
+
+
+function Pipeline:__tostring()
+    return "tide.pipeline(" .. self.name .. ")"
+end
+
+M.concat = concat
+return M

@@ -1,0 +1,297 @@
+/* Internal declarations shared by tide's C core and glue (never installed). */
+#ifndef TIDE_INTERNAL_H
+#define TIDE_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <uv.h>
+
+#include "tide.h"
+
+#define TIDE_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define TIDE_UNUSED(x) ((void)(x))
+#define tide__container_of(ptr, type, field) \
+    ((type *)((char *)(ptr) - offsetof(type, field)))
+
+#if defined(__GNUC__)
+#define tide__likely(x) __builtin_expect(!!(x), 1)
+#define tide__unlikely(x) __builtin_expect(!!(x), 0)
+#else
+#define tide__likely(x) (x)
+#define tide__unlikely(x) (x)
+#endif
+
+/* Assertions always run: a broken invariant in a scheduler is worth a crash
+ * with a location, not silent corruption. */
+#define TIDE_ASSERT(e)                                                     \
+    (tide__likely(e) ? (void)0 : tide__assert_fail(#e, __FILE__, __LINE__))
+void tide__assert_fail(const char *expr, const char *file, int line);
+
+/* ===== ALLOCATION ===== */
+
+/* Out of memory is fatal: these print a message and abort instead of
+ * returning NULL, so callers never check. */
+void *tide__xmalloc(size_t n);
+void *tide__xcalloc(size_t n, size_t size);
+void *tide__xrealloc(void *p, size_t n);
+char *tide__xstrdup(const char *s);
+
+/* ===== GRAPH (graph.c) ===== */
+
+enum {
+    TIDE__T_MAP = 1,    /* output array fans out into child contexts */
+    TIDE__T_GATHER = 2, /* waits for the children of one map */
+};
+
+typedef struct {
+    uint32_t npreds, nsuccs;
+    uint32_t *preds;        /* local indices of predecessors */
+    uint32_t *succs;        /* local indices of successors */
+    uint32_t depth;         /* longest distance to a sink */
+    uint32_t region;        /* map task whose children run this task; 0 = root */
+    uint32_t flags;         /* TIDE__T_* */
+    uint32_t init_pending;  /* predecessor counter at context start */
+    uint32_t gather_of;     /* for a gather: the map it waits on */
+} tide__gtask;
+
+/* A compiled pipeline: immutable once tide__graph_compile returned 0.
+ * Tasks are numbered 1..n in declaration order; index 0 stands for the
+ * context's input. */
+typedef struct {
+    uint32_t n;
+    tide__gtask *t;      /* n + 1 entries; t[0] is unused */
+    uint32_t *region_size; /* n + 1 entries: tasks per region (0 = root) */
+    uint32_t *roots;     /* per region, a list: see tide__graph_roots */
+    uint32_t *roots_off; /* n + 2 offsets into roots, per region */
+    uint32_t nsinks;
+    uint32_t maxdepth;
+    char **names;        /* n + 1 entries, names[0] is unused */
+} tide__graph;
+
+/* Describes one task to tide__graph_compile. */
+typedef struct {
+    const char *name;
+    const char **after;  /* names of predecessors, nafter entries */
+    uint32_t nafter;
+    uint32_t flags;
+} tide__gspec;
+
+/* Compiles n task specs into *out. Returns 0, or a negative TIDE_E* code
+ * with a message in err (errlen bytes) and the 1-based index of the task
+ * that the message is about in *bad (0 when it is about no single task).
+ * The specs are borrowed; *out owns copies of everything it needs and is
+ * released with tide__graph_free. */
+int tide__graph_compile(const tide__gspec *specs, uint32_t n,
+                        tide__graph *out, char *err, size_t errlen,
+                        uint32_t *bad);
+void tide__graph_free(tide__graph *g);
+
+/* ===== READY QUEUE (rq.c) ===== */
+
+enum { TIDE__PRIO_HIGH = 0, TIDE__PRIO_LOW = 1, TIDE__PRIO_LIFO = 2,
+       TIDE__NPRIO = 3 };
+
+#define TIDE__RQ_DEPTHS 64
+
+typedef struct {
+    uint64_t *buf;
+    uint32_t cap;  /* power of two */
+    uint32_t head; /* index of the first entry */
+    uint32_t len;
+} tide__ring;
+
+/* Ready (context, task) pairs, popped by priority class first (high, low,
+ * lifo), then by distance to a sink (nearest first), then in the order
+ * they became ready (FIFO; the lifo class pops the newest). */
+typedef struct {
+    tide__ring b[TIDE__NPRIO][TIDE__RQ_DEPTHS];
+    uint64_t nonempty[TIDE__NPRIO]; /* bit d set: bucket d has entries */
+    size_t len;
+} tide__rq;
+
+void tide__rq_init(tide__rq *q);
+void tide__rq_free(tide__rq *q);
+void tide__rq_push(tide__rq *q, int prio, uint32_t depth, uint64_t v);
+/* Pops the first entry into *v; returns 0, or -1 when the queue is empty. */
+int tide__rq_pop(tide__rq *q, uint64_t *v);
+
+void tide__ring_push(tide__ring *r, uint64_t v);
+int tide__ring_shift(tide__ring *r, uint64_t *v);
+int tide__ring_pop(tide__ring *r, uint64_t *v);
+void tide__ring_free(tide__ring *r);
+
+/* ===== TIMER HEAP (heap.c) ===== */
+
+typedef struct tide__tentry {
+    uint64_t due;   /* uv_now() milliseconds */
+    uint64_t seq;   /* ties break in insertion order */
+    uint32_t pos;   /* index in the heap, UINT32_MAX when not in it */
+    int kind;
+    void *data;
+} tide__tentry;
+
+/* A binary min-heap of borrowed entries, ordered by (due, seq). Entries
+ * record their own position so removal is O(log n). */
+typedef struct {
+    tide__tentry **h;
+    uint32_t len, cap;
+    uint64_t seq;
+} tide__heap;
+
+void tide__heap_init(tide__heap *hp);
+void tide__heap_free(tide__heap *hp);
+void tide__heap_insert(tide__heap *hp, tide__tentry *e);
+void tide__heap_remove(tide__heap *hp, tide__tentry *e);
+tide__tentry *tide__heap_peek(const tide__heap *hp);
+static inline int tide__tentry_armed(const tide__tentry *e) {
+    return e->pos != UINT32_MAX;
+}
+
+/* ===== SCHEDULER (sched.c) ===== */
+
+#define TIDE__CTX_STATUS_MAP(XX) \
+    XX(PENDING, "pending")       \
+    XX(RUNNING, "running")       \
+    XX(WAITING, "waiting")       \
+    XX(DONE, "done")             \
+    XX(FAILED, "failed")         \
+    XX(CANCELLED, "cancelled")
+
+enum {
+#define XX(name, str) TIDE__CTX_##name,
+    TIDE__CTX_STATUS_MAP(XX)
+#undef XX
+};
+const char *tide__ctx_status_name(int status);
+
+/* What tide__eng_next hands to the Lua runner. */
+enum {
+    TIDE__OP_NONE = 0,
+    TIDE__OP_RUN = 1,    /* run task `task` of context `slot`, `attempt` */
+    TIDE__OP_FINISH = 2, /* root context `slot` completed all its tasks */
+    TIDE__OP_CHILD = 3,  /* child `slot` of `parent` (map `task`) completed */
+    TIDE__OP_FAIL = 4,   /* attempt (`slot`, `task`) failed with `code` */
+};
+
+typedef struct {
+    int op;
+    uint32_t slot, task, attempt, parent, map_index;
+    int code;
+} tide__op;
+
+enum {
+    TIDE__ATT_RUNNING = 1, /* started (with a deadline) or being resumed */
+    TIDE__ATT_PARKED,      /* its coroutine yielded to the engine */
+    TIDE__ATT_READY,       /* in the resume queue */
+    TIDE__ATT_RETRY,       /* waiting for its next attempt; no coroutine */
+};
+
+enum { TIDE__TM_DEADLINE = 1, TIDE__TM_WAKE, TIDE__TM_RETRY, TIDE__TM_NOOP };
+
+/* An attempt record. Plain attempts of tasks without a timeout have none:
+ * one is made when the attempt has a deadline, yields, or waits for a
+ * retry. The engine owns it; it is found by index + generation ("handle")
+ * so late wake-ups of a recycled record are recognised. */
+typedef struct tide__att {
+    uint32_t idx, gen;
+    uint32_t slot, task, attempt; /* task is the global index */
+    int state;
+    int result;                   /* what a resume passes: see lrun.c */
+    uint32_t gave;                /* root slot whose concurrency slot it gave back, or 0 */
+    void *co;                     /* the parked coroutine (glue-owned) */
+    int co_ref;                   /* its anchor, managed by the glue */
+    tide__tentry deadline;        /* per-attempt timeout */
+    tide__tentry wake;            /* sleep/park timer, or the retry time */
+    struct tide__att *next_in_ctx, *prev_in_ctx;
+    uint32_t next_free;
+} tide__att;
+
+typedef struct {
+    uint32_t slot;
+    uint32_t parent;     /* slot of the parent context, 0 for a root */
+    uint32_t map_task;   /* local index of the map that made this child */
+    uint32_t map_index;  /* 1-based position in the map's output */
+    uint32_t graph;      /* index into eng->graphs */
+    uint32_t gbase;      /* global index of task 0 */
+    uint8_t status, prio, admitted, released;
+    uint32_t given;      /* parked waiters that gave its concurrency slot back */
+    uint32_t remaining;  /* tasks of its region not done yet */
+    uint32_t maps_out;   /* maps whose children have not all finished */
+    uint32_t nqueued;    /* its entries in the ready queue */
+    uint32_t nrunning;   /* attempts started and not finished */
+    uint32_t nretry;     /* attempts waiting for a retry timer */
+    uint32_t first_child, next_sibling, prev_sibling;
+    uint32_t *pending;   /* per task: predecessors not done */
+    uint32_t *kids;      /* per task: a map's unfinished children */
+    uint16_t *attempt;   /* per task: current attempt number */
+    tide__att *atts;     /* attempt records of this context */
+} tide__ctx;
+
+typedef struct tide__eng tide__eng;
+
+struct tide__eng {
+    uv_loop_t *loop;
+    uv_timer_t timer;     /* armed for the heap's first entry */
+    uv_idle_t idle;       /* active while there is work to drain */
+    tide__rq rq;
+    tide__heap heap;
+    tide__graph **graphs; /* borrowed: owned by the Lua pipeline objects */
+    uint32_t *gbase;      /* global index of each graph's task 0 */
+    uint32_t ngraphs;
+    uint32_t ntasks;      /* global task indices in use (0 is unused) */
+    double *timeout_ms;   /* per global task; 0 = none */
+    uint32_t *gtask_graph;/* per global task: its graph */
+    tide__ctx **ctx;      /* by slot; ctx[0] is unused */
+    uint32_t nslots, *free_slots, nfree;
+    tide__ring admit[TIDE__NPRIO];
+    uint32_t concurrency, nactive, nlive;
+    tide__att **atts;     /* by index; atts[0] is unused */
+    uint32_t natts, att_free;
+    tide__ring resumeq;   /* att indices ready to resume */
+    tide__ring doneq;     /* contexts that completed: slots */
+    tide__ring failq;     /* att indices whose attempt the engine failed */
+    tide__att *cur;       /* attempt record of the running body, if any */
+    uint32_t cur_slot, cur_task;
+    uint64_t slice_end;   /* uv_hrtime() at which a drain should stop */
+    uint32_t slice_count;
+    int draining, closing;
+    /* The glue drops an abandoned coroutine's anchor here. */
+    void (*drop_co)(tide__eng *eng, tide__att *att);
+    void (*kick)(tide__eng *eng); /* work became ready: start draining */
+};
+
+int tide__eng_init(tide__eng *eng, uv_loop_t *loop, uint32_t concurrency);
+/* Frees everything the engine owns; the loop's handles must already be
+ * closed by the glue (the engine embeds them). */
+void tide__eng_free(tide__eng *eng);
+uint32_t tide__eng_attach(tide__eng *eng, tide__graph *g,
+                          const double *timeout_ms);
+uint32_t tide__eng_submit(tide__eng *eng, uint32_t graph, int prio);
+uint32_t tide__eng_spawn(tide__eng *eng, uint32_t parent, uint32_t gtask,
+                         uint32_t map_index);
+void tide__eng_next(tide__eng *eng, tide__op *op);
+void tide__eng_complete(tide__eng *eng, uint32_t slot, uint32_t gtask);
+void tide__eng_retry(tide__eng *eng, uint32_t slot, uint32_t gtask,
+                     double delay_ms);
+void tide__eng_finalize(tide__eng *eng, uint32_t slot, int status);
+void tide__eng_release(tide__eng *eng, uint32_t slot);
+void tide__eng_fail(tide__eng *eng, uint32_t slot, uint32_t gtask,
+                    int status);
+int tide__eng_status(tide__eng *eng, uint32_t slot);
+tide__att *tide__eng_current_att(tide__eng *eng);
+tide__att *tide__eng_att_get(tide__eng *eng, double handle);
+double tide__eng_att_handle(const tide__att *att);
+void tide__eng_park(tide__eng *eng, tide__att *att, double timeout_ms,
+                    int give_slot);
+void tide__eng_wake(tide__eng *eng, tide__att *att, int result);
+void tide__eng_abandon(tide__eng *eng, tide__att *att, int code);
+void tide__eng_yielded(tide__eng *eng, tide__att *att);
+int tide__eng_break_deadlocks(tide__eng *eng);
+void tide__eng_noop_timer(tide__eng *eng, tide__tentry *e, double ms);
+void tide__eng_arm(tide__eng *eng);
+int tide__eng_has_work(const tide__eng *eng);
+
+#endif

@@ -1,0 +1,641 @@
+/* The engine as a Lua object, and the one place that resumes coroutines.
+ *
+ * DESIGN
+ * ------
+ * An engine userdata embeds the scheduler (sched.c) and its own uv loop.
+ * Its functions are closures with the userdata as upvalue 1, so the
+ * runner's hot calls (nxt) need no argument checks. The userdata's
+ * environment table anchors what it needs from Lua: [1] a set of every
+ * runner coroutine (thread -> true), [2] the runner function, [3] the
+ * graphs attached. Because these anchors hang off the userdata rather
+ * than the registry, an engine nobody references is collected with its
+ * coroutines; __gc then closes its loop.
+ *
+ * Runners: a runner coroutine loops calling nxt(), which yields (an
+ * "idle" yield) when there is nothing to do. A task body that calls a
+ * yielding engine function (tide.sleep, park) suspends the whole runner:
+ * the attempt record keeps that coroutine and the drain takes another
+ * runner (from the idle list, or a new one). When the attempt is woken,
+ * the drain resumes its coroutine, which finishes the body and goes on as
+ * an ordinary runner. leng_resume below is the only lua_resume in tide. */
+#include <math.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "../internal.h"
+#include "lglue.h"
+
+enum { Y_NONE = 0, Y_IDLE, Y_BLOCKED };
+enum { ENV_RUNNERS = 1, ENV_RUNNER_FN = 2, ENV_GRAPHS = 3 };
+
+typedef struct leng {
+    tide__eng eng;
+    uv_loop_t loop;
+    lua_State *L;      /* the thread of the current entry call */
+    int env;           /* stack index of the env table on L, or 0 */
+    lua_State *running;/* the coroutine being resumed */
+    int yield_kind;
+    int in_run, closed, nclosing;
+    lua_State **idle;
+    uint32_t nidle, idle_cap;
+    tide__tentry waitt;/* wakes a top-level wait (turn) */
+} leng;
+
+static _Thread_local leng *leng_current; /* engine draining now */
+
+#define LENG_UP(L) ((leng *)lua_touserdata((L), lua_upvalueindex(1)))
+
+/* Makes L the thread the glue may use for the rest of this call, with the
+ * engine's env table pushed on it. */
+static void leng_enter(lua_State *L, leng *e) {
+    e->L = L;
+    lua_getfenv(L, lua_upvalueindex(1));
+    e->env = lua_gettop(L);
+}
+
+static void leng_check_open(lua_State *L, leng *e) {
+    if (e->closed)
+        luaL_error(L, "tide: the executor was closed");
+}
+
+/* Removes a coroutine's anchor: it is never resumed again and the GC
+ * takes it. Needs leng_enter. */
+static void leng_unanchor(leng *e, lua_State *co) {
+    lua_State *L = e->L;
+    TIDE_ASSERT(e->env != 0);
+    lua_rawgeti(L, e->env, ENV_RUNNERS);
+    lua_pushthread(co);
+    lua_xmove(co, L, 1);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+}
+
+static void leng_drop_co(tide__eng *eng, tide__att *a) {
+    leng *e = tide__container_of(eng, leng, eng);
+    lua_State *co = a->co;
+    a->co = NULL;
+    if (co)
+        leng_unanchor(e, co);
+}
+
+static void leng_on_idle(uv_idle_t *h);
+
+static void leng_kick(tide__eng *eng) {
+    if (!uv_is_active((uv_handle_t *)&eng->idle))
+        uv_idle_start(&eng->idle, leng_on_idle);
+}
+
+static lua_State *leng_new_runner(leng *e) {
+    lua_State *L = e->L;
+    lua_rawgeti(L, e->env, ENV_RUNNERS);
+    lua_State *co = lua_newthread(L);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+    lua_rawgeti(L, e->env, ENV_RUNNER_FN);
+    lua_xmove(L, co, 1);
+    return co;
+}
+
+static void leng_report(leng *e, lua_State *co, const char *what) {
+    const char *msg = lua_tostring(co, -1);
+    luaL_traceback(e->L, co, msg ? msg : "(error object is not a string)",
+                   0);
+    fprintf(stderr, "tide: internal error %s: %s\n", what,
+            lua_tostring(e->L, -1));
+    lua_pop(e->L, 1);
+}
+
+/* The one resume site. Resumes co with nargs values already pushed on it
+ * and files it by why it stopped. */
+static void leng_resume(leng *e, lua_State *co, int nargs) {
+    tide__eng *eng = &e->eng;
+    e->running = co;
+    e->yield_kind = Y_NONE;
+    int rc = lua_resume(co, nargs);
+    e->running = NULL;
+    if (rc == LUA_YIELD) {
+        lua_settop(co, 0);
+        if (e->yield_kind == Y_IDLE) {
+            if (e->nidle == e->idle_cap) {
+                e->idle_cap = e->idle_cap ? e->idle_cap * 2 : 16;
+                e->idle = tide__xrealloc(e->idle,
+                                         e->idle_cap * sizeof(*e->idle));
+            }
+            e->idle[e->nidle++] = co;
+        } else if (e->yield_kind == Y_BLOCKED) {
+            tide__att *a = eng->cur;
+            TIDE_ASSERT(a != NULL);
+            a->co = co;
+            tide__eng_yielded(eng, a);
+        } else {
+            /* A body called coroutine.yield() itself: a cooperative
+             * yield. It is resumed, with no values, on a later turn. */
+            tide__att *a = tide__eng_current_att(eng);
+            if (a == NULL) {
+                fprintf(stderr, "tide: coroutine.yield() outside a task "
+                                "body; the runner is dropped\n");
+                leng_unanchor(e, co);
+                return;
+            }
+            a->co = co;
+            a->state = TIDE__ATT_PARKED;
+            tide__eng_yielded(eng, a);
+            if (a->co)
+                tide__eng_wake(eng, a, 1);
+        }
+        return;
+    }
+    if (rc == 0)
+        fprintf(stderr, "tide: internal error: a runner returned\n");
+    else
+        leng_report(e, co, "in the runner");
+    leng_unanchor(e, co);
+}
+
+/* Runs ready work until there is none or the time slice (1 ms) is over;
+ * called from the idle handle, with e->L and e->env set by the entry call
+ * that is running the loop. */
+static void leng_drain(leng *e) {
+    tide__eng *eng = &e->eng;
+    leng *prev = leng_current;
+    leng_current = e;
+    eng->draining = 1;
+    eng->slice_end = uv_hrtime() + 1000000;
+    for (;;) {
+        uint64_t h;
+        while (tide__ring_shift(&eng->resumeq, &h) == 0) {
+            tide__att *a = tide__eng_att_get(
+                eng, (double)(uint32_t)h + (double)(h >> 32) * 4294967296.0);
+            if (a == NULL || a->state != TIDE__ATT_READY || a->co == NULL)
+                continue;
+            lua_State *co = a->co;
+            a->co = NULL;
+            a->state = TIDE__ATT_RUNNING;
+            eng->cur = a;
+            eng->cur_slot = a->slot;
+            eng->cur_task = a->task;
+            lua_pushboolean(co, a->result);
+            leng_resume(e, co, 1);
+        }
+        if (!eng->rq.len && !eng->doneq.len && !eng->failq.len)
+            break;
+        if (uv_hrtime() > eng->slice_end)
+            break;
+        lua_State *co = e->nidle ? e->idle[--e->nidle] : leng_new_runner(e);
+        eng->cur = NULL;
+        eng->cur_slot = 0;
+        leng_resume(e, co, 0);
+        if (uv_hrtime() > eng->slice_end)
+            break;
+    }
+    eng->draining = 0;
+    leng_current = prev;
+    if (!tide__eng_has_work(eng))
+        uv_idle_stop(&eng->idle);
+}
+
+static void leng_on_idle(uv_idle_t *h) {
+    tide__eng *eng = tide__container_of(h, tide__eng, idle);
+    leng *e = tide__container_of(eng, leng, eng);
+    if (e->L == NULL || e->env == 0) {
+        uv_idle_stop(h); /* nobody is running the loop from Lua */
+        return;
+    }
+    leng_drain(e);
+}
+
+/* ===== THE RUNNER'S FUNCTIONS (upvalue 1: the engine) ===== */
+
+/* nxt(slot, task): completes (slot, task) when slot > 0, then returns the
+ * next operation: op, slot, task, attempt|parent, map_index|code. Yields
+ * (idle) when there is nothing to do. */
+static int l_nxt(lua_State *L) {
+    leng *e = LENG_UP(L);
+    tide__eng *eng = &e->eng;
+    uint32_t slot = (uint32_t)lua_tointeger(L, 1);
+    if (slot)
+        tide__eng_complete(eng, slot, (uint32_t)lua_tointeger(L, 2));
+    tide__op op;
+    tide__eng_next(eng, &op);
+    switch (op.op) {
+    case TIDE__OP_RUN:
+        lua_pushinteger(L, TIDE__OP_RUN);
+        lua_pushinteger(L, op.slot);
+        lua_pushinteger(L, op.task);
+        lua_pushinteger(L, op.attempt);
+        return 4;
+    case TIDE__OP_FINISH:
+        lua_pushinteger(L, TIDE__OP_FINISH);
+        lua_pushinteger(L, op.slot);
+        return 2;
+    case TIDE__OP_CHILD:
+        lua_pushinteger(L, TIDE__OP_CHILD);
+        lua_pushinteger(L, op.slot);
+        lua_pushinteger(L, op.task);
+        lua_pushinteger(L, op.parent);
+        lua_pushinteger(L, op.map_index);
+        return 5;
+    case TIDE__OP_FAIL:
+        lua_pushinteger(L, TIDE__OP_FAIL);
+        lua_pushinteger(L, op.slot);
+        lua_pushinteger(L, op.task);
+        lua_pushinteger(L, op.attempt);
+        lua_pushstring(L, tide_err_name(op.code));
+        return 5;
+    default:
+        if (L != e->running)
+            return 0; /* called outside the drain: nothing to do */
+        e->yield_kind = Y_IDLE;
+        return lua_yield(L, 0);
+    }
+}
+
+static uint32_t leng_slot(lua_State *L, leng *e, int idx) {
+    lua_Integer s = luaL_checkinteger(L, idx);
+    if (s <= 0 || (uint64_t)s >= e->eng.nslots || e->eng.ctx[s] == NULL ||
+        e->eng.ctx[s]->status == 255)
+        luaL_argerror(L, idx, "not a live context slot");
+    return (uint32_t)s;
+}
+
+static uint32_t leng_gtask(lua_State *L, leng *e, int idx) {
+    lua_Integer t = luaL_checkinteger(L, idx);
+    if (t <= 0 || (uint64_t)t > e->eng.ntasks)
+        luaL_argerror(L, idx, "not a task index");
+    return (uint32_t)t;
+}
+
+/* spawn(parent, map_task, map_index) -> child slot */
+static int l_spawn(lua_State *L) {
+    leng *e = LENG_UP(L);
+    uint32_t parent = leng_slot(L, e, 1), t = leng_gtask(L, e, 2);
+    lua_Integer idx = luaL_checkinteger(L, 3);
+    lua_pushinteger(L, tide__eng_spawn(&e->eng, parent, t, (uint32_t)idx));
+    return 1;
+}
+
+/* retry(slot, task, delay_seconds) */
+static int l_retry(lua_State *L) {
+    leng *e = LENG_UP(L);
+    uint32_t slot = leng_slot(L, e, 1), t = leng_gtask(L, e, 2);
+    double d = luaL_checknumber(L, 3);
+    tide__eng_retry(&e->eng, slot, t, d * 1000.0);
+    return 0;
+}
+
+static int leng_status_arg(lua_State *L, int idx) {
+    const char *s = luaL_checkstring(L, idx);
+    if (strcmp(s, "failed") == 0)
+        return TIDE__CTX_FAILED;
+    if (strcmp(s, "cancelled") == 0)
+        return TIDE__CTX_CANCELLED;
+    return luaL_argerror(L, idx, "expected 'failed' or 'cancelled'");
+}
+
+/* finalize(slot, "failed"|"cancelled" [, task]): ends a context, and the
+ * attempt (slot, task) the runner is handling when task is given. */
+static int l_finalize(lua_State *L) {
+    leng *e = LENG_UP(L);
+    uint32_t slot = leng_slot(L, e, 1);
+    int status = leng_status_arg(L, 2);
+    uint32_t t = lua_isnoneornil(L, 3) ? 0 : leng_gtask(L, e, 3);
+    leng_enter(L, e);
+    if (t)
+        tide__eng_fail(&e->eng, slot, t, status);
+    else
+        tide__eng_finalize(&e->eng, slot, status);
+    return 0;
+}
+
+static int l_release(lua_State *L) {
+    leng *e = LENG_UP(L);
+    uint32_t slot = leng_slot(L, e, 1);
+    if (e->eng.ctx[slot]->status < TIDE__CTX_DONE)
+        return luaL_argerror(L, 1, "context is not finished");
+    tide__eng_release(&e->eng, slot);
+    return 0;
+}
+
+/* submit(graph_id, prio) -> slot */
+static int l_submit(lua_State *L) {
+    leng *e = LENG_UP(L);
+    leng_check_open(L, e);
+    lua_Integer g = luaL_checkinteger(L, 1);
+    lua_Integer prio = luaL_checkinteger(L, 2);
+    if (g < 0 || (uint64_t)g >= e->eng.ngraphs)
+        return luaL_argerror(L, 1, "not an attached graph");
+    if (prio < 0 || prio >= TIDE__NPRIO)
+        return luaL_argerror(L, 2, "bad priority class");
+    lua_pushinteger(L, tide__eng_submit(&e->eng, (uint32_t)g, (int)prio));
+    return 1;
+}
+
+static int l_status(lua_State *L) {
+    leng *e = LENG_UP(L);
+    uint32_t slot = leng_slot(L, e, 1);
+    lua_pushstring(L, tide__ctx_status_name(tide__eng_status(&e->eng, slot)));
+    return 1;
+}
+
+/* attach(graph, timeouts) -> graph id, global index of task 0 */
+static int l_attach(lua_State *L) {
+    leng *e = LENG_UP(L);
+    tide__graph *g = tide__lua_checkgraph(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    double *tmo = tide__xcalloc(g->n + 1, sizeof(double));
+    for (uint32_t i = 1; i <= g->n; i++) {
+        lua_rawgeti(L, 2, (int)i);
+        tmo[i] = lua_isnumber(L, -1) ? lua_tonumber(L, -1) * 1000.0 : 0;
+        lua_pop(L, 1);
+    }
+    uint32_t id = tide__eng_attach(&e->eng, g, tmo);
+    free(tmo);
+    /* Anchor the graph: the engine borrows it. */
+    lua_getfenv(L, lua_upvalueindex(1));
+    lua_rawgeti(L, -1, ENV_GRAPHS);
+    lua_pushvalue(L, 1);
+    lua_rawseti(L, -2, (int)id + 1);
+    lua_pushinteger(L, id);
+    lua_pushinteger(L, e->eng.gbase[id]);
+    return 2;
+}
+
+static int l_set_runner(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_getfenv(L, lua_upvalueindex(1));
+    lua_pushvalue(L, 1);
+    lua_rawseti(L, -2, ENV_RUNNER_FN);
+    return 0;
+}
+
+/* Checks that L is the coroutine of a running task body. */
+static leng *leng_check_body(lua_State *L, const char *fname) {
+    leng *e = leng_current;
+    if (e == NULL || e->running == NULL)
+        luaL_error(L, "%s: not called from a task body", fname);
+    if (e->running != L)
+        luaL_error(L, "%s: called from a nested coroutine; engine calls "
+                      "must run on the task's own coroutine", fname);
+    if (e->eng.cur_slot == 0)
+        luaL_error(L, "%s: not called from a task body", fname);
+    return e;
+}
+
+/* Parks the running body; resumed with true (woken) or false (timeout). */
+static int leng_park(lua_State *L, leng *e, double timeout_ms, int give) {
+    tide__att *a = tide__eng_current_att(&e->eng);
+    tide__eng_park(&e->eng, a, timeout_ms, give);
+    e->yield_kind = Y_BLOCKED;
+    return lua_yield(L, 0);
+}
+
+/* tide.sleep(seconds) */
+static int l_sleep(lua_State *L) {
+    double s = luaL_checknumber(L, 1);
+    if (!(s >= 0) || s > 1e9)
+        return luaL_argerror(L, 1, "expected seconds >= 0");
+    leng *e = leng_check_body(L, "tide.sleep");
+    return leng_park(L, e, s * 1000.0, 0);
+}
+
+/* park([timeout_seconds]) -> true when woken, false on timeout. The body
+ * gives its concurrency slot back while it waits. */
+static int l_park(lua_State *L) {
+    double t = luaL_optnumber(L, 1, -1);
+    leng *e = leng_check_body(L, "park");
+    if (e != LENG_UP(L))
+        return luaL_error(L, "park: the task runs on another executor");
+    return leng_park(L, e, t < 0 ? -1 : t * 1000.0, 1);
+}
+
+/* handle() -> the running attempt's handle and its context's slot, or
+ * nothing outside a task body of this engine. */
+static int l_handle(lua_State *L) {
+    leng *e = LENG_UP(L);
+    if (leng_current != e || e->running != L || e->eng.cur_slot == 0)
+        return 0;
+    lua_pushnumber(L, tide__eng_att_handle(tide__eng_current_att(&e->eng)));
+    lua_pushinteger(L, e->eng.cur_slot);
+    return 2;
+}
+
+static int l_wake(lua_State *L) {
+    leng *e = LENG_UP(L);
+    tide__att *a = tide__eng_att_get(&e->eng, luaL_checknumber(L, 1));
+    if (a == NULL || a->state != TIDE__ATT_PARKED) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    tide__eng_wake(&e->eng, a, 1);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static void leng_check_runnable(lua_State *L, leng *e, const char *fname) {
+    leng_check_open(L, e);
+    if (e->in_run || e->eng.draining)
+        luaL_error(L, "%s: the executor is already running (called from "
+                      "inside a task?)", fname);
+}
+
+/* run() -> number of contexts still unfinished (0 unless a bug). Runs the
+ * loop until nothing is left; contexts that wait for each other with no
+ * timer are failed with EDEADLK. */
+static int l_run(lua_State *L) {
+    leng *e = LENG_UP(L);
+    leng_check_runnable(L, e, "run");
+    leng_enter(L, e);
+    e->in_run = 1;
+    for (;;) {
+        if (tide__eng_has_work(&e->eng))
+            leng_kick(&e->eng);
+        uv_run(&e->loop, UV_RUN_DEFAULT);
+        if (e->eng.nlive == 0 && !tide__eng_has_work(&e->eng))
+            break;
+        if (!tide__eng_has_work(&e->eng) &&
+            tide__eng_break_deadlocks(&e->eng) == 0)
+            break;
+    }
+    e->in_run = 0;
+    e->L = NULL;
+    e->env = 0;
+    lua_pushinteger(L, e->eng.nlive);
+    return 1;
+}
+
+/* turn(timeout_seconds) -> true while anything is left to run: one loop
+ * iteration, waiting at most timeout for something to happen. */
+static int l_turn(lua_State *L) {
+    leng *e = LENG_UP(L);
+    double t = luaL_checknumber(L, 1);
+    leng_check_runnable(L, e, "turn");
+    leng_enter(L, e);
+    e->in_run = 1;
+    if (tide__eng_has_work(&e->eng))
+        leng_kick(&e->eng);
+    tide__eng_noop_timer(&e->eng, &e->waitt, t > 0 ? t * 1000.0 : 0);
+    int alive = uv_run(&e->loop, UV_RUN_ONCE);
+    tide__eng_noop_timer(&e->eng, &e->waitt, -1);
+    tide__eng_arm(&e->eng);
+    if (!alive || !uv_loop_alive(&e->loop)) {
+        if (!tide__eng_has_work(&e->eng) && e->eng.nlive > 0)
+            tide__eng_break_deadlocks(&e->eng);
+        if (tide__eng_has_work(&e->eng)) {
+            leng_kick(&e->eng);
+            uv_run(&e->loop, UV_RUN_NOWAIT);
+        }
+    }
+    e->in_run = 0;
+    e->L = NULL;
+    e->env = 0;
+    lua_pushboolean(L, e->eng.nlive > 0 || tide__eng_has_work(&e->eng));
+    return 1;
+}
+
+static int l_stats(lua_State *L) {
+    leng *e = LENG_UP(L);
+    lua_createtable(L, 0, 8);
+    lua_pushinteger(L, e->eng.nlive);
+    lua_setfield(L, -2, "live");
+    lua_pushinteger(L, e->eng.nactive);
+    lua_setfield(L, -2, "active");
+    lua_pushinteger(L, (lua_Integer)e->eng.rq.len);
+    lua_setfield(L, -2, "queued");
+    lua_pushinteger(L, e->eng.heap.len);
+    lua_setfield(L, -2, "timers");
+    lua_pushinteger(L, e->eng.nslots - 1 - e->eng.nfree);
+    lua_setfield(L, -2, "slots");
+    uint32_t natt = 0;
+    for (uint32_t i = 1; i < e->eng.natts; i++)
+        natt += e->eng.atts[i]->state != 0;
+    lua_pushinteger(L, natt);
+    lua_setfield(L, -2, "attempts");
+    lua_pushinteger(L, e->nidle);
+    lua_setfield(L, -2, "idle_runners");
+    lua_getfenv(L, lua_upvalueindex(1));
+    lua_rawgeti(L, -1, ENV_RUNNERS);
+    int n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        n++;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 2);
+    lua_pushinteger(L, n);
+    lua_setfield(L, -2, "runners");
+    return 1;
+}
+
+/* The uv loop, for other glue (the input reader, signals). */
+uv_loop_t *tide__lua_engine_loop(lua_State *L, int idx) {
+    leng *e = luaL_checkudata(L, idx, "tide.engine");
+    return &e->loop;
+}
+
+static void leng_close_cb(uv_handle_t *h) {
+    leng *e = h->data;
+    e->nclosing--;
+}
+
+static void leng_walk_close(uv_handle_t *h, void *arg) {
+    leng *e = arg;
+    if (uv_is_closing(h))
+        return;
+    if (h == (uv_handle_t *)&e->eng.timer || h == (uv_handle_t *)&e->eng.idle) {
+        h->data = e;
+        e->nclosing++;
+        uv_close(h, leng_close_cb);
+    } else {
+        uv_close(h, tide__lua_handle_close_cb); /* a signal or timer */
+    }
+}
+
+/* Closes the loop and frees the scheduler. Safe to call twice. */
+static void leng_close(leng *e) {
+    if (e->closed)
+        return;
+    e->closed = 1;
+    uv_walk(&e->loop, leng_walk_close, e);
+    int tries = 0;
+    while ((e->nclosing > 0 || uv_loop_close(&e->loop) == UV_EBUSY) &&
+           tries++ < 1000)
+        uv_run(&e->loop, UV_RUN_NOWAIT);
+    if (tries >= 1000)
+        fprintf(stderr, "tide: engine loop did not close cleanly\n");
+    tide__eng_free(&e->eng);
+    free(e->idle);
+    e->idle = NULL;
+}
+
+static int l_close(lua_State *L) {
+    leng *e = LENG_UP(L);
+    if (e->in_run || e->eng.draining)
+        return luaL_error(L, "close: the executor is running");
+    leng_close(e);
+    return 0;
+}
+
+static int l_engine_gc(lua_State *L) {
+    leng *e = luaL_checkudata(L, 1, "tide.engine");
+    leng_close(e);
+    return 0;
+}
+
+static const luaL_Reg engine_funcs[] = {
+    {"nxt", l_nxt},         {"spawn", l_spawn},
+    {"retry", l_retry},     {"finalize", l_finalize},
+    {"release", l_release}, {"submit", l_submit},
+    {"status", l_status},   {"attach", l_attach},
+    {"set_runner", l_set_runner},
+    {"park", l_park},       {"handle", l_handle},
+    {"wake", l_wake},       {"run", l_run},
+    {"turn", l_turn},       {"stats", l_stats},
+    {"close", l_close},     {NULL, NULL}};
+
+/* engine(concurrency) -> userdata, table of functions bound to it */
+static int l_engine(lua_State *L) {
+    lua_Integer conc = luaL_optinteger(L, 1, 10000);
+    if (conc < 1 || conc > 100000000)
+        return luaL_argerror(L, 1, "concurrency must be 1..1e8");
+    leng *e = lua_newuserdata(L, sizeof(*e));
+    memset(e, 0, sizeof(*e));
+    int rc = uv_loop_init(&e->loop);
+    if (rc == 0)
+        rc = tide__eng_init(&e->eng, &e->loop, (uint32_t)conc);
+    if (rc != 0)
+        return luaL_error(L, "tide: cannot start the event loop: %s",
+                          uv_strerror(rc));
+    e->eng.drop_co = leng_drop_co;
+    e->eng.kick = leng_kick;
+    e->waitt.pos = UINT32_MAX;
+    luaL_getmetatable(L, "tide.engine");
+    lua_setmetatable(L, -2);
+    lua_createtable(L, 3, 0);
+    lua_newtable(L);
+    lua_rawseti(L, -2, ENV_RUNNERS);
+    lua_newtable(L);
+    lua_rawseti(L, -2, ENV_GRAPHS);
+    lua_setfenv(L, -2);
+    lua_createtable(L, 0, (int)TIDE_ARRAY_SIZE(engine_funcs));
+    for (const luaL_Reg *r = engine_funcs; r->name; r++) {
+        lua_pushvalue(L, -2);
+        lua_pushcclosure(L, r->func, 1);
+        lua_setfield(L, -2, r->name);
+    }
+    return 2;
+}
+
+void tide__lua_open_engine(lua_State *L) {
+    luaL_newmetatable(L, "tide.engine");
+    lua_pushcfunction(L, l_engine_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    lua_pushcfunction(L, l_engine);
+    lua_setfield(L, -2, "engine");
+    lua_pushcfunction(L, l_sleep);
+    lua_setfield(L, -2, "sleep");
+}

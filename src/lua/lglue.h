@@ -1,0 +1,29 @@
+/* Declarations shared by the C <-> Lua glue files (src/lua/). */
+#ifndef TIDE_LGLUE_H
+#define TIDE_LGLUE_H
+
+#include <lua.h>
+
+#include "../internal.h"
+
+/* Each adds its functions to the table on top of the stack. */
+void tide__lua_open_engine(lua_State *L);
+void tide__lua_open_graph(lua_State *L);
+void tide__lua_open_io(lua_State *L);
+
+tide__graph *tide__lua_checkgraph(lua_State *L, int idx);
+uv_loop_t *tide__lua_engine_loop(lua_State *L, int idx);
+
+/* Calls the function below nargs arguments with a traceback handler;
+ * on error prints "tide: <what>: <message and traceback>" to stderr and
+ * returns non-zero. Never raises. For hooks called from libuv callbacks. */
+void tide__lua_handle_close_cb(uv_handle_t *h);
+
+int tide__lua_pcall_hook(lua_State *L, int nargs, const char *what);
+
+/* The bundled Lua modules, for the CLI (lbundle.c). */
+void tide__lua_preload_bundle(lua_State *L);
+
+int luaopen_tide_core(lua_State *L);
+
+#endif

@@ -1,0 +1,330 @@
+/* Loop-driven I/O for the CLI: a chunked file/stdin reader with pause and
+ * resume, signal watchers, repeating timers, and small helpers.
+ *
+ * Each object is a boxed pointer (the Lua userdata holds a pointer to a
+ * malloc'd record) because libuv needs the memory until its close or
+ * completion callback, which may come after Lua collected the box. The
+ * record holds registry refs to its Lua callback and to a private thread
+ * the callback is called on (with lua_pcall, never resumed), so a hook
+ * never runs on a coroutine that may be suspended. Ownership: the record
+ * is freed in its close callback (handles) or when its last request
+ * completes after close (the reader). */
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "lglue.h"
+
+static int lio_traceback(lua_State *L) {
+    const char *msg = lua_tostring(L, 1);
+    if (msg == NULL)
+        msg = luaL_typename(L, 1);
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+int tide__lua_pcall_hook(lua_State *L, int nargs, const char *what) {
+    int base = lua_gettop(L) - nargs;
+    lua_pushcfunction(L, lio_traceback);
+    lua_insert(L, base);
+    int rc = lua_pcall(L, nargs, 0, base);
+    if (rc != 0) {
+        fprintf(stderr, "tide: error in %s: %s\n", what,
+                lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+    lua_remove(L, base);
+    return rc;
+}
+
+/* A Lua callback with the thread it is called on. */
+typedef struct {
+    lua_State *T; /* private thread, anchored by thread_ref */
+    int thread_ref, fn_ref;
+} lio_hook;
+
+static void lio_hook_init(lua_State *L, lio_hook *h, int fn_idx) {
+    h->T = lua_newthread(L);
+    h->thread_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushvalue(L, fn_idx);
+    h->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+static void lio_hook_free(lio_hook *h) {
+    if (h->T == NULL)
+        return;
+    luaL_unref(h->T, LUA_REGISTRYINDEX, h->fn_ref);
+    luaL_unref(h->T, LUA_REGISTRYINDEX, h->thread_ref);
+    h->T = NULL;
+}
+
+/* Pushes the callback on the hook's thread; returns that thread. */
+static lua_State *lio_hook_push(lio_hook *h) {
+    lua_settop(h->T, 0);
+    lua_rawgeti(h->T, LUA_REGISTRYINDEX, h->fn_ref);
+    return h->T;
+}
+
+/* ===== READER ===== */
+
+#define LIO_CHUNK 65536
+
+typedef struct {
+    uv_fs_t req;
+    uv_loop_t *loop;
+    uv_file fd;
+    int own_fd, reading, paused, done, closed;
+    lio_hook hook;
+    char buf[LIO_CHUNK];
+} lio_reader;
+
+static void lio_reader_start(lio_reader *r);
+
+static void lio_reader_maybe_free(lio_reader *r) {
+    if (r->closed && !r->reading) {
+        if (r->own_fd) {
+            uv_fs_t req;
+            uv_fs_close(NULL, &req, r->fd, NULL);
+            uv_fs_req_cleanup(&req);
+        }
+        lio_hook_free(&r->hook);
+        free(r);
+    }
+}
+
+static void lio_reader_cb(uv_fs_t *req) {
+    lio_reader *r = tide__container_of(req, lio_reader, req);
+    ssize_t n = req->result;
+    uv_fs_req_cleanup(req);
+    r->reading = 0;
+    if (r->closed) {
+        lio_reader_maybe_free(r);
+        return;
+    }
+    lua_State *T = lio_hook_push(&r->hook);
+    if (n > 0) {
+        lua_pushlstring(T, r->buf, (size_t)n);
+        tide__lua_pcall_hook(T, 1, "input reader");
+        if (!r->paused && !r->closed)
+            lio_reader_start(r);
+    } else {
+        r->done = 1;
+        lua_pushnil(T);
+        if (n < 0)
+            lua_pushstring(T, uv_strerror((int)n));
+        else
+            lua_pushnil(T);
+        tide__lua_pcall_hook(T, 2, "input reader");
+    }
+    lio_reader_maybe_free(r);
+}
+
+static void lio_reader_start(lio_reader *r) {
+    if (r->reading || r->done || r->closed)
+        return;
+    uv_buf_t b = uv_buf_init(r->buf, LIO_CHUNK);
+    int rc = uv_fs_read(r->loop, &r->req, r->fd, &b, 1, -1, lio_reader_cb);
+    if (rc == 0)
+        r->reading = 1;
+}
+
+static lio_reader *lio_checkreader(lua_State *L) {
+    lio_reader **box = luaL_checkudata(L, 1, "tide.reader");
+    if (*box == NULL)
+        luaL_argerror(L, 1, "reader is closed");
+    return *box;
+}
+
+/* reader(engine, path|nil, fn) -> reader | nil, msg, name
+ * fn(chunk) is called per chunk read, fn(nil, err|nil) at the end. */
+static int l_reader(lua_State *L) {
+    uv_loop_t *loop = tide__lua_engine_loop(L, 1);
+    const char *path = luaL_optstring(L, 2, NULL);
+    luaL_checktype(L, 3, LUA_TFUNCTION);
+    uv_file fd = 0;
+    if (path) {
+        uv_fs_t req;
+        fd = uv_fs_open(NULL, &req, path, O_RDONLY, 0, NULL);
+        uv_fs_req_cleanup(&req);
+        if (fd < 0) {
+            lua_pushnil(L);
+            lua_pushfstring(L, "%s: %s", path, uv_strerror(fd));
+            lua_pushstring(L, uv_err_name(fd));
+            return 3;
+        }
+    }
+    lio_reader **box = lua_newuserdata(L, sizeof(*box));
+    *box = NULL;
+    luaL_getmetatable(L, "tide.reader");
+    lua_setmetatable(L, -2);
+    lio_reader *r = tide__xcalloc(1, sizeof(*r));
+    r->loop = loop;
+    r->fd = fd;
+    r->own_fd = path != NULL;
+    lio_hook_init(L, &r->hook, 3);
+    *box = r;
+    lio_reader_start(r);
+    return 1;
+}
+
+static int l_reader_pause(lua_State *L) {
+    lio_checkreader(L)->paused = 1;
+    return 0;
+}
+
+static int l_reader_resume(lua_State *L) {
+    lio_reader *r = lio_checkreader(L);
+    r->paused = 0;
+    lio_reader_start(r);
+    return 0;
+}
+
+static int l_reader_close(lua_State *L) {
+    lio_reader **box = luaL_checkudata(L, 1, "tide.reader");
+    if (*box) {
+        (*box)->closed = 1;
+        lio_reader_maybe_free(*box);
+        *box = NULL;
+    }
+    return 0;
+}
+
+/* ===== HANDLES: signals and timers ===== */
+
+typedef struct lio_handle {
+    union {
+        uv_handle_t h;
+        uv_signal_t sig;
+        uv_timer_t tim;
+    } u;
+    lio_hook hook;
+    struct lio_handle **box; /* the Lua box while it points here */
+} lio_handle;
+
+/* Frees a signal or timer record; also used by the engine's close, which
+ * closes every handle left on its loop. */
+void tide__lua_handle_close_cb(uv_handle_t *h) {
+    lio_handle *x = (lio_handle *)h;
+    if (x->box)
+        *x->box = NULL;
+    lio_hook_free(&x->hook);
+    free(x);
+}
+
+static void lio_signal_cb(uv_signal_t *s, int signum) {
+    lio_handle *x = (lio_handle *)s;
+    lua_State *T = lio_hook_push(&x->hook);
+    lua_pushinteger(T, signum);
+    tide__lua_pcall_hook(T, 1, "signal handler");
+}
+
+static void lio_timer_cb(uv_timer_t *t) {
+    lio_handle *x = (lio_handle *)t;
+    lua_State *T = lio_hook_push(&x->hook);
+    tide__lua_pcall_hook(T, 0, "timer");
+}
+
+static lio_handle *lio_handle_new(lua_State *L, int fn_idx) {
+    lio_handle **box = lua_newuserdata(L, sizeof(*box));
+    *box = NULL;
+    luaL_getmetatable(L, "tide.handle");
+    lua_setmetatable(L, -2);
+    lio_handle *x = tide__xcalloc(1, sizeof(*x));
+    lio_hook_init(L, &x->hook, fn_idx);
+    *box = x;
+    x->box = box;
+    return x;
+}
+
+/* signal(engine, signum, fn) -> handle; fn(signum) on each signal. */
+static int l_signal(lua_State *L) {
+    uv_loop_t *loop = tide__lua_engine_loop(L, 1);
+    int signum = (int)luaL_checkinteger(L, 2);
+    luaL_checktype(L, 3, LUA_TFUNCTION);
+    lio_handle *x = lio_handle_new(L, 3);
+    uv_signal_init(loop, &x->u.sig);
+    int rc = uv_signal_start(&x->u.sig, lio_signal_cb, signum);
+    if (rc != 0)
+        return luaL_error(L, "signal %d: %s", signum, uv_strerror(rc));
+    uv_unref(&x->u.h); /* a watcher alone does not keep the loop alive */
+    return 1;
+}
+
+/* timer(engine, seconds, fn) -> handle; fn() every `seconds`. */
+static int l_timer(lua_State *L) {
+    uv_loop_t *loop = tide__lua_engine_loop(L, 1);
+    double s = luaL_checknumber(L, 2);
+    luaL_checktype(L, 3, LUA_TFUNCTION);
+    uint64_t ms = s > 0.001 ? (uint64_t)(s * 1000) : 1;
+    lio_handle *x = lio_handle_new(L, 3);
+    uv_timer_init(loop, &x->u.tim);
+    uv_timer_start(&x->u.tim, lio_timer_cb, ms, ms);
+    uv_unref(&x->u.h);
+    return 1;
+}
+
+static int l_handle_close(lua_State *L) {
+    lio_handle **box = luaL_checkudata(L, 1, "tide.handle");
+    if (*box) {
+        lio_handle *x = *box;
+        x->box = NULL;
+        *box = NULL;
+        if (!uv_is_closing(&x->u.h))
+            uv_close(&x->u.h, tide__lua_handle_close_cb);
+    }
+    return 0;
+}
+
+/* ===== HELPERS ===== */
+
+static int l_hrtime(lua_State *L) {
+    lua_pushnumber(L, (double)uv_hrtime() / 1e9);
+    return 1;
+}
+
+static int l_isatty(lua_State *L) {
+    lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+    return 1;
+}
+
+/* exit(code): flushes stdio and ends the process at once. */
+static int l_exit(lua_State *L) {
+    int code = (int)luaL_optinteger(L, 1, 0);
+    fflush(NULL);
+    _exit(code);
+    return 0;
+}
+
+void tide__lua_open_io(lua_State *L) {
+    luaL_newmetatable(L, "tide.reader");
+    lua_newtable(L);
+    lua_pushcfunction(L, l_reader_pause);
+    lua_setfield(L, -2, "pause");
+    lua_pushcfunction(L, l_reader_resume);
+    lua_setfield(L, -2, "resume");
+    lua_pushcfunction(L, l_reader_close);
+    lua_setfield(L, -2, "close");
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_reader_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, "tide.handle");
+    lua_newtable(L);
+    lua_pushcfunction(L, l_handle_close);
+    lua_setfield(L, -2, "close");
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_handle_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    static const luaL_Reg funcs[] = {
+        {"reader", l_reader}, {"signal", l_signal}, {"timer", l_timer},
+        {"hrtime", l_hrtime}, {"isatty", l_isatty}, {"exit", l_exit},
+        {NULL, NULL}};
+    for (const luaL_Reg *r = funcs; r->name; r++) {
+        lua_pushcfunction(L, r->func);
+        lua_setfield(L, -2, r->name);
+    }
+}

@@ -1,0 +1,1163 @@
+/* tide.json: a JSON codec for LuaJIT on yajl 2.1 that keeps value and shape.
+ *
+ * DESIGN
+ *
+ * Decoding runs yajl's streaming parser over the whole text at once, with
+ * comments, trailing garbage, multiple values and partial values off and
+ * UTF-8 validation on, and builds the value on the Lua stack from its
+ * callbacks. Objects get the shared object metatable and arrays the shared
+ * array metatable, so {} and [] stay distinct; null becomes the sentinel
+ * lightuserdata NULL, so [1,null,3] keeps three entries and {"a":null}
+ * keeps its key. Numbers arrive through the raw yajl_number callback and go
+ * through strtod: the integer/double callbacks would reject 1e400 as an
+ * overflow. A number beyond the double range decodes to +-inf, as strtod,
+ * cjson and Python do; such a value cannot be encoded again (an i_ case of
+ * JSONTestSuite, so either answer would be allowed). Duplicate keys: the
+ * last one wins. Nesting deeper than TIDE_JSON_MAX_DEPTH stops the parse
+ * from a callback.
+ *
+ * Encoding walks the Lua value itself and writes the structure ({, [, :, ,)
+ * into its own buffer, because yajl_gen keeps a fixed state array and
+ * fails past 128 levels (YAJL_MAX_DEPTH in yajl_gen.c). Every scalar goes
+ * through yajl_gen, reset to a fresh top level each time, with its print
+ * callback pointed at the same buffer: strings and keys are escaped and
+ * UTF-8-checked by yajl_gen_string (yajl_gen_validate_utf8; '/' is not
+ * escaped), numbers are formatted here and emitted with yajl_gen_number
+ * (yajl_gen_double prints %.20g, so 0.1 would become
+ * 0.10000000000000000555). Integral doubles up to 2^53 print as integers,
+ * -0.0 as -0, other doubles as the shortest of %.15g, %.16g and %.17g that
+ * strtod reads back to the same double.
+ *
+ * Which tables are arrays: a table with the array metatable is an array of
+ * length its largest integer key (holes become null) and may have no other
+ * keys; one with the object metatable is an object; any other table is an
+ * array when it is a non-empty sequence 1..n with no other keys, else an
+ * object ({} for an empty one). Object keys are strings or numbers (numbers
+ * are written as encoded numbers, so [1] becomes "1") and are sorted
+ * bytewise, so the output is deterministic; a number key and a string key
+ * that print the same ("1") are an error rather than a duplicate key. A
+ * marked array whose largest index exceeds both 1000 and twice its number
+ * of entries is refused as too sparse (cjson's guard against {[1e9] = 1}).
+ * Tables with other metatables are plain tables: no metamethod ever runs.
+ *
+ * Errors: malformed input, invalid UTF-8, non-finite numbers, cycles, depth
+ * and non-data values return TIDE_EVALUE with a message that says what and
+ * where: a byte offset for decoding, a path such as $.a[2] for encoding
+ * (indices are Lua's, 1-based; non-ASCII bytes of keys show as \xNN).
+ *
+ * Memory: both directions run under lua_pcall, and every C buffer hangs off
+ * a context on the caller's C stack, so the caller frees them all after the
+ * pcall returns, whatever happened, and only then re-raises a Lua error
+ * (which can only be a memory error). C allocations go through
+ * tide__xmalloc (out of memory aborts), yajl's included. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* nl_langinfo */
+#endif
+
+#include <langinfo.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <yajl/yajl_gen.h>
+#include <yajl/yajl_parse.h>
+
+#include "../internal.h"
+#include "ljson.h"
+
+/* Room for any number this file prints: "-1.7976931348623157e+308" is 24
+ * characters. */
+#define JSON_NUMLEN 32
+
+/* Frames kept inline before the context switches to the heap. */
+#define JSON_INLINE_LEVELS 32
+
+/* 2^53: integral doubles up to this magnitude print as integers. */
+#define JSON_MAX_EXACT 9007199254740992.0
+
+/* ===== SHARED ===== */
+
+/* Registry keys (their addresses) of the two shared metatables. */
+static char json_array_key;
+static char json_object_key;
+
+static void *json_yajl_malloc(void *ctx, size_t n) {
+    TIDE_UNUSED(ctx);
+    return tide__xmalloc(n);
+}
+
+static void *json_yajl_realloc(void *ctx, void *p, size_t n) {
+    TIDE_UNUSED(ctx);
+    return tide__xrealloc(p, n);
+}
+
+static void json_yajl_free(void *ctx, void *p) {
+    TIDE_UNUSED(ctx);
+    free(p);
+}
+
+/* yajl copies this struct into each handle, so sharing it is safe. */
+static yajl_alloc_funcs json_yajl_alloc = {
+    json_yajl_malloc, json_yajl_realloc, json_yajl_free, NULL,
+};
+
+/* Pushes the shared metatable registered under key, creating it (with
+ * __name set to name) on first use in this lua_State. May raise on a Lua
+ * memory error, so no C buffer may be live across it. */
+static void json_push_mt(lua_State *L, char *key, const char *name) {
+    lua_pushlightuserdata(L, key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    if (lua_istable(L, -1))
+        return;
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 1);
+    lua_pushstring(L, name);
+    lua_setfield(L, -2, "__name");
+    lua_pushlightuserdata(L, key);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+}
+
+static void json_push_array_mt(lua_State *L) {
+    json_push_mt(L, &json_array_key, "tide.json.array");
+}
+
+static void json_push_object_mt(lua_State *L) {
+    json_push_mt(L, &json_object_key, "tide.json.object");
+}
+
+/* Returns the decimal point of the current C locale: '.' unless a program
+ * called setlocale (or os.setlocale) with another LC_NUMERIC. printf and
+ * strtod follow it; JSON does not. */
+static char json_radix(void) {
+    const char *r = nl_langinfo(RADIXCHAR);
+    return (r != NULL && r[0] != '\0') ? r[0] : '.';
+}
+
+/* strtod on JSON number text s (NUL-terminated, writable), whatever the
+ * locale: swaps '.' for the locale's decimal point first. */
+static double json_strtod(char *s, char radix) {
+    if (radix != '.') {
+        char *dot = strchr(s, '.');
+        if (dot != NULL)
+            *dot = radix;
+    }
+    return strtod(s, NULL);
+}
+
+/* A message being written into a caller's fixed buffer: it keeps what
+ * fits and ends with "..." when something was cut. */
+typedef struct {
+    char *p;
+    size_t cap; /* bytes at p, including the terminating NUL */
+    size_t len;
+} json_msg;
+
+static void json_msg_put(json_msg *m, const char *s, size_t n) {
+    size_t room;
+
+    if (m->cap == 0)
+        return;
+    room = m->cap - 1 - m->len;
+    if (n <= room) {
+        memcpy(m->p + m->len, s, n);
+        m->len += n;
+    } else {
+        memcpy(m->p + m->len, s, room);
+        m->len += room;
+        if (m->cap >= 4)
+            memcpy(m->p + m->cap - 4, "...", 3);
+    }
+    m->p[m->len] = '\0';
+}
+
+static void json_msg_puts(json_msg *m, const char *s) {
+    json_msg_put(m, s, strlen(s));
+}
+
+static void json_msg_vputf(json_msg *m, const char *fmt, va_list ap) {
+    char tmp[TIDE_JSON_ERRLEN];
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+
+    if (n > 0)
+        json_msg_put(m, tmp, (size_t)n < sizeof tmp ? (size_t)n
+                                                    : sizeof tmp - 1);
+}
+
+static void json_msg_putf(json_msg *m, const char *fmt, ...) {
+    va_list ap;
+
+    va_start(ap, fmt);
+    json_msg_vputf(m, fmt, ap);
+    va_end(ap);
+}
+
+/* Appends s (n bytes) quoted, with '"', '\' and every byte outside
+ * printable ASCII escaped, and cut after 64 bytes: for keys in messages. */
+static void json_msg_quoted(json_msg *m, const char *s, size_t n) {
+    size_t i, shown = n > 64 ? 64 : n;
+
+    json_msg_put(m, "\"", 1);
+    for (i = 0; i < shown; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            char esc[2] = { '\\', (char)c };
+            json_msg_put(m, esc, 2);
+        } else if (c < 0x20 || c >= 0x7f) {
+            json_msg_putf(m, "\\x%02x", c);
+        } else {
+            json_msg_put(m, (const char *)&s[i], 1);
+        }
+    }
+    if (shown < n)
+        json_msg_put(m, "...", 3);
+    json_msg_put(m, "\"", 1);
+}
+
+/* ===== NUMBERS ===== */
+
+/* Writes v as JSON number text into out (JSON_NUMLEN bytes, NUL-terminated)
+ * and returns its length, or returns 0 when v is inf or nan, which JSON
+ * cannot carry. Integral values with |v| <= 2^53 print as integers, -0.0
+ * as "-0", anything else as the shortest of %.15g/%.16g/%.17g that reads
+ * back to v. */
+static size_t json_format_number(double v, char *out) {
+    char radix;
+    int n = 0, prec;
+
+    if (!isfinite(v))
+        return 0;
+    if (v == 0) {
+        strcpy(out, signbit(v) ? "-0" : "0");
+        return strlen(out);
+    }
+    if (floor(v) == v && fabs(v) <= JSON_MAX_EXACT)
+        return (size_t)snprintf(out, JSON_NUMLEN, "%lld", (long long)v);
+    radix = json_radix();
+    for (prec = 15; prec <= 17; prec++) {
+        char back[JSON_NUMLEN];
+        n = snprintf(out, JSON_NUMLEN, "%.*g", prec, v);
+        if (radix != '.') {
+            char *r = strchr(out, radix);
+            if (r != NULL)
+                *r = '.';
+        }
+        memcpy(back, out, (size_t)n + 1);
+        if (prec == 17 || json_strtod(back, radix) == v)
+            break;
+    }
+    return (size_t)n;
+}
+
+/* ===== ENCODING ===== */
+
+enum { JSON_SEG_ROOT, JSON_SEG_INDEX, JSON_SEG_KEY, JSON_SEG_NUMKEY };
+
+/* One level of the path from the root to the value being encoded. */
+typedef struct {
+    const void *table; /* the table encoded at this level, for cycles */
+    int kind;          /* JSON_SEG_*: how this level was reached */
+    const char *key;   /* JSON_SEG_KEY: the key's bytes (a Lua string
+                          anchored by the parent table) */
+    size_t keylen;
+    double num;        /* JSON_SEG_INDEX / JSON_SEG_NUMKEY */
+} json_frame;
+
+/* One key of an object, collected so keys can be sorted. */
+typedef struct {
+    const char *s;  /* string key: its bytes, anchored by the table */
+    size_t len;     /* length of the key text (s or text) */
+    double num;     /* number key */
+    int isnum;
+    char text[JSON_NUMLEN]; /* number key as JSON text */
+} json_key;
+
+typedef struct {
+    lua_State *L;
+    yajl_gen g;
+    int arr_mt, obj_mt; /* absolute stack indices of the metatables */
+    int push;           /* push the result as a Lua string */
+    /* The output, owned here until handed to the caller. */
+    char *buf;
+    size_t len, cap;
+    /* Keys of the objects being encoded, a stack shared by all levels. */
+    json_key *keys;
+    size_t nkeys, keycap;
+    /* frames[0..depth] describe the path to the current value. */
+    json_frame *frames;
+    int framecap;
+    json_frame inline_frames[JSON_INLINE_LEVELS];
+    int rc;
+    json_msg err;
+} json_enc;
+
+/* Appends n bytes to the output. Never raises (OOM aborts). */
+static void json_put(json_enc *e, const char *s, size_t n) {
+    if (e->cap - e->len < n + 1) {
+        size_t cap = e->cap ? e->cap : 256;
+        while (cap - e->len < n + 1)
+            cap *= 2;
+        e->buf = tide__xrealloc(e->buf, cap);
+        e->cap = cap;
+    }
+    memcpy(e->buf + e->len, s, n);
+    e->len += n;
+}
+
+static void json_putc(json_enc *e, char c) {
+    json_put(e, &c, 1);
+}
+
+/* yajl_gen's print callback: everything yajl writes goes to the output. */
+static void json_print(void *ctx, const char *s, size_t n) {
+    json_put(ctx, s, n);
+}
+
+/* Makes room for frames[0..depth]. */
+static void json_frames_reserve(json_enc *e, int depth) {
+    int cap;
+
+    if (depth < e->framecap)
+        return;
+    cap = e->framecap * 2;
+    while (cap <= depth)
+        cap *= 2;
+    if (e->frames == e->inline_frames) {
+        e->frames = tide__xmalloc((size_t)cap * sizeof(json_frame));
+        memcpy(e->frames, e->inline_frames, sizeof e->inline_frames);
+    } else {
+        e->frames = tide__xrealloc(e->frames,
+                                   (size_t)cap * sizeof(json_frame));
+    }
+    e->framecap = cap;
+}
+
+/* Writes the path of frames[1..depth] ("$", "$.a[2]", "$[\"a b\"]"). */
+static void json_msg_path(json_msg *m, const json_enc *e, int depth) {
+    int i;
+
+    json_msg_put(m, "$", 1);
+    for (i = 1; i <= depth; i++) {
+        const json_frame *f = &e->frames[i];
+        char num[JSON_NUMLEN];
+        size_t j;
+        int ident;
+
+        switch (f->kind) {
+        case JSON_SEG_INDEX:
+            json_msg_putf(m, "[%.0f]", f->num);
+            break;
+        case JSON_SEG_NUMKEY:
+            json_format_number(f->num, num);
+            json_msg_putf(m, "[%s]", num);
+            break;
+        case JSON_SEG_KEY:
+            ident = f->keylen > 0 && f->keylen <= 64 &&
+                    !(f->key[0] >= '0' && f->key[0] <= '9');
+            for (j = 0; ident && j < f->keylen; j++) {
+                char c = f->key[j];
+                ident = c == '_' || (c >= 'a' && c <= 'z') ||
+                        (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+            }
+            if (ident) {
+                json_msg_put(m, ".", 1);
+                json_msg_put(m, f->key, f->keylen);
+            } else {
+                json_msg_put(m, "[", 1);
+                json_msg_quoted(m, f->key, f->keylen);
+                json_msg_put(m, "]", 1);
+            }
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+/* Records "<what> at <path of depth>" as the error and returns
+ * TIDE_EVALUE. */
+static int json_enc_fail(json_enc *e, int depth, const char *fmt, ...) {
+    va_list ap;
+
+    va_start(ap, fmt);
+    json_msg_vputf(&e->err, fmt, ap);
+    va_end(ap);
+    json_msg_puts(&e->err, " at ");
+    json_msg_path(&e->err, e, depth);
+    return TIDE_EVALUE;
+}
+
+/* Emits s (n bytes) as a JSON string through yajl. Returns 0, or -1 when
+ * s is not valid UTF-8. */
+static int json_gen_string(json_enc *e, const char *s, size_t n) {
+    yajl_gen_status st;
+
+    yajl_gen_reset(e->g, NULL);
+    st = yajl_gen_string(e->g, (const unsigned char *)s, n);
+    if (st == yajl_gen_invalid_string)
+        return -1;
+    TIDE_ASSERT(st == yajl_gen_status_ok);
+    return 0;
+}
+
+/* Emits number text through yajl (never yajl_gen_double). */
+static void json_gen_number(json_enc *e, const char *s, size_t n) {
+    yajl_gen_status st;
+
+    yajl_gen_reset(e->g, NULL);
+    st = yajl_gen_number(e->g, s, n);
+    TIDE_ASSERT(st == yajl_gen_status_ok);
+}
+
+static void json_gen_literal(json_enc *e, int which) {
+    yajl_gen_status st;
+
+    yajl_gen_reset(e->g, NULL);
+    st = which < 0 ? yajl_gen_null(e->g) : yajl_gen_bool(e->g, which);
+    TIDE_ASSERT(st == yajl_gen_status_ok);
+}
+
+static int json_enc_value(json_enc *e, int depth);
+
+/* Returns 1 when the number at index i is an integer in 1..2^53. */
+static int json_is_index(lua_State *L, int i, double *out) {
+    double n;
+
+    if (lua_type(L, i) != LUA_TNUMBER)
+        return 0;
+    n = lua_tonumber(L, i);
+    *out = n;
+    return n >= 1 && n <= JSON_MAX_EXACT && floor(n) == n;
+}
+
+/* Appends a description of the key at index i to m: key "a", key 1.5,
+ * key of type boolean. */
+static void json_describe_key(lua_State *L, int i, json_msg *m) {
+    char num[JSON_NUMLEN];
+    size_t n;
+    const char *s;
+
+    switch (lua_type(L, i)) {
+    case LUA_TSTRING:
+        s = lua_tolstring(L, i, &n);
+        json_msg_puts(m, "key ");
+        json_msg_quoted(m, s, n);
+        break;
+    case LUA_TNUMBER:
+        if (json_format_number(lua_tonumber(L, i), num) == 0)
+            snprintf(num, sizeof num, "%g", (double)lua_tonumber(L, i));
+        json_msg_putf(m, "key %s", num);
+        break;
+    default:
+        json_msg_putf(m, "key of type %s", luaL_typename(L, i));
+        break;
+    }
+}
+
+/* Encodes the table on top of the stack (at depth depth, frames[depth]
+ * already filled) as an array of n entries: t[1..n], holes as null. */
+static int json_enc_array(json_enc *e, int depth, double n) {
+    lua_State *L = e->L;
+    int i, rc;
+
+    json_putc(e, '[');
+    for (i = 1; i <= (int)n; i++) {
+        json_frame *f;
+        if (i > 1)
+            json_putc(e, ',');
+        lua_rawgeti(L, -1, i);
+        f = &e->frames[depth + 1];
+        f->kind = JSON_SEG_INDEX;
+        f->num = i;
+        rc = json_enc_value(e, depth + 1);
+        lua_pop(L, 1);
+        if (rc != 0)
+            return rc;
+    }
+    json_putc(e, ']');
+    return 0;
+}
+
+static int json_key_cmp(const void *a, const void *b) {
+    const json_key *x = a, *y = b;
+    const char *xs = x->isnum ? x->text : x->s;
+    const char *ys = y->isnum ? y->text : y->s;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(xs, ys, n);
+
+    if (c != 0)
+        return c;
+    return (x->len > y->len) - (x->len < y->len);
+}
+
+/* Encodes the table on top of the stack as an object with sorted keys.
+ * Keys must be strings or finite numbers. */
+static int json_enc_object(json_enc *e, int depth) {
+    lua_State *L = e->L;
+    size_t base = e->nkeys, i, n;
+    int rc;
+
+    lua_pushnil(L);
+    while (lua_next(L, -2) != 0) {
+        json_key *k;
+        int t = lua_type(L, -2);
+        lua_pop(L, 1);
+        if (t != LUA_TSTRING && t != LUA_TNUMBER) {
+            const char *tname = luaL_typename(L, -1); /* static */
+            lua_pop(L, 1);
+            e->nkeys = base;
+            return json_enc_fail(e, depth, "cannot encode table key of "
+                                 "type %s", tname);
+        }
+        if (e->nkeys == e->keycap) {
+            e->keycap = e->keycap ? e->keycap * 2 : 64;
+            e->keys = tide__xrealloc(e->keys,
+                                     e->keycap * sizeof(json_key));
+        }
+        k = &e->keys[e->nkeys++];
+        if (t == LUA_TSTRING) {
+            k->isnum = 0;
+            k->s = lua_tolstring(L, -1, &k->len);
+        } else {
+            k->isnum = 1;
+            k->s = NULL;
+            k->num = lua_tonumber(L, -1);
+            k->len = json_format_number(k->num, k->text);
+            if (k->len == 0) { /* inf or -inf */
+                json_msg_puts(&e->err, "cannot encode table ");
+                json_describe_key(L, -1, &e->err);
+                json_msg_puts(&e->err, " at ");
+                json_msg_path(&e->err, e, depth);
+                lua_pop(L, 1);
+                e->nkeys = base;
+                return TIDE_EVALUE;
+            }
+        }
+    }
+    n = e->nkeys - base;
+    qsort(e->keys + base, n, sizeof(json_key), json_key_cmp);
+    for (i = 1; i < n; i++) {
+        if (json_key_cmp(&e->keys[base + i - 1], &e->keys[base + i]) == 0) {
+            const json_key *k = &e->keys[base + i];
+            json_msg_puts(&e->err, "cannot encode table with both a number "
+                          "and a string key ");
+            json_msg_quoted(&e->err, k->isnum ? k->text : k->s, k->len);
+            json_msg_puts(&e->err, " at ");
+            json_msg_path(&e->err, e, depth);
+            e->nkeys = base;
+            return TIDE_EVALUE;
+        }
+    }
+
+    json_putc(e, '{');
+    for (i = 0; i < n; i++) {
+        /* e->keys may move while a value is encoded: copy what is needed. */
+        json_key k = e->keys[base + i];
+        json_frame *f;
+
+        if (i > 0)
+            json_putc(e, ',');
+        if (json_gen_string(e, k.isnum ? k.text : k.s, k.len) != 0) {
+            json_msg_puts(&e->err, "cannot encode ");
+            json_msg_quoted(&e->err, k.s, k.len);
+            json_msg_puts(&e->err, " (invalid UTF-8 key) at ");
+            json_msg_path(&e->err, e, depth);
+            e->nkeys = base;
+            return TIDE_EVALUE;
+        }
+        json_putc(e, ':');
+        f = &e->frames[depth + 1];
+        if (k.isnum) {
+            lua_pushnumber(L, k.num);
+            f->kind = JSON_SEG_NUMKEY;
+            f->num = k.num;
+        } else {
+            lua_pushlstring(L, k.s, k.len);
+            f->kind = JSON_SEG_KEY;
+            f->key = k.s;
+            f->keylen = k.len;
+        }
+        lua_rawget(L, -2);
+        rc = json_enc_value(e, depth + 1);
+        lua_pop(L, 1);
+        if (rc != 0) {
+            e->nkeys = base;
+            return rc;
+        }
+    }
+    json_putc(e, '}');
+    e->nkeys = base;
+    return 0;
+}
+
+/* Encodes the table on top of the stack, found at depth depth. Checks
+ * depth and cycles, then picks array or object (see DESIGN). */
+static int json_enc_table(json_enc *e, int depth) {
+    lua_State *L = e->L;
+    const void *t = lua_topointer(L, -1);
+    int i, marked = 0;
+    double count = 0, max = 0, n;
+    int all_index = 1;
+
+    if (depth >= TIDE_JSON_MAX_DEPTH)
+        return json_enc_fail(e, depth, "cannot encode tables nested deeper "
+                             "than %d", TIDE_JSON_MAX_DEPTH);
+    for (i = 0; i < depth; i++) {
+        if (e->frames[i].table == t) {
+            json_msg_puts(&e->err, "cannot encode cyclic table at ");
+            json_msg_path(&e->err, e, depth);
+            json_msg_puts(&e->err, " (the same table as ");
+            json_msg_path(&e->err, e, i);
+            json_msg_puts(&e->err, ")");
+            return TIDE_EVALUE;
+        }
+    }
+    if (!lua_checkstack(L, 4))
+        return json_enc_fail(e, depth, "cannot encode: Lua stack exhausted");
+    e->frames[depth].table = t;
+    json_frames_reserve(e, depth + 1);
+
+    if (lua_getmetatable(L, -1)) {
+        if (lua_rawequal(L, -1, e->arr_mt))
+            marked = 'a';
+        else if (lua_rawequal(L, -1, e->obj_mt))
+            marked = 'o';
+        lua_pop(L, 1);
+    }
+    if (marked == 'o')
+        return json_enc_object(e, depth);
+
+    /* Count the keys, find the largest index and check the key types. */
+    lua_pushnil(L);
+    while (lua_next(L, -2) != 0) {
+        lua_pop(L, 1);
+        count++;
+        if (json_is_index(L, -1, &n)) {
+            if (n > max)
+                max = n;
+        } else {
+            all_index = 0;
+            if (marked == 'a') {
+                json_msg_puts(&e->err, "cannot encode array with ");
+                json_describe_key(L, -1, &e->err);
+                lua_pop(L, 1);
+                json_msg_puts(&e->err, " at ");
+                json_msg_path(&e->err, e, depth);
+                return TIDE_EVALUE;
+            }
+        }
+    }
+    if (marked == 'a') {
+        if (max > INT_MAX || (max > 1000 && max > 2 * count))
+            return json_enc_fail(e, depth, "cannot encode sparse array "
+                                 "(largest index %.0f, %.0f entries)",
+                                 max, count);
+        return json_enc_array(e, depth, max);
+    }
+    if (count > 0 && all_index && max == count)
+        return json_enc_array(e, depth, max);
+    return json_enc_object(e, depth);
+}
+
+/* Encodes the value on top of the stack, found at depth depth (the path to
+ * it is frames[1..depth]). Leaves the stack as it found it. Returns 0 or
+ * TIDE_EVALUE with the message in e->err. */
+static int json_enc_value(json_enc *e, int depth) {
+    lua_State *L = e->L;
+    char num[JSON_NUMLEN];
+    const char *s;
+    size_t n;
+    double v;
+
+    switch (lua_type(L, -1)) {
+    case LUA_TNIL:
+        json_gen_literal(e, -1);
+        return 0;
+    case LUA_TBOOLEAN:
+        json_gen_literal(e, lua_toboolean(L, -1));
+        return 0;
+    case LUA_TNUMBER:
+        v = lua_tonumber(L, -1);
+        n = json_format_number(v, num);
+        if (n == 0)
+            return json_enc_fail(e, depth, "cannot encode number %s",
+                                 isnan(v) ? "nan" : v > 0 ? "inf" : "-inf");
+        json_gen_number(e, num, n);
+        return 0;
+    case LUA_TSTRING:
+        s = lua_tolstring(L, -1, &n);
+        if (json_gen_string(e, s, n) != 0)
+            return json_enc_fail(e, depth, "cannot encode invalid UTF-8 "
+                                 "string");
+        return 0;
+    case LUA_TLIGHTUSERDATA:
+        if (lua_touserdata(L, -1) == NULL) {
+            json_gen_literal(e, -1);
+            return 0;
+        }
+        break;
+    case LUA_TTABLE:
+        return json_enc_table(e, depth);
+    default:
+        break;
+    }
+    return json_enc_fail(e, depth, "cannot encode %s", luaL_typename(L, -1));
+}
+
+/* The protected half of encoding: arguments are the value and the context
+ * (lightuserdata). Pushes the metatables, encodes, and with e->push returns
+ * the JSON text as a string. */
+static int json_enc_protected(lua_State *L) {
+    json_enc *e = lua_touserdata(L, 2);
+
+    json_push_array_mt(L);
+    e->arr_mt = lua_gettop(L);
+    json_push_object_mt(L);
+    e->obj_mt = lua_gettop(L);
+    lua_pushvalue(L, 1);
+    e->rc = json_enc_value(e, 0);
+    if (e->rc == 0 && e->push) {
+        lua_pushlstring(L, e->buf, e->len);
+        return 1;
+    }
+    return 0;
+}
+
+/* Runs the encoder on the value at idx. Returns 0 (with e->buf owned by
+ * the caller, and with e->push the string pushed) or TIDE_EVALUE (nothing
+ * pushed, e->buf freed). Frees everything else before returning, and
+ * re-raises a Lua error after freeing e->buf too. */
+static int json_encode_run(lua_State *L, int idx, json_enc *e) {
+    int status;
+
+    if (idx < 0 && idx > LUA_REGISTRYINDEX)
+        idx = lua_gettop(L) + idx + 1;
+    /* These may raise; nothing is allocated yet. */
+    lua_pushcfunction(L, json_enc_protected);
+    lua_pushvalue(L, idx);
+    lua_pushlightuserdata(L, e);
+
+    e->L = L;
+    e->frames = e->inline_frames;
+    e->framecap = JSON_INLINE_LEVELS;
+    e->frames[0].kind = JSON_SEG_ROOT;
+    e->g = yajl_gen_alloc(&json_yajl_alloc);
+    TIDE_ASSERT(e->g != NULL);
+    yajl_gen_config(e->g, yajl_gen_validate_utf8, 1);
+    yajl_gen_config(e->g, yajl_gen_print_callback, json_print, e);
+
+    status = lua_pcall(L, 2, e->push ? 1 : 0, 0);
+
+    yajl_gen_free(e->g);
+    free(e->keys);
+    if (e->frames != e->inline_frames)
+        free(e->frames);
+    if (status != 0 || e->rc != 0 || e->push) {
+        free(e->buf);
+        e->buf = NULL;
+        e->len = 0;
+    }
+    if (status != 0)
+        lua_error(L);
+    if (e->rc != 0 && e->push)
+        lua_pop(L, 1);
+    return e->rc;
+}
+
+int tide__json_encode_value(lua_State *L, int idx, char **out,
+                            size_t *outlen, char *err, size_t errlen) {
+    json_enc e;
+    int rc;
+
+    memset(&e, 0, sizeof e);
+    e.err.p = err;
+    e.err.cap = errlen;
+    if (errlen > 0)
+        err[0] = '\0';
+    rc = json_encode_run(L, idx, &e);
+    if (rc == 0) {
+        json_put(&e, "", 1);
+        e.len--;
+    }
+    *out = e.buf;
+    *outlen = e.len;
+    return rc;
+}
+
+int tide__json_encode_push(lua_State *L, int idx, char *err, size_t errlen) {
+    json_enc e;
+
+    memset(&e, 0, sizeof e);
+    e.push = 1;
+    e.err.p = err;
+    e.err.cap = errlen;
+    if (errlen > 0)
+        err[0] = '\0';
+    return json_encode_run(L, idx, &e);
+}
+
+/* ===== DECODING ===== */
+
+typedef struct {
+    int is_array;
+    int n; /* entries so far, for arrays */
+} json_level;
+
+typedef struct {
+    lua_State *L;
+    yajl_handle h;
+    const char *s;
+    size_t len;
+    int arr_mt, obj_mt; /* absolute stack indices of the metatables */
+    int depth;          /* open containers; levels[1..depth] */
+    json_level *levels;
+    int levelcap;
+    json_level inline_levels[JSON_INLINE_LEVELS];
+    int too_deep;       /* a callback stopped the parse: too deep */
+    int no_stack;       /* a callback stopped the parse: Lua stack full */
+    char radix;
+    int rc;
+    json_msg err;
+} json_dec;
+
+/* Stores the value on top of the stack into the open container, if any.
+ * At depth 0 it is the document and stays on the stack. */
+static int json_dec_add(json_dec *d) {
+    json_level *lv;
+
+    if (d->depth == 0)
+        return 1;
+    lv = &d->levels[d->depth];
+    if (lv->is_array)
+        lua_rawseti(d->L, -2, ++lv->n);
+    else
+        lua_rawset(d->L, -3); /* key at -2 */
+    return 1;
+}
+
+static int json_dec_null(void *ctx) {
+    json_dec *d = ctx;
+
+    lua_pushlightuserdata(d->L, NULL);
+    return json_dec_add(d);
+}
+
+static int json_dec_boolean(void *ctx, int b) {
+    json_dec *d = ctx;
+
+    lua_pushboolean(d->L, b);
+    return json_dec_add(d);
+}
+
+/* Numbers arrive as text that yajl's lexer already checked. */
+static int json_dec_number(void *ctx, const char *s, size_t n) {
+    json_dec *d = ctx;
+    char tmp[64];
+    char *p = n < sizeof tmp ? tmp : tide__xmalloc(n + 1);
+    double v;
+
+    memcpy(p, s, n);
+    p[n] = '\0';
+    v = json_strtod(p, d->radix);
+    if (p != tmp)
+        free(p); /* before lua_pushnumber, which may raise */
+    lua_pushnumber(d->L, v);
+    return json_dec_add(d);
+}
+
+static int json_dec_string(void *ctx, const unsigned char *s, size_t n) {
+    json_dec *d = ctx;
+
+    lua_pushlstring(d->L, (const char *)s, n);
+    return json_dec_add(d);
+}
+
+/* Opens a container: a new table with the array or object metatable.
+ * Returns 0 (stopping the parse) past the depth limit. */
+static int json_dec_open(json_dec *d, int is_array) {
+    lua_State *L = d->L;
+
+    if (d->depth >= TIDE_JSON_MAX_DEPTH) {
+        d->too_deep = 1;
+        return 0;
+    }
+    if (!lua_checkstack(L, 4)) {
+        d->no_stack = 1;
+        return 0;
+    }
+    if (d->depth + 1 >= d->levelcap) {
+        int cap = d->levelcap * 2;
+        if (d->levels == d->inline_levels) {
+            d->levels = tide__xmalloc((size_t)cap * sizeof(json_level));
+            memcpy(d->levels, d->inline_levels, sizeof d->inline_levels);
+        } else {
+            d->levels = tide__xrealloc(d->levels,
+                                       (size_t)cap * sizeof(json_level));
+        }
+        d->levelcap = cap;
+    }
+    d->depth++;
+    d->levels[d->depth].is_array = is_array;
+    d->levels[d->depth].n = 0;
+    lua_createtable(L, 0, 0);
+    lua_pushvalue(L, is_array ? d->arr_mt : d->obj_mt);
+    lua_setmetatable(L, -2);
+    return 1;
+}
+
+static int json_dec_start_map(void *ctx) {
+    return json_dec_open(ctx, 0);
+}
+
+static int json_dec_start_array(void *ctx) {
+    return json_dec_open(ctx, 1);
+}
+
+static int json_dec_map_key(void *ctx, const unsigned char *s, size_t n) {
+    json_dec *d = ctx;
+
+    lua_pushlstring(d->L, (const char *)s, n);
+    return 1;
+}
+
+static int json_dec_close(void *ctx) {
+    json_dec *d = ctx;
+
+    d->depth--;
+    return json_dec_add(d);
+}
+
+static const yajl_callbacks json_callbacks = {
+    .yajl_null = json_dec_null,
+    .yajl_boolean = json_dec_boolean,
+    .yajl_integer = NULL,
+    .yajl_double = NULL,
+    .yajl_number = json_dec_number,
+    .yajl_string = json_dec_string,
+    .yajl_start_map = json_dec_start_map,
+    .yajl_map_key = json_dec_map_key,
+    .yajl_end_map = json_dec_close,
+    .yajl_start_array = json_dec_start_array,
+    .yajl_end_array = json_dec_close,
+};
+
+/* Records the parse error as the message, with its byte offset. */
+static void json_dec_fail(json_dec *d, int at_end) {
+    size_t off = at_end ? d->len : yajl_get_bytes_consumed(d->h);
+    unsigned char *ye;
+    size_t n;
+
+    d->rc = TIDE_EVALUE;
+    if (d->too_deep) {
+        json_msg_putf(&d->err, "JSON nested deeper than %d at byte %zu",
+                      TIDE_JSON_MAX_DEPTH, off);
+        return;
+    }
+    if (d->no_stack) {
+        json_msg_putf(&d->err, "JSON too deep for the Lua stack at byte %zu",
+                      off);
+        return;
+    }
+    ye = yajl_get_error(d->h, 0, (const unsigned char *)d->s, d->len);
+    n = ye != NULL ? strlen((char *)ye) : 0;
+    while (n > 0 && (ye[n - 1] == '\n' || ye[n - 1] == ' ' ||
+                     ye[n - 1] == '.'))
+        n--;
+    json_msg_putf(&d->err, "invalid JSON at byte %zu: ", off);
+    json_msg_put(&d->err, ye != NULL ? (const char *)ye : "error", n);
+    if (ye != NULL)
+        yajl_free_error(d->h, ye);
+}
+
+/* Returns the offset of the first \v or \f in s, or len when there is none.
+ * yajl's lexer skips both as whitespace, which JSON does not allow (only
+ * space, \t, \n and \r; JSONTestSuite n_structure_whitespace_formfeed).
+ * It rejects every raw control byte inside strings, so after yajl accepted
+ * a text, any \v or \f in it lies between tokens and is an error. */
+static size_t json_bad_space(const char *s, size_t len) {
+    const char *v = memchr(s, '\v', len);
+    const char *f = memchr(s, '\f', len);
+
+    if (v == NULL && f == NULL)
+        return len;
+    if (v == NULL || (f != NULL && f < v))
+        v = f;
+    return (size_t)(v - s);
+}
+
+/* The protected half of decoding: the argument is the context. Returns
+ * the value, or nothing with d->rc set. */
+static int json_dec_protected(lua_State *L) {
+    json_dec *d = lua_touserdata(L, 1);
+    yajl_status st;
+    int at_end = 0;
+    size_t bad;
+
+    json_push_array_mt(L);
+    d->arr_mt = lua_gettop(L);
+    json_push_object_mt(L);
+    d->obj_mt = lua_gettop(L);
+    st = yajl_parse(d->h, (const unsigned char *)d->s, d->len);
+    if (st == yajl_status_ok) {
+        at_end = 1;
+        st = yajl_complete_parse(d->h);
+    }
+    if (st != yajl_status_ok) {
+        json_dec_fail(d, at_end);
+        return 0;
+    }
+    bad = json_bad_space(d->s, d->len);
+    if (bad < d->len) {
+        d->rc = TIDE_EVALUE;
+        json_msg_putf(&d->err, "invalid JSON at byte %zu: lexical error: "
+                      "invalid char in json text", bad);
+        return 0;
+    }
+    TIDE_ASSERT(d->depth == 0 && lua_gettop(L) == d->obj_mt + 1);
+    return 1;
+}
+
+int tide__json_decode_push(lua_State *L, const char *s, size_t len,
+                           char *err, size_t errlen) {
+    json_dec d;
+    int status;
+
+    memset(&d, 0, sizeof d);
+    d.err.p = err;
+    d.err.cap = errlen;
+    if (errlen > 0)
+        err[0] = '\0';
+    /* These may raise; nothing is allocated yet. */
+    lua_pushcfunction(L, json_dec_protected);
+    lua_pushlightuserdata(L, &d);
+
+    d.L = L;
+    d.s = s;
+    d.len = len;
+    d.levels = d.inline_levels;
+    d.levelcap = JSON_INLINE_LEVELS;
+    d.radix = json_radix();
+    d.h = yajl_alloc(&json_callbacks, &json_yajl_alloc, &d);
+    TIDE_ASSERT(d.h != NULL);
+    yajl_config(d.h, yajl_allow_comments, 0);
+    yajl_config(d.h, yajl_dont_validate_strings, 0);
+    yajl_config(d.h, yajl_allow_trailing_garbage, 0);
+    yajl_config(d.h, yajl_allow_multiple_values, 0);
+    yajl_config(d.h, yajl_allow_partial_values, 0);
+
+    status = lua_pcall(L, 1, 1, 0);
+
+    yajl_free(d.h);
+    if (d.levels != d.inline_levels)
+        free(d.levels);
+    if (status != 0)
+        lua_error(L);
+    if (d.rc != 0)
+        lua_pop(L, 1);
+    return d.rc;
+}
+
+/* ===== LUA API ===== */
+
+/* Returns nil, "EVALUE: msg", "EVALUE" for rc (a TIDE_E* code). */
+static int json_fail(lua_State *L, int rc, const char *msg) {
+    const char *name = tide_err_name(rc);
+
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: %s", name, msg);
+    lua_pushstring(L, name);
+    return 3;
+}
+
+/* decode(str) -> value | nil, msg, "EVALUE". Raises on a non-string. */
+static int json_l_decode(lua_State *L) {
+    char err[TIDE_JSON_ERRLEN];
+    const char *s;
+    size_t len;
+    int rc;
+
+    luaL_argcheck(L, lua_gettop(L) == 1, 1, "expected 1 argument");
+    if (lua_type(L, 1) != LUA_TSTRING)
+        return luaL_argerror(L, 1, lua_pushfstring(L, "string expected, "
+                             "got %s", luaL_typename(L, 1)));
+    s = lua_tolstring(L, 1, &len);
+    rc = tide__json_decode_push(L, s, len, err, sizeof err);
+    if (rc != 0)
+        return json_fail(L, rc, err);
+    return 1;
+}
+
+/* encode(value) -> string | nil, msg, "EVALUE". */
+static int json_l_encode(lua_State *L) {
+    char err[TIDE_JSON_ERRLEN];
+    int rc;
+
+    luaL_argcheck(L, lua_gettop(L) == 1, 1, "expected 1 argument");
+    rc = tide__json_encode_push(L, 1, err, sizeof err);
+    if (rc != 0)
+        return json_fail(L, rc, err);
+    return 1;
+}
+
+/* Sets the shared metatable (pushed by push_mt) on argument 1, or on a new
+ * table when there is no argument or it is nil, and returns the table.
+ * Raises when argument 1 is not a table or has a foreign metatable. */
+static int json_mark(lua_State *L, void (*push_mt)(lua_State *)) {
+    int top = lua_gettop(L);
+
+    luaL_argcheck(L, top <= 1, 2, "expected at most 1 argument");
+    if (top == 0 || lua_isnil(L, 1)) {
+        lua_settop(L, 0);
+        lua_newtable(L);
+    } else {
+        luaL_checktype(L, 1, LUA_TTABLE);
+        if (lua_getmetatable(L, 1)) {
+            int ours;
+            json_push_array_mt(L);
+            json_push_object_mt(L);
+            ours = lua_rawequal(L, -3, -2) || lua_rawequal(L, -3, -1);
+            lua_pop(L, 3);
+            luaL_argcheck(L, ours, 1, "table already has a metatable");
+        }
+    }
+    push_mt(L);
+    lua_setmetatable(L, 1);
+    return 1;
+}
+
+/* array([t]) -> t, marked to encode as a JSON array. */
+static int json_l_array(lua_State *L) {
+    return json_mark(L, json_push_array_mt);
+}
+
+/* object([t]) -> t, marked to encode as a JSON object. */
+static int json_l_object(lua_State *L) {
+    return json_mark(L, json_push_object_mt);
+}
+
+/* ===== INITIALISATION ===== */
+
+static const luaL_Reg json_funcs[] = {
+    { "decode", json_l_decode },
+    { "encode", json_l_encode },
+    { "array", json_l_array },
+    { "object", json_l_object },
+    { NULL, NULL },
+};
+
+int tide__json_open(lua_State *L) {
+    lua_createtable(L, 0, 7);
+    luaL_setfuncs(L, json_funcs, 0);
+    json_push_array_mt(L);
+    lua_setfield(L, -2, "array_mt");
+    json_push_object_mt(L);
+    lua_setfield(L, -2, "object_mt");
+    lua_pushlightuserdata(L, NULL);
+    lua_setfield(L, -2, "null");
+    return 1;
+}

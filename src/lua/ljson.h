@@ -1,0 +1,70 @@
+/* tide's JSON codec for Lua (yajl 2.1): the module table and a C API. */
+#ifndef TIDE_LJSON_H
+#define TIDE_LJSON_H
+
+#include <stddef.h>
+
+#include <lua.h>
+
+/* Containers may nest this deep, when decoding and when encoding; one more
+ * level fails with TIDE_EVALUE. */
+#define TIDE_JSON_MAX_DEPTH 1000
+
+/* A size for the err buffers below that holds every message whole, except
+ * for very long paths, which are cut with "...". */
+#define TIDE_JSON_ERRLEN 256
+
+/* Pushes ONE new table: the module that tide.core exposes as tide.json.
+ * It registers no globals. Its fields are:
+ *
+ *   decode(str)    -> value | nil, "EVALUE: msg", "EVALUE"
+ *   encode(value)  -> str   | nil, "EVALUE: msg", "EVALUE"
+ *   array([t])     -> t marked as a JSON array (a new table when t is nil)
+ *   object([t])    -> t marked as a JSON object
+ *   array_mt, object_mt  the shared metatables that mark decoded tables
+ *   null           the null sentinel, lightuserdata NULL (like cjson.null)
+ *
+ * Misuse (a non-string to decode, a wrong argument count, array/object on
+ * a table that already has a foreign metatable) raises with luaL_argerror.
+ * The metatables live in the registry, so every call in one lua_State
+ * shares them; calling this twice pushes two tables that share them.
+ * Returns 1 (a lua_CFunction, usable with luaL_requiref-style loaders). */
+int tide__json_open(lua_State *L);
+
+/* Encodes the value at stack index idx as compact JSON (see ljson.c for
+ * the rules: sorted object keys, arrays by metatable or by shape, numbers
+ * printed exactly).
+ *
+ * On success returns 0 and sets *out to a new buffer of *outlen bytes plus
+ * a terminating NUL that is not counted; the caller owns it and releases
+ * it with free(). On failure returns TIDE_EVALUE, sets *out to NULL and
+ * *outlen to 0, and writes a NUL-terminated message without the code
+ * prefix (for example "cannot encode function at $.a[2]") into err, cut
+ * to errlen bytes; err may be NULL when errlen is 0.
+ *
+ * The value is borrowed and the stack is left as it was. The function runs
+ * the encoder under lua_pcall and frees every C buffer before anything
+ * propagates, so the only error it raises is a Lua memory error, re-raised
+ * after the cleanup. Out of C memory aborts (tide__xmalloc). */
+int tide__json_encode_value(lua_State *L, int idx, char **out,
+                            size_t *outlen, char *err, size_t errlen);
+
+/* Like tide__json_encode_value, but on success pushes the JSON text as a
+ * Lua string (the only C buffer is freed before returning). On failure
+ * returns TIDE_EVALUE, pushes nothing and fills err. */
+int tide__json_encode_push(lua_State *L, int idx, char *err, size_t errlen);
+
+/* Decodes the len bytes at s (borrowed; no NUL terminator needed, NUL
+ * bytes inside are data) as exactly one JSON value of any type.
+ *
+ * On success returns 0 and pushes the value: objects become tables with
+ * the shared object metatable, arrays tables with the shared array
+ * metatable, null the sentinel lightuserdata NULL. On malformed JSON,
+ * invalid UTF-8, trailing data or nesting deeper than TIDE_JSON_MAX_DEPTH
+ * returns TIDE_EVALUE, pushes nothing and writes a message naming the byte
+ * offset into err (as above). Raises only a Lua memory error, after
+ * freeing every C buffer. */
+int tide__json_decode_push(lua_State *L, const char *s, size_t len,
+                           char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,714 @@
+/* The scheduler: contexts, the ready queue, attempts, retries and timers.
+ *
+ * DESIGN
+ * ------
+ * A context is one input flowing through a pipeline; it lives in a slot
+ * (a small integer the Lua side uses to index its own tables of values).
+ * The engine keeps, per context, a predecessor counter and an attempt
+ * number per task. tide__eng_next hands the Lua runner one operation at a
+ * time: a finished context, an attempt the engine failed (timeout,
+ * deadlock), or a (context, task) pair to run, taken from the ready queue.
+ *
+ * Slots and their lifetime: a slot is freed only when the Lua side has
+ * released it (it took the result) and no queue entry or running attempt
+ * refers to it any more, so a stale entry can never run a task of a
+ * recycled slot. Attempt records carry a generation for the same reason:
+ * the resume and fail queues hold handles, and a handle whose generation
+ * changed is skipped.
+ *
+ * Nothing here calls Lua. The glue (src/lua/lrun.c) drains the queues by
+ * resuming runner coroutines, and is told through eng->kick when work
+ * became ready and through eng->drop_co when a parked coroutine is
+ * abandoned. */
+#include <math.h>
+#include <string.h>
+
+#include "internal.h"
+
+const char *tide__ctx_status_name(int status) {
+    switch (status) {
+#define XX(name, str) case TIDE__CTX_##name: return str;
+        TIDE__CTX_STATUS_MAP(XX)
+#undef XX
+    }
+    return "unknown";
+}
+
+#define ENG_HANDLE(att) (((uint64_t)(att)->gen << 32) | (att)->idx)
+
+static void eng_on_timer(uv_timer_t *t);
+
+int tide__eng_init(tide__eng *eng, uv_loop_t *loop, uint32_t concurrency) {
+    memset(eng, 0, sizeof(*eng));
+    eng->loop = loop;
+    eng->concurrency = concurrency ? concurrency : 1;
+    tide__rq_init(&eng->rq);
+    tide__heap_init(&eng->heap);
+    eng->nslots = 1; /* slot 0 means "no context" */
+    eng->natts = 1;
+    int rc = uv_timer_init(loop, &eng->timer);
+    if (rc == 0)
+        rc = uv_idle_init(loop, &eng->idle);
+    return rc;
+}
+
+void tide__eng_free(tide__eng *eng) {
+    for (uint32_t s = 1; s < eng->nslots; s++)
+        free(eng->ctx[s]);
+    for (uint32_t a = 1; a < eng->natts; a++)
+        free(eng->atts[a]);
+    free(eng->ctx);
+    free(eng->free_slots);
+    free(eng->atts);
+    free(eng->graphs);
+    free(eng->gbase);
+    free(eng->timeout_ms);
+    free(eng->gtask_graph);
+    for (int p = 0; p < TIDE__NPRIO; p++)
+        tide__ring_free(&eng->admit[p]);
+    tide__ring_free(&eng->resumeq);
+    tide__ring_free(&eng->doneq);
+    tide__ring_free(&eng->failq);
+    tide__rq_free(&eng->rq);
+    tide__heap_free(&eng->heap);
+}
+
+/* Registers a compiled graph (borrowed: it must outlive the engine) and
+ * its per-task timeouts (copied). Returns the graph's number. */
+uint32_t tide__eng_attach(tide__eng *eng, tide__graph *g,
+                          const double *timeout_ms) {
+    uint32_t id = eng->ngraphs++;
+    eng->graphs = tide__xrealloc(eng->graphs, eng->ngraphs * sizeof(void *));
+    eng->gbase = tide__xrealloc(eng->gbase, eng->ngraphs * sizeof(uint32_t));
+    eng->graphs[id] = g;
+    /* Global indices: graph id's task i is gbase + i; base + 0 is unused. */
+    uint32_t base = eng->ntasks + 1;
+    eng->gbase[id] = base - 1;
+    eng->ntasks += g->n + 1;
+    eng->timeout_ms = tide__xrealloc(eng->timeout_ms,
+                                     (eng->ntasks + 1) * sizeof(double));
+    eng->gtask_graph = tide__xrealloc(eng->gtask_graph,
+                                      (eng->ntasks + 1) * sizeof(uint32_t));
+    for (uint32_t i = 0; i <= g->n; i++) {
+        eng->timeout_ms[base - 1 + i] = i ? timeout_ms[i] : 0;
+        eng->gtask_graph[base - 1 + i] = id;
+    }
+    return id;
+}
+
+int tide__eng_has_work(const tide__eng *eng) {
+    return eng->rq.len || eng->resumeq.len || eng->doneq.len ||
+           eng->failq.len;
+}
+
+/* ===== TIMERS ===== */
+
+/* Arms the uv timer for the first heap entry, or stops it. */
+void tide__eng_arm(tide__eng *eng) {
+    tide__tentry *e = tide__heap_peek(&eng->heap);
+    if (e == NULL) {
+        uv_timer_stop(&eng->timer);
+        return;
+    }
+    uint64_t now = uv_now(eng->loop);
+    uv_timer_start(&eng->timer, eng_on_timer, e->due > now ? e->due - now : 0,
+                   0);
+}
+
+static void eng_timer_add(tide__eng *eng, tide__tentry *e, int kind,
+                          double ms) {
+    uv_update_time(eng->loop);
+    if (!(ms > 0))
+        ms = 0;
+    if (ms > 1e15)
+        ms = 1e15;
+    e->kind = kind;
+    e->due = uv_now(eng->loop) + (uint64_t)ceil(ms);
+    tide__heap_remove(&eng->heap, e);
+    tide__heap_insert(&eng->heap, e);
+    if (tide__heap_peek(&eng->heap) == e)
+        tide__eng_arm(eng);
+}
+
+/* An entry that only wakes the loop at a time (a top-level wait's end). */
+void tide__eng_noop_timer(tide__eng *eng, tide__tentry *e, double ms) {
+    if (ms < 0) {
+        tide__heap_remove(&eng->heap, e);
+        return;
+    }
+    eng_timer_add(eng, e, TIDE__TM_NOOP, ms);
+}
+
+/* ===== CONTEXTS ===== */
+
+static tide__ctx *eng_ctx(tide__eng *eng, uint32_t slot) {
+    TIDE_ASSERT(slot > 0 && slot < eng->nslots && eng->ctx[slot] != NULL);
+    return eng->ctx[slot];
+}
+
+static tide__ctx *ctx_alloc(tide__eng *eng, uint32_t graph) {
+    const tide__graph *g = eng->graphs[graph];
+    uint32_t n = g->n + 1, slot;
+    if (eng->nfree) {
+        slot = eng->free_slots[--eng->nfree];
+    } else {
+        slot = eng->nslots++;
+        eng->ctx = tide__xrealloc(eng->ctx, eng->nslots * sizeof(void *));
+        eng->ctx[slot] = NULL;
+    }
+    /* One block: the record, then pending[n], kids[n], attempt[n]. A freed
+     * slot keeps its block, reused when the next context has as many
+     * tasks. */
+    tide__ctx *c = eng->ctx[slot];
+    if (c == NULL || eng->graphs[c->graph]->n + 1 != n) {
+        free(c);
+        c = tide__xmalloc(sizeof(*c) + n * (2 * sizeof(uint32_t) +
+                                            sizeof(uint16_t)));
+        eng->ctx[slot] = c;
+    }
+    memset(c, 0, sizeof(*c));
+    c->slot = slot;
+    c->graph = graph;
+    c->gbase = eng->gbase[graph];
+    c->pending = (uint32_t *)(c + 1);
+    c->kids = c->pending + n;
+    c->attempt = (uint16_t *)(c->kids + n);
+    for (uint32_t i = 0; i < n; i++) {
+        c->pending[i] = i ? g->t[i].init_pending : 0;
+        c->kids[i] = 0;
+        c->attempt[i] = 1;
+    }
+    eng->nlive++;
+    return c;
+}
+
+static void ctx_maybe_free(tide__eng *eng, tide__ctx *c) {
+    if (!c->released || c->nqueued || c->nrunning || c->atts)
+        return;
+    TIDE_ASSERT(c->status >= TIDE__CTX_DONE);
+    c->status = 255; /* poison: a freed slot */
+    if (eng->nfree % 64 == 0)
+        eng->free_slots = tide__xrealloc(eng->free_slots,
+                                         (eng->nfree + 64) * sizeof(uint32_t));
+    eng->free_slots[eng->nfree++] = c->slot;
+}
+
+static void ctx_enqueue(tide__eng *eng, tide__ctx *c, uint32_t i) {
+    const tide__graph *g = eng->graphs[c->graph];
+    c->nqueued++;
+    tide__rq_push(&eng->rq, c->prio, g->t[i].depth,
+                  ((uint64_t)c->slot << 32) | i);
+}
+
+static void ctx_check_complete(tide__eng *eng, tide__ctx *c);
+
+static void ctx_start(tide__eng *eng, tide__ctx *c) {
+    const tide__graph *g = eng->graphs[c->graph];
+    uint32_t region = c->parent ? c->map_task : 0;
+    c->admitted = 1;
+    if (c->parent == 0)
+        eng->nactive++;
+    c->remaining = g->region_size[region];
+    for (uint32_t k = g->roots_off[region]; k < g->roots_off[region + 1]; k++)
+        ctx_enqueue(eng, c, g->roots[k]);
+    ctx_check_complete(eng, c);
+}
+
+static void eng_admit(tide__eng *eng) {
+    uint64_t v;
+    while (eng->nactive < eng->concurrency) {
+        int p, got = -1;
+        for (p = 0; p < TIDE__NPRIO && got; p++)
+            got = p == TIDE__PRIO_LIFO ? tide__ring_pop(&eng->admit[p], &v)
+                                       : tide__ring_shift(&eng->admit[p], &v);
+        if (got)
+            return;
+        tide__ctx *c = eng->ctx[(uint32_t)v];
+        if (c->status >= TIDE__CTX_DONE)
+            continue; /* cancelled while pending */
+        ctx_start(eng, c);
+    }
+}
+
+/* Marks a context final. Its queue entries are dropped lazily. */
+static void ctx_final(tide__eng *eng, tide__ctx *c, int status) {
+    c->status = (uint8_t)status;
+    eng->nlive--;
+    if (c->parent == 0 && c->admitted && c->given == 0) {
+        eng->nactive--;
+        eng_admit(eng);
+    }
+}
+
+static void ctx_check_complete(tide__eng *eng, tide__ctx *c) {
+    if (c->remaining == 0 && c->maps_out == 0 &&
+        c->status < TIDE__CTX_DONE) {
+        ctx_final(eng, c, TIDE__CTX_DONE);
+        tide__ring_push(&eng->doneq, c->slot);
+        eng->kick(eng);
+    }
+}
+
+/* Submits a root context of graph `graph` with priority class `prio`. It
+ * starts when fewer than `concurrency` root contexts are in flight.
+ * Returns its slot. */
+uint32_t tide__eng_submit(tide__eng *eng, uint32_t graph, int prio) {
+    tide__ctx *c = ctx_alloc(eng, graph);
+    c->prio = (uint8_t)prio;
+    c->status = TIDE__CTX_PENDING;
+    tide__ring_push(&eng->admit[prio], c->slot);
+    eng_admit(eng);
+    return c->slot;
+}
+
+/* Creates child `map_index` of the map task `gtask` of context `parent`
+ * and starts it. Call before completing the map task. */
+uint32_t tide__eng_spawn(tide__eng *eng, uint32_t parent, uint32_t gtask,
+                         uint32_t map_index) {
+    tide__ctx *p = eng_ctx(eng, parent);
+    tide__ctx *c = ctx_alloc(eng, p->graph);
+    p = eng_ctx(eng, parent); /* ctx_alloc may move the slot table */
+    c->parent = parent;
+    c->map_task = gtask - p->gbase;
+    c->map_index = map_index;
+    c->prio = p->prio;
+    c->status = TIDE__CTX_RUNNING;
+    c->next_sibling = p->first_child;
+    if (p->first_child)
+        eng->ctx[p->first_child]->prev_sibling = c->slot;
+    p->first_child = c->slot;
+    p->kids[c->map_task]++;
+    ctx_start(eng, c);
+    return c->slot;
+}
+
+/* All children of map `m` in context c finished: release its gathers. */
+static void ctx_map_done(tide__eng *eng, tide__ctx *c, uint32_t m) {
+    const tide__graph *g = eng->graphs[c->graph];
+    for (uint32_t i = 1; i <= g->n; i++)
+        if (g->t[i].gather_of == m && --c->pending[i] == 0)
+            ctx_enqueue(eng, c, i);
+}
+
+/* ===== ATTEMPT RECORDS ===== */
+
+static tide__att *att_new(tide__eng *eng, tide__ctx *c, uint32_t gtask,
+                          int state) {
+    tide__att *a;
+    if (eng->att_free) {
+        a = eng->atts[eng->att_free];
+        eng->att_free = a->next_free;
+    } else {
+        eng->atts = tide__xrealloc(eng->atts, (eng->natts + 1) *
+                                                  sizeof(void *));
+        a = tide__xcalloc(1, sizeof(*a));
+        a->idx = eng->natts;
+        eng->atts[eng->natts++] = a;
+    }
+    a->gen++;
+    a->slot = c->slot;
+    a->task = gtask;
+    a->attempt = c->attempt[gtask - c->gbase];
+    a->state = state;
+    a->result = 0;
+    a->gave = 0;
+    a->co = NULL;
+    a->co_ref = -2;
+    a->deadline.pos = a->wake.pos = UINT32_MAX;
+    a->deadline.data = a->wake.data = a;
+    a->prev_in_ctx = NULL;
+    a->next_in_ctx = c->atts;
+    if (c->atts)
+        c->atts->prev_in_ctx = a;
+    c->atts = a;
+    return a;
+}
+
+/* A waiter that gave its root context's concurrency slot back takes it
+ * again (it may briefly exceed the limit: it was admitted before). */
+static void att_take_slot(tide__eng *eng, tide__att *a) {
+    if (a->gave == 0)
+        return;
+    tide__ctx *root = eng_ctx(eng, a->gave);
+    a->gave = 0;
+    if (--root->given == 0 && root->status < TIDE__CTX_DONE)
+        eng->nactive++;
+}
+
+/* Unlinks and recycles an attempt record; its coroutine must be gone. */
+static void att_release(tide__eng *eng, tide__att *a) {
+    tide__ctx *c = eng_ctx(eng, a->slot);
+    TIDE_ASSERT(a->co == NULL);
+    att_take_slot(eng, a);
+    tide__heap_remove(&eng->heap, &a->deadline);
+    tide__heap_remove(&eng->heap, &a->wake);
+    if (a->prev_in_ctx)
+        a->prev_in_ctx->next_in_ctx = a->next_in_ctx;
+    else
+        c->atts = a->next_in_ctx;
+    if (a->next_in_ctx)
+        a->next_in_ctx->prev_in_ctx = a->prev_in_ctx;
+    a->next_in_ctx = a->prev_in_ctx = NULL;
+    a->gen++; /* outstanding handles go stale */
+    a->state = 0;
+    a->next_free = eng->att_free;
+    eng->att_free = a->idx;
+    if (eng->cur == a)
+        eng->cur = NULL;
+}
+
+double tide__eng_att_handle(const tide__att *a) {
+    return (double)a->idx + (double)a->gen * 4294967296.0;
+}
+
+/* Returns the attempt record a handle names, or NULL if it went stale. */
+tide__att *tide__eng_att_get(tide__eng *eng, double handle) {
+    if (!(handle >= 1) || handle > 9007199254740991.0)
+        return NULL;
+    uint64_t h = (uint64_t)handle;
+    uint32_t idx = (uint32_t)(h & 0xffffffffu), gen = (uint32_t)(h >> 32);
+    if (idx == 0 || idx >= eng->natts)
+        return NULL;
+    tide__att *a = eng->atts[idx];
+    return a->gen == gen && a->state ? a : NULL;
+}
+
+static tide__att *eng_handle_att(tide__eng *eng, uint64_t h) {
+    uint32_t idx = (uint32_t)(h & 0xffffffffu), gen = (uint32_t)(h >> 32);
+    tide__att *a = eng->atts[idx];
+    return a->gen == gen && a->state ? a : NULL;
+}
+
+/* The record of the attempt whose body is running, made on first need.
+ * Returns NULL when no body is running. */
+tide__att *tide__eng_current_att(tide__eng *eng) {
+    if (eng->cur)
+        return eng->cur;
+    if (eng->cur_slot == 0)
+        return NULL;
+    tide__ctx *c = eng_ctx(eng, eng->cur_slot);
+    eng->cur = att_new(eng, c, eng->cur_task, TIDE__ATT_RUNNING);
+    return eng->cur;
+}
+
+/* The running body parks: it will be resumed by tide__eng_wake, or with
+ * result 0 after timeout_ms (< 0: no timer). */
+void tide__eng_park(tide__eng *eng, tide__att *a, double timeout_ms,
+                    int give_slot) {
+    a->state = TIDE__ATT_PARKED;
+    if (give_slot && a->gave == 0) {
+        /* Waiting for other jobs must not hold a concurrency slot, or a
+         * full engine waiting on queued jobs would never make progress. */
+        tide__ctx *root = eng_ctx(eng, a->slot);
+        while (root->parent)
+            root = eng_ctx(eng, root->parent);
+        a->gave = root->slot;
+        if (root->given++ == 0 && root->status < TIDE__CTX_DONE &&
+            root->admitted) {
+            eng->nactive--;
+            eng_admit(eng);
+        }
+    }
+    if (timeout_ms >= 0)
+        eng_timer_add(eng, &a->wake, TIDE__TM_WAKE, timeout_ms);
+}
+
+/* Makes a parked attempt ready to resume with `result`. */
+void tide__eng_wake(tide__eng *eng, tide__att *a, int result) {
+    if (a->state != TIDE__ATT_PARKED)
+        return;
+    tide__heap_remove(&eng->heap, &a->wake);
+    att_take_slot(eng, a);
+    a->state = TIDE__ATT_READY;
+    a->result = result;
+    tide__ring_push(&eng->resumeq, ENG_HANDLE(a));
+    eng->kick(eng);
+}
+
+/* The glue has taken a yielded coroutine into a->co. If its context was
+ * finalized while the body ran, the coroutine is dropped at once. */
+void tide__eng_yielded(tide__eng *eng, tide__att *a) {
+    tide__ctx *c = eng_ctx(eng, a->slot);
+    if (eng->cur == a)
+        eng->cur = NULL;
+    eng->cur_slot = 0;
+    if (c->status >= TIDE__CTX_DONE) {
+        eng->drop_co(eng, a);
+        c->nrunning--;
+        att_release(eng, a);
+        ctx_maybe_free(eng, c);
+    }
+}
+
+/* Fails a parked attempt from outside (timeout, deadlock): its coroutine
+ * is dropped and the runner is handed a TIDE__OP_FAIL with `code`. */
+void tide__eng_abandon(tide__eng *eng, tide__att *a, int code) {
+    tide__heap_remove(&eng->heap, &a->deadline);
+    tide__heap_remove(&eng->heap, &a->wake);
+    if (a->co)
+        eng->drop_co(eng, a);
+    att_take_slot(eng, a);
+    a->state = TIDE__ATT_RUNNING;
+    a->result = code;
+    tide__ring_push(&eng->failq, ENG_HANDLE(a));
+    eng->kick(eng);
+}
+
+/* Fails every attempt parked with no timer (waiting for other jobs) when
+ * the loop has nothing else to do. Returns how many were failed. */
+int tide__eng_break_deadlocks(tide__eng *eng) {
+    int n = 0;
+    for (uint32_t i = 1; i < eng->natts; i++) {
+        tide__att *a = eng->atts[i];
+        if (a->state == TIDE__ATT_PARKED && !tide__tentry_armed(&a->wake)) {
+            tide__eng_abandon(eng, a, TIDE_EDEADLK);
+            n++;
+        }
+    }
+    return n;
+}
+
+/* ===== THE RUNNER'S INTERFACE ===== */
+
+/* Ends the attempt (slot, gtask) the runner just finished with: drops its
+ * record, if any, and its running count. */
+static tide__ctx *eng_end_attempt(tide__eng *eng, uint32_t slot,
+                                  uint32_t gtask) {
+    tide__ctx *c = eng_ctx(eng, slot);
+    tide__att *a = eng->cur;
+    if (a && a->slot == slot && a->task == gtask)
+        att_release(eng, a);
+    eng->cur = NULL;
+    eng->cur_slot = 0;
+    TIDE_ASSERT(c->nrunning > 0);
+    c->nrunning--;
+    return c;
+}
+
+/* Task gtask of context slot succeeded: count it and release successors. */
+void tide__eng_complete(tide__eng *eng, uint32_t slot, uint32_t gtask) {
+    tide__ctx *c = eng_end_attempt(eng, slot, gtask);
+    if (c->status >= TIDE__CTX_DONE) {
+        ctx_maybe_free(eng, c); /* cancelled while it ran */
+        return;
+    }
+    const tide__graph *g = eng->graphs[c->graph];
+    uint32_t i = gtask - c->gbase;
+    const tide__gtask *t = &g->t[i];
+    c->remaining--;
+    if (t->flags & TIDE__T_MAP) {
+        if (c->kids[i] == 0)
+            ctx_map_done(eng, c, i);
+        else
+            c->maps_out++;
+    }
+    for (uint32_t k = 0; k < t->nsuccs; k++) {
+        uint32_t s = t->succs[k];
+        const tide__gtask *st = &g->t[s];
+        if (st->region == t->region && !(st->flags & TIDE__T_GATHER) &&
+            --c->pending[s] == 0)
+            ctx_enqueue(eng, c, s);
+    }
+    ctx_check_complete(eng, c);
+}
+
+/* The attempt (slot, gtask) failed and will be retried after delay_ms. */
+void tide__eng_retry(tide__eng *eng, uint32_t slot, uint32_t gtask,
+                     double delay_ms) {
+    tide__ctx *c = eng_end_attempt(eng, slot, gtask);
+    if (c->status >= TIDE__CTX_DONE) {
+        ctx_maybe_free(eng, c);
+        return;
+    }
+    uint32_t i = gtask - c->gbase;
+    c->attempt[i]++;
+    if (!(delay_ms > 0)) {
+        ctx_enqueue(eng, c, i);
+        return;
+    }
+    tide__att *a = att_new(eng, c, gtask, TIDE__ATT_RETRY);
+    c->nretry++;
+    eng_timer_add(eng, &a->wake, TIDE__TM_RETRY, delay_ms);
+}
+
+/* Ends a context as failed or cancelled (status), with every child: their
+ * parked coroutines are dropped and their timers removed. If (slot, gtask)
+ * names a running attempt (gtask > 0), that attempt ends too. */
+static void eng_finalize_tree(tide__eng *eng, tide__ctx *c, int status) {
+    if (c->status < TIDE__CTX_DONE)
+        ctx_final(eng, c, status);
+    tide__att *a = c->atts;
+    while (a) {
+        tide__att *next = a->next_in_ctx;
+        if (a == eng->cur) {
+            /* The body running right now: it ends when it returns or
+             * yields (tide__eng_complete / tide__eng_yielded). */
+        } else {
+            if (a->co)
+                eng->drop_co(eng, a);
+            if (a->state == TIDE__ATT_RETRY)
+                c->nretry--;
+            else
+                c->nrunning--;
+            att_release(eng, a);
+        }
+        a = next;
+    }
+    uint32_t k = c->first_child;
+    while (k) {
+        tide__ctx *kid = eng->ctx[k];
+        uint32_t next = kid->next_sibling;
+        kid->released = 1; /* nobody will take its result */
+        kid->parent = 0;
+        eng_finalize_tree(eng, kid, TIDE__CTX_CANCELLED);
+        ctx_maybe_free(eng, kid);
+        k = next;
+    }
+    c->first_child = 0;
+}
+
+void tide__eng_finalize(tide__eng *eng, uint32_t slot, int status) {
+    tide__ctx *c = eng_ctx(eng, slot);
+    eng_finalize_tree(eng, c, status);
+    ctx_maybe_free(eng, c);
+}
+
+/* The attempt (slot, gtask) failed for good: it ends, and so does its
+ * context, with `status`. */
+void tide__eng_fail(tide__eng *eng, uint32_t slot, uint32_t gtask,
+                    int status) {
+    tide__ctx *c = eng_end_attempt(eng, slot, gtask);
+    eng_finalize_tree(eng, c, status);
+    ctx_maybe_free(eng, c);
+}
+
+/* The Lua side took the result of a final context: its slot may be reused
+ * once nothing refers to it. A child's release counts towards its
+ * parent's map. */
+void tide__eng_release(tide__eng *eng, uint32_t slot) {
+    tide__ctx *c = eng_ctx(eng, slot);
+    if (c->released)
+        return;
+    TIDE_ASSERT(c->status >= TIDE__CTX_DONE);
+    c->released = 1;
+    if (c->parent) {
+        tide__ctx *p = eng_ctx(eng, c->parent);
+        if (c->prev_sibling)
+            eng->ctx[c->prev_sibling]->next_sibling = c->next_sibling;
+        else
+            p->first_child = c->next_sibling;
+        if (c->next_sibling)
+            eng->ctx[c->next_sibling]->prev_sibling = c->prev_sibling;
+        c->parent = 0;
+        if (p->status < TIDE__CTX_DONE && --p->kids[c->map_task] == 0) {
+            p->maps_out--;
+            ctx_map_done(eng, p, c->map_task);
+            ctx_check_complete(eng, p);
+        }
+    }
+    ctx_maybe_free(eng, c);
+}
+
+int tide__eng_status(tide__eng *eng, uint32_t slot) {
+    tide__ctx *c = eng_ctx(eng, slot);
+    if (c->status >= TIDE__CTX_DONE || !c->admitted)
+        return c->status;
+    if (c->nrunning == 0 && c->nqueued == 0 && c->nretry > 0)
+        return TIDE__CTX_WAITING;
+    return TIDE__CTX_RUNNING;
+}
+
+/* Hands the runner its next operation (op->op == TIDE__OP_NONE: nothing
+ * to do now, or the drain's time slice is over). */
+void tide__eng_next(tide__eng *eng, tide__op *op) {
+    uint64_t v;
+    if (tide__unlikely(eng->doneq.len)) {
+        tide__ring_shift(&eng->doneq, &v);
+        tide__ctx *c = eng_ctx(eng, (uint32_t)v);
+        op->slot = c->slot;
+        if (c->parent) {
+            op->op = TIDE__OP_CHILD;
+            op->parent = c->parent;
+            op->task = c->gbase + c->map_task;
+            op->map_index = c->map_index;
+        } else {
+            op->op = TIDE__OP_FINISH;
+        }
+        return;
+    }
+    while (tide__unlikely(eng->failq.len)) {
+        tide__ring_shift(&eng->failq, &v);
+        tide__att *a = eng_handle_att(eng, v);
+        if (a == NULL)
+            continue;
+        op->op = TIDE__OP_FAIL;
+        op->slot = a->slot;
+        op->task = a->task;
+        op->attempt = a->attempt;
+        op->code = a->result;
+        eng->cur = a;
+        eng->cur_slot = a->slot;
+        eng->cur_task = a->task;
+        return;
+    }
+    if ((++eng->slice_count & 127) == 0 && uv_hrtime() > eng->slice_end) {
+        op->op = TIDE__OP_NONE;
+        return;
+    }
+    while (tide__rq_pop(&eng->rq, &v) == 0) {
+        uint32_t slot = (uint32_t)(v >> 32), i = (uint32_t)v;
+        tide__ctx *c = eng->ctx[slot];
+        c->nqueued--;
+        if (tide__unlikely(c->status >= TIDE__CTX_DONE)) {
+            ctx_maybe_free(eng, c);
+            continue;
+        }
+        uint32_t gtask = c->gbase + i;
+        c->nrunning++;
+        c->status = TIDE__CTX_RUNNING;
+        op->op = TIDE__OP_RUN;
+        op->slot = slot;
+        op->task = gtask;
+        op->attempt = c->attempt[i];
+        eng->cur_slot = slot;
+        eng->cur_task = gtask;
+        eng->cur = NULL;
+        double tmo = eng->timeout_ms[gtask];
+        if (tmo > 0) {
+            eng->cur = att_new(eng, c, gtask, TIDE__ATT_RUNNING);
+            eng_timer_add(eng, &eng->cur->deadline, TIDE__TM_DEADLINE, tmo);
+        }
+        return;
+    }
+    op->op = TIDE__OP_NONE;
+}
+
+static void eng_on_timer(uv_timer_t *t) {
+    tide__eng *eng = tide__container_of(t, tide__eng, timer);
+    uint64_t now = uv_now(eng->loop);
+    tide__tentry *e;
+    while ((e = tide__heap_peek(&eng->heap)) != NULL && e->due <= now) {
+        tide__heap_remove(&eng->heap, e);
+        tide__att *a = e->data;
+        switch (e->kind) {
+        case TIDE__TM_DEADLINE:
+            tide__eng_abandon(eng, a, TIDE_ETIMEDOUT);
+            break;
+        case TIDE__TM_WAKE:
+            tide__eng_wake(eng, a, 0);
+            break;
+        case TIDE__TM_RETRY: {
+            tide__ctx *c = eng_ctx(eng, a->slot);
+            uint32_t i = a->task - c->gbase;
+            c->nretry--;
+            att_release(eng, a);
+            ctx_enqueue(eng, c, i);
+            eng->kick(eng);
+            break;
+        }
+        default: /* TIDE__TM_NOOP: it only woke the loop */
+            break;
+        }
+    }
+    tide__eng_arm(eng);
+}
