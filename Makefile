@@ -54,7 +54,7 @@ $(BUILD)/lib/tide/core.so: $(OBJ)
 	$(CC) $(OPT) $(EXTRA_CFLAGS) -shared -o $@ $^ $(PKG_LIBS) -lm -ldl -lpthread
 
 $(BUILD)/test-runner: $(TEST_SRC) $(filter-out $(BUILD)/obj/lua/%,$(OBJ))
-	$(CC) $(CFLAGS_ALL) -Isrc -o $@ $^ $(LDLIBS_ALL)
+	$(CC) $(CFLAGS_ALL) -Isrc -o $@ $(filter %.c %.o,$^) $(LDLIBS_ALL)
 
 BUSTED = busted --lua=$(LUAJIT) -o TAP --helper=spec/helpers/init.lua
 

@@ -1,7 +1,370 @@
---- The tide command line (placeholder while the engine lands).
+--- The tide command line: `tide run`, `tide version`, `tide --help`.
+local core = require "tide.core"
+local tide = require "tide"
+local executor = require "tide.executor"
+local errors = require "tide.errors"
+
+local json = core.json
+local io_stderr, io_stdout = io.stderr, io.stdout
+local format, tostring, type, pairs, ipairs = string.format, tostring, type, pairs, ipairs
+local hrtime = core.hrtime
+
 local M = {}
-function M.main(args)
-    io.stderr:write("tide: cli not ready\n")
-    return 2
+
+local USAGE = [[
+usage: tide <command> [options]
+
+commands:
+  run PIPELINE.lua [--input FILE|-] [--output DIR] [--concurrency N]
+                   [--task-timeout S] [--priority high|low|lifo] [--threads N]
+      Run every JSONL input line through the pipeline the file returns.
+      Results go to stdout as JSONL (or to DIR/<sink>.jsonl,
+      DIR/failed.jsonl and DIR/rejects.jsonl with --output).
+  version          Print the version.
+  help             Print this help.
+
+exit codes: 0 all done; 1 some inputs failed or were rejected; 2 usage
+error or bad pipeline; 3 I/O or internal error; 130/143 on SIGINT/SIGTERM.
+]]
+
+local EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_IO = 0, 1, 2, 3
+
+
+local function die(code, msg)
+    io_stderr:write("tide: ", msg, "\n")
+    return code
 end
+
+
+-- Parses `run` options. Returns opts or nil, message.
+local function parse_run(args)
+    local o = { concurrency = 1000, priority = "low" }
+    local i = 2
+    while i <= #args do
+        local a = args[i]
+        local function value()
+            i = i + 1
+            if args[i] == nil then return nil end
+            return args[i]
+        end
+        if a == "--input" or a == "-i" then
+            o.input = value()
+            if not o.input then return nil, "--input needs a file name (or -)" end
+        elseif a == "--output" or a == "-o" then
+            o.output = value()
+            if not o.output then return nil, "--output needs a directory" end
+        elseif a == "--concurrency" or a == "-c" then
+            local v = tonumber(value())
+            if not v or v < 1 or v ~= math.floor(v) then
+                return nil, "--concurrency needs a whole number >= 1"
+            end
+            o.concurrency = v
+        elseif a == "--threads" then
+            local v = tonumber(value())
+            if not v or v < 1 or v ~= math.floor(v) then
+                return nil, "--threads needs a whole number >= 1"
+            end
+            o.threads = v
+        elseif a == "--task-timeout" then
+            local v = tonumber(value())
+            if not v or not (v > 0) then
+                return nil, "--task-timeout needs a number of seconds > 0"
+            end
+            o.task_timeout = v
+        elseif a == "--priority" then
+            o.priority = value()
+            if not executor.PRIO[o.priority or ""] then
+                return nil, "--priority must be high, low or lifo"
+            end
+        elseif a:sub(1, 1) == "-" and a ~= "-" then
+            return nil, "unknown option '" .. a .. "'"
+        elseif not o.pipeline then
+            o.pipeline = a
+        else
+            return nil, "unexpected argument '" .. a .. "'"
+        end
+        i = i + 1
+    end
+    if not o.pipeline then return nil, "run needs a pipeline file" end
+    return o
+end
+
+
+-- Loads a pipeline file: it must return a pipeline, which is compiled.
+local function load_pipeline(path)
+    local dir = path:match("^(.*)/[^/]*$") or "."
+    package.path = dir .. "/?.lua;" .. package.path
+    local chunk, err = loadfile(path)
+    if not chunk then return nil, err end
+    local ok, p = pcall(chunk)
+    if not ok then return nil, tostring(p) end
+    if not require("tide.pipeline").is(p) then
+        return nil, path .. ": the file must return a pipeline (return p), got " .. type(p)
+    end
+    local cok, cerr = pcall(p.compile, p)
+    if not cok then return nil, tostring(cerr) end
+    return p
+end
+
+
+local function mkdir_p(dir)
+    local ok, err, name = core.mkdir_p(dir)
+    if not ok then return nil, err, name end
+    return true
+end
+
+
+local function run(args)
+    local o, perr = parse_run(args)
+    if not o then return die(EXIT_USAGE, perr .. "\n" .. USAGE) end
+    -- print inside tasks must not corrupt the JSONL on stdout.
+    _G.print = function(...)
+        local n = select("#", ...)
+        local parts = {}
+        for i = 1, n do parts[i] = tostring((select(i, ...))) end
+        io_stderr:write(table.concat(parts, "\t"), "\n")
+    end
+    local p, lerr = load_pipeline(o.pipeline)
+    if not p then return die(EXIT_USAGE, lerr) end
+
+    -- Outputs.
+    local out_sink, out_failed, out_rejects
+    local sink_files = {}
+    if o.output then
+        local ok, err = mkdir_p(o.output)
+        if not ok then return die(EXIT_IO, "--output: " .. tostring(err)) end
+        local function open(name)
+            local f, ferr = io.open(o.output .. "/" .. name, "w")
+            if not f then error({ io = ferr }) end
+            return f
+        end
+        local ok2, e2 = pcall(function()
+            for _, name in ipairs(p.sink_names) do sink_files[name] = open(name .. ".jsonl") end
+            out_failed = open("failed.jsonl")
+            out_rejects = open("rejects.jsonl")
+        end)
+        if not ok2 then return die(EXIT_IO, tostring(type(e2) == "table" and e2.io or e2)) end
+        out_sink = true
+    end
+
+    local ndone, nfailed, nrejected, lineno, inflight = 0, 0, 0, 0, 0
+    local inputs = {} -- id -> original input, while in flight (for failed.jsonl)
+    local pending, phead, ptail = {}, 1, 0 -- decoded lines waiting for capacity
+    local eof, reader, io_error = false, nil, nil
+    local started = hrtime()
+    local enc = json.encode
+    local concurrency = o.concurrency
+    local write_errors = 0
+
+    local function write(f, s)
+        local ok, err = f:write(s, "\n")
+        if not ok then
+            write_errors = write_errors + 1
+            io_error = io_error or err
+        end
+    end
+
+    local function error_json(rec, with_tb)
+        local plain = errors.plain(rec, with_tb)
+        local s = enc(json.object(plain))
+        return s or '{"code":"EVALUE","message":"error record cannot be encoded"}'
+    end
+
+    local function on_done(id, status, value)
+        inflight = inflight - 1
+        local input = inputs[id]
+        inputs[id] = nil
+        local sid = enc(id)
+        if status == "done" then
+            local s, err = enc(value)
+            if s == nil then
+                status, value = "failed", errors.new("EVALUE", "output cannot be encoded: " .. tostring(err))
+            else
+                ndone = ndone + 1
+                if out_sink then
+                    if #p.sink_names == 1 then
+                        write(sink_files[p.sink_names[1]], '{"id":' .. sid .. ',"output":' .. s .. '}')
+                    else
+                        for name, f in pairs(sink_files) do
+                            local v = enc(value[name])
+                            if v then write(f, '{"id":' .. sid .. ',"output":' .. v .. '}') end
+                        end
+                    end
+                else
+                    write(io_stdout, '{"id":' .. sid .. ',"status":"done","output":' .. s .. '}')
+                end
+            end
+        end
+        if status ~= "done" then
+            nfailed = nfailed + 1
+            if not errors.is(value) then value = errors.new("ETASK", tostring(value)) end
+            if out_sink then
+                local si = enc(input)
+                write(out_failed, '{"id":' .. sid .. ',"error":' .. error_json(value, true)
+                      .. ',"input":' .. (si or "null") .. '}')
+            else
+                write(io_stdout, '{"id":' .. sid .. ',"status":"failed","error":'
+                      .. error_json(value, false) .. '}')
+            end
+        end
+        M._pump()
+    end
+
+    local ex = executor.new {
+        concurrency = concurrency, task_timeout = o.task_timeout,
+        threads = o.threads, on_done = on_done,
+    }
+    local prio = executor.PRIO[o.priority]
+
+    local function reject(n, line, msg)
+        nrejected = nrejected + 1
+        io_stderr:write(format("tide: line %d: %s\n", n, msg))
+        if out_rejects then
+            write(out_rejects, '{"line":' .. n .. ',"error":' .. (enc(msg) or '""')
+                  .. ',"text":' .. (enc(line) or '""') .. '}')
+        end
+    end
+
+    local live = ex._live
+    local function submit_line(n, line)
+        local v, err = json.decode(line)
+        if v == nil and err then
+            reject(n, line, "malformed JSON: " .. tostring(err))
+            return
+        end
+        local id
+        if type(v) == "table" and getmetatable(v) == json.object_mt then
+            -- A record of failed.jsonl re-runs its original input.
+            if v.error ~= nil and v.input ~= nil and v.id ~= nil then
+                id, v = v.id, v.input
+            else
+                id = v.id
+            end
+            if type(id) == "number" then id = tostring(id) end
+            if type(id) ~= "string" then id = nil end
+        end
+        id = id or tostring(n)
+        if live[id] or inputs[id] then
+            reject(n, line, "duplicate id '" .. id .. "'")
+            return
+        end
+        inflight = inflight + 1
+        inputs[id] = v
+        ex:_submit(p, v, id, prio)
+    end
+
+    -- Submits pending lines while there is capacity; pauses the reader
+    -- when there is not (backpressure: memory stays bounded by one chunk).
+    function M._pump()
+        while phead <= ptail and inflight < concurrency do
+            local item = pending[phead]
+            pending[phead] = nil
+            phead = phead + 1
+            submit_line(item[1], item[2])
+        end
+        if reader then
+            if phead <= ptail then reader:pause() elseif not eof then reader:resume() end
+        end
+    end
+
+    local partial = ""
+    local function on_chunk(chunk, err)
+        if chunk == nil then
+            eof = true
+            if err then io_error = "reading input: " .. err end
+            if partial ~= "" then
+                lineno = lineno + 1
+                ptail = ptail + 1
+                pending[ptail] = { lineno, partial }
+                partial = ""
+            end
+            M._pump()
+            return
+        end
+        local s = partial .. chunk
+        local pos = 1
+        while true do
+            local nl = s:find("\n", pos, true)
+            if not nl then break end
+            local line = s:sub(pos, nl - 1)
+            pos = nl + 1
+            lineno = lineno + 1
+            if line:find("%S") then
+                ptail = ptail + 1
+                pending[ptail] = { lineno, (line:gsub("\r$", "")) }
+            end
+        end
+        partial = s:sub(pos)
+        M._pump()
+    end
+
+    local path = o.input
+    if path == "-" then path = nil end
+    local rerr
+    reader, rerr = core.reader(ex._ud, path, on_chunk)
+    if not reader then return die(EXIT_IO, "--input: " .. tostring(rerr)) end
+
+    local tty = core.isatty(2)
+    local function progress(final)
+        local el = hrtime() - started
+        local rate = el > 0 and (ndone + nfailed) / el or 0
+        local s = format("%d done, %d failed, %d rejected, %d running, %.0f/s, %.1f s",
+                         ndone, nfailed, nrejected, inflight, rate, el)
+        if final then
+            if tty then io_stderr:write("\r\27[K") end
+            io_stderr:write("tide: ", s, "\n")
+        else
+            io_stderr:write("\r\27[K", s)
+        end
+    end
+    local ticker
+    if tty then ticker = core.timer(ex._ud, 0.2, function() progress(false) end) end
+
+    local signalled
+    local function on_signal(signum)
+        if signalled then return end
+        signalled = signum
+        io_stderr:write("\ntide: signal ", signum, ": cancelling ", inflight, " running inputs\n")
+        eof = true
+        if reader then reader:close() reader = nil end
+        phead = ptail + 1
+        for id in pairs(live) do ex:cancel(id) end
+    end
+    local sigint = core.signal(ex._ud, 2, on_signal)
+    local sigterm = core.signal(ex._ud, 15, on_signal)
+
+    ex:run()
+    if ticker then ticker:close() end
+    sigint:close()
+    sigterm:close()
+    if reader then reader:close() end
+    for _, f in pairs(sink_files) do f:close() end
+    if out_failed then out_failed:close() end
+    if out_rejects then out_rejects:close() end
+    io_stdout:flush()
+    progress(true)
+    ex:close()
+    if signalled then return 128 + signalled end
+    if io_error then return die(EXIT_IO, tostring(io_error)) end
+    if nfailed > 0 or nrejected > 0 then return EXIT_FAILED end
+    return EXIT_OK
+end
+
+
+function M.main(args)
+    local cmd = args[1]
+    if cmd == nil or cmd == "help" or cmd == "--help" or cmd == "-h" then
+        io_stdout:write(USAGE)
+        return cmd == nil and EXIT_USAGE or EXIT_OK
+    elseif cmd == "version" or cmd == "--version" then
+        io_stdout:write("tide ", tide.version, " (", jit and jit.version or _VERSION, ")\n")
+        return EXIT_OK
+    elseif cmd == "run" then
+        return run(args)
+    elseif cmd == "serve" or cmd == "worker" or cmd == "repl" or cmd == "graph" then
+        return die(EXIT_USAGE, "'" .. cmd .. "' is not available in this version of tide yet")
+    end
+    return die(EXIT_USAGE, "unknown command '" .. tostring(cmd) .. "'\n" .. USAGE)
+end
+
 return M

@@ -10,6 +10,7 @@
  * is freed in its close callback (handles) or when its last request
  * completes after close (the reader). */
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -290,6 +291,41 @@ static int l_isatty(lua_State *L) {
     return 1;
 }
 
+/* mkdir_p(path) -> true | nil, msg, name: creates a directory and its
+ * parents (an existing directory is fine). */
+static int l_mkdir_p(lua_State *L) {
+    size_t len;
+    const char *path = luaL_checklstring(L, 1, &len);
+    for (size_t i = 0; i <= len; i++) {
+        if (i == len || (path[i] == '/' && i > 0)) {
+            lua_pushlstring(L, path, i);
+            uv_fs_t req;
+            int rc = uv_fs_mkdir(NULL, &req, lua_tostring(L, -1), 0777, NULL);
+            uv_fs_req_cleanup(&req);
+            if (rc != 0 && rc != UV_EEXIST) {
+                lua_pushnil(L);
+                lua_pushfstring(L, "%s: %s", lua_tostring(L, -2),
+                                uv_strerror(rc));
+                lua_pushstring(L, uv_err_name(rc));
+                return 3;
+            }
+            lua_pop(L, 1);
+        }
+    }
+    uv_fs_t req;
+    int rc = uv_fs_stat(NULL, &req, path, NULL);
+    int isdir = rc == 0 && (req.statbuf.st_mode & S_IFMT) == S_IFDIR;
+    uv_fs_req_cleanup(&req);
+    if (!isdir) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "%s: not a directory", path);
+        lua_pushstring(L, "ENOTDIR");
+        return 3;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* exit(code): flushes stdio and ends the process at once. */
 static int l_exit(lua_State *L) {
     int code = (int)luaL_optinteger(L, 1, 0);
@@ -322,6 +358,7 @@ void tide__lua_open_io(lua_State *L) {
     static const luaL_Reg funcs[] = {
         {"reader", l_reader}, {"signal", l_signal}, {"timer", l_timer},
         {"hrtime", l_hrtime}, {"isatty", l_isatty}, {"exit", l_exit},
+        {"mkdir_p", l_mkdir_p},
         {NULL, NULL}};
     for (const luaL_Reg *r = funcs; r->name; r++) {
         lua_pushcfunction(L, r->func);

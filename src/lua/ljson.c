@@ -540,7 +540,8 @@ static int json_enc_object(json_enc *e, int depth) {
         }
     }
     n = e->nkeys - base;
-    qsort(e->keys + base, n, sizeof(json_key), json_key_cmp);
+    if (n > 1)
+        qsort(e->keys + base, n, sizeof(json_key), json_key_cmp);
     for (i = 1; i < n; i++) {
         if (json_key_cmp(&e->keys[base + i - 1], &e->keys[base + i]) == 0) {
             const json_key *k = &e->keys[base + i];
