@@ -559,8 +559,8 @@ static void eng_finalize_tree(tide__eng *eng, tide__ctx *c, int status) {
         tide__ctx *kid = eng->ctx[k];
         uint32_t next = kid->next_sibling;
         kid->released = 1; /* nobody will take its result */
-        kid->parent = 0;
         eng_finalize_tree(eng, kid, TIDE__CTX_CANCELLED);
+        kid->parent = 0;
         ctx_maybe_free(eng, kid);
         k = next;
     }

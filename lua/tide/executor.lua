@@ -252,7 +252,7 @@ function M.new(opts)
             end
             return new_error("ETASK", type(e) == "string" and e or tostring(e), nil, nil, tb)
         end
-        if res == nil then
+        if res == nil and err ~= nil then
             if is_error(err) then return new_error(err.code, err.message) end
             return new_error("ETASK", tostring(err))
         end

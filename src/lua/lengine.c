@@ -48,11 +48,25 @@ static _Thread_local leng *leng_current; /* engine draining now */
 #define LENG_UP(L) ((leng *)lua_touserdata((L), lua_upvalueindex(1)))
 
 /* Makes L the thread the glue may use for the rest of this call, with the
- * engine's env table pushed on it. */
-static void leng_enter(lua_State *L, leng *e) {
+ * engine's env table pushed on it. Calls nest (a runner calls finalize
+ * while run() drives the loop), so each entry restores what it replaced
+ * with leng_leave before it returns. */
+typedef struct {
+    lua_State *L;
+    int env;
+} leng_saved;
+
+static leng_saved leng_enter(lua_State *L, leng *e) {
+    leng_saved prev = {e->L, e->env};
     e->L = L;
     lua_getfenv(L, lua_upvalueindex(1));
     e->env = lua_gettop(L);
+    return prev;
+}
+
+static void leng_leave(leng *e, leng_saved prev) {
+    e->L = prev.L;
+    e->env = prev.env;
 }
 
 static void leng_check_open(lua_State *L, leng *e) {
@@ -303,11 +317,12 @@ static int l_finalize(lua_State *L) {
     uint32_t slot = leng_slot(L, e, 1);
     int status = leng_status_arg(L, 2);
     uint32_t t = lua_isnoneornil(L, 3) ? 0 : leng_gtask(L, e, 3);
-    leng_enter(L, e);
+    leng_saved prev = leng_enter(L, e);
     if (t)
         tide__eng_fail(&e->eng, slot, t, status);
     else
         tide__eng_finalize(&e->eng, slot, status);
+    leng_leave(e, prev);
     return 0;
 }
 
@@ -448,7 +463,7 @@ static void leng_check_runnable(lua_State *L, leng *e, const char *fname) {
 static int l_run(lua_State *L) {
     leng *e = LENG_UP(L);
     leng_check_runnable(L, e, "run");
-    leng_enter(L, e);
+    leng_saved prev = leng_enter(L, e);
     e->in_run = 1;
     for (;;) {
         if (tide__eng_has_work(&e->eng))
@@ -461,8 +476,7 @@ static int l_run(lua_State *L) {
             break;
     }
     e->in_run = 0;
-    e->L = NULL;
-    e->env = 0;
+    leng_leave(e, prev);
     lua_pushinteger(L, e->eng.nlive);
     return 1;
 }
@@ -473,7 +487,7 @@ static int l_turn(lua_State *L) {
     leng *e = LENG_UP(L);
     double t = luaL_checknumber(L, 1);
     leng_check_runnable(L, e, "turn");
-    leng_enter(L, e);
+    leng_saved prev = leng_enter(L, e);
     e->in_run = 1;
     if (tide__eng_has_work(&e->eng))
         leng_kick(&e->eng);
@@ -490,8 +504,7 @@ static int l_turn(lua_State *L) {
         }
     }
     e->in_run = 0;
-    e->L = NULL;
-    e->env = 0;
+    leng_leave(e, prev);
     lua_pushboolean(L, e->eng.nlive > 0 || tide__eng_has_work(&e->eng));
     return 1;
 }

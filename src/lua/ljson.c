@@ -14,7 +14,9 @@
  * cjson and Python do; such a value cannot be encoded again (an i_ case of
  * JSONTestSuite, so either answer would be allowed). Duplicate keys: the
  * last one wins. Nesting deeper than TIDE_JSON_MAX_DEPTH stops the parse
- * from a callback.
+ * from a callback. yajl's lexer also takes \v and \f for whitespace, so a
+ * text it accepted is refused when it holds either byte (see
+ * json_bad_space).
  *
  * Encoding walks the Lua value itself and writes the structure ({, [, :, ,)
  * into its own buffer, because yajl_gen keeps a fixed state array and
@@ -48,8 +50,11 @@
  * Memory: both directions run under lua_pcall, and every C buffer hangs off
  * a context on the caller's C stack, so the caller frees them all after the
  * pcall returns, whatever happened, and only then re-raises a Lua error
- * (which can only be a memory error). C allocations go through
- * tide__xmalloc (out of memory aborts), yajl's included. */
+ * (which can only be a memory error: no Lua code or metamethod runs
+ * inside). The re-raise goes through lua_error, so a LUA_ERRMEM arrives as
+ * LUA_ERRRUN with the message "not enough memory", as in cjson's safe
+ * functions. C allocations go through tide__xmalloc (out of memory
+ * aborts), yajl's included. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* nl_langinfo */
 #endif
@@ -964,15 +969,16 @@ static void json_dec_fail(json_dec *d, int at_end) {
                       off);
         return;
     }
+    /* yajl's text looks like "parse error: trailing garbage\n". */
     ye = yajl_get_error(d->h, 0, (const unsigned char *)d->s, d->len);
-    n = ye != NULL ? strlen((char *)ye) : 0;
+    TIDE_ASSERT(ye != NULL);
+    n = strlen((char *)ye);
     while (n > 0 && (ye[n - 1] == '\n' || ye[n - 1] == ' ' ||
                      ye[n - 1] == '.'))
         n--;
     json_msg_putf(&d->err, "invalid JSON at byte %zu: ", off);
-    json_msg_put(&d->err, ye != NULL ? (const char *)ye : "error", n);
-    if (ye != NULL)
-        yajl_free_error(d->h, ye);
+    json_msg_put(&d->err, (const char *)ye, n);
+    yajl_free_error(d->h, ye);
 }
 
 /* Returns the offset of the first \v or \f in s, or len when there is none.
@@ -981,9 +987,12 @@ static void json_dec_fail(json_dec *d, int at_end) {
  * It rejects every raw control byte inside strings, so after yajl accepted
  * a text, any \v or \f in it lies between tokens and is an error. */
 static size_t json_bad_space(const char *s, size_t len) {
-    const char *v = memchr(s, '\v', len);
-    const char *f = memchr(s, '\f', len);
+    const char *v, *f;
 
+    if (len == 0)
+        return len;
+    v = memchr(s, '\v', len);
+    f = memchr(s, '\f', len);
     if (v == NULL && f == NULL)
         return len;
     if (v == NULL || (f != NULL && f < v))

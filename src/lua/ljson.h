@@ -28,7 +28,7 @@
  * a table that already has a foreign metatable) raises with luaL_argerror.
  * The metatables live in the registry, so every call in one lua_State
  * shares them; calling this twice pushes two tables that share them.
- * Returns 1 (a lua_CFunction, usable with luaL_requiref-style loaders). */
+ * Returns 1, so it also serves as a lua_CFunction (package.preload). */
 int tide__json_open(lua_State *L);
 
 /* Encodes the value at stack index idx as compact JSON (see ljson.c for
@@ -45,7 +45,8 @@ int tide__json_open(lua_State *L);
  * The value is borrowed and the stack is left as it was. The function runs
  * the encoder under lua_pcall and frees every C buffer before anything
  * propagates, so the only error it raises is a Lua memory error, re-raised
- * after the cleanup. Out of C memory aborts (tide__xmalloc). */
+ * after the cleanup with lua_error (so with status LUA_ERRRUN and the
+ * message "not enough memory"). Out of C memory aborts (tide__xmalloc). */
 int tide__json_encode_value(lua_State *L, int idx, char **out,
                             size_t *outlen, char *err, size_t errlen);
 

@@ -1,0 +1,240 @@
+-- bench/tide.lua: workloads W1, W2, W3 and W5 of ../shared/WORKLOADS.md for
+-- tide (impl=tide), written against tide's public Lua API (DESIGN.md §2).
+--
+-- Run from the repo root with a stock luajit, after `make`:
+--
+--   luajit bench/tide.lua W1|W2|W3 [N]      (N defaults to 100000)
+--   luajit bench/tide.lua W5 [N]            (N defaults to 1000)
+--
+-- The timed section is `tide.run(p, inputs)` with default options: submit
+-- every input, schedule, run the bodies, collect the outputs. Declaring the
+-- pipeline and building the inputs is reported as build_s.
+
+package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+package.cpath = "build/lib/?.so;" .. package.cpath
+
+local ffi = require "ffi"
+local jit = require "jit"
+
+local loaded, tide = pcall(require, "tide")
+if not loaded then
+    io.stderr:write("bench/tide.lua: cannot load tide (run `make` first, from the repo root): ",
+        tostring(tide), "\n")
+    os.exit(3)
+end
+
+local tonumber, tostring, type = tonumber, tostring, type
+local collectgarbage = collectgarbage
+local fmt = string.format
+local sort = table.sort
+local floor = math.floor
+local io_write, io_stderr = io.write, io.stderr
+
+local CLOCK_MONOTONIC = 1
+local WARMUP_N = 10000
+local REPS = 5
+local SLEEP_S = 0.010
+
+ffi.cdef [[
+struct bench_tide_timespec { long tv_sec; long tv_nsec; };
+int bench_tide_clock_gettime(int clk, struct bench_tide_timespec *ts) __asm__("clock_gettime");
+]]
+
+local ts = ffi.new("struct bench_tide_timespec")
+
+
+local function now()
+    ffi.C.bench_tide_clock_gettime(CLOCK_MONOTONIC, ts)
+    return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
+end
+
+
+local function range_inputs(n)
+    local t = {}
+    for i = 0, n - 1 do
+        t[i + 1] = i
+    end
+    return t
+end
+
+
+-- Sum of outputs[1..n], or nil when one is not a number.
+local function sum_outputs(n, outputs)
+    local s = 0
+    for i = 1, n do
+        local v = outputs[i]
+        if type(v) ~= "number" then
+            return nil
+        end
+        s = s + v
+    end
+    return s
+end
+
+
+---------------------------------------------------------------------------
+-- Workloads: pipeline(n) declares the DAG, inputs(n) builds the inputs,
+-- check(n, outputs) verifies the result.
+
+local workloads = {}
+
+workloads.W1 = {
+    default_n = 100000,
+    tasks = function(n) return 4 * n end,
+    pipeline = function()
+        local p = tide.pipeline "w1"
+        p:task("t0", {}, function(x) return x + 1 end)
+        p:task("t1", { after = "t0" }, function(x) return x + 1 end)
+        p:task("t2", { after = "t1" }, function(x) return x + 1 end)
+        p:task("t3", { after = "t2" }, function(x) return x + 1 end)
+        return p
+    end,
+    inputs = range_inputs,
+    check = function(n, outputs)
+        return sum_outputs(n, outputs) == n * (n - 1) / 2 + 4 * n
+    end,
+}
+
+workloads.W2 = {
+    default_n = 100000,
+    tasks = function(n) return n + 2 end,
+    pipeline = function()
+        local p = tide.pipeline "w2"
+        p:task("split", { map = true }, function(n)
+            local items = {}
+            for i = 0, n - 1 do
+                items[i + 1] = i
+            end
+            return items
+        end)
+        p:task("inc", { after = "split" }, function(x) return x + 1 end)
+        p:task("reduce", { after = "inc", gather = true }, function(xs)
+            local s = 0
+            for i = 1, #xs do
+                s = s + xs[i]
+            end
+            return s
+        end)
+        return p
+    end,
+    inputs = function(n) return { n } end,
+    check = function(n, outputs)
+        return outputs[1] == n * (n + 1) / 2
+    end,
+}
+
+workloads.W3 = {
+    default_n = 100000,
+    tasks = function(n) return 4 * n end,
+    pipeline = function()
+        local p = tide.pipeline "w3"
+        p:task("a", {}, function(v) return v + 1 end)
+        p:task("b", { after = "a" }, function(a) return a + 1 end)
+        p:task("c", { after = "a" }, function(a) return a + 2 end)
+        p:task("d", { after = { "b", "c" } }, function(input) return input.b + input.c end)
+        return p
+    end,
+    inputs = range_inputs,
+    check = function(n, outputs)
+        return sum_outputs(n, outputs) == n * (n - 1) + 5 * n
+    end,
+}
+
+workloads.W5 = {
+    default_n = 1000,
+    full_warmup = true,
+    tasks = function(n) return n end,
+    pipeline = function()
+        local p = tide.pipeline "w5"
+        p:task("sleep", {}, function(x)
+            tide.sleep(SLEEP_S)
+            return x
+        end)
+        return p
+    end,
+    inputs = range_inputs,
+    check = function(n, outputs)
+        for i = 1, n do
+            if outputs[i] ~= i - 1 then
+                return false
+            end
+        end
+        return true
+    end,
+}
+
+
+---------------------------------------------------------------------------
+-- Protocol: warm-up twice at a small n (W5: at N), REPS timed runs at N with
+-- a full GC before each, lower median and minimum.
+
+-- Runs p on inputs; true when every output is right and no input failed.
+-- The first error record is reported on stderr.
+local function run_checked(w, p, n, inputs)
+    local start = now()
+    local outputs, errors = tide.run(p, inputs)
+    local seconds = now() - start
+    if errors ~= nil then
+        for i = 1, #inputs do
+            if errors[i] ~= nil then
+                io_stderr:write(fmt("bench/tide.lua: input %d failed: %s\n", i, tostring(errors[i])))
+                return false, seconds
+            end
+        end
+    end
+    if outputs == nil or not w.check(n, outputs) then
+        io_stderr:write("bench/tide.lua: wrong outputs\n")
+        return false, seconds
+    end
+    return true, seconds
+end
+
+
+local function main(argv)
+    local name = argv[1]
+    local w = workloads[name or ""]
+    local n = w and tonumber(argv[2] or tostring(w.default_n))
+    if not w or not n or n < 1 or n % 1 ~= 0 then
+        io_stderr:write("usage: luajit bench/tide.lua W1|W2|W3|W5 [N]\n")
+        return 2
+    end
+
+    local t0 = now()
+    local p = w.pipeline()
+    local inputs = w.inputs(n)
+    local build_s = now() - t0
+
+    local ok = true
+    local small = (w.full_warmup or n < WARMUP_N) and n or WARMUP_N
+    local small_inputs = w.inputs(small)
+    for _ = 1, 2 do
+        ok = run_checked(w, p, small, small_inputs) and ok
+    end
+
+    local times = {}
+    for r = 1, REPS do
+        collectgarbage()
+        collectgarbage()
+        local good, seconds = run_checked(w, p, n, inputs)
+        times[r] = seconds
+        ok = good and ok
+    end
+    sort(times)
+    local seconds, min_s = times[floor((REPS + 1) / 2)], times[1]
+    local tasks = w.tasks(n)
+    local extra = fmt(" build_s=%.6f", build_s)
+    if name == "W5" then
+        extra = fmt(" concurrency=%.1f", n * SLEEP_S / seconds) .. extra
+    end
+    if type(tide._VERSION) == "string" then
+        extra = extra .. " tide=" .. tide._VERSION
+    end
+    io_write(fmt("workload=%s impl=tide n=%d seconds=%.6f tasks_per_s=%.1f tasks=%d "
+        .. "us_per_task=%.3f min_s=%.6f reps=%d ok=%d runtime=%s",
+        name, n, seconds, tasks / seconds, tasks, seconds / tasks * 1e6, min_s, REPS,
+        ok and 1 or 0, (jit.version:lower():gsub("%s+", ""))), extra, "\n")
+    return ok and 0 or 1
+end
+
+
+os.exit(main(arg))

@@ -1,0 +1,505 @@
+-- Specs of running pipelines: tide.run, the executor API, retries,
+-- timeouts, map/gather, error records, deadlocks and cleanup.
+local tide = require "tide"
+local json = tide.json
+
+-- The engine's counters must all be back at zero once it is idle: no
+-- slot, attempt record or timer left behind.
+local function assert_clean(ex)
+    local s = ex:stats()
+    assert.equal(0, s.live)
+    assert.equal(0, s.active)
+    assert.equal(0, s.queued)
+    assert.equal(0, s.timers)
+    assert.equal(0, s.slots)
+    assert.equal(0, s.attempts)
+end
+
+local function chain(n)
+    local p = tide.pipeline("chain" .. n)
+    p:task("t1", function(x) return x + 1 end)
+    for i = 2, n do
+        p:task("t" .. i, { after = "t" .. (i - 1) }, function(x) return x + 1 end)
+    end
+    return p
+end
+
+describe("tide.run", function()
+    it("runs a chain for every input and indexes outputs like inputs", function()
+        local inputs = {}
+        for i = 1, 1000 do inputs[i] = i end
+        local outs, errs = tide.run(chain(4), inputs)
+        for i = 1, 1000 do assert.equal(i + 4, outs[i]) end
+        assert.is_nil(next(errs))
+    end)
+
+    it("gives a join a table keyed by predecessor name", function()
+        local p = tide.pipeline "diamond"
+        p:task("a", function(v) return v + 1 end)
+        p:task("b", { after = "a" }, function(v) return v + 1 end)
+        p:task("c", { after = "a" }, function(v) return v + 2 end)
+        p:task("d", { after = { "b", "c" } }, function(i) return { b = i.b, c = i.c } end)
+        local outs = tide.run(p, { 0, 10 })
+        assert.same({ { b = 2, c = 3 }, { b = 12, c = 13 } }, outs)
+    end)
+
+    it("returns a table keyed by sink name when there are several sinks", function()
+        local p = tide.pipeline "two-sinks"
+        p:task("a", function(v) return v end)
+        p:task("x", { after = "a" }, function(v) return v * 2 end)
+        p:task("y", { after = "a" }, function(v) return v * 3 end)
+        local outs = tide.run(p, { 5 })
+        assert.same({ x = 10, y = 15 }, outs[1])
+    end)
+
+    it("raises on misuse", function()
+        assert.has_error(function() tide.run("p", {}) end, "tide.run: argument 1 must be a pipeline, got string")
+        assert.has_error(function() tide.run(chain(1), 5) end, "tide.run: argument 2 must be an array of inputs, got number")
+    end)
+end)
+
+describe("error records", function()
+    it("have code, task, message, traceback and attempts", function()
+        local p = tide.pipeline "boom"
+        p:task("ok", function(x) return x end)
+        p:task("bad", { after = "ok" }, function() error("kaput") end)
+        local outs, errs = tide.run(p, { 1 })
+        assert.is_nil(outs[1])
+        local rec = errs[1]
+        assert.equal("ETASK", rec.code)
+        assert.equal("bad", rec.task)
+        assert.equal(1, rec.attempts)
+        assert.matches("kaput", rec.message)
+        assert.matches("stack traceback", rec.traceback)
+        assert.matches("^ETASK: .*kaput$", tostring(rec))
+        assert.is_true(tide.is_error(rec))
+    end)
+
+    it("come from a body that returns nil, err", function()
+        local p = tide.pipeline "nil-err"
+        p:task("a", function() return nil, "not today" end)
+        local _, errs = tide.run(p, { 1 })
+        assert.equal("ETASK", errs[1].code)
+        assert.equal("not today", errs[1].message)
+    end)
+
+    it("treat a plain nil output as a value", function()
+        local p = tide.pipeline "nil-out"
+        p:task("a", function() return nil end)
+        local outs, errs = tide.run(p, { 1 })
+        assert.is_nil(outs[1])
+        assert.is_nil(errs[1])
+    end)
+
+    it("fail an attempt whose output JSON cannot carry with EVALUE", function()
+        local cyclic = {}
+        cyclic.self = cyclic
+        local cases = { function() end, cyclic, 0 / 0, math.huge, coroutine.create(print) }
+        for _, v in ipairs(cases) do
+            local p = tide.pipeline "bad-out"
+            p:task("a", function() return v end)
+            local _, errs = tide.run(p, { 1 })
+            assert.equal("EVALUE", errs[1].code)
+            assert.matches("task 'a' returned a value JSON cannot carry", errs[1].message)
+        end
+    end)
+end)
+
+describe("retries", function()
+    it("times = 3 allows 4 attempts, with ctx.attempt counting from 1", function()
+        local seen = {}
+        local p = tide.pipeline "flaky"
+        p:task("a", { retry = 3 }, function(_, ctx)
+            seen[#seen + 1] = ctx.attempt
+            error("no")
+        end)
+        local _, errs = tide.run(p, { 1 })
+        assert.same({ 1, 2, 3, 4 }, seen)
+        assert.equal(4, errs[1].attempts)
+    end)
+
+    it("calls interval(ctx, attempt, err) and waits that long, off the queue", function()
+        local calls = {}
+        local p = tide.pipeline "backoff"
+        p:task("a", { retry = { times = 2, interval = function(ctx, attempt, err)
+            calls[#calls + 1] = { ctx.id, attempt, err.code }
+            return 0.05
+        end } }, function(_, ctx)
+            if ctx.attempt < 3 then error("again") end
+            return ctx.attempt
+        end)
+        local t0 = require("tide.core").hrtime()
+        local outs = tide.run(p, { 1 })
+        local took = require("tide.core").hrtime() - t0
+        assert.equal(3, outs[1])
+        assert.same({ { "1", 1, "ETASK" }, { "1", 2, "ETASK" } }, calls)
+        assert.is_true(took >= 0.1, "waited " .. took)
+    end)
+
+    it("retries only when on(err) says so", function()
+        local n = 0
+        local p = tide.pipeline "on"
+        p:task("a", { retry = { times = 5, on = function(err) return err.message:match("transient") end } },
+            function()
+                n = n + 1
+                if n == 1 then error("transient glitch") end
+                error("fatal")
+            end)
+        local _, errs = tide.run(p, { 1 })
+        assert.equal(2, n)
+        assert.matches("fatal", errs[1].message)
+    end)
+
+    it("reports a broken interval function in the record instead of hanging", function()
+        local p = tide.pipeline "bad-interval"
+        p:task("a", { retry = { times = 2, interval = function() return "soon" end } },
+            function() error("x") end)
+        local _, errs = tide.run(p, { 1 })
+        assert.matches("retry.interval returned soon", errs[1].message)
+        assert.equal(1, errs[1].attempts)
+    end)
+end)
+
+describe("timeouts", function()
+    it("abandon a sleeping attempt with ETIMEDOUT and retry it", function()
+        local n = 0
+        local p = tide.pipeline "slow"
+        p:task("a", { timeout = 0.05, retry = 1 }, function()
+            n = n + 1
+            tide.sleep(5)
+            return "never"
+        end)
+        local t0 = require("tide.core").hrtime()
+        local ex = tide.executor()
+        local id = ex:submit(p, 1)
+        ex:run()
+        local out, rec, code = ex:result(id)
+        assert.is_nil(out)
+        assert.equal("ETIMEDOUT", code)
+        assert.equal(2, rec.attempts)
+        assert.equal(2, n)
+        assert.is_true(require("tide.core").hrtime() - t0 < 1)
+        assert_clean(ex)
+    end)
+
+    it("apply the executor's task_timeout to tasks without one", function()
+        local p = tide.pipeline "default-timeout"
+        p:task("a", function() tide.sleep(5) end)
+        local _, errs = tide.run(p, { 1 }, { task_timeout = 0.02 })
+        assert.equal("ETIMEDOUT", errs[1].code)
+    end)
+end)
+
+describe("tide.sleep", function()
+    it("lets 1000 bodies sleep at once", function()
+        local p = tide.pipeline "sleepers"
+        p:task("a", function(x) tide.sleep(0.02) return x end)
+        local inputs = {}
+        for i = 1, 1000 do inputs[i] = i end
+        local t0 = require("tide.core").hrtime()
+        local outs = tide.run(p, inputs)
+        local took = require("tide.core").hrtime() - t0
+        assert.equal(1000, #outs)
+        assert.is_true(took < 0.5, "took " .. took)
+    end)
+
+    it("raises outside a task body and in a nested coroutine", function()
+        assert.has_error(function() tide.sleep(0.01) end, "tide.sleep: not called from a task body")
+        assert.has_error(function() tide.sleep(-1) end)
+        local p = tide.pipeline "nested"
+        p:task("a", function()
+            local co = coroutine.create(function() tide.sleep(0.01) end)
+            local ok, err = coroutine.resume(co)
+            return { ok = ok, err = err }
+        end)
+        local outs = tide.run(p, { 1 })
+        assert.is_false(outs[1].ok)
+        assert.matches("nested coroutine", outs[1].err)
+    end)
+end)
+
+describe("map and gather", function()
+    it("fan out, keep map_index order and gather", function()
+        local p = tide.pipeline "fan"
+        p:task("split", { map = true }, function(n)
+            local t = {}
+            for i = 1, n do t[i] = i end
+            return t
+        end)
+        p:task("slow", { after = "split" }, function(x, ctx)
+            assert(ctx.map_index == x)
+            tide.sleep((10 - x % 10) * 0.001) -- finish out of order
+            return x * x
+        end)
+        p:task("sum", { after = "slow", gather = true }, function(xs)
+            return xs
+        end)
+        local outs = tide.run(p, { 25, 0 })
+        local want = {}
+        for i = 1, 25 do want[i] = i * i end
+        assert.same(want, outs[1])
+        assert.same({}, outs[2])
+        assert.equal(json.array_mt, getmetatable(outs[2]))
+    end)
+
+    it("nest", function()
+        local p = tide.pipeline "nested-map"
+        p:task("rows", { map = true }, function(m) return m end)
+        p:task("cells", { after = "rows", map = true }, function(row) return row end)
+        p:task("double", { after = "cells" }, function(x) return 2 * x end)
+        p:task("row_sum", { after = "double", gather = true }, function(xs)
+            local s = 0
+            for _, x in ipairs(xs) do s = s + x end
+            return s
+        end)
+        p:task("all", { after = "row_sum", gather = true }, function(sums) return sums end)
+        local outs = tide.run(p, { { { 1, 2 }, { 3 }, {} } })
+        assert.same({ 6, 6, 0 }, outs[1])
+    end)
+
+    it("collect an ungathered map sink as an array", function()
+        local p = tide.pipeline "no-gather"
+        p:task("split", { map = true }, function(t) return t end)
+        p:task("up", { after = "split" }, function(s) return s:upper() end)
+        local outs = tide.run(p, { { "a", "b" } })
+        assert.same({ "A", "B" }, outs[1])
+    end)
+
+    it("fail the parent with the child's error by default", function()
+        local p = tide.pipeline "child-fails"
+        p:task("split", { map = true }, function() return { 1, 2, 3 } end)
+        p:task("check", { after = "split" }, function(x)
+            if x == 2 then error("two is bad") end
+            tide.sleep(0.01)
+            return x
+        end)
+        p:task("sum", { after = "check", gather = true }, function(xs) return #xs end)
+        local ex = tide.executor()
+        local id = ex:submit(p, 0)
+        ex:run()
+        local out, rec = ex:result(id)
+        assert.is_nil(out)
+        assert.equal("check", rec.task)
+        assert.equal(2, rec.map_index)
+        assert.matches("two is bad", rec.message)
+        assert_clean(ex)
+    end)
+
+    it("hand failed children to the gather with errors = 'collect'", function()
+        local p = tide.pipeline "collect"
+        p:task("split", { map = true }, function() return { 1, 2, 3 } end)
+        p:task("check", { after = "split" }, function(x)
+            if x == 2 then error("two is bad") end
+            return x
+        end)
+        p:task("sum", { after = "check", gather = true, errors = "collect" }, function(xs)
+            local ok, bad = 0, {}
+            for i, x in ipairs(xs) do
+                if tide.is_error(x) then bad[#bad + 1] = i .. ":" .. x.code else ok = ok + x end
+            end
+            return { ok = ok, bad = bad }
+        end)
+        local outs = tide.run(p, { 0 })
+        assert.same({ ok = 4, bad = { "2:ETASK" } }, outs[1])
+    end)
+
+    it("rejects a map task that does not return a table", function()
+        local p = tide.pipeline "bad-map"
+        p:task("split", { map = true }, function() return 5 end)
+        p:task("x", { after = "split" }, function(v) return v end)
+        local _, errs = tide.run(p, { 0 })
+        assert.equal("EVALUE", errs[1].code)
+        assert.matches("must return an array, got number", errs[1].message)
+    end)
+end)
+
+describe("ctx", function()
+    it("carries id, attempt, data shared by the context's tasks, and log", function()
+        local p = tide.pipeline "ctx"
+        p:task("a", function(_, ctx)
+            ctx.data.seen = "a"
+            ctx.log("hello from a")
+            return { id = ctx.id, attempt = ctx.attempt, map_index = ctx.map_index }
+        end)
+        p:task("b", { after = "a" }, function(v, ctx) v.data = ctx.data.seen return v end)
+        local ex = tide.executor()
+        local id = ex:submit(p, 1, { id = "job-7" })
+        ex:run()
+        assert.same({ id = "job-7", attempt = 1, data = "a" }, ex:result(id))
+    end)
+end)
+
+describe("executor", function()
+    local p
+    before_each(function()
+        p = tide.pipeline "e"
+        p:task("a", function(x) tide.sleep(0.01) return x * 2 end)
+    end)
+
+    it("submits, reports status, runs and returns results", function()
+        local ex = tide.executor { concurrency = 10 }
+        local id = ex:submit(p, 21, { id = "x" })
+        assert.equal("x", id)
+        assert.equal("running", ex:status(id))
+        local gen = ex:submit(p, 1)
+        assert.is_string(gen)
+        ex:run()
+        assert.equal("done", ex:status(id))
+        assert.equal(42, ex:result(id))
+        assert.equal(42, ex:result(id)) -- reading does not consume
+        assert_clean(ex)
+    end)
+
+    it("raises on a duplicate id and on bad options", function()
+        local ex = tide.executor()
+        ex:submit(p, 1, { id = "dup" })
+        assert.has_error(function() ex:submit(p, 1, { id = "dup" }) end, "ex:submit: duplicate id 'dup'")
+        assert.has_error(function() ex:submit(p, 1, { priority = "urgent" }) end)
+        assert.has_error(function() ex:submit(p, 1, { colour = 1 }) end, "ex:submit: unknown option 'colour'")
+        assert.has_error(function() ex:submit("p", 1) end)
+        assert.has_error(function() ex.submit(p, 1) end)
+        assert.has_error(function() tide.executor { concurrency = 0 } end)
+        assert.has_error(function() tide.executor { bogus = 1 } end, "tide.executor: unknown option 'bogus'")
+        ex:run()
+    end)
+
+    it("answers ENOENT for an unknown id and EAGAIN when a wait expires", function()
+        local ex = tide.executor()
+        local out, rec, code = ex:result("nope")
+        assert.is_nil(out)
+        assert.equal("ENOENT", code)
+        assert.equal("ENOENT", rec.code)
+        local _, _, scode = ex:status("nope")
+        assert.equal("ENOENT", scode)
+        local q = tide.pipeline "slowq"
+        q:task("a", function() tide.sleep(0.3) return 1 end)
+        local id = ex:submit(q, 1)
+        local o2, r2, c2 = ex:result(id, 0.01)
+        assert.is_nil(o2)
+        assert.equal("EAGAIN", c2)
+        assert.equal("EAGAIN", r2.code)
+        assert.equal(1, ex:result(id, 5)) -- the job kept running
+        assert_clean(ex)
+    end)
+
+    it("never waits forever on a failed job", function()
+        local ex = tide.executor()
+        local q = tide.pipeline "fails"
+        q:task("a", function() tide.sleep(0.01) error("down") end)
+        local id = ex:submit(q, 1)
+        local out, rec, code = ex:result(id)
+        assert.is_nil(out)
+        assert.equal("ETASK", code)
+        assert.matches("down", rec.message)
+    end)
+
+    it("cancels a running job: ECANCELED, timers and slots freed", function()
+        local ex = tide.executor()
+        local q = tide.pipeline "long"
+        q:task("a", { retry = { times = 5, interval = 10 } }, function() error("x") end)
+        q:task("b", function() tide.sleep(10) end)
+        local id = ex:submit(q, 1)
+        ex:result(id, 0.05) -- let it start and wait for its retry
+        assert.equal("running", ex:status(id) == "waiting" and "running" or ex:status(id))
+        assert.is_true(ex:cancel(id))
+        assert.equal("cancelled", ex:status(id))
+        local out, rec, code = ex:result(id)
+        assert.is_nil(out)
+        assert.equal("ECANCELED", code)
+        assert.equal("ECANCELED", rec.code)
+        local ok, msg, name = ex:cancel(id)
+        assert.is_nil(ok)
+        assert.equal("EINVAL", name)
+        assert.matches("already finished", msg)
+        local ok2, _, name2 = ex:cancel("ghost")
+        assert.is_nil(ok2)
+        assert.equal("ENOENT", name2)
+        ex:run()
+        assert_clean(ex)
+    end)
+
+    it("lets a task wait for another job's result without blocking", function()
+        local ex = tide.executor { concurrency = 1 }
+        local worker = tide.pipeline "worker"
+        worker:task("w", function(x) tide.sleep(0.01) return x + 1 end)
+        local boss = tide.pipeline "boss"
+        boss:task("b", function(x)
+            -- concurrency = 1: waiting gives the slot back so the
+            -- worker job can run.
+            local id = ex:submit(worker, x)
+            return ex:result(id, 5) * 10
+        end)
+        local id = ex:submit(boss, 1)
+        ex:run()
+        assert.equal(20, ex:result(id))
+        assert_clean(ex)
+    end)
+
+    it("fails jobs that wait on each other with EDEADLK instead of hanging", function()
+        local ex = tide.executor()
+        local q = tide.pipeline "wait-other"
+        q:task("a", function(other)
+            tide.sleep(0.01)
+            local out, err = ex:result(other)
+            if out == nil then error(err) end
+            return out
+        end)
+        ex:submit(q, "y", { id = "x" })
+        ex:submit(q, "x", { id = "y" })
+        ex:run()
+        local _, rx, cx = ex:result("x")
+        local _, ry, cy = ex:result("y")
+        assert.equal("EDEADLK", cx)
+        assert.equal("EDEADLK", cy)
+        assert.matches("waits for job 'y'", rx.message)
+        assert.matches("waits for job 'x'", ry.message)
+        assert_clean(ex)
+    end)
+
+    it("runs nearest-to-sink first, high before low, newest lifo first", function()
+        local order = {}
+        local ex = tide.executor { concurrency = 100 }
+        local q = tide.pipeline "order"
+        q:task("a", function(x) order[#order + 1] = x .. ".a" return x end)
+        q:task("b", { after = "a" }, function(x) order[#order + 1] = x .. ".b" return x end)
+        ex:submit(q, "L1", { priority = "low" })
+        ex:submit(q, "L2", { priority = "low" })
+        ex:submit(q, "H1", { priority = "high" })
+        ex:submit(q, "F1", { priority = "lifo" })
+        ex:submit(q, "F2", { priority = "lifo" })
+        ex:run()
+        assert.same({ "H1.a", "H1.b", "L1.a", "L1.b", "L2.a", "L2.b",
+                      "F2.a", "F2.b", "F1.a", "F1.b" }, order)
+    end)
+
+    it("keeps at most `concurrency` contexts in flight", function()
+        local running, peak = 0, 0
+        local q = tide.pipeline "conc"
+        q:task("a", function()
+            running = running + 1
+            if running > peak then peak = running end
+            tide.sleep(0.005)
+            running = running - 1
+        end)
+        local inputs = {}
+        for i = 1, 50 do inputs[i] = i end
+        tide.run(q, inputs, { concurrency = 4 })
+        assert.equal(4, peak)
+    end)
+
+    it("stays clean after many failing and timing-out attempts", function()
+        local ex = tide.executor()
+        local q = tide.pipeline "churn"
+        q:task("a", { timeout = 0.002, retry = 2 }, function(x)
+            if x % 2 == 0 then tide.sleep(1) end
+            error("odd")
+        end)
+        for i = 1, 300 do ex:submit(q, i) end
+        ex:run()
+        for i = 1, 300 do
+            local _, _, code = ex:result(tostring(i))
+            assert.equal(i % 2 == 0 and "ETIMEDOUT" or "ETASK", code)
+        end
+        assert_clean(ex)
+    end)
+end)
