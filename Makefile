@@ -68,6 +68,7 @@ test-e2e: all
 	TIDE_BUILD=$(BUILD) $(SAN_ENV) $(BUSTED) spec/e2e/
 
 test: test-c test-lua
+	@echo "make test: all suites passed"
 
 ASAN_FLAGS = -fsanitize=address,undefined -fno-sanitize-recover=all \
 	-fno-omit-frame-pointer

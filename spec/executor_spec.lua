@@ -54,7 +54,8 @@ describe("tide.run", function()
 
     it("raises on misuse", function()
         assert.has_error(function() tide.run("p", {}) end, "tide.run: argument 1 must be a pipeline, got string")
-        assert.has_error(function() tide.run(chain(1), 5) end, "tide.run: argument 2 must be an array of inputs, got number")
+        assert.has_error(function() tide.run(chain(1), 5) end,
+            "tide.run: argument 2 must be an array of inputs, got number")
     end)
 end)
 

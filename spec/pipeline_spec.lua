@@ -26,9 +26,11 @@ describe("p:task()", function()
     it("raises at the caller's line on wrong types", function()
         local ok, err = pcall(function() p:task(1, function() end) end)
         assert.is_false(ok)
+        assert.is_string(err)
         assert.matches(THIS .. ":%d+: p:task: task name must be a non%-empty string", err)
         local line = debug.getinfo(1, "l").currentline + 1
         ok, err = pcall(function() p:task("a", {}, "nope") end)
+        assert.is_false(ok)
         assert.equal(THIS .. ":" .. line .. ": p:task: task 'a' needs a function body, got string", err)
         assert.has_error(function() p:task("a", 5, function() end) end,
             "p:task: options for task 'a' must be a table, got number")

@@ -19,7 +19,7 @@ local pipeline = require "tide.pipeline"
 
 local json = core.json
 local type, pairs, ipairs, tostring, error, select = type, pairs, ipairs, tostring, error, select
-local xpcall, pcall, setmetatable, next = xpcall, pcall, setmetatable, next
+local xpcall, pcall, setmetatable = xpcall, pcall, setmetatable
 local traceback, huge, floor = debug.traceback, math.huge, math.floor
 local hrtime = core.hrtime
 local new_error, is_error = errors.new, errors.is

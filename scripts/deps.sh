@@ -1,0 +1,30 @@
+#!/bin/sh
+# Installs the Debian 12 packages tide needs to build, test and bench, if
+# any are missing. Non-interactive. Without root and without sudo it
+# prints the exact command to run and exits 2.
+#   luajit libluajit-5.1-dev  the Lua VM tide embeds
+#   libuv1-dev                the event loop
+#   libyajl-dev               the JSON parser/generator under tide.json
+#   lua-cjson                 available to task code (require "cjson")
+#   lua-busted lua-check      specs and lint
+#   lua-luv                   the W5 reference in make bench
+#   pkg-config build-essential
+set -eu
+PKGS="luajit libluajit-5.1-dev libuv1-dev libyajl-dev lua-cjson lua-busted lua-check lua-luv pkg-config build-essential"
+missing=""
+for p in $PKGS; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+        missing="$missing $p"
+    fi
+done
+[ -z "$missing" ] && exit 0
+cmd="apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$missing"
+if [ "$(id -u)" = 0 ]; then
+    sh -c "$cmd"
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo sh -c "$cmd"
+else
+    echo "tide: missing packages:$missing" >&2
+    echo "run as root: $cmd" >&2
+    exit 2
+fi
