@@ -183,6 +183,27 @@ describe("timeouts", function()
         assert_clean(ex)
     end)
 
+    it("do not keep the loop alive once the attempt finished", function()
+        local hr = require("tide.core").hrtime
+        local p = tide.pipeline "fast-with-timeout"
+        p:task("a", { timeout = 30 }, function(x) return x end)
+        local t0 = hr()
+        local outs = tide.run(p, { 1, 2 })
+        assert.same({ 1, 2 }, outs)
+        assert.is_true(hr() - t0 < 1, "run took " .. (hr() - t0) .. " s")
+        -- Nor once a sleeping job was cancelled.
+        local ex = tide.executor()
+        local q = tide.pipeline "sleeps-long"
+        q:task("a", function() tide.sleep(30) end)
+        local id = ex:submit(q, 1)
+        ex:result(id, 0.01)
+        ex:cancel(id)
+        t0 = hr()
+        ex:run()
+        assert.is_true(hr() - t0 < 1, "run took " .. (hr() - t0) .. " s")
+        assert_clean(ex)
+    end)
+
     it("apply the executor's task_timeout to tasks without one", function()
         local p = tide.pipeline "default-timeout"
         p:task("a", function() tide.sleep(5) end)

@@ -130,10 +130,22 @@ static void eng_timer_add(tide__eng *eng, tide__tentry *e, int kind,
         tide__eng_arm(eng);
 }
 
+/* Removes an entry; when it was the first, the uv timer is re-armed for
+ * the new first entry (or stopped), so a removed far-away deadline never
+ * keeps the loop alive. */
+static void eng_timer_del(tide__eng *eng, tide__tentry *e) {
+    if (!tide__tentry_armed(e))
+        return;
+    int was_first = e->pos == 0;
+    tide__heap_remove(&eng->heap, e);
+    if (was_first)
+        tide__eng_arm(eng);
+}
+
 /* An entry that only wakes the loop at a time (a top-level wait's end). */
 void tide__eng_noop_timer(tide__eng *eng, tide__tentry *e, double ms) {
     if (ms < 0) {
-        tide__heap_remove(&eng->heap, e);
+        eng_timer_del(eng, e);
         return;
     }
     eng_timer_add(eng, e, TIDE__TM_NOOP, ms);
@@ -340,8 +352,8 @@ static void att_release(tide__eng *eng, tide__att *a) {
     tide__ctx *c = eng_ctx(eng, a->slot);
     TIDE_ASSERT(a->co == NULL);
     att_take_slot(eng, a);
-    tide__heap_remove(&eng->heap, &a->deadline);
-    tide__heap_remove(&eng->heap, &a->wake);
+    eng_timer_del(eng, &a->deadline);
+    eng_timer_del(eng, &a->wake);
     if (a->prev_in_ctx)
         a->prev_in_ctx->next_in_ctx = a->next_in_ctx;
     else
@@ -417,7 +429,7 @@ void tide__eng_park(tide__eng *eng, tide__att *a, double timeout_ms,
 void tide__eng_wake(tide__eng *eng, tide__att *a, int result) {
     if (a->state != TIDE__ATT_PARKED)
         return;
-    tide__heap_remove(&eng->heap, &a->wake);
+    eng_timer_del(eng, &a->wake);
     att_take_slot(eng, a);
     a->state = TIDE__ATT_READY;
     a->result = result;
@@ -443,8 +455,8 @@ void tide__eng_yielded(tide__eng *eng, tide__att *a) {
 /* Fails a parked attempt from outside (timeout, deadlock): its coroutine
  * is dropped and the runner is handed a TIDE__OP_FAIL with `code`. */
 void tide__eng_abandon(tide__eng *eng, tide__att *a, int code) {
-    tide__heap_remove(&eng->heap, &a->deadline);
-    tide__heap_remove(&eng->heap, &a->wake);
+    eng_timer_del(eng, &a->deadline);
+    eng_timer_del(eng, &a->wake);
     if (a->co)
         eng->drop_co(eng, a);
     att_take_slot(eng, a);
