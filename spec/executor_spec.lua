@@ -305,6 +305,9 @@ describe("map and gather", function()
         assert.equal(2, rec.map_index)
         assert.matches("two is bad", rec.message)
         assert_clean(ex)
+        -- Nothing is left in the executor's per-slot tables either.
+        assert.is_nil(next(ex._outputs))
+        assert.is_nil(next(ex._children_of))
     end)
 
     it("hand failed children to the gather with errors = 'collect'", function()

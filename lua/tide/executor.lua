@@ -118,8 +118,9 @@ function M.new(opts)
     -- Per slot.
     local outputs, ids, kids, parent_of, index_of, data_of, pipe_of, waiting =
         {}, {}, {}, {}, {}, {}, {}, {}
-    local map_of = {}
+    local map_of, children_of = {}, {}
     self._outputs, self._ids, self._pipe_of = outputs, ids, pipe_of
+    self._children_of = children_of
     self._waiting = waiting
 
     local nxt, spawn, retry, finalize, release = E.nxt, E.spawn, E.retry, E.finalize, E.release
@@ -158,7 +159,18 @@ function M.new(opts)
         end
     end
 
+    -- Drops everything Lua holds for a slot, and for its children that
+    -- are still running (the engine frees those with their parent).
     local function forget(slot)
+        local ch = children_of[slot]
+        if ch then
+            children_of[slot] = nil
+            for c in pairs(ch) do
+                if parent_of[c] == slot then forget(c) end
+            end
+        end
+        local parent = parent_of[slot]
+        if parent and children_of[parent] then children_of[parent][slot] = nil end
         outputs[slot], kids[slot], parent_of[slot] = nil, nil, nil
         index_of[slot], data_of[slot], waiting[slot] = nil, nil, nil
         map_of[slot] = nil
@@ -316,6 +328,11 @@ function M.new(opts)
         end
         local n = #res
         k[g] = {}
+        local ch = children_of[slot]
+        if not ch then
+            ch = {}
+            children_of[slot] = ch
+        end
         local p = pipe_of[slot]
         local loc = T_local[g]
         local id = ids[slot]
@@ -324,6 +341,7 @@ function M.new(opts)
             outputs[c] = { [loc] = res[i] }
             parent_of[c], index_of[c], ids[c], pipe_of[c] = slot, i, id, p
             map_of[c] = loc
+            ch[c] = true
         end
     end
 
