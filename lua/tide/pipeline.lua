@@ -6,7 +6,7 @@ local core = require "tide.core"
 
 local type, pairs, ipairs, error, tostring = type, pairs, ipairs, error, tostring
 local setmetatable, getinfo = setmetatable, debug.getinfo
-local format, concat = string.format, table.concat
+local format = string.format
 
 local M = {}
 local Pipeline = {}
@@ -223,5 +223,4 @@ function Pipeline:__tostring()
     return "tide.pipeline(" .. self.name .. ")"
 end
 
-M.concat = concat
 return M
