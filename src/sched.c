@@ -223,6 +223,9 @@ static void ctx_start(tide__eng *eng, tide__ctx *c) {
     c->remaining = g->region_size[region];
     for (uint32_t k = g->roots_off[region]; k < g->roots_off[region + 1]; k++)
         ctx_enqueue(eng, c, g->roots[k]);
+    /* Work submitted from an I/O callback must run now, not when the loop
+     * next wakes for another reason. */
+    eng->kick(eng);
     ctx_check_complete(eng, c);
 }
 
