@@ -107,6 +107,70 @@ local function load_pipeline(path)
 end
 
 
+-- Replaces bytes that are not valid UTF-8 with U+FFFD, so a rejected
+-- line can be shown as JSON text.
+local function lossy_utf8(s)
+    local out, i, n = {}, 1, #s
+    local byte, sub = string.byte, string.sub
+    while i <= n do
+        local c = byte(s, i)
+        local len = c < 0x80 and 1 or (c >= 0xC2 and c <= 0xDF) and 2
+            or (c >= 0xE0 and c <= 0xEF) and 3 or (c >= 0xF0 and c <= 0xF4) and 4 or 0
+        local ok = len > 0 and i + len - 1 <= n
+        for k = i + 1, i + len - 1 do
+            if not ok then break end
+            local cc = byte(s, k)
+            ok = cc >= 0x80 and cc <= 0xBF
+        end
+        if ok then
+            out[#out + 1] = sub(s, i, i + len - 1)
+            i = i + len
+        else
+            out[#out + 1] = "\239\191\189"
+            i = i + 1
+        end
+    end
+    return table.concat(out)
+end
+
+
+local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+-- Base64 of s (RFC 4648), for the exact bytes of a rejected line.
+local function base64(s)
+    local out, byte, sub = {}, string.byte, string.sub
+    for i = 1, #s, 3 do
+        local a, b, c = byte(s, i, i + 2)
+        local v = a * 65536 + (b or 0) * 256 + (c or 0)
+        local q = {}
+        for k = 3, 0, -1 do
+            local d = math.floor(v / 64 ^ k) % 64
+            q[#q + 1] = sub(B64, d + 1, d + 1)
+        end
+        if not b then q[3], q[4] = "=", "=" elseif not c then q[4] = "=" end
+        out[#out + 1] = table.concat(q)
+    end
+    return table.concat(out)
+end
+
+
+-- Under --output each sink writes DIR/<name>.jsonl: the name must be a
+-- plain file name that is not one of tide's own files.
+local function check_sink_names(p)
+    for _, name in ipairs(p.sink_names) do
+        if name == "failed" or name == "rejects" then
+            return nil, ("--output: sink task '%s' would write %s.jsonl, where tide writes its %s; "
+                         .. "rename the task"):format(name, name, name == "failed" and "failures" or "rejected lines")
+        end
+        if not name:match("^[%w_%-][%w_%.%-]*$") then
+            return nil, ("--output: sink task name '%s' cannot be used as a file name "
+                         .. "(letters, digits, '.', '_' and '-' only)"):format(name)
+        end
+    end
+    return true
+end
+
+
 local function mkdir_p(dir)
     local ok, err, name = core.mkdir_p(dir)
     if not ok then return nil, err, name end
@@ -131,6 +195,8 @@ local function run(args)
     local out_sink, out_failed, out_rejects
     local sink_files = {}
     if o.output then
+        local nok, nerr = check_sink_names(p)
+        if not nok then return die(EXIT_USAGE, nerr) end
         local ok, err = mkdir_p(o.output)
         if not ok then return die(EXIT_IO, "--output: " .. tostring(err)) end
         local function open(name)
@@ -220,12 +286,20 @@ local function run(args)
         nrejected = nrejected + 1
         io_stderr:write(format("tide: line %d: %s\n", n, msg))
         if out_rejects then
+            local text = enc(line)
+            local extra = ""
+            if not text then
+                -- Not UTF-8: show it lossily, and keep the exact bytes.
+                text = enc(lossy_utf8(line)) or '""'
+                extra = ',"base64":"' .. base64(line) .. '"'
+            end
             write(out_rejects, '{"line":' .. n .. ',"error":' .. (enc(msg) or '""')
-                  .. ',"text":' .. (enc(line) or '""') .. '}')
+                  .. ',"text":' .. text .. extra .. '}')
         end
     end
 
     local live = ex._live
+    local seen = {}
     local function submit_line(n, line)
         local v, err = json.decode(line)
         if v == nil and err then
@@ -243,11 +317,17 @@ local function run(args)
             if type(id) == "number" then id = tostring(id) end
             if type(id) ~= "string" then id = nil end
         end
+        -- Ids given by the input are remembered for the whole run (a
+        -- duplicate is rejected even after the first finished); ids made
+        -- from line numbers are unique by construction, so memory grows
+        -- only with inputs that carry ids.
+        local given = id ~= nil
         id = id or tostring(n)
-        if live[id] or inputs[id] then
+        if live[id] or inputs[id] or seen[id] then
             reject(n, line, "duplicate id '" .. id .. "'")
             return
         end
+        if given then seen[id] = true end
         inflight = inflight + 1
         inputs[id] = v
         ex:_submit(p, v, id, prio)
@@ -317,8 +397,12 @@ local function run(args)
             io_stderr:write("\r\27[K", s)
         end
     end
-    local ticker
-    if tty then ticker = core.timer(ex._ud, 0.2, function() progress(false) end) end
+    -- Results reach a pipe within 0.2 s even while the run goes on (stdio
+    -- buffers them otherwise); on a terminal the progress line refreshes.
+    local ticker = core.timer(ex._ud, 0.2, function()
+        io_stdout:flush()
+        if tty then progress(false) end
+    end)
 
     local signalled
     local function on_signal(signum)
@@ -334,7 +418,7 @@ local function run(args)
     local sigterm = core.signal(ex._ud, 15, on_signal)
 
     ex:run()
-    if ticker then ticker:close() end
+    ticker:close()
     sigint:close()
     sigterm:close()
     if reader then reader:close() end
@@ -353,9 +437,11 @@ end
 
 function M.main(args)
     local cmd = args[1]
-    if cmd == nil or cmd == "help" or cmd == "--help" or cmd == "-h" then
+    if cmd == nil then
+        return die(EXIT_USAGE, "no command given\n" .. USAGE)
+    elseif cmd == "help" or cmd == "--help" or cmd == "-h" then
         io_stdout:write(USAGE)
-        return cmd == nil and EXIT_USAGE or EXIT_OK
+        return EXIT_OK
     elseif cmd == "version" or cmd == "--version" then
         io_stdout:write("tide ", tide.version, " (", jit and jit.version or _VERSION, ")\n")
         return EXIT_OK

@@ -563,7 +563,9 @@ static void leng_walk_close(uv_handle_t *h, void *arg) {
         e->nclosing++;
         uv_close(h, leng_close_cb);
     } else {
-        uv_close(h, tide__lua_handle_close_cb); /* a signal or timer */
+        /* A glue handle (signal, timer, reader): its record says how. */
+        lio_base *b = h->data;
+        uv_close(h, b->close_cb);
     }
 }
 

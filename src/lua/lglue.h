@@ -17,7 +17,11 @@ uv_loop_t *tide__lua_engine_loop(lua_State *L, int idx);
 /* Calls the function below nargs arguments with a traceback handler;
  * on error prints "tide: <what>: <message and traceback>" to stderr and
  * returns non-zero. Never raises. For hooks called from libuv callbacks. */
-void tide__lua_handle_close_cb(uv_handle_t *h);
+/* Every uv handle the glue opens on an engine's loop points its data at
+ * one of these, so the engine can close what is left when it closes. */
+typedef struct {
+    uv_close_cb close_cb;
+} lio_base;
 
 int tide__lua_pcall_hook(lua_State *L, int nargs, const char *what);
 

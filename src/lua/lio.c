@@ -9,6 +9,7 @@
  * never runs on a coroutine that may be suspended. Ownership: the record
  * is freed in its close callback (handles) or when its last request
  * completes after close (the reader). */
+#include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <string.h>
@@ -71,65 +72,129 @@ static lua_State *lio_hook_push(lio_hook *h) {
 
 /* ===== READER ===== */
 
+/* Pipes and terminals are watched with uv_poll and read with read(2) when
+ * readable, so closing the reader (SIGINT) takes effect at once. Regular
+ * files cannot be polled; they are read with uv_fs_read on libuv's pool,
+ * where a read never blocks for long. */
+
 #define LIO_CHUNK 65536
 
 typedef struct {
-    uv_fs_t req;
+    lio_base base;  /* first: the engine's close finds it through data */
+    uv_poll_t poll; /* poll mode */
+    uv_fs_t req;    /* file mode */
     uv_loop_t *loop;
     uv_file fd;
-    int own_fd, reading, paused, done, closed;
+    int polled, own_fd, reading, paused, done, closed, handle_open;
     lio_hook hook;
     char buf[LIO_CHUNK];
 } lio_reader;
 
 static void lio_reader_start(lio_reader *r);
 
-static void lio_reader_maybe_free(lio_reader *r) {
-    if (r->closed && !r->reading) {
-        if (r->own_fd) {
-            uv_fs_t req;
-            uv_fs_close(NULL, &req, r->fd, NULL);
-            uv_fs_req_cleanup(&req);
-        }
-        lio_hook_free(&r->hook);
-        free(r);
+static void lio_reader_free(lio_reader *r) {
+    if (r->own_fd) {
+        uv_fs_t req;
+        uv_fs_close(NULL, &req, r->fd, NULL);
+        uv_fs_req_cleanup(&req);
     }
+    lio_hook_free(&r->hook);
+    free(r);
 }
 
-static void lio_reader_cb(uv_fs_t *req) {
-    lio_reader *r = tide__container_of(req, lio_reader, req);
-    ssize_t n = req->result;
-    uv_fs_req_cleanup(req);
-    r->reading = 0;
-    if (r->closed) {
-        lio_reader_maybe_free(r);
+static void lio_reader_poll_closed(uv_handle_t *h) {
+    lio_reader *r = tide__container_of((uv_poll_t *)h, lio_reader, poll);
+    r->handle_open = 0;
+    r->done = 1; /* when the engine closed it first, the box frees it */
+    if (r->closed)
+        lio_reader_free(r);
+}
+
+/* Frees the record once it is closed and libuv holds nothing of it. */
+static void lio_reader_maybe_free(lio_reader *r) {
+    if (!r->closed || r->reading)
+        return;
+    if (r->handle_open) {
+        if (!uv_is_closing((uv_handle_t *)&r->poll))
+            uv_close((uv_handle_t *)&r->poll, lio_reader_poll_closed);
         return;
     }
+    lio_reader_free(r);
+}
+
+/* Hands a chunk (n > 0), the end (n == 0) or an error (n < 0) to Lua. */
+static void lio_reader_deliver(lio_reader *r, ssize_t n) {
     lua_State *T = lio_hook_push(&r->hook);
     if (n > 0) {
         lua_pushlstring(T, r->buf, (size_t)n);
         tide__lua_pcall_hook(T, 1, "input reader");
-        if (!r->paused && !r->closed)
-            lio_reader_start(r);
-    } else {
-        r->done = 1;
+        return;
+    }
+    r->done = 1;
+    if (r->polled)
+        uv_poll_stop(&r->poll);
+    lua_pushnil(T);
+    if (n < 0)
+        lua_pushstring(T, uv_strerror((int)n));
+    else
         lua_pushnil(T);
-        if (n < 0)
-            lua_pushstring(T, uv_strerror((int)n));
-        else
-            lua_pushnil(T);
-        tide__lua_pcall_hook(T, 2, "input reader");
+    tide__lua_pcall_hook(T, 2, "input reader");
+}
+
+static void lio_reader_fs_cb(uv_fs_t *req) {
+    lio_reader *r = tide__container_of(req, lio_reader, req);
+    ssize_t n = req->result;
+    uv_fs_req_cleanup(req);
+    r->reading = 0;
+    if (!r->closed) {
+        lio_reader_deliver(r, n);
+        if (n > 0 && !r->paused && !r->closed)
+            lio_reader_start(r);
     }
     lio_reader_maybe_free(r);
 }
 
+static void lio_reader_poll_cb(uv_poll_t *h, int status, int events) {
+    lio_reader *r = tide__container_of(h, lio_reader, poll);
+    TIDE_UNUSED(events);
+    if (r->closed || r->done)
+        return;
+    if (status < 0) {
+        lio_reader_deliver(r, status);
+        return;
+    }
+    ssize_t n = read(r->fd, r->buf, LIO_CHUNK);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    lio_reader_deliver(r, n < 0 ? -errno : n);
+}
+
 static void lio_reader_start(lio_reader *r) {
-    if (r->reading || r->done || r->closed)
+    if (r->done || r->closed)
+        return;
+    if (r->polled) {
+        if (!r->handle_open)
+            return;
+        uv_poll_start(&r->poll, UV_READABLE, lio_reader_poll_cb);
+        return;
+    }
+    if (r->reading)
         return;
     uv_buf_t b = uv_buf_init(r->buf, LIO_CHUNK);
-    int rc = uv_fs_read(r->loop, &r->req, r->fd, &b, 1, -1, lio_reader_cb);
-    if (rc == 0)
+    if (uv_fs_read(r->loop, &r->req, r->fd, &b, 1, -1, lio_reader_fs_cb) == 0)
         r->reading = 1;
+}
+
+static void lio_reader_close(lio_reader *r) {
+    if (r->closed)
+        return;
+    r->closed = 1;
+    lio_reader_maybe_free(r);
+}
+
+/* The engine closes a reader's poll handle when it closes its loop. */
+static void lio_reader_engine_close(uv_handle_t *h) {
+    lio_reader_poll_closed(h);
 }
 
 static lio_reader *lio_checkreader(lua_State *L) {
@@ -162,9 +227,16 @@ static int l_reader(lua_State *L) {
     luaL_getmetatable(L, "tide.reader");
     lua_setmetatable(L, -2);
     lio_reader *r = tide__xcalloc(1, sizeof(*r));
+    r->base.close_cb = lio_reader_engine_close;
     r->loop = loop;
     r->fd = fd;
     r->own_fd = path != NULL;
+    if (uv_guess_handle(fd) != UV_FILE &&
+        uv_poll_init(loop, &r->poll, fd) == 0) {
+        r->polled = 1;
+        r->handle_open = 1;
+        r->poll.data = &r->base;
+    }
     lio_hook_init(L, &r->hook, 3);
     *box = r;
     lio_reader_start(r);
@@ -172,7 +244,10 @@ static int l_reader(lua_State *L) {
 }
 
 static int l_reader_pause(lua_State *L) {
-    lio_checkreader(L)->paused = 1;
+    lio_reader *r = lio_checkreader(L);
+    r->paused = 1;
+    if (r->polled && r->handle_open && !r->closed)
+        uv_poll_stop(&r->poll);
     return 0;
 }
 
@@ -186,8 +261,7 @@ static int l_reader_resume(lua_State *L) {
 static int l_reader_close(lua_State *L) {
     lio_reader **box = luaL_checkudata(L, 1, "tide.reader");
     if (*box) {
-        (*box)->closed = 1;
-        lio_reader_maybe_free(*box);
+        lio_reader_close(*box);
         *box = NULL;
     }
     return 0;
@@ -196,6 +270,7 @@ static int l_reader_close(lua_State *L) {
 /* ===== HANDLES: signals and timers ===== */
 
 typedef struct lio_handle {
+    lio_base base; /* first: the engine's close finds it through data */
     union {
         uv_handle_t h;
         uv_signal_t sig;
@@ -207,8 +282,8 @@ typedef struct lio_handle {
 
 /* Frees a signal or timer record; also used by the engine's close, which
  * closes every handle left on its loop. */
-void tide__lua_handle_close_cb(uv_handle_t *h) {
-    lio_handle *x = (lio_handle *)h;
+static void lio_handle_close_cb(uv_handle_t *h) {
+    lio_handle *x = tide__container_of(h, lio_handle, u.h);
     if (x->box)
         *x->box = NULL;
     lio_hook_free(&x->hook);
@@ -216,14 +291,14 @@ void tide__lua_handle_close_cb(uv_handle_t *h) {
 }
 
 static void lio_signal_cb(uv_signal_t *s, int signum) {
-    lio_handle *x = (lio_handle *)s;
+    lio_handle *x = tide__container_of(s, lio_handle, u.sig);
     lua_State *T = lio_hook_push(&x->hook);
     lua_pushinteger(T, signum);
     tide__lua_pcall_hook(T, 1, "signal handler");
 }
 
 static void lio_timer_cb(uv_timer_t *t) {
-    lio_handle *x = (lio_handle *)t;
+    lio_handle *x = tide__container_of(t, lio_handle, u.tim);
     lua_State *T = lio_hook_push(&x->hook);
     tide__lua_pcall_hook(T, 0, "timer");
 }
@@ -235,6 +310,7 @@ static lio_handle *lio_handle_new(lua_State *L, int fn_idx) {
     lua_setmetatable(L, -2);
     lio_handle *x = tide__xcalloc(1, sizeof(*x));
     lio_hook_init(L, &x->hook, fn_idx);
+    x->base.close_cb = lio_handle_close_cb;
     *box = x;
     x->box = box;
     return x;
@@ -247,6 +323,7 @@ static int l_signal(lua_State *L) {
     luaL_checktype(L, 3, LUA_TFUNCTION);
     lio_handle *x = lio_handle_new(L, 3);
     uv_signal_init(loop, &x->u.sig);
+    x->u.h.data = &x->base;
     int rc = uv_signal_start(&x->u.sig, lio_signal_cb, signum);
     if (rc != 0)
         return luaL_error(L, "signal %d: %s", signum, uv_strerror(rc));
@@ -262,6 +339,7 @@ static int l_timer(lua_State *L) {
     uint64_t ms = s > 0.001 ? (uint64_t)(s * 1000) : 1;
     lio_handle *x = lio_handle_new(L, 3);
     uv_timer_init(loop, &x->u.tim);
+    x->u.h.data = &x->base;
     uv_timer_start(&x->u.tim, lio_timer_cb, ms, ms);
     uv_unref(&x->u.h);
     return 1;
@@ -274,7 +352,7 @@ static int l_handle_close(lua_State *L) {
         x->box = NULL;
         *box = NULL;
         if (!uv_is_closing(&x->u.h))
-            uv_close(&x->u.h, tide__lua_handle_close_cb);
+            uv_close(&x->u.h, lio_handle_close_cb);
     }
     return 0;
 }
