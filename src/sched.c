@@ -314,8 +314,9 @@ static tide__att *att_new(tide__eng *eng, tide__ctx *c, uint32_t gtask,
         a = eng->atts[eng->att_free];
         eng->att_free = a->next_free;
     } else {
-        eng->atts = tide__xrealloc(eng->atts, (eng->natts + 1) *
-                                                  sizeof(void *));
+        if ((eng->natts & (eng->natts - 1)) == 0) /* a power of two: grow */
+            eng->atts = tide__xrealloc(eng->atts, 2 * (size_t)eng->natts *
+                                                      sizeof(void *));
         a = tide__xcalloc(1, sizeof(*a));
         a->idx = eng->natts;
         eng->atts[eng->natts++] = a;
