@@ -189,7 +189,8 @@ enum {
     TIDE__ATT_RETRY,       /* waiting for its next attempt; no coroutine */
 };
 
-enum { TIDE__TM_DEADLINE = 1, TIDE__TM_WAKE, TIDE__TM_RETRY, TIDE__TM_NOOP };
+enum { TIDE__TM_DEADLINE = 1, TIDE__TM_WAKE, TIDE__TM_RETRY, TIDE__TM_NOOP,
+       TIDE__TM_LIMIT };
 
 /* An attempt record. Plain attempts of tasks without a timeout have none:
  * one is made when the attempt has a deadline, yields, or waits for a
@@ -226,9 +227,29 @@ typedef struct {
     uint32_t first_child, next_sibling, prev_sibling;
     uint32_t *pending;   /* per task: predecessors not done */
     uint32_t *kids;      /* per task: a map's unfinished children */
-    uint16_t *attempt;   /* per task: current attempt number */
+    uint32_t *taken;     /* per task: predecessors that ran (not bypassed) */
+    uint16_t *attempt;   /* per task: current attempt number - 1 */
+    uint8_t *tstate;     /* per task: TIDE__TS_* */
     tide__att *atts;     /* attempt records of this context */
 } tide__ctx;
+
+/* What became of a task in a context. */
+enum { TIDE__TS_WAITING = 0, TIDE__TS_DONE = 1, TIDE__TS_BYPASSED = 2 };
+
+/* A limiter: a token bucket and a concurrency cap shared by the tasks that
+ * name it. Attempts that cannot start wait in its queue, not in the ready
+ * queue, and do not count as running. */
+typedef struct {
+    double rate;           /* tokens per second; <= 0: no rate limit */
+    double burst;          /* bucket size */
+    double tokens;
+    uint64_t last_ns;      /* uv_hrtime() of the last refill */
+    uint32_t concurrency;  /* 0: no cap */
+    uint32_t inflight;
+    uint64_t started;      /* attempts admitted so far (for tests) */
+    tide__ring waitq;      /* (slot << 32 | local task) */
+    tide__tentry refill;   /* wakes the queue when a token is due */
+} tide__limiter;
 
 typedef struct tide__eng tide__eng;
 
@@ -244,6 +265,11 @@ struct tide__eng {
     uint32_t ntasks;      /* global task indices in use (0 is unused) */
     double *timeout_ms;   /* per global task; 0 = none */
     uint32_t *gtask_graph;/* per global task: its graph */
+    uint32_t *gtask_lim;  /* per global task: limiter index + 1, or 0 */
+    tide__limiter **lims;
+    uint32_t nlims;
+    uint32_t route[64];   /* successors chosen by a router, for the next */
+    int nroute;           /* tide__eng_complete; -1: no router */
     tide__ctx **ctx;      /* by slot; ctx[0] is unused */
     uint32_t nslots, *free_slots, nfree;
     tide__ring admit[TIDE__NPRIO];
@@ -268,7 +294,10 @@ int tide__eng_init(tide__eng *eng, uv_loop_t *loop, uint32_t concurrency);
  * closed by the glue (the engine embeds them). */
 void tide__eng_free(tide__eng *eng);
 uint32_t tide__eng_attach(tide__eng *eng, tide__graph *g,
-                          const double *timeout_ms);
+                          const double *timeout_ms, const uint32_t *lims);
+uint32_t tide__eng_limiter(tide__eng *eng, double rate, double burst,
+                           uint32_t concurrency);
+int tide__eng_bypassed(tide__eng *eng, uint32_t slot, uint32_t local);
 uint32_t tide__eng_submit(tide__eng *eng, uint32_t graph, int prio);
 uint32_t tide__eng_spawn(tide__eng *eng, uint32_t parent, uint32_t gtask,
                          uint32_t map_index);

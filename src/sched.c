@@ -37,6 +37,10 @@ const char *tide__ctx_status_name(int status) {
 #define ENG_HANDLE(att) (((uint64_t)(att)->gen << 32) | (att)->idx)
 
 static void eng_on_timer(uv_timer_t *t);
+static void ctx_maybe_free(tide__eng *eng, tide__ctx *c);
+static void ctx_enqueue(tide__eng *eng, tide__ctx *c, uint32_t i);
+static void eng_timer_add(tide__eng *eng, tide__tentry *e, int kind,
+                          double ms);
 
 int tide__eng_init(tide__eng *eng, uv_loop_t *loop, uint32_t concurrency) {
     memset(eng, 0, sizeof(*eng));
@@ -45,6 +49,7 @@ int tide__eng_init(tide__eng *eng, uv_loop_t *loop, uint32_t concurrency) {
     tide__rq_init(&eng->rq);
     tide__heap_init(&eng->heap);
     eng->nslots = 1; /* slot 0 means "no context" */
+    eng->nroute = -1;
     eng->natts = 1;
     int rc = uv_timer_init(loop, &eng->timer);
     if (rc == 0)
@@ -64,6 +69,12 @@ void tide__eng_free(tide__eng *eng) {
     free(eng->gbase);
     free(eng->timeout_ms);
     free(eng->gtask_graph);
+    free(eng->gtask_lim);
+    for (uint32_t l = 0; l < eng->nlims; l++) {
+        tide__ring_free(&eng->lims[l]->waitq);
+        free(eng->lims[l]);
+    }
+    free(eng->lims);
     for (int p = 0; p < TIDE__NPRIO; p++)
         tide__ring_free(&eng->admit[p]);
     tide__ring_free(&eng->resumeq);
@@ -76,7 +87,7 @@ void tide__eng_free(tide__eng *eng) {
 /* Registers a compiled graph (borrowed: it must outlive the engine) and
  * its per-task timeouts (copied). Returns the graph's number. */
 uint32_t tide__eng_attach(tide__eng *eng, tide__graph *g,
-                          const double *timeout_ms) {
+                          const double *timeout_ms, const uint32_t *lims) {
     uint32_t id = eng->ngraphs++;
     eng->graphs = tide__xrealloc(eng->graphs, eng->ngraphs * sizeof(void *));
     eng->gbase = tide__xrealloc(eng->gbase, eng->ngraphs * sizeof(uint32_t));
@@ -89,9 +100,12 @@ uint32_t tide__eng_attach(tide__eng *eng, tide__graph *g,
                                      (eng->ntasks + 1) * sizeof(double));
     eng->gtask_graph = tide__xrealloc(eng->gtask_graph,
                                       (eng->ntasks + 1) * sizeof(uint32_t));
+    eng->gtask_lim = tide__xrealloc(eng->gtask_lim,
+                                    (eng->ntasks + 1) * sizeof(uint32_t));
     for (uint32_t i = 0; i <= g->n; i++) {
         eng->timeout_ms[base - 1 + i] = i ? timeout_ms[i] : 0;
         eng->gtask_graph[base - 1 + i] = id;
+        eng->gtask_lim[base - 1 + i] = i && lims ? lims[i] : 0;
     }
     return id;
 }
@@ -151,6 +165,103 @@ void tide__eng_noop_timer(tide__eng *eng, tide__tentry *e, double ms) {
     eng_timer_add(eng, e, TIDE__TM_NOOP, ms);
 }
 
+/* ===== LIMITERS ===== */
+
+/* Creates a limiter; returns its index + 1 (what tide__eng_attach takes).
+ * rate <= 0 means no rate limit, concurrency 0 no cap. */
+uint32_t tide__eng_limiter(tide__eng *eng, double rate, double burst,
+                           uint32_t concurrency) {
+    tide__limiter *l = tide__xcalloc(1, sizeof(*l));
+    l->rate = rate;
+    l->burst = burst >= 1 ? burst : 1;
+    l->tokens = l->burst;
+    l->last_ns = uv_hrtime();
+    l->concurrency = concurrency;
+    l->refill.pos = UINT32_MAX;
+    l->refill.data = l;
+    eng->lims = tide__xrealloc(eng->lims, (eng->nlims + 1) * sizeof(void *));
+    eng->lims[eng->nlims++] = l;
+    return eng->nlims;
+}
+
+static void lim_refill(tide__limiter *l) {
+    if (l->rate <= 0)
+        return;
+    uint64_t now = uv_hrtime();
+    l->tokens += l->rate * (double)(now - l->last_ns) / 1e9;
+    if (l->tokens > l->burst)
+        l->tokens = l->burst;
+    l->last_ns = now;
+}
+
+/* Takes a concurrency slot and a token if both are free. */
+static int lim_try(tide__limiter *l) {
+    if (l->concurrency && l->inflight >= l->concurrency)
+        return 0;
+    if (l->rate > 0) {
+        lim_refill(l);
+        if (l->tokens < 1)
+            return 0;
+        l->tokens -= 1;
+    }
+    l->inflight++;
+    l->started++;
+    return 1;
+}
+
+/* Moves waiting attempts back to the ready queue, as many as could start
+ * now; when the bucket is what holds them, arms a timer for the next
+ * token. */
+static void lim_pump(tide__eng *eng, tide__limiter *l) {
+    uint32_t room = UINT32_MAX;
+    if (l->concurrency)
+        room = l->inflight < l->concurrency ? l->concurrency - l->inflight
+                                            : 0;
+    if (l->rate > 0) {
+        lim_refill(l);
+        double t = l->tokens < 0 ? 0 : l->tokens;
+        if ((double)room > t)
+            room = (uint32_t)t;
+    }
+    uint64_t v;
+    int moved = 0;
+    while (room > 0 && tide__ring_shift(&l->waitq, &v) == 0) {
+        tide__ctx *c = eng->ctx[(uint32_t)(v >> 32)];
+        c->nqueued--;
+        if (c->status >= TIDE__CTX_DONE) {
+            ctx_maybe_free(eng, c);
+            continue;
+        }
+        ctx_enqueue(eng, c, (uint32_t)v);
+        room--;
+        moved = 1;
+    }
+    if (moved)
+        eng->kick(eng);
+    if (l->waitq.len && l->rate > 0 &&
+        (!l->concurrency || l->inflight < l->concurrency) &&
+        !tide__tentry_armed(&l->refill)) {
+        double need = 1 - l->tokens;
+        eng_timer_add(eng, &l->refill, TIDE__TM_LIMIT,
+                      need > 0 ? need / l->rate * 1000.0 : 0);
+    }
+}
+
+/* An attempt of gtask that held a limiter slot ended. */
+static void lim_release_slow(tide__eng *eng, uint32_t li) {
+    tide__limiter *l = eng->lims[li - 1];
+    TIDE_ASSERT(l->inflight > 0);
+    l->inflight--;
+    if (l->waitq.len)
+        lim_pump(eng, l);
+}
+
+static inline void lim_release(tide__eng *eng, uint32_t gtask) {
+    uint32_t li = eng->gtask_lim[gtask];
+    if (tide__unlikely(li != 0))
+        lim_release_slow(eng, li);
+}
+
 /* ===== CONTEXTS ===== */
 
 static tide__ctx *eng_ctx(tide__eng *eng, uint32_t slot) {
@@ -168,14 +279,15 @@ static tide__ctx *ctx_alloc(tide__eng *eng, uint32_t graph) {
         eng->ctx = tide__xrealloc(eng->ctx, eng->nslots * sizeof(void *));
         eng->ctx[slot] = NULL;
     }
-    /* One block: the record, then pending[n], kids[n], attempt[n]. A freed
+    /* One block: the record, then pending, kids, taken, attempt, tstate. A freed
      * slot keeps its block, reused when the next context has as many
      * tasks. */
     tide__ctx *c = eng->ctx[slot];
     if (c == NULL || eng->graphs[c->graph]->n + 1 != n) {
         free(c);
-        c = tide__xmalloc(sizeof(*c) + n * (2 * sizeof(uint32_t) +
-                                            sizeof(uint16_t)));
+        c = tide__xmalloc(sizeof(*c) + n * (3 * sizeof(uint32_t) +
+                                            sizeof(uint16_t) +
+                                            sizeof(uint8_t)));
         eng->ctx[slot] = c;
     }
     memset(c, 0, sizeof(*c));
@@ -184,12 +296,16 @@ static tide__ctx *ctx_alloc(tide__eng *eng, uint32_t graph) {
     c->gbase = eng->gbase[graph];
     c->pending = (uint32_t *)(c + 1);
     c->kids = c->pending + n;
-    c->attempt = (uint16_t *)(c->kids + n);
-    for (uint32_t i = 0; i < n; i++) {
-        c->pending[i] = i ? g->t[i].init_pending : 0;
-        c->kids[i] = 0;
-        c->attempt[i] = 1;
-    }
+    c->taken = c->kids + n;
+    c->attempt = (uint16_t *)(c->taken + n);
+    c->tstate = (uint8_t *)(c->attempt + n);
+    /* kids, taken, attempt (counted from 0: attempt k is stored as k - 1)
+     * and tstate (TIDE__TS_WAITING) all start at zero. */
+    memset(c->kids, 0, n * (2 * sizeof(uint32_t) + sizeof(uint16_t) +
+                            sizeof(uint8_t)));
+    c->pending[0] = 0;
+    for (uint32_t i = 1; i < n; i++)
+        c->pending[i] = g->t[i].init_pending;
     eng->nlive++;
     return c;
 }
@@ -297,12 +413,53 @@ uint32_t tide__eng_spawn(tide__eng *eng, uint32_t parent, uint32_t gtask,
     return c->slot;
 }
 
-/* All children of map `m` in context c finished: release its gathers. */
-static void ctx_map_done(tide__eng *eng, tide__ctx *c, uint32_t m) {
+static void ctx_bypass(tide__eng *eng, tide__ctx *c, uint32_t i);
+
+/* One input of task s is settled; `ran` says whether the predecessor ran
+ * (or was bypassed). When the last one settles, s is queued if any of its
+ * predecessors ran, and bypassed itself otherwise. */
+static void ctx_settle(tide__eng *eng, tide__ctx *c, uint32_t s, int ran) {
+    if (ran)
+        c->taken[s]++;
+    if (--c->pending[s] == 0) {
+        if (c->taken[s])
+            ctx_enqueue(eng, c, s);
+        else
+            ctx_bypass(eng, c, s);
+    }
+}
+
+/* The children of map `m` in context c all finished (ran = 1), or the map
+ * was bypassed and has none (ran = 0): settle its gathers. */
+static void ctx_map_done(tide__eng *eng, tide__ctx *c, uint32_t m, int ran) {
     const tide__graph *g = eng->graphs[c->graph];
     for (uint32_t i = 1; i <= g->n; i++)
-        if (g->t[i].gather_of == m && --c->pending[i] == 0)
-            ctx_enqueue(eng, c, i);
+        if (g->t[i].gather_of == m)
+            ctx_settle(eng, c, i, ran);
+}
+
+/* Task i of c will not run: a router did not choose it, or none of its
+ * predecessors ran. Its successors in the region settle as not run. */
+static void ctx_bypass(tide__eng *eng, tide__ctx *c, uint32_t i) {
+    const tide__graph *g = eng->graphs[c->graph];
+    const tide__gtask *t = &g->t[i];
+    c->tstate[i] = TIDE__TS_BYPASSED;
+    c->remaining--;
+    if (t->flags & TIDE__T_MAP)
+        ctx_map_done(eng, c, i, 0);
+    for (uint32_t k = 0; k < t->nsuccs; k++) {
+        uint32_t s = t->succs[k];
+        const tide__gtask *st = &g->t[s];
+        if (st->region == t->region && !(st->flags & TIDE__T_GATHER))
+            ctx_settle(eng, c, s, 0);
+    }
+}
+
+/* Whether task `local` of context slot was bypassed. */
+int tide__eng_bypassed(tide__eng *eng, uint32_t slot, uint32_t local) {
+    tide__ctx *c = eng_ctx(eng, slot);
+    const tide__graph *g = eng->graphs[c->graph];
+    return local >= 1 && local <= g->n && c->tstate[local] == TIDE__TS_BYPASSED;
 }
 
 /* ===== ATTEMPT RECORDS ===== */
@@ -324,7 +481,7 @@ static tide__att *att_new(tide__eng *eng, tide__ctx *c, uint32_t gtask,
     a->gen++;
     a->slot = c->slot;
     a->task = gtask;
-    a->attempt = c->attempt[gtask - c->gbase];
+    a->attempt = c->attempt[gtask - c->gbase] + 1u;
     a->state = state;
     a->result = 0;
     a->gave = 0;
@@ -449,9 +606,11 @@ void tide__eng_yielded(tide__eng *eng, tide__att *a) {
         eng->cur = NULL;
     eng->cur_slot = 0;
     if (c->status >= TIDE__CTX_DONE) {
+        uint32_t gtask = a->task;
         eng->drop_co(eng, a);
         c->nrunning--;
         att_release(eng, a);
+        lim_release(eng, gtask);
         ctx_maybe_free(eng, c);
     }
 }
@@ -498,11 +657,16 @@ static tide__ctx *eng_end_attempt(tide__eng *eng, uint32_t slot,
     eng->cur_slot = 0;
     TIDE_ASSERT(c->nrunning > 0);
     c->nrunning--;
+    lim_release(eng, gtask);
     return c;
 }
 
 /* Task gtask of context slot succeeded: count it and release successors. */
 void tide__eng_complete(tide__eng *eng, uint32_t slot, uint32_t gtask) {
+    /* A router's choice applies to this completion only, whatever else
+     * happens to it. */
+    int nroute = eng->nroute;
+    eng->nroute = -1;
     tide__ctx *c = eng_end_attempt(eng, slot, gtask);
     if (c->status >= TIDE__CTX_DONE) {
         ctx_maybe_free(eng, c); /* cancelled while it ran */
@@ -512,18 +676,29 @@ void tide__eng_complete(tide__eng *eng, uint32_t slot, uint32_t gtask) {
     uint32_t i = gtask - c->gbase;
     const tide__gtask *t = &g->t[i];
     c->remaining--;
+    c->tstate[i] = TIDE__TS_DONE;
     if (t->flags & TIDE__T_MAP) {
         if (c->kids[i] == 0)
-            ctx_map_done(eng, c, i);
+            ctx_map_done(eng, c, i, 1);
         else
             c->maps_out++;
     }
     for (uint32_t k = 0; k < t->nsuccs; k++) {
         uint32_t s = t->succs[k];
         const tide__gtask *st = &g->t[s];
-        if (st->region == t->region && !(st->flags & TIDE__T_GATHER) &&
-            --c->pending[s] == 0)
-            ctx_enqueue(eng, c, s);
+        if (st->region != t->region || (st->flags & TIDE__T_GATHER))
+            continue;
+        if (tide__likely(nroute < 0)) {
+            /* This predecessor ran, so s runs once its inputs settle. */
+            c->taken[s]++;
+            if (--c->pending[s] == 0)
+                ctx_enqueue(eng, c, s);
+            continue;
+        }
+        int ran = 0; /* a router: only the successors it chose */
+        for (int r = 0; r < nroute && !ran; r++)
+            ran = eng->route[r] == s;
+        ctx_settle(eng, c, s, ran);
     }
     ctx_check_complete(eng, c);
 }
@@ -562,11 +737,15 @@ static void eng_finalize_tree(tide__eng *eng, tide__ctx *c, int status) {
         } else {
             if (a->co)
                 eng->drop_co(eng, a);
-            if (a->state == TIDE__ATT_RETRY)
-                c->nretry--;
-            else
+            uint32_t gtask = a->task;
+            int running = a->state != TIDE__ATT_RETRY;
+            if (running)
                 c->nrunning--;
+            else
+                c->nretry--;
             att_release(eng, a);
+            if (running)
+                lim_release(eng, gtask);
         }
         a = next;
     }
@@ -618,7 +797,7 @@ void tide__eng_release(tide__eng *eng, uint32_t slot) {
         c->parent = 0;
         if (p->status < TIDE__CTX_DONE && --p->kids[c->map_task] == 0) {
             p->maps_out--;
-            ctx_map_done(eng, p, c->map_task);
+            ctx_map_done(eng, p, c->map_task, 1);
             ctx_check_complete(eng, p);
         }
     }
@@ -680,12 +859,21 @@ void tide__eng_next(tide__eng *eng, tide__op *op) {
             continue;
         }
         uint32_t gtask = c->gbase + i;
+        uint32_t li = eng->gtask_lim[gtask];
+        if (li && !lim_try(eng->lims[li - 1])) {
+            /* Wait in the limiter's queue; it still counts as queued. */
+            tide__limiter *l = eng->lims[li - 1];
+            c->nqueued++;
+            tide__ring_push(&l->waitq, v);
+            lim_pump(eng, l); /* arms the refill timer if tokens hold it */
+            continue;
+        }
         c->nrunning++;
         c->status = TIDE__CTX_RUNNING;
         op->op = TIDE__OP_RUN;
         op->slot = slot;
         op->task = gtask;
-        op->attempt = c->attempt[i];
+        op->attempt = c->attempt[i] + 1u;
         eng->cur_slot = slot;
         eng->cur_task = gtask;
         eng->cur = NULL;
@@ -722,6 +910,9 @@ static void eng_on_timer(uv_timer_t *t) {
             eng->kick(eng);
             break;
         }
+        case TIDE__TM_LIMIT:
+            lim_pump(eng, e->data);
+            break;
         default: /* TIDE__TM_NOOP: it only woke the loop */
             break;
         }

@@ -19,7 +19,7 @@ local pipeline = require "tide.pipeline"
 
 local json = core.json
 local type, pairs, ipairs, tostring, error, select = type, pairs, ipairs, tostring, error, select
-local xpcall, pcall, setmetatable = xpcall, pcall, setmetatable
+local xpcall, pcall, setmetatable, unpack = xpcall, pcall, setmetatable, unpack
 local traceback, huge, floor = debug.traceback, math.huge, math.floor
 local hrtime = core.hrtime
 local new_error, is_error = errors.new, errors.is
@@ -110,11 +110,14 @@ function M.new(opts)
     -- Per global task index.
     local T_fn, T_pred1, T_preds, T_pnames, T_ctx = {}, {}, {}, {}, {}
     local T_local, T_map, T_gather_of, T_retry, T_name = {}, {}, {}, {}, {}
-    local T_pipe, T_collect, T_timeout = {}, {}, {}
+    local T_pipe, T_collect, T_timeout, T_when, T_route = {}, {}, {}, {}, {}
+    local T_plain = {}
+    local settle -- defined below, used by the runner
     self._T = { fn = T_fn, pred1 = T_pred1, preds = T_preds, pnames = T_pnames,
                 ctx = T_ctx, loc = T_local, map = T_map, gather_of = T_gather_of,
                 retry = T_retry, name = T_name, pipe = T_pipe,
-                collect = T_collect, timeout = T_timeout }
+                collect = T_collect, timeout = T_timeout, when = T_when,
+                route = T_route, plain = T_plain }
     -- Per slot.
     local outputs, ids, kids, parent_of, index_of, data_of, pipe_of, waiting =
         {}, {}, {}, {}, {}, {}, {}, {}
@@ -124,6 +127,7 @@ function M.new(opts)
     self._waiting = waiting
 
     local nxt, spawn, retry, finalize, release = E.nxt, E.spawn, E.retry, E.finalize, E.release
+    local route, bypassed = E.route, E.bypassed
 
     -- Builds the value a finished context hands out: its sink's output,
     -- or a table keyed by sink name when it has several.
@@ -131,9 +135,16 @@ function M.new(opts)
         local p = pipe_of[slot]
         local outs = outputs[slot]
         local sinks = p.sinks
-        if #sinks == 1 then return outs[sinks[1]] end
-        local r = {}
-        for i, s in ipairs(sinks) do r[p.sink_names[i]] = outs[s] end
+        if #sinks == 1 and not p.has_routes then return outs[sinks[1]] end
+        local r, n, last = {}, 0, nil
+        for i, s in ipairs(sinks) do
+            if not (p.has_routes and bypassed(slot, s)) then
+                r[p.sink_names[i]] = outs[s]
+                n, last = n + 1, s
+            end
+        end
+        -- With routers, "the value of its sink when one sink ran".
+        if p.has_routes and n == 1 then return outs[last] end
         return r
     end
 
@@ -315,8 +326,39 @@ function M.new(opts)
         end
         local preds, names = T_preds[g], T_pnames[g]
         local t = {}
+        if pipe_of[slot].has_routes then
+            -- Only the predecessors that ran (a router may have bypassed some).
+            for k = 1, #preds do
+                if not bypassed(slot, preds[k]) then t[names[k]] = outs[preds[k]] end
+            end
+            return t
+        end
         for k = 1, #preds do t[names[k]] = outs[preds[k]] end
         return t
+    end
+
+    -- A router returned res: a successor name or a list of them.
+    local function choose(g, res)
+        local succ = T_route[g]
+        local names = type(res) == "string" and { res } or res
+        if type(names) ~= "table" then
+            return "router '" .. T_name[g] .. "' must return a successor name or a list of names, got "
+                .. type(res)
+        end
+        local chosen = {}
+        for i = 1, #names do
+            local k = succ[names[i]]
+            if not k then
+                local known = {}
+                for n in pairs(succ) do known[#known + 1] = n end
+                table.sort(known)
+                return "router '" .. T_name[g] .. "' chose '" .. tostring(names[i])
+                    .. "', which is not one of its successors (" .. table.concat(known, ", ") .. ")"
+            end
+            chosen[#chosen + 1] = k
+        end
+        route(unpack(chosen))
+        return nil
     end
 
     -- A map task returned `res`: one child context per element.
@@ -345,6 +387,61 @@ function M.new(opts)
         end
     end
 
+    -- Runs one attempt the general way (when, ctx, routers, maps, any
+    -- output) and reports it; returns the next operation.
+    local function run_attempt(slot, g, attempt, input, outs)
+        local ok, res, err
+        local when = T_when[g]
+        local skip = false
+        if when then
+            local wok, wres = pcall(when, input, make_ctx(slot, g, attempt))
+            if not wok then
+                ok, res = false, { "when: " .. tostring(wres), traceback("when: " .. tostring(wres)) }
+            elseif not wres then
+                ok, res, skip = true, input, true -- bypass: pass the input through
+            end
+        end
+        if ok == nil then -- not decided by `when`
+            if T_ctx[g] then
+                ok, res, err = xpcall(T_fn[g], on_error, input, make_ctx(slot, g, attempt))
+            else
+                ok, res, err = xpcall(T_fn[g], on_error, input)
+            end
+        end
+        return settle(slot, g, attempt, input, outs, ok, res, err, skip)
+    end
+
+    -- Turns what a body returned into a completion or a failure; returns
+    -- the next operation.
+    function settle(slot, g, attempt, input, outs, ok, res, err, skip)
+        local rec = body_error(g, ok, res, err)
+        if rec == nil then
+            local why = unfit(res)
+            if why then
+                rec = new_error("EVALUE", "task '" .. T_name[g]
+                    .. "' returned a value JSON cannot carry: " .. why)
+            elseif T_route[g] and not skip then
+                -- A router's successors get its input: the names it
+                -- returned only choose where the data goes.
+                local why2 = choose(g, res)
+                if why2 then rec = new_error("EVALUE", why2) else res = input end
+            elseif T_map[g] then
+                if type(res) ~= "table" then
+                    rec = new_error("EVALUE", "map task '" .. T_name[g]
+                        .. "' must return an array, got " .. type(res))
+                else
+                    fan_out(slot, g, res)
+                end
+            end
+        end
+        if rec == nil then
+            outs[T_local[g]] = res
+            return nxt(slot, g)
+        end
+        attempt_failed(slot, g, attempt, rec)
+        return nxt(0, 0)
+    end
+
     local function runner()
         local op, a, b, c, d = nxt(0, 0)
         while true do
@@ -354,33 +451,20 @@ function M.new(opts)
                 local p1 = T_pred1[g]
                 local input
                 if p1 then input = outs[p1] else input = join_input(slot, g, outs) end
-                local ok, res, err
-                if T_ctx[g] then
-                    ok, res, err = xpcall(T_fn[g], on_error, input, make_ctx(slot, g, c))
-                else
-                    ok, res, err = xpcall(T_fn[g], on_error, input)
-                end
-                local rec = body_error(g, ok, res, err)
-                if rec == nil then
-                    local why = unfit(res)
-                    if why then
-                        rec = new_error("EVALUE", "task '" .. T_name[g]
-                            .. "' returned a value JSON cannot carry: " .. why)
-                    elseif T_map[g] then
-                        if type(res) ~= "table" then
-                            rec = new_error("EVALUE", "map task '" .. T_name[g]
-                                .. "' must return an array, got " .. type(res))
-                        else
-                            fan_out(slot, g, res)
-                        end
+                if T_plain[g] then
+                    -- The hot path: no when, ctx, router or map, and a
+                    -- finite number or a string as the output.
+                    local ok, res, err = xpcall(T_fn[g], on_error, input)
+                    local tr = type(res)
+                    if ok and (tr == "string" or (tr == "number" and res == res and res ~= huge
+                                                 and res ~= -huge)) then
+                        outs[T_local[g]] = res
+                        op, a, b, c, d = nxt(slot, g)
+                    else
+                        op, a, b, c, d = settle(slot, g, c, input, outs, ok, res, err, false)
                     end
-                end
-                if rec == nil then
-                    outs[T_local[g]] = res
-                    op, a, b, c, d = nxt(slot, g)
                 else
-                    attempt_failed(slot, g, c, rec)
-                    op, a, b, c, d = nxt(0, 0)
+                    op, a, b, c, d = run_attempt(slot, g, c, input, outs)
                 end
             elseif op == OP_FINISH then
                 collect_inner(a, 0)
@@ -425,9 +509,22 @@ function Executor:_attach(p)
     local att = self._attached[p]
     if att then return att end
     p:compile()
-    local timeouts = {}
-    for i, t in ipairs(p.tasks) do timeouts[i] = t.timeout or self._task_timeout end
-    local gid, gbase = self._E.attach(p._graph, timeouts)
+    local timeouts, lims = {}, {}
+    self._limiter_ids = self._limiter_ids or {}
+    for i, t in ipairs(p.tasks) do
+        timeouts[i] = t.timeout or self._task_timeout
+        if t.limit then
+            -- One engine limiter per name, shared by every task naming it.
+            local id = self._limiter_ids[t.limit]
+            if not id then
+                local spec = pipeline.limiters[t.limit]
+                id = self._E.limiter(spec.rate, spec.burst, spec.concurrency)
+                self._limiter_ids[t.limit] = id
+            end
+            lims[i] = id
+        end
+    end
+    local gid, gbase = self._E.attach(p._graph, timeouts, lims)
     local T = self._T
     -- Pipelines may be shared by executors: per-executor facts live in a
     -- shadow table so that p stays immutable.
@@ -442,6 +539,13 @@ function Executor:_attach(p)
         T.retry[g] = t.retry
         T.timeout[g] = timeouts[i]
         T.pipe[g] = shadow
+        T.when[g] = t.when
+        T.plain[g] = not (t.when or t.route or t.map or t.nparams >= 2) or nil
+        if t.route then
+            local succ = {}
+            for _, si in ipairs(t.succs) do succ[p.tasks[si].name] = si end
+            T.route[g] = succ
+        end
         local preds = t.preds
         if t.gather then
             T.gather_of[g] = gbase + t.gather_of
@@ -675,6 +779,16 @@ end
 --- Counters for tests and progress: live, active, queued, timers, ...
 function Executor:stats()
     return self._E.stats()
+end
+
+
+--- A limiter's counters in this executor: running, waiting, started
+-- (nil when no task of this executor named it yet).
+function Executor:limiter_stats(name)
+    local id = self._limiter_ids and self._limiter_ids[name]
+    if not id then return nil end
+    local running, waiting, started = self._E.limiter_stats(id)
+    return { running = running, waiting = waiting, started = started }
 end
 
 

@@ -10,6 +10,7 @@ local type, error, pcall = type, error, pcall
 local M = { _VERSION = core.version, version = core.version }
 
 M.pipeline = pipeline.new
+M.limiter = pipeline.limiter
 M.executor = executor.new
 M.sleep = core.sleep
 M.json = core.json

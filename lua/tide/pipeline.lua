@@ -15,8 +15,13 @@ M.Pipeline = Pipeline
 
 local KNOWN_OPTS = {
     after = true, retry = true, timeout = true, map = true, gather = true,
-    errors = true, kind = true,
+    errors = true, kind = true, limit = true, route = true, when = true,
 }
+
+
+
+-- The engine counts attempts in 16 bits.
+local MAX_RETRIES = 10000
 
 
 local function where(level)
@@ -28,6 +33,50 @@ end
 
 local function argerr(fname, msg)
     error(fname .. ": " .. msg, 3)
+end
+
+
+-- Limiters declared with tide.limiter, by name (one registry per Lua
+-- state, shared by every pipeline and executor in it).
+local limiters = {}
+M.limiters = limiters
+
+
+--- Declares (or redeclares) a limiter that tasks name with `limit = name`.
+-- @param opts { rate = starts per second, burst = bucket size (default 1),
+--   concurrency = attempts running at once }
+-- @raise on bad arguments
+function M.limiter(name, opts)
+    if type(name) ~= "string" or name == "" then
+        error("tide.limiter: name must be a non-empty string, got " .. type(name), 2)
+    end
+    if type(opts) ~= "table" then
+        error("tide.limiter: options must be a table, got " .. type(opts), 2)
+    end
+    for k in pairs(opts) do
+        if k ~= "rate" and k ~= "burst" and k ~= "concurrency" then
+            error("tide.limiter: unknown option '" .. tostring(k) .. "'", 2)
+        end
+    end
+    local rate, burst, conc = opts.rate, opts.burst, opts.concurrency
+    if rate ~= nil and (type(rate) ~= "number" or not (rate > 0) or rate == math.huge) then
+        error("tide.limiter: rate must be a number of starts per second > 0", 2)
+    end
+    if burst ~= nil and (type(burst) ~= "number" or not (burst >= 1) or burst == math.huge) then
+        error("tide.limiter: burst must be a number >= 1", 2)
+    end
+    if burst ~= nil and rate == nil then
+        error("tide.limiter: burst needs a rate", 2)
+    end
+    if conc ~= nil and (type(conc) ~= "number" or conc < 1 or conc ~= math.floor(conc)) then
+        error("tide.limiter: concurrency must be a whole number >= 1", 2)
+    end
+    if rate == nil and conc == nil then
+        error("tide.limiter: give a rate, a concurrency or both", 2)
+    end
+    limiters[name] = { name = name, rate = rate or 0, burst = burst or 1,
+                       concurrency = conc or 0, where = where(2) }
+    return name
 end
 
 
@@ -51,8 +100,8 @@ end
 local function check_retry(r, fname)
     if r == nil then return nil end
     if type(r) == "number" then
-        if r < 0 or r ~= math.floor(r) or r > 1e6 then
-            argerr(fname, "retry must be a whole number >= 0, got " .. tostring(r))
+        if r < 0 or r ~= math.floor(r) or r > MAX_RETRIES then
+            argerr(fname, "retry must be a whole number from 0 to " .. MAX_RETRIES .. ", got " .. tostring(r))
         end
         return { times = r, interval = 0 }
     end
@@ -65,8 +114,8 @@ local function check_retry(r, fname)
         end
     end
     local times = r.times or 1
-    if type(times) ~= "number" or times < 0 or times ~= math.floor(times) then
-        argerr(fname, "retry.times must be a whole number >= 0")
+    if type(times) ~= "number" or times < 0 or times ~= math.floor(times) or times > MAX_RETRIES then
+        argerr(fname, "retry.times must be a whole number from 0 to " .. MAX_RETRIES)
     end
     local iv = r.interval or 0
     if type(iv) == "number" then
@@ -141,6 +190,15 @@ function Pipeline:task(name, opts, fn)
             argerr(fname, "task '" .. name .. "': errors applies to gather tasks only")
         end
     end
+    if opts.limit ~= nil and (type(opts.limit) ~= "string" or opts.limit == "") then
+        argerr(fname, "task '" .. name .. "': limit must be a limiter name")
+    end
+    if opts.route ~= nil and type(opts.route) ~= "boolean" then
+        argerr(fname, "task '" .. name .. "': route must be a boolean")
+    end
+    if opts.when ~= nil and type(opts.when) ~= "function" then
+        argerr(fname, "task '" .. name .. "': when must be a function(input, ctx)")
+    end
     local kind = opts.kind or "async"
     if kind ~= "async" then
         if kind == "sync" or kind == "native" or kind == "exec" then
@@ -153,6 +211,7 @@ function Pipeline:task(name, opts, fn)
         name = name, after = after, fn = fn, timeout = timeout,
         retry = check_retry(opts.retry, fname), map = opts.map or false,
         gather = opts.gather or false, errors = errors or "fail", kind = kind,
+        limit = opts.limit, route = opts.route or false, when = opts.when,
         where = where(2), nparams = getinfo(fn, "u").nparams,
     }
     self.tasks[#self.tasks + 1] = t
@@ -185,6 +244,12 @@ function Pipeline:compile()
         end
         error(format("%s: pipeline '%s': %s", loc, self.name, msg), 0)
     end
+    for _, t in ipairs(self.tasks) do
+        if t.limit and not limiters[t.limit] then
+            error(format("%s: pipeline '%s': task '%s' names unknown limiter '%s' "
+                         .. "(declare it with tide.limiter)", t.where, self.name, t.name, t.limit), 0)
+        end
+    end
     self._graph = g
     local info = core.graph_info(g)
     local byname = {}
@@ -196,6 +261,15 @@ function Pipeline:compile()
         t.region, t.gather_of = gi.region, gi.gather_of
     end
     self.byname = byname
+    for _, t in ipairs(self.tasks) do
+        if t.route then
+            if #t.succs == 0 then
+                error(format("%s: pipeline '%s': router '%s' has no successors to choose from",
+                             t.where, self.name, t.name), 0)
+            end
+            self.has_routes = true
+        end
+    end
     -- Sinks and, per map, the sinks inside its region that no gather
     -- collects: their values reach the parent as arrays.
     local sinks, inner = {}, {}

@@ -356,19 +356,28 @@ static int l_status(lua_State *L) {
     return 1;
 }
 
-/* attach(graph, timeouts) -> graph id, global index of task 0 */
+/* attach(graph, timeouts, limiters) -> graph id, global index of task 0
+ * timeouts[i] in seconds and limiters[i] (ids from limiter()) per task. */
 static int l_attach(lua_State *L) {
     leng *e = LENG_UP(L);
     tide__graph *g = tide__lua_checkgraph(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
-    double *tmo = tide__xcalloc(g->n + 1, sizeof(double));
+    luaL_checktype(L, 3, LUA_TTABLE);
+    /* Scratch as userdata: collected if a check below raises. */
+    double *tmo = lua_newuserdata(L, (g->n + 1) * sizeof(double));
+    uint32_t *lims = lua_newuserdata(L, (g->n + 1) * sizeof(uint32_t));
     for (uint32_t i = 1; i <= g->n; i++) {
         lua_rawgeti(L, 2, (int)i);
         tmo[i] = lua_isnumber(L, -1) ? lua_tonumber(L, -1) * 1000.0 : 0;
-        lua_pop(L, 1);
+        lua_rawgeti(L, 3, (int)i);
+        lua_Integer li = lua_isnumber(L, -1) ? lua_tointeger(L, -1) : 0;
+        if (li < 0 || (uint64_t)li > e->eng.nlims)
+            return luaL_argerror(L, 3, "not a limiter id");
+        lims[i] = (uint32_t)li;
+        lua_pop(L, 2);
     }
-    uint32_t id = tide__eng_attach(&e->eng, g, tmo);
-    free(tmo);
+    uint32_t id = tide__eng_attach(&e->eng, g, tmo, lims);
+    lua_pop(L, 2);
     /* Anchor the graph: the engine borrows it. */
     lua_getfenv(L, lua_upvalueindex(1));
     lua_rawgeti(L, -1, ENV_GRAPHS);
@@ -377,6 +386,55 @@ static int l_attach(lua_State *L) {
     lua_pushinteger(L, id);
     lua_pushinteger(L, e->eng.gbase[id]);
     return 2;
+}
+
+/* limiter(rate, burst, concurrency) -> id; rate 0: none, concurrency 0:
+ * no cap. */
+static int l_limiter(lua_State *L) {
+    leng *e = LENG_UP(L);
+    double rate = luaL_checknumber(L, 1);
+    double burst = luaL_checknumber(L, 2);
+    lua_Integer conc = luaL_checkinteger(L, 3);
+    if (conc < 0 || conc > UINT32_MAX)
+        return luaL_argerror(L, 3, "bad concurrency");
+    lua_pushinteger(L, tide__eng_limiter(&e->eng, rate, burst,
+                                         (uint32_t)conc));
+    return 1;
+}
+
+/* limiter_stats(id) -> running, waiting, started */
+static int l_limiter_stats(lua_State *L) {
+    leng *e = LENG_UP(L);
+    lua_Integer id = luaL_checkinteger(L, 1);
+    if (id < 1 || (uint64_t)id > e->eng.nlims)
+        return luaL_argerror(L, 1, "not a limiter id");
+    tide__limiter *l = e->eng.lims[id - 1];
+    lua_pushinteger(L, l->inflight);
+    lua_pushinteger(L, l->waitq.len);
+    lua_pushnumber(L, (double)l->started);
+    return 3;
+}
+
+/* route(local, ...): the successors (local task indices) the router that
+ * runs now chose; applies to the next completion of its task. */
+static int l_route(lua_State *L) {
+    leng *e = LENG_UP(L);
+    int n = lua_gettop(L);
+    if (n > (int)TIDE_ARRAY_SIZE(e->eng.route))
+        return luaL_error(L, "route: too many successors");
+    for (int i = 0; i < n; i++)
+        e->eng.route[i] = (uint32_t)luaL_checkinteger(L, i + 1);
+    e->eng.nroute = n;
+    return 0;
+}
+
+/* bypassed(slot, local) -> whether that task of the context was bypassed */
+static int l_bypassed(lua_State *L) {
+    leng *e = LENG_UP(L);
+    uint32_t slot = leng_slot(L, e, 1);
+    lua_pushboolean(L, tide__eng_bypassed(&e->eng, slot,
+                                          (uint32_t)luaL_checkinteger(L, 2)));
+    return 1;
 }
 
 static int l_set_runner(lua_State *L) {
@@ -606,6 +664,8 @@ static const luaL_Reg engine_funcs[] = {
     {"release", l_release}, {"submit", l_submit},
     {"status", l_status},   {"attach", l_attach},
     {"set_runner", l_set_runner},
+    {"limiter", l_limiter}, {"limiter_stats", l_limiter_stats},
+    {"route", l_route},     {"bypassed", l_bypassed},
     {"park", l_park},       {"handle", l_handle},
     {"wake", l_wake},       {"run", l_run},
     {"turn", l_turn},       {"stats", l_stats},
