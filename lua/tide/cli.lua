@@ -215,7 +215,9 @@ local function run(args)
 
     local ndone, nfailed, nrejected, lineno, inflight = 0, 0, 0, 0, 0
     local inputs = {} -- id -> original input, while in flight (for failed.jsonl)
-    local pending, phead, ptail = {}, 1, 0 -- decoded lines waiting for capacity
+    local quoted = {} -- id -> the id as a JSON string, while in flight
+    local pend_no, pend_line, phead, ptail = {}, {}, 1, 0 -- lines waiting for capacity
+    local pump -- defined below
     local eof, reader, io_error = false, nil, nil
     local started = hrtime()
     local enc = json.encode
@@ -238,9 +240,8 @@ local function run(args)
 
     local function on_done(id, status, value)
         inflight = inflight - 1
-        local input = inputs[id]
-        inputs[id] = nil
-        local sid = enc(id)
+        local input, sid = inputs[id], quoted[id]
+        inputs[id], quoted[id] = nil, nil
         if status == "done" then
             local s, err = enc(value)
             if s == nil then
@@ -273,7 +274,7 @@ local function run(args)
                       .. error_json(value, false) .. '}')
             end
         end
-        M._pump()
+        pump()
     end
 
     local ex = executor.new {
@@ -321,61 +322,77 @@ local function run(args)
         -- duplicate is rejected even after the first finished); ids made
         -- from line numbers are unique by construction, so memory grows
         -- only with inputs that carry ids.
-        local given = id ~= nil
-        id = id or tostring(n)
+        local sid
+        if id == nil then
+            id = tostring(n)
+            sid = '"' .. id .. '"' -- digits need no escaping
+        else
+            sid = enc(id)
+        end
         if live[id] or inputs[id] or seen[id] then
             reject(n, line, "duplicate id '" .. id .. "'")
             return
         end
-        if given then seen[id] = true end
+        if sid ~= '"' .. id .. '"' or id ~= tostring(n) then seen[id] = true end
         inflight = inflight + 1
-        inputs[id] = v
+        inputs[id], quoted[id] = v, sid
         ex:_submit(p, v, id, prio)
     end
 
     -- Submits pending lines while there is capacity; pauses the reader
     -- when there is not (backpressure: memory stays bounded by one chunk).
-    function M._pump()
+    -- The reader is told only when that changes.
+    local paused = false
+    function pump()
         while phead <= ptail and inflight < concurrency do
-            local item = pending[phead]
-            pending[phead] = nil
+            local no, line = pend_no[phead], pend_line[phead]
+            pend_no[phead], pend_line[phead] = nil, nil
             phead = phead + 1
-            submit_line(item[1], item[2])
+            submit_line(no, line)
         end
         if reader then
-            if phead <= ptail then reader:pause() elseif not eof then reader:resume() end
+            local want = phead <= ptail
+            if want ~= paused then
+                paused = want
+                if want then reader:pause() elseif not eof then reader:resume() end
+            end
         end
     end
 
     local partial = ""
+    local byte, sub, find = string.byte, string.sub, string.find
     local function on_chunk(chunk, err)
         if chunk == nil then
             eof = true
             if err then io_error = "reading input: " .. err end
-            if partial ~= "" then
+            if partial ~= "" and find(partial, "%S") then
                 lineno = lineno + 1
                 ptail = ptail + 1
-                pending[ptail] = { lineno, partial }
-                partial = ""
+                pend_no[ptail], pend_line[ptail] = lineno, partial
+            elseif partial ~= "" then
+                lineno = lineno + 1
             end
-            M._pump()
+            partial = ""
+            pump()
             return
         end
         local s = partial .. chunk
         local pos = 1
         while true do
-            local nl = s:find("\n", pos, true)
+            local nl = find(s, "\n", pos, true)
             if not nl then break end
-            local line = s:sub(pos, nl - 1)
+            local line = sub(s, pos, nl - 1)
             pos = nl + 1
             lineno = lineno + 1
-            if line:find("%S") then
+            if byte(line, -1) == 13 then line = sub(line, 1, -2) end
+            local b = byte(line, 1)
+            if b and (b > 32 or find(line, "%S")) then -- blank lines are skipped
                 ptail = ptail + 1
-                pending[ptail] = { lineno, (line:gsub("\r$", "")) }
+                pend_no[ptail], pend_line[ptail] = lineno, line
             end
         end
-        partial = s:sub(pos)
-        M._pump()
+        partial = sub(s, pos)
+        pump()
     end
 
     local path = o.input

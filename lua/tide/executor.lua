@@ -22,8 +22,10 @@ local type, pairs, ipairs, tostring, error, select = type, pairs, ipairs, tostri
 local xpcall, pcall, setmetatable, unpack = xpcall, pcall, setmetatable, unpack
 local traceback, huge, floor = debug.traceback, math.huge, math.floor
 local hrtime = core.hrtime
+local ok_tnew, tnew = pcall(require, "table.new")
+if not ok_tnew then tnew = function() return {} end end
 local new_error, is_error = errors.new, errors.is
-local jarray, jnull = json.array, json.null
+local jarray, jnull, jcheck = json.array, json.null, json.check
 local io_stderr = io.stderr
 
 local M = {}
@@ -56,7 +58,7 @@ local function unfit(v)
         end
         return nil
     elseif tv == "table" then
-        local ok, msg = json.encode(v)
+        local ok, msg = jcheck(v)
         if ok then return nil end
         return msg
     elseif tv == "function" or tv == "thread" or (tv == "userdata" and v ~= jnull) then
@@ -563,7 +565,7 @@ function Executor:_attach(p)
             T.preds[g], T.pnames[g] = pr, pn
         end
     end
-    att = { gid = gid, gbase = gbase, shadow = shadow }
+    att = { gid = gid, gbase = gbase, shadow = shadow, ntasks = #p.tasks }
     self._attached[p] = att
     return att
 end
@@ -673,7 +675,9 @@ end
 function Executor:_submit(p, input, id, prio)
     local att = self._attached[p] or self:_attach(p)
     local slot = self._E.submit(att.gid, prio)
-    self._outputs[slot] = { [0] = input }
+    local outs = tnew(att.ntasks, 0) -- array part for indices 0..n
+    outs[0] = input
+    self._outputs[slot] = outs
     self._ids[slot] = id
     self._pipe_of[slot] = att.shadow
     self._live[id] = slot

@@ -1150,11 +1150,67 @@ static int json_l_object(lua_State *L) {
     return json_mark(L, json_push_object_mt);
 }
 
+/* Walks the value at idx the cheap way: types, finite numbers, key types
+ * and depth (a cycle shows up as depth). Returns 0 when nothing stands in
+ * the way of encoding it, -1 otherwise. Strings are not checked for
+ * UTF-8 and arrays not for sparseness: encode still reports those. */
+static int json_check_walk(lua_State *L, int idx, int depth) {
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+    case LUA_TBOOLEAN:
+    case LUA_TSTRING:
+        return 0;
+    case LUA_TNUMBER:
+        return isfinite(lua_tonumber(L, idx)) ? 0 : -1;
+    case LUA_TLIGHTUSERDATA:
+        return lua_touserdata(L, idx) == NULL ? 0 : -1;
+    case LUA_TTABLE:
+        break;
+    default:
+        return -1;
+    }
+    if (depth >= TIDE_JSON_MAX_DEPTH || !lua_checkstack(L, 3))
+        return -1;
+    if (idx < 0)
+        idx = lua_gettop(L) + idx + 1;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        int kt = lua_type(L, -2);
+        if ((kt != LUA_TSTRING &&
+             !(kt == LUA_TNUMBER && isfinite(lua_tonumber(L, -2)))) ||
+            json_check_walk(L, -1, depth + 1) != 0) {
+            lua_pop(L, 2);
+            return -1;
+        }
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+/* check(value) -> true | nil, msg, "EVALUE": whether value can be
+ * carried as JSON, without producing the text. The message, on failure,
+ * is encode's (with the path to the bad part). */
+static int json_l_check(lua_State *L) {
+    luaL_argcheck(L, lua_gettop(L) == 1, 1, "expected 1 argument");
+    if (json_check_walk(L, 1, 0) == 0) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    char err[TIDE_JSON_ERRLEN];
+    int rc = tide__json_encode_push(L, 1, err, sizeof err);
+    if (rc != 0)
+        return json_fail(L, rc, err);
+    lua_pop(L, 1);
+    lua_pushboolean(L, 1); /* the walk was stricter than encode */
+    return 1;
+}
+
 /* ===== INITIALISATION ===== */
 
 static const luaL_Reg json_funcs[] = {
     { "decode", json_l_decode },
     { "encode", json_l_encode },
+    { "check", json_l_check },
     { "array", json_l_array },
     { "object", json_l_object },
     { NULL, NULL },
