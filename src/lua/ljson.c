@@ -1108,6 +1108,32 @@ static int json_l_encode(lua_State *L) {
     int rc;
 
     luaL_argcheck(L, lua_gettop(L) == 1, 1, "expected 1 argument");
+    /* Scalars that need no escaping skip yajl: tide run encodes one id and
+     * one output per input line, most of them numbers or short strings. */
+    if (lua_type(L, 1) == LUA_TNUMBER) {
+        char num[JSON_NUMLEN];
+        size_t n = json_format_number(lua_tonumber(L, 1), num);
+        if (n > 0) {
+            lua_pushlstring(L, num, n);
+            return 1;
+        }
+    } else if (lua_type(L, 1) == LUA_TSTRING) {
+        size_t len, i;
+        const char *str = lua_tolstring(L, 1, &len);
+        for (i = 0; i < len; i++) {
+            unsigned char ch = (unsigned char)str[i];
+            if (ch < 0x20 || ch >= 0x7f || ch == '"' || ch == '\\')
+                break;
+        }
+        if (i == len && len < 256) {
+            char buf[260];
+            buf[0] = '"';
+            memcpy(buf + 1, str, len);
+            buf[len + 1] = '"';
+            lua_pushlstring(L, buf, len + 2);
+            return 1;
+        }
+    }
     rc = tide__json_encode_push(L, 1, err, sizeof err);
     if (rc != 0)
         return json_fail(L, rc, err);
