@@ -114,4 +114,24 @@ for w in W1 W2 W3; do
 done
 ratio_w5
 
+# Memory: `tide run` over generated inputs from stdin through a 3-task
+# pipeline (bench/mem.lua), peak RSS at 100k and at BENCH_MEM_N (10M)
+# inputs, read from tide's own summary line (getrusage).
+MEM_N=${BENCH_MEM_N:-10000000}
+mem_run() {
+    seq 1 "$1" | build/tide run bench/mem.lua 2>&1 >/dev/null |
+        sed -n 's/.*tide: \([0-9]*\) done.* \([0-9.]*\)\/s, \([0-9.]*\) s, peak RSS \([0-9.]*\) MiB.*/\1 \2 \3 \4/p'
+}
+small=$(mem_run 100000)
+large=$(mem_run "$MEM_N")
+echo "$small" "$large" | awk -v n1=100000 -v n2="$MEM_N" '
+    NF == 8 {
+        growth = ($8 - $4) / $4 * 100
+        ok = ($1 == n1 && $5 == n2 && $8 < 64 && growth < 10) ? 1 : 0
+        printf "memory workload=tide-run impl=tide n_small=%d rss_small_mib=%.1f n_large=%d rss_large_mib=%.1f growth_pct=%.1f lines_per_s=%.0f seconds=%.1f target_mib=64 target_growth_pct=10 ok=%d\n",
+            n1, $4, n2, $8, growth, $6, $7, ok
+        exit
+    }
+    { print "memory workload=tide-run ok=0 (no summary line from tide run)"; exit }'
+
 exit "$status"

@@ -408,6 +408,9 @@ local function run(args)
         local s = format("%d done, %d failed, %d rejected, %d running, %.0f/s, %.1f s",
                          ndone, nfailed, nrejected, inflight, rate, el)
         if final then
+            s = s .. format(", peak RSS %.1f MiB", (core.maxrss() or 0) / 1048576)
+        end
+        if final then
             if tty then io_stderr:write("\r\27[K") end
             io_stderr:write("tide: ", s, "\n")
         else

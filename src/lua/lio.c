@@ -11,6 +11,7 @@
  * completes after close (the reader). */
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <string.h>
 #include <unistd.h>
@@ -404,6 +405,15 @@ static int l_mkdir_p(lua_State *L) {
     return 1;
 }
 
+/* maxrss() -> the process's peak resident set size, in bytes. */
+static int l_maxrss(lua_State *L) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return 0;
+    lua_pushnumber(L, (double)ru.ru_maxrss * 1024.0); /* Linux: KiB */
+    return 1;
+}
+
 /* exit(code): flushes stdio and ends the process at once. */
 static int l_exit(lua_State *L) {
     int code = (int)luaL_optinteger(L, 1, 0);
@@ -436,7 +446,7 @@ void tide__lua_open_io(lua_State *L) {
     static const luaL_Reg funcs[] = {
         {"reader", l_reader}, {"signal", l_signal}, {"timer", l_timer},
         {"hrtime", l_hrtime}, {"isatty", l_isatty}, {"exit", l_exit},
-        {"mkdir_p", l_mkdir_p},
+        {"mkdir_p", l_mkdir_p}, {"maxrss", l_maxrss},
         {NULL, NULL}};
     for (const luaL_Reg *r = funcs; r->name; r++) {
         lua_pushcfunction(L, r->func);
