@@ -174,6 +174,7 @@ enum {
     TIDE__OP_FINISH = 2, /* root context `slot` completed all its tasks */
     TIDE__OP_CHILD = 3,  /* child `slot` of `parent` (map `task`) completed */
     TIDE__OP_FAIL = 4,   /* attempt (`slot`, `task`) failed with `code` */
+    TIDE__OP_BATCH = 5,  /* the batch of task `task` waited long enough */
 };
 
 typedef struct {
@@ -190,7 +191,7 @@ enum {
 };
 
 enum { TIDE__TM_DEADLINE = 1, TIDE__TM_WAKE, TIDE__TM_RETRY, TIDE__TM_NOOP,
-       TIDE__TM_LIMIT };
+       TIDE__TM_LIMIT, TIDE__TM_BATCH };
 
 /* An attempt record. Plain attempts of tasks without a timeout have none:
  * one is made when the attempt has a deadline, yields, or waits for a
@@ -279,6 +280,9 @@ struct tide__eng {
     tide__ring resumeq;   /* att indices ready to resume */
     tide__ring doneq;     /* contexts that completed: slots */
     tide__ring failq;     /* att indices whose attempt the engine failed */
+    tide__ring batchq;    /* global tasks whose batch should run now */
+    tide__tentry **batch_t;/* per global task: its batch timer, or NULL */
+    uint32_t nbatch_t;
     tide__att *cur;       /* attempt record of the running body, if any */
     uint32_t cur_slot, cur_task;
     uint64_t slice_end;   /* uv_hrtime() at which a drain should stop */
@@ -298,6 +302,8 @@ uint32_t tide__eng_attach(tide__eng *eng, tide__graph *g,
 uint32_t tide__eng_limiter(tide__eng *eng, double rate, double burst,
                            uint32_t concurrency);
 int tide__eng_bypassed(tide__eng *eng, uint32_t slot, uint32_t local);
+void tide__eng_batch_timer(tide__eng *eng, uint32_t gtask, double ms);
+void tide__eng_detach(tide__eng *eng);
 uint32_t tide__eng_submit(tide__eng *eng, uint32_t graph, int prio);
 uint32_t tide__eng_spawn(tide__eng *eng, uint32_t parent, uint32_t gtask,
                          uint32_t map_index);

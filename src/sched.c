@@ -80,6 +80,10 @@ void tide__eng_free(tide__eng *eng) {
     tide__ring_free(&eng->resumeq);
     tide__ring_free(&eng->doneq);
     tide__ring_free(&eng->failq);
+    tide__ring_free(&eng->batchq);
+    for (uint32_t b = 0; b < eng->nbatch_t; b++)
+        free(eng->batch_t[b]);
+    free(eng->batch_t);
     tide__rq_free(&eng->rq);
     tide__heap_free(&eng->heap);
 }
@@ -112,7 +116,7 @@ uint32_t tide__eng_attach(tide__eng *eng, tide__graph *g,
 
 int tide__eng_has_work(const tide__eng *eng) {
     return eng->rq.len || eng->resumeq.len || eng->doneq.len ||
-           eng->failq.len;
+           eng->failq.len || eng->batchq.len;
 }
 
 /* ===== TIMERS ===== */
@@ -154,6 +158,36 @@ static void eng_timer_del(tide__eng *eng, tide__tentry *e) {
     tide__heap_remove(&eng->heap, e);
     if (was_first)
         tide__eng_arm(eng);
+}
+
+/* Arms (ms >= 0) or disarms (ms < 0) the batch timer of gtask: when it
+ * fires, the runner is handed TIDE__OP_BATCH for that task. */
+void tide__eng_batch_timer(tide__eng *eng, uint32_t gtask, double ms) {
+    if (gtask >= eng->nbatch_t) {
+        uint32_t n = eng->ntasks + 1;
+        eng->batch_t = tide__xrealloc(eng->batch_t, n * sizeof(void *));
+        for (uint32_t i = eng->nbatch_t; i < n; i++)
+            eng->batch_t[i] = NULL;
+        eng->nbatch_t = n;
+    }
+    tide__tentry *e = eng->batch_t[gtask];
+    if (e == NULL) {
+        e = tide__xcalloc(1, sizeof(*e));
+        e->pos = UINT32_MAX;
+        e->data = (void *)(uintptr_t)gtask;
+        eng->batch_t[gtask] = e;
+    }
+    if (ms < 0)
+        eng_timer_del(eng, e);
+    else
+        eng_timer_add(eng, e, TIDE__TM_BATCH, ms);
+}
+
+/* Code that is not a task body runs next on the runner (a batch body): it
+ * has no attempt to park or fail. */
+void tide__eng_detach(tide__eng *eng) {
+    eng->cur = NULL;
+    eng->cur_slot = 0;
 }
 
 /* An entry that only wakes the loop at a time (a top-level wait's end). */
@@ -846,6 +880,14 @@ void tide__eng_next(tide__eng *eng, tide__op *op) {
         eng->cur_task = a->task;
         return;
     }
+    if (tide__unlikely(eng->batchq.len)) {
+        tide__ring_shift(&eng->batchq, &v);
+        op->op = TIDE__OP_BATCH;
+        op->task = (uint32_t)v;
+        eng->cur = NULL;
+        eng->cur_slot = 0;
+        return;
+    }
     if ((++eng->slice_count & 127) == 0 && uv_hrtime() > eng->slice_end) {
         op->op = TIDE__OP_NONE;
         return;
@@ -912,6 +954,10 @@ static void eng_on_timer(uv_timer_t *t) {
         }
         case TIDE__TM_LIMIT:
             lim_pump(eng, e->data);
+            break;
+        case TIDE__TM_BATCH:
+            tide__ring_push(&eng->batchq, (uint64_t)(uintptr_t)e->data);
+            eng->kick(eng);
             break;
         default: /* TIDE__TM_NOOP: it only woke the loop */
             break;

@@ -33,7 +33,7 @@ local Executor = {}
 Executor.__index = Executor
 M.Executor = Executor
 
-local OP_RUN, OP_FINISH, OP_CHILD, OP_FAIL = 1, 2, 3, 4
+local OP_RUN, OP_FINISH, OP_CHILD, OP_FAIL, OP_BATCH = 1, 2, 3, 4, 5
 local PRIO = { high = 0, low = 1, lifo = 2 }
 M.PRIO = PRIO
 
@@ -113,13 +113,15 @@ function M.new(opts)
     local T_fn, T_pred1, T_preds, T_pnames, T_ctx = {}, {}, {}, {}, {}
     local T_local, T_map, T_gather_of, T_retry, T_name = {}, {}, {}, {}, {}
     local T_pipe, T_collect, T_timeout, T_when, T_route = {}, {}, {}, {}, {}
-    local T_plain = {}
+    local T_plain, T_batch = {}, {}
+    -- Per batch task: the members waiting, as parallel arrays.
+    local batches = {}
     local settle -- defined below, used by the runner
     self._T = { fn = T_fn, pred1 = T_pred1, preds = T_preds, pnames = T_pnames,
                 ctx = T_ctx, loc = T_local, map = T_map, gather_of = T_gather_of,
                 retry = T_retry, name = T_name, pipe = T_pipe,
                 collect = T_collect, timeout = T_timeout, when = T_when,
-                route = T_route, plain = T_plain }
+                route = T_route, plain = T_plain, batch = T_batch }
     -- Per slot.
     local outputs, ids, kids, parent_of, index_of, data_of, pipe_of, waiting =
         {}, {}, {}, {}, {}, {}, {}, {}
@@ -130,6 +132,7 @@ function M.new(opts)
 
     local nxt, spawn, retry, finalize, release = E.nxt, E.spawn, E.retry, E.finalize, E.release
     local route, bypassed = E.route, E.bypassed
+    local batch_timer, done, detach = E.batch_timer, E.done, E.detach
 
     -- Builds the value a finished context hands out: its sink's output,
     -- or a table keyed by sink name when it has several.
@@ -229,6 +232,12 @@ function M.new(opts)
 
     -- An attempt failed with rec: retry per policy or fail the context.
     local function attempt_failed(slot, g, attempt, rec)
+        if ids[slot] == nil then
+            -- Its context ended while the attempt ran (cancelled): only
+            -- the attempt needs ending.
+            finalize(slot, "failed", g)
+            return
+        end
         rec.task = T_name[g]
         rec.attempts = attempt
         local r = T_retry[g]
@@ -444,6 +453,62 @@ function M.new(opts)
         return nxt(0, 0)
     end
 
+    -- Runs the waiting members of batch task g as one call: the body gets
+    -- their inputs as an array and returns one output per input.
+    local function run_batch(g)
+        local b = batches[g]
+        local n = b and #b.slot or 0
+        if n == 0 then return end
+        batches[g] = nil
+        batch_timer(g, -1)
+        detach()
+        local slots, attempts, inputs, outs_of = b.slot, b.attempt, b.input, b.outs
+        local ok, res, err = xpcall(T_fn[g], on_error, jarray(inputs))
+        local rec = body_error(g, ok, res, err)
+        if rec == nil then
+            if type(res) ~= "table" or #res ~= n then
+                rec = new_error("EVALUE", "batch task '" .. T_name[g] .. "' got " .. n
+                    .. " inputs and must return as many outputs, returned "
+                    .. (type(res) == "table" and (#res .. " outputs") or type(res)))
+            else
+                local why = unfit(res)
+                if why then
+                    rec = new_error("EVALUE", "task '" .. T_name[g]
+                        .. "' returned a value JSON cannot carry: " .. why)
+                end
+            end
+        end
+        local loc = T_local[g]
+        for i = 1, n do
+            if rec == nil then
+                outs_of[i][loc] = res[i]
+                done(slots[i], g)
+            else
+                -- Every member fails with its own copy of the record.
+                local r = new_error(rec.code, rec.message, nil, nil, rec.traceback)
+                attempt_failed(slots[i], g, attempts[i], r)
+            end
+        end
+    end
+
+    -- A member of batch task g is ready: it waits for the batch to fill up
+    -- or for `wait` seconds after the first member, whichever is first.
+    local function join_batch(slot, g, attempt, input, outs)
+        local b = batches[g]
+        if not b then
+            b = { slot = {}, attempt = {}, input = {}, outs = {} }
+            batches[g] = b
+        end
+        local n = #b.slot + 1
+        b.slot[n], b.attempt[n], b.input[n], b.outs[n] = slot, attempt, input, outs
+        local spec = T_batch[g]
+        if n >= spec.size then
+            run_batch(g)
+        elseif n == 1 then
+            batch_timer(g, spec.wait)
+        end
+    end
+
     local function runner()
         local op, a, b, c, d = nxt(0, 0)
         while true do
@@ -453,7 +518,11 @@ function M.new(opts)
                 local p1 = T_pred1[g]
                 local input
                 if p1 then input = outs[p1] else input = join_input(slot, g, outs) end
-                if T_plain[g] then
+                if T_batch[g] then
+                    detach()
+                    join_batch(slot, g, c, input, outs)
+                    op, a, b, c, d = nxt(0, 0)
+                elseif T_plain[g] then
                     -- The hot path: no when, ctx, router or map, and a
                     -- finite number or a string as the output.
                     local ok, res, err = xpcall(T_fn[g], on_error, input)
@@ -468,6 +537,9 @@ function M.new(opts)
                 else
                     op, a, b, c, d = run_attempt(slot, g, c, input, outs)
                 end
+            elseif op == OP_BATCH then
+                run_batch(b)
+                op, a, b, c, d = nxt(0, 0)
             elseif op == OP_FINISH then
                 collect_inner(a, 0)
                 finish(a, "done", context_output(a))
@@ -543,6 +615,7 @@ function Executor:_attach(p)
         T.pipe[g] = shadow
         T.when[g] = t.when
         T.plain[g] = not (t.when or t.route or t.map or t.nparams >= 2) or nil
+        T.batch[g] = t.batch
         if t.route then
             local succ = {}
             for _, si in ipairs(t.succs) do succ[p.tasks[si].name] = si end

@@ -16,6 +16,7 @@ M.Pipeline = Pipeline
 local KNOWN_OPTS = {
     after = true, retry = true, timeout = true, map = true, gather = true,
     errors = true, kind = true, limit = true, route = true, when = true,
+    batch = true,
 }
 
 
@@ -199,6 +200,30 @@ function Pipeline:task(name, opts, fn)
     if opts.when ~= nil and type(opts.when) ~= "function" then
         argerr(fname, "task '" .. name .. "': when must be a function(input, ctx)")
     end
+    local batch = opts.batch
+    if batch ~= nil then
+        if type(batch) ~= "table" then
+            argerr(fname, "task '" .. name .. "': batch must be a table { size = n, wait = seconds }")
+        end
+        for k in pairs(batch) do
+            if k ~= "size" and k ~= "wait" then
+                argerr(fname, "task '" .. name .. "': unknown batch option '" .. tostring(k) .. "'")
+            end
+        end
+        local size, wait = batch.size, batch.wait or 0
+        if type(size) ~= "number" or size < 1 or size ~= math.floor(size) then
+            argerr(fname, "task '" .. name .. "': batch.size must be a whole number >= 1")
+        end
+        if type(wait) ~= "number" or not (wait >= 0) or wait == math.huge then
+            argerr(fname, "task '" .. name .. "': batch.wait must be a number of seconds >= 0")
+        end
+        for _, k in ipairs({ "map", "gather", "route", "when", "timeout" }) do
+            if opts[k] then
+                argerr(fname, "task '" .. name .. "': batch cannot be combined with " .. k)
+            end
+        end
+        batch = { size = size, wait = wait }
+    end
     local kind = opts.kind or "async"
     if kind ~= "async" then
         if kind == "sync" or kind == "native" or kind == "exec" then
@@ -212,6 +237,7 @@ function Pipeline:task(name, opts, fn)
         retry = check_retry(opts.retry, fname), map = opts.map or false,
         gather = opts.gather or false, errors = errors or "fail", kind = kind,
         limit = opts.limit, route = opts.route or false, when = opts.when,
+        batch = batch,
         where = where(2), nparams = getinfo(fn, "u").nparams,
     }
     self.tasks[#self.tasks + 1] = t

@@ -195,7 +195,8 @@ static void leng_drain(leng *e) {
             lua_pushboolean(co, a->result);
             leng_resume(e, co, 1);
         }
-        if (!eng->rq.len && !eng->doneq.len && !eng->failq.len)
+        if (!eng->rq.len && !eng->doneq.len && !eng->failq.len &&
+            !eng->batchq.len)
             break;
         if (uv_hrtime() > eng->slice_end)
             break;
@@ -253,6 +254,11 @@ static int l_nxt(lua_State *L) {
         lua_pushinteger(L, op.parent);
         lua_pushinteger(L, op.map_index);
         return 5;
+    case TIDE__OP_BATCH:
+        lua_pushinteger(L, TIDE__OP_BATCH);
+        lua_pushinteger(L, 0);
+        lua_pushinteger(L, op.task);
+        return 3;
     case TIDE__OP_FAIL:
         lua_pushinteger(L, TIDE__OP_FAIL);
         lua_pushinteger(L, op.slot);
@@ -428,6 +434,30 @@ static int l_route(lua_State *L) {
     return 0;
 }
 
+/* batch_timer(task, seconds | -1): arms or disarms a batch's flush. */
+static int l_batch_timer(lua_State *L) {
+    leng *e = LENG_UP(L);
+    uint32_t t = leng_gtask(L, e, 1);
+    double sec = luaL_checknumber(L, 2);
+    tide__eng_batch_timer(&e->eng, t, sec < 0 ? -1 : sec * 1000.0);
+    return 0;
+}
+
+/* done(slot, task): completes an attempt the runner holds (a batch
+ * member) without taking the next operation. */
+static int l_done(lua_State *L) {
+    leng *e = LENG_UP(L);
+    uint32_t slot = leng_slot(L, e, 1), t = leng_gtask(L, e, 2);
+    tide__eng_complete(&e->eng, slot, t);
+    return 0;
+}
+
+/* detach(): what runs next on this runner is not a task body. */
+static int l_detach(lua_State *L) {
+    tide__eng_detach(&LENG_UP(L)->eng);
+    return 0;
+}
+
 /* bypassed(slot, local) -> whether that task of the context was bypassed */
 static int l_bypassed(lua_State *L) {
     leng *e = LENG_UP(L);
@@ -454,7 +484,8 @@ static leng *leng_check_body(lua_State *L, const char *fname) {
         luaL_error(L, "%s: called from a nested coroutine; engine calls "
                       "must run on the task's own coroutine", fname);
     if (e->eng.cur_slot == 0)
-        luaL_error(L, "%s: not called from a task body", fname);
+        luaL_error(L, "%s: not available here: batch bodies, retry and "
+                      "when functions cannot wait", fname);
     return e;
 }
 
@@ -666,6 +697,8 @@ static const luaL_Reg engine_funcs[] = {
     {"set_runner", l_set_runner},
     {"limiter", l_limiter}, {"limiter_stats", l_limiter_stats},
     {"route", l_route},     {"bypassed", l_bypassed},
+    {"batch_timer", l_batch_timer}, {"done", l_done},
+    {"detach", l_detach},
     {"park", l_park},       {"handle", l_handle},
     {"wake", l_wake},       {"run", l_run},
     {"turn", l_turn},       {"stats", l_stats},
