@@ -443,6 +443,23 @@ describe("executor", function()
         assert_clean(ex)
     end)
 
+    it("cancels a job's running children and their sleeps", function()
+        local ex = tide.executor()
+        local q = tide.pipeline "fan-cancel"
+        q:task("split", { map = true }, function() return { 1, 2, 3, 4 } end)
+        q:task("slow", { after = "split" }, function() tide.sleep(30) end)
+        q:task("all", { after = "slow", gather = true }, function(v) return v end)
+        local id = ex:submit(q, 0)
+        ex:result(id, 0.02)
+        assert.equal(5, ex:stats().slots) -- the parent and its 4 children
+        assert.is_true(ex:cancel(id))
+        local t0 = require("tide.core").hrtime()
+        ex:run()
+        assert.is_true(require("tide.core").hrtime() - t0 < 1)
+        assert_clean(ex)
+        assert.is_nil(next(ex._outputs))
+    end)
+
     it("lets a task wait for another job's result without blocking", function()
         local ex = tide.executor { concurrency = 1 }
         local worker = tide.pipeline "worker"

@@ -123,6 +123,44 @@ describe("tide run", function()
         end)
     end)
 
+    describe("examples/routing.lua", function()
+        it("routes every log line down one branch and respects the lookup limiter", function()
+            local t0 = hrtime()
+            local r = tide({ "run", "examples/routing.lua", "--input", "examples/data/dpkg.log.jsonl" })
+            local elapsed = hrtime() - t0
+            assert.equal(0, r.code)
+            local got = by_id(jsonl(r.stdout))
+            local PACKAGE = { install = true, upgrade = true, configure = true, trigproc = true }
+            local REMOVAL = { remove = true, purge = true }
+            local npackage_events = 0
+            local f = assert(io.open("examples/data/dpkg.log.jsonl"))
+            for line in f:lines() do
+                local day = json.decode(line)
+                local want = { package = 0, removal = 0, other = 0 }
+                local pkgs, npkgs = {}, 0
+                for _, l in ipairs(day.lines) do
+                    local action, rest = l:match("^%S+ %S+ (%S+) ?(.*)$")
+                    local pkg = rest and rest:match("^([^:%s]+):")
+                    local kind = (PACKAGE[action] and pkg) and "package" or REMOVAL[action] and "removal" or "other"
+                    want[kind] = want[kind] + 1
+                    if kind ~= "other" and pkg and not pkgs[pkg] then
+                        pkgs[pkg] = true
+                        npkgs = npkgs + 1
+                    end
+                end
+                npackage_events = npackage_events + want.package
+                local out = got[day.id].output
+                assert.same(want, out.by_kind)
+                assert.equal(#day.lines, out.events)
+                assert.equal(npkgs, out.packages)
+            end
+            f:close()
+            -- 2000 lookups a second with bursts of 50: the run cannot be faster.
+            assert.is_true(elapsed >= (npackage_events - 50) / 2000,
+                ("%d lookups in %.3f s"):format(npackage_events, elapsed))
+        end)
+    end)
+
     describe("examples/logs.lua", function()
         local DATAFILE = "examples/data/dpkg.log.jsonl"
 
