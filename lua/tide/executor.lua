@@ -113,7 +113,7 @@ function M.new(opts)
     local T_fn, T_pred1, T_preds, T_pnames, T_ctx = {}, {}, {}, {}, {}
     local T_local, T_map, T_gather_of, T_retry, T_name = {}, {}, {}, {}, {}
     local T_pipe, T_collect, T_timeout, T_when, T_route = {}, {}, {}, {}, {}
-    local T_plain, T_batch = {}, {}
+    local T_plain, T_batch, T_routed = {}, {}, {}
     -- Per batch task: the members waiting, as parallel arrays.
     local batches = {}
     local settle -- defined below, used by the runner
@@ -121,11 +121,16 @@ function M.new(opts)
                 ctx = T_ctx, loc = T_local, map = T_map, gather_of = T_gather_of,
                 retry = T_retry, name = T_name, pipe = T_pipe,
                 collect = T_collect, timeout = T_timeout, when = T_when,
-                route = T_route, plain = T_plain, batch = T_batch }
+                route = T_route, plain = T_plain, batch = T_batch,
+                routed = T_routed }
     -- Per slot.
     local outputs, ids, kids, parent_of, index_of, data_of, pipe_of, waiting =
         {}, {}, {}, {}, {}, {}, {}, {}
     local map_of, children_of = {}, {}
+    -- Slots that have any of the fields above other than outputs, ids and
+    -- pipe_of (children, ctx data, waits): only those need a full forget.
+    local rare = {}
+    self._rare = rare
     self._outputs, self._ids, self._pipe_of = outputs, ids, pipe_of
     self._children_of = children_of
     self._waiting = waiting
@@ -178,6 +183,9 @@ function M.new(opts)
     -- Drops everything Lua holds for a slot, and for its children that
     -- are still running (the engine frees those with their parent).
     local function forget(slot)
+        outputs[slot], ids[slot], pipe_of[slot] = nil, nil, nil
+        if not rare[slot] then return end
+        rare[slot] = nil
         local ch = children_of[slot]
         if ch then
             children_of[slot] = nil
@@ -187,10 +195,9 @@ function M.new(opts)
         end
         local parent = parent_of[slot]
         if parent and children_of[parent] then children_of[parent][slot] = nil end
-        outputs[slot], kids[slot], parent_of[slot] = nil, nil, nil
+        kids[slot], parent_of[slot] = nil, nil
         index_of[slot], data_of[slot], waiting[slot] = nil, nil, nil
         map_of[slot] = nil
-        ids[slot], pipe_of[slot] = nil, nil
     end
     self._forget = forget
 
@@ -298,6 +305,7 @@ function M.new(opts)
         if not d then
             d = {}
             data_of[slot] = d
+            rare[slot] = true
         end
         local id = ids[slot]
         local name = T_name[g]
@@ -336,8 +344,8 @@ function M.new(opts)
             return arr
         end
         local preds, names = T_preds[g], T_pnames[g]
-        local t = {}
-        if pipe_of[slot].has_routes then
+        local t = tnew(0, #preds)
+        if T_routed[g] then
             -- Only the predecessors that ran (a router may have bypassed some).
             for k = 1, #preds do
                 if not bypassed(slot, preds[k]) then t[names[k]] = outs[preds[k]] end
@@ -381,6 +389,7 @@ function M.new(opts)
         end
         local n = #res
         k[g] = {}
+        rare[slot] = true
         local ch = children_of[slot]
         if not ch then
             ch = {}
@@ -395,6 +404,7 @@ function M.new(opts)
             parent_of[c], index_of[c], ids[c], pipe_of[c] = slot, i, id, p
             map_of[c] = loc
             ch[c] = true
+            rare[c] = true
         end
     end
 
@@ -616,6 +626,7 @@ function Executor:_attach(p)
         T.when[g] = t.when
         T.plain[g] = not (t.when or t.route or t.map or t.nparams >= 2) or nil
         T.batch[g] = t.batch
+        T.routed[g] = p.has_routes or nil
         if t.route then
             local succ = {}
             for _, si in ipairs(t.succs) do succ[p.tasks[si].name] = si end
@@ -808,6 +819,7 @@ function Executor:result(id, timeout)
         w[#w + 1] = h
         local _, me = E.handle()
         self._waiting[me] = id
+        self._rare[me] = true
         E.park(timeout)
         if self._waiting[me] == id then self._waiting[me] = nil end
     else
