@@ -568,6 +568,20 @@ describe("tide run", function()
         assert.equal(2, peak)
     end)
 
+    it("--priority lifo runs the newest input first, low (the default) the oldest", function()
+        local function order(args)
+            local r = tide(args, "1\n2\n3\n4\n5\n")
+            assert.equal(0, r.code)
+            local ids = {}
+            for i, rec in ipairs(jsonl(r.stdout)) do ids[i] = rec.id end
+            return table.concat(ids, " ")
+        end
+        assert.equal("5 4 3 2 1", order({ "run", PIPE .. "echo.lua", "--priority", "lifo" }))
+        assert.equal("1 2 3 4 5", order({ "run", PIPE .. "echo.lua" }))
+        assert.equal("1 2 3 4 5", order({ "run", PIPE .. "echo.lua", "--priority", "high" }))
+        assert.equal(2, tide({ "run", PIPE .. "echo.lua", "--priority", "urgent" }, "1\n").code)
+    end)
+
     describe("duplicate ids", function()
         it("are rejected with the line number", function()
             local r = tide({ "run", PIPE .. "echo.lua", "--input", DATA .. "duplicate_ids.jsonl" })
