@@ -20,6 +20,9 @@ commands:
       Run every JSONL input line through the pipeline the file returns.
       Results go to stdout as JSONL (or to DIR/<sink>.jsonl,
       DIR/failed.jsonl and DIR/rejects.jsonl with --output).
+  graph PIPELINE.lua [--format dot|mermaid]
+      Print the pipeline's DAG (tasks, edges, maps, gathers, routers,
+      limiters) as Graphviz DOT (the default) or Mermaid.
   version          Print the version.
   help             Print this help.
 
@@ -455,6 +458,37 @@ local function run(args)
 end
 
 
+local function graph(args)
+    local fmt, path = "dot", nil
+    local i = 2
+    while i <= #args do
+        local a = args[i]
+        if a == "--format" or a == "-f" then
+            i = i + 1
+            fmt = args[i]
+            if fmt ~= "dot" and fmt ~= "mermaid" then
+                if fmt == "html" then
+                    return die(EXIT_USAGE, "--format html comes with serve mode, which this version lacks")
+                end
+                return die(EXIT_USAGE, "--format must be dot or mermaid")
+            end
+        elseif a:sub(1, 1) == "-" then
+            return die(EXIT_USAGE, "unknown option '" .. a .. "'\n" .. USAGE)
+        elseif not path then
+            path = a
+        else
+            return die(EXIT_USAGE, "unexpected argument '" .. a .. "'")
+        end
+        i = i + 1
+    end
+    if not path then return die(EXIT_USAGE, "graph needs a pipeline file\n" .. USAGE) end
+    local p, err = load_pipeline(path)
+    if not p then return die(EXIT_USAGE, err) end
+    io_stdout:write(require("tide.graph")[fmt](p))
+    return EXIT_OK
+end
+
+
 function M.main(args)
     local cmd = args[1]
     if cmd == nil then
@@ -467,7 +501,9 @@ function M.main(args)
         return EXIT_OK
     elseif cmd == "run" then
         return run(args)
-    elseif cmd == "serve" or cmd == "worker" or cmd == "repl" or cmd == "graph" then
+    elseif cmd == "graph" then
+        return graph(args)
+    elseif cmd == "serve" or cmd == "worker" or cmd == "repl" then
         return die(EXIT_USAGE, "'" .. cmd .. "' is not available in this version of tide yet")
     end
     return die(EXIT_USAGE, "unknown command '" .. tostring(cmd) .. "'\n" .. USAGE)
