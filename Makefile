@@ -23,11 +23,13 @@ LUA_SRC = $(wildcard lua/tide/*.lua)
 
 OBJ = $(patsubst src/%.c,$(BUILD)/obj/%.o,$(CORE_SRC) $(GLUE_SRC))
 LUA_BC = $(patsubst lua/tide/%.lua,$(BUILD)/obj/bc/tide_%.h,$(LUA_SRC))
-TEST_SRC = $(wildcard spec/c/*.c)
+TEST_SRC = $(filter-out spec/c/embed-test.c,$(wildcard spec/c/*.c))
 
 .PHONY: all test check check-build lint bench clean test-c test-lua test-e2e
 
-all: $(BUILD)/tide $(BUILD)/lib/tide/core.so $(BUILD)/test-runner
+all: $(BUILD)/tide $(BUILD)/lib/tide/core.so $(BUILD)/test-runner \
+	$(BUILD)/libtide.a $(BUILD)/libtide.so $(BUILD)/examples/embed-host \
+	$(BUILD)/embed-test
 
 $(BUILD)/obj/%.o: src/%.c
 	@mkdir -p $(dir $@)
@@ -49,7 +51,24 @@ $(BUILD)/obj/bundle.o: $(BUILD)/obj/bundle.c $(LUA_BC)
 $(BUILD)/tide: $(BUILD)/obj/main.o $(OBJ) $(BUILD)/obj/bundle.o
 	$(CC) $(OPT) $(EXTRA_CFLAGS) -Wl,-E -o $@ $^ $(LDLIBS_ALL)
 
-$(BUILD)/lib/tide/core.so: $(OBJ)
+# The embedding libraries: the engine, the glue and the bundled Lua
+# modules, for C hosts that include src/tide.h.
+$(BUILD)/libtide.a: $(OBJ) $(BUILD)/obj/bundle.o
+	rm -f $@
+	$(AR) rcs $@ $^
+
+$(BUILD)/libtide.so: $(OBJ) $(BUILD)/obj/bundle.o
+	$(CC) $(OPT) $(EXTRA_CFLAGS) -shared -o $@ $^ $(LDLIBS_ALL)
+
+$(BUILD)/examples/embed-host: examples/embed/host.c $(BUILD)/libtide.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Isrc -o $@ $< $(BUILD)/libtide.a $(LDLIBS_ALL)
+
+$(BUILD)/embed-test: spec/c/embed-test.c $(BUILD)/libtide.a
+	$(CC) $(CFLAGS_ALL) -Isrc -o $@ $< $(BUILD)/libtide.a $(LDLIBS_ALL)
+
+# The Lua module needs neither the C API nor the bundled modules.
+$(BUILD)/lib/tide/core.so: $(filter-out $(BUILD)/obj/lua/lapi.o,$(OBJ))
 	@mkdir -p $(dir $@)
 	$(CC) $(OPT) $(EXTRA_CFLAGS) -shared -o $@ $^ $(PKG_LIBS) -lm -ldl -lpthread
 
@@ -60,6 +79,7 @@ BUSTED = busted --lua=$(LUAJIT) -o TAP --helper=spec/helpers/init.lua
 
 test-c: all
 	$(BUILD)/test-runner
+	$(BUILD)/embed-test
 
 test-lua: all
 	TIDE_BUILD=$(BUILD) $(SAN_ENV) $(BUSTED) spec/
@@ -89,8 +109,12 @@ check: lint
 	$(MAKE) BUILD=$(CHECK_BUILD) OPT="-O1 -g" \
 		EXTRA_CFLAGS="$(CHECK_FLAGS) -Werror" all
 	$(CHECK_BUILD)/test-runner
+	ASAN_OPTIONS=detect_leaks=1 $(CHECK_BUILD)/embed-test
 	TIDE_BUILD=$(CHECK_BUILD) $(CHECK_ENV) $(BUSTED) spec/
 	TIDE_GC_STRESS=1 TIDE_BUILD=$(CHECK_BUILD) $(CHECK_ENV) $(BUSTED) spec/
+	@# The C host is built with the sanitizer itself: leaks are errors there.
+	ASAN_OPTIONS=detect_leaks=1 $(CHECK_BUILD)/examples/embed-host \
+		examples/embed/wordcount.lua '"a b a"' '"x"' >/dev/null
 
 lint:
 	sh scripts/check-layering.sh

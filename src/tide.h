@@ -37,6 +37,73 @@ typedef enum {
 #undef XX
 } tide_errno_t;
 
+/* ===== EMBEDDING =====
+ *
+ * A host program runs pipelines through an engine:
+ *
+ *     tide_engine_t *eng = tide_engine_new(NULL);
+ *     char *err = NULL, *id = NULL, *out = NULL;
+ *     if (tide_engine_load_file(eng, "pipeline.lua", &err) != 0) { ... }
+ *     tide_engine_submit(eng, NULL, "{\"n\": 3}", &id, &err);
+ *     while (tide_engine_step(eng) > 0)
+ *         ;                       (or tide_engine_run(eng) to block)
+ *     int rc = tide_engine_result(eng, id, &out);   (0: out is the output)
+ *     tide_free(out); tide_free(id); tide_engine_free(eng);
+ *
+ * Inputs and outputs are JSON text. Every char * an engine function hands
+ * back through an out-parameter is the caller's, released with tide_free.
+ * An engine is not thread-safe: use it from one thread. The pipeline file
+ * may `require` modules next to it, as under `tide run`. */
+
+typedef struct tide_engine tide_engine_t;
+
+typedef struct {
+    int concurrency;   /* root jobs in flight; 0: 10000 */
+    double task_timeout; /* default per-attempt timeout in s; 0: none */
+} tide_options_t;
+
+/* Creates an engine (its own Lua state and event loop). opts may be NULL.
+ * Returns NULL when out of memory or the event loop cannot start. */
+tide_engine_t *tide_engine_new(const tide_options_t *opts);
+/* Cancels what still runs and frees the engine. Accepts NULL. */
+void tide_engine_free(tide_engine_t *eng);
+
+/* Loads the pipeline a Lua file returns (or, for load_string, a chunk of
+ * Lua source) and makes it the one jobs are submitted to. Returns 0, or
+ * TIDE_EPIPELINE with a message in *err (file:line of the problem). */
+int tide_engine_load_file(tide_engine_t *eng, const char *path, char **err);
+int tide_engine_load_string(tide_engine_t *eng, const char *source,
+                            const char *chunkname, char **err);
+
+/* Submits one JSON input. id may be NULL (one is generated); *out_id gets
+ * the job's id. Returns 0, TIDE_EVALUE (input is not JSON), TIDE_EEXIST
+ * (duplicate id) or TIDE_EINVAL (no pipeline loaded), with *err set. */
+int tide_engine_submit(tide_engine_t *eng, const char *id,
+                       const char *json_input, char **out_id, char **err);
+
+/* The job's status ("pending", "running", "waiting", "done", "failed",
+ * "cancelled") in *status. Returns 0 or TIDE_ENOENT. */
+int tide_engine_status(tide_engine_t *eng, const char *id, char **status);
+
+/* The job's result as JSON in *json: its output when it returns 0, its
+ * error record ({"code", "task", "message", "attempts", ...}) when it
+ * returns the record's (negative) code, e.g. TIDE_ETASK. Returns
+ * TIDE_EAGAIN while the job runs and TIDE_ENOENT for an unknown id
+ * (then *json is NULL). Never waits. */
+int tide_engine_result(tide_engine_t *eng, const char *id, char **json);
+
+/* Cancels a job. Returns 0, TIDE_ENOENT or TIDE_EINVAL (finished). */
+int tide_engine_cancel(tide_engine_t *eng, const char *id);
+
+/* Runs what is ready without blocking. Returns the number of jobs not
+ * finished yet (0: idle), or a negative code on an internal error. */
+int tide_engine_step(tide_engine_t *eng);
+/* Runs until every submitted job finished. Returns 0 or a negative code. */
+int tide_engine_run(tide_engine_t *eng);
+
+/* Frees a string an engine function handed back. Accepts NULL. */
+void tide_free(void *p);
+
 /* Returns the code's name ("ETASK"), or NULL for a code tide does not know.
  * The string is static. */
 const char *tide_err_name(int code);

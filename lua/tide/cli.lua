@@ -93,21 +93,7 @@ local function parse_run(args)
 end
 
 
--- Loads a pipeline file: it must return a pipeline, which is compiled.
-local function load_pipeline(path)
-    local dir = path:match("^(.*)/[^/]*$") or "."
-    package.path = dir .. "/?.lua;" .. package.path
-    local chunk, err = loadfile(path)
-    if not chunk then return nil, err end
-    local ok, p = pcall(chunk)
-    if not ok then return nil, tostring(p) end
-    if not require("tide.pipeline").is(p) then
-        return nil, path .. ": the file must return a pipeline (return p), got " .. type(p)
-    end
-    local cok, cerr = pcall(p.compile, p)
-    if not cok then return nil, tostring(cerr) end
-    return p
-end
+local load_pipeline = require("tide.pipeline").load
 
 
 -- Replaces bytes that are not valid UTF-8 with U+FFFD, so a rejected

@@ -319,6 +319,31 @@ function Pipeline:compile()
 end
 
 
+--- Loads a pipeline from a Lua chunk (a file's, or source text given as
+-- `source`): the chunk must return a pipeline, which is compiled. Modules
+-- next to the file can be required.
+-- @return the pipeline, or nil and a message naming file:line
+function M.load(path, source)
+    local chunk, err
+    if source then
+        chunk, err = loadstring(source, "=" .. path)
+    else
+        local dir = path:match("^(.*)/[^/]*$") or "."
+        package.path = dir .. "/?.lua;" .. package.path
+        chunk, err = loadfile(path)
+    end
+    if not chunk then return nil, err end
+    local ok, p = pcall(chunk)
+    if not ok then return nil, tostring(p) end
+    if not M.is(p) then
+        return nil, path .. ": the chunk must return a pipeline (return p), got " .. type(p)
+    end
+    local cok, cerr = pcall(p.compile, p)
+    if not cok then return nil, tostring(cerr) end
+    return p
+end
+
+
 function Pipeline:__tostring()
     return "tide.pipeline(" .. self.name .. ")"
 end

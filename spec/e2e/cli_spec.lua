@@ -423,7 +423,7 @@ describe("tide run", function()
         end)
 
         it("a file that does not return a pipeline", function()
-            assert.equal("tide: spec/fixtures/pipelines/no_return.lua: the file must return a pipeline "
+            assert.equal("tide: spec/fixtures/pipelines/no_return.lua: the chunk must return a pipeline "
                          .. "(return p), got nil\n", load_error("no_return.lua"))
         end)
 

@@ -598,6 +598,25 @@ static int l_turn(lua_State *L) {
     return 1;
 }
 
+/* step() -> contexts not finished: runs what is ready without blocking
+ * (one loop iteration that does not wait for I/O or timers). */
+static int l_step(lua_State *L) {
+    leng *e = LENG_UP(L);
+    leng_check_runnable(L, e, "step");
+    leng_saved prev = leng_enter(L, e);
+    e->in_run = 1;
+    if (tide__eng_has_work(&e->eng))
+        leng_kick(&e->eng);
+    int alive = uv_run(&e->loop, UV_RUN_NOWAIT);
+    if (!alive && !tide__eng_has_work(&e->eng) && e->eng.nlive > 0 &&
+        tide__eng_break_deadlocks(&e->eng) > 0)
+        uv_run(&e->loop, UV_RUN_NOWAIT);
+    e->in_run = 0;
+    leng_leave(e, prev);
+    lua_pushinteger(L, e->eng.nlive);
+    return 1;
+}
+
 static int l_stats(lua_State *L) {
     leng *e = LENG_UP(L);
     lua_createtable(L, 0, 8);
@@ -702,6 +721,7 @@ static const luaL_Reg engine_funcs[] = {
     {"park", l_park},       {"handle", l_handle},
     {"wake", l_wake},       {"run", l_run},
     {"turn", l_turn},       {"stats", l_stats},
+    {"step", l_step},
     {"close", l_close},     {NULL, NULL}};
 
 /* engine(concurrency) -> userdata, table of functions bound to it */

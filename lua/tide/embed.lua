@@ -1,0 +1,84 @@
+--- The Lua half of the C embedding API (src/lua/lapi.c, tide.h): one
+-- engine is one executor and one loaded pipeline. Functions return their
+-- result, or nil, message, code name.
+local tide = require "tide"
+local pipeline = require "tide.pipeline"
+local executor = require "tide.executor"
+local errors = require "tide.errors"
+
+local json = tide.json
+local M = {}
+
+
+function M.new(concurrency, task_timeout)
+    return { ex = executor.new { concurrency = concurrency, task_timeout = task_timeout } }
+end
+
+
+function M.load(st, path, source)
+    local p, err = pipeline.load(path, source)
+    if not p then return nil, err, "EPIPELINE" end
+    st.p = p
+    return true
+end
+
+
+function M.submit(st, id, text)
+    if not st.p then return nil, "no pipeline loaded", "EINVAL" end
+    local v, err = json.decode(text)
+    if v == nil and err then return nil, "input is not JSON: " .. err, "EVALUE" end
+    if id and (st.ex._live[id] or st.ex._results[id]) then
+        return nil, "duplicate id '" .. id .. "'", "EEXIST"
+    end
+    return st.ex:submit(st.p, v, { id = id })
+end
+
+
+function M.status(st, id)
+    local s, rec, code = st.ex:status(id)
+    if s == nil then return nil, rec.message, code end
+    return s
+end
+
+
+-- Returns "OK" and the output as JSON, or the error code and the error
+-- record as JSON (nil for EAGAIN and ENOENT).
+function M.result(st, id)
+    local out, rec, code = st.ex:result(id, 0)
+    if rec == nil then
+        local text, err = json.encode(out == nil and json.null or out)
+        if not text then
+            rec, code = errors.new("EVALUE", "output cannot be encoded: " .. err), "EVALUE"
+        else
+            return "OK", text
+        end
+    end
+    if code == "EAGAIN" or code == "ENOENT" then return code end
+    return code, json.encode(json.object(errors.plain(rec, true)))
+end
+
+
+function M.cancel(st, id)
+    local ok, msg, code = st.ex:cancel(id)
+    if ok then return true end
+    return nil, msg, code
+end
+
+
+function M.step(st)
+    return st.ex._E.step()
+end
+
+
+function M.run(st)
+    st.ex:run()
+    return true
+end
+
+
+function M.close(st)
+    for id in pairs(st.ex._live) do st.ex:cancel(id) end
+    st.ex:close()
+end
+
+return M

@@ -1,0 +1,259 @@
+/* The C embedding API of tide.h: an engine is a private Lua state running
+ * lua/tide/embed.lua, which owns one executor and one pipeline.
+ *
+ * Every call enters Lua through lapi_call, a protected call with a
+ * traceback, so a Lua error never escapes to the host: it becomes an error
+ * code and message. Strings handed back are malloc'd copies. */
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include "lglue.h"
+
+struct tide_engine {
+    lua_State *L;
+    int embed_ref; /* the tide.embed module table */
+    int state_ref; /* its engine state (M.new's result) */
+};
+
+void tide_free(void *p) {
+    free(p);
+}
+
+static char *lapi_strdup(const char *s) {
+    return s ? tide__xstrdup(s) : NULL;
+}
+
+static int lapi_traceback(lua_State *L) {
+    const char *msg = lua_tostring(L, 1);
+    luaL_traceback(L, L, msg ? msg : "(error object is not a string)", 1);
+    return 1;
+}
+
+/* Calls embed[fname](state, args...) with nargs arguments already pushed
+ * and leaves nres results on the stack. Returns 0, or TIDE_EIO with the
+ * message as the only value left on the stack. */
+static int lapi_call(tide_engine_t *eng, const char *fname, int nargs,
+                     int nres) {
+    lua_State *L = eng->L;
+    int base = lua_gettop(L) - nargs; /* the arguments are base+1.. */
+    lua_pushcfunction(L, lapi_traceback);
+    lua_insert(L, base + 1);          /* handler at base+1, args after */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, eng->embed_ref);
+    lua_getfield(L, -1, fname);
+    lua_remove(L, -2);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, eng->state_ref);
+    for (int i = 0; i < nargs; i++)
+        lua_pushvalue(L, base + 2 + i);
+    int rc = lua_pcall(L, nargs + 1, nres, base + 1);
+    /* Results (or the message) sit above the handler and the arguments:
+     * move them down to base+1.. and drop the rest. */
+    int n = rc ? 1 : nres, first = lua_gettop(L) - n + 1;
+    for (int i = 0; i < n; i++) {
+        lua_pushvalue(L, first + i);
+        lua_replace(L, base + 1 + i);
+    }
+    lua_settop(L, base + n);
+    return rc ? TIDE_EIO : 0;
+}
+
+/* Maps a code name ("EVALUE") to its number. */
+static int lapi_code(const char *name) {
+#define XX(n, val, msg) if (name && strcmp(name, #n) == 0) return val;
+    TIDE_ERRNO_MAP(XX)
+#undef XX
+    return TIDE_EIO;
+}
+
+/* For functions returning value | nil, msg, code: 0 and the value at -3,
+ * or the code with *err set. Pops the three values. */
+static int lapi_fail3(lua_State *L, char **err) {
+    int rc = 0;
+    if (lua_isnil(L, -3)) {
+        rc = lapi_code(lua_tostring(L, -1));
+        if (err)
+            *err = lapi_strdup(lua_tostring(L, -2));
+    }
+    return rc;
+}
+
+tide_engine_t *tide_engine_new(const tide_options_t *opts) {
+    tide_engine_t *eng = tide__xcalloc(1, sizeof(*eng));
+    lua_State *L = luaL_newstate();
+    if (L == NULL) {
+        free(eng);
+        return NULL;
+    }
+    eng->L = L;
+    luaL_openlibs(L);
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "preload");
+    lua_pushcfunction(L, luaopen_tide_core);
+    lua_setfield(L, -2, "tide.core");
+    lua_pop(L, 2);
+    tide__lua_preload_bundle(L);
+    lua_pushcfunction(L, lapi_traceback);
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "tide.embed");
+    if (lua_pcall(L, 1, 1, -3) != 0) {
+        fprintf(stderr, "tide: %s\n", lua_tostring(L, -1));
+        lua_close(L);
+        free(eng);
+        return NULL;
+    }
+    eng->embed_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1);
+    /* embed.new(concurrency, task_timeout) */
+    lua_pushcfunction(L, lapi_traceback);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, eng->embed_ref);
+    lua_getfield(L, -1, "new");
+    lua_remove(L, -2);
+    if (opts && opts->concurrency > 0)
+        lua_pushinteger(L, opts->concurrency);
+    else
+        lua_pushnil(L);
+    if (opts && opts->task_timeout > 0)
+        lua_pushnumber(L, opts->task_timeout);
+    else
+        lua_pushnil(L);
+    if (lua_pcall(L, 2, 1, -4) != 0) {
+        fprintf(stderr, "tide: %s\n", lua_tostring(L, -1));
+        lua_close(L);
+        free(eng);
+        return NULL;
+    }
+    eng->state_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1);
+    return eng;
+}
+
+void tide_engine_free(tide_engine_t *eng) {
+    if (eng == NULL)
+        return;
+    if (lapi_call(eng, "close", 0, 0) != 0) {
+        fprintf(stderr, "tide: %s\n", lua_tostring(eng->L, -1));
+        lua_pop(eng->L, 1);
+    }
+    lua_close(eng->L);
+    free(eng);
+}
+
+static int lapi_load(tide_engine_t *eng, const char *path, const char *src,
+                     char **err) {
+    lua_State *L = eng->L;
+    if (err)
+        *err = NULL;
+    lua_pushstring(L, path);
+    if (src)
+        lua_pushstring(L, src);
+    else
+        lua_pushnil(L);
+    if (lapi_call(eng, "load", 2, 3) != 0) {
+        if (err)
+            *err = lapi_strdup(lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return TIDE_EIO;
+    }
+    int rc = lapi_fail3(L, err);
+    lua_pop(L, 3);
+    return rc;
+}
+
+int tide_engine_load_file(tide_engine_t *eng, const char *path, char **err) {
+    return lapi_load(eng, path, NULL, err);
+}
+
+int tide_engine_load_string(tide_engine_t *eng, const char *source,
+                            const char *chunkname, char **err) {
+    return lapi_load(eng, chunkname ? chunkname : "pipeline", source, err);
+}
+
+int tide_engine_submit(tide_engine_t *eng, const char *id,
+                       const char *json_input, char **out_id, char **err) {
+    lua_State *L = eng->L;
+    if (err)
+        *err = NULL;
+    if (out_id)
+        *out_id = NULL;
+    if (id)
+        lua_pushstring(L, id);
+    else
+        lua_pushnil(L);
+    lua_pushstring(L, json_input ? json_input : "");
+    if (lapi_call(eng, "submit", 2, 3) != 0) {
+        if (err)
+            *err = lapi_strdup(lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return TIDE_EIO;
+    }
+    int rc = lapi_fail3(L, err);
+    if (rc == 0 && out_id)
+        *out_id = lapi_strdup(lua_tostring(L, -3));
+    lua_pop(L, 3);
+    return rc;
+}
+
+int tide_engine_status(tide_engine_t *eng, const char *id, char **status) {
+    lua_State *L = eng->L;
+    *status = NULL;
+    lua_pushstring(L, id ? id : "");
+    if (lapi_call(eng, "status", 1, 3) != 0) {
+        lua_pop(L, 1);
+        return TIDE_EIO;
+    }
+    int rc = lapi_fail3(L, NULL);
+    if (rc == 0)
+        *status = lapi_strdup(lua_tostring(L, -3));
+    lua_pop(L, 3);
+    return rc;
+}
+
+int tide_engine_result(tide_engine_t *eng, const char *id, char **json) {
+    lua_State *L = eng->L;
+    *json = NULL;
+    lua_pushstring(L, id ? id : "");
+    if (lapi_call(eng, "result", 1, 2) != 0) {
+        lua_pop(L, 1);
+        return TIDE_EIO;
+    }
+    const char *code = lua_tostring(L, -2);
+    int rc = code && strcmp(code, "OK") == 0 ? 0 : lapi_code(code);
+    *json = lapi_strdup(lua_tostring(L, -1));
+    lua_pop(L, 2);
+    return rc;
+}
+
+int tide_engine_cancel(tide_engine_t *eng, const char *id) {
+    lua_State *L = eng->L;
+    lua_pushstring(L, id ? id : "");
+    if (lapi_call(eng, "cancel", 1, 3) != 0) {
+        lua_pop(L, 1);
+        return TIDE_EIO;
+    }
+    int rc = lapi_fail3(L, NULL);
+    lua_pop(L, 3);
+    return rc;
+}
+
+int tide_engine_step(tide_engine_t *eng) {
+    if (lapi_call(eng, "step", 0, 1) != 0) {
+        fprintf(stderr, "tide: %s\n", lua_tostring(eng->L, -1));
+        lua_pop(eng->L, 1);
+        return TIDE_EIO;
+    }
+    int live = (int)lua_tointeger(eng->L, -1);
+    lua_pop(eng->L, 1);
+    return live;
+}
+
+int tide_engine_run(tide_engine_t *eng) {
+    if (lapi_call(eng, "run", 0, 1) != 0) {
+        fprintf(stderr, "tide: %s\n", lua_tostring(eng->L, -1));
+        lua_pop(eng->L, 1);
+        return TIDE_EIO;
+    }
+    lua_pop(eng->L, 1);
+    return 0;
+}
