@@ -25,7 +25,8 @@ OBJ = $(patsubst src/%.c,$(BUILD)/obj/%.o,$(CORE_SRC) $(GLUE_SRC))
 LUA_BC = $(patsubst lua/tide/%.lua,$(BUILD)/obj/bc/tide_%.h,$(LUA_SRC))
 TEST_SRC = $(filter-out spec/c/embed-test.c,$(wildcard spec/c/*.c))
 
-.PHONY: all test check check-build lint bench clean test-c test-lua test-e2e
+.PHONY: all test check check-build lint bench clean test-c test-lua test-e2e \
+	install install-lua
 
 all: $(BUILD)/tide $(BUILD)/lib/tide/core.so $(BUILD)/test-runner \
 	$(BUILD)/libtide.a $(BUILD)/libtide.so $(BUILD)/examples/embed-host \
@@ -110,8 +111,8 @@ check: lint
 		EXTRA_CFLAGS="$(CHECK_FLAGS) -Werror" all
 	$(CHECK_BUILD)/test-runner
 	ASAN_OPTIONS=detect_leaks=1 $(CHECK_BUILD)/embed-test
-	TIDE_BUILD=$(CHECK_BUILD) $(CHECK_ENV) $(BUSTED) spec/
-	TIDE_GC_STRESS=1 TIDE_BUILD=$(CHECK_BUILD) $(CHECK_ENV) $(BUSTED) spec/
+	TIDE_BUILD=$(CHECK_BUILD) TIDE_SAN_FLAGS="$(CHECK_FLAGS)" $(CHECK_ENV) $(BUSTED) spec/
+	TIDE_GC_STRESS=1 TIDE_BUILD=$(CHECK_BUILD) TIDE_SAN_FLAGS="$(CHECK_FLAGS)" $(CHECK_ENV) $(BUSTED) spec/
 	@# The C host is built with the sanitizer itself: leaks are errors there.
 	ASAN_OPTIONS=detect_leaks=1 $(CHECK_BUILD)/examples/embed-host \
 		examples/embed/wordcount.lua '"a b a"' '"x"' >/dev/null
@@ -122,6 +123,29 @@ lint:
 
 bench: all
 	sh scripts/bench.sh
+
+# make install PREFIX=... DESTDIR=...: the binary, the libraries, the
+# header and the Lua module (core.so under LIBDIR, the .lua files under
+# LUADIR, the layout a stock luajit searches).
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+LIBDIR ?= $(PREFIX)/lib
+INCDIR ?= $(PREFIX)/include
+LUADIR ?= $(PREFIX)/share/lua/5.1
+CMODDIR ?= $(PREFIX)/lib/lua/5.1
+
+install: all install-lua
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCDIR)
+	install -m 755 $(BUILD)/tide $(DESTDIR)$(BINDIR)/tide
+	install -m 644 $(BUILD)/libtide.a $(DESTDIR)$(LIBDIR)/libtide.a
+	install -m 755 $(BUILD)/libtide.so $(DESTDIR)$(LIBDIR)/libtide.so
+	install -m 644 src/tide.h $(DESTDIR)$(INCDIR)/tide.h
+
+# The Lua module alone (what the rockspec installs).
+install-lua: $(BUILD)/lib/tide/core.so
+	install -d $(DESTDIR)$(CMODDIR)/tide $(DESTDIR)$(LUADIR)/tide
+	install -m 755 $(BUILD)/lib/tide/core.so $(DESTDIR)$(CMODDIR)/tide/core.so
+	install -m 644 $(LUA_SRC) $(DESTDIR)$(LUADIR)/tide/
 
 clean:
 	rm -rf build build-asan build-tsan build-debug
