@@ -29,6 +29,11 @@ local jarray, jnull, jcheck = json.array, json.null, json.check
 local io_stderr = io.stderr
 
 local M = {}
+-- Every open executor (weak: one nobody references can go), and the epoll
+-- set a host polls to know when any of them has something to do.
+local open_executors = setmetatable({}, { __mode = "k" })
+local hub_fd
+M.open_executors = open_executors
 local Executor = {}
 Executor.__index = Executor
 M.Executor = Executor
@@ -584,7 +589,60 @@ function M.new(opts)
         end
     end
     E.set_runner(runner)
+    open_executors[self] = true
+    if hub_fd then
+        self._fd = (E.backend())
+        core.epoll_ctl(hub_fd, self._fd, true)
+    end
     return self
+end
+
+
+--- The fd a host loop polls for readability before calling M.step; made
+-- on first use and covering every open executor.
+function M.fd()
+    if not hub_fd then
+        local fd, err = core.epoll_create()
+        if not fd then return nil, "tide.fd: " .. err, "EIO" end
+        hub_fd = fd
+        for ex in pairs(open_executors) do
+            ex._fd = (ex._E.backend())
+            core.epoll_ctl(hub_fd, ex._fd, true)
+        end
+    end
+    return hub_fd
+end
+
+
+--- How long a host may wait for M.fd() before calling M.step: seconds,
+-- 0 when work is ready, nil when only I/O can wake tide.
+function M.timeout()
+    local best
+    for ex in pairs(open_executors) do
+        local _, ms = ex._E.backend()
+        if ms >= 0 and (best == nil or ms < best) then best = ms end
+    end
+    return best and best / 1000 or nil
+end
+
+
+--- Runs what is ready in every open executor without blocking. Returns
+-- the number of jobs not finished yet, over all of them.
+function M.step()
+    local live = 0
+    for ex in pairs(open_executors) do live = live + ex._E.step() end
+    return live
+end
+
+
+--- Runs every open executor until all their jobs finished.
+function M.run_all()
+    local fd = M.fd()
+    while M.step() > 0 do
+        local t = M.timeout()
+        core.poll(fd, t and math.ceil(t * 1000) or -1)
+    end
+    return true
 end
 
 
@@ -883,6 +941,10 @@ end
 
 --- Releases the engine and its loop; the executor cannot be used after.
 function Executor:close()
+    if open_executors[self] then
+        open_executors[self] = nil
+        if hub_fd and self._fd then core.epoll_ctl(hub_fd, self._fd, false) end
+    end
     self._E.close()
 end
 

@@ -15,6 +15,11 @@ M.executor = executor.new
 M.sleep = core.sleep
 M.json = core.json
 M.is_error = errors.is
+-- For hosts with a loop of their own: tide.fd() to poll, tide.timeout() to
+-- bound the wait, tide.step() to run what is ready (see README).
+M.step = executor.step
+M.fd = executor.fd
+M.timeout = executor.timeout
 M.error_mt = errors.mt
 
 if os.getenv("TIDE_GC_STRESS") == "1" then
@@ -24,9 +29,14 @@ end
 
 
 --- Runs every input through p and returns `outputs, errors`, both
--- indexed like inputs (an input's entry is in one of the two).
+-- indexed like inputs (an input's entry is in one of the two). Without
+-- arguments, runs every open executor until all their jobs finished.
 -- @param opts { concurrency = n, task_timeout = s }
 function M.run(p, inputs, opts)
+    if p == nil and inputs == nil then
+        -- tide.run(): drive every executor until idle (embedding hosts).
+        return executor.run_all()
+    end
     if not pipeline.is(p) then
         error("tide.run: argument 1 must be a pipeline, got " .. type(p), 2)
     end

@@ -43,4 +43,26 @@ describe("examples/embed/host.c", function()
         assert.is_false(ok2)
         assert.matches("input 1: rejected: EVALUE: input is not JSON", out2)
     end)
+
+    it("examples/embed/host.lua: a plain LuaJIT host runs tide inside its own poll loop", function()
+        local cmd = [[(echo "a b a"; sleep 0.6; echo "c d"; echo "x") | luajit examples/embed/host.lua]]
+        local h = io.popen(cmd)
+        local out = h:read("*a")
+        h:close()
+        local lines = proc.lines(out)
+        assert.equal(3, #lines)
+        local t1, n1, w1, d1 = lines[1]:match("^(%S+) (%d+) (%d+) (%d+)$")
+        assert.same({ "1", "3", "2" }, { n1, w1, d1 })
+        -- The first job finished while stdin was still open: the host was
+        -- never blocked by tide, nor tide by the host.
+        assert.is_true(tonumber(t1) < 0.5, "first result at " .. t1)
+        local later = {}
+        for i = 2, 3 do
+            local t, rest = lines[i]:match("^(%S+) (.*)$")
+            assert.is_true(tonumber(t) >= 0.6, "line read at 0.6 s finished at " .. t)
+            later[#later + 1] = rest
+        end
+        table.sort(later)
+        assert.same({ "2 2 2", "3 1 1" }, later)
+    end)
 end)

@@ -617,6 +617,23 @@ static int l_step(lua_State *L) {
     return 1;
 }
 
+/* backend() -> the loop's pollable fd and how long it may sleep (ms, -1:
+ * until an fd is ready), for hosts that wait in their own poll. */
+static int l_backend(lua_State *L) {
+    leng *e = LENG_UP(L);
+    leng_check_open(L, e);
+    lua_pushinteger(L, uv_backend_fd(&e->loop));
+    /* A loop with nothing active says 0 ("run me"), but running it does
+     * nothing: report that only I/O could wake it. */
+    if (tide__eng_has_work(&e->eng))
+        lua_pushinteger(L, 0);
+    else if (!uv_loop_alive(&e->loop))
+        lua_pushinteger(L, -1);
+    else
+        lua_pushinteger(L, uv_backend_timeout(&e->loop));
+    return 2;
+}
+
 static int l_stats(lua_State *L) {
     leng *e = LENG_UP(L);
     lua_createtable(L, 0, 8);
@@ -721,7 +738,7 @@ static const luaL_Reg engine_funcs[] = {
     {"park", l_park},       {"handle", l_handle},
     {"wake", l_wake},       {"run", l_run},
     {"turn", l_turn},       {"stats", l_stats},
-    {"step", l_step},
+    {"step", l_step},       {"backend", l_backend},
     {"close", l_close},     {NULL, NULL}};
 
 /* engine(concurrency) -> userdata, table of functions bound to it */

@@ -11,6 +11,8 @@
  * completes after close (the reader). */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <string.h>
@@ -414,6 +416,43 @@ static int l_maxrss(lua_State *L) {
     return 1;
 }
 
+/* epoll_create() -> fd | nil, msg: an epoll set that becomes readable when
+ * any loop added to it has events (a host polls this one fd). */
+static int l_epoll_create(lua_State *L) {
+    int fd = epoll_create1(EPOLL_CLOEXEC);
+    if (fd < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, strerror(errno));
+        return 2;
+    }
+    lua_pushinteger(L, fd);
+    return 1;
+}
+
+/* epoll_ctl(set, fd, add): adds (true) or removes (false) a loop's fd. */
+static int l_epoll_ctl(lua_State *L) {
+    int set = (int)luaL_checkinteger(L, 1), fd = (int)luaL_checkinteger(L, 2);
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof(ev));
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    int rc = epoll_ctl(set, lua_toboolean(L, 3) ? EPOLL_CTL_ADD : EPOLL_CTL_DEL,
+                       fd, &ev);
+    lua_pushboolean(L, rc == 0);
+    return 1;
+}
+
+/* poll(fd, timeout_ms) -> whether fd became readable (timeout -1: wait). */
+static int l_poll(lua_State *L) {
+    struct pollfd p = {(int)luaL_checkinteger(L, 1), POLLIN, 0};
+    int rc;
+    do
+        rc = poll(&p, 1, (int)luaL_checkinteger(L, 2));
+    while (rc < 0 && errno == EINTR);
+    lua_pushboolean(L, rc > 0);
+    return 1;
+}
+
 /* exit(code): flushes stdio and ends the process at once. */
 static int l_exit(lua_State *L) {
     int code = (int)luaL_optinteger(L, 1, 0);
@@ -447,6 +486,8 @@ void tide__lua_open_io(lua_State *L) {
         {"reader", l_reader}, {"signal", l_signal}, {"timer", l_timer},
         {"hrtime", l_hrtime}, {"isatty", l_isatty}, {"exit", l_exit},
         {"mkdir_p", l_mkdir_p}, {"maxrss", l_maxrss},
+        {"epoll_create", l_epoll_create}, {"epoll_ctl", l_epoll_ctl},
+        {"poll", l_poll},
         {NULL, NULL}};
     for (const luaL_Reg *r = funcs; r->name; r++) {
         lua_pushcfunction(L, r->func);
