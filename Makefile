@@ -18,7 +18,7 @@ LUAJIT ?= luajit
 
 CORE_SRC = $(wildcard src/*.c)
 CORE_SRC := $(filter-out src/main.c,$(CORE_SRC))
-GLUE_SRC = $(filter-out src/lua/lbundle.c,$(wildcard src/lua/*.c))
+GLUE_SRC = $(filter-out src/lua/lbundle.c src/lua/ledit.c,$(wildcard src/lua/*.c))
 LUA_SRC = $(wildcard lua/tide/*.lua)
 
 OBJ = $(patsubst src/%.c,$(BUILD)/obj/%.o,$(CORE_SRC) $(GLUE_SRC))
@@ -49,8 +49,16 @@ $(BUILD)/obj/bundle.c: $(LUA_SRC) scripts/gen-bundle.sh
 $(BUILD)/obj/bundle.o: $(BUILD)/obj/bundle.c $(LUA_BC)
 	$(CC) $(CFLAGS_ALL) -Isrc -Isrc/lua -I$(BUILD)/obj/bc -c $< -o $@
 
-$(BUILD)/tide: $(BUILD)/obj/main.o $(OBJ) $(BUILD)/obj/bundle.o
-	$(CC) $(OPT) $(EXTRA_CFLAGS) -Wl,-E -o $@ $^ $(LDLIBS_ALL)
+# Line editing (libedit, BSD) is linked into the CLI only.
+EDIT_CFLAGS := $(shell pkg-config --cflags libedit)
+EDIT_LIBS := $(shell pkg-config --libs libedit)
+
+$(BUILD)/obj/lua/ledit.o: src/lua/ledit.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) $(EDIT_CFLAGS) -c $< -o $@
+
+$(BUILD)/tide: $(BUILD)/obj/main.o $(OBJ) $(BUILD)/obj/lua/ledit.o $(BUILD)/obj/bundle.o
+	$(CC) $(OPT) $(EXTRA_CFLAGS) -Wl,-E -o $@ $^ $(LDLIBS_ALL) $(EDIT_LIBS)
 
 # The embedding libraries: the engine, the glue and the bundled Lua
 # modules, for C hosts that include src/tide.h.

@@ -10,9 +10,10 @@
 #   lua-luv                   the W5 reference in make bench
 #   graphviz                  the specs check that `tide graph` DOT parses
 #   luarocks                  the specs build tide-scm-1.rockspec
+#   libedit-dev               line editing in tide repl (BSD; not readline, GPL-3)
 #   pkg-config build-essential
 set -eu
-PKGS="luajit libluajit-5.1-dev libuv1-dev libyajl-dev lua-cjson lua-busted lua-check lua-luv graphviz luarocks pkg-config build-essential"
+PKGS="luajit libluajit-5.1-dev libuv1-dev libyajl-dev lua-cjson lua-busted lua-check lua-luv graphviz luarocks libedit-dev pkg-config build-essential"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then

@@ -8,6 +8,8 @@
 
 #include "lua/lglue.h"
 
+int luaopen_tide_editline(lua_State *L); /* src/lua/ledit.c, CLI only */
+
 static int main_traceback(lua_State *L) {
     const char *msg = lua_tostring(L, 1);
     luaL_traceback(L, L, msg ? msg : "(error object is not a string)", 1);
@@ -41,6 +43,8 @@ int main(int argc, char **argv) {
     lua_getfield(L, -1, "preload");
     lua_pushcfunction(L, luaopen_tide_core);
     lua_setfield(L, -2, "tide.core");
+    lua_pushcfunction(L, luaopen_tide_editline);
+    lua_setfield(L, -2, "tide.editline");
     lua_pop(L, 2);
     main_setup_path(L);
 

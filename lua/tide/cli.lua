@@ -23,6 +23,9 @@ commands:
   graph PIPELINE.lua [--format dot|mermaid]
       Print the pipeline's DAG (tasks, edges, maps, gathers, routers,
       limiters) as Graphviz DOT (the default) or Mermaid.
+  repl [PIPELINE.lua]
+      A Lua prompt on a running engine: jobs keep running while you type
+      (:help inside). The pipeline, if given, is loaded as p.
   version          Print the version.
   help             Print this help.
 
@@ -489,7 +492,12 @@ function M.main(args)
         return run(args)
     elseif cmd == "graph" then
         return graph(args)
-    elseif cmd == "serve" or cmd == "worker" or cmd == "repl" then
+    elseif cmd == "repl" then
+        if #args > 2 or (args[2] and args[2]:sub(1, 1) == "-") then
+            return die(EXIT_USAGE, "usage: tide repl [PIPELINE.lua]")
+        end
+        return require("tide.repl").main(args[2])
+    elseif cmd == "serve" or cmd == "worker" then
         return die(EXIT_USAGE, "'" .. cmd .. "' is not available in this version of tide yet")
     end
     return die(EXIT_USAGE, "unknown command '" .. tostring(cmd) .. "'\n" .. USAGE)

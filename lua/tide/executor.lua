@@ -29,6 +29,9 @@ local jarray, jnull, jcheck = json.array, json.null, json.check
 local io_stderr = io.stderr
 
 local M = {}
+-- A host may set M.interrupted to a function returning true when a
+-- top-level wait (ex:result outside a task) should stop early.
+M.interrupted = nil
 -- Every open executor (weak: one nobody references can go), and the epoll
 -- set a host polls to know when any of them has something to do.
 local open_executors = setmetatable({}, { __mode = "k" })
@@ -882,10 +885,17 @@ function Executor:result(id, timeout)
         if self._waiting[me] == id then self._waiting[me] = nil end
     else
         local deadline = timeout and (hrtime() + timeout) or nil
+        local interrupted = M.interrupted
         while not self._results[id] do
             local left = deadline and (deadline - hrtime()) or 3600
             if left <= 0 then break end
+            -- In slices, so that a host's interrupt check (the REPL's
+            -- Ctrl-C) can end the wait.
+            if interrupted and left > 0.1 then left = 0.1 end
             if not E.turn(left) and not self._results[id] then break end
+            if interrupted and interrupted() then
+                return errors.fail("EAGAIN", "wait for job '" .. tostring(id) .. "' interrupted")
+            end
         end
     end
     r = self._results[id]

@@ -30,4 +30,7 @@ void tide__lua_preload_bundle(lua_State *L);
 
 int luaopen_tide_core(lua_State *L);
 
+/* Makes SIGINT set the flag core.sigint_take() reads (for the REPL). */
+int tide__lua_sigint_install(void);
+
 #endif

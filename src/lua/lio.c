@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -453,6 +454,64 @@ static int l_poll(lua_State *L) {
     return 1;
 }
 
+/* poll2(fd_a, fd_b, timeout_ms) -> a readable, b readable; a negative fd
+ * is left out. Returns false, false on timeout or when interrupted by a
+ * signal (the caller checks sigint_take). */
+static int l_poll2(lua_State *L) {
+    struct pollfd p[2] = {{(int)luaL_checkinteger(L, 1), POLLIN, 0},
+                          {(int)luaL_checkinteger(L, 2), POLLIN, 0}};
+    int rc = poll(p, 2, (int)luaL_checkinteger(L, 3));
+    lua_pushboolean(L, rc > 0 && (p[0].revents & (POLLIN | POLLHUP)));
+    lua_pushboolean(L, rc > 0 && (p[1].revents & (POLLIN | POLLHUP)));
+    return 2;
+}
+
+/* read_fd(fd) -> up to 64 KiB read from fd, or nil at its end (or on an
+ * error, with the message). Call when fd is readable. */
+static int l_read_fd(lua_State *L) {
+    char buf[65536];
+    ssize_t n;
+    do
+        n = read((int)luaL_checkinteger(L, 1), buf, sizeof(buf));
+    while (n < 0 && errno == EINTR);
+    if (n <= 0) {
+        lua_pushnil(L);
+        if (n < 0)
+            lua_pushstring(L, strerror(errno));
+        return n < 0 ? 2 : 1;
+    }
+    lua_pushlstring(L, buf, (size_t)n);
+    return 1;
+}
+
+/* SIGINT as a flag, for the REPL's own loop: the handler only records it
+ * (and interrupts poll); sigint_take() reads and clears it. */
+static volatile sig_atomic_t lio_sigint;
+
+static void lio_on_sigint(int sig) {
+    TIDE_UNUSED(sig);
+    lio_sigint = 1;
+}
+
+int tide__lua_sigint_install(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = lio_on_sigint; /* no SA_RESTART: poll returns EINTR */
+    sigemptyset(&sa.sa_mask);
+    return sigaction(SIGINT, &sa, NULL);
+}
+
+static int l_sigint_install(lua_State *L) {
+    lua_pushboolean(L, tide__lua_sigint_install() == 0);
+    return 1;
+}
+
+static int l_sigint_take(lua_State *L) {
+    lua_pushboolean(L, lio_sigint != 0);
+    lio_sigint = 0;
+    return 1;
+}
+
 /* exit(code): flushes stdio and ends the process at once. */
 static int l_exit(lua_State *L) {
     int code = (int)luaL_optinteger(L, 1, 0);
@@ -487,7 +546,8 @@ void tide__lua_open_io(lua_State *L) {
         {"hrtime", l_hrtime}, {"isatty", l_isatty}, {"exit", l_exit},
         {"mkdir_p", l_mkdir_p}, {"maxrss", l_maxrss},
         {"epoll_create", l_epoll_create}, {"epoll_ctl", l_epoll_ctl},
-        {"poll", l_poll},
+        {"poll", l_poll}, {"poll2", l_poll2}, {"read_fd", l_read_fd},
+        {"sigint_install", l_sigint_install}, {"sigint_take", l_sigint_take},
         {NULL, NULL}};
     for (const luaL_Reg *r = funcs; r->name; r++) {
         lua_pushcfunction(L, r->func);

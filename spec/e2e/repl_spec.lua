@@ -1,0 +1,102 @@
+-- End-to-end specs of `tide repl`, driven through a real pseudo-terminal
+-- (util-linux `script`), with keystrokes sent at set times.
+local proc = require "helpers.proc"
+
+local q = proc.shquote
+
+-- Sends each step's text (after waiting its delay in seconds) to a REPL
+-- started on a pty; returns what the terminal showed, without \r and
+-- escape sequences, and the time it took.
+local function session(args, steps)
+    local parts = { "sleep 0.4" }
+    for _, s in ipairs(steps) do
+        parts[#parts + 1] = "printf " .. q(s[2])
+        parts[#parts + 1] = "sleep " .. s[1]
+    end
+    local home = proc.tmpdir()
+    local cmd = "(" .. table.concat(parts, "; ") .. ") | TERM=dumb HOME=" .. q(home)
+        .. " script -qfec " .. q("exec " .. proc.bin .. " repl " .. args) .. " /dev/null"
+    local t0 = os.time()
+    local h = io.popen(cmd)
+    local out = h:read("*a")
+    h:close()
+    proc.rmrf(home)
+    out = out:gsub("\r", ""):gsub("\27%[[%d;]*%a", "")
+    return out, os.time() - t0
+end
+
+describe("tide repl", function()
+    it("keeps jobs running while the prompt is open", function()
+        local out = session("spec/fixtures/repl/slow.lua", {
+            { 0.8, "id = ex:submit(p, 21)\n" },   -- then nothing is typed for 0.8 s
+            { 0.3, "=ex:status(id)\n" },
+            { 0.3, "=ex:result(id)\n" },
+            { 0.3, "\4" },
+        })
+        assert.matches("loaded pipeline 'slow' %(2 tasks%) as p", out)
+        -- The job finished with the prompt open and nothing typed: the
+        -- REPL's loop ran it.
+        assert.matches('tide> =ex:status%(id%)\n"done"\n', out)
+        assert.matches("tide> =ex:result%(id%)\n42\n", out)
+        assert.matches("double ran for 21", out) -- task output shown too
+    end)
+
+    it("waits in ex:result while the loop runs, continues multi-line input and survives errors", function()
+        local out = session("spec/fixtures/repl/slow.lua", {
+            { 0.6, "=ex:result(ex:submit(p, 5), 5)\n" },
+            { 0.2, "t = {\n" },
+            { 0.1, "n = 3 }\n" },
+            { 0.2, "=t.n * 2\n" },
+            { 0.2, "error('on purpose')\n" },
+            { 0.2, "=1 +\n" },
+            { 0.1, "1\n" },
+            { 0.2, ":help\n" },
+            { 0.2, ":nope\n" },
+            { 0.2, "\4" },
+        })
+        assert.matches("tide> =ex:result%(ex:submit%(p, 5%), 5%)\ndouble ran for 5\n10\n", out)
+        assert.matches("  >> n = 3 }\n", out)
+        assert.matches("tide> =t.n %* 2\n6\n", out)
+        assert.matches("error: stdin:1: on purpose\nstack traceback:", out)
+        assert.matches("  >> 1\n2\n", out)
+        assert.matches(":load FILE", out)
+        assert.matches("unknown command :nope", out)
+    end)
+
+    it("Ctrl-C clears the line; twice on an empty line cancels the jobs and exits", function()
+        local out = session("spec/fixtures/repl/slow.lua", {
+            { 0.2, "id = ex:submit(p, 1)\n" },
+            { 0.1, "=12" },
+            { 0.2, "\3" },                -- drops "=12"
+            { 0.2, "=7\n" },
+            { 0.2, ":jobs\n" },
+            { 0.2, "slow = ex:submit(tide.pipeline('z'):task('s', function() tide.sleep(30) end), 0)\n" },
+            { 0.2, "\3" },
+            { 0.2, "\3" },
+            { 0.5, "=99\n" },           -- never read: the REPL has exited
+        })
+        assert.matches("tide> =12%^C\n", out)
+        assert.not_matches("\n12\n", out)
+        assert.matches("tide> =7\n7\n", out)
+        assert.matches("\n  1%s+done%s+2\n", out)   -- :jobs lists the finished job
+        assert.matches("%(Ctrl%-C again to cancel the jobs and exit%)", out)
+        assert.matches("cancelled 1 job\n$", out) -- the 30 s sleeper, and nothing after
+    end)
+
+    it("reads a script from a pipe without line editing", function()
+        local tmp = os.tmpname()
+        finally(function() os.remove(tmp) end)
+        proc.write(tmp, "id = ex:submit(p, 4)\n=ex:result(id, 5)\nx = 1 +\n2\n=x\n")
+        local h = io.popen(q(proc.bin) .. " repl spec/fixtures/repl/slow.lua <" .. q(tmp))
+        local out = h:read("*a")
+        h:close()
+        assert.matches("\n8\n", out)
+        assert.matches("3\n", out)
+    end)
+
+    it("rejects bad usage", function()
+        local r = proc.tide({ "repl", "a.lua", "b.lua" })
+        assert.equal(2, r.code)
+        assert.matches("usage: tide repl", r.stderr)
+    end)
+end)
