@@ -9,33 +9,17 @@
 --
 -- Prints one line in the WORKLOADS.md format on stdout.
 
-local ffi = require "ffi"
-local jit = require "jit"
+package.path = "bench/?.lua;" .. package.path
+local harness = require "harness"
 local tnew = require "table.new"
 
 local error, ipairs, tonumber, type = error, ipairs, tonumber, type
-local collectgarbage = collectgarbage
 local fmt = string.format
-local sort = table.sort
-local floor = math.floor
-local io_write, io_stderr = io.write, io.stderr
+local io_stderr = io.stderr
+local now = harness.now
 
-local CLOCK_MONOTONIC = 1
 local WARMUP_N = 10000
 local REPS = 5
-
-ffi.cdef [[
-struct floor_timespec { long tv_sec; long tv_nsec; };
-int floor_clock_gettime(int clk, struct floor_timespec *ts) __asm__("clock_gettime");
-]]
-
-local ts = ffi.new("struct floor_timespec")
-
-
-local function now()
-    ffi.C.floor_clock_gettime(CLOCK_MONOTONIC, ts)
-    return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
-end
 
 
 ---------------------------------------------------------------------------
@@ -361,11 +345,6 @@ workloads.W3 = {
 -- Protocol: warm-up twice at a small n, REPS timed runs at N with a full
 -- GC before each, lower median and minimum.
 
-local function runtime_name()
-    return (jit.version:lower():gsub("%s+", ""))
-end
-
-
 local function main(argv)
     local name, n = argv[1], tonumber(argv[2] or "100000")
     local w = workloads[name or ""]
@@ -386,23 +365,12 @@ local function main(argv)
         ok = w.check(small, run(tpl, small_inputs)) and ok
     end
 
-    local times = {}
-    for r = 1, REPS do
-        collectgarbage()
-        collectgarbage()
-        local start = now()
-        local out = run(tpl, inputs)
-        times[r] = now() - start
-        ok = w.check(n, out) and ok
-    end
-    sort(times)
-    local seconds, min_s = times[floor((REPS + 1) / 2)], times[1]
-    local tasks = w.tasks(n)
-    io_write(fmt("workload=%s impl=luajit-queue n=%d seconds=%.6f tasks_per_s=%.1f tasks=%d "
-        .. "us_per_task=%.3f min_s=%.6f reps=%d ok=%d runtime=%s build_s=%.6f\n",
-        name, n, seconds, tasks / seconds, tasks, seconds / tasks * 1e6, min_s, REPS,
-        ok and 1 or 0, runtime_name(), build_s))
-    return ok and 0 or 1
+    local seconds, min_s, good = harness.measure(REPS, function()
+        return w.check(n, run(tpl, inputs))
+    end)
+    harness.line(name, "luajit-queue", n, seconds, w.tasks(n), min_s, REPS, ok and good,
+                 fmt(" build_s=%.6f", build_s))
+    return ok and good and 0 or 1
 end
 
 

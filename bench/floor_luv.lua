@@ -6,35 +6,19 @@
 --
 --   luajit bench/floor_luv.lua W5 [N]          (N defaults to 1000)
 
-local ffi = require "ffi"
-local jit = require "jit"
+package.path = "bench/?.lua;" .. package.path
+local harness = require "harness"
 local uv = require "luv"
 
 local error, tonumber = error, tonumber
-local collectgarbage = collectgarbage
 local co_create, co_resume, co_running, co_yield =
     coroutine.create, coroutine.resume, coroutine.running, coroutine.yield
 local fmt = string.format
-local sort = table.sort
 local floor = math.floor
-local io_write, io_stderr = io.write, io.stderr
+local io_stderr = io.stderr
 
-local CLOCK_MONOTONIC = 1
 local SLEEP_S = 0.010
 local REPS = 5
-
-ffi.cdef [[
-struct floor_luv_timespec { long tv_sec; long tv_nsec; };
-int floor_luv_clock_gettime(int clk, struct floor_luv_timespec *ts) __asm__("clock_gettime");
-]]
-
-local ts = ffi.new("struct floor_luv_timespec")
-
-
-local function now()
-    ffi.C.floor_luv_clock_gettime(CLOCK_MONOTONIC, ts)
-    return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
-end
 
 
 -- Suspends the calling coroutine for `secs` on a one-shot uv timer.
@@ -83,21 +67,12 @@ local function main(argv)
     for _ = 1, 2 do
         ok = run(n) == n and ok
     end
-    local times = {}
-    for r = 1, REPS do
-        collectgarbage()
-        collectgarbage()
-        local start = now()
-        local done = run(n)
-        times[r] = now() - start
-        ok = done == n and ok
-    end
-    sort(times)
-    local seconds, min_s = times[floor((REPS + 1) / 2)], times[1]
-    io_write(fmt("workload=W5 impl=luajit-luv n=%d seconds=%.6f tasks_per_s=%.1f tasks=%d "
-        .. "us_per_task=%.3f min_s=%.6f reps=%d ok=%d runtime=%s concurrency=%.1f luv=%s\n",
-        n, seconds, n / seconds, n, seconds / n * 1e6, min_s, REPS, ok and 1 or 0,
-        (jit.version:lower():gsub("%s+", "")), n * SLEEP_S / seconds, uv.version_string()))
+    local seconds, min_s, good = harness.measure(REPS, function()
+        return run(n) == n
+    end)
+    ok = ok and good
+    harness.line("W5", "luajit-luv", n, seconds, n, min_s, REPS, ok,
+                 fmt(" concurrency=%.1f luv=%s", n * SLEEP_S / seconds, uv.version_string()))
     return ok and 0 or 1
 end
 

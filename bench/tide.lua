@@ -10,11 +10,10 @@
 -- every input, schedule, run the bodies, collect the outputs. Declaring the
 -- pipeline and building the inputs is reported as build_s.
 
-package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+package.path = "lua/?.lua;lua/?/init.lua;bench/?.lua;" .. package.path
 package.cpath = "build/lib/?.so;" .. package.cpath
 
-local ffi = require "ffi"
-local jit = require "jit"
+local harness = require "harness"
 
 local loaded, tide = pcall(require, "tide")
 if not loaded then
@@ -24,29 +23,13 @@ if not loaded then
 end
 
 local tonumber, tostring, type = tonumber, tostring, type
-local collectgarbage = collectgarbage
 local fmt = string.format
-local sort = table.sort
-local floor = math.floor
-local io_write, io_stderr = io.write, io.stderr
+local io_stderr = io.stderr
+local now = harness.now
 
-local CLOCK_MONOTONIC = 1
 local WARMUP_N = 10000
 local REPS = 5
 local SLEEP_S = 0.010
-
-ffi.cdef [[
-struct bench_tide_timespec { long tv_sec; long tv_nsec; };
-int bench_tide_clock_gettime(int clk, struct bench_tide_timespec *ts) __asm__("clock_gettime");
-]]
-
-local ts = ffi.new("struct bench_tide_timespec")
-
-
-local function now()
-    ffi.C.bench_tide_clock_gettime(CLOCK_MONOTONIC, ts)
-    return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
-end
 
 
 local function range_inputs(n)
@@ -211,17 +194,10 @@ local function main(argv)
         ok = run_checked(w, p, small, small_inputs) and ok
     end
 
-    local times = {}
-    for r = 1, REPS do
-        collectgarbage()
-        collectgarbage()
-        local good, seconds = run_checked(w, p, n, inputs)
-        times[r] = seconds
-        ok = good and ok
-    end
-    sort(times)
-    local seconds, min_s = times[floor((REPS + 1) / 2)], times[1]
-    local tasks = w.tasks(n)
+    local seconds, min_s, good = harness.measure(REPS, function()
+        return run_checked(w, p, n, inputs)
+    end)
+    ok = ok and good
     local extra = fmt(" build_s=%.6f", build_s)
     if name == "W5" then
         extra = fmt(" concurrency=%.1f", n * SLEEP_S / seconds) .. extra
@@ -229,10 +205,7 @@ local function main(argv)
     if type(tide._VERSION) == "string" then
         extra = extra .. " tide=" .. tide._VERSION
     end
-    io_write(fmt("workload=%s impl=tide n=%d seconds=%.6f tasks_per_s=%.1f tasks=%d "
-        .. "us_per_task=%.3f min_s=%.6f reps=%d ok=%d runtime=%s",
-        name, n, seconds, tasks / seconds, tasks, seconds / tasks * 1e6, min_s, REPS,
-        ok and 1 or 0, (jit.version:lower():gsub("%s+", ""))), extra, "\n")
+    harness.line(name, "tide", n, seconds, w.tasks(n), min_s, REPS, ok, extra)
     return ok and 0 or 1
 end
 
