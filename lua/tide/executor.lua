@@ -630,18 +630,18 @@ end
 
 
 --- Runs what is ready in every open executor without blocking. Returns
--- the number of jobs not finished yet, over all of them.
+-- whether work remains (jobs not finished), and how many jobs that is.
 function M.step()
     local live = 0
     for ex in pairs(open_executors) do live = live + ex._E.step() end
-    return live
+    return live > 0, live
 end
 
 
 --- Runs every open executor until all their jobs finished.
 function M.run_all()
     local fd = M.fd()
-    while M.step() > 0 do
+    while M.step() do
         local t = M.timeout()
         core.poll(fd, t and math.ceil(t * 1000) or -1)
     end
