@@ -204,6 +204,8 @@ typedef struct tide__att {
     int result;                   /* what a resume passes: see lrun.c */
     uint32_t gave;                /* root slot whose concurrency slot it gave back, or 0 */
     void *co;                     /* the parked coroutine (glue-owned) */
+    void *op;                     /* what it waits on (glue-owned): */
+    void (*op_cancel)(void *op);  /* called when the coroutine is dropped */
     int co_ref;                   /* its anchor, managed by the glue */
     tide__tentry deadline;        /* per-attempt timeout */
     tide__tentry wake;            /* sleep/park timer, or the retry time */

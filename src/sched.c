@@ -520,6 +520,8 @@ static tide__att *att_new(tide__eng *eng, tide__ctx *c, uint32_t gtask,
     a->result = 0;
     a->gave = 0;
     a->co = NULL;
+    a->op = NULL;
+    a->op_cancel = NULL;
     a->co_ref = -2;
     a->deadline.pos = a->wake.pos = UINT32_MAX;
     a->deadline.data = a->wake.data = a;

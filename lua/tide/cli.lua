@@ -190,6 +190,8 @@ local function run(args)
         local nok, nerr = check_sink_names(p)
         if not nok then return die(EXIT_USAGE, nerr) end
         local ok, err = mkdir_p(o.output)
+        -- Subprocess logs of exec tasks and tide.exec.
+        require("tide.exec").log_dir = o.output .. "/logs"
         if not ok then return die(EXIT_IO, "--output: " .. tostring(err)) end
         local function open(name)
             local f, ferr = io.open(o.output .. "/" .. name, "w")

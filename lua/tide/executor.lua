@@ -677,6 +677,17 @@ function Executor:_attach(p)
     for i, t in ipairs(p.tasks) do
         local g = gbase + i
         T.fn[g] = t.fn
+        if t.kind == "exec" then
+            -- The body returns the command ({ "cmd", args..., env=, ... });
+            -- tide runs it and the task's output is the result.
+            local body, exec = t.fn, require("tide.exec").exec
+            T.fn[g] = function(input, ctx)
+                local spec = body(input, ctx)
+                local res, rec = exec(spec)
+                if not res then error(rec, 0) end
+                return res
+            end
+        end
         T.name[g] = t.name
         T.loc[g] = i
         T.ctx[g] = t.nparams >= 2 or nil
@@ -685,7 +696,8 @@ function Executor:_attach(p)
         T.timeout[g] = timeouts[i]
         T.pipe[g] = shadow
         T.when[g] = t.when
-        T.plain[g] = not (t.when or t.route or t.map or t.nparams >= 2) or nil
+        T.plain[g] = not (t.when or t.route or t.map or t.nparams >= 2 or t.kind == "exec") or nil
+        T.ctx[g] = (t.nparams >= 2 or t.kind == "exec") or nil
         T.batch[g] = t.batch
         T.routed[g] = p.has_routes or nil
         if t.route then

@@ -13,6 +13,7 @@ M.pipeline = pipeline.new
 M.limiter = pipeline.limiter
 M.executor = executor.new
 M.sleep = core.sleep
+M.exec = require("tide.exec").exec
 M.json = core.json
 M.is_error = errors.is
 -- For hosts with a loop of their own: tide.fd() to poll, tide.timeout() to

@@ -225,10 +225,10 @@ function Pipeline:task(name, opts, fn)
         batch = { size = size, wait = wait }
     end
     local kind = opts.kind or "async"
-    if kind ~= "async" then
-        if kind == "sync" or kind == "native" or kind == "exec" then
+    if kind ~= "async" and kind ~= "exec" then
+        if kind == "sync" or kind == "native" then
             argerr(fname, "task '" .. name .. "': kind '" .. kind
-                   .. "' is not available in this version of tide (only 'async')")
+                   .. "' is not available in this version of tide (only 'async' and 'exec')")
         end
         argerr(fname, "task '" .. name .. "': unknown kind '" .. tostring(kind) .. "'")
     end

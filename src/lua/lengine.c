@@ -91,6 +91,15 @@ static void leng_drop_co(tide__eng *eng, tide__att *a) {
     leng *e = tide__container_of(eng, leng, eng);
     lua_State *co = a->co;
     a->co = NULL;
+    if (a->op_cancel) {
+        /* The abandoned body waited on an operation (a subprocess): stop
+         * it; its completion will find no attempt to wake. */
+        void (*cancel)(void *) = a->op_cancel;
+        void *op = a->op;
+        a->op_cancel = NULL;
+        a->op = NULL;
+        cancel(op);
+    }
     if (co)
         leng_unanchor(e, co);
 }
@@ -495,6 +504,39 @@ static int leng_park(lua_State *L, leng *e, double timeout_ms, int give) {
     tide__eng_park(&e->eng, a, timeout_ms, give);
     e->yield_kind = Y_BLOCKED;
     return lua_yield(L, 0);
+}
+
+/* For other glue (lexec.c): checks that L runs a task body and returns
+ * the loop of its engine. Raises otherwise. */
+uv_loop_t *tide__lua_body_loop(lua_State *L, const char *fname) {
+    return &leng_check_body(L, fname)->loop;
+}
+
+/* Parks the running body until tide__lua_wake(handle); op and cancel are
+ * kept with the attempt so that dropping the body cancels the operation.
+ * Returns the attempt's handle through *handle before yielding. Use as
+ * `return tide__lua_park_op(...)`. */
+int tide__lua_park_op(lua_State *L, const char *fname, void *op,
+                      void (*cancel)(void *), double *handle) {
+    leng *e = leng_check_body(L, fname);
+    tide__att *a = tide__eng_current_att(&e->eng);
+    a->op = op;
+    a->op_cancel = cancel;
+    *handle = tide__eng_att_handle(a);
+    return leng_park(L, e, -1, 0);
+}
+
+/* Wakes the attempt parked with that handle on the engine draining or
+ * running now; returns 0 when it was gone (dropped or recycled). */
+int tide__lua_wake(uv_loop_t *loop, double handle) {
+    leng *e = tide__container_of(loop, leng, loop);
+    tide__att *a = tide__eng_att_get(&e->eng, handle);
+    if (a == NULL || a->state != TIDE__ATT_PARKED)
+        return 0;
+    a->op = NULL;
+    a->op_cancel = NULL;
+    tide__eng_wake(&e->eng, a, 1);
+    return 1;
 }
 
 /* tide.sleep(seconds) */

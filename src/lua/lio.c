@@ -512,6 +512,22 @@ static int l_sigint_take(lua_State *L) {
     return 1;
 }
 
+static int l_getpid(lua_State *L) {
+    lua_pushinteger(L, (lua_Integer)getpid());
+    return 1;
+}
+
+/* environ() -> { "NAME=value", ... } */
+static int l_environ(lua_State *L) {
+    extern char **environ;
+    lua_newtable(L);
+    for (int i = 0; environ && environ[i]; i++) {
+        lua_pushstring(L, environ[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
 /* exit(code): flushes stdio and ends the process at once. */
 static int l_exit(lua_State *L) {
     int code = (int)luaL_optinteger(L, 1, 0);
@@ -547,6 +563,7 @@ void tide__lua_open_io(lua_State *L) {
         {"mkdir_p", l_mkdir_p}, {"maxrss", l_maxrss},
         {"epoll_create", l_epoll_create}, {"epoll_ctl", l_epoll_ctl},
         {"poll", l_poll}, {"poll2", l_poll2}, {"read_fd", l_read_fd},
+        {"getpid", l_getpid}, {"environ", l_environ},
         {"sigint_install", l_sigint_install}, {"sigint_take", l_sigint_take},
         {NULL, NULL}};
     for (const luaL_Reg *r = funcs; r->name; r++) {
