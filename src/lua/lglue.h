@@ -17,6 +17,11 @@ int tide__lua_park_op(lua_State *L, const char *fname, void *op,
                       void (*cancel)(void *), double *handle);
 int tide__lua_wake(uv_loop_t *loop, double handle);
 void tide__lua_open_exec(lua_State *L);
+void tide__lua_open_marshal(lua_State *L);
+int tide__marshal_encode(lua_State *L, int idx, char **out, size_t *outlen,
+                         char *err, size_t errlen);
+int tide__marshal_decode(lua_State *L, const char *p, size_t n, char *err,
+                         size_t errlen);
 uv_loop_t *tide__lua_engine_loop(lua_State *L, int idx);
 
 /* Calls the function below nargs arguments with a traceback handler;

@@ -136,6 +136,15 @@ static void json_push_object_mt(lua_State *L) {
     json_push_mt(L, &json_object_key, "tide.json.object");
 }
 
+/* For other glue (lmarshal.c): push the shared array/object metatables. */
+void tide__json_push_array_mt(lua_State *L) {
+    json_push_array_mt(L);
+}
+
+void tide__json_push_object_mt(lua_State *L) {
+    json_push_object_mt(L);
+}
+
 /* Returns the decimal point of the current C locale: '.' unless a program
  * called setlocale (or os.setlocale) with another LC_NUMERIC. printf and
  * strtod follow it; JSON does not. */

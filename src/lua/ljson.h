@@ -68,4 +68,8 @@ int tide__json_encode_push(lua_State *L, int idx, char *err, size_t errlen);
 int tide__json_decode_push(lua_State *L, const char *s, size_t len,
                            char *err, size_t errlen);
 
+/* Push the shared metatables that mark decoded arrays and objects. */
+void tide__json_push_array_mt(lua_State *L);
+void tide__json_push_object_mt(lua_State *L);
+
 #endif
