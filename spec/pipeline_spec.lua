@@ -54,7 +54,8 @@ describe("p:task()", function()
             { { map = "yes" }, "map must be a boolean" },
             { { errors = "collect" }, "errors applies to gather tasks only" },
             { { gather = true, errors = "x" }, "errors must be 'fail' or 'collect'" },
-            { { kind = "sync" }, "kind 'sync' is not available" },
+            { { kind = "native" }, "kind .native. is not available" },
+            { { kind = "sync", map = true }, "kind .sync. cannot be combined with map" },
             { { kind = "weird" }, "unknown kind 'weird'" },
         }
         for _, c in ipairs(cases) do

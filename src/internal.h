@@ -331,4 +331,55 @@ void tide__eng_noop_timer(tide__eng *eng, tide__tentry *e, double ms);
 void tide__eng_arm(tide__eng *eng);
 int tide__eng_has_work(const tide__eng *eng);
 
+/* ===== WORKER THREADS (pool.c) ===== */
+
+typedef struct tide__job {
+    struct tide__job *next;
+    void *in;          /* input bytes (owned by the job) */
+    size_t inlen;
+    char *key, *task;  /* which function to run (owned) */
+    char *code;        /* its bytecode when it has no file (owned) */
+    size_t codelen;
+    int status;        /* set by the worker: 0 ok, else failed */
+    char *out;         /* result bytes or error text (owned, malloc'd) */
+    size_t outlen;
+    char *trace;       /* traceback of a failure (owned) */
+    int refs;          /* loop side: the pool's and the Lua box's */
+    int cancelled;     /* loop side: nobody waits for the result */
+    int done;          /* loop side: taken back from the done queue */
+    double att;        /* loop side: attempt to wake */
+    void *owner;       /* loop side: the glue's pool record */
+} tide__job;
+
+typedef struct tide__pool tide__pool;
+
+typedef struct {
+    tide__pool *pool;
+    int index;
+    uv_thread_t thread;
+    void *ctx;         /* from worker_init, on the worker thread */
+} tide__pool_worker;
+
+struct tide__pool {
+    uv_mutex_t mu;
+    uv_cond_t cv;
+    tide__job *qhead, *qtail; /* waiting for a worker */
+    tide__job *dhead, *dtail; /* finished, for the loop */
+    int stopping, running;
+    uint64_t queued;
+    tide__pool_worker *workers;
+    int nworkers;
+    uv_async_t *async;
+    void *(*worker_init)(tide__pool *pool, int index);
+    void (*worker_free)(void *ctx);
+    void (*run)(void *ctx, tide__job *j);
+    void *udata;
+};
+
+int tide__pool_start(tide__pool *pool, int n);
+void tide__pool_submit(tide__pool *pool, tide__job *j);
+int tide__pool_unqueue(tide__pool *pool, tide__job *j);
+tide__job *tide__pool_take_done(tide__pool *pool);
+tide__job *tide__pool_stop(tide__pool *pool);
+
 #endif

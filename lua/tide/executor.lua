@@ -109,7 +109,7 @@ function M.new(opts)
 
     local ud, E = core.engine(conc)
     local self = setmetatable({
-        _ud = ud, _E = E, _task_timeout = tt,
+        _ud = ud, _E = E, _task_timeout = tt, _threads = opts.threads or core.cores(),
         _retention = opts.retention or 3600,
         _max_results = opts.max_results or 1000000,
         _attached = {}, _live = {}, _results = {}, _rorder = {},
@@ -677,7 +677,9 @@ function Executor:_attach(p)
     for i, t in ipairs(p.tasks) do
         local g = gbase + i
         T.fn[g] = t.fn
-        if t.kind == "exec" then
+        if t.kind == "sync" then
+            T.fn[g] = self:_sync_body(p, t)
+        elseif t.kind == "exec" then
             -- The body returns the command ({ "cmd", args..., env=, ... });
             -- tide runs it and the task's output is the result.
             local body, exec = t.fn, require("tide.exec").exec
@@ -696,7 +698,7 @@ function Executor:_attach(p)
         T.timeout[g] = timeouts[i]
         T.pipe[g] = shadow
         T.when[g] = t.when
-        T.plain[g] = not (t.when or t.route or t.map or t.nparams >= 2 or t.kind == "exec") or nil
+        T.plain[g] = not (t.when or t.route or t.map or t.nparams >= 2 or t.kind ~= "async") or nil
         T.ctx[g] = (t.nparams >= 2 or t.kind == "exec") or nil
         T.batch[g] = t.batch
         T.routed[g] = p.has_routes or nil
@@ -725,6 +727,53 @@ function Executor:_attach(p)
     att = { gid = gid, gbase = gbase, shadow = shadow, ntasks = #p.tasks }
     self._attached[p] = att
     return att
+end
+
+
+-- The loop-side body of a sync task: ships the input to a worker thread,
+-- parks until it is done, and returns its output (or raises its error).
+function Executor:_sync_body(p, t)
+    local key, code
+    if p._file then
+        key = "file:" .. p._file
+    else
+        -- No file to load in the workers: ship the body as bytecode, which
+        -- cannot carry upvalues.
+        local names = {}
+        for i = 1, 200 do
+            local name = debug.getupvalue(t.fn, i)
+            if not name then break end
+            names[#names + 1] = name
+        end
+        if #names > 0 then
+            error(t.where .. ": sync task '" .. t.name .. "' uses upvalues ("
+                  .. table.concat(names, ", ") .. "): declare its pipeline in a file "
+                  .. "(loaded by tide run, tide.pipeline_file or :load), or make the body "
+                  .. "self-contained", 0)
+        end
+        code = string.dump(t.fn)
+        key = "code:" .. tostring(t.fn)
+    end
+    local name = t.name
+    local pool_wait, pool_result = core.pool_wait, core.pool_result
+    return function(input)
+        local job, msg, code2 = self:_pool():submit(key, name, code, input)
+        if not job then error(new_error(code2, msg), 0) end
+        pool_wait(job)
+        local ok, res, tb, ecode = pool_result(job)
+        if ok then return res end
+        error(new_error(ecode, res, nil, nil, tb), 0)
+    end
+end
+
+
+function Executor:_pool()
+    local pool = self._pool_ud
+    if not pool then
+        pool = core.pool_new(self._ud, self._threads)
+        self._pool_ud = pool
+    end
+    return pool
 end
 
 
@@ -963,6 +1012,10 @@ end
 
 --- Releases the engine and its loop; the executor cannot be used after.
 function Executor:close()
+    if self._pool_ud then
+        self._pool_ud:close() -- joins the worker threads
+        self._pool_ud = nil
+    end
     if open_executors[self] then
         open_executors[self] = nil
         if hub_fd and self._fd then core.epoll_ctl(hub_fd, self._fd, false) end

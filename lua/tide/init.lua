@@ -11,6 +11,7 @@ local M = { _VERSION = core.version, version = core.version }
 
 M.pipeline = pipeline.new
 M.limiter = pipeline.limiter
+M.pipeline_file = pipeline.load
 M.executor = executor.new
 M.sleep = core.sleep
 M.exec = require("tide.exec").exec
@@ -62,6 +63,17 @@ function M.run(p, inputs, opts)
     ex:run()
     ex:close()
     return outs, errs
+end
+
+if core.is_worker() then
+    -- The worker flavour (DESIGN.md 1, sync tasks): a pipeline file loaded
+    -- on a worker thread declares its tasks, but runs nothing itself.
+    local function not_here(name)
+        return function() error(name .. " is not available on a worker thread", 2) end
+    end
+    M.executor = not_here("tide.executor")
+    M.run = not_here("tide.run")
+    M.limiter = function(name) return name end
 end
 
 return M

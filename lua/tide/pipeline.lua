@@ -200,6 +200,17 @@ function Pipeline:task(name, opts, fn)
     if opts.when ~= nil and type(opts.when) ~= "function" then
         argerr(fname, "task '" .. name .. "': when must be a function(input, ctx)")
     end
+    if opts.kind == "sync" then
+        for _, k in ipairs({ "map", "gather", "route", "batch" }) do
+            if opts[k] then
+                argerr(fname, "task '" .. name .. "': kind 'sync' cannot be combined with " .. k)
+            end
+        end
+        if getinfo(fn, "u").nparams >= 2 then
+            argerr(fname, "task '" .. name .. "': a sync task's body gets only its input (no ctx): "
+                   .. "it runs on a worker thread")
+        end
+    end
     local batch = opts.batch
     if batch ~= nil then
         if type(batch) ~= "table" then
@@ -225,10 +236,10 @@ function Pipeline:task(name, opts, fn)
         batch = { size = size, wait = wait }
     end
     local kind = opts.kind or "async"
-    if kind ~= "async" and kind ~= "exec" then
-        if kind == "sync" or kind == "native" then
+    if kind ~= "async" and kind ~= "exec" and kind ~= "sync" then
+        if kind == "native" then
             argerr(fname, "task '" .. name .. "': kind '" .. kind
-                   .. "' is not available in this version of tide (only 'async' and 'exec')")
+                   .. "' is not available in this version of tide (only 'async', 'sync' and 'exec')")
         end
         argerr(fname, "task '" .. name .. "': unknown kind '" .. tostring(kind) .. "'")
     end
@@ -340,6 +351,8 @@ function M.load(path, source)
     end
     local cok, cerr = pcall(p.compile, p)
     if not cok then return nil, tostring(cerr) end
+    -- Worker threads load sync tasks from the same file.
+    if not source then p._file = path end
     return p
 end
 

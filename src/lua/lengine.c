@@ -730,9 +730,13 @@ static void leng_walk_close(uv_handle_t *h, void *arg) {
         e->nclosing++;
         uv_close(h, leng_close_cb);
     } else {
-        /* A glue handle (signal, timer, reader): its record says how. */
+        /* A glue handle (signal, timer, reader, pool): its record says
+         * how. */
         lio_base *b = h->data;
-        uv_close(h, b->close_cb);
+        if (b->before_close)
+            b->before_close(b);
+        if (!uv_is_closing(h))
+            uv_close(h, b->close_cb);
     }
 }
 

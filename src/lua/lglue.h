@@ -18,6 +18,9 @@ int tide__lua_park_op(lua_State *L, const char *fname, void *op,
 int tide__lua_wake(uv_loop_t *loop, double handle);
 void tide__lua_open_exec(lua_State *L);
 void tide__lua_open_marshal(lua_State *L);
+void tide__lua_open_pool(lua_State *L);
+/* 1 on tide's worker threads (their Lua states run sync tasks). */
+extern _Thread_local int tide__lua_in_worker;
 int tide__marshal_encode(lua_State *L, int idx, char **out, size_t *outlen,
                          char *err, size_t errlen);
 int tide__marshal_decode(lua_State *L, const char *p, size_t n, char *err,
@@ -29,8 +32,11 @@ uv_loop_t *tide__lua_engine_loop(lua_State *L, int idx);
  * returns non-zero. Never raises. For hooks called from libuv callbacks. */
 /* Every uv handle the glue opens on an engine's loop points its data at
  * one of these, so the engine can close what is left when it closes. */
-typedef struct {
+typedef struct lio_base {
     uv_close_cb close_cb;
+    /* Optional: runs before the engine closes the handle (the pool joins
+     * its threads, which may still signal the handle). */
+    void (*before_close)(struct lio_base *base);
 } lio_base;
 
 int tide__lua_pcall_hook(lua_State *L, int nargs, const char *what);

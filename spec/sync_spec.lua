@@ -1,0 +1,131 @@
+-- Specs of kind = "sync": bodies on tide's worker threads.
+local tide = require "tide"
+local core = require "tide.core"
+local json = tide.json
+
+describe('kind = "sync"', function()
+    it("runs on worker threads and carries values across exactly", function()
+        local p = tide.pipeline "sync-values"
+        p:task("echo", { kind = "sync" }, function(v)
+            return { v = v, worker = require("tide.core").is_worker() }
+        end)
+        p:task("back", { after = "echo" }, function(r) return r end)
+        local inputs = { 2 ^ 53, -0.0, "s\0z", json.array({}), json.object({}), { 1, 2, x = { y = true } } }
+        local outs, errs = tide.run(p, inputs)
+        assert.is_nil(next(errs))
+        for i, v in ipairs(inputs) do
+            assert.is_true(outs[i].worker)
+            assert.same(v, outs[i].v)
+        end
+        assert.equal(json.array_mt, getmetatable(outs[4].v))
+        assert.equal(json.object_mt, getmetatable(outs[5].v))
+        assert.equal(-math.huge, 1 / outs[2].v)
+    end)
+
+    it("never blocks the loop: async tasks and timers run meanwhile", function()
+        local ticks = 0
+        local p = tide.pipeline "busy"
+        p:task("busy", { kind = "sync" }, function(secs)
+            local t0 = os.clock()
+            while os.clock() - t0 < secs do end
+            return "done"
+        end)
+        local q = tide.pipeline "ticker"
+        q:task("tick", function()
+            for _ = 1, 8 do
+                tide.sleep(0.02)
+                ticks = ticks + 1
+            end
+        end)
+        local ex = tide.executor { threads = 1 }
+        finally(function() ex:close() end)
+        local t0 = core.hrtime()
+        local busy = ex:submit(p, 0.4)
+        ex:submit(q, 0)
+        ex:run()
+        assert.equal("done", ex:result(busy))
+        assert.equal(8, ticks)
+        assert.is_true(core.hrtime() - t0 < 0.8)
+    end)
+
+    it("uses several threads at once", function()
+        local p = tide.pipeline "spin"
+        p:task("spin", { kind = "sync" }, function(secs)
+            local c0 = os.clock()
+            while os.clock() - c0 < secs do end
+            return true
+        end)
+        local ex = tide.executor { threads = 2 }
+        finally(function() ex:close() end)
+        local t0 = core.hrtime()
+        for _ = 1, 2 do ex:submit(p, 0.3) end
+        ex:run()
+        -- Two 0.3 s bodies side by side: well under the 0.6 s they take in
+        -- a row (allowing for a shared machine).
+        local took = core.hrtime() - t0
+        assert.is_true(took < 0.55, "took " .. took)
+    end)
+
+    it("reports errors with the worker's traceback, and values that cannot cross", function()
+        local p = tide.pipeline "sync-errors"
+        p:task("boom", { kind = "sync" }, function(x)
+            if x == "raise" then error("worker boom") end
+            if x == "fn" then return print end
+            return x
+        end)
+        local _, errs = tide.run(p, { "raise", "fn", print })
+        assert.equal("ETASK", errs[1].code)
+        assert.matches("worker boom", errs[1].message)
+        assert.matches("stack traceback", errs[1].traceback)
+        assert.equal("EVALUE", errs[2].code)
+        assert.matches("returned a value that cannot cross threads: cannot carry a function", errs[2].message)
+        assert.equal("EVALUE", errs[3].code)
+        assert.matches("the input of sync task 'boom' cannot cross threads", errs[3].message)
+    end)
+
+    it("refuses bodies with upvalues when the pipeline has no file", function()
+        local up = 1
+        local p = tide.pipeline "sync-upvalues"
+        p:task("u", { kind = "sync" }, function() return up end)
+        local ok, err = pcall(tide.run, p, { 1 })
+        assert.is_false(ok)
+        assert.matches("sync task 'u' uses upvalues %(up%): declare its pipeline in a file", err)
+        assert.has_error(function()
+            tide.pipeline("x"):task("c", { kind = "sync" }, function(_, ctx) return ctx end)
+        end)
+        assert.has_error(function() tide.pipeline("x"):task("m", { kind = "sync", map = true }, print) end)
+    end)
+
+    it("loads the pipeline file in the workers, where upvalues and modules work", function()
+        local p = assert(tide.pipeline_file("spec/fixtures/pipelines/sync_file.lua"))
+        local outs, errs = tide.run(p, { 1, 6, 27 })
+        assert.is_nil(next(errs))
+        assert.same({ { scaled = 0, in_worker = true }, { scaled = 24, in_worker = true },
+                      { scaled = 333, in_worker = true } }, outs)
+    end)
+
+    it("gives workers a flavour of tide that cannot make executors", function()
+        local p = assert(tide.pipeline_file("spec/fixtures/pipelines/sync_executor.lua"))
+        local outs = tide.run(p, { 1 })
+        assert.same({ ok = false, err = "tide.executor is not available on a worker thread" }, outs[1])
+    end)
+
+    it("times out at the deadline and discards the late result", function()
+        local p = tide.pipeline "sync-slow"
+        p:task("slow", { kind = "sync", timeout = 0.1 }, function()
+            local c0 = os.clock()
+            while os.clock() - c0 < 0.5 do end
+            return "late"
+        end)
+        local ex = tide.executor { threads = 1 }
+        local t0 = core.hrtime()
+        local id = ex:submit(p, 1)
+        local out, rec = ex:result(id)
+        assert.is_nil(out)
+        assert.equal("ETIMEDOUT", rec.code)
+        assert.is_true(core.hrtime() - t0 < 0.45, "waited for the late result")
+        -- Closing waits for the body still running on the worker (sync
+        -- bodies cannot be interrupted yet): its result is dropped.
+        ex:close()
+    end)
+end)

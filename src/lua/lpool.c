@@ -1,0 +1,477 @@
+/* Sync tasks on tide's worker threads: each worker owns a LuaJIT state
+ * that loads the task's function (from the pipeline's file, or from
+ * bytecode when the pipeline has none) and runs it on a copy of the input
+ * carried in the binary encoding of lmarshal.c.
+ *
+ * DESIGN
+ * ------
+ * Loop side, a task body calls pool_submit (input encoded, a job queued),
+ * pool_wait (the attempt parks; op_cancel marks the job cancelled) and
+ * pool_result (the output decoded). The pool's uv_async callback drains
+ * finished jobs and wakes their attempts. A job has two references, the
+ * pool's (dropped when the loop takes it back) and the Lua box's (dropped
+ * by its __gc); the last one frees it. Only the loop thread counts them.
+ * Worker side, nothing but the job's payload fields is touched. */
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include "lglue.h"
+
+_Thread_local int tide__lua_in_worker;
+
+/* Present in the tide binary and libtide (bundled modules), absent from
+ * core.so, where workers find the modules through package.path. */
+extern void tide__lua_preload_bundle(lua_State *L) __attribute__((weak));
+
+typedef struct {
+    lio_base base;
+    tide__pool pool;
+    uv_async_t async;
+    uv_loop_t *loop;
+    char *path, *cpath;
+    int nthreads;
+    int started, stopped, async_open;
+    int boxed;
+    int outstanding; /* jobs submitted and not taken back */
+} lpool;
+
+static void lpool_job_unref(tide__job *j) {
+    if (--j->refs > 0)
+        return;
+    free(j->in);
+    free(j->key);
+    free(j->task);
+    free(j->code);
+    free(j->out);
+    free(j->trace);
+    free(j);
+}
+
+/* ===== WORKER THREADS ===== */
+
+static const char *LPOOL_LOADER =
+    "local path, name = ...\n"
+    "local p, err = require('tide.pipeline').load(path)\n"
+    "if not p then error(err, 0) end\n"
+    "local i = p.byname[name]\n"
+    "if not i then error(path .. ': no task ' .. name, 0) end\n"
+    "return p.tasks[i].fn\n";
+
+/* Message handler: the error's text (tostring of an error object, such
+ * as an error record) followed by the traceback. */
+static int lpool_traceback(lua_State *L) {
+    const char *msg = lua_tostring(L, 1);
+    if (msg == NULL) {
+        lua_getglobal(L, "tostring");
+        lua_pushvalue(L, 1);
+        lua_call(L, 1, 1);
+        msg = lua_tostring(L, -1);
+    }
+    luaL_traceback(L, L, msg ? msg : "?", 1);
+    return 1;
+}
+
+static void *lpool_worker_init(tide__pool *pool, int index) {
+    lpool *lp = pool->udata;
+    TIDE_UNUSED(index);
+    tide__lua_in_worker = 1;
+    lua_State *L = luaL_newstate();
+    if (L == NULL)
+        return NULL;
+    luaL_openlibs(L);
+    lua_getglobal(L, "package");
+    lua_pushstring(L, lp->path);
+    lua_setfield(L, -2, "path");
+    lua_pushstring(L, lp->cpath);
+    lua_setfield(L, -2, "cpath");
+    lua_getfield(L, -1, "preload");
+    lua_pushcfunction(L, luaopen_tide_core);
+    lua_setfield(L, -2, "tide.core");
+    lua_pop(L, 2);
+    if (tide__lua_preload_bundle)
+        tide__lua_preload_bundle(L);
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, "tide.worker.fns");
+    return L;
+}
+
+static void lpool_worker_free(void *ctx) {
+    if (ctx)
+        lua_close(ctx);
+}
+
+static void lpool_fail(tide__job *j, int status, const char *msg,
+                       const char *trace) {
+    j->status = status;
+    j->out = tide__xstrdup(msg ? msg : "error");
+    j->outlen = strlen(j->out);
+    j->trace = trace ? tide__xstrdup(trace) : NULL;
+}
+
+/* Pushes the job's function, loading and caching it on first use. Returns
+ * 0, or non-zero with the error message pushed. */
+static int lpool_push_fn(lua_State *L, tide__job *j) {
+    lua_getfield(L, LUA_REGISTRYINDEX, "tide.worker.fns");
+    lua_pushstring(L, j->key);
+    lua_pushliteral(L, "\n");
+    lua_pushstring(L, j->task);
+    lua_concat(L, 3);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, -3);
+    if (lua_isfunction(L, -1)) {
+        lua_replace(L, -3);
+        lua_pop(L, 1);
+        return 0;
+    }
+    lua_pop(L, 1); /* fns, cachekey */
+    int rc;
+    if (j->code) {
+        rc = luaL_loadbuffer(L, j->code, j->codelen, j->task);
+    } else {
+        rc = luaL_loadstring(L, LPOOL_LOADER);
+        if (rc == 0) {
+            lua_pushstring(L, j->key + 5); /* after "file:" */
+            lua_pushstring(L, j->task);
+            rc = lua_pcall(L, 2, 1, 0);
+        }
+    }
+    if (rc != 0) {
+        lua_replace(L, -3); /* keep the message only */
+        lua_pop(L, 1);
+        return rc;
+    }
+    lua_pushvalue(L, -2); /* cachekey */
+    lua_pushvalue(L, -2); /* fn */
+    lua_rawset(L, -5);
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+    return 0;
+}
+
+static void lpool_run(void *ctx, tide__job *j) {
+    lua_State *L = ctx;
+    char err[256];
+    if (L == NULL) {
+        lpool_fail(j, 1, "worker thread has no Lua state", NULL);
+        return;
+    }
+    lua_settop(L, 0);
+    lua_pushcfunction(L, lpool_traceback);
+    if (lpool_push_fn(L, j) != 0) {
+        lpool_fail(j, 1, lua_tostring(L, -1), NULL);
+        lua_settop(L, 0);
+        return;
+    }
+    if (tide__marshal_decode(L, j->in, j->inlen, err, sizeof(err)) != 0) {
+        lpool_fail(j, 2, err, NULL);
+        lua_settop(L, 0);
+        return;
+    }
+    if (lua_pcall(L, 1, 1, 1) != 0) {
+        const char *tb = lua_tostring(L, -1);
+        /* The message is the traceback's first line. */
+        const char *nl = tb ? strchr(tb, '\n') : NULL;
+        char *msg = tide__xstrdup(tb ? tb : "error");
+        if (nl)
+            msg[nl - tb] = '\0';
+        lpool_fail(j, 1, msg, tb);
+        free(msg);
+        lua_settop(L, 0);
+        return;
+    }
+    if (tide__marshal_encode(L, -1, &j->out, &j->outlen, err,
+                             sizeof(err)) != 0) {
+        char msg[600];
+        snprintf(msg, sizeof(msg), "sync task '%s' returned a value that "
+                 "cannot cross threads: %s", j->task, err);
+        lpool_fail(j, 2, msg, NULL);
+    } else {
+        j->status = 0;
+    }
+    lua_settop(L, 0);
+}
+
+/* ===== LOOP SIDE ===== */
+
+/* A job came back from the pool (finished, or unqueued unstarted): the
+ * pool's reference goes, and with no job left the loop may end. */
+static void lpool_took_back(lpool *lp, tide__job *j) {
+    j->done = 1;
+    if (--lp->outstanding == 0 && lp->async_open)
+        uv_unref((uv_handle_t *)&lp->async);
+    lpool_job_unref(j);
+}
+
+static void lpool_on_async(uv_async_t *a) {
+    lpool *lp = tide__container_of(a, lpool, async);
+    tide__job *j = tide__pool_take_done(&lp->pool);
+    while (j) {
+        tide__job *next = j->next;
+        j->next = NULL;
+        if (!j->cancelled && j->att != 0)
+            tide__lua_wake(lp->loop, j->att);
+        j->att = 0;
+        lpool_took_back(lp, j);
+        j = next;
+    }
+}
+
+static void lpool_free(lpool *lp) {
+    free(lp->path);
+    free(lp->cpath);
+    free(lp);
+}
+
+static void lpool_async_closed(uv_handle_t *h) {
+    lpool *lp = tide__container_of((uv_async_t *)h, lpool, async);
+    lp->async_open = 0;
+    if (!lp->boxed)
+        lpool_free(lp);
+}
+
+/* Joins the threads (they finish what they run; queued jobs are dropped)
+ * and hands back what finished. */
+static void lpool_stop(lpool *lp) {
+    if (lp->stopped)
+        return;
+    lp->stopped = 1;
+    if (!lp->started)
+        return;
+    /* Drop the queue: cancelled, they never run. */
+    uv_mutex_lock(&lp->pool.mu);
+    tide__job *q = lp->pool.qhead;
+    lp->pool.qhead = lp->pool.qtail = NULL;
+    uv_mutex_unlock(&lp->pool.mu);
+    while (q) {
+        tide__job *next = q->next;
+        q->cancelled = 1;
+        lpool_took_back(lp, q);
+        q = next;
+    }
+    tide__job *j = tide__pool_stop(&lp->pool);
+    while (j) { /* finished meanwhile: nobody will wait for them now */
+        tide__job *next = j->next;
+        j->next = NULL;
+        j->cancelled = 1;
+        j->att = 0;
+        lpool_took_back(lp, j);
+        j = next;
+    }
+}
+
+static void lpool_before_engine_close(lio_base *b) {
+    lpool_stop(tide__container_of(b, lpool, base));
+}
+
+static lpool *lpool_check(lua_State *L, int idx) {
+    lpool **box = luaL_checkudata(L, idx, "tide.pool");
+    if (*box == NULL || (*box)->stopped)
+        luaL_argerror(L, idx, "pool is closed");
+    return *box;
+}
+
+/* pool_new(engine, nthreads) -> pool. Workers start on the first job. */
+static int l_pool_new(lua_State *L) {
+    uv_loop_t *loop = tide__lua_engine_loop(L, 1);
+    lua_Integer n = luaL_checkinteger(L, 2);
+    if (n < 1 || n > 1024)
+        return luaL_argerror(L, 2, "threads must be 1..1024");
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "path");
+    lua_getfield(L, -2, "cpath");
+    lpool **box = lua_newuserdata(L, sizeof(*box));
+    *box = NULL;
+    luaL_getmetatable(L, "tide.pool");
+    lua_setmetatable(L, -2);
+    lpool *lp = tide__xcalloc(1, sizeof(*lp));
+    lp->path = tide__xstrdup(lua_tostring(L, -3) ? lua_tostring(L, -3) : "");
+    lp->cpath = tide__xstrdup(lua_tostring(L, -2) ? lua_tostring(L, -2) : "");
+    lp->loop = loop;
+    lp->base.close_cb = lpool_async_closed;
+    lp->base.before_close = lpool_before_engine_close;
+    lp->pool.worker_init = lpool_worker_init;
+    lp->pool.worker_free = lpool_worker_free;
+    lp->pool.run = lpool_run;
+    lp->pool.udata = lp;
+    lp->pool.async = &lp->async;
+    lp->pool.nworkers = 0;
+    uv_async_init(loop, &lp->async, lpool_on_async);
+    lp->async.data = &lp->base;
+    uv_unref((uv_handle_t *)&lp->async); /* jobs keep the loop alive */
+    lp->async_open = 1;
+    lp->boxed = 1;
+    lp->nthreads = (int)n; /* started on the first job */
+    *box = lp;
+    return 1;
+}
+
+/* op_cancel of the parked attempt (timeout, cancel): nobody wants the
+ * result; a job no worker started yet is taken out of the queue. */
+static void lpool_cancel(void *op) {
+    tide__job *j = op;
+    lpool *lp = j->owner;
+    j->cancelled = 1;
+    j->att = 0;
+    if (!j->done && !lp->stopped && tide__pool_unqueue(&lp->pool, j))
+        lpool_took_back(lp, j);
+}
+
+/* pool:submit(key, task, code|nil, input) -> job | nil, msg, "EVALUE" */
+static int l_pool_submit(lua_State *L) {
+    lpool *lp = lpool_check(L, 1);
+    const char *key = luaL_checkstring(L, 2);
+    const char *task = luaL_checkstring(L, 3);
+    size_t codelen = 0;
+    const char *code = luaL_optlstring(L, 4, NULL, &codelen);
+    luaL_checkany(L, 5);
+    char *in, err[256];
+    size_t inlen;
+    if (tide__marshal_encode(L, 5, &in, &inlen, err, sizeof(err)) != 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "the input of sync task '%s' cannot cross "
+                           "threads: %s", task, err);
+        lua_pushliteral(L, "EVALUE");
+        return 3;
+    }
+    /* The box first (it may raise), then the job, which cannot. */
+    tide__job **box = lua_newuserdata(L, sizeof(*box));
+    *box = NULL;
+    luaL_getmetatable(L, "tide.job");
+    lua_setmetatable(L, -2);
+    tide__job *j = tide__xcalloc(1, sizeof(*j));
+    j->in = in;
+    j->inlen = inlen;
+    j->key = tide__xstrdup(key);
+    j->task = tide__xstrdup(task);
+    if (code) {
+        j->code = tide__xmalloc(codelen);
+        memcpy(j->code, code, codelen);
+        j->codelen = codelen;
+    }
+    j->refs = 2;
+    j->owner = lp;
+    *box = j;
+    if (!lp->started) {
+        int rc = tide__pool_start(&lp->pool, lp->nthreads);
+        if (rc != 0) {
+            j->refs = 1; /* the box's: freed with it */
+            return luaL_error(L, "cannot start worker threads: %s",
+                              uv_strerror(rc));
+        }
+        lp->started = 1;
+    }
+    if (lp->outstanding++ == 0)
+        uv_ref((uv_handle_t *)&lp->async); /* a job keeps the loop alive */
+    tide__pool_submit(&lp->pool, j);
+    return 1;
+}
+
+static tide__job *ljob_check(lua_State *L, int idx) {
+    tide__job **box = luaL_checkudata(L, idx, "tide.job");
+    if (*box == NULL)
+        luaL_argerror(L, idx, "job was released");
+    return *box;
+}
+
+/* pool_wait(job): parks the task body until the job is done. */
+static int l_pool_wait(lua_State *L) {
+    tide__job *j = ljob_check(L, 1);
+    if (j->done)
+        return 0;
+    return tide__lua_park_op(L, "sync task", j, lpool_cancel, &j->att);
+}
+
+/* pool_result(job) -> true, value | false, message, traceback, code */
+static int l_pool_result(lua_State *L) {
+    tide__job *j = ljob_check(L, 1);
+    if (!j->done)
+        return luaL_error(L, "sync task: the job has not finished");
+    if (j->status == 0) {
+        char err[256];
+        lua_pushboolean(L, 1);
+        if (tide__marshal_decode(L, j->out, j->outlen, err, sizeof(err)))
+            return luaL_error(L, "sync task: cannot decode its output: %s",
+                              err);
+        return 2;
+    }
+    lua_pushboolean(L, 0);
+    lua_pushlstring(L, j->out, j->outlen);
+    if (j->trace)
+        lua_pushstring(L, j->trace);
+    else
+        lua_pushnil(L);
+    lua_pushstring(L, j->status == 2 ? "EVALUE" : "ETASK");
+    return 4;
+}
+
+static int l_job_gc(lua_State *L) {
+    tide__job **box = luaL_checkudata(L, 1, "tide.job");
+    if (*box) {
+        tide__job *j = *box;
+        *box = NULL;
+        if (!j->done)
+            j->cancelled = 1;
+        lpool_job_unref(j);
+    }
+    return 0;
+}
+
+/* pool:close(): joins the threads. Safe to call twice. */
+static int l_pool_close(lua_State *L) {
+    lpool **box = luaL_checkudata(L, 1, "tide.pool");
+    lpool *lp = *box;
+    if (lp == NULL)
+        return 0;
+    *box = NULL;
+    lpool_stop(lp);
+    lp->boxed = 0;
+    if (lp->async_open) {
+        if (!uv_is_closing((uv_handle_t *)&lp->async))
+            uv_close((uv_handle_t *)&lp->async, lpool_async_closed);
+    } else {
+        lpool_free(lp);
+    }
+    return 0;
+}
+
+static int l_is_worker(lua_State *L) {
+    lua_pushboolean(L, tide__lua_in_worker);
+    return 1;
+}
+
+static int l_cores(lua_State *L) {
+    uv_cpu_info_t *info;
+    int n = 0;
+    if (uv_cpu_info(&info, &n) == 0)
+        uv_free_cpu_info(info, n);
+    lua_pushinteger(L, n > 0 ? n : 1);
+    return 1;
+}
+
+void tide__lua_open_pool(lua_State *L) {
+    luaL_newmetatable(L, "tide.pool");
+    lua_newtable(L);
+    lua_pushcfunction(L, l_pool_submit);
+    lua_setfield(L, -2, "submit");
+    lua_pushcfunction(L, l_pool_close);
+    lua_setfield(L, -2, "close");
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_pool_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, "tide.job");
+    lua_pushcfunction(L, l_job_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    static const luaL_Reg funcs[] = {
+        {"pool_new", l_pool_new},       {"pool_wait", l_pool_wait},
+        {"pool_result", l_pool_result}, {"is_worker", l_is_worker},
+        {"cores", l_cores},             {NULL, NULL}};
+    for (const luaL_Reg *r = funcs; r->name; r++) {
+        lua_pushcfunction(L, r->func);
+        lua_setfield(L, -2, r->name);
+    }
+}

@@ -1,0 +1,136 @@
+/* tide's own worker threads (not libuv's shared pool): a job queue, N
+ * threads, and completions handed back to the loop through one uv_async.
+ *
+ * DESIGN
+ * ------
+ * Lock rule: one mutex guards both queues; a worker never holds it while
+ * running a job. Jobs are owned by the loop thread except between
+ * tide__pool_submit and the moment the loop takes them back from the done
+ * queue; while a worker runs a job it may only touch the job's payload
+ * fields (in, out, status), never its links. uv_async_send coalesces, so
+ * the loop drains the whole done queue per wake-up. */
+#include <string.h>
+
+#include "internal.h"
+
+static void pool_thread(void *arg) {
+    tide__pool_worker *w = arg;
+    tide__pool *pool = w->pool;
+    w->ctx = pool->worker_init ? pool->worker_init(pool, w->index) : NULL;
+    for (;;) {
+        uv_mutex_lock(&pool->mu);
+        while (pool->qhead == NULL && !pool->stopping)
+            uv_cond_wait(&pool->cv, &pool->mu);
+        tide__job *j = pool->qhead;
+        if (j == NULL) { /* stopping and nothing left */
+            uv_mutex_unlock(&pool->mu);
+            break;
+        }
+        pool->qhead = j->next;
+        if (pool->qhead == NULL)
+            pool->qtail = NULL;
+        j->next = NULL;
+        pool->running++;
+        uv_mutex_unlock(&pool->mu);
+
+        pool->run(w->ctx, j);
+
+        uv_mutex_lock(&pool->mu);
+        pool->running--;
+        if (pool->dtail)
+            pool->dtail->next = j;
+        else
+            pool->dhead = j;
+        pool->dtail = j;
+        uv_mutex_unlock(&pool->mu);
+        uv_async_send(pool->async);
+    }
+    if (pool->worker_free)
+        pool->worker_free(w->ctx);
+}
+
+/* Starts n threads. async must be initialised on the loop by the caller
+ * (its callback calls tide__pool_take_done). Returns 0 or a libuv error. */
+int tide__pool_start(tide__pool *pool, int n) {
+    int rc = uv_mutex_init(&pool->mu);
+    if (rc == 0)
+        rc = uv_cond_init(&pool->cv);
+    if (rc != 0)
+        return rc;
+    pool->workers = tide__xcalloc((size_t)n, sizeof(*pool->workers));
+    for (int i = 0; i < n; i++) {
+        pool->workers[i].pool = pool;
+        pool->workers[i].index = i;
+        rc = uv_thread_create(&pool->workers[i].thread, pool_thread,
+                              &pool->workers[i]);
+        if (rc != 0)
+            break;
+        pool->nworkers++;
+    }
+    return pool->nworkers > 0 ? 0 : rc;
+}
+
+/* Queues j; a worker runs pool->run(ctx, j) on it. */
+void tide__pool_submit(tide__pool *pool, tide__job *j) {
+    j->next = NULL;
+    uv_mutex_lock(&pool->mu);
+    if (pool->qtail)
+        pool->qtail->next = j;
+    else
+        pool->qhead = j;
+    pool->qtail = j;
+    pool->queued++;
+    uv_cond_signal(&pool->cv);
+    uv_mutex_unlock(&pool->mu);
+}
+
+/* Takes a job back that no worker started yet. Returns 1 when it was
+ * still queued (the caller owns it again), 0 when a worker has it. */
+int tide__pool_unqueue(tide__pool *pool, tide__job *j) {
+    int found = 0;
+    uv_mutex_lock(&pool->mu);
+    tide__job **pp = &pool->qhead, *prev = NULL;
+    while (*pp) {
+        if (*pp == j) {
+            *pp = j->next;
+            if (pool->qtail == j)
+                pool->qtail = prev;
+            found = 1;
+            break;
+        }
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    uv_mutex_unlock(&pool->mu);
+    return found;
+}
+
+/* Detaches the list of finished jobs (oldest first) for the loop. */
+tide__job *tide__pool_take_done(tide__pool *pool) {
+    uv_mutex_lock(&pool->mu);
+    tide__job *j = pool->dhead;
+    pool->dhead = pool->dtail = NULL;
+    uv_mutex_unlock(&pool->mu);
+    return j;
+}
+
+/* Asks the threads to finish the queue and exit, joins them, and returns
+ * the jobs that finished and were not taken back yet (the caller owns
+ * them). The pool cannot be used after. */
+tide__job *tide__pool_stop(tide__pool *pool) {
+    if (pool->workers == NULL)
+        return NULL;
+    uv_mutex_lock(&pool->mu);
+    pool->stopping = 1;
+    uv_cond_broadcast(&pool->cv);
+    uv_mutex_unlock(&pool->mu);
+    for (int i = 0; i < pool->nworkers; i++)
+        uv_thread_join(&pool->workers[i].thread);
+    free(pool->workers);
+    pool->workers = NULL;
+    tide__job *done = pool->dhead; /* no thread left to race with */
+    pool->dhead = pool->dtail = NULL;
+    uv_cond_destroy(&pool->cv);
+    uv_mutex_destroy(&pool->mu);
+    return done;
+}
