@@ -114,6 +114,9 @@ for w in W1 W2 W3; do
 done
 ratio_w5
 
+# W4 (parallel CPU) and the cost of a trivial sync task.
+"$LUAJIT" bench/w4.lua || status=1
+
 # Memory: `tide run` over generated inputs from stdin through a 3-task
 # pipeline (bench/mem.lua), peak RSS at 100k and at BENCH_MEM_N (10M)
 # inputs, read from tide's own summary line (getrusage).

@@ -53,7 +53,7 @@ function M.run(p, inputs, opts)
     if not ok then error(err, 2) end
     local outs, errs = {}, {}
     local ex = executor.new {
-        concurrency = opts.concurrency, task_timeout = opts.task_timeout,
+        concurrency = opts.concurrency, task_timeout = opts.task_timeout, threads = opts.threads,
         on_done = function(id, status, value)
             if status == "done" then outs[id] = value else errs[id] = value end
         end,
