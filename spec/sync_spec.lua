@@ -129,3 +129,36 @@ describe('kind = "sync"', function()
         ex:close()
     end)
 end)
+
+describe("tide.worker_local", function()
+    it("gives each worker thread and the loop thread its own value, kept across tasks", function()
+        local p = assert(tide.pipeline_file("spec/fixtures/pipelines/worker_local.lua"))
+        local ex = tide.executor { threads = 2 }
+        local ids = {}
+        for i = 1, 60 do ids[i] = ex:submit(p, i) end
+        ex:run()
+        local workers, loops, last_use = {}, {}, {}
+        for i = 1, 60 do
+            local r = assert(ex:result(ids[i]))
+            workers[r.worker.id] = true
+            loops[r.loop] = true
+            -- Per worker, uses only grow: the value is kept.
+            assert.is_true(r.worker.uses > (last_use[r.worker.id] or 0) or r.worker.uses == 1)
+            last_use[r.worker.id] = math.max(last_use[r.worker.id] or 0, r.worker.uses)
+        end
+        local nworkers, nloops = 0, 0
+        for _ in pairs(workers) do nworkers = nworkers + 1 end
+        for _ in pairs(loops) do nloops = nloops + 1 end
+        assert.equal(2, nworkers) -- one value per worker thread
+        assert.equal(1, nloops)   -- and one for the loop thread
+        local total = 0
+        for _, n in pairs(last_use) do total = total + n end
+        assert.equal(60, total)
+        ex:close()
+    end)
+
+    it("raises on misuse", function()
+        assert.has_error(function() tide.worker_local(5) end, "tide.worker_local: init must be a function, got number")
+        assert.has_error(function() tide.worker_local(print, 5) end)
+    end)
+end)

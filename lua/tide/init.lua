@@ -30,6 +30,46 @@ if os.getenv("TIDE_GC_STRESS") == "1" then
 end
 
 
+-- Values made by worker_local accessors in this Lua state (the loop's, or
+-- a worker thread's), closed when the state closes.
+local locals = {}
+local closer = newproxy(true)
+getmetatable(closer).__gc = function()
+    for i = #locals, 1, -1 do
+        local l = locals[i]
+        if l.made and l.close then
+            local ok, err = pcall(l.close, l.value)
+            if not ok then io.stderr:write("tide: worker_local close failed: ", tostring(err), "\n") end
+        end
+    end
+end
+M._worker_locals_anchor = closer
+
+
+--- Returns an accessor: `get()` gives this worker's value (the loop
+-- thread and each worker thread have their own), made by `init()` on
+-- first use and kept across tasks; `close(value)` runs when the worker's
+-- Lua state closes. For sync tasks the pipeline must come from a file.
+-- @raise when init or close is not a function
+function M.worker_local(init, close)
+    if type(init) ~= "function" then
+        error("tide.worker_local: init must be a function, got " .. type(init), 2)
+    end
+    if close ~= nil and type(close) ~= "function" then
+        error("tide.worker_local: close must be a function, got " .. type(close), 2)
+    end
+    local l = { close = close, made = false }
+    locals[#locals + 1] = l
+    return function()
+        if not l.made then
+            l.value = init()
+            l.made = true
+        end
+        return l.value
+    end
+end
+
+
 --- Runs every input through p and returns `outputs, errors`, both
 -- indexed like inputs (an input's entry is in one of the two). Without
 -- arguments, runs every open executor until all their jobs finished.

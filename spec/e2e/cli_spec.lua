@@ -623,6 +623,27 @@ describe("tide run", function()
         assert.matches("exited with code 4", failed[1].error.message)
     end)
 
+    it("runs sync tasks on --threads workers and closes their worker_local values at the end", function()
+        local log = os.tmpname()
+        finally(function() os.remove(log) end)
+        local lines = {}
+        for i = 1, 40 do lines[i] = tostring(i) end
+        local r = tide({ "run", PIPE .. "worker_local.lua", "--threads", "2" },
+            table.concat(lines, "\n") .. "\n", { TIDE_SPEC_CLOSE_LOG = log })
+        assert.equal(0, r.code, r.stderr)
+        local recs = jsonl(r.stdout)
+        assert.equal(40, #recs)
+        -- close(value) ran for each worker thread's value and the loop's,
+        -- each having counted its own uses.
+        local closed, uses = 0, 0
+        for line in io.lines(log) do
+            closed = closed + 1
+            uses = uses + tonumber(line:match(" (%d+)$"))
+        end
+        assert.equal(3, closed)
+        assert.equal(80, uses) -- 40 on the workers, 40 on the loop thread
+    end)
+
     describe("duplicate ids", function()
         it("are rejected with the line number", function()
             local r = tide({ "run", PIPE .. "echo.lua", "--input", DATA .. "duplicate_ids.jsonl" })
