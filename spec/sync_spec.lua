@@ -162,3 +162,32 @@ describe("tide.worker_local", function()
         assert.has_error(function() tide.worker_local(print, 5) end)
     end)
 end)
+
+describe("sync task time limits", function()
+    it("stop interpreted code on the worker, which then takes the next job", function()
+        local p = tide.pipeline "runaway"
+        p:task("spin", { kind = "sync", timeout = 0.1 }, function(x)
+            if x == "forever" then
+                jit.off() -- interpreted: the count hook can stop it
+                local n = 0
+                while true do n = n + 1 end
+            end
+            return x
+        end)
+        -- The attempt's time limit runs from its start, queueing included:
+        -- the job after it has none.
+        local q = tide.pipeline "after-runaway"
+        q:task("echo", { kind = "sync" }, function(x) return x end)
+        local ex = tide.executor { threads = 1 }
+        finally(function() ex:close() end)
+        local t0 = core.hrtime()
+        local stuck = ex:submit(p, "forever")
+        local next_one = ex:submit(q, "next")
+        local out, rec = ex:result(stuck, 5)
+        assert.is_nil(out)
+        assert.equal("ETIMEDOUT", rec.code)
+        -- The one worker was freed: the next job ran right after.
+        assert.equal("next", ex:result(next_one, 5))
+        assert.is_true(core.hrtime() - t0 < 1, "took " .. (core.hrtime() - t0))
+    end)
+end)

@@ -340,6 +340,7 @@ typedef struct tide__job {
     char *key, *task;  /* which function to run (owned) */
     char *code;        /* its bytecode when it has no file (owned) */
     size_t codelen;
+    double timeout_ms; /* per attempt; 0: none (the worker's count hook) */
     int status;        /* set by the worker: 0 ok, else failed */
     char *out;         /* result bytes or error text (owned, malloc'd) */
     size_t outlen;

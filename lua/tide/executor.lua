@@ -755,9 +755,10 @@ function Executor:_sync_body(p, t)
         key = "code:" .. tostring(t.fn)
     end
     local name = t.name
+    local timeout = t.timeout or self._task_timeout
     local pool_wait, pool_result = core.pool_wait, core.pool_result
     return function(input)
-        local job, msg, code2 = self:_pool():submit(key, name, code, input)
+        local job, msg, code2 = self:_pool():submit(key, name, code, input, timeout)
         if not job then error(new_error(code2, msg), 0) end
         pool_wait(job)
         local ok, res, tb, ecode = pool_result(job)

@@ -151,6 +151,19 @@ static int lpool_push_fn(lua_State *L, tide__job *j) {
     return 0;
 }
 
+/* The deadline of the job this worker runs (uv_hrtime ns; 0: none). A
+ * count hook stops interpreted Lua past it; compiled loops never call the
+ * hook (LuaJIT), so a body stuck in one runs on. */
+static _Thread_local uint64_t lpool_deadline;
+
+static void lpool_hook(lua_State *L, lua_Debug *ar) {
+    TIDE_UNUSED(ar);
+    if (lpool_deadline && uv_hrtime() > lpool_deadline) {
+        lua_sethook(L, NULL, 0, 0);
+        luaL_error(L, "sync task stopped: it ran over its time limit");
+    }
+}
+
 static void lpool_run(void *ctx, tide__job *j) {
     lua_State *L = ctx;
     char err[256];
@@ -170,7 +183,16 @@ static void lpool_run(void *ctx, tide__job *j) {
         lua_settop(L, 0);
         return;
     }
-    if (lua_pcall(L, 1, 1, 1) != 0) {
+    if (j->timeout_ms > 0) {
+        lpool_deadline = uv_hrtime() + (uint64_t)(j->timeout_ms * 1e6);
+        lua_sethook(L, lpool_hook, LUA_MASKCOUNT, 1000);
+    }
+    int prc = lua_pcall(L, 1, 1, 1);
+    if (j->timeout_ms > 0) {
+        lua_sethook(L, NULL, 0, 0);
+        lpool_deadline = 0;
+    }
+    if (prc != 0) {
         const char *tb = lua_tostring(L, -1);
         /* The message is the traceback's first line. */
         const char *nl = tb ? strchr(tb, '\n') : NULL;
@@ -319,7 +341,8 @@ static void lpool_cancel(void *op) {
         lpool_took_back(lp, j);
 }
 
-/* pool:submit(key, task, code|nil, input) -> job | nil, msg, "EVALUE" */
+/* pool:submit(key, task, code|nil, input, timeout_s|nil)
+ *   -> job | nil, msg, "EVALUE" */
 static int l_pool_submit(lua_State *L) {
     lpool *lp = lpool_check(L, 1);
     const char *key = luaL_checkstring(L, 2);
@@ -327,6 +350,7 @@ static int l_pool_submit(lua_State *L) {
     size_t codelen = 0;
     const char *code = luaL_optlstring(L, 4, NULL, &codelen);
     luaL_checkany(L, 5);
+    double timeout = luaL_optnumber(L, 6, 0);
     char *in, err[256];
     size_t inlen;
     if (tide__marshal_encode(L, 5, &in, &inlen, err, sizeof(err)) != 0) {
@@ -353,6 +377,7 @@ static int l_pool_submit(lua_State *L) {
     }
     j->refs = 2;
     j->owner = lp;
+    j->timeout_ms = timeout > 0 ? timeout * 1000.0 : 0;
     *box = j;
     if (!lp->started) {
         int rc = tide__pool_start(&lp->pool, lp->nthreads);
