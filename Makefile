@@ -29,6 +29,7 @@ TEST_SRC = $(filter-out spec/c/embed-test.c,$(wildcard spec/c/*.c))
 	install install-lua
 
 all: $(BUILD)/tide $(BUILD)/lib/tide/core.so $(BUILD)/test-runner \
+	examples/native/libdedup.so \
 	$(BUILD)/libtide.a $(BUILD)/libtide.so $(BUILD)/examples/embed-host \
 	$(BUILD)/embed-test
 
@@ -72,6 +73,11 @@ $(BUILD)/libtide.so: $(OBJ) $(BUILD)/obj/bundle.o
 $(BUILD)/examples/embed-host: examples/embed/host.c $(BUILD)/libtide.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Isrc -o $@ $< $(BUILD)/libtide.a $(LDLIBS_ALL)
+
+# The native task example, built next to its pipeline (it links nothing
+# of tide: the header's inline wrappers call through the tide_call).
+examples/native/libdedup.so: examples/native/dedup.c src/tide.h
+	$(CC) $(CFLAGS_ALL) -Isrc -shared -o $@ $<
 
 $(BUILD)/embed-test: spec/c/embed-test.c $(BUILD)/libtide.a
 	$(CC) $(CFLAGS_ALL) -Isrc -o $@ $< $(BUILD)/libtide.a $(LDLIBS_ALL)
@@ -171,6 +177,6 @@ install-lua: $(BUILD)/lib/tide/core.so
 	install -m 644 $(LUA_SRC) $(DESTDIR)$(LUADIR)/tide/
 
 clean:
-	rm -rf build build-asan build-tsan build-debug
+	rm -rf build build-asan build-tsan build-debug examples/native/libdedup.so
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -6,6 +6,8 @@
 #ifndef TIDE_H
 #define TIDE_H
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -103,6 +105,74 @@ int tide_engine_run(tide_engine_t *eng);
 
 /* Frees a string an engine function handed back. Accepts NULL. */
 void tide_free(void *p);
+
+/* ===== NATIVE TASKS =====
+ *
+ * A task declared with kind = "native", native = "path/libx.so:symbol"
+ * runs `int symbol(tide_call *c)` from that library on a worker thread:
+ *
+ *     #include "tide.h"
+ *     TIDE_EXPORT_ABI;                       (once per library)
+ *     int score(tide_call *c) {
+ *         size_t n;
+ *         const char *in = tide_call_input_json(c, &n);
+ *         ...
+ *         if (bad) return tide_call_error(c, "bad input");
+ *         return tide_call_output_json(c, text, len);
+ *     }
+ *
+ * The input comes as JSON text (or as tide's binary value encoding, which
+ * keeps exactly what JSON would lose); the output is set the same way. A
+ * non-zero return fails the attempt with the message given to
+ * tide_call_error. Strings passed in are copied; the input stays valid
+ * during the call. The function may run on several threads at once. */
+
+#define TIDE_ABI_VERSION 1
+
+typedef struct tide_call tide_call;
+typedef int (*tide_native_fn)(tide_call *c);
+
+/* Exported by a native library; tide refuses one built for another ABI. */
+#define TIDE_EXPORT_ABI const int tide_abi_version = TIDE_ABI_VERSION
+
+/* A native library links no tide symbol: it reaches tide through the
+ * function table of the call (so it loads under the tide binary, libtide
+ * and the Lua module alike). Use the wrappers below. */
+struct tide_call_api {
+    const char *(*input_json)(tide_call *c, size_t *len);
+    const void *(*input_value)(tide_call *c, size_t *len);
+    int (*output_json)(tide_call *c, const char *json, size_t len);
+    int (*output_value)(tide_call *c, const void *bytes, size_t len);
+    int (*error)(tide_call *c, const char *message);
+};
+
+struct tide_call {
+    const struct tide_call_api *api; /* the rest is tide's */
+};
+
+/* The input as JSON text (NUL-terminated; *len its length), or NULL when
+ * it cannot be written as JSON (then use tide_call_input_value). */
+static inline const char *tide_call_input_json(tide_call *c, size_t *len) {
+    return c->api->input_json(c, len);
+}
+/* The input in tide's binary value encoding. */
+static inline const void *tide_call_input_value(tide_call *c, size_t *len) {
+    return c->api->input_value(c, len);
+}
+/* Sets the output from JSON text (copied). Returns 0, or -1 with the
+ * failure set when the text is not JSON. */
+static inline int tide_call_output_json(tide_call *c, const char *json,
+                                        size_t len) {
+    return c->api->output_json(c, json, len);
+}
+static inline int tide_call_output_value(tide_call *c, const void *bytes,
+                                         size_t len) {
+    return c->api->output_value(c, bytes, len);
+}
+/* Fails the attempt with message (copied); returns -1 for `return`. */
+static inline int tide_call_error(tide_call *c, const char *message) {
+    return c->api->error(c, message);
+}
 
 /* Returns the code's name ("ETASK"), or NULL for a code tide does not know.
  * The string is static. */

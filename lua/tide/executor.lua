@@ -677,7 +677,7 @@ function Executor:_attach(p)
     for i, t in ipairs(p.tasks) do
         local g = gbase + i
         T.fn[g] = t.fn
-        if t.kind == "sync" then
+        if t.kind == "sync" or t.kind == "native" then
             T.fn[g] = self:_sync_body(p, t)
         elseif t.kind == "exec" then
             -- The body returns the command ({ "cmd", args..., env=, ... });
@@ -699,6 +699,7 @@ function Executor:_attach(p)
         T.pipe[g] = shadow
         T.when[g] = t.when
         T.plain[g] = not (t.when or t.route or t.map or t.nparams >= 2 or t.kind ~= "async") or nil
+        if t.kind == "native" then T.ctx[g] = nil end
         T.ctx[g] = (t.nparams >= 2 or t.kind == "exec") or nil
         T.batch[g] = t.batch
         T.routed[g] = p.has_routes or nil
@@ -734,7 +735,9 @@ end
 -- parks until it is done, and returns its output (or raises its error).
 function Executor:_sync_body(p, t)
     local key, code
-    if p._file then
+    if t.kind == "native" then
+        key, code = "native:" .. t.native.path .. ":" .. t.native.symbol, t.native.fn
+    elseif p._file then
         key = "file:" .. p._file
     else
         -- No file to load in the workers: ship the body as bytecode, which

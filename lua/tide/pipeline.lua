@@ -16,7 +16,7 @@ M.Pipeline = Pipeline
 local KNOWN_OPTS = {
     after = true, retry = true, timeout = true, map = true, gather = true,
     errors = true, kind = true, limit = true, route = true, when = true,
-    batch = true,
+    batch = true, native = true,
 }
 
 
@@ -140,6 +140,9 @@ function Pipeline:task(name, opts, fn)
         error("p:task: call it as p:task(...), with a colon", 2)
     end
     if fn == nil and type(opts) == "function" then opts, fn = {}, opts end
+    if fn == nil and type(opts) == "table" and opts.kind == "native" then
+        fn = function() end -- native tasks have no Lua body
+    end
     if type(name) ~= "string" or name == "" then
         argerr(fname, "task name must be a non-empty string, got " .. type(name))
     end
@@ -200,13 +203,13 @@ function Pipeline:task(name, opts, fn)
     if opts.when ~= nil and type(opts.when) ~= "function" then
         argerr(fname, "task '" .. name .. "': when must be a function(input, ctx)")
     end
-    if opts.kind == "sync" then
+    if opts.kind == "sync" or opts.kind == "native" then
         for _, k in ipairs({ "map", "gather", "route", "batch" }) do
             if opts[k] then
-                argerr(fname, "task '" .. name .. "': kind 'sync' cannot be combined with " .. k)
+                argerr(fname, "task '" .. name .. "': kind '" .. opts.kind .. "' cannot be combined with " .. k)
             end
         end
-        if getinfo(fn, "u").nparams >= 2 then
+        if opts.kind == "sync" and getinfo(fn, "u").nparams >= 2 then
             argerr(fname, "task '" .. name .. "': a sync task's body gets only its input (no ctx): "
                    .. "it runs on a worker thread")
         end
@@ -236,19 +239,32 @@ function Pipeline:task(name, opts, fn)
         batch = { size = size, wait = wait }
     end
     local kind = opts.kind or "async"
-    if kind ~= "async" and kind ~= "exec" and kind ~= "sync" then
-        if kind == "native" then
-            argerr(fname, "task '" .. name .. "': kind '" .. kind
-                   .. "' is not available in this version of tide (only 'async', 'sync' and 'exec')")
-        end
+    if kind ~= "async" and kind ~= "exec" and kind ~= "sync" and kind ~= "native" then
         argerr(fname, "task '" .. name .. "': unknown kind '" .. tostring(kind) .. "'")
+    end
+    local native
+    if kind == "native" then
+        local spec = opts.native
+        if type(spec) ~= "string" or not spec:match("^.+:[%a_][%w_]*$") then
+            argerr(fname, "task '" .. name .. "': native must be \"path/lib.so:symbol\"")
+        end
+        local path, sym = spec:match("^(.+):([%a_][%w_]*)$")
+        if path:sub(1, 1) ~= "/" then
+            -- Relative to the file that declares the task.
+            local src = getinfo(2, "S").source
+            local dir = src:sub(1, 1) == "@" and src:sub(2):match("^(.*)/[^/]*$") or "."
+            path = dir .. "/" .. path
+        end
+        native = { path = path, symbol = sym }
+    elseif opts.native ~= nil then
+        argerr(fname, "task '" .. name .. "': native needs kind = \"native\"")
     end
     local t = {
         name = name, after = after, fn = fn, timeout = timeout,
         retry = check_retry(opts.retry, fname), map = opts.map or false,
         gather = opts.gather or false, errors = errors or "fail", kind = kind,
         limit = opts.limit, route = opts.route or false, when = opts.when,
-        batch = batch,
+        batch = batch, native = native,
         where = where(2), nparams = getinfo(fn, "u").nparams,
     }
     self.tasks[#self.tasks + 1] = t
@@ -282,6 +298,15 @@ function Pipeline:compile()
         error(format("%s: pipeline '%s': %s", loc, self.name, msg), 0)
     end
     for _, t in ipairs(self.tasks) do
+        if t.native and not t.native.fn then
+            -- Loaded once per process; a missing library or symbol is a
+            -- load error naming both.
+            local fn, err = core.native_load(t.native.path, t.native.symbol)
+            if not fn then
+                error(format("%s: pipeline '%s': task '%s': %s", t.where, self.name, t.name, err), 0)
+            end
+            t.native.fn = fn
+        end
         if t.limit and not limiters[t.limit] then
             error(format("%s: pipeline '%s': task '%s' names unknown limiter '%s' "
                          .. "(declare it with tide.limiter)", t.where, self.name, t.name, t.limit), 0)

@@ -644,6 +644,19 @@ describe("tide run", function()
         assert.equal(80, uses) -- 40 on the workers, 40 on the loop thread
     end)
 
+    it("runs examples/native/dedup.lua: keys from C, duplicates marked", function()
+        local r = tide({ "run", "examples/native/dedup.lua", "--input", "examples/native/records.jsonl",
+                         "--concurrency", "1" })
+        assert.equal(1, r.code) -- the empty record fails in the C function
+        local got = by_id(jsonl(r.stdout))
+        assert.equal(got.a.output.key, got.c.output.key)
+        assert.equal("a", got.c.output.duplicate_of)
+        assert.is_nil(got.a.output.duplicate_of)
+        assert.are_not.equal(got.a.output.key, got.b.output.key)
+        assert.equal("empty record", got.d.error.message)
+        assert.equal("key", got.d.error.task)
+    end)
+
     describe("duplicate ids", function()
         it("are rejected with the line number", function()
             local r = tide({ "run", PIPE .. "echo.lua", "--input", DATA .. "duplicate_ids.jsonl" })

@@ -19,6 +19,8 @@ int tide__lua_wake(uv_loop_t *loop, double handle);
 void tide__lua_open_exec(lua_State *L);
 void tide__lua_open_marshal(lua_State *L);
 void tide__lua_open_pool(lua_State *L);
+void tide__lua_open_native(lua_State *L);
+void tide__native_run(lua_State *L, tide__job *j, tide_native_fn fn);
 /* 1 on tide's worker threads (their Lua states run sync tasks). */
 extern _Thread_local int tide__lua_in_worker;
 int tide__marshal_encode(lua_State *L, int idx, char **out, size_t *outlen,

@@ -172,6 +172,14 @@ static void lpool_run(void *ctx, tide__job *j) {
         return;
     }
     lua_settop(L, 0);
+    if (strncmp(j->key, "native:", 7) == 0) {
+        /* code holds the function pointer: no Lua function involved. */
+        tide_native_fn fn;
+        memcpy(&fn, j->code, sizeof(fn));
+        tide__native_run(L, j, fn);
+        lua_settop(L, 0);
+        return;
+    }
     lua_pushcfunction(L, lpool_traceback);
     if (lpool_push_fn(L, j) != 0) {
         lpool_fail(j, 1, lua_tostring(L, -1), NULL);
@@ -348,7 +356,16 @@ static int l_pool_submit(lua_State *L) {
     const char *key = luaL_checkstring(L, 2);
     const char *task = luaL_checkstring(L, 3);
     size_t codelen = 0;
-    const char *code = luaL_optlstring(L, 4, NULL, &codelen);
+    const char *code = NULL;
+    void *native = NULL;
+    if (lua_type(L, 4) == LUA_TLIGHTUSERDATA) {
+        /* A native function (from native_load): its pointer's bytes. */
+        native = lua_touserdata(L, 4);
+        code = (const char *)&native;
+        codelen = sizeof(native);
+    } else {
+        code = luaL_optlstring(L, 4, NULL, &codelen);
+    }
     luaL_checkany(L, 5);
     double timeout = luaL_optnumber(L, 6, 0);
     char *in, err[256];

@@ -1,0 +1,173 @@
+/* Native tasks: C functions from shared libraries (tide.h, tide_call),
+ * loaded once per process with dlopen and run on the worker threads.
+ *
+ * The worker converts between the job's binary value and JSON text with
+ * its own Lua state (lmarshal.c, ljson.c) only when the function asks for
+ * JSON. */
+#include <dlfcn.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "lglue.h"
+#include "ljson.h"
+
+typedef struct {
+    tide_call pub;            /* first: what the library sees */
+    lua_State *L;             /* the worker's state */
+    const char *in;           /* binary input (the job's) */
+    size_t inlen;
+    char *json_in;            /* the input as JSON, made on demand */
+    size_t json_inlen;
+    char *out;                /* binary output (malloc'd), or NULL */
+    size_t outlen;
+    char err[512];
+    int failed;
+} lnative_call;
+
+#define LNATIVE(c) ((lnative_call *)(c))
+
+static int lnative_error(tide_call *pub, const char *msg) {
+    lnative_call *c = LNATIVE(pub);
+    snprintf(c->err, sizeof(c->err), "%s", msg ? msg : "native task failed");
+    c->failed = 1;
+    return -1;
+}
+
+static const void *lnative_input_value(tide_call *pub, size_t *len) {
+    lnative_call *c = LNATIVE(pub);
+    *len = c->inlen;
+    return c->in;
+}
+
+static const char *lnative_input_json(tide_call *pub, size_t *len) {
+    lnative_call *c = LNATIVE(pub);
+    if (c->json_in == NULL) {
+        char err[256];
+        int top = lua_gettop(c->L);
+        if (tide__marshal_decode(c->L, c->in, c->inlen, err, sizeof(err)) ||
+            tide__json_encode_value(c->L, -1, &c->json_in, &c->json_inlen,
+                                    err, sizeof(err))) {
+            lua_settop(c->L, top);
+            *len = 0;
+            return NULL;
+        }
+        lua_settop(c->L, top);
+    }
+    *len = c->json_inlen;
+    return c->json_in;
+}
+
+static int lnative_output_value(tide_call *pub, const void *bytes,
+                                size_t len) {
+    lnative_call *c = LNATIVE(pub);
+    char err[256], msg[300];
+    int top = lua_gettop(c->L);
+    /* Check it decodes before taking it. */
+    if (tide__marshal_decode(c->L, bytes, len, err, sizeof(err)) != 0) {
+        snprintf(msg, sizeof(msg), "output is not a valid value: %s", err);
+        return lnative_error(pub, msg);
+    }
+    lua_settop(c->L, top);
+    free(c->out);
+    c->out = tide__xmalloc(len ? len : 1);
+    memcpy(c->out, bytes, len);
+    c->outlen = len;
+    return 0;
+}
+
+static int lnative_output_json(tide_call *pub, const char *json, size_t len) {
+    lnative_call *c = LNATIVE(pub);
+    char err[256], msg[300];
+    int top = lua_gettop(c->L);
+    if (tide__json_decode_push(c->L, json, len, err, sizeof(err)) != 0) {
+        snprintf(msg, sizeof(msg), "output is not JSON: %s", err);
+        return lnative_error(pub, msg);
+    }
+    free(c->out);
+    c->out = NULL;
+    int rc = tide__marshal_encode(c->L, -1, &c->out, &c->outlen, err,
+                                  sizeof(err));
+    lua_settop(c->L, top);
+    if (rc != 0) {
+        snprintf(msg, sizeof(msg), "output cannot be carried: %s", err);
+        return lnative_error(pub, msg);
+    }
+    return 0;
+}
+
+static const struct tide_call_api lnative_api = {
+    lnative_input_json, lnative_input_value, lnative_output_json,
+    lnative_output_value, lnative_error,
+};
+
+/* Runs a native function for a job on a worker (L: the worker's state).
+ * Sets the job's status and output as lpool_run does. */
+void tide__native_run(lua_State *L, tide__job *j, tide_native_fn fn) {
+    lnative_call c;
+    memset(&c, 0, sizeof(c));
+    c.pub.api = &lnative_api;
+    c.L = L;
+    c.in = j->in;
+    c.inlen = j->inlen;
+    int rc = fn(&c.pub);
+    free(c.json_in);
+    if (rc != 0 || c.failed) {
+        free(c.out);
+        j->status = 1;
+        j->out = tide__xstrdup(c.err[0] ? c.err : "native task failed");
+        j->outlen = strlen(j->out);
+        return;
+    }
+    if (c.out == NULL) { /* no output set: null */
+        c.out = tide__xmalloc(1);
+        c.out[0] = 8; /* the encoding's json null tag */
+        c.outlen = 1;
+    }
+    j->status = 0;
+    j->out = c.out;
+    j->outlen = c.outlen;
+}
+
+/* native_load(path, symbol) -> lightuserdata(fn) | nil, message
+ * The library stays loaded for the life of the process. */
+static int l_native_load(lua_State *L) {
+    const char *path = luaL_checkstring(L, 1);
+    const char *sym = luaL_checkstring(L, 2);
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (h == NULL) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "cannot load native library '%s': %s", path,
+                        dlerror());
+        return 2;
+    }
+    const int *abi = dlsym(h, "tide_abi_version");
+    if (abi == NULL) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "'%s' is not a tide native library (it does not "
+                           "export tide_abi_version: add TIDE_EXPORT_ABI;)",
+                        path);
+        return 2;
+    }
+    if (*abi != TIDE_ABI_VERSION) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "'%s' was built for tide ABI %d, this tide has %d",
+                        path, *abi, TIDE_ABI_VERSION);
+        return 2;
+    }
+    void *fn = dlsym(h, sym);
+    if (fn == NULL) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "native library '%s' has no symbol '%s'", path,
+                        sym);
+        return 2;
+    }
+    lua_pushlightuserdata(L, fn);
+    return 1;
+}
+
+void tide__lua_open_native(lua_State *L) {
+    lua_pushcfunction(L, l_native_load);
+    lua_setfield(L, -2, "native_load");
+}
