@@ -54,7 +54,7 @@ describe("p:task()", function()
             { { map = "yes" }, "map must be a boolean" },
             { { errors = "collect" }, "errors applies to gather tasks only" },
             { { gather = true, errors = "x" }, "errors must be 'fail' or 'collect'" },
-            { { kind = "native" }, "kind .native. is not available" },
+            { { kind = "native", native = "no-colon" }, "native must be \"path/lib.so:symbol\"" },
             { { kind = "sync", map = true }, "kind .sync. cannot be combined with map" },
             { { kind = "weird" }, "unknown kind 'weird'" },
         }
