@@ -191,3 +191,29 @@ describe("sync task time limits", function()
         assert.is_true(core.hrtime() - t0 < 1, "took " .. (core.hrtime() - t0))
     end)
 end)
+
+describe("stuck workers", function()
+    it("get a stand-in after a grace period, so the pool keeps working", function()
+        local p = tide.pipeline "compiled-runaway"
+        p:task("spin", { kind = "sync", timeout = 0.1 }, function(n)
+            local x = 0
+            for i = 1, n do x = x + i % 3 end -- compiled: no hook stops it
+            return x
+        end)
+        local q = tide.pipeline "meanwhile"
+        q:task("echo", { kind = "sync" }, function(x) return x end)
+        local ex = tide.executor { threads = 1 }
+        local t0 = core.hrtime()
+        local stuck = ex:submit(p, 3e9)
+        local other = ex:submit(q, "ran")
+        local _, rec = ex:result(stuck)
+        assert.equal("ETIMEDOUT", rec.code)
+        assert.equal("ran", ex:result(other, 10))
+        local took = core.hrtime() - t0
+        local s = ex:stats()
+        assert.equal(1, s.workers_replaced)
+        assert.is_true(took > 0.9 and took < 2.5, "the other job ran after " .. took .. " s")
+        ex:close() -- waits for the compiled loop to end
+        assert.is_true(core.hrtime() - t0 > took)
+    end)
+end)

@@ -348,6 +348,8 @@ typedef struct tide__job {
     int refs;          /* loop side: the pool's and the Lua box's */
     int cancelled;     /* loop side: nobody waits for the result */
     int done;          /* loop side: taken back from the done queue */
+    int stood_in;      /* loop side: a stand-in thread replaced its worker */
+    uint64_t cancelled_at; /* loop side: uv_now when its attempt gave up */
     double att;        /* loop side: attempt to wake */
     void *owner;       /* loop side: the glue's pool record */
 } tide__job;
@@ -368,8 +370,11 @@ struct tide__pool {
     tide__job *dhead, *dtail; /* finished, for the loop */
     int stopping, running;
     uint64_t queued;
-    tide__pool_worker *workers;
+    tide__pool_worker **workers; /* every thread ever started */
     int nworkers;
+    int target;        /* threads wanted */
+    int alive;         /* threads not retired */
+    uint64_t replaced; /* threads started to stand in for stuck ones */
     uv_async_t *async;
     void *(*worker_init)(tide__pool *pool, int index);
     void (*worker_free)(void *ctx);
@@ -378,6 +383,8 @@ struct tide__pool {
 };
 
 int tide__pool_start(tide__pool *pool, int n);
+int tide__pool_replace(tide__pool *pool);
+void tide__pool_unreplace(tide__pool *pool);
 void tide__pool_submit(tide__pool *pool, tide__job *j);
 int tide__pool_unqueue(tide__pool *pool, tide__job *j);
 tide__job *tide__pool_take_done(tide__pool *pool);

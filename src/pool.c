@@ -19,8 +19,21 @@ static void pool_thread(void *arg) {
     w->ctx = pool->worker_init ? pool->worker_init(pool, w->index) : NULL;
     for (;;) {
         uv_mutex_lock(&pool->mu);
-        while (pool->qhead == NULL && !pool->stopping)
+        if (pool->alive > pool->target) {
+            /* A stand-in was started while this thread was stuck: one of
+             * the surplus retires, so the pool shrinks back. */
+            pool->alive--;
+            uv_mutex_unlock(&pool->mu);
+            break;
+        }
+        while (pool->qhead == NULL && !pool->stopping &&
+               pool->alive <= pool->target)
             uv_cond_wait(&pool->cv, &pool->mu);
+        if (pool->alive > pool->target && !pool->stopping) {
+            pool->alive--;
+            uv_mutex_unlock(&pool->mu);
+            break;
+        }
         tide__job *j = pool->qhead;
         if (j == NULL) { /* stopping and nothing left */
             uv_mutex_unlock(&pool->mu);
@@ -49,6 +62,8 @@ static void pool_thread(void *arg) {
         pool->worker_free(w->ctx);
 }
 
+static int pool_add(tide__pool *pool);
+
 /* Starts n threads. async must be initialised on the loop by the caller
  * (its callback calls tide__pool_take_done). Returns 0 or a libuv error. */
 int tide__pool_start(tide__pool *pool, int n) {
@@ -57,17 +72,49 @@ int tide__pool_start(tide__pool *pool, int n) {
         rc = uv_cond_init(&pool->cv);
     if (rc != 0)
         return rc;
-    pool->workers = tide__xcalloc((size_t)n, sizeof(*pool->workers));
+    pool->target = n;
     for (int i = 0; i < n; i++) {
-        pool->workers[i].pool = pool;
-        pool->workers[i].index = i;
-        rc = uv_thread_create(&pool->workers[i].thread, pool_thread,
-                              &pool->workers[i]);
+        rc = pool_add(pool);
         if (rc != 0)
             break;
-        pool->nworkers++;
     }
     return pool->nworkers > 0 ? 0 : rc;
+}
+
+/* Starts one more thread (the caller holds no lock). */
+static int pool_add(tide__pool *pool) {
+    tide__pool_worker *w = tide__xcalloc(1, sizeof(*w));
+    w->pool = pool;
+    uv_mutex_lock(&pool->mu);
+    w->index = pool->nworkers;
+    pool->workers = tide__xrealloc(pool->workers, (size_t)(pool->nworkers + 1) *
+                                                      sizeof(*pool->workers));
+    pool->workers[pool->nworkers] = w;
+    int rc = uv_thread_create(&w->thread, pool_thread, w);
+    if (rc == 0) {
+        pool->nworkers++;
+        pool->alive++;
+    } else {
+        free(w);
+    }
+    uv_mutex_unlock(&pool->mu);
+    return rc;
+}
+
+/* A worker is stuck in a job whose attempt timed out: start a stand-in,
+ * unless 2 x target threads are alive already. Returns 1 when one was
+ * started. */
+int tide__pool_replace(tide__pool *pool) {
+    uv_mutex_lock(&pool->mu);
+    int room = pool->alive < 2 * pool->target && !pool->stopping;
+    uv_mutex_unlock(&pool->mu);
+    if (!room || pool_add(pool) != 0)
+        return 0;
+    uv_mutex_lock(&pool->mu);
+    pool->replaced++;
+    pool->target++; /* the stuck one retires when it comes back */
+    uv_mutex_unlock(&pool->mu);
+    return 1;
 }
 
 /* Queues j; a worker runs pool->run(ctx, j) on it. */
@@ -114,6 +161,15 @@ tide__job *tide__pool_take_done(tide__pool *pool) {
     return j;
 }
 
+/* The job a stand-in was started for came back: the pool shrinks back by
+ * one (a thread retires when it next looks for work). */
+void tide__pool_unreplace(tide__pool *pool) {
+    uv_mutex_lock(&pool->mu);
+    pool->target--;
+    uv_cond_broadcast(&pool->cv);
+    uv_mutex_unlock(&pool->mu);
+}
+
 /* Asks the threads to finish the queue and exit, joins them, and returns
  * the jobs that finished and were not taken back yet (the caller owns
  * them). The pool cannot be used after. */
@@ -124,8 +180,10 @@ tide__job *tide__pool_stop(tide__pool *pool) {
     pool->stopping = 1;
     uv_cond_broadcast(&pool->cv);
     uv_mutex_unlock(&pool->mu);
-    for (int i = 0; i < pool->nworkers; i++)
-        uv_thread_join(&pool->workers[i].thread);
+    for (int i = 0; i < pool->nworkers; i++) {
+        uv_thread_join(&pool->workers[i]->thread);
+        free(pool->workers[i]);
+    }
     free(pool->workers);
     pool->workers = NULL;
     tide__job *done = pool->dhead; /* no thread left to race with */

@@ -998,9 +998,18 @@ function Executor:run()
 end
 
 
---- Counters for tests and progress: live, active, queued, timers, ...
+--- Counters for tests and progress: live, active, queued, timers, ...,
+-- and for sync tasks: workers (threads alive) and workers_replaced
+-- (stand-ins started for workers stuck in timed-out bodies).
 function Executor:stats()
-    return self._E.stats()
+    local s = self._E.stats()
+    if self._pool_ud then
+        local ps = self._pool_ud:stats()
+        s.workers, s.workers_replaced = ps.threads, ps.replaced
+    else
+        s.workers, s.workers_replaced = 0, 0
+    end
+    return s
 end
 
 

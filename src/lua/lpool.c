@@ -26,10 +26,17 @@ _Thread_local int tide__lua_in_worker;
  * core.so, where workers find the modules through package.path. */
 extern void tide__lua_preload_bundle(lua_State *L) __attribute__((weak));
 
+#define LPOOL_GRACE_MS 1000 /* before a stuck worker gets a stand-in */
+#define LPOOL_MAX_STUCK 64
+
 typedef struct {
     lio_base base;
     tide__pool pool;
     uv_async_t async;
+    uv_timer_t stuck_timer; /* checks the jobs whose attempt gave up */
+    tide__job *stuck[LPOOL_MAX_STUCK];
+    int nstuck;
+    int nhandles;
     uv_loop_t *loop;
     char *path, *cpath;
     int nthreads;
@@ -244,9 +251,34 @@ static void lpool_on_async(uv_async_t *a) {
         if (!j->cancelled && j->att != 0)
             tide__lua_wake(lp->loop, j->att);
         j->att = 0;
+        if (j->stood_in)
+            tide__pool_unreplace(&lp->pool);
+        for (int i = 0; i < lp->nstuck; i++)
+            if (lp->stuck[i] == j) {
+                lp->stuck[i] = lp->stuck[--lp->nstuck];
+                lpool_job_unref(j); /* the stuck list's reference */
+                break;
+            }
         lpool_took_back(lp, j);
         j = next;
     }
+}
+
+/* Every LPOOL_GRACE_MS while attempts gave up on running jobs: a job still
+ * running past the grace period gets a stand-in thread (at most 2 x the
+ * threads asked for are alive), so runaway bodies cannot take the pool. */
+static void lpool_on_stuck_timer(uv_timer_t *t) {
+    lpool *lp = tide__container_of(t, lpool, stuck_timer);
+    uint64_t now = uv_now(lp->loop);
+    for (int i = 0; i < lp->nstuck; i++) {
+        tide__job *j = lp->stuck[i];
+        if (!j->done && !j->stood_in &&
+            now - j->cancelled_at >= LPOOL_GRACE_MS &&
+            tide__pool_replace(&lp->pool))
+            j->stood_in = 1;
+    }
+    if (lp->nstuck == 0)
+        uv_timer_stop(t);
 }
 
 static void lpool_free(lpool *lp) {
@@ -255,11 +287,13 @@ static void lpool_free(lpool *lp) {
     free(lp);
 }
 
-static void lpool_async_closed(uv_handle_t *h) {
-    lpool *lp = tide__container_of((uv_async_t *)h, lpool, async);
-    lp->async_open = 0;
-    if (!lp->boxed)
-        lpool_free(lp);
+static void lpool_handle_closed(uv_handle_t *h) {
+    lpool *lp = tide__container_of((lio_base *)h->data, lpool, base);
+    if (--lp->nhandles == 0) {
+        lp->async_open = 0;
+        if (!lp->boxed)
+            lpool_free(lp);
+    }
 }
 
 /* Joins the threads (they finish what they run; queued jobs are dropped)
@@ -281,6 +315,7 @@ static void lpool_stop(lpool *lp) {
         lpool_took_back(lp, q);
         q = next;
     }
+    uv_timer_stop(&lp->stuck_timer);
     tide__job *j = tide__pool_stop(&lp->pool);
     while (j) { /* finished meanwhile: nobody will wait for them now */
         tide__job *next = j->next;
@@ -290,6 +325,8 @@ static void lpool_stop(lpool *lp) {
         lpool_took_back(lp, j);
         j = next;
     }
+    while (lp->nstuck > 0)
+        lpool_job_unref(lp->stuck[--lp->nstuck]);
 }
 
 static void lpool_before_engine_close(lio_base *b) {
@@ -320,7 +357,7 @@ static int l_pool_new(lua_State *L) {
     lp->path = tide__xstrdup(lua_tostring(L, -3) ? lua_tostring(L, -3) : "");
     lp->cpath = tide__xstrdup(lua_tostring(L, -2) ? lua_tostring(L, -2) : "");
     lp->loop = loop;
-    lp->base.close_cb = lpool_async_closed;
+    lp->base.close_cb = lpool_handle_closed;
     lp->base.before_close = lpool_before_engine_close;
     lp->pool.worker_init = lpool_worker_init;
     lp->pool.worker_free = lpool_worker_free;
@@ -331,6 +368,10 @@ static int l_pool_new(lua_State *L) {
     uv_async_init(loop, &lp->async, lpool_on_async);
     lp->async.data = &lp->base;
     uv_unref((uv_handle_t *)&lp->async); /* jobs keep the loop alive */
+    uv_timer_init(loop, &lp->stuck_timer);
+    lp->stuck_timer.data = &lp->base;
+    uv_unref((uv_handle_t *)&lp->stuck_timer);
+    lp->nhandles = 2;
     lp->async_open = 1;
     lp->boxed = 1;
     lp->nthreads = (int)n; /* started on the first job */
@@ -345,8 +386,22 @@ static void lpool_cancel(void *op) {
     lpool *lp = j->owner;
     j->cancelled = 1;
     j->att = 0;
-    if (!j->done && !lp->stopped && tide__pool_unqueue(&lp->pool, j))
+    if (j->done || lp->stopped)
+        return;
+    if (tide__pool_unqueue(&lp->pool, j)) {
         lpool_took_back(lp, j);
+        return;
+    }
+    /* A worker runs it: watch it, and give the worker a stand-in if it
+     * does not come back within the grace period. */
+    if (lp->nstuck < LPOOL_MAX_STUCK) {
+        j->cancelled_at = uv_now(lp->loop);
+        j->refs++;
+        lp->stuck[lp->nstuck++] = j;
+        if (!uv_is_active((uv_handle_t *)&lp->stuck_timer))
+            uv_timer_start(&lp->stuck_timer, lpool_on_stuck_timer,
+                           LPOOL_GRACE_MS / 4, LPOOL_GRACE_MS / 4);
+    }
 }
 
 /* pool:submit(key, task, code|nil, input, timeout_s|nil)
@@ -472,11 +527,28 @@ static int l_pool_close(lua_State *L) {
     lp->boxed = 0;
     if (lp->async_open) {
         if (!uv_is_closing((uv_handle_t *)&lp->async))
-            uv_close((uv_handle_t *)&lp->async, lpool_async_closed);
+            uv_close((uv_handle_t *)&lp->async, lpool_handle_closed);
+        if (!uv_is_closing((uv_handle_t *)&lp->stuck_timer))
+            uv_close((uv_handle_t *)&lp->stuck_timer, lpool_handle_closed);
     } else {
         lpool_free(lp);
     }
     return 0;
+}
+
+/* pool:stats() -> { threads = alive, replaced = stand-ins started } */
+static int l_pool_stats(lua_State *L) {
+    lpool *lp = lpool_check(L, 1);
+    lua_createtable(L, 0, 2);
+    if (lp->started)
+        uv_mutex_lock(&lp->pool.mu);
+    lua_pushinteger(L, lp->pool.alive);
+    lua_setfield(L, -2, "threads");
+    lua_pushnumber(L, (double)lp->pool.replaced);
+    lua_setfield(L, -2, "replaced");
+    if (lp->started)
+        uv_mutex_unlock(&lp->pool.mu);
+    return 1;
 }
 
 static int l_is_worker(lua_State *L) {
@@ -500,6 +572,8 @@ void tide__lua_open_pool(lua_State *L) {
     lua_setfield(L, -2, "submit");
     lua_pushcfunction(L, l_pool_close);
     lua_setfield(L, -2, "close");
+    lua_pushcfunction(L, l_pool_stats);
+    lua_setfield(L, -2, "stats");
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, l_pool_close);
     lua_setfield(L, -2, "__gc");
