@@ -30,13 +30,7 @@ local function alive(pid)
     return true
 end
 
-local function slurp(path)
-    local f = io.open(path, "rb")
-    if not f then return nil end
-    local s = f:read("*a")
-    f:close()
-    return s
-end
+local slurp = require("helpers.proc").slurp
 
 describe("tide.exec", function()
     it("runs a command with stdin, env and cwd, and returns its output", function()

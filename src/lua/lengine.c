@@ -821,10 +821,7 @@ static int l_engine(lua_State *L) {
 }
 
 void tide__lua_open_engine(lua_State *L) {
-    luaL_newmetatable(L, "tide.engine");
-    lua_pushcfunction(L, l_engine_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
+    tide__lua_newclass(L, "tide.engine", NULL, l_engine_gc);
     lua_pushcfunction(L, l_engine);
     lua_setfield(L, -2, "engine");
     lua_pushcfunction(L, l_sleep);

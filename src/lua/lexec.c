@@ -373,10 +373,7 @@ static int l_exec_gc(lua_State *L) {
 }
 
 void tide__lua_open_exec(lua_State *L) {
-    luaL_newmetatable(L, "tide.exec");
-    lua_pushcfunction(L, l_exec_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
+    tide__lua_newclass(L, "tide.exec", NULL, l_exec_gc);
     lua_pushcfunction(L, l_exec_start);
     lua_setfield(L, -2, "exec_start");
     lua_pushcfunction(L, l_exec_wait);

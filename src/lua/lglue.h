@@ -2,9 +2,16 @@
 #ifndef TIDE_LGLUE_H
 #define TIDE_LGLUE_H
 
+#include <lauxlib.h>
 #include <lua.h>
 
 #include "../internal.h"
+
+/* Registers metatable `name` whose __index holds methods (NULL-terminated;
+ * may be NULL) and whose __gc is gc (may be NULL). Leaves the stack as it
+ * was. */
+void tide__lua_newclass(lua_State *L, const char *name, const luaL_Reg *methods,
+                        lua_CFunction gc);
 
 /* Each adds its functions to the table on top of the stack. */
 void tide__lua_open_engine(lua_State *L);

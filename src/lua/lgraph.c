@@ -115,10 +115,7 @@ static int l_graph_gc(lua_State *L) {
 }
 
 void tide__lua_open_graph(lua_State *L) {
-    luaL_newmetatable(L, "tide.graph");
-    lua_pushcfunction(L, l_graph_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
+    tide__lua_newclass(L, "tide.graph", NULL, l_graph_gc);
     lua_pushcfunction(L, l_compile);
     lua_setfield(L, -2, "compile");
     lua_pushcfunction(L, l_graph_info);

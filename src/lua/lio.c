@@ -536,27 +536,32 @@ static int l_exit(lua_State *L) {
     return 0;
 }
 
+void tide__lua_newclass(lua_State *L, const char *name, const luaL_Reg *methods,
+                        lua_CFunction gc) {
+    luaL_newmetatable(L, name);
+    if (methods) {
+        lua_newtable(L);
+        for (const luaL_Reg *r = methods; r->name; r++) {
+            lua_pushcfunction(L, r->func);
+            lua_setfield(L, -2, r->name);
+        }
+        lua_setfield(L, -2, "__index");
+    }
+    if (gc) {
+        lua_pushcfunction(L, gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_pop(L, 1);
+}
+
 void tide__lua_open_io(lua_State *L) {
-    luaL_newmetatable(L, "tide.reader");
-    lua_newtable(L);
-    lua_pushcfunction(L, l_reader_pause);
-    lua_setfield(L, -2, "pause");
-    lua_pushcfunction(L, l_reader_resume);
-    lua_setfield(L, -2, "resume");
-    lua_pushcfunction(L, l_reader_close);
-    lua_setfield(L, -2, "close");
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_reader_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
-    luaL_newmetatable(L, "tide.handle");
-    lua_newtable(L);
-    lua_pushcfunction(L, l_handle_close);
-    lua_setfield(L, -2, "close");
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_handle_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
+    static const luaL_Reg reader_methods[] = {
+        {"pause", l_reader_pause}, {"resume", l_reader_resume},
+        {"close", l_reader_close}, {NULL, NULL}};
+    static const luaL_Reg handle_methods[] = {{"close", l_handle_close},
+                                              {NULL, NULL}};
+    tide__lua_newclass(L, "tide.reader", reader_methods, l_reader_close);
+    tide__lua_newclass(L, "tide.handle", handle_methods, l_handle_close);
     static const luaL_Reg funcs[] = {
         {"reader", l_reader}, {"signal", l_signal}, {"timer", l_timer},
         {"hrtime", l_hrtime}, {"isatty", l_isatty}, {"exit", l_exit},

@@ -566,22 +566,11 @@ static int l_cores(lua_State *L) {
 }
 
 void tide__lua_open_pool(lua_State *L) {
-    luaL_newmetatable(L, "tide.pool");
-    lua_newtable(L);
-    lua_pushcfunction(L, l_pool_submit);
-    lua_setfield(L, -2, "submit");
-    lua_pushcfunction(L, l_pool_close);
-    lua_setfield(L, -2, "close");
-    lua_pushcfunction(L, l_pool_stats);
-    lua_setfield(L, -2, "stats");
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_pool_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
-    luaL_newmetatable(L, "tide.job");
-    lua_pushcfunction(L, l_job_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
+    static const luaL_Reg pool_methods[] = {
+        {"submit", l_pool_submit}, {"close", l_pool_close},
+        {"stats", l_pool_stats},   {NULL, NULL}};
+    tide__lua_newclass(L, "tide.pool", pool_methods, l_pool_close);
+    tide__lua_newclass(L, "tide.job", NULL, l_job_gc);
     static const luaL_Reg funcs[] = {
         {"pool_new", l_pool_new},       {"pool_wait", l_pool_wait},
         {"pool_result", l_pool_result}, {"is_worker", l_is_worker},
