@@ -11,9 +11,10 @@
 #   graphviz                  the specs check that `tide graph` DOT parses
 #   luarocks                  the specs build tide-scm-1.rockspec
 #   libedit-dev               line editing in tide repl (BSD; not readline, GPL-3)
+#   libhttp-parser-dev curl   tide serve's HTTP parser; the serve specs' client
 #   pkg-config build-essential
 set -eu
-PKGS="luajit libluajit-5.1-dev libuv1-dev libyajl-dev lua-cjson lua-busted lua-check lua-luv graphviz luarocks libedit-dev pkg-config build-essential"
+PKGS="luajit libluajit-5.1-dev libuv1-dev libyajl-dev lua-cjson lua-busted lua-check lua-luv graphviz luarocks libedit-dev libhttp-parser-dev curl pkg-config build-essential"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then

@@ -20,6 +20,10 @@ commands:
       Run every JSONL input line through the pipeline the file returns.
       Results go to stdout as JSONL (or to DIR/<sink>.jsonl,
       DIR/failed.jsonl and DIR/rejects.jsonl with --output).
+  serve PIPELINE.lua [--listen 127.0.0.1:8080] [--token-file F] [--threads N]
+                     [--drain-timeout S] [--request-timeout S] [--max-results N]
+      The HTTP/JSON job API (POST /v1/jobs, GET /v1/jobs/ID[/result],
+      DELETE /v1/jobs/ID, /healthz, /metrics). Port 0 picks a free port.
   graph PIPELINE.lua [--format dot|mermaid]
       Print the pipeline's DAG (tasks, edges, maps, gathers, routers,
       limiters) as Graphviz DOT (the default) or Mermaid.
@@ -449,6 +453,83 @@ local function run(args)
 end
 
 
+local function serve(args)
+    local o = { listen = "127.0.0.1:8080", drain = 30 }
+    local i = 2
+    while i <= #args do
+        local a = args[i]
+        local function value()
+            i = i + 1
+            return args[i]
+        end
+        if a == "--listen" then
+            o.listen = value()
+            if not o.listen then return die(EXIT_USAGE, "--listen needs HOST:PORT") end
+        elseif a == "--token-file" then
+            o.token_file = value()
+            if not o.token_file then return die(EXIT_USAGE, "--token-file needs a file") end
+        elseif a == "--threads" then
+            o.threads = tonumber(value())
+            if not o.threads or o.threads < 1 then return die(EXIT_USAGE, "--threads needs a number >= 1") end
+        elseif a == "--request-timeout" then
+            o.request_timeout = tonumber(value())
+            if not o.request_timeout or not (o.request_timeout > 0) then
+                return die(EXIT_USAGE, "--request-timeout needs seconds > 0")
+            end
+        elseif a == "--max-results" then
+            o.max_results = tonumber(value())
+            if not o.max_results or o.max_results < 1 then
+                return die(EXIT_USAGE, "--max-results needs a number >= 1")
+            end
+        elseif a == "--drain-timeout" then
+            o.drain = tonumber(value())
+            if not o.drain or o.drain < 0 then return die(EXIT_USAGE, "--drain-timeout needs seconds >= 0") end
+        elseif a:sub(1, 1) == "-" then
+            return die(EXIT_USAGE, "unknown option '" .. a .. "'\n" .. USAGE)
+        elseif not o.pipeline then
+            o.pipeline = a
+        else
+            return die(EXIT_USAGE, "unexpected argument '" .. a .. "'")
+        end
+        i = i + 1
+    end
+    if not o.pipeline then return die(EXIT_USAGE, "serve needs a pipeline file\n" .. USAGE) end
+    local token
+    if o.token_file then
+        local f, err = io.open(o.token_file)
+        if not f then return die(EXIT_USAGE, "--token-file: " .. tostring(err)) end
+        token = (f:read("*a") or ""):match("^%s*(.-)%s*$")
+        f:close()
+        if token == "" then return die(EXIT_USAGE, "--token-file: the file is empty") end
+    end
+    local p, err = load_pipeline(o.pipeline)
+    if not p then return die(EXIT_USAGE, err) end
+    local server, serr = require("tide.serve").serve(p, {
+        listen = o.listen, token = token, threads = o.threads,
+        request_timeout = o.request_timeout, max_results = o.max_results,
+    })
+    if not server then return die(EXIT_IO, serr) end
+    local host = o.listen:match("^(.*):%d+$")
+    io_stderr:write(format("tide: serving '%s' on http://%s:%d\n", p.name, host, server.port))
+    local ex = server.executor
+    local draining
+    local function on_signal(signum)
+        if draining then return end
+        draining = signum
+        io_stderr:write("tide: draining (signal ", signum, ")\n")
+        server.drain(o.drain)
+    end
+    local sigint = core.signal(ex._ud, 2, on_signal)
+    local sigterm = core.signal(ex._ud, 15, on_signal)
+    ex._E.run()
+    sigint:close()
+    sigterm:close()
+    ex:close()
+    io_stderr:write("tide: stopped\n")
+    return EXIT_OK
+end
+
+
 local function graph(args)
     local fmt, path = "dot", nil
     local i = 2
@@ -499,7 +580,9 @@ function M.main(args)
             return die(EXIT_USAGE, "usage: tide repl [PIPELINE.lua]")
         end
         return require("tide.repl").main(args[2])
-    elseif cmd == "serve" or cmd == "worker" then
+    elseif cmd == "serve" then
+        return serve(args)
+    elseif cmd == "worker" then
         return die(EXIT_USAGE, "'" .. cmd .. "' is not available in this version of tide yet")
     end
     return die(EXIT_USAGE, "unknown command '" .. tostring(cmd) .. "'\n" .. USAGE)

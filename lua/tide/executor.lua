@@ -803,8 +803,31 @@ function Executor:_done(id, status, value)
     if w then
         self._waiters[id] = nil
         local wake = self._E.wake
-        for _, h in ipairs(w) do wake(h) end
+        for _, h in ipairs(w) do
+            if type(h) == "function" then
+                local ok, err = pcall(h, id)
+                if not ok then io_stderr:write("tide: result watcher failed: ", tostring(err), "\n") end
+            else
+                wake(h)
+            end
+        end
     end
+end
+
+
+--- Calls fn(id) once the job finished (at once when it has already).
+-- For servers (long-polls); fn runs on the loop thread and must not wait.
+function Executor:watch(id, fn)
+    if self._results[id] then
+        fn(id)
+        return
+    end
+    local w = self._waiters[id]
+    if not w then
+        w = {}
+        self._waiters[id] = w
+    end
+    w[#w + 1] = fn
 end
 
 

@@ -15,6 +15,7 @@ M.pipeline_file = pipeline.load
 M.executor = executor.new
 M.sleep = core.sleep
 M.exec = require("tide.exec").exec
+M.serve = function(...) return require("tide.serve").serve(...) end
 M.json = core.json
 M.is_error = errors.is
 -- For hosts with a loop of their own: tide.fd() to poll, tide.timeout() to

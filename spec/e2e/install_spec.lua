@@ -42,8 +42,9 @@ describe("packaging", function()
         local exe = pfx .. "/host"
         -- Under make check the library is built with sanitizers: link them.
         local san = os.getenv("TIDE_SAN_FLAGS") or ""
-        rc, out = sh("cc -std=c11 " .. san .. " -o " .. q(exe) .. " examples/embed/host.c -I" .. q(pfx .. "/include")
-            .. " " .. q(pfx .. "/lib/libtide.a") .. " $(pkg-config --libs luajit libuv yajl) -lm -ldl -lpthread")
+        rc, out = sh("cc -std=c11 -D_GNU_SOURCE " .. san .. " -o " .. q(exe) .. " examples/embed/host.c"
+            .. " -I" .. q(pfx .. "/include") .. " " .. q(pfx .. "/lib/libtide.a")
+            .. " $(pkg-config --libs luajit libuv yajl) -lhttp_parser -lm -ldl -lpthread")
         assert.equal(0, rc, out)
         rc, out = sh(q(exe) .. " examples/embed/wordcount.lua '\"a b a\"'")
         assert.equal(0, rc, out)

@@ -27,6 +27,7 @@ void tide__lua_open_exec(lua_State *L);
 void tide__lua_open_marshal(lua_State *L);
 void tide__lua_open_pool(lua_State *L);
 void tide__lua_open_native(lua_State *L);
+void tide__lua_open_http(lua_State *L);
 void tide__native_run(lua_State *L, tide__job *j, tide_native_fn fn);
 /* 1 on tide's worker threads (their Lua states run sync tasks). */
 extern _Thread_local int tide__lua_in_worker;

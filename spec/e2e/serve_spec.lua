@@ -1,0 +1,187 @@
+-- End-to-end specs of `tide serve`: the real binary on a free loopback
+-- port, spoken to with curl (and raw bytes through bash's /dev/tcp).
+local proc = require "helpers.proc"
+local json = require("tide.core").json
+
+local q = proc.shquote
+
+local function start(extra)
+    local err = os.tmpname()
+    local cmd = proc.bin .. " serve spec/fixtures/pipelines/serve.lua --listen 127.0.0.1:0 "
+        .. (extra or "") .. " 2>" .. q(err) .. " & echo $!"
+    local h = io.popen(cmd)
+    local pid = h:read("*l")
+    h:close()
+    local port
+    for _ = 1, 100 do
+        local text = proc.slurp(err) or ""
+        port = text:match("127%.0%.0%.1:(%d+)")
+        if port then break end
+        os.execute("sleep 0.05")
+    end
+    assert(port, "tide serve did not start: " .. (proc.slurp(err) or ""))
+    return { pid = pid, port = port, err = err, url = "http://127.0.0.1:" .. port }
+end
+
+local function stop(s, sig)
+    os.execute("kill -" .. (sig or "TERM") .. " " .. s.pid .. " 2>/dev/null")
+    for _ = 1, 100 do
+        if os.execute("kill -0 " .. s.pid .. " 2>/dev/null") ~= 0
+            and os.execute("kill -0 " .. s.pid .. " 2>/dev/null") ~= true then break end
+        os.execute("sleep 0.05")
+    end
+    local text = proc.slurp(s.err)
+    os.remove(s.err)
+    return text
+end
+
+-- curl: returns status, body.
+local function http(s, method, path, body, headers)
+    local cmd = { "curl -s -o - -w '\\n%{http_code}' -X", method }
+    for _, h in ipairs(headers or { "Content-Type: application/json" }) do
+        cmd[#cmd + 1] = "-H " .. q(h)
+    end
+    local tmp
+    if body then
+        -- Through a file: a command line cannot hold a large body.
+        tmp = os.tmpname()
+        proc.write(tmp, body)
+        cmd[#cmd + 1] = "--data-binary @" .. q(tmp)
+    end
+    cmd[#cmd + 1] = q(s.url .. path)
+    local h = io.popen(table.concat(cmd, " "))
+    local out = h:read("*a")
+    h:close()
+    if tmp then os.remove(tmp) end
+    local text, status = out:match("^(.*)\n(%d+)$")
+    return tonumber(status), text
+end
+
+-- Raw bytes on a fresh connection; returns the status line's code.
+local function raw(s, bytes, wait)
+    local cmd = "exec 3<>/dev/tcp/127.0.0.1/" .. s.port .. "; printf %s " .. q(bytes)
+        .. " >&3; " .. (wait and ("sleep " .. wait .. "; ") or "") .. "timeout 5 head -c 12 <&3"
+    local h = io.popen("bash -c " .. q(cmd))
+    local out = h:read("*a")
+    h:close()
+    return tonumber(out:match("^HTTP/1%.1 (%d+)"))
+end
+
+describe("tide serve", function()
+    local s
+    setup(function() s = start("--request-timeout 0.5 --max-results 3") end)
+    teardown(function() stop(s) end)
+
+    it("submits, reports status and returns results", function()
+        local st, body = http(s, "POST", "/v1/jobs", '{"id":"a","input":21}')
+        assert.equal(201, st)
+        assert.same({ id = "a" }, json.decode(body))
+        st, body = http(s, "GET", "/v1/jobs/a/result?wait=2")
+        assert.equal(200, st)
+        assert.same({ id = "a", status = "done", output = 42 }, json.decode(body))
+        st, body = http(s, "GET", "/v1/jobs/a")
+        assert.equal(200, st)
+        assert.same({ id = "a", status = "done" }, json.decode(body))
+        -- Reading a result does not consume it.
+        st = http(s, "GET", "/v1/jobs/a/result")
+        assert.equal(200, st)
+    end)
+
+    it("submits and waits in one request, and returns error records", function()
+        local st, body = http(s, "POST", "/v1/jobs?wait=2", '{"input":{"n":4,"sleep":0.1}}')
+        assert.equal(200, st)
+        assert.equal(8, json.decode(body).output)
+        st, body = http(s, "POST", "/v1/jobs?wait=2", '{"input":"boom"}')
+        assert.equal(200, st)
+        local r = json.decode(body)
+        assert.equal("failed", r.status)
+        assert.equal("ETASK", r.error.code)
+        assert.matches("boom on purpose", r.error.message)
+    end)
+
+    it("answers 202 when a long-poll expires first, never later", function()
+        http(s, "POST", "/v1/jobs", '{"id":"slow","input":{"n":1,"sleep":3}}')
+        local t0 = os.time()
+        local st, body = http(s, "GET", "/v1/jobs/slow/result?wait=0.3")
+        assert.equal(202, st)
+        assert.equal("running", json.decode(body).status)
+        assert.is_true(os.time() - t0 <= 1)
+        st = http(s, "DELETE", "/v1/jobs/slow")
+        assert.equal(200, st)
+        st, body = http(s, "GET", "/v1/jobs/slow/result")
+        assert.equal(200, st)
+        assert.equal("ECANCELED", json.decode(body).error.code)
+        assert.equal(409, (http(s, "DELETE", "/v1/jobs/slow")))
+    end)
+
+    it("refuses bad requests with clear JSON errors and keeps serving", function()
+        assert.equal(201, (http(s, "POST", "/v1/jobs", '{"id":"dup","input":1}')))
+        assert.equal(409, (http(s, "POST", "/v1/jobs", '{"id":"dup","input":1}')))
+        local st, body = http(s, "POST", "/v1/jobs", "{not json")
+        assert.equal(400, st)
+        assert.equal("EVALUE", json.decode(body).error.code)
+        assert.equal(415, (http(s, "POST", "/v1/jobs", '{"input":1}', { "Content-Type: text/plain" })))
+        assert.equal(400, (http(s, "POST", "/v1/jobs", '{"inputs":1}')))
+        assert.equal(400, (http(s, "POST", "/v1/jobs?wait=soon", '{"input":1}')))
+        assert.equal(404, (http(s, "GET", "/v1/jobs/never")))
+        assert.equal(404, (http(s, "GET", "/elsewhere")))
+        assert.equal(405, (http(s, "PUT", "/v1/jobs", "{}")))
+        local big = '{"input":"' .. string.rep("x", 1100000) .. '"}'
+        assert.equal(413, (http(s, "POST", "/v1/jobs", big)))
+        local many = {}
+        for i = 1, 70 do many[i] = "X-H" .. i .. ": v" end
+        many[#many + 1] = "Content-Type: application/json"
+        assert.equal(431, (http(s, "POST", "/v1/jobs", '{"input":1}', many)))
+        assert.equal(400, raw(s, "GET /healthz HTTP/1.1\r\nHost: x\r\n folded: yes\r\n\r\n"))
+        assert.equal(400, raw(s, "GET /healthz HTTP/1.1\nHost: x\n\n"))
+        assert.equal(400, raw(s, "GET /healthz HTTP/1.1\r\nHost : x\r\n\r\n"))
+        assert.equal(400, raw(s, "GET /healthz HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"))
+        assert.equal(408, raw(s, "GET /healthz HTTP/1.1\r\nHost:", 0.9)) -- too slow
+        -- Still serving.
+        assert.equal(200, (http(s, "GET", "/healthz")))
+    end)
+
+    it("answers 410 for results evicted by --max-results", function()
+        for i = 1, 5 do http(s, "POST", "/v1/jobs?wait=2", '{"id":"e' .. i .. '","input":' .. i .. '}') end
+        assert.equal(410, (http(s, "GET", "/v1/jobs/e1/result")))
+        assert.equal(200, (http(s, "GET", "/v1/jobs/e5/result")))
+    end)
+
+    it("exposes Prometheus metrics", function()
+        local st, body = http(s, "GET", "/metrics")
+        assert.equal(200, st)
+        assert.matches("\ntide_jobs_total %d+\n", body)
+        assert.matches('tide_jobs_finished_total{status="done"} %d+', body)
+        assert.matches("# TYPE tide_http_rejected_total counter", body)
+    end)
+end)
+
+describe("tide serve with --token-file", function()
+    it("needs the bearer token everywhere but /healthz", function()
+        local tok = os.tmpname()
+        finally(function() os.remove(tok) end)
+        proc.write(tok, "s3cret\n")
+        local s = start("--token-file " .. q(tok))
+        finally(function() stop(s) end)
+        assert.equal(401, (http(s, "POST", "/v1/jobs", '{"input":1}')))
+        assert.equal(401, (http(s, "GET", "/metrics", nil, { "Authorization: Bearer wrong" })))
+        assert.equal(200, (http(s, "GET", "/healthz", nil, {})))
+        assert.equal(201, (http(s, "POST", "/v1/jobs", '{"input":1}',
+            { "Content-Type: application/json", "Authorization: Bearer s3cret" })))
+    end)
+end)
+
+describe("tide serve drain", function()
+    it("finishes jobs in flight and answers long-polls on SIGTERM, then exits 0", function()
+        local s = start()
+        http(s, "POST", "/v1/jobs", '{"id":"d","input":{"n":5,"sleep":0.6}}')
+        local h = io.popen("curl -s " .. q(s.url .. "/v1/jobs/d/result?wait=5"))
+        os.execute("sleep 0.2")
+        local text = stop(s, "TERM")
+        local body = h:read("*a")
+        h:close()
+        assert.same({ id = "d", status = "done", output = 10 }, json.decode(body))
+        assert.matches("draining", text)
+        assert.matches("stopped", text)
+    end)
+end)

@@ -1,0 +1,676 @@
+/* HTTP/1.1 for `tide serve`: libuv TCP, Debian's http-parser 2.9 for the
+ * grammar, and the strictness it lacks (a pre-scan of the header block:
+ * obs-fold, bare LF, whitespace before a colon) plus tide's own limits
+ * (header block size and count: 431; body: 413; a request must arrive
+ * within a time limit: 408; idle keep-alive connections are closed).
+ *
+ * DESIGN
+ * ------
+ * A connection reads until its header block is complete, checks it, then
+ * feeds the parser; a complete request is handed to Lua (on_request(conn,
+ * method, path, query, headers, body)) and reading pauses until Lua calls
+ * respond(conn, ...), possibly much later (long-polls). One request at a
+ * time per connection; pipelined bytes wait in the buffer. A connection
+ * record is freed in its close callback; Lua refers to it by number, so a
+ * late respond() for a closed connection is a no-op. */
+#include <ctype.h>
+#include <string.h>
+
+#include <http_parser.h>
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "lglue.h"
+
+#define LHTTP_MAX_HEADER_BYTES 16384
+#define LHTTP_MAX_HEADERS 64
+
+typedef struct lhttp_server lhttp_server;
+
+typedef struct lhttp_conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    int nhandles;
+    lhttp_server *srv;
+    uint32_t id;
+    struct lhttp_conn *next, *prev;
+    http_parser parser;
+    char *buf;          /* bytes received, not yet parsed */
+    size_t len, cap;
+    int headers_ok;     /* the header block of this request passed */
+    int in_request;     /* a request is being parsed or answered */
+    int waiting;        /* handed to Lua, no response yet */
+    int closing;
+    int keep_alive;
+    /* The request being built. */
+    char *url;
+    size_t urllen;
+    char *body;
+    size_t bodylen;
+    char *hname[LHTTP_MAX_HEADERS], *hvalue[LHTTP_MAX_HEADERS];
+    size_t hnamelen[LHTTP_MAX_HEADERS], hvaluelen[LHTTP_MAX_HEADERS];
+    int nheaders, last_was_value;
+    int complete;
+    int error_status;   /* set by callbacks: respond with it and close */
+} lhttp_conn;
+
+struct lhttp_server {
+    lio_base base;
+    uv_tcp_t tcp;
+    uv_loop_t *loop;
+    lua_State *T;       /* hook thread */
+    int thread_ref, fn_ref;
+    int closed, handle_open, boxed;
+    uint32_t next_id;
+    lhttp_conn *conns;
+    size_t max_body;
+    uint64_t request_ms, idle_ms;
+    uint64_t requests, rejected;
+};
+
+static http_parser_settings lhttp_settings;
+
+static void lhttp_conn_close(lhttp_conn *c);
+static void lhttp_try_parse(lhttp_conn *c);
+
+static void lhttp_append(char **p, size_t *len, const char *at, size_t n) {
+    *p = tide__xrealloc(*p, *len + n + 1);
+    memcpy(*p + *len, at, n);
+    *len += n;
+    (*p)[*len] = '\0';
+}
+
+static void lhttp_reset_request(lhttp_conn *c) {
+    free(c->url);
+    free(c->body);
+    c->url = c->body = NULL;
+    c->urllen = c->bodylen = 0;
+    for (int i = 0; i < c->nheaders; i++) {
+        free(c->hname[i]);
+        free(c->hvalue[i]);
+    }
+    c->nheaders = 0;
+    c->last_was_value = 0;
+    c->complete = 0;
+    c->headers_ok = 0;
+    c->error_status = 0;
+}
+
+/* ===== PARSER CALLBACKS ===== */
+
+static int lhttp_on_url(http_parser *p, const char *at, size_t n) {
+    lhttp_conn *c = p->data;
+    lhttp_append(&c->url, &c->urllen, at, n);
+    return 0;
+}
+
+static int lhttp_on_header_field(http_parser *p, const char *at, size_t n) {
+    lhttp_conn *c = p->data;
+    if (c->nheaders == 0 || c->last_was_value) {
+        if (c->nheaders == LHTTP_MAX_HEADERS) {
+            c->error_status = 431;
+            return 1;
+        }
+        c->hname[c->nheaders] = NULL;
+        c->hnamelen[c->nheaders] = 0;
+        c->hvalue[c->nheaders] = NULL;
+        c->hvaluelen[c->nheaders] = 0;
+        c->nheaders++;
+    }
+    c->last_was_value = 0;
+    int i = c->nheaders - 1;
+    lhttp_append(&c->hname[i], &c->hnamelen[i], at, n);
+    return 0;
+}
+
+static int lhttp_on_header_value(http_parser *p, const char *at, size_t n) {
+    lhttp_conn *c = p->data;
+    int i = c->nheaders - 1;
+    c->last_was_value = 1;
+    lhttp_append(&c->hvalue[i], &c->hvaluelen[i], at, n);
+    return 0;
+}
+
+static int lhttp_on_headers_complete(http_parser *p) {
+    lhttp_conn *c = p->data;
+    if (p->content_length != ULLONG_MAX &&
+        p->content_length > c->srv->max_body) {
+        c->error_status = 413;
+        return 1;
+    }
+    return 0;
+}
+
+static int lhttp_on_body(http_parser *p, const char *at, size_t n) {
+    lhttp_conn *c = p->data;
+    if (c->bodylen + n > c->srv->max_body) {
+        c->error_status = 413;
+        return 1;
+    }
+    lhttp_append(&c->body, &c->bodylen, at, n);
+    return 0;
+}
+
+static int lhttp_on_message_complete(http_parser *p) {
+    lhttp_conn *c = p->data;
+    c->complete = 1;
+    http_parser_pause(p, 1); /* one request at a time */
+    return 0;
+}
+
+/* ===== WRITING ===== */
+
+typedef struct {
+    uv_write_t req;
+    char *data;
+    lhttp_conn *conn;
+    int close_after;
+} lhttp_write;
+
+static void lhttp_written(uv_write_t *w, int status) {
+    lhttp_write *lw = (lhttp_write *)w;
+    lhttp_conn *c = lw->conn;
+    free(lw->data);
+    int close_after = lw->close_after;
+    free(lw);
+    if (status < 0 || close_after)
+        lhttp_conn_close(c);
+}
+
+static const char *lhttp_reason(int status) {
+    switch (status) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 413: return "Content Too Large";
+    case 415: return "Unsupported Media Type";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    default: return "Status";
+    }
+}
+
+/* Writes a response; closes the connection after it when close_after. */
+static void lhttp_send(lhttp_conn *c, int status, const char *ctype,
+                       const char *extra_headers, const char *body,
+                       size_t bodylen, int close_after) {
+    if (c->closing)
+        return;
+    char head[1024];
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
+                     "Content-Length: %zu\r\n%s%s\r\n",
+                     status, lhttp_reason(status), ctype, bodylen,
+                     close_after ? "Connection: close\r\n" : "",
+                     extra_headers ? extra_headers : "");
+    if (n < 0 || (size_t)n >= sizeof(head))
+        n = 0;
+    lhttp_write *lw = tide__xcalloc(1, sizeof(*lw));
+    lw->data = tide__xmalloc((size_t)n + bodylen + 1);
+    memcpy(lw->data, head, (size_t)n);
+    if (bodylen)
+        memcpy(lw->data + n, body, bodylen);
+    lw->conn = c;
+    lw->close_after = close_after;
+    uv_buf_t b = uv_buf_init(lw->data, (unsigned)((size_t)n + bodylen));
+    if (uv_write(&lw->req, (uv_stream_t *)&c->tcp, &b, 1, lhttp_written)) {
+        free(lw->data);
+        free(lw);
+        lhttp_conn_close(c);
+    }
+}
+
+/* A protocol error: a JSON error body, then the connection is closed. */
+static void lhttp_reject(lhttp_conn *c, int status, const char *msg) {
+    char body[512];
+    int n = snprintf(body, sizeof(body),
+                     "{\"error\":{\"code\":\"EHTTP\",\"message\":\"%s\"}}", msg);
+    c->srv->rejected++;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    lhttp_send(c, status, "application/json", NULL, body, (size_t)n, 1);
+}
+
+/* ===== CONNECTIONS ===== */
+
+static void lhttp_conn_closed(uv_handle_t *h) {
+    lhttp_conn *c = h->data;
+    if (--c->nhandles > 0)
+        return;
+    lhttp_reset_request(c);
+    free(c->buf);
+    free(c);
+}
+
+static void lhttp_conn_close(lhttp_conn *c) {
+    if (c->closing)
+        return;
+    c->closing = 1;
+    lhttp_server *s = c->srv;
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (s->conns == c)
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    uv_timer_stop(&c->timer);
+    uv_close((uv_handle_t *)&c->tcp, lhttp_conn_closed);
+    uv_close((uv_handle_t *)&c->timer, lhttp_conn_closed);
+}
+
+static void lhttp_on_timer(uv_timer_t *t) {
+    lhttp_conn *c = t->data;
+    if (c->waiting)
+        return; /* Lua holds the request (a long-poll): its business */
+    if (c->in_request || c->len > 0)
+        lhttp_reject(c, 408, "request took too long");
+    else
+        lhttp_conn_close(c); /* idle keep-alive connection */
+}
+
+static void lhttp_arm(lhttp_conn *c, uint64_t ms) {
+    uv_timer_start(&c->timer, lhttp_on_timer, ms, 0);
+}
+
+/* Checks a complete header block (up to and including CRLF CRLF) for
+ * what http-parser lets through. Returns NULL or the reason. */
+static const char *lhttp_prescan(const char *p, size_t n) {
+    int line_start = 1, in_name = 1, saw_space_in_name = 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = p[i];
+        if (ch == '\n' && (i == 0 || p[i - 1] != '\r'))
+            return "bare LF in the header block";
+        if (line_start && i > 0 && (ch == ' ' || ch == '\t'))
+            return "obsolete line folding in the header block";
+        if (ch == '\n') {
+            line_start = 1;
+            in_name = 1;
+            saw_space_in_name = 0;
+            continue;
+        }
+        if (line_start && i > 0 && ch != '\r')
+            line_start = 0;
+        else if (i == 0)
+            line_start = 0;
+        if (in_name && !line_start) {
+            if (ch == ':') {
+                if (saw_space_in_name)
+                    return "whitespace before a header colon";
+                in_name = 0;
+            } else if (ch == ' ' || ch == '\t') {
+                saw_space_in_name = 1;
+            }
+        }
+    }
+    return NULL;
+}
+
+static void lhttp_dispatch(lhttp_conn *c) {
+    lhttp_server *s = c->srv;
+    lua_State *T = s->T;
+    struct http_parser_url u;
+    const char *path = c->url ? c->url : "/";
+    size_t pathlen = c->url ? c->urllen : 1;
+    const char *query = "";
+    size_t querylen = 0;
+    http_parser_url_init(&u);
+    if (c->url && http_parser_parse_url(c->url, c->urllen, 0, &u) == 0) {
+        if (u.field_set & (1 << UF_PATH)) {
+            path = c->url + u.field_data[UF_PATH].off;
+            pathlen = u.field_data[UF_PATH].len;
+        }
+        if (u.field_set & (1 << UF_QUERY)) {
+            query = c->url + u.field_data[UF_QUERY].off;
+            querylen = u.field_data[UF_QUERY].len;
+        }
+    }
+    s->requests++;
+    c->waiting = 1;
+    c->keep_alive = http_should_keep_alive(&c->parser);
+    lua_settop(T, 0);
+    lua_rawgeti(T, LUA_REGISTRYINDEX, s->fn_ref);
+    lua_pushinteger(T, c->id);
+    lua_pushstring(T, http_method_str((enum http_method)c->parser.method));
+    lua_pushlstring(T, path, pathlen);
+    lua_pushlstring(T, query, querylen);
+    lua_createtable(T, 0, c->nheaders);
+    for (int i = 0; i < c->nheaders; i++) {
+        /* Lower-case names; a repeated header keeps its last value. */
+        for (size_t k = 0; k < c->hnamelen[i]; k++)
+            c->hname[i][k] = (char)tolower((unsigned char)c->hname[i][k]);
+        lua_pushlstring(T, c->hname[i], c->hnamelen[i]);
+        lua_pushlstring(T, c->hvalue[i] ? c->hvalue[i] : "", c->hvaluelen[i]);
+        lua_rawset(T, -3);
+    }
+    lua_pushlstring(T, c->body ? c->body : "", c->bodylen);
+    if (tide__lua_pcall_hook(T, 6, "HTTP request handler") != 0 &&
+        c->waiting && !c->closing)
+        lhttp_send(c, 500, "application/json", NULL,
+                   "{\"error\":{\"code\":\"EIO\",\"message\":\"internal "
+                   "error\"}}", 51, 1);
+}
+
+/* Parses what is buffered: the header block first (checked), then the
+ * rest, until one request is complete. */
+static void lhttp_try_parse(lhttp_conn *c) {
+    while (!c->closing && !c->waiting && c->len > 0) {
+        if (!c->headers_ok) {
+            const char *end = NULL;
+            for (size_t i = 3; i < c->len; i++)
+                if (c->buf[i] == '\n' && c->buf[i - 1] == '\r' &&
+                    c->buf[i - 2] == '\n' && c->buf[i - 3] == '\r') {
+                    end = c->buf + i + 1;
+                    break;
+                }
+            /* A bare-LF request may never show CRLF CRLF: look for LF LF. */
+            if (end == NULL)
+                for (size_t i = 1; i < c->len; i++)
+                    if (c->buf[i] == '\n' && c->buf[i - 1] == '\n') {
+                        end = c->buf + i + 1;
+                        break;
+                    }
+            if (end == NULL) {
+                if (c->len > LHTTP_MAX_HEADER_BYTES)
+                    lhttp_reject(c, 431, "header block too large");
+                return; /* wait for more */
+            }
+            if ((size_t)(end - c->buf) > LHTTP_MAX_HEADER_BYTES) {
+                lhttp_reject(c, 431, "header block too large");
+                return;
+            }
+            const char *why = lhttp_prescan(c->buf, (size_t)(end - c->buf));
+            if (why) {
+                lhttp_reject(c, 400, why);
+                return;
+            }
+            c->headers_ok = 1;
+            c->in_request = 1;
+            http_parser_init(&c->parser, HTTP_REQUEST);
+            c->parser.data = c;
+        }
+        size_t used = http_parser_execute(&c->parser, &lhttp_settings, c->buf,
+                                          c->len);
+        enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
+        if (c->error_status) {
+            lhttp_reject(c, c->error_status,
+                         c->error_status == 413 ? "request body too large"
+                                                : "too many header fields");
+            return;
+        }
+        if (err != HPE_OK && err != HPE_PAUSED) {
+            lhttp_reject(c, 400, http_errno_description(err));
+            return;
+        }
+        memmove(c->buf, c->buf + used, c->len - used);
+        c->len -= used;
+        if (!c->complete)
+            return; /* the body is still coming */
+        http_parser_pause(&c->parser, 0);
+        lhttp_dispatch(c);
+    }
+}
+
+static void lhttp_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+    lhttp_conn *c = h->data;
+    TIDE_UNUSED(hint);
+    if (c->cap - c->len < 16384) {
+        c->cap = c->cap ? c->cap * 2 : 16384;
+        c->buf = tide__xrealloc(c->buf, c->cap);
+    }
+    *buf = uv_buf_init(c->buf + c->len, (unsigned)(c->cap - c->len));
+}
+
+static void lhttp_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
+    lhttp_conn *c = st->data;
+    TIDE_UNUSED(buf);
+    if (n < 0) {
+        lhttp_conn_close(c);
+        return;
+    }
+    c->len += (size_t)n;
+    if (!c->in_request)
+        lhttp_arm(c, c->srv->request_ms); /* the request's time limit */
+    c->in_request = 1;
+    /* A body larger than the limit is refused before it is all read. */
+    if (c->len > c->srv->max_body + LHTTP_MAX_HEADER_BYTES + 1024) {
+        lhttp_reject(c, 413, "request body too large");
+        return;
+    }
+    lhttp_try_parse(c);
+}
+
+static void lhttp_on_connection(uv_stream_t *server, int status) {
+    lhttp_server *s = tide__container_of((uv_tcp_t *)server, lhttp_server,
+                                         tcp);
+    if (status < 0 || s->closed)
+        return;
+    lhttp_conn *c = tide__xcalloc(1, sizeof(*c));
+    c->srv = s;
+    c->id = ++s->next_id;
+    uv_tcp_init(s->loop, &c->tcp);
+    uv_timer_init(s->loop, &c->timer);
+    c->tcp.data = c->timer.data = c;
+    c->nhandles = 2;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+        c->closing = 1;
+        uv_close((uv_handle_t *)&c->tcp, lhttp_conn_closed);
+        uv_close((uv_handle_t *)&c->timer, lhttp_conn_closed);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    lhttp_arm(c, s->idle_ms);
+    uv_read_start((uv_stream_t *)&c->tcp, lhttp_alloc, lhttp_read);
+}
+
+static lhttp_conn *lhttp_find(lhttp_server *s, uint32_t id) {
+    for (lhttp_conn *c = s->conns; c; c = c->next)
+        if (c->id == id)
+            return c;
+    return NULL;
+}
+
+/* ===== LUA ===== */
+
+/* The server of a box; a draining server (closed to new connections)
+ * still answers the requests it holds. */
+static lhttp_server *lhttp_check(lua_State *L) {
+    lhttp_server **box = luaL_checkudata(L, 1, "tide.http");
+    if (*box == NULL)
+        luaL_argerror(L, 1, "server is closed");
+    return *box;
+}
+
+/* respond(conn, status, body, content_type, extra_headers) -> sent
+ * Returns false when the connection is gone. */
+static int l_http_respond(lua_State *L) {
+    lhttp_server *s = lhttp_check(L);
+    uint32_t id = (uint32_t)luaL_checkinteger(L, 2);
+    int status = (int)luaL_checkinteger(L, 3);
+    size_t n;
+    const char *body = luaL_optlstring(L, 4, "", &n);
+    const char *ctype = luaL_optstring(L, 5, "application/json");
+    const char *extra = luaL_optstring(L, 6, NULL);
+    lhttp_conn *c = lhttp_find(s, id);
+    if (c == NULL || !c->waiting || c->closing) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    c->waiting = 0;
+    c->in_request = 0;
+    int close_after = !c->keep_alive || s->closed;
+    lhttp_send(c, status, ctype, extra, body, n, close_after);
+    lhttp_reset_request(c);
+    if (!close_after) {
+        lhttp_arm(c, s->idle_ms);
+        if (c->len > 0) /* a pipelined request waits */
+            lhttp_try_parse(c);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_http_port(lua_State *L) {
+    lhttp_server *s = lhttp_check(L);
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    memset(&ss, 0, sizeof(ss));
+    if (s->handle_open)
+        uv_tcp_getsockname(&s->tcp, (struct sockaddr *)&ss, &len);
+    int port = ss.ss_family == AF_INET6
+                   ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                   : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    lua_pushinteger(L, port);
+    return 1;
+}
+
+static int l_http_stats(lua_State *L) {
+    lhttp_server *s = lhttp_check(L);
+    lua_createtable(L, 0, 3);
+    lua_pushnumber(L, (double)s->requests);
+    lua_setfield(L, -2, "requests");
+    lua_pushnumber(L, (double)s->rejected);
+    lua_setfield(L, -2, "rejected");
+    int open = 0;
+    for (lhttp_conn *c = s->conns; c; c = c->next)
+        open++;
+    lua_pushinteger(L, open);
+    lua_setfield(L, -2, "connections");
+    return 1;
+}
+
+static void lhttp_server_closed(uv_handle_t *h) {
+    lhttp_server *s = tide__container_of((uv_tcp_t *)h, lhttp_server, tcp);
+    s->handle_open = 0;
+    if (!s->boxed)
+        free(s);
+}
+
+/* Stops accepting; open connections finish their request (when drain) or
+ * are closed now. */
+static void lhttp_stop(lhttp_server *s, int drain) {
+    if (!s->closed) {
+        s->closed = 1;
+        if (s->handle_open && !uv_is_closing((uv_handle_t *)&s->tcp))
+            uv_close((uv_handle_t *)&s->tcp, lhttp_server_closed);
+        luaL_unref(s->T, LUA_REGISTRYINDEX, s->fn_ref);
+        luaL_unref(s->T, LUA_REGISTRYINDEX, s->thread_ref);
+    }
+    lhttp_conn *c = s->conns;
+    while (c) {
+        lhttp_conn *next = c->next;
+        if (!drain || !c->waiting)
+            lhttp_conn_close(c);
+        c = next;
+    }
+}
+
+/* server:close([drain]) */
+static int l_http_close(lua_State *L) {
+    lhttp_server **box = luaL_checkudata(L, 1, "tide.http");
+    lhttp_server *s = *box;
+    if (s == NULL)
+        return 0;
+    int drain = lua_toboolean(L, 2);
+    lhttp_stop(s, drain);
+    if (!drain) {
+        *box = NULL;
+        s->boxed = 0;
+        if (!s->handle_open)
+            free(s);
+    }
+    return 0;
+}
+
+static void lhttp_before_engine_close(lio_base *b) {
+    lhttp_server *s = tide__container_of(b, lhttp_server, base);
+    lhttp_stop(s, 0);
+}
+
+static void lhttp_engine_closed(uv_handle_t *h) {
+    lhttp_server_closed(h);
+}
+
+/* http_listen(engine, host, port, opts, on_request) -> server | nil, msg */
+static int l_http_listen(lua_State *L) {
+    uv_loop_t *loop = tide__lua_engine_loop(L, 1);
+    const char *host = luaL_checkstring(L, 2);
+    int port = (int)luaL_checkinteger(L, 3);
+    luaL_checktype(L, 4, LUA_TTABLE);
+    luaL_checktype(L, 5, LUA_TFUNCTION);
+    lua_getfield(L, 4, "max_body");
+    size_t max_body = (size_t)luaL_optnumber(L, -1, 1 << 20);
+    lua_getfield(L, 4, "request_timeout");
+    double req_s = luaL_optnumber(L, -1, 10);
+    lua_getfield(L, 4, "idle_timeout");
+    double idle_s = luaL_optnumber(L, -1, 60);
+    lua_pop(L, 3);
+    struct sockaddr_storage addr;
+    int rc = uv_ip4_addr(host, port, (struct sockaddr_in *)&addr);
+    if (rc != 0)
+        rc = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr);
+    if (rc != 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "bad listen address '%s'", host);
+        return 2;
+    }
+    lhttp_server **box = lua_newuserdata(L, sizeof(*box));
+    *box = NULL;
+    luaL_getmetatable(L, "tide.http");
+    lua_setmetatable(L, -2);
+    lhttp_server *s = tide__xcalloc(1, sizeof(*s));
+    s->loop = loop;
+    s->max_body = max_body;
+    s->request_ms = (uint64_t)(req_s * 1000);
+    s->idle_ms = (uint64_t)(idle_s * 1000);
+    s->base.close_cb = lhttp_engine_closed;
+    s->base.before_close = lhttp_before_engine_close;
+    uv_tcp_init(loop, &s->tcp);
+    s->tcp.data = &s->base;
+    s->handle_open = 1;
+    s->boxed = 1;
+    *box = s;
+    s->T = lua_newthread(L);
+    s->thread_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushvalue(L, 5);
+    s->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    rc = uv_tcp_bind(&s->tcp, (struct sockaddr *)&addr, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&s->tcp, 512, lhttp_on_connection);
+    if (rc != 0) {
+        lhttp_stop(s, 0);
+        lua_pushnil(L);
+        lua_pushfstring(L, "cannot listen on %s:%d: %s", host, port,
+                        uv_strerror(rc));
+        return 2;
+    }
+    return 1;
+}
+
+void tide__lua_open_http(lua_State *L) {
+    static const luaL_Reg methods[] = {
+        {"respond", l_http_respond}, {"port", l_http_port},
+        {"stats", l_http_stats},     {"close", l_http_close},
+        {NULL, NULL}};
+    tide__lua_newclass(L, "tide.http", methods, l_http_close);
+    http_parser_settings_init(&lhttp_settings);
+    lhttp_settings.on_url = lhttp_on_url;
+    lhttp_settings.on_header_field = lhttp_on_header_field;
+    lhttp_settings.on_header_value = lhttp_on_header_value;
+    lhttp_settings.on_headers_complete = lhttp_on_headers_complete;
+    lhttp_settings.on_body = lhttp_on_body;
+    lhttp_settings.on_message_complete = lhttp_on_message_complete;
+    lua_pushcfunction(L, l_http_listen);
+    lua_setfield(L, -2, "http_listen");
+}
