@@ -37,7 +37,9 @@ end
 
 -- curl: returns status, body.
 local function http(s, method, path, body, headers)
-    local cmd = { "curl -s -o - -w '\\n%{http_code}' -X", method }
+    -- Under make check LD_PRELOAD carries the sanitizer runtime, which
+    -- makes curl itself hang: the client runs without it.
+    local cmd = { "env -u LD_PRELOAD curl -s -o - -w '\\n%{http_code}' -X", method }
     for _, h in ipairs(headers or { "Content-Type: application/json" }) do
         cmd[#cmd + 1] = "-H " .. q(h)
     end
@@ -61,7 +63,7 @@ end
 local function raw(s, bytes, wait)
     local cmd = "exec 3<>/dev/tcp/127.0.0.1/" .. s.port .. "; printf %s " .. q(bytes)
         .. " >&3; " .. (wait and ("sleep " .. wait .. "; ") or "") .. "timeout 5 head -c 12 <&3"
-    local h = io.popen("bash -c " .. q(cmd))
+    local h = io.popen("env -u LD_PRELOAD bash -c " .. q(cmd))
     local out = h:read("*a")
     h:close()
     return tonumber(out:match("^HTTP/1%.1 (%d+)"))
@@ -175,7 +177,7 @@ describe("tide serve drain", function()
     it("finishes jobs in flight and answers long-polls on SIGTERM, then exits 0", function()
         local s = start()
         http(s, "POST", "/v1/jobs", '{"id":"d","input":{"n":5,"sleep":0.6}}')
-        local h = io.popen("curl -s " .. q(s.url .. "/v1/jobs/d/result?wait=5"))
+        local h = io.popen("env -u LD_PRELOAD curl -s " .. q(s.url .. "/v1/jobs/d/result?wait=5"))
         os.execute("sleep 0.2")
         local text = stop(s, "TERM")
         local body = h:read("*a")
