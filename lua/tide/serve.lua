@@ -126,35 +126,31 @@ function M.serve(p, opts)
 
     local function metrics()
         local s = ex:stats()
-        local lines = {
-            "# HELP tide_jobs_total Jobs submitted through this server.",
-            "# TYPE tide_jobs_total counter",
-            format("tide_jobs_total %d", counts.submitted),
-            "# HELP tide_jobs_finished_total Jobs finished, by status.",
-            "# TYPE tide_jobs_finished_total counter",
-        }
-        for _, st in ipairs({ "done", "failed", "cancelled" }) do
-            lines[#lines + 1] = format('tide_jobs_finished_total{status="%s"} %d', st, counts[st])
-        end
-        lines[#lines + 1] = "# HELP tide_jobs_in_flight Jobs not finished."
-        lines[#lines + 1] = "# TYPE tide_jobs_in_flight gauge"
-        lines[#lines + 1] = format("tide_jobs_in_flight %d", s.live)
-        lines[#lines + 1] = "# HELP tide_queue_depth Tasks ready to run."
-        lines[#lines + 1] = "# TYPE tide_queue_depth gauge"
-        lines[#lines + 1] = format("tide_queue_depth %d", s.queued)
-        lines[#lines + 1] = "# HELP tide_workers_replaced_total Stand-ins for stuck worker threads."
-        lines[#lines + 1] = "# TYPE tide_workers_replaced_total counter"
-        lines[#lines + 1] = format("tide_workers_replaced_total %d", s.workers_replaced)
         local hs = srv:stats()
-        lines[#lines + 1] = "# HELP tide_http_requests_total HTTP requests parsed."
-        lines[#lines + 1] = "# TYPE tide_http_requests_total counter"
-        lines[#lines + 1] = format("tide_http_requests_total %d", hs.requests)
-        lines[#lines + 1] = "# HELP tide_http_rejected_total HTTP requests refused (4xx before routing)."
-        lines[#lines + 1] = "# TYPE tide_http_rejected_total counter"
-        lines[#lines + 1] = format("tide_http_rejected_total %d", hs.rejected)
-        lines[#lines + 1] = "# HELP tide_uptime_seconds Seconds since the server started."
-        lines[#lines + 1] = "# TYPE tide_uptime_seconds gauge"
-        lines[#lines + 1] = format("tide_uptime_seconds %.3f", hrtime() - started)
+        local lines = {}
+        -- One metric: its HELP and TYPE lines, then "name value" samples
+        -- (pairs of label set and value).
+        local function metric(name, kind, help, ...)
+            lines[#lines + 1] = "# HELP " .. name .. " " .. help
+            lines[#lines + 1] = "# TYPE " .. name .. " " .. kind
+            local samples = { ... }
+            for i = 1, #samples, 2 do
+                lines[#lines + 1] = name .. samples[i] .. " " .. samples[i + 1]
+            end
+        end
+        metric("tide_jobs_total", "counter", "Jobs submitted through this server.", "", counts.submitted)
+        metric("tide_jobs_finished_total", "counter", "Jobs finished, by status.",
+               '{status="done"}', counts.done, '{status="failed"}', counts.failed,
+               '{status="cancelled"}', counts.cancelled)
+        metric("tide_jobs_in_flight", "gauge", "Jobs not finished.", "", s.live)
+        metric("tide_queue_depth", "gauge", "Tasks ready to run.", "", s.queued)
+        metric("tide_workers_replaced_total", "counter", "Stand-ins for stuck worker threads.",
+               "", s.workers_replaced)
+        metric("tide_http_requests_total", "counter", "HTTP requests parsed.", "", hs.requests)
+        metric("tide_http_rejected_total", "counter", "HTTP requests refused (4xx before routing).",
+               "", hs.rejected)
+        metric("tide_uptime_seconds", "gauge", "Seconds since the server started.",
+               "", format("%.3f", hrtime() - started))
         return table.concat(lines, "\n") .. "\n"
     end
 

@@ -67,15 +67,33 @@ static int lapi_code(const char *name) {
     return TIDE_EIO;
 }
 
-/* For functions returning value | nil, msg, code: 0 and the value at -3,
- * or the code with *err set. Pops the three values. */
-static int lapi_fail3(lua_State *L, char **err) {
+/* Calls embed[fname] (nargs arguments pushed), which returns
+ * value | nil, msg, code. Returns 0 with a copy of the value in *value
+ * (when value is not NULL), or the code with a copy of the message in
+ * *err (when err is not NULL). Leaves the stack as it was before the
+ * arguments were pushed. */
+static int lapi_call3(tide_engine_t *eng, const char *fname, int nargs,
+                      char **value, char **err) {
+    lua_State *L = eng->L;
+    if (value)
+        *value = NULL;
+    if (err)
+        *err = NULL;
+    if (lapi_call(eng, fname, nargs, 3) != 0) {
+        if (err)
+            *err = lapi_strdup(lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return TIDE_EIO;
+    }
     int rc = 0;
     if (lua_isnil(L, -3)) {
         rc = lapi_code(lua_tostring(L, -1));
         if (err)
             *err = lapi_strdup(lua_tostring(L, -2));
+    } else if (value) {
+        *value = lapi_strdup(lua_tostring(L, -3));
     }
+    lua_pop(L, 3);
     return rc;
 }
 
@@ -143,22 +161,12 @@ void tide_engine_free(tide_engine_t *eng) {
 static int lapi_load(tide_engine_t *eng, const char *path, const char *src,
                      char **err) {
     lua_State *L = eng->L;
-    if (err)
-        *err = NULL;
     lua_pushstring(L, path);
     if (src)
         lua_pushstring(L, src);
     else
         lua_pushnil(L);
-    if (lapi_call(eng, "load", 2, 3) != 0) {
-        if (err)
-            *err = lapi_strdup(lua_tostring(L, -1));
-        lua_pop(L, 1);
-        return TIDE_EIO;
-    }
-    int rc = lapi_fail3(L, err);
-    lua_pop(L, 3);
-    return rc;
+    return lapi_call3(eng, "load", 2, NULL, err);
 }
 
 int tide_engine_load_file(tide_engine_t *eng, const char *path, char **err) {
@@ -173,41 +181,17 @@ int tide_engine_load_string(tide_engine_t *eng, const char *source,
 int tide_engine_submit(tide_engine_t *eng, const char *id,
                        const char *json_input, char **out_id, char **err) {
     lua_State *L = eng->L;
-    if (err)
-        *err = NULL;
-    if (out_id)
-        *out_id = NULL;
     if (id)
         lua_pushstring(L, id);
     else
         lua_pushnil(L);
     lua_pushstring(L, json_input ? json_input : "");
-    if (lapi_call(eng, "submit", 2, 3) != 0) {
-        if (err)
-            *err = lapi_strdup(lua_tostring(L, -1));
-        lua_pop(L, 1);
-        return TIDE_EIO;
-    }
-    int rc = lapi_fail3(L, err);
-    if (rc == 0 && out_id)
-        *out_id = lapi_strdup(lua_tostring(L, -3));
-    lua_pop(L, 3);
-    return rc;
+    return lapi_call3(eng, "submit", 2, out_id, err);
 }
 
 int tide_engine_status(tide_engine_t *eng, const char *id, char **status) {
-    lua_State *L = eng->L;
-    *status = NULL;
-    lua_pushstring(L, id ? id : "");
-    if (lapi_call(eng, "status", 1, 3) != 0) {
-        lua_pop(L, 1);
-        return TIDE_EIO;
-    }
-    int rc = lapi_fail3(L, NULL);
-    if (rc == 0)
-        *status = lapi_strdup(lua_tostring(L, -3));
-    lua_pop(L, 3);
-    return rc;
+    lua_pushstring(eng->L, id ? id : "");
+    return lapi_call3(eng, "status", 1, status, NULL);
 }
 
 int tide_engine_result(tide_engine_t *eng, const char *id, char **json) {
@@ -226,15 +210,8 @@ int tide_engine_result(tide_engine_t *eng, const char *id, char **json) {
 }
 
 int tide_engine_cancel(tide_engine_t *eng, const char *id) {
-    lua_State *L = eng->L;
-    lua_pushstring(L, id ? id : "");
-    if (lapi_call(eng, "cancel", 1, 3) != 0) {
-        lua_pop(L, 1);
-        return TIDE_EIO;
-    }
-    int rc = lapi_fail3(L, NULL);
-    lua_pop(L, 3);
-    return rc;
+    lua_pushstring(eng->L, id ? id : "");
+    return lapi_call3(eng, "cancel", 1, NULL, NULL);
 }
 
 int tide_engine_step(tide_engine_t *eng) {
