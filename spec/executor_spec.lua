@@ -545,3 +545,112 @@ describe("executor", function()
         assert_clean(ex)
     end)
 end)
+
+describe("ex:task_stats", function()
+    local function by_task(list)
+        local m = {}
+        for _, s in ipairs(list) do m[s.task] = s end
+        return m
+    end
+
+    it("counts attempts, successes, failures and retries per task", function()
+        local p = tide.pipeline "stats_counts"
+        p:task("a", function(x) return x + 1 end)
+        p:task("b", { after = "a", retry = { times = 2, interval = 0 } }, function(x)
+            if x % 2 == 0 then error("even") end
+            return x
+        end)
+        local ex = tide.executor()
+        assert.is_nil(ex:task_stats(p)) -- never ran here
+        for i = 1, 10 do ex:submit(p, i) end
+        ex:run()
+        local s = by_task(ex:task_stats(p))
+        assert.same({ 10, 10, 0, 0 }, { s.a.attempts, s.a.done, s.a.failures, s.a.retries })
+        -- Five inputs fail three times each (two retries), five succeed.
+        assert.same({ 20, 5, 15, 10 }, { s.b.attempts, s.b.done, s.b.failures, s.b.retries })
+        assert.same({ 0, 0 }, { s.b.running, s.b.retrying })
+        ex:close()
+    end)
+
+    it("shows attempts running and waiting for a retry while they do", function()
+        local p = tide.pipeline "stats_gauges"
+        p:task("slow", function(x) tide.sleep(0.2) return x end)
+        p:task("flaky", { retry = { times = 1, interval = 0.3 } }, function() error("no") end)
+        local ex = tide.executor()
+        ex:submit(p, 1)
+        ex:submit(p, 2)
+        local hrtime = require("tide.core").hrtime
+        local t0 = hrtime()
+        while hrtime() - t0 < 0.1 do tide.step() end
+        local s = by_task(ex:task_stats(p))
+        assert.equal(2, s.slow.running)
+        assert.equal(2, s.flaky.retrying)
+        assert.equal(0, s.flaky.running)
+        ex:run()
+        s = by_task(ex:task_stats(p))
+        assert.same({ 0, 0, 0, 0 }, { s.slow.running, s.flaky.retrying, s.flaky.running, s.slow.retrying })
+        assert.same({ 4, 4, 2 }, { s.flaky.attempts, s.flaky.failures, s.flaky.retries })
+        ex:close()
+    end)
+
+    it("drops cancelled attempts from the running count", function()
+        local p = tide.pipeline "stats_cancel"
+        p:task("wait", function() tide.sleep(10) end)
+        local ex = tide.executor()
+        local id = ex:submit(p, 1)
+        tide.step()
+        assert.equal(1, ex:task_stats(p)[1].running)
+        assert.is_true(ex:cancel(id))
+        ex:run()
+        local s = ex:task_stats(p)[1]
+        assert.same({ 0, 1, 0, 0 }, { s.running, s.attempts, s.done, s.failures })
+        ex:close()
+    end)
+
+    it("files durations into histogram buckets only once timing is on", function()
+        local p = tide.pipeline "stats_timing"
+        p:task("nap", function(x) tide.sleep(0.02) return x end)
+        local ex = tide.executor()
+        ex:submit(p, 0)
+        ex:run()
+        local s = ex:task_stats(p)[1]
+        assert.equal(0, s.sum)
+        ex:timing(true)
+        for i = 1, 3 do ex:submit(p, i) end
+        ex:run()
+        s = ex:task_stats(p)[1]
+        local bounds = ex:hist_bounds()
+        assert.equal(#bounds + 1, #s.hist)
+        -- 20 ms naps land in the bucket whose bound is 0.05 s.
+        local k50
+        for k, b in ipairs(bounds) do if b == 0.05 then k50 = k end end
+        assert.equal(3, s.hist[k50])
+        assert.is_true(s.sum >= 0.06 and s.sum < 1, "sum " .. s.sum)
+        ex:close()
+    end)
+
+    it("rejects a call without the colon", function()
+        local ex = tide.executor()
+        assert.has_error(function() ex.task_stats(nil) end,
+                         "ex:task_stats: call it as ex:task_stats(...), with a colon")
+        ex:close()
+    end)
+end)
+
+describe("an executor dropped without close()", function()
+    it("does not break tide.step, tide.timeout or tide.fd once the GC closed it", function()
+        local p = chain(1)
+        do
+            local ex = tide.executor()
+            ex:submit(p, 1)
+        end
+        collectgarbage()
+        collectgarbage()
+        local ok, err = pcall(function()
+            tide.step()
+            tide.timeout()
+            tide.fd()
+        end)
+        assert.is_true(ok, tostring(err))
+    end)
+end)

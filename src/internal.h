@@ -207,6 +207,7 @@ typedef struct tide__att {
     void *op;                     /* what it waits on (glue-owned): */
     void (*op_cancel)(void *op);  /* called when the coroutine is dropped */
     int co_ref;                   /* its anchor, managed by the glue */
+    uint64_t t0;                  /* uv_hrtime() at its start, if timing */
     tide__tentry deadline;        /* per-attempt timeout */
     tide__tentry wake;            /* sleep/park timer, or the retry time */
     struct tide__att *next_in_ctx, *prev_in_ctx;
@@ -254,6 +255,25 @@ typedef struct {
     tide__tentry refill;   /* wakes the queue when a token is due */
 } tide__limiter;
 
+/* Per-task counters for metrics and the dashboard, kept for every global
+ * task. The counts cost one increment each on the hot path; durations are
+ * taken only while eng->timing is set (a server turns it on), since they
+ * need two clock reads per attempt. Bucket k of `hist` counts attempts
+ * that took at most tide__hist_bounds[k] seconds (and more than the bound
+ * before); the last bucket has no bound (+Inf). */
+#define TIDE__NHIST 14
+extern const double tide__hist_bounds[TIDE__NHIST - 1];
+typedef struct {
+    uint64_t attempts; /* attempts started (retries included) */
+    uint64_t done;     /* attempts that succeeded */
+    uint64_t failures; /* attempts that failed, retried or not */
+    uint64_t retries;  /* retries scheduled */
+    uint32_t running;  /* attempts running or parked now */
+    uint32_t retrying; /* attempts waiting for their retry time now */
+    uint64_t hist[TIDE__NHIST];
+    double sum;        /* seconds, over the attempts in hist */
+} tide__tstat;
+
 typedef struct tide__eng tide__eng;
 
 struct tide__eng {
@@ -287,6 +307,9 @@ struct tide__eng {
     uint32_t nbatch_t;
     tide__att *cur;       /* attempt record of the running body, if any */
     uint32_t cur_slot, cur_task;
+    uint64_t cur_t0;      /* uv_hrtime() when it started, if timing */
+    tide__tstat *tstat;   /* per global task */
+    int timing;           /* measure attempt durations into tstat */
     uint64_t slice_end;   /* uv_hrtime() at which a drain should stop */
     uint32_t slice_count;
     int draining, closing;

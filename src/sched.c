@@ -37,6 +37,9 @@ const char *tide__ctx_status_name(int status) {
 #define ENG_HANDLE(att) (((uint64_t)(att)->gen << 32) | (att)->idx)
 
 static void eng_on_timer(uv_timer_t *t);
+
+const double tide__hist_bounds[TIDE__NHIST - 1] = {
+    1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1, 5, 10};
 static void ctx_maybe_free(tide__eng *eng, tide__ctx *c);
 static void ctx_enqueue(tide__eng *eng, tide__ctx *c, uint32_t i);
 static void eng_timer_add(tide__eng *eng, tide__tentry *e, int kind,
@@ -70,6 +73,7 @@ void tide__eng_free(tide__eng *eng) {
     free(eng->timeout_ms);
     free(eng->gtask_graph);
     free(eng->gtask_lim);
+    free(eng->tstat);
     for (uint32_t l = 0; l < eng->nlims; l++) {
         tide__ring_free(&eng->lims[l]->waitq);
         free(eng->lims[l]);
@@ -106,6 +110,9 @@ uint32_t tide__eng_attach(tide__eng *eng, tide__graph *g,
                                       (eng->ntasks + 1) * sizeof(uint32_t));
     eng->gtask_lim = tide__xrealloc(eng->gtask_lim,
                                     (eng->ntasks + 1) * sizeof(uint32_t));
+    eng->tstat = tide__xrealloc(eng->tstat,
+                                (eng->ntasks + 1) * sizeof(tide__tstat));
+    memset(&eng->tstat[base - 1], 0, (g->n + 1) * sizeof(tide__tstat));
     for (uint32_t i = 0; i <= g->n; i++) {
         eng->timeout_ms[base - 1 + i] = i ? timeout_ms[i] : 0;
         eng->gtask_graph[base - 1 + i] = id;
@@ -523,6 +530,7 @@ static tide__att *att_new(tide__eng *eng, tide__ctx *c, uint32_t gtask,
     a->op = NULL;
     a->op_cancel = NULL;
     a->co_ref = -2;
+    a->t0 = eng->cur_t0;
     a->deadline.pos = a->wake.pos = UINT32_MAX;
     a->deadline.data = a->wake.data = a;
     a->prev_in_ctx = NULL;
@@ -645,6 +653,7 @@ void tide__eng_yielded(tide__eng *eng, tide__att *a) {
         uint32_t gtask = a->task;
         eng->drop_co(eng, a);
         c->nrunning--;
+        eng->tstat[gtask].running--;
         att_release(eng, a);
         lim_release(eng, gtask);
         ctx_maybe_free(eng, c);
@@ -681,14 +690,41 @@ int tide__eng_break_deadlocks(tide__eng *eng) {
 
 /* ===== THE RUNNER'S INTERFACE ===== */
 
+/* Files the duration of the attempt (slot, gtask) that is ending into its
+ * task's histogram. Its start is on its record, or in cur_t0 when it has
+ * none; batch members (run detached, cur_slot 0) are not timed. */
+static void eng_time_attempt(tide__eng *eng, tide__tstat *ts,
+                             const tide__att *a, uint32_t slot,
+                             uint32_t gtask) {
+    uint64_t t0;
+    if (a && a->slot == slot && a->task == gtask)
+        t0 = a->t0;
+    else if (eng->cur_slot == slot && eng->cur_task == gtask)
+        t0 = eng->cur_t0;
+    else
+        return;
+    if (t0 == 0)
+        return; /* it started before timing was turned on */
+    double sec = (double)(uv_hrtime() - t0) / 1e9;
+    int k = 0;
+    while (k < TIDE__NHIST - 1 && sec > tide__hist_bounds[k])
+        k++;
+    ts->hist[k]++;
+    ts->sum += sec;
+}
+
 /* Ends the attempt (slot, gtask) the runner just finished with: drops its
  * record, if any, and its running count. */
 static tide__ctx *eng_end_attempt(tide__eng *eng, uint32_t slot,
                                   uint32_t gtask) {
     tide__ctx *c = eng_ctx(eng, slot);
     tide__att *a = eng->cur;
+    tide__tstat *ts = &eng->tstat[gtask];
+    if (tide__unlikely(eng->timing))
+        eng_time_attempt(eng, ts, a, slot, gtask);
     if (a && a->slot == slot && a->task == gtask)
         att_release(eng, a);
+    ts->running--;
     eng->cur = NULL;
     eng->cur_slot = 0;
     TIDE_ASSERT(c->nrunning > 0);
@@ -704,6 +740,7 @@ void tide__eng_complete(tide__eng *eng, uint32_t slot, uint32_t gtask) {
     int nroute = eng->nroute;
     eng->nroute = -1;
     tide__ctx *c = eng_end_attempt(eng, slot, gtask);
+    eng->tstat[gtask].done++;
     if (c->status >= TIDE__CTX_DONE) {
         ctx_maybe_free(eng, c); /* cancelled while it ran */
         return;
@@ -743,10 +780,13 @@ void tide__eng_complete(tide__eng *eng, uint32_t slot, uint32_t gtask) {
 void tide__eng_retry(tide__eng *eng, uint32_t slot, uint32_t gtask,
                      double delay_ms) {
     tide__ctx *c = eng_end_attempt(eng, slot, gtask);
+    tide__tstat *ts = &eng->tstat[gtask];
+    ts->failures++;
     if (c->status >= TIDE__CTX_DONE) {
         ctx_maybe_free(eng, c);
         return;
     }
+    ts->retries++;
     uint32_t i = gtask - c->gbase;
     c->attempt[i]++;
     if (!(delay_ms > 0)) {
@@ -755,6 +795,7 @@ void tide__eng_retry(tide__eng *eng, uint32_t slot, uint32_t gtask,
     }
     tide__att *a = att_new(eng, c, gtask, TIDE__ATT_RETRY);
     c->nretry++;
+    ts->retrying++;
     eng_timer_add(eng, &a->wake, TIDE__TM_RETRY, delay_ms);
 }
 
@@ -775,10 +816,13 @@ static void eng_finalize_tree(tide__eng *eng, tide__ctx *c, int status) {
                 eng->drop_co(eng, a);
             uint32_t gtask = a->task;
             int running = a->state != TIDE__ATT_RETRY;
-            if (running)
+            if (running) {
                 c->nrunning--;
-            else
+                eng->tstat[gtask].running--;
+            } else {
                 c->nretry--;
+                eng->tstat[gtask].retrying--;
+            }
             att_release(eng, a);
             if (running)
                 lim_release(eng, gtask);
@@ -809,6 +853,8 @@ void tide__eng_finalize(tide__eng *eng, uint32_t slot, int status) {
 void tide__eng_fail(tide__eng *eng, uint32_t slot, uint32_t gtask,
                     int status) {
     tide__ctx *c = eng_end_attempt(eng, slot, gtask);
+    if (status == TIDE__CTX_FAILED)
+        eng->tstat[gtask].failures++;
     eng_finalize_tree(eng, c, status);
     ctx_maybe_free(eng, c);
 }
@@ -914,6 +960,11 @@ void tide__eng_next(tide__eng *eng, tide__op *op) {
         }
         c->nrunning++;
         c->status = TIDE__CTX_RUNNING;
+        tide__tstat *ts = &eng->tstat[gtask];
+        ts->attempts++;
+        ts->running++;
+        if (tide__unlikely(eng->timing))
+            eng->cur_t0 = uv_hrtime();
         op->op = TIDE__OP_RUN;
         op->slot = slot;
         op->task = gtask;
@@ -949,6 +1000,7 @@ static void eng_on_timer(uv_timer_t *t) {
             tide__ctx *c = eng_ctx(eng, a->slot);
             uint32_t i = a->task - c->gbase;
             c->nretry--;
+            eng->tstat[a->task].retrying--;
             att_release(eng, a);
             ctx_enqueue(eng, c, i);
             eng->kick(eng);

@@ -35,6 +35,21 @@ M.interrupted = nil
 -- Every open executor (weak: one nobody references can go), and the epoll
 -- set a host polls to know when any of them has something to do.
 local open_executors = setmetatable({}, { __mode = "k" })
+
+-- The open executors, skipping (and forgetting) those whose engine the GC
+-- already closed: an executor dropped without ex:close() stays reachable
+-- from its engine's runner until the engine's finalizer has run.
+local function each_open()
+    return function(_, prev)
+        local ex = next(open_executors, prev)
+        while ex and ex._E.closed() do
+            local dead = ex
+            ex = next(open_executors, dead)
+            open_executors[dead] = nil
+        end
+        return ex
+    end, nil, nil
+end
 local hub_fd
 M.open_executors = open_executors
 local Executor = {}
@@ -608,7 +623,7 @@ function M.fd()
         local fd, err = core.epoll_create()
         if not fd then return nil, "tide.fd: " .. err, "EIO" end
         hub_fd = fd
-        for ex in pairs(open_executors) do
+        for ex in each_open() do
             ex._fd = (ex._E.backend())
             core.epoll_ctl(hub_fd, ex._fd, true)
         end
@@ -621,7 +636,7 @@ end
 -- 0 when work is ready, nil when only I/O can wake tide.
 function M.timeout()
     local best
-    for ex in pairs(open_executors) do
+    for ex in each_open() do
         local _, ms = ex._E.backend()
         if ms >= 0 and (best == nil or ms < best) then best = ms end
     end
@@ -633,7 +648,7 @@ end
 -- whether work remains (jobs not finished), and how many jobs that is.
 function M.step()
     local live = 0
-    for ex in pairs(open_executors) do live = live + ex._E.step() end
+    for ex in each_open() do live = live + ex._E.step() end
     return live > 0, live
 end
 
@@ -843,7 +858,10 @@ function Executor:_evict()
             break
         end
         order[head] = nil
-        if r then results[id] = nil end
+        if r then
+            results[id] = nil
+            if self._on_evict then self._on_evict(id) end
+        end
         head = head + 1
     end
     self._rhead = head
@@ -1043,6 +1061,41 @@ function Executor:limiter_stats(name)
     if not id then return nil end
     local running, waiting, started = self._E.limiter_stats(id)
     return { running = running, waiting = waiting, started = started }
+end
+
+
+--- Per-task counters of pipeline p in this executor (nil when p never
+-- ran here): an array in task order of { task, attempts, done, failures,
+-- retries, running, retrying, sum, hist }. hist counts attempt durations
+-- per bucket of ex:hist_bounds() (the last bucket is +Inf); durations are
+-- measured only after ex:timing(true).
+function Executor:task_stats(p)
+    check_self(self, "ex:task_stats")
+    local att = self._attached[p]
+    if not att then return nil end
+    local out, ts = {}, self._E.task_stats
+    for i, t in ipairs(p.tasks) do
+        local s = ts(att.gbase + i)
+        s.task = t.name
+        out[i] = s
+    end
+    return out
+end
+
+
+--- Turns the measurement of attempt durations on or off (it costs two
+-- clock reads per attempt, so it is off unless a server asks for it).
+function Executor:timing(on)
+    check_self(self, "ex:timing")
+    self._E.timing(on and true or false)
+end
+
+
+--- The upper bounds, in seconds, of the duration histogram's buckets
+-- but the last (+Inf).
+function Executor:hist_bounds()
+    check_self(self, "ex:hist_bounds")
+    return self._E.hist_bounds()
 end
 
 

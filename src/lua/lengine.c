@@ -710,6 +710,49 @@ static int l_stats(lua_State *L) {
     return 1;
 }
 
+/* task_stats(task) -> { attempts, done, failures, retries, running,
+ * retrying, sum, hist = { n1, ..., n14 } } for one global task. */
+static int l_task_stats(lua_State *L) {
+    leng *e = LENG_UP(L);
+    const tide__tstat *ts = &e->eng.tstat[leng_gtask(L, e, 1)];
+    lua_createtable(L, 0, 8);
+#define TS_FIELD(name)                                                    \
+    lua_pushnumber(L, (lua_Number)ts->name);                              \
+    lua_setfield(L, -2, #name)
+    TS_FIELD(attempts);
+    TS_FIELD(done);
+    TS_FIELD(failures);
+    TS_FIELD(retries);
+    TS_FIELD(running);
+    TS_FIELD(retrying);
+    TS_FIELD(sum);
+#undef TS_FIELD
+    lua_createtable(L, TIDE__NHIST, 0);
+    for (int k = 0; k < TIDE__NHIST; k++) {
+        lua_pushnumber(L, (lua_Number)ts->hist[k]);
+        lua_rawseti(L, -2, k + 1);
+    }
+    lua_setfield(L, -2, "hist");
+    return 1;
+}
+
+/* hist_bounds() -> { upper bound of each histogram bucket but the last } */
+static int l_hist_bounds(lua_State *L) {
+    lua_createtable(L, TIDE__NHIST - 1, 0);
+    for (int k = 0; k < TIDE__NHIST - 1; k++) {
+        lua_pushnumber(L, tide__hist_bounds[k]);
+        lua_rawseti(L, -2, k + 1);
+    }
+    return 1;
+}
+
+/* timing(on): whether attempt durations are measured (two clock reads
+ * per attempt; off by default). */
+static int l_timing(lua_State *L) {
+    LENG_UP(L)->eng.timing = lua_toboolean(L, 1);
+    return 0;
+}
+
 /* The uv loop, for other glue (the input reader, signals). */
 uv_loop_t *tide__lua_engine_loop(lua_State *L, int idx) {
     leng *e = luaL_checkudata(L, idx, "tide.engine");
@@ -765,6 +808,14 @@ static int l_close(lua_State *L) {
     return 0;
 }
 
+/* closed() -> whether the engine was closed (by close() or by __gc: an
+ * executor dropped without close() is found by its runner's references,
+ * so its table can outlive its engine for a GC cycle). */
+static int l_closed(lua_State *L) {
+    lua_pushboolean(L, LENG_UP(L)->closed);
+    return 1;
+}
+
 static int l_engine_gc(lua_State *L) {
     leng *e = luaL_checkudata(L, 1, "tide.engine");
     leng_close(e);
@@ -785,6 +836,8 @@ static const luaL_Reg engine_funcs[] = {
     {"wake", l_wake},       {"run", l_run},
     {"turn", l_turn},       {"stats", l_stats},
     {"step", l_step},       {"backend", l_backend},
+    {"task_stats", l_task_stats}, {"hist_bounds", l_hist_bounds},
+    {"timing", l_timing},   {"closed", l_closed},
     {"close", l_close},     {NULL, NULL}};
 
 /* engine(concurrency) -> userdata, table of functions bound to it */
