@@ -1,4 +1,4 @@
--- Specs of DAG export (tide.graph): DOT and Mermaid text.
+-- Specs of DAG export (tide.graph): DOT and Mermaid text, SVG and HTML.
 local tide = require "tide"
 local graph = require "tide.graph"
 
@@ -66,5 +66,65 @@ flowchart LR
         local p = tide.pipeline "broken"
         p:task("a", { after = "nope" }, print)
         assert.has_error(function() graph.dot(p) end)
+        assert.has_error(function() graph.html(p) end)
+    end)
+
+    -- The boxes of an SVG drawing by task name: x, y, width.
+    local function boxes(svg)
+        local out = {}
+        for name, x, y, w in svg:gmatch('data%-task="([^"]*)">\n<rect x="([%d.]+)" y="([%d.]+)" width="([%d.]+)"') do
+            out[name] = { x = tonumber(x), y = tonumber(y), w = tonumber(w) }
+        end
+        return out
+    end
+
+    it("draws every task as a box and every edge left to right in SVG", function()
+        local svg = graph.svg(sample())
+        assert.matches("^<svg ", svg)
+        assert.matches("</svg>$", svg)
+        local b = boxes(svg)
+        local n = 0
+        for _ in pairs(b) do n = n + 1 end
+        assert.equal(6, n)
+        local edges = 0
+        for from, to in svg:gmatch('class="edge[^"]*" d="[^"]*" marker%-end="url%(#arrow%)" '
+                                   .. 'data%-from="([^"]*)" data%-to="([^"]*)"') do
+            edges = edges + 1
+            assert.is_true(b[from].x + b[from].w < b[to].x, from .. " -> " .. to .. " points left")
+        end
+        assert.equal(6, edges)
+        -- Siblings share a column and do not overlap.
+        assert.equal(b.a.x + b.a.w / 2, b.b.x + b.b.w / 2)
+        assert.is_true(math.abs(b.a.y - b.b.y) >= 58)
+        assert.matches('class="node map" id="t1"', svg)
+        assert.matches('class="node router" id="t2"', svg)
+        assert.matches('class="edge each"', svg)
+        assert.matches('class="edge route"', svg)
+        for i = 1, 6 do assert.matches('<text class="counts" id="c' .. i .. '"', svg) end
+    end)
+
+    it("escapes names for SVG and HTML, so a task name cannot inject markup", function()
+        local p = tide.pipeline "<b>pipe</b>"
+        p:task('<script>alert("x")</script>', function(x) return x end)
+        local html = graph.html(p)
+        assert.is_nil(html:find("<script>alert", 1, true))
+        assert.is_nil(html:find("<b>pipe", 1, true))
+        assert.is_truthy(html:find("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;", 1, true))
+    end)
+
+    it("writes a self-contained HTML page; the live one adds the dashboard", function()
+        local offline = graph.html(sample())
+        assert.matches("^<!DOCTYPE html>", offline)
+        assert.is_truthy(offline:find(graph.svg(sample()), 1, true))
+        -- No external resources: nothing is loaded from elsewhere.
+        assert.is_nil(offline:find("src=", 1, true))
+        assert.is_nil(offline:find("href=", 1, true))
+        assert.is_nil(offline:find("<script", 1, true))
+        local live = graph.html(sample(), { live = true })
+        assert.is_nil(live:find("src=", 1, true))
+        for _, id in ipairs({ "submit", "failures", "jobs-submitted", "status" }) do
+            assert.is_truthy(live:find('id="' .. id .. '"', 1, true), id)
+        end
+        assert.is_truthy(live:find('fetch("/v1/stats"', 1, true))
     end)
 end)

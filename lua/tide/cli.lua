@@ -24,7 +24,7 @@ commands:
                      [--drain-timeout S] [--request-timeout S] [--max-results N]
       The HTTP/JSON job API (POST /v1/jobs, GET /v1/jobs/ID[/result],
       DELETE /v1/jobs/ID, /healthz, /metrics). Port 0 picks a free port.
-  graph PIPELINE.lua [--format dot|mermaid]
+  graph PIPELINE.lua [--format dot|mermaid|html]
       Print the pipeline's DAG (tasks, edges, maps, gathers, routers,
       limiters) as Graphviz DOT (the default) or Mermaid.
   repl [PIPELINE.lua]
@@ -538,11 +538,8 @@ local function graph(args)
         if a == "--format" or a == "-f" then
             i = i + 1
             fmt = args[i]
-            if fmt ~= "dot" and fmt ~= "mermaid" then
-                if fmt == "html" then
-                    return die(EXIT_USAGE, "--format html comes with serve mode, which this version lacks")
-                end
-                return die(EXIT_USAGE, "--format must be dot or mermaid")
+            if fmt ~= "dot" and fmt ~= "mermaid" and fmt ~= "html" then
+                return die(EXIT_USAGE, "--format must be dot, mermaid or html")
             end
         elseif a:sub(1, 1) == "-" then
             return die(EXIT_USAGE, "unknown option '" .. a .. "'\n" .. USAGE)

@@ -5,20 +5,51 @@
 --   GET    /v1/jobs/{id}/result[?wait=S]   long-poll for the result
 --   DELETE /v1/jobs/{id}            cancel
 --   GET    /healthz, GET /metrics
+--   GET    /                        the dashboard (tide.graph.html)
+--   GET    /v1/stats                what the dashboard shows, as JSON
 local core = require "tide.core"
 local executor = require "tide.executor"
 local errors = require "tide.errors"
 
 local json = core.json
-local format, tostring, type, pairs = string.format, tostring, type, pairs
+local format, tostring, type, pairs, ipairs = string.format, tostring, type, pairs, ipairs
 local hrtime = core.hrtime
 
 local M = {}
 
 local MAX_WAIT = 300
+local NFAILURES = 20     -- recent failures kept for the dashboard
+local LAG_EVERY = 0.25   -- seconds between loop-lag samples
+-- Paths answered to GET only, and what answers them.
+local GET_ONLY = { ["/metrics"] = "metrics", ["/"] = "page", ["/v1/stats"] = "stats" }
 
 
 local function enc(v) return (json.encode(v)) end
+
+
+-- A Prometheus label value: backslash, quote and newline escaped.
+local function label(v)
+    return (tostring(v):gsub('[\\"]', "\\%0"):gsub("\n", "\\n"))
+end
+
+
+-- Appends the samples of one histogram series to `out` (label set and
+-- value pairs): cumulative _bucket lines for every bound and +Inf, then
+-- _sum and _count. `open` is the label set's start ('{' or '{k="v",').
+local function histogram(out, open, hist, sum, bounds)
+    local total = 0
+    for k = 1, #hist do
+        total = total + hist[k]
+        local le = k < #hist and format("%g", bounds[k]) or "+Inf"
+        out[#out + 1] = "_bucket" .. open .. 'le="' .. le .. '"}'
+        out[#out + 1] = format("%d", total)
+    end
+    local plain = open == "{" and "" or (open:sub(1, -2) .. "}")
+    out[#out + 1] = "_sum" .. plain
+    out[#out + 1] = format("%.9g", sum)
+    out[#out + 1] = "_count" .. plain
+    out[#out + 1] = format("%d", total)
+end
 
 
 local function jerr(code, message)
@@ -68,7 +99,25 @@ function M.serve(p, opts)
     local started = hrtime()
     local evicted = {} -- ids whose results were evicted: 410, not 404
     local counts = { submitted = 0, done = 0, failed = 0, cancelled = 0 }
+    local failures, nfail = {}, 0 -- ring of the last NFAILURES failed jobs
     local srv
+    ex:timing(true)
+    local bounds = ex:hist_bounds()
+
+    -- Loop lag: how late a repeating timer fires. A sample per LAG_EVERY
+    -- seconds, kept as a histogram over the same buckets as durations.
+    local lag = { hist = {}, sum = 0, last = 0 }
+    for k = 1, #bounds + 1 do lag.hist[k] = 0 end
+    local lag_prev = hrtime()
+    local lag_timer = core.timer(ex._ud, LAG_EVERY, function()
+        local now = hrtime()
+        local late = math.max(0, now - lag_prev - LAG_EVERY)
+        lag_prev = now
+        local k = 1
+        while bounds[k] and late > bounds[k] do k = k + 1 end
+        lag.hist[k] = lag.hist[k] + 1
+        lag.sum, lag.last = lag.sum + late, late
+    end)
 
     local function respond(conn, status, body, ctype)
         srv:respond(conn, status, body, ctype)
@@ -129,11 +178,12 @@ function M.serve(p, opts)
         local hs = srv:stats()
         local lines = {}
         -- One metric: its HELP and TYPE lines, then "name value" samples
-        -- (pairs of label set and value).
+        -- (pairs of label set and value, as arguments or in one table).
         local function metric(name, kind, help, ...)
             lines[#lines + 1] = "# HELP " .. name .. " " .. help
             lines[#lines + 1] = "# TYPE " .. name .. " " .. kind
-            local samples = { ... }
+            local samples = ...
+            if type(samples) ~= "table" then samples = { ... } end
             for i = 1, #samples, 2 do
                 lines[#lines + 1] = name .. samples[i] .. " " .. samples[i + 1]
             end
@@ -151,7 +201,56 @@ function M.serve(p, opts)
                "", hs.rejected)
         metric("tide_uptime_seconds", "gauge", "Seconds since the server started.",
                "", format("%.3f", hrtime() - started))
+
+        local ts = ex:task_stats(p) or {}
+        local function per_task(name, kind, help, field)
+            local samples = {}
+            for _, t in ipairs(ts) do
+                samples[#samples + 1] = '{task="' .. label(t.task) .. '"}'
+                samples[#samples + 1] = format("%d", t[field])
+            end
+            metric(name, kind, help, samples)
+        end
+        per_task("tide_task_attempts_total", "counter", "Attempts started, retries included.", "attempts")
+        per_task("tide_task_done_total", "counter", "Attempts that succeeded.", "done")
+        per_task("tide_task_failures_total", "counter", "Attempts that failed, retried or not.", "failures")
+        per_task("tide_task_retries_total", "counter", "Retries scheduled.", "retries")
+        per_task("tide_task_running", "gauge", "Attempts running or waiting inside their body.", "running")
+        per_task("tide_task_retrying", "gauge", "Attempts waiting for their retry time.", "retrying")
+        local dur = {}
+        for _, t in ipairs(ts) do
+            histogram(dur, '{task="' .. label(t.task) .. '",', t.hist, t.sum, bounds)
+        end
+        metric("tide_task_duration_seconds", "histogram", "Attempt durations.", dur)
+        local lagged = {}
+        histogram(lagged, "{", lag.hist, lag.sum, bounds)
+        metric("tide_loop_lag_seconds", "histogram",
+               "How late a timer due every " .. LAG_EVERY .. " s fired: event-loop lag.", lagged)
         return table.concat(lines, "\n") .. "\n"
+    end
+
+    -- What the dashboard shows: jobs, per-task counts, recent failures.
+    local function stats_body()
+        local s = ex:stats()
+        local tasks = {}
+        for i, t in ipairs(ex:task_stats(p) or {}) do
+            tasks[i] = json.object({ task = t.task, running = t.running, done = t.done,
+                                     failed = t.failures - t.retries, retrying = t.retrying,
+                                     attempts = t.attempts })
+        end
+        local recent = {}
+        for k = nfail, math.max(1, nfail - NFAILURES + 1), -1 do
+            recent[#recent + 1] = failures[(k - 1) % NFAILURES + 1]
+        end
+        return enc(json.object({
+            pipeline = p.name,
+            uptime = hrtime() - started,
+            jobs = json.object({ submitted = counts.submitted, done = counts.done,
+                                 failed = counts.failed, cancelled = counts.cancelled,
+                                 in_flight = s.live, queued = s.queued }),
+            tasks = tasks, failures = recent,
+            loop_lag = lag.last,
+        }))
     end
 
     local function submit(conn, query, headers, body)
@@ -191,7 +290,13 @@ function M.serve(p, opts)
         counts.submitted = counts.submitted + 1
         ex:watch(res, function(jid)
             local r = ex._results[jid]
-            if r then counts[r.status] = (counts[r.status] or 0) + 1 end
+            if not r then return end
+            counts[r.status] = (counts[r.status] or 0) + 1
+            if r.status == "failed" then
+                nfail = nfail + 1
+                failures[(nfail - 1) % NFAILURES + 1] = json.object({
+                    id = jid, at = os.time(), error = json.object(errors.plain(r.value, true)) })
+            end
         end)
         if query_param(query, "wait") then
             return long_poll(conn, res, wait, 200)
@@ -199,6 +304,7 @@ function M.serve(p, opts)
         respond(conn, 201, enc(json.object({ id = res })))
     end
 
+    local page -- the dashboard's HTML, made on first request
     local function route(conn, method, path, query, headers, body)
         if path == "/healthz" then
             if method ~= "GET" then return respond(conn, 405, jerr("EINVAL", "use GET")) end
@@ -207,12 +313,27 @@ function M.serve(p, opts)
         if token then
             local auth = headers["authorization"] or ""
             local given = auth:match("^Bearer%s+(.+)$")
+            if path == "/" and not given then
+                -- A browser cannot send a header when it opens the page:
+                -- the dashboard takes the token once in the query string
+                -- and sends it as a header from then on.
+                given = query_param(query, "token")
+                given = given and unescape(given)
+            end
             if not same_token(given, token) then
                 return respond(conn, 401, jerr("EAUTH", "missing or wrong bearer token"))
             end
         end
-        if path == "/metrics" and method == "GET" then
-            return srv:respond(conn, 200, metrics(), "text/plain; version=0.0.4")
+        local page_fn = GET_ONLY[path]
+        if page_fn then
+            if method ~= "GET" then return respond(conn, 405, jerr("EINVAL", "use GET")) end
+            if page_fn == "metrics" then
+                return srv:respond(conn, 200, metrics(), "text/plain; version=0.0.4")
+            elseif page_fn == "page" then
+                page = page or require("tide.graph").html(p, { live = true })
+                return srv:respond(conn, 200, page, "text/html; charset=utf-8")
+            end
+            return respond(conn, 200, stats_body())
         end
         if path == "/v1/jobs" then
             if method ~= "POST" then return respond(conn, 405, jerr("EINVAL", "use POST")) end
@@ -243,19 +364,14 @@ function M.serve(p, opts)
     end
 
     -- Remember evicted ids (bounded) to answer 410 instead of 404.
-    local old_evict = ex._evict
     local nevicted, evict_order = 0, {}
-    ex._evict = function(self)
-        local before = {}
-        for i = self._rhead, self._rtail do before[i] = self._rorder[i] end
-        old_evict(self)
-        for i, id in pairs(before) do
-            if i < self._rhead and not self._results[id] then
-                evicted[id] = true
-                nevicted = nevicted + 1
-                evict_order[nevicted] = id
-                if nevicted > 100000 then evicted[evict_order[nevicted - 100000]] = nil end
-            end
+    ex._on_evict = function(id)
+        evicted[id] = true
+        nevicted = nevicted + 1
+        evict_order[nevicted] = id
+        if nevicted > 100000 then
+            evicted[evict_order[nevicted - 100000]] = nil
+            evict_order[nevicted - 100000] = nil
         end
     end
 
@@ -267,10 +383,16 @@ function M.serve(p, opts)
     }, function(conn, method, path, query, headers, body)
         route(conn, method, path, query, headers, body)
     end)
-    if not srv then return nil, err, "EIO" end
+    if not srv then
+        lag_timer:close()
+        return nil, err, "EIO"
+    end
 
     local server = { executor = ex, port = srv:port(), _srv = srv }
-    function server.close() srv:close() end
+    function server.close()
+        lag_timer:close()
+        srv:close()
+    end
     -- Stops accepting, lets jobs in flight finish (at most `timeout` s),
     -- answers what waits, then calls done().
     function server.drain(timeout, done)
@@ -281,6 +403,7 @@ function M.serve(p, opts)
             if ex:stats().live == 0 or hrtime() > deadline then
                 ticker:close()
                 for id in pairs(ex._live) do ex:cancel(id) end
+                lag_timer:close()
                 srv:close()
                 if done then done() end
             end
