@@ -137,7 +137,7 @@ local function layout(p)
             row[i] = k
             local t = tasks[i]
             label[i] = concat(describe(t), ", ")
-            w[i] = max(#t.name, #label[i], 16) * CHAR_W + 2 * PAD
+            w[i] = max(#t.name, #label[i], 26) * CHAR_W + 2 * PAD
         end
     end
     local x, tallest = {}, 0
@@ -259,8 +259,8 @@ local SCRIPT = [[
     s.tasks.forEach(function (t, k) {
       var c = document.getElementById("c" + (k + 1));
       if (!c) return;
-      c.textContent = "run " + t.running + " \u00b7 done " + t.done + " \u00b7 failed " +
-        t.failed + " \u00b7 retrying " + t.retrying;
+      c.textContent = "run " + t.running + " \u00b7 ok " + t.done + " \u00b7 fail " +
+        t.failed + " \u00b7 retry " + t.retrying;
       ["running", "done", "failed", "retrying"].forEach(function (f) {
         c.setAttribute("data-" + f, String(t[f]));
       });

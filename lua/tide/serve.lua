@@ -102,6 +102,7 @@ function M.serve(p, opts)
     local failures, nfail = {}, 0 -- ring of the last NFAILURES failed jobs
     local srv
     ex:timing(true)
+    ex:_attach(p) -- so that its per-task counts exist before the first job
     local bounds = ex:hist_bounds()
 
     -- Loop lag: how late a repeating timer fires. A sample per LAG_EVERY
@@ -248,7 +249,7 @@ function M.serve(p, opts)
             jobs = json.object({ submitted = counts.submitted, done = counts.done,
                                  failed = counts.failed, cancelled = counts.cancelled,
                                  in_flight = s.live, queued = s.queued }),
-            tasks = tasks, failures = recent,
+            tasks = json.array(tasks), failures = json.array(recent),
             loop_lag = lag.last,
         }))
     end

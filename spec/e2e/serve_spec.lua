@@ -1,63 +1,12 @@
 -- End-to-end specs of `tide serve`: the real binary on a free loopback
 -- port, spoken to with curl (and raw bytes through bash's /dev/tcp).
 local proc = require "helpers.proc"
+local server = require "helpers.serve"
 local json = require("tide.core").json
 
 local q = proc.shquote
 
-local function start(extra)
-    local err = os.tmpname()
-    local cmd = proc.bin .. " serve spec/fixtures/pipelines/serve.lua --listen 127.0.0.1:0 "
-        .. (extra or "") .. " 2>" .. q(err) .. " & echo $!"
-    local h = io.popen(cmd)
-    local pid = h:read("*l")
-    h:close()
-    local port
-    for _ = 1, 100 do
-        local text = proc.slurp(err) or ""
-        port = text:match("127%.0%.0%.1:(%d+)")
-        if port then break end
-        os.execute("sleep 0.05")
-    end
-    assert(port, "tide serve did not start: " .. (proc.slurp(err) or ""))
-    return { pid = pid, port = port, err = err, url = "http://127.0.0.1:" .. port }
-end
-
-local function stop(s, sig)
-    os.execute("kill -" .. (sig or "TERM") .. " " .. s.pid .. " 2>/dev/null")
-    for _ = 1, 100 do
-        if os.execute("kill -0 " .. s.pid .. " 2>/dev/null") ~= 0
-            and os.execute("kill -0 " .. s.pid .. " 2>/dev/null") ~= true then break end
-        os.execute("sleep 0.05")
-    end
-    local text = proc.slurp(s.err)
-    os.remove(s.err)
-    return text
-end
-
--- curl: returns status, body.
-local function http(s, method, path, body, headers)
-    -- Under make check LD_PRELOAD carries the sanitizer runtime, which
-    -- makes curl itself hang: the client runs without it.
-    local cmd = { "env -u LD_PRELOAD curl -s -o - -w '\\n%{http_code}' -X", method }
-    for _, h in ipairs(headers or { "Content-Type: application/json" }) do
-        cmd[#cmd + 1] = "-H " .. q(h)
-    end
-    local tmp
-    if body then
-        -- Through a file: a command line cannot hold a large body.
-        tmp = os.tmpname()
-        proc.write(tmp, body)
-        cmd[#cmd + 1] = "--data-binary @" .. q(tmp)
-    end
-    cmd[#cmd + 1] = q(s.url .. path)
-    local h = io.popen(table.concat(cmd, " "))
-    local out = h:read("*a")
-    h:close()
-    if tmp then os.remove(tmp) end
-    local text, status = out:match("^(.*)\n(%d+)$")
-    return tonumber(status), text
-end
+local start, stop, http = server.start, server.stop, server.http
 
 -- Raw bytes on a fresh connection; returns the status line's code.
 local function raw(s, bytes, wait)
@@ -194,6 +143,15 @@ describe("tide serve", function()
     end)
 
     it("serves the dashboard page and its JSON feed", function()
+        -- Before any job of a fresh server: zero counts, and an empty
+        -- array (not an object) of failures.
+        local fresh = start()
+        local _, empty = http(fresh, "GET", "/v1/stats")
+        stop(fresh)
+        assert.matches('"failures":%[%]', empty)
+        local t = json.decode(empty).tasks
+        assert.equal(1, #t)
+        assert.same({ "double", 0, 0, 0, 0 }, { t[1].task, t[1].running, t[1].done, t[1].failed, t[1].retrying })
         local st, page = http(s, "GET", "/")
         assert.equal(200, st)
         assert.matches("^<!DOCTYPE html>", page)

@@ -1,0 +1,65 @@
+--- A `tide serve` process on a free loopback port for e2e specs, and curl
+-- to talk to it.
+local proc = require "helpers.proc"
+
+local q = proc.shquote
+local M = {}
+
+--- Starts `tide serve PIPELINE` (default: the serve fixture) with extra
+-- command-line text; returns { pid, port, err, url }.
+function M.start(extra, pipeline)
+    local err = os.tmpname()
+    local cmd = proc.bin .. " serve " .. (pipeline or "spec/fixtures/pipelines/serve.lua") .. " --listen 127.0.0.1:0 "
+        .. (extra or "") .. " 2>" .. q(err) .. " & echo $!"
+    local h = io.popen(cmd)
+    local pid = h:read("*l")
+    h:close()
+    local port
+    for _ = 1, 100 do
+        local text = proc.slurp(err) or ""
+        port = text:match("127%.0%.0%.1:(%d+)")
+        if port then break end
+        os.execute("sleep 0.05")
+    end
+    assert(port, "tide serve did not start: " .. (proc.slurp(err) or ""))
+    return { pid = pid, port = port, err = err, url = "http://127.0.0.1:" .. port }
+end
+
+--- Stops it with a signal (TERM); returns what it wrote on stderr.
+function M.stop(s, sig)
+    os.execute("kill -" .. (sig or "TERM") .. " " .. s.pid .. " 2>/dev/null")
+    for _ = 1, 100 do
+        if os.execute("kill -0 " .. s.pid .. " 2>/dev/null") ~= 0
+            and os.execute("kill -0 " .. s.pid .. " 2>/dev/null") ~= true then break end
+        os.execute("sleep 0.05")
+    end
+    local text = proc.slurp(s.err)
+    os.remove(s.err)
+    return text
+end
+
+--- One request with curl: returns status, body.
+function M.http(s, method, path, body, headers)
+    -- Under make check LD_PRELOAD carries the sanitizer runtime, which
+    -- makes curl itself hang: the client runs without it.
+    local cmd = { "env -u LD_PRELOAD curl -s -o - -w '\\n%{http_code}' -X", method }
+    for _, h in ipairs(headers or { "Content-Type: application/json" }) do
+        cmd[#cmd + 1] = "-H " .. q(h)
+    end
+    local tmp
+    if body then
+        -- Through a file: a command line cannot hold a large body.
+        tmp = os.tmpname()
+        proc.write(tmp, body)
+        cmd[#cmd + 1] = "--data-binary @" .. q(tmp)
+    end
+    cmd[#cmd + 1] = q(s.url .. path)
+    local h = io.popen(table.concat(cmd, " "))
+    local out = h:read("*a")
+    h:close()
+    if tmp then os.remove(tmp) end
+    local text, status = out:match("^(.*)\n(%d+)$")
+    return tonumber(status), text
+end
+
+return M
