@@ -14,6 +14,9 @@
 # ratio is tide's seconds over the floor's (same N, same task count); ok=1
 # when both runs verified their result and the target is met.
 #
+# Then W4 and the sync-task cost (bench/w4.lua), the memory line, and the
+# serve line (bench/serve.sh: jobs/s and p99 of POST /v1/jobs?wait=5).
+#
 # Environment: BENCH_N (N for W1-W3, default 100000), BENCH_N_W5 (N for W5,
 # default 1000), LUAJIT (default luajit).
 # Exit status: 0 when every run completed and verified its result, 1 when
@@ -136,5 +139,8 @@ echo "$small" "$large" | awk -v n1=100000 -v n2="$MEM_N" '
         exit
     }
     { print "memory workload=tide-run ok=0 (no summary line from tide run)"; exit }'
+
+# Serve: submit-and-wait round trips through tide serve, driven by wrk.
+sh bench/serve.sh || status=1
 
 exit "$status"
