@@ -171,7 +171,8 @@ function M.svg(p)
                .. 'viewBox="0 0 %d %d" role="img" aria-label="%s">',
                L.width, L.height, L.width, L.height, esc("pipeline " .. p.name)),
         '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="9" '
-            .. 'markerHeight="9" markerUnits="userSpaceOnUse" orient="auto"><path d="M0,0 L10,5 L0,10 z"/></marker></defs>',
+            .. 'markerHeight="9" markerUnits="userSpaceOnUse" orient="auto">'
+            .. '<path d="M0,0 L10,5 L0,10 z"/></marker></defs>',
     }
     for i, t in ipairs(p.tasks) do
         for _, si in ipairs(t.succs) do

@@ -366,7 +366,9 @@ function M.serve(p, opts)
 
     -- Remember evicted ids (bounded) to answer 410 instead of 404.
     local nevicted, evict_order = 0, {}
+    local prev_hook = ex._on_evict -- another server on the same executor
     ex._on_evict = function(id)
+        if prev_hook then prev_hook(id) end
         evicted[id] = true
         nevicted = nevicted + 1
         evict_order[nevicted] = id
