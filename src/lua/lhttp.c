@@ -68,7 +68,7 @@ struct lhttp_server {
     uint64_t requests, rejected;
 };
 
-static http_parser_settings lhttp_settings;
+static const http_parser_settings lhttp_settings;
 
 static void lhttp_conn_close(lhttp_conn *c);
 static void lhttp_try_parse(lhttp_conn *c);
@@ -360,6 +360,18 @@ static void lhttp_dispatch(lhttp_conn *c) {
 
 /* Parses what is buffered: the header block first (checked), then the
  * rest, until one request is complete. */
+
+/* The parser's callbacks, set once at compile time: every Lua state that
+ * opens tide.core (worker threads too) shares this table read-only. */
+static const http_parser_settings lhttp_settings = {
+    .on_url = lhttp_on_url,
+    .on_header_field = lhttp_on_header_field,
+    .on_header_value = lhttp_on_header_value,
+    .on_headers_complete = lhttp_on_headers_complete,
+    .on_body = lhttp_on_body,
+    .on_message_complete = lhttp_on_message_complete,
+};
+
 static void lhttp_try_parse(lhttp_conn *c) {
     while (!c->closing && !c->waiting && c->len > 0) {
         if (!c->headers_ok) {
@@ -664,13 +676,6 @@ void tide__lua_open_http(lua_State *L) {
         {"stats", l_http_stats},     {"close", l_http_close},
         {NULL, NULL}};
     tide__lua_newclass(L, "tide.http", methods, l_http_close);
-    http_parser_settings_init(&lhttp_settings);
-    lhttp_settings.on_url = lhttp_on_url;
-    lhttp_settings.on_header_field = lhttp_on_header_field;
-    lhttp_settings.on_header_value = lhttp_on_header_value;
-    lhttp_settings.on_headers_complete = lhttp_on_headers_complete;
-    lhttp_settings.on_body = lhttp_on_body;
-    lhttp_settings.on_message_complete = lhttp_on_message_complete;
     lua_pushcfunction(L, l_http_listen);
     lua_setfield(L, -2, "http_listen");
 }
