@@ -210,3 +210,65 @@ describe("tide serve drain", function()
         assert.matches("stopped", text)
     end)
 end)
+
+describe("tide.serve from Lua", function()
+    local tide = require "tide"
+    local core = require "tide.core"
+
+    -- Runs curl in the background while this process drives the loop with
+    -- tide.step (as an embedding host does); returns status, body.
+    local function curl_while_stepping(args)
+        local out = os.tmpname()
+        os.execute("(env -u LD_PRELOAD curl -s -o " .. q(out) .. " -w '%{http_code}' " .. args
+            .. " > " .. q(out .. ".code") .. "; touch " .. q(out .. ".done") .. ") &")
+        local fd = tide.fd()
+        local t0 = core.hrtime()
+        while not proc.slurp(out .. ".done") and core.hrtime() - t0 < 10 do
+            tide.step()
+            core.poll(fd, 10)
+        end
+        local status, body = tonumber(proc.slurp(out .. ".code")), proc.slurp(out)
+        for _, f in ipairs({ out, out .. ".code", out .. ".done" }) do os.remove(f) end
+        return status, body
+    end
+
+    it("serves a pipeline on a running executor, with a token", function()
+        local p = dofile("spec/fixtures/pipelines/serve.lua")
+        local ex = tide.executor()
+        local srv = assert(tide.serve(p, { listen = "127.0.0.1:0", token = "t0k", executor = ex }))
+        finally(function()
+            srv.close()
+            ex:close()
+        end)
+        assert.is_true(srv.port > 0)
+        assert.equal(ex, srv.executor)
+        -- A job submitted from Lua is visible over HTTP.
+        ex:submit(p, 4, { id = "from-lua" })
+        local url = "http://127.0.0.1:" .. srv.port
+        local st, body = curl_while_stepping("-H 'Authorization: Bearer t0k' "
+            .. q(url .. "/v1/jobs/from-lua/result?wait=5"))
+        assert.equal(200, st)
+        assert.same({ id = "from-lua", status = "done", output = 8 }, json.decode(body))
+        st, body = curl_while_stepping("-H 'Authorization: Bearer t0k' -H 'Content-Type: application/json' "
+            .. "-d '{\"input\":21}' " .. q(url .. "/v1/jobs?wait=5"))
+        assert.equal(200, st)
+        assert.equal(42, json.decode(body).output)
+        assert.equal(401, (curl_while_stepping(q(url .. "/v1/stats"))))
+        -- And a job submitted over HTTP is visible from Lua.
+        assert.equal("done", ex:status(json.decode(body).id))
+    end)
+
+    it("rejects a bad listen address and reports a port in use", function()
+        local p = dofile("spec/fixtures/pipelines/serve.lua")
+        assert.has_error(function() tide.serve(p, { listen = "nonsense" }) end,
+                         "tide.serve: listen must be HOST:PORT, got nonsense")
+        local ex = tide.executor()
+        local a = assert(tide.serve(p, { listen = "127.0.0.1:0", executor = ex }))
+        local b, msg, code = tide.serve(p, { listen = "127.0.0.1:" .. a.port, executor = ex })
+        a.close()
+        ex:close()
+        assert.is_nil(b)
+        assert.equal("EIO", code)
+        assert.matches("cannot listen on 127.0.0.1:" .. a.port, msg)
+    end)
+end)
