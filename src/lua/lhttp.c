@@ -358,9 +358,6 @@ static void lhttp_dispatch(lhttp_conn *c) {
                    "error\"}}", 51, 1);
 }
 
-/* Parses what is buffered: the header block first (checked), then the
- * rest, until one request is complete. */
-
 /* The parser's callbacks, set once at compile time: every Lua state that
  * opens tide.core (worker threads too) shares this table read-only. */
 static const http_parser_settings lhttp_settings = {
@@ -372,6 +369,8 @@ static const http_parser_settings lhttp_settings = {
     .on_message_complete = lhttp_on_message_complete,
 };
 
+/* Parses what is buffered: the header block first (checked), then the
+ * rest, until one request is complete. */
 static void lhttp_try_parse(lhttp_conn *c) {
     while (!c->closing && !c->waiting && c->len > 0) {
         if (!c->headers_ok) {
