@@ -556,11 +556,11 @@ static int l_is_worker(lua_State *L) {
     return 1;
 }
 
+/* cores() -> the CPUs this process may run on (its affinity mask), one
+ * system call: uv_cpu_info would read /proc/stat and /proc/cpuinfo, which
+ * cost more than making an executor. */
 static int l_cores(lua_State *L) {
-    uv_cpu_info_t *info;
-    int n = 0;
-    if (uv_cpu_info(&info, &n) == 0)
-        uv_free_cpu_info(info, n);
+    unsigned n = uv_available_parallelism();
     lua_pushinteger(L, n > 0 ? n : 1);
     return 1;
 }
