@@ -654,3 +654,65 @@ describe("an executor dropped without close()", function()
         assert.is_true(ok, tostring(err))
     end)
 end)
+
+describe("runner threads", function()
+    local function sleepers(name)
+        local p = tide.pipeline(name)
+        p:task("nap", function(x) tide.sleep(0.001) return x * 2 end)
+        return p
+    end
+    local function cache() return debug.getregistry()["tide.runner_cache"] or {} end
+    local function range(n)
+        local t = {}
+        for i = 1, n do t[i] = i end
+        return t
+    end
+
+    it("are kept when an executor closes and serve the next one", function()
+        local outs = tide.run(sleepers("reuse1"), range(200))
+        for i = 1, 200 do assert.equal(2 * i, outs[i]) end
+        local kept = #cache()
+        assert.is_true(kept >= 200, "kept " .. kept)
+        -- The next executor takes them instead of making new ones, and
+        -- its results are right.
+        local ex = tide.executor()
+        local p = sleepers("reuse2")
+        local ids = {}
+        for i = 1, 150 do ids[i] = ex:submit(p, i) end
+        ex:run()
+        for i = 1, 150 do assert.equal(2 * i, (ex:result(ids[i]))) end
+        assert.is_true(#cache() <= kept - 150, "cache " .. #cache() .. " of " .. kept)
+        ex:close()
+        assert.is_true(#cache() >= kept)
+    end)
+
+    it("are kept up to a bound", function()
+        tide.run(sleepers("reuse3"), range(3000))
+        assert.is_true(#cache() <= 1024)
+    end)
+
+    it("survive bodies that failed, retried and were cancelled", function()
+        local p = tide.pipeline "reuse4"
+        p:task("mixed", { retry = { times = 1, interval = 0 } }, function(x)
+            tide.sleep(0.001)
+            if x % 3 == 0 then error("three") end
+            return x
+        end)
+        for _ = 1, 3 do
+            local outs, errs = tide.run(p, range(30))
+            for i = 1, 30 do
+                if i % 3 == 0 then
+                    assert.equal("ETASK", errs[i].code)
+                    assert.equal(2, errs[i].attempts)
+                else
+                    assert.equal(i, outs[i])
+                end
+            end
+        end
+        local ex = tide.executor()
+        local id = ex:submit(sleepers("reuse5"), 1)
+        ex:cancel(id)
+        ex:close() -- with nothing to run: its idle runners are kept
+        assert.equal(2, tide.run(sleepers("reuse6"), { 1 })[1])
+    end)
+end)

@@ -175,6 +175,7 @@ enum {
     TIDE__OP_CHILD = 3,  /* child `slot` of `parent` (map `task`) completed */
     TIDE__OP_FAIL = 4,   /* attempt (`slot`, `task`) failed with `code` */
     TIDE__OP_BATCH = 5,  /* the batch of task `task` waited long enough */
+    TIDE__OP_QUIT = 6,   /* (to an idle runner) the engine closes: return */
 };
 
 typedef struct {
@@ -294,7 +295,7 @@ struct tide__eng {
     uint32_t route[64];   /* successors chosen by a router, for the next */
     int nroute;           /* tide__eng_complete; -1: no router */
     tide__ctx **ctx;      /* by slot; ctx[0] is unused */
-    uint32_t nslots, *free_slots, nfree;
+    uint32_t nslots, ctx_cap, *free_slots, nfree;
     tide__ring admit[TIDE__NPRIO];
     uint32_t concurrency, nactive, nlive;
     tide__att **atts;     /* by index; atts[0] is unused */

@@ -317,7 +317,10 @@ static tide__ctx *ctx_alloc(tide__eng *eng, uint32_t graph) {
         slot = eng->free_slots[--eng->nfree];
     } else {
         slot = eng->nslots++;
-        eng->ctx = tide__xrealloc(eng->ctx, eng->nslots * sizeof(void *));
+        if (eng->nslots > eng->ctx_cap) { /* grow geometrically */
+            eng->ctx_cap = eng->ctx_cap ? 2 * eng->ctx_cap : 64;
+            eng->ctx = tide__xrealloc(eng->ctx, eng->ctx_cap * sizeof(void *));
+        }
         eng->ctx[slot] = NULL;
     }
     /* One block: the record, then pending, kids, taken, attempt, tstate. A freed

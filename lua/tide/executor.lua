@@ -56,7 +56,7 @@ local Executor = {}
 Executor.__index = Executor
 M.Executor = Executor
 
-local OP_RUN, OP_FINISH, OP_CHILD, OP_FAIL, OP_BATCH = 1, 2, 3, 4, 5
+local OP_RUN, OP_FINISH, OP_CHILD, OP_FAIL, OP_BATCH, OP_QUIT = 1, 2, 3, 4, 5, 6
 local PRIO = { high = 0, low = 1, lifo = 2 }
 M.PRIO = PRIO
 
@@ -601,6 +601,9 @@ function M.new(opts)
                 end
                 attempt_failed(a, b, c, new_error(d, msg))
                 op, a, b, c, d = nxt(0, 0)
+            elseif op == OP_QUIT then
+                -- The engine closes: this thread may serve another one.
+                return
             else
                 op, a, b, c, d = nxt(0, 0)
             end

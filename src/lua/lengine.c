@@ -111,16 +111,68 @@ static void leng_kick(tide__eng *eng) {
         uv_idle_start(&eng->idle, leng_on_idle);
 }
 
+/* Finished runner threads of closed engines, kept for the next engine of
+ * this Lua state (a registry array): a body that parks keeps its runner,
+ * so each engine makes as many runners as bodies wait at once, and a
+ * program calling tide.run again and again would make and collect them
+ * every time. A finished thread takes a new function like a new one. */
+#define RUNNER_CACHE_KEY "tide.runner_cache"
+#define RUNNER_CACHE_MAX 1024
+
+static void leng_push_runner_cache(lua_State *L) {
+    lua_getfield(L, LUA_REGISTRYINDEX, RUNNER_CACHE_KEY);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_createtable(L, 64, 0);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, LUA_REGISTRYINDEX, RUNNER_CACHE_KEY);
+    }
+}
+
 static lua_State *leng_new_runner(leng *e) {
     lua_State *L = e->L;
     lua_rawgeti(L, e->env, ENV_RUNNERS);
-    lua_State *co = lua_newthread(L);
+    leng_push_runner_cache(L);
+    lua_State *co = NULL;
+    int n = (int)lua_objlen(L, -1);
+    if (n > 0) {
+        lua_rawgeti(L, -1, n);
+        co = lua_tothread(L, -1);
+        lua_pushnil(L);
+        lua_rawseti(L, -3, n);
+        lua_replace(L, -2); /* the thread where the cache was */
+    } else {
+        lua_pop(L, 1);
+        co = lua_newthread(L);
+    }
     lua_pushboolean(L, 1);
     lua_rawset(L, -3);
     lua_pop(L, 1);
     lua_rawgeti(L, e->env, ENV_RUNNER_FN);
     lua_xmove(L, co, 1);
     return co;
+}
+
+/* Ends the idle runners of an engine being closed, and keeps their
+ * threads for the next engine. An idle runner waits inside nxt(): resumed
+ * with OP_QUIT it returns, and its thread is finished and empty. */
+static void leng_retire_runners(lua_State *L, leng *e) {
+    leng_push_runner_cache(L);
+    int n = (int)lua_objlen(L, -1);
+    while (e->nidle > 0) {
+        lua_State *co = e->idle[--e->nidle];
+        lua_pushinteger(co, TIDE__OP_QUIT);
+        if (lua_resume(co, 1) != 0 || lua_gettop(co) != 0) {
+            lua_settop(co, 0); /* not a runner that returned: drop it */
+            continue;
+        }
+        if (n >= RUNNER_CACHE_MAX)
+            continue;
+        lua_pushthread(co);
+        lua_xmove(co, L, 1);
+        lua_rawseti(L, -2, ++n);
+    }
+    lua_pop(L, 1);
 }
 
 static void leng_report(leng *e, lua_State *co, const char *what) {
@@ -804,6 +856,8 @@ static int l_close(lua_State *L) {
     leng *e = LENG_UP(L);
     if (e->in_run || e->eng.draining)
         return luaL_error(L, "close: the executor is running");
+    if (!e->closed)
+        leng_retire_runners(L, e);
     leng_close(e);
     return 0;
 }
