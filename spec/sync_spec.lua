@@ -174,8 +174,7 @@ describe("sync task time limits", function()
             end
             return x
         end)
-        -- The attempt's time limit runs from its start, queueing included:
-        -- the job after it has none.
+        -- The job after it has no time limit of its own.
         local q = tide.pipeline "after-runaway"
         q:task("echo", { kind = "sync" }, function(x) return x end)
         local ex = tide.executor { threads = 1 }
@@ -189,6 +188,35 @@ describe("sync task time limits", function()
         -- The one worker was freed: the next job ran right after.
         assert.equal("next", ex:result(next_one, 5))
         assert.is_true(core.hrtime() - t0 < 1, "took " .. (core.hrtime() - t0))
+    end)
+end)
+
+describe("sync task time limits count from when a worker takes the job", function()
+    it("so jobs that waited in the queue are not timed out for it", function()
+        local p = tide.pipeline "queued-sync"
+        p:task("work", { kind = "sync", timeout = 0.5 }, function(s)
+            local t = require("tide.core").hrtime()
+            while require("tide.core").hrtime() - t < s do end -- busy, like real work
+            return s
+        end)
+        local ex = tide.executor { threads = 1 }
+        finally(function() ex:close() end)
+        -- One thread, three jobs of 0.3 s each: the third waits 0.6 s in
+        -- the queue, longer than its 0.5 s limit, and must still finish.
+        local ids = {}
+        for i = 1, 3 do ids[i] = ex:submit(p, 0.3) end
+        for i = 1, 3 do
+            local out, rec = ex:result(ids[i], 5)
+            assert.equal(0.3, out, rec and tostring(rec))
+        end
+        -- A job that runs past its limit still times out, queued or not.
+        local slow = {}
+        for i = 1, 2 do slow[i] = ex:submit(p, 0.8) end
+        for i = 1, 2 do
+            local out, rec = ex:result(slow[i], 5)
+            assert.is_nil(out)
+            assert.equal("ETIMEDOUT", rec.code)
+        end
     end)
 end)
 

@@ -3,6 +3,7 @@
 #define TIDE_INTERNAL_H
 
 #include <stddef.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -207,6 +208,10 @@ typedef struct tide__att {
     void *co;                     /* the parked coroutine (glue-owned) */
     void *op;                     /* what it waits on (glue-owned): */
     void (*op_cancel)(void *op);  /* called when the coroutine is dropped */
+    /* When op began to run (uv_hrtime ns; 0: not yet), for operations
+     * that queue first (sync jobs): the attempt's time limit counts from
+     * then. NULL: it counts from the attempt's start. */
+    uint64_t (*op_started)(void *op);
     int co_ref;                   /* its anchor, managed by the glue */
     uint64_t t0;                  /* uv_hrtime() at its start, if timing */
     tide__tentry deadline;        /* per-attempt timeout */
@@ -365,6 +370,7 @@ typedef struct tide__job {
     char *code;        /* its bytecode when it has no file (owned) */
     size_t codelen;
     double timeout_ms; /* per attempt; 0: none (the worker's count hook) */
+    _Atomic uint64_t started; /* uv_hrtime when a worker took it, or 0 */
     int status;        /* set by the worker: 0 ok, else failed */
     char *out;         /* result bytes or error text (owned, malloc'd) */
     size_t outlen;

@@ -46,6 +46,9 @@ static void pool_thread(void *arg) {
         pool->running++;
         uv_mutex_unlock(&pool->mu);
 
+        /* Read by the loop when the attempt's deadline passes: the time
+         * limit counts from here, not from the wait in the queue. */
+        atomic_store_explicit(&j->started, uv_hrtime(), memory_order_relaxed);
         pool->run(w->ctx, j);
 
         uv_mutex_lock(&pool->mu);

@@ -532,6 +532,7 @@ static tide__att *att_new(tide__eng *eng, tide__ctx *c, uint32_t gtask,
     a->co = NULL;
     a->op = NULL;
     a->op_cancel = NULL;
+    a->op_started = NULL;
     a->co_ref = -2;
     a->t0 = eng->cur_t0;
     a->deadline.pos = a->wake.pos = UINT32_MAX;
@@ -985,6 +986,20 @@ void tide__eng_next(tide__eng *eng, tide__op *op) {
     op->op = TIDE__OP_NONE;
 }
 
+/* Milliseconds the attempt still has when its deadline timer fires: 0,
+ * unless it waits on an operation whose time limit counts from when it
+ * began to run (a sync job still queued has its full limit left). */
+static double eng_deadline_left(tide__eng *eng, const tide__att *a) {
+    if (a->op_started == NULL || a->op == NULL)
+        return 0;
+    double tmo = eng->timeout_ms[a->task];
+    uint64_t started = a->op_started(a->op);
+    if (started == 0)
+        return tmo;
+    double ran = (double)(uv_hrtime() - started) / 1e6;
+    return ran < tmo ? tmo - ran : 0;
+}
+
 static void eng_on_timer(uv_timer_t *t) {
     tide__eng *eng = tide__container_of(t, tide__eng, timer);
     uint64_t now = uv_now(eng->loop);
@@ -993,9 +1008,14 @@ static void eng_on_timer(uv_timer_t *t) {
         tide__heap_remove(&eng->heap, e);
         tide__att *a = e->data;
         switch (e->kind) {
-        case TIDE__TM_DEADLINE:
-            tide__eng_abandon(eng, a, TIDE_ETIMEDOUT);
+        case TIDE__TM_DEADLINE: {
+            double left = eng_deadline_left(eng, a);
+            if (left > 0)
+                eng_timer_add(eng, &a->deadline, TIDE__TM_DEADLINE, left);
+            else
+                tide__eng_abandon(eng, a, TIDE_ETIMEDOUT);
             break;
+        }
         case TIDE__TM_WAKE:
             tide__eng_wake(eng, a, 0);
             break;

@@ -97,6 +97,7 @@ static void leng_drop_co(tide__eng *eng, tide__att *a) {
         void (*cancel)(void *) = a->op_cancel;
         void *op = a->op;
         a->op_cancel = NULL;
+        a->op_started = NULL;
         a->op = NULL;
         cancel(op);
     }
@@ -565,15 +566,18 @@ uv_loop_t *tide__lua_body_loop(lua_State *L, const char *fname) {
 }
 
 /* Parks the running body until tide__lua_wake(handle); op and cancel are
- * kept with the attempt so that dropping the body cancels the operation.
+ * kept with the attempt so that dropping the body cancels the operation,
+ * and `started` (or NULL) tells when op began to run, for its time limit.
  * Returns the attempt's handle through *handle before yielding. Use as
  * `return tide__lua_park_op(...)`. */
 int tide__lua_park_op(lua_State *L, const char *fname, void *op,
-                      void (*cancel)(void *), double *handle) {
+                      void (*cancel)(void *), uint64_t (*started)(void *),
+                      double *handle) {
     leng *e = leng_check_body(L, fname);
     tide__att *a = tide__eng_current_att(&e->eng);
     a->op = op;
     a->op_cancel = cancel;
+    a->op_started = started;
     *handle = tide__eng_att_handle(a);
     return leng_park(L, e, -1, 0);
 }
@@ -587,6 +591,7 @@ int tide__lua_wake(uv_loop_t *loop, double handle) {
         return 0;
     a->op = NULL;
     a->op_cancel = NULL;
+    a->op_started = NULL;
     tide__eng_wake(&e->eng, a, 1);
     return 1;
 }

@@ -320,7 +320,7 @@ static int l_exec_wait(lua_State *L) {
     lexec *x = lexec_check(L, 1);
     if (x->done)
         return 0;
-    return tide__lua_park_op(L, "tide.exec", x, lexec_cancel, &x->att);
+    return tide__lua_park_op(L, "tide.exec", x, lexec_cancel, NULL, &x->att);
 }
 
 static void lexec_push_tail(lua_State *L, const lexec_stream *s) {

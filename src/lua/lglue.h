@@ -21,7 +21,8 @@ void tide__lua_open_io(lua_State *L);
 tide__graph *tide__lua_checkgraph(lua_State *L, int idx);
 uv_loop_t *tide__lua_body_loop(lua_State *L, const char *fname);
 int tide__lua_park_op(lua_State *L, const char *fname, void *op,
-                      void (*cancel)(void *), double *handle);
+                      void (*cancel)(void *), uint64_t (*started)(void *),
+                      double *handle);
 int tide__lua_wake(uv_loop_t *loop, double handle);
 void tide__lua_open_exec(lua_State *L);
 void tide__lua_open_marshal(lua_State *L);

@@ -473,12 +473,19 @@ static tide__job *ljob_check(lua_State *L, int idx) {
     return *box;
 }
 
-/* pool_wait(job): parks the task body until the job is done. */
+static uint64_t lpool_started(void *op) {
+    tide__job *j = op;
+    return atomic_load_explicit(&j->started, memory_order_relaxed);
+}
+
+/* pool_wait(job): parks the task body until the job is done. Its time
+ * limit counts from when a worker took the job, not from the queue. */
 static int l_pool_wait(lua_State *L) {
     tide__job *j = ljob_check(L, 1);
     if (j->done)
         return 0;
-    return tide__lua_park_op(L, "sync task", j, lpool_cancel, &j->att);
+    return tide__lua_park_op(L, "sync task", j, lpool_cancel, lpool_started,
+                             &j->att);
 }
 
 /* pool_result(job) -> true, value | false, message, traceback, code */
