@@ -210,6 +210,7 @@ describe("sync task time limits count from when a worker takes the job", functio
             assert.equal(0.3, out, rec and tostring(rec))
         end
         -- A job that runs past its limit still times out, queued or not.
+        -- (The first of the two keeps the worker busy 0.8 s in all.)
         local slow = {}
         for i = 1, 2 do slow[i] = ex:submit(p, 0.8) end
         for i = 1, 2 do
@@ -217,6 +218,28 @@ describe("sync task time limits count from when a worker takes the job", functio
             assert.is_nil(out)
             assert.equal("ETIMEDOUT", rec.code)
         end
+    end)
+end)
+
+describe("a sync job that never gets a worker", function()
+    it("fails after ten times its time limit instead of waiting forever", function()
+        local p = tide.pipeline "hog"
+        p:task("spin", { kind = "sync", timeout = 0.05 }, function(n)
+            local x = 0
+            for i = 1, n do x = x + i % 3 end -- compiled: no hook stops it
+            return x
+        end)
+        local ex = tide.executor { threads = 1 }
+        finally(function() ex:close() end)
+        local hog = ex:submit(p, 1.5e9) -- holds the one worker past the grace period
+        local t0 = core.hrtime()
+        local starved = ex:submit(p, 1)
+        local out, rec = ex:result(starved, 5)
+        local waited = core.hrtime() - t0
+        assert.is_nil(out)
+        assert.equal("ETIMEDOUT", rec.code)
+        assert.is_true(waited >= 0.4 and waited < 1.5, "waited " .. waited)
+        assert.equal("ETIMEDOUT", select(2, ex:result(hog, 5)).code)
     end)
 end)
 

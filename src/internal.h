@@ -212,6 +212,7 @@ typedef struct tide__att {
      * that queue first (sync jobs): the attempt's time limit counts from
      * then. NULL: it counts from the attempt's start. */
     uint64_t (*op_started)(void *op);
+    uint32_t unstarted;           /* deadlines passed with op not started */
     int co_ref;                   /* its anchor, managed by the glue */
     uint64_t t0;                  /* uv_hrtime() at its start, if timing */
     tide__tentry deadline;        /* per-attempt timeout */

@@ -533,6 +533,7 @@ static tide__att *att_new(tide__eng *eng, tide__ctx *c, uint32_t gtask,
     a->op = NULL;
     a->op_cancel = NULL;
     a->op_started = NULL;
+    a->unstarted = 0;
     a->co_ref = -2;
     a->t0 = eng->cur_t0;
     a->deadline.pos = a->wake.pos = UINT32_MAX;
@@ -988,14 +989,18 @@ void tide__eng_next(tide__eng *eng, tide__op *op) {
 
 /* Milliseconds the attempt still has when its deadline timer fires: 0,
  * unless it waits on an operation whose time limit counts from when it
- * began to run (a sync job still queued has its full limit left). */
-static double eng_deadline_left(tide__eng *eng, const tide__att *a) {
+ * began to run (a sync job still queued has its full limit left). The
+ * wait for a start is bounded too (TIDE__MAX_UNSTARTED limits), so that
+ * a job behind workers stuck for good still fails instead of waiting
+ * forever. */
+#define TIDE__MAX_UNSTARTED 10
+static double eng_deadline_left(tide__eng *eng, tide__att *a) {
     if (a->op_started == NULL || a->op == NULL)
         return 0;
     double tmo = eng->timeout_ms[a->task];
     uint64_t started = a->op_started(a->op);
     if (started == 0)
-        return tmo;
+        return ++a->unstarted < TIDE__MAX_UNSTARTED ? tmo : 0;
     double ran = (double)(uv_hrtime() - started) / 1e6;
     return ran < tmo ? tmo - ran : 0;
 }
