@@ -243,6 +243,32 @@ describe("a sync job that never gets a worker", function()
     end)
 end)
 
+describe("closing an executor", function()
+    it("does not wait for a body stuck in a compiled loop", function()
+        local p = tide.pipeline "stuck-at-close"
+        p:task("spin", { kind = "sync" }, function(n)
+            local x = 0
+            for i = 1, n do x = x + i % 3 end
+            return x
+        end)
+        local ex = tide.executor { threads = 1 }
+        local id = ex:submit(p, 3e9) -- seconds
+        local t0 = core.hrtime()
+        while core.hrtime() - t0 < 0.2 do tide.step() end -- a worker has it
+        assert.equal("running", ex:status(id))
+        ex:cancel(id)
+        ex:run() -- nobody waits for the stuck job: returns at once
+        local t1 = core.hrtime()
+        ex:close()
+        assert.is_true(core.hrtime() - t1 < 0.5, "close took " .. (core.hrtime() - t1))
+        -- The process goes on: a new executor runs sync tasks.
+        local q = tide.pipeline "after-stuck-close"
+        q:task("echo", { kind = "sync" }, function(x) return x end)
+        local outs = tide.run(q, { "a", "b" }, { threads = 1 })
+        assert.same({ "a", "b" }, outs)
+    end)
+end)
+
 describe("stuck workers", function()
     it("get a stand-in after a grace period, so the pool keeps working", function()
         local p = tide.pipeline "compiled-runaway"

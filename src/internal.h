@@ -380,6 +380,7 @@ typedef struct tide__job {
     int cancelled;     /* loop side: nobody waits for the result */
     int done;          /* loop side: taken back from the done queue */
     int stood_in;      /* loop side: a stand-in thread replaced its worker */
+    int uncounted;     /* loop side: no longer keeps the loop alive */
     uint64_t cancelled_at; /* loop side: uv_now when its attempt gave up */
     double att;        /* loop side: attempt to wake */
     void *owner;       /* loop side: the glue's pool record */
@@ -392,6 +393,8 @@ typedef struct {
     int index;
     uv_thread_t thread;
     void *ctx;         /* from worker_init, on the worker thread */
+    tide__job *job;    /* the job it runs (under the mutex), or NULL */
+    int orphan;        /* the pool stopped while it ran: it frees itself */
 } tide__pool_worker;
 
 struct tide__pool {
@@ -407,6 +410,9 @@ struct tide__pool {
     int alive;         /* threads not retired */
     uint64_t replaced; /* threads started to stand in for stuck ones */
     uv_async_t *async;
+    int orphans;       /* threads still running jobs after tide__pool_stop */
+    int owner_gone;    /* tide__pool_leave was called */
+    void (*release)(tide__pool *pool); /* frees the pool's memory */
     void *(*worker_init)(tide__pool *pool, int index);
     void (*worker_free)(void *ctx);
     void (*run)(void *ctx, tide__job *j);
@@ -420,5 +426,6 @@ void tide__pool_submit(tide__pool *pool, tide__job *j);
 int tide__pool_unqueue(tide__pool *pool, tide__job *j);
 tide__job *tide__pool_take_done(tide__pool *pool);
 tide__job *tide__pool_stop(tide__pool *pool);
+int tide__pool_leave(tide__pool *pool);
 
 #endif

@@ -8,7 +8,16 @@
  * tide__pool_submit and the moment the loop takes them back from the done
  * queue; while a worker runs a job it may only touch the job's payload
  * fields (in, out, status), never its links. uv_async_send coalesces, so
- * the loop drains the whole done queue per wake-up. */
+ * the loop drains the whole done queue per wake-up.
+ *
+ * Stopping never waits for a job that is running: a body stuck in a
+ * compiled loop would hold the process forever (tide run on SIGTERM).
+ * Its thread is detached as an orphan; when the job returns, the thread
+ * drops it (the job stays allocated: its references belong to the loop
+ * thread) and frees itself. The pool's memory has two kinds of holder,
+ * the owner (until tide__pool_leave) and the orphans; the last to go
+ * destroys the lock and calls pool->release. */
+#include <pthread.h>
 #include <string.h>
 
 #include "internal.h"
@@ -44,6 +53,7 @@ static void pool_thread(void *arg) {
             pool->qtail = NULL;
         j->next = NULL;
         pool->running++;
+        w->job = j;
         uv_mutex_unlock(&pool->mu);
 
         /* Read by the loop when the attempt's deadline passes: the time
@@ -53,6 +63,20 @@ static void pool_thread(void *arg) {
 
         uv_mutex_lock(&pool->mu);
         pool->running--;
+        w->job = NULL;
+        if (w->orphan) {
+            int last = --pool->orphans == 0 && pool->owner_gone;
+            uv_mutex_unlock(&pool->mu);
+            if (pool->worker_free)
+                pool->worker_free(w->ctx);
+            free(w);
+            if (last) {
+                uv_cond_destroy(&pool->cv);
+                uv_mutex_destroy(&pool->mu);
+                pool->release(pool);
+            }
+            return;
+        }
         if (pool->dtail)
             pool->dtail->next = j;
         else
@@ -173,25 +197,60 @@ void tide__pool_unreplace(tide__pool *pool) {
     uv_mutex_unlock(&pool->mu);
 }
 
-/* Asks the threads to finish the queue and exit, joins them, and returns
- * the jobs that finished and were not taken back yet (the caller owns
- * them). The pool cannot be used after. */
+/* Asks the threads to finish the queue and exit, joins those not running
+ * a job, leaves the others to finish alone (orphans), and returns the jobs
+ * that finished and were not taken back yet (the caller owns them). The
+ * pool cannot be used after; its memory is released through
+ * tide__pool_leave. */
 tide__job *tide__pool_stop(tide__pool *pool) {
     if (pool->workers == NULL)
         return NULL;
+    int n = pool->nworkers;
+    uv_thread_t *orphaned = tide__xcalloc((size_t)n + 1, sizeof(*orphaned));
+    int norphans = 0;
     uv_mutex_lock(&pool->mu);
     pool->stopping = 1;
+    for (int i = 0; i < n; i++) {
+        tide__pool_worker *w = pool->workers[i];
+        if (w->job) {
+            /* From here on the thread owns w and frees it. */
+            w->orphan = 1;
+            pool->orphans++;
+            orphaned[norphans++] = w->thread;
+            pool->workers[i] = NULL;
+        }
+    }
     uv_cond_broadcast(&pool->cv);
     uv_mutex_unlock(&pool->mu);
-    for (int i = 0; i < pool->nworkers; i++) {
+    for (int i = 0; i < norphans; i++)
+        pthread_detach(orphaned[i]);
+    free(orphaned);
+    for (int i = 0; i < n; i++) {
+        if (pool->workers[i] == NULL)
+            continue;
         uv_thread_join(&pool->workers[i]->thread);
         free(pool->workers[i]);
     }
     free(pool->workers);
     pool->workers = NULL;
-    tide__job *done = pool->dhead; /* no thread left to race with */
+    uv_mutex_lock(&pool->mu);
+    tide__job *done = pool->dhead; /* orphans never add to it */
     pool->dhead = pool->dtail = NULL;
-    uv_cond_destroy(&pool->cv);
-    uv_mutex_destroy(&pool->mu);
+    uv_mutex_unlock(&pool->mu);
     return done;
+}
+
+/* The owner is done with a stopped (or never started: then call nothing)
+ * pool. Returns 1 when the owner may free its memory now, 0 when orphans
+ * still run: the last of them calls pool->release. */
+int tide__pool_leave(tide__pool *pool) {
+    uv_mutex_lock(&pool->mu);
+    pool->owner_gone = 1;
+    int last = pool->orphans == 0;
+    uv_mutex_unlock(&pool->mu);
+    if (last) {
+        uv_cond_destroy(&pool->cv);
+        uv_mutex_destroy(&pool->mu);
+    }
+    return last;
 }

@@ -708,6 +708,29 @@ describe("tide run", function()
         end
     end)
 
+    it("exits 143 on SIGTERM even while a sync task is stuck in a compiled loop", function()
+        local tmp = proc.tmpdir()
+        finally(function() proc.rmrf(tmp) end)
+        local f = function(name) return shquote(tmp .. "/" .. name) end
+        local script = table.concat({
+            -- 3e10 iterations: tens of seconds, far past the test's patience.
+            ("echo 3e10 | timeout -k 1 10 %s run %s >%s 2>%s & p=$!"):format(
+                shquote(proc.bin), shquote(PIPE .. "stuck_sync.lua"), f("out"), f("err")),
+            "sleep 1",
+            "t0=$(date +%s%N)",
+            "pkill -TERM -P $p 2>/dev/null || kill -TERM $p",
+            "wait $p; echo $? >" .. f("rc"),
+            "echo $(( ($(date +%s%N) - t0) / 1000000 )) >" .. f("ms"),
+        }, "\n")
+        -- Without the sanitizer preload of make check: pkill hangs under it
+        -- (build-asan/tide carries its own sanitizer runtime).
+        os.execute("env -u LD_PRELOAD sh -c " .. shquote(script) .. " >/dev/null 2>&1")
+        local err = proc.slurp(tmp .. "/err") or ""
+        assert.equal(143, tonumber(proc.slurp(tmp .. "/rc")), err)
+        assert.is_true(tonumber(proc.slurp(tmp .. "/ms")) < 3000, "took " .. proc.slurp(tmp .. "/ms") .. " ms")
+        assert.matches("ECANCELED", proc.slurp(tmp .. "/out"))
+    end)
+
     describe("SIGINT and SIGTERM", function()
         -- Four runs on inputs that sleep 0.01 s, 0.02 s or 10 s, signalled
         -- after 1 s: (1) to stdout and (2) to --output with SIGINT, (3) to

@@ -162,11 +162,13 @@ static int lpool_push_fn(lua_State *L, tide__job *j) {
  * count hook stops interpreted Lua past it; compiled loops never call the
  * hook (LuaJIT), so a body stuck in one runs on. */
 static _Thread_local uint64_t lpool_deadline;
+static _Thread_local int lpool_stopped; /* the hook stopped the body */
 
 static void lpool_hook(lua_State *L, lua_Debug *ar) {
     TIDE_UNUSED(ar);
     if (lpool_deadline && uv_hrtime() > lpool_deadline) {
         lua_sethook(L, NULL, 0, 0);
+        lpool_stopped = 1;
         luaL_error(L, "sync task stopped: it ran over its time limit");
     }
 }
@@ -198,6 +200,7 @@ static void lpool_run(void *ctx, tide__job *j) {
         lua_settop(L, 0);
         return;
     }
+    lpool_stopped = 0;
     if (j->timeout_ms > 0) {
         lpool_deadline = uv_hrtime() + (uint64_t)(j->timeout_ms * 1e6);
         lua_sethook(L, lpool_hook, LUA_MASKCOUNT, 1000);
@@ -214,7 +217,7 @@ static void lpool_run(void *ctx, tide__job *j) {
         char *msg = tide__xstrdup(tb ? tb : "error");
         if (nl)
             msg[nl - tb] = '\0';
-        lpool_fail(j, 1, msg, tb);
+        lpool_fail(j, lpool_stopped ? 3 : 1, msg, tb);
         free(msg);
         lua_settop(L, 0);
         return;
@@ -233,12 +236,21 @@ static void lpool_run(void *ctx, tide__job *j) {
 
 /* ===== LOOP SIDE ===== */
 
+/* A job stops keeping the loop alive: it came back, or nobody waits for
+ * it any more (its attempt gave up while a worker runs it). */
+static void lpool_uncount(lpool *lp, tide__job *j) {
+    if (j->uncounted)
+        return;
+    j->uncounted = 1;
+    if (--lp->outstanding == 0 && lp->async_open)
+        uv_unref((uv_handle_t *)&lp->async);
+}
+
 /* A job came back from the pool (finished, or unqueued unstarted): the
  * pool's reference goes, and with no job left the loop may end. */
 static void lpool_took_back(lpool *lp, tide__job *j) {
     j->done = 1;
-    if (--lp->outstanding == 0 && lp->async_open)
-        uv_unref((uv_handle_t *)&lp->async);
+    lpool_uncount(lp, j);
     lpool_job_unref(j);
 }
 
@@ -281,10 +293,19 @@ static void lpool_on_stuck_timer(uv_timer_t *t) {
         uv_timer_stop(t);
 }
 
-static void lpool_free(lpool *lp) {
+static void lpool_release(tide__pool *pool) {
+    lpool *lp = pool->udata;
     free(lp->path);
     free(lp->cpath);
     free(lp);
+}
+
+/* The loop side is done with lp; its memory goes now, or with the last
+ * orphan thread (a job still running when the pool stopped). */
+static void lpool_free(lpool *lp) {
+    if (lp->started && !tide__pool_leave(&lp->pool))
+        return;
+    lpool_release(&lp->pool);
 }
 
 static void lpool_handle_closed(uv_handle_t *h) {
@@ -296,8 +317,9 @@ static void lpool_handle_closed(uv_handle_t *h) {
     }
 }
 
-/* Joins the threads (they finish what they run; queued jobs are dropped)
- * and hands back what finished. */
+/* Stops the threads: queued jobs are dropped, idle threads joined, and
+ * threads still running a job left to finish it alone (nobody waits for
+ * its result any more); hands back what finished. */
 static void lpool_stop(lpool *lp) {
     if (lp->stopped)
         return;
@@ -363,6 +385,7 @@ static int l_pool_new(lua_State *L) {
     lp->pool.worker_free = lpool_worker_free;
     lp->pool.run = lpool_run;
     lp->pool.udata = lp;
+    lp->pool.release = lpool_release;
     lp->pool.async = &lp->async;
     lp->pool.nworkers = 0;
     uv_async_init(loop, &lp->async, lpool_on_async);
@@ -392,8 +415,10 @@ static void lpool_cancel(void *op) {
         lpool_took_back(lp, j);
         return;
     }
-    /* A worker runs it: watch it, and give the worker a stand-in if it
-     * does not come back within the grace period. */
+    /* A worker runs it: it no longer holds the loop (a body stuck for good
+     * must not keep tide run from exiting); watch it, and give the worker
+     * a stand-in if it does not come back within the grace period. */
+    lpool_uncount(lp, j);
     if (lp->nstuck < LPOOL_MAX_STUCK) {
         j->cancelled_at = uv_now(lp->loop);
         j->refs++;
@@ -507,7 +532,12 @@ static int l_pool_result(lua_State *L) {
         lua_pushstring(L, j->trace);
     else
         lua_pushnil(L);
-    lua_pushstring(L, j->status == 2 ? "EVALUE" : "ETASK");
+    /* 2: the value could not cross; 3: the worker's hook stopped the body
+     * at its time limit (which may come before the loop's deadline: both
+     * count from the job's start). */
+    lua_pushstring(L, j->status == 2   ? "EVALUE"
+                      : j->status == 3 ? "ETIMEDOUT"
+                                       : "ETASK");
     return 4;
 }
 
