@@ -3,6 +3,18 @@ local tide = require "tide"
 local core = require "tide.core"
 local json = tide.json
 
+-- A pipeline whose sync task spins n times in a loop LuaJIT compiles, so
+-- no count hook can stop it: a body stuck for as long as a spec needs.
+local function spinner(name, timeout)
+    local p = tide.pipeline(name)
+    p:task("spin", { kind = "sync", timeout = timeout }, function(n)
+        local x = 0
+        for i = 1, n do x = x + i % 3 end
+        return x
+    end)
+    return p
+end
+
 describe('kind = "sync"', function()
     it("runs on worker threads and carries values across exactly", function()
         local p = tide.pipeline "sync-values"
@@ -223,12 +235,7 @@ end)
 
 describe("a sync job that never gets a worker", function()
     it("fails after ten times its time limit instead of waiting forever", function()
-        local p = tide.pipeline "hog"
-        p:task("spin", { kind = "sync", timeout = 0.05 }, function(n)
-            local x = 0
-            for i = 1, n do x = x + i % 3 end -- compiled: no hook stops it
-            return x
-        end)
+        local p = spinner("hog", 0.05)
         local ex = tide.executor { threads = 1 }
         finally(function() ex:close() end)
         local hog = ex:submit(p, 1.5e9) -- holds the one worker past the grace period
@@ -245,12 +252,7 @@ end)
 
 describe("closing an executor", function()
     it("does not wait for a body stuck in a compiled loop", function()
-        local p = tide.pipeline "stuck-at-close"
-        p:task("spin", { kind = "sync" }, function(n)
-            local x = 0
-            for i = 1, n do x = x + i % 3 end
-            return x
-        end)
+        local p = spinner("stuck-at-close")
         local ex = tide.executor { threads = 1 }
         local id = ex:submit(p, 3e9) -- seconds
         local t0 = core.hrtime()
@@ -271,12 +273,7 @@ end)
 
 describe("stuck workers", function()
     it("get a stand-in after a grace period, so the pool keeps working", function()
-        local p = tide.pipeline "compiled-runaway"
-        p:task("spin", { kind = "sync", timeout = 0.1 }, function(n)
-            local x = 0
-            for i = 1, n do x = x + i % 3 end -- compiled: no hook stops it
-            return x
-        end)
+        local p = spinner("compiled-runaway", 0.1)
         local q = tide.pipeline "meanwhile"
         q:task("echo", { kind = "sync" }, function(x) return x end)
         local ex = tide.executor { threads = 1 }
@@ -290,7 +287,6 @@ describe("stuck workers", function()
         local s = ex:stats()
         assert.equal(1, s.workers_replaced)
         assert.is_true(took > 0.9 and took < 2.5, "the other job ran after " .. took .. " s")
-        ex:close() -- waits for the compiled loop to end
-        assert.is_true(core.hrtime() - t0 > took)
+        ex:close() -- does not wait for the compiled loop to end
     end)
 end)
