@@ -271,6 +271,25 @@ describe("closing an executor", function()
     end)
 end)
 
+describe("closing an executor from inside one of its tasks", function()
+    it("is refused before it touches the worker threads", function()
+        local p = spinner("close-inside-sync")
+        local ex = tide.executor { threads = 1 }
+        finally(function() ex:close() end)
+        local q = tide.pipeline "close-inside"
+        q:task("try", function()
+            local ok, err = pcall(ex.close, ex)
+            return ok and "closed" or tostring(err)
+        end)
+        local busy = ex:submit(p, 1e7) -- a worker runs it meanwhile
+        local try = ex:submit(q, 1)
+        assert.matches("close: the executor is running", (ex:result(try, 5)))
+        assert.equal("number", type((ex:result(busy, 5))))
+        -- The pool still works.
+        assert.equal("number", type((ex:result(ex:submit(p, 10), 5))))
+    end)
+end)
+
 describe("stuck workers", function()
     it("get a stand-in after a grace period, so the pool keeps working", function()
         local p = spinner("compiled-runaway", 0.1)

@@ -381,6 +381,7 @@ typedef struct tide__job {
     int done;          /* loop side: taken back from the done queue */
     int stood_in;      /* loop side: a stand-in thread replaced its worker */
     int uncounted;     /* loop side: no longer keeps the loop alive */
+    int orphaned;      /* loop side: its pool stopped while it ran */
     uint64_t cancelled_at; /* loop side: uv_now when its attempt gave up */
     double att;        /* loop side: attempt to wake */
     void *owner;       /* loop side: the glue's pool record */

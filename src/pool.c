@@ -65,10 +65,14 @@ static void pool_thread(void *arg) {
         pool->running--;
         w->job = NULL;
         if (w->orphan) {
+            /* Once unlocked, the pool may be gone (the owner left and
+             * freed it) unless this thread is the last holder: read what
+             * is needed first. */
             int last = --pool->orphans == 0 && pool->owner_gone;
+            void (*worker_free)(void *) = pool->worker_free;
             uv_mutex_unlock(&pool->mu);
-            if (pool->worker_free)
-                pool->worker_free(w->ctx);
+            if (worker_free)
+                worker_free(w->ctx);
             free(w);
             if (last) {
                 uv_cond_destroy(&pool->cv);
@@ -213,8 +217,10 @@ tide__job *tide__pool_stop(tide__pool *pool) {
     for (int i = 0; i < n; i++) {
         tide__pool_worker *w = pool->workers[i];
         if (w->job) {
-            /* From here on the thread owns w and frees it. */
+            /* From here on the thread owns w and frees it; the job is
+             * never taken back (the loop must not look at its pool). */
             w->orphan = 1;
+            w->job->orphaned = 1;
             pool->orphans++;
             orphaned[norphans++] = w->thread;
             pool->workers[i] = NULL;

@@ -1104,15 +1104,17 @@ end
 
 --- Releases the engine and its loop; the executor cannot be used after.
 function Executor:close()
+    -- The engine first: it refuses while the executor runs, before the
+    -- pool's threads are touched.
+    self._E.close()
     if self._pool_ud then
-        self._pool_ud:close() -- joins the worker threads
+        self._pool_ud:close() -- joins idle workers, leaves busy ones
         self._pool_ud = nil
     end
     if open_executors[self] then
         open_executors[self] = nil
         if hub_fd and self._fd then core.epoll_ctl(hub_fd, self._fd, false) end
     end
-    self._E.close()
 end
 
 return M

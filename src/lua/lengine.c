@@ -38,6 +38,7 @@ typedef struct leng {
     lua_State *running;/* the coroutine being resumed */
     int yield_kind;
     int in_run, closed, nclosing;
+    int quitting;      /* idle runners are being told to return */
     lua_State **idle;
     uint32_t nidle, idle_cap;
     tide__tentry waitt;/* wakes a top-level wait (turn) */
@@ -160,6 +161,7 @@ static lua_State *leng_new_runner(leng *e) {
 static void leng_retire_runners(lua_State *L, leng *e) {
     leng_push_runner_cache(L);
     int n = (int)lua_objlen(L, -1);
+    e->quitting = 1;
     while (e->nidle > 0) {
         lua_State *co = e->idle[--e->nidle];
         lua_pushinteger(co, TIDE__OP_QUIT);
@@ -173,6 +175,7 @@ static void leng_retire_runners(lua_State *L, leng *e) {
         lua_xmove(co, L, 1);
         lua_rawseti(L, -2, ++n);
     }
+    e->quitting = 0;
     lua_pop(L, 1);
 }
 
@@ -293,6 +296,8 @@ static void leng_on_idle(uv_idle_t *h) {
 static int l_nxt(lua_State *L) {
     leng *e = LENG_UP(L);
     tide__eng *eng = &e->eng;
+    if (e->quitting) /* a runner that ignored OP_QUIT: end it */
+        return luaL_error(L, "the engine is closing");
     uint32_t slot = (uint32_t)lua_tointeger(L, 1);
     if (slot)
         tide__eng_complete(eng, slot, (uint32_t)lua_tointeger(L, 2));

@@ -406,10 +406,12 @@ static int l_pool_new(lua_State *L) {
  * result; a job no worker started yet is taken out of the queue. */
 static void lpool_cancel(void *op) {
     tide__job *j = op;
-    lpool *lp = j->owner;
     j->cancelled = 1;
     j->att = 0;
-    if (j->done || lp->stopped)
+    if (j->done || j->orphaned)
+        return; /* an orphan's pool may be freed already */
+    lpool *lp = j->owner;
+    if (lp->stopped)
         return;
     if (tide__pool_unqueue(&lp->pool, j)) {
         lpool_took_back(lp, j);
