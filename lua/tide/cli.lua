@@ -46,46 +46,42 @@ local function die(code, msg)
 end
 
 
--- Parses `run` options. Returns opts or nil, message.
-local function parse_run(args)
-    local o = { concurrency = 1000, priority = "low" }
+-- Option values: each reader returns the value, or nil when it is bad.
+local function as_text(v) return v end
+local function whole(v)
+    v = tonumber(v)
+    return v and v >= 1 and v == math.floor(v) and v or nil
+end
+local function positive(v)
+    v = tonumber(v)
+    return v and v > 0 and v or nil
+end
+local function nonnegative(v)
+    v = tonumber(v)
+    return v and v >= 0 and v or nil
+end
+local function host_port(v)
+    local port = v:match("^%[?[^%]]*%]?:(%d+)$")
+    return port and tonumber(port) <= 65535 and v or nil
+end
+local function one_of(set)
+    return function(v) return set[v] and v or nil end
+end
+
+
+-- Parses the arguments after the command by `options` (flag -> { key,
+-- reader, message for a missing or bad value }) into `o`; the one plain
+-- argument is o.pipeline. Returns o, or nil and a message.
+local function parse_args(cmd, args, options, o)
     local i = 2
     while i <= #args do
         local a = args[i]
-        local function value()
+        local opt = options[a]
+        if opt then
             i = i + 1
-            if args[i] == nil then return nil end
-            return args[i]
-        end
-        if a == "--input" or a == "-i" then
-            o.input = value()
-            if not o.input then return nil, "--input needs a file name (or -)" end
-        elseif a == "--output" or a == "-o" then
-            o.output = value()
-            if not o.output then return nil, "--output needs a directory" end
-        elseif a == "--concurrency" or a == "-c" then
-            local v = tonumber(value())
-            if not v or v < 1 or v ~= math.floor(v) then
-                return nil, "--concurrency needs a whole number >= 1"
-            end
-            o.concurrency = v
-        elseif a == "--threads" then
-            local v = tonumber(value())
-            if not v or v < 1 or v ~= math.floor(v) then
-                return nil, "--threads needs a whole number >= 1"
-            end
-            o.threads = v
-        elseif a == "--task-timeout" then
-            local v = tonumber(value())
-            if not v or not (v > 0) then
-                return nil, "--task-timeout needs a number of seconds > 0"
-            end
-            o.task_timeout = v
-        elseif a == "--priority" then
-            o.priority = value()
-            if not executor.PRIO[o.priority or ""] then
-                return nil, "--priority must be high, low or lifo"
-            end
+            local v = args[i] ~= nil and opt[2](args[i]) or nil
+            if v == nil then return nil, opt[3] end
+            o[opt[1]] = v
         elseif a:sub(1, 1) == "-" and a ~= "-" then
             return nil, "unknown option '" .. a .. "'"
         elseif not o.pipeline then
@@ -95,9 +91,36 @@ local function parse_run(args)
         end
         i = i + 1
     end
-    if not o.pipeline then return nil, "run needs a pipeline file" end
+    if not o.pipeline then return nil, cmd .. " needs a pipeline file" end
     return o
 end
+
+
+local RUN_OPTIONS = {
+    ["--input"] = { "input", as_text, "--input needs a file name (or -)" },
+    ["--output"] = { "output", as_text, "--output needs a directory" },
+    ["--concurrency"] = { "concurrency", whole, "--concurrency needs a whole number >= 1" },
+    ["--threads"] = { "threads", whole, "--threads needs a whole number >= 1" },
+    ["--task-timeout"] = { "task_timeout", positive, "--task-timeout needs a number of seconds > 0" },
+    ["--priority"] = { "priority", one_of(executor.PRIO), "--priority must be high, low or lifo" },
+}
+RUN_OPTIONS["-i"], RUN_OPTIONS["-o"], RUN_OPTIONS["-c"] =
+    RUN_OPTIONS["--input"], RUN_OPTIONS["--output"], RUN_OPTIONS["--concurrency"]
+
+local SERVE_OPTIONS = {
+    ["--listen"] = { "listen", host_port, "--listen needs HOST:PORT (port 0 to 65535; 0: any free one)" },
+    ["--token-file"] = { "token_file", as_text, "--token-file needs a file" },
+    ["--threads"] = RUN_OPTIONS["--threads"],
+    ["--request-timeout"] = { "request_timeout", positive, "--request-timeout needs seconds > 0" },
+    ["--max-results"] = { "max_results", whole, "--max-results needs a whole number >= 1" },
+    ["--drain-timeout"] = { "drain", nonnegative, "--drain-timeout needs seconds >= 0" },
+}
+
+local GRAPH_OPTIONS = {
+    ["--format"] = { "format", one_of({ dot = true, mermaid = true, html = true }),
+                     "--format must be dot, mermaid or html" },
+}
+GRAPH_OPTIONS["-f"] = GRAPH_OPTIONS["--format"]
 
 
 local load_pipeline = require("tide.pipeline").load
@@ -175,7 +198,7 @@ end
 
 
 local function run(args)
-    local o, perr = parse_run(args)
+    local o, perr = parse_args("run", args, RUN_OPTIONS, { concurrency = 1000, priority = "low" })
     if not o then return die(EXIT_USAGE, perr .. "\n" .. USAGE) end
     -- print inside tasks must not corrupt the JSONL on stdout.
     _G.print = function(...)
@@ -454,46 +477,8 @@ end
 
 
 local function serve(args)
-    local o = { listen = "127.0.0.1:8080", drain = 30 }
-    local i = 2
-    while i <= #args do
-        local a = args[i]
-        local function value()
-            i = i + 1
-            return args[i]
-        end
-        if a == "--listen" then
-            o.listen = value()
-            if not o.listen then return die(EXIT_USAGE, "--listen needs HOST:PORT") end
-        elseif a == "--token-file" then
-            o.token_file = value()
-            if not o.token_file then return die(EXIT_USAGE, "--token-file needs a file") end
-        elseif a == "--threads" then
-            o.threads = tonumber(value())
-            if not o.threads or o.threads < 1 then return die(EXIT_USAGE, "--threads needs a number >= 1") end
-        elseif a == "--request-timeout" then
-            o.request_timeout = tonumber(value())
-            if not o.request_timeout or not (o.request_timeout > 0) then
-                return die(EXIT_USAGE, "--request-timeout needs seconds > 0")
-            end
-        elseif a == "--max-results" then
-            o.max_results = tonumber(value())
-            if not o.max_results or o.max_results < 1 then
-                return die(EXIT_USAGE, "--max-results needs a number >= 1")
-            end
-        elseif a == "--drain-timeout" then
-            o.drain = tonumber(value())
-            if not o.drain or o.drain < 0 then return die(EXIT_USAGE, "--drain-timeout needs seconds >= 0") end
-        elseif a:sub(1, 1) == "-" then
-            return die(EXIT_USAGE, "unknown option '" .. a .. "'\n" .. USAGE)
-        elseif not o.pipeline then
-            o.pipeline = a
-        else
-            return die(EXIT_USAGE, "unexpected argument '" .. a .. "'")
-        end
-        i = i + 1
-    end
-    if not o.pipeline then return die(EXIT_USAGE, "serve needs a pipeline file\n" .. USAGE) end
+    local o, perr = parse_args("serve", args, SERVE_OPTIONS, { listen = "127.0.0.1:8080", drain = 30 })
+    if not o then return die(EXIT_USAGE, perr .. "\n" .. USAGE) end
     local token
     if o.token_file then
         local f, err = io.open(o.token_file)
@@ -531,26 +516,9 @@ end
 
 
 local function graph(args)
-    local fmt, path = "dot", nil
-    local i = 2
-    while i <= #args do
-        local a = args[i]
-        if a == "--format" or a == "-f" then
-            i = i + 1
-            fmt = args[i]
-            if fmt ~= "dot" and fmt ~= "mermaid" and fmt ~= "html" then
-                return die(EXIT_USAGE, "--format must be dot, mermaid or html")
-            end
-        elseif a:sub(1, 1) == "-" then
-            return die(EXIT_USAGE, "unknown option '" .. a .. "'\n" .. USAGE)
-        elseif not path then
-            path = a
-        else
-            return die(EXIT_USAGE, "unexpected argument '" .. a .. "'")
-        end
-        i = i + 1
-    end
-    if not path then return die(EXIT_USAGE, "graph needs a pipeline file\n" .. USAGE) end
+    local o, perr = parse_args("graph", args, GRAPH_OPTIONS, { format = "dot" })
+    if not o then return die(EXIT_USAGE, perr .. "\n" .. USAGE) end
+    local fmt, path = o.format, o.pipeline
     local p, err = load_pipeline(path)
     if not p then return die(EXIT_USAGE, err) end
     io_stdout:write(require("tide.graph")[fmt](p))

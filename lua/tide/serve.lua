@@ -94,7 +94,9 @@ function M.serve(p, opts)
     opts = opts or {}
     local listen = opts.listen or "127.0.0.1:8080"
     local host, port = listen:match("^%[?([^%]]*)%]?:(%d+)$")
-    if not host then error("tide.serve: listen must be HOST:PORT, got " .. tostring(listen), 2) end
+    if not host or tonumber(port) > 65535 then
+        error("tide.serve: listen must be HOST:PORT, got " .. tostring(listen), 2)
+    end
     p:compile()
     local ex = opts.executor or executor.new {
         retention = opts.retention, max_results = opts.max_results or 100000, threads = opts.threads,

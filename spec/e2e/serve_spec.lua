@@ -262,6 +262,8 @@ describe("tide.serve from Lua", function()
         local p = dofile("spec/fixtures/pipelines/serve.lua")
         assert.has_error(function() tide.serve(p, { listen = "nonsense" }) end,
                          "tide.serve: listen must be HOST:PORT, got nonsense")
+        assert.has_error(function() tide.serve(p, { listen = "127.0.0.1:70000" }) end,
+                         "tide.serve: listen must be HOST:PORT, got 127.0.0.1:70000")
         local ex = tide.executor()
         local a = assert(tide.serve(p, { listen = "127.0.0.1:0", executor = ex }))
         local b, msg, code = tide.serve(p, { listen = "127.0.0.1:" .. a.port, executor = ex })
@@ -270,5 +272,52 @@ describe("tide.serve from Lua", function()
         assert.is_nil(b)
         assert.equal("EIO", code)
         assert.matches("cannot listen on 127.0.0.1:" .. a.port, msg)
+    end)
+end)
+
+describe("tide serve usage errors", function()
+    -- Each exits 2 with its message on stderr and serves nothing.
+    local cases = {
+        { "", "serve needs a pipeline file" },
+        { "spec/fixtures/pipelines/serve.lua --bogus", "unknown option '--bogus'" },
+        { "spec/fixtures/pipelines/serve.lua extra", "unexpected argument 'extra'" },
+        { "spec/fixtures/pipelines/serve.lua --listen", "--listen needs HOST:PORT" },
+        { "spec/fixtures/pipelines/serve.lua --listen localhost", "--listen needs HOST:PORT" },
+        { "spec/fixtures/pipelines/serve.lua --listen 127.0.0.1:99999", "--listen needs HOST:PORT" },
+        { "spec/fixtures/pipelines/serve.lua --threads 0", "--threads needs a whole number >= 1" },
+        { "spec/fixtures/pipelines/serve.lua --threads x", "--threads needs a whole number >= 1" },
+        { "spec/fixtures/pipelines/serve.lua --request-timeout 0", "--request-timeout needs seconds > 0" },
+        { "spec/fixtures/pipelines/serve.lua --max-results 0", "--max-results needs a whole number >= 1" },
+        { "spec/fixtures/pipelines/serve.lua --drain-timeout -1", "--drain-timeout needs seconds >= 0" },
+        { "spec/fixtures/pipelines/serve.lua --token-file /nonexistent/tok", "--token-file: " },
+        { "spec/fixtures/pipelines/nope.lua", "nope.lua" },
+    }
+    for _, c in ipairs(cases) do
+        it("refuses 'tide serve " .. c[1] .. "'", function()
+            local out = os.tmpname()
+            finally(function() os.remove(out) end)
+            -- timeout: a case that wrongly starts serving must not hang the suite.
+            local h = io.popen("timeout 10 " .. proc.bin .. " serve " .. c[1] .. " --listen 127.0.0.1:0 2>" .. q(out)
+                .. " </dev/null; echo $?")
+            local code = tonumber(h:read("*a"))
+            h:close()
+            local err = proc.slurp(out)
+            assert.equal(2, code, err)
+            assert.is_truthy(err:find(c[2], 1, true), err)
+            assert.is_nil(err:find("serving", 1, true))
+        end)
+    end
+
+    it("refuses an empty token file", function()
+        local tok = os.tmpname()
+        finally(function() os.remove(tok) end)
+        proc.write(tok, "  \n")
+        local h = io.popen("timeout 10 " .. proc.bin
+            .. " serve spec/fixtures/pipelines/serve.lua --listen 127.0.0.1:0 --token-file "
+            .. q(tok) .. " 2>&1 </dev/null; echo \"rc=$?\"")
+        local text = h:read("*a")
+        h:close()
+        assert.matches("the file is empty", text)
+        assert.matches("rc=2", text)
     end)
 end)
