@@ -13,10 +13,8 @@ package.path = "bench/?.lua;" .. package.path
 local harness = require "harness"
 local tnew = require "table.new"
 
-local error, ipairs, tonumber, type = error, ipairs, tonumber, type
+local error, ipairs, type = error, ipairs, type
 local fmt = string.format
-local io_stderr = io.stderr
-local now = harness.now
 
 local WARMUP_N = 10000
 local REPS = 5
@@ -345,33 +343,11 @@ workloads.W3 = {
 -- Protocol: warm-up twice at a small n, REPS timed runs at N with a full
 -- GC before each, lower median and minimum.
 
-local function main(argv)
-    local name, n = argv[1], tonumber(argv[2] or "100000")
-    local w = workloads[name or ""]
-    if not w or not n or n < 1 or n % 1 ~= 0 then
-        io_stderr:write("usage: luajit bench/floor.lua W1|W2|W3 [N]\n")
-        return 2
-    end
-
-    local t0 = now()
-    local tpl = w.dag()
-    local inputs = w.inputs(n)
-    local build_s = now() - t0
-
-    local ok = true
-    local small = n < WARMUP_N and n or WARMUP_N
-    local small_inputs = w.inputs(small)
-    for _ = 1, 2 do
-        ok = w.check(small, run(tpl, small_inputs)) and ok
-    end
-
-    local seconds, min_s, good = harness.measure(REPS, function()
-        return w.check(n, run(tpl, inputs))
-    end)
-    harness.line(name, "luajit-queue", n, seconds, w.tasks(n), min_s, REPS, ok and good,
-                 fmt(" build_s=%.6f", build_s))
-    return ok and good and 0 or 1
-end
-
-
-os.exit(main(arg))
+os.exit(harness.main(arg, {
+    script = "bench/floor.lua", usage = "W1|W2|W3", impl = "luajit-queue", reps = REPS,
+    workloads = workloads,
+    warmup_n = function(_, n) return n < WARMUP_N and n or WARMUP_N end,
+    build = function(w, n) return { tpl = w.dag(), inputs = w.inputs(n) } end,
+    run = function(w, st, n) return w.check(n, run(st.tpl, st.inputs)) end,
+    extra = function(_, _, _, build_s) return fmt(" build_s=%.6f", build_s) end,
+}))

@@ -10,12 +10,11 @@ package.path = "bench/?.lua;" .. package.path
 local harness = require "harness"
 local uv = require "luv"
 
-local error, tonumber = error, tonumber
+local error = error
 local co_create, co_resume, co_running, co_yield =
     coroutine.create, coroutine.resume, coroutine.running, coroutine.yield
 local fmt = string.format
 local floor = math.floor
-local io_stderr = io.stderr
 
 local SLEEP_S = 0.010
 local REPS = 5
@@ -56,25 +55,13 @@ local function run(n)
 end
 
 
-local function main(argv)
-    local name, n = argv[1], tonumber(argv[2] or "1000")
-    if name ~= "W5" or not n or n < 1 or n % 1 ~= 0 then
-        io_stderr:write("usage: luajit bench/floor_luv.lua W5 [N]\n")
-        return 2
-    end
-
-    local ok = true
-    for _ = 1, 2 do
-        ok = run(n) == n and ok
-    end
-    local seconds, min_s, good = harness.measure(REPS, function()
-        return run(n) == n
-    end)
-    ok = ok and good
-    harness.line("W5", "luajit-luv", n, seconds, n, min_s, REPS, ok,
-                 fmt(" concurrency=%.1f luv=%s", n * SLEEP_S / seconds, uv.version_string()))
-    return ok and 0 or 1
-end
-
-
-os.exit(main(arg))
+os.exit(harness.main(arg, {
+    script = "bench/floor_luv.lua", usage = "W5", impl = "luajit-luv", reps = REPS,
+    workloads = { W5 = { default_n = 1000, tasks = function(n) return n end } },
+    warmup_n = function(_, n) return n end,
+    build = function() return nil end,
+    run = function(_, _, n) return run(n) == n end,
+    extra = function(_, n, seconds)
+        return fmt(" concurrency=%.1f luv=%s", n * SLEEP_S / seconds, uv.version_string())
+    end,
+}))

@@ -57,4 +57,39 @@ function M.line(workload, impl, n, seconds, tasks, min_s, reps, ok, extra)
         ok and 1 or 0, M.runtime(), extra or ""))
 end
 
+
+
+--- The protocol every workload script follows: reads "NAME [N]" from
+-- argv, builds the run (timed: build_s), warms up twice at
+-- spec.warmup_n(w, n), times spec.reps runs at N and writes the line.
+-- spec = { script, usage, impl, reps, workloads (name -> w, with
+-- default_n and tasks(n)), warmup_n(w, n), build(w, n) -> state,
+-- run(w, state, n) -> right?, extra(name, n, seconds, build_s) -> text }.
+-- Returns the exit status: 0, 1 (a wrong result) or 2 (usage).
+function M.main(argv, spec)
+    local name = argv[1]
+    local w = spec.workloads[name or ""]
+    local n = w and tonumber(argv[2] or tostring(w.default_n))
+    if not w or not n or n < 1 or n % 1 ~= 0 then
+        io.stderr:write("usage: luajit ", spec.script, " ", spec.usage, " [N]\n")
+        return 2
+    end
+    local t0 = M.now()
+    local state = spec.build(w, n)
+    local build_s = M.now() - t0
+    local small = spec.warmup_n(w, n)
+    local small_state = small == n and state or spec.build(w, small)
+    local ok = true
+    for _ = 1, 2 do
+        ok = spec.run(w, small_state, small) and ok
+    end
+    local seconds, min_s, good = M.measure(spec.reps, function()
+        return spec.run(w, state, n)
+    end)
+    ok = ok and good
+    M.line(name, spec.impl, n, seconds, w.tasks(n), min_s, spec.reps, ok,
+           spec.extra(name, n, seconds, build_s))
+    return ok and 0 or 1
+end
+
 return M

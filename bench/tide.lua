@@ -22,7 +22,7 @@ if not loaded then
     os.exit(3)
 end
 
-local tonumber, tostring, type = tonumber, tostring, type
+local tostring, type = tostring, type
 local fmt = string.format
 local io_stderr = io.stderr
 local now = harness.now
@@ -173,41 +173,20 @@ local function run_checked(w, p, n, inputs)
 end
 
 
-local function main(argv)
-    local name = argv[1]
-    local w = workloads[name or ""]
-    local n = w and tonumber(argv[2] or tostring(w.default_n))
-    if not w or not n or n < 1 or n % 1 ~= 0 then
-        io_stderr:write("usage: luajit bench/tide.lua W1|W2|W3|W5 [N]\n")
-        return 2
-    end
-
-    local t0 = now()
-    local p = w.pipeline()
-    local inputs = w.inputs(n)
-    local build_s = now() - t0
-
-    local ok = true
-    local small = (w.full_warmup or n < WARMUP_N) and n or WARMUP_N
-    local small_inputs = w.inputs(small)
-    for _ = 1, 2 do
-        ok = run_checked(w, p, small, small_inputs) and ok
-    end
-
-    local seconds, min_s, good = harness.measure(REPS, function()
-        return run_checked(w, p, n, inputs)
-    end)
-    ok = ok and good
-    local extra = fmt(" build_s=%.6f", build_s)
-    if name == "W5" then
-        extra = fmt(" concurrency=%.1f", n * SLEEP_S / seconds) .. extra
-    end
-    if type(tide._VERSION) == "string" then
-        extra = extra .. " tide=" .. tide._VERSION
-    end
-    harness.line(name, "tide", n, seconds, w.tasks(n), min_s, REPS, ok, extra)
-    return ok and 0 or 1
-end
-
-
-os.exit(main(arg))
+os.exit(harness.main(arg, {
+    script = "bench/tide.lua", usage = "W1|W2|W3|W5", impl = "tide", reps = REPS,
+    workloads = workloads,
+    warmup_n = function(w, n) return (w.full_warmup or n < WARMUP_N) and n or WARMUP_N end,
+    build = function(w, n) return { p = w.pipeline(), inputs = w.inputs(n) } end,
+    run = function(w, st, n) return run_checked(w, st.p, n, st.inputs) end,
+    extra = function(name, n, seconds, build_s)
+        local extra = fmt(" build_s=%.6f", build_s)
+        if name == "W5" then
+            extra = fmt(" concurrency=%.1f", n * SLEEP_S / seconds) .. extra
+        end
+        if type(tide._VERSION) == "string" then
+            extra = extra .. " tide=" .. tide._VERSION
+        end
+        return extra
+    end,
+}))
