@@ -716,3 +716,26 @@ describe("runner threads", function()
         assert.equal(2, tide.run(sleepers("reuse6"), { 1 })[1])
     end)
 end)
+
+describe("ex:finished", function()
+    it("tells the status and value of a finished job without waiting or consuming", function()
+        local p = tide.pipeline "finished"
+        p:task("half", function(x)
+            if x == 0 then error("zero") end
+            tide.sleep(0.01)
+            return x / 2
+        end)
+        local ex = tide.executor()
+        local a, b = ex:submit(p, 8), ex:submit(p, 0)
+        assert.is_nil(ex:finished(a)) -- still running
+        assert.is_nil(ex:finished("no-such-job"))
+        ex:run()
+        assert.same({ "done", 4 }, { ex:finished(a) })
+        local status, rec = ex:finished(b)
+        assert.equal("failed", status)
+        assert.equal("ETASK", rec.code)
+        assert.same({ "done", 4 }, { ex:finished(a) }) -- still there
+        assert.equal(4, (ex:result(a)))
+        ex:close()
+    end)
+end)

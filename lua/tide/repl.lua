@@ -144,10 +144,10 @@ function M.main(path)
         end
         for i = ex._rhead, ex._rtail do
             local id = ex._rorder[i]
-            local r = id and ex._results[id]
-            if r then
-                local what = r.status == "done" and show(r.value, 2) or tostring(r.value)
-                lines[#lines + 1] = format("  %-20s %-9s %s", tostring(id), r.status, what:sub(1, 60))
+            local status, value = ex:finished(id)
+            if status then
+                local what = status == "done" and show(value, 2) or tostring(value)
+                lines[#lines + 1] = format("  %-20s %-9s %s", tostring(id), status, what:sub(1, 60))
             end
         end
         if #lines == 0 then lines[1] = "  (no jobs)" end

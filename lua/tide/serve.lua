@@ -131,13 +131,12 @@ function M.serve(p, opts)
     end
 
     local function result_body(id)
-        local r = ex._results[id]
-        if r.status == "done" then
-            return enc(json.object({ id = id, status = "done", output = r.value == nil and json.null or r.value }))
+        local status, value = ex:finished(id)
+        if status == "done" then
+            return enc(json.object({ id = id, status = "done", output = value == nil and json.null or value }))
         end
-        local rec = r.value
-        return enc(json.object({ id = id, status = r.status,
-                                 error = json.object(errors.plain(rec, true)) }))
+        return enc(json.object({ id = id, status = status,
+                                 error = json.object(errors.plain(value, true)) }))
     end
 
     -- Answers conn with id's result now, or when it finishes, or with 202
@@ -296,13 +295,13 @@ function M.serve(p, opts)
         end
         counts.submitted = counts.submitted + 1
         ex:watch(res, function(jid)
-            local r = ex._results[jid]
-            if not r then return end
-            counts[r.status] = (counts[r.status] or 0) + 1
-            if r.status == "failed" then
+            local status, value = ex:finished(jid)
+            if not status then return end
+            counts[status] = (counts[status] or 0) + 1
+            if status == "failed" then
                 nfail = nfail + 1
                 failures[(nfail - 1) % NFAILURES + 1] = json.object({
-                    id = jid, at = os.time(), error = json.object(errors.plain(r.value, true)) })
+                    id = jid, at = os.time(), error = json.object(errors.plain(value, true)) })
             end
         end)
         if query_param(query, "wait") then
