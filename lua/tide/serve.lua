@@ -86,8 +86,8 @@ end
 -- any), token (Bearer token, nil: no auth), executor (default: a new one),
 -- max_body (bytes, 1 MiB), retention (s, 3600) and max_results (100000)
 -- for the executor it makes (evictions give 410). A server keeps results
--- for clients to fetch, and each costs some 500 bytes of RSS (measured:
--- 570 MB with a million kept), so its default count is lower than an
+-- for clients to fetch, and each costs some 400 bytes of RSS (measured:
+-- 390 MB with a million kept), so its default count is lower than an
 -- executor's.
 -- Returns the server: server.port, server:close(), server:drain(t, done).
 function M.serve(p, opts)
