@@ -37,9 +37,6 @@ const char *tide__ctx_status_name(int status) {
 #define ENG_HANDLE(att) (((uint64_t)(att)->gen << 32) | (att)->idx)
 
 static void eng_on_timer(uv_timer_t *t);
-
-const double tide__hist_bounds[TIDE__NHIST - 1] = {
-    1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1, 5, 10};
 static void ctx_maybe_free(tide__eng *eng, tide__ctx *c);
 static void ctx_enqueue(tide__eng *eng, tide__ctx *c, uint32_t i);
 static void eng_timer_add(tide__eng *eng, tide__tentry *e, int kind,
@@ -694,6 +691,11 @@ int tide__eng_break_deadlocks(tide__eng *eng) {
 }
 
 /* ===== THE RUNNER'S INTERFACE ===== */
+
+/* Seconds: the upper bounds of the duration histogram's buckets, from
+ * 10 us (a trivial body) to 10 s (a slow call); the last bucket is +Inf. */
+const double tide__hist_bounds[TIDE__NHIST - 1] = {
+    1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1, 5, 10};
 
 /* Files the duration of the attempt (slot, gtask) that is ending into its
  * task's histogram. Its start is on its record, or in cur_t0 when it has
