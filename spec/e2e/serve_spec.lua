@@ -92,6 +92,20 @@ describe("tide serve", function()
         assert.equal(200, (http(s, "GET", "/healthz")))
     end)
 
+    it("keeps serving when clients hang up during long-polls", function()
+        for i = 1, 4 do
+            -- curl gives up after 0.2 s; the job ends 0.4 s later.
+            os.execute("env -u LD_PRELOAD curl -s -m 0.2 -X POST -H 'Content-Type: application/json' -d "
+                .. q('{"id":"gone' .. i .. '","input":{"n":' .. i .. ',"sleep":0.6}}') .. " "
+                .. q(s.url .. "/v1/jobs?wait=10") .. " >/dev/null 2>&1")
+        end
+        -- The jobs still finish and their results are there for the asking.
+        local st, body = http(s, "GET", "/v1/jobs/gone4/result?wait=5")
+        assert.equal(200, st)
+        assert.same({ id = "gone4", status = "done", output = 8 }, json.decode(body))
+        assert.equal(200, (http(s, "GET", "/healthz")))
+    end)
+
     it("answers 410 for results evicted by --max-results", function()
         for i = 1, 5 do http(s, "POST", "/v1/jobs?wait=2", '{"id":"e' .. i .. '","input":' .. i .. '}') end
         assert.equal(410, (http(s, "GET", "/v1/jobs/e1/result")))
