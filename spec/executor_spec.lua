@@ -384,6 +384,12 @@ describe("executor", function()
         assert.has_error(function() ex:submit("p", 1) end)
         assert.has_error(function() ex.submit(p, 1) end)
         assert.has_error(function() tide.executor { concurrency = 0 } end)
+        assert.has_error(function() tide.executor { concurrency = 1e12 } end,
+                         "tide.executor: concurrency must be a whole number from 1 to 100000000")
+        assert.has_error(function() tide.executor { threads = 1e6 } end,
+                         "tide.executor: threads must be a whole number from 1 to 1024")
+        assert.has_error(function() tide.executor { threads = 1.5 } end,
+                         "tide.executor: threads must be a whole number from 1 to 1024")
         assert.has_error(function() tide.executor { bogus = 1 } end, "tide.executor: unknown option 'bogus'")
         ex:run()
     end)

@@ -50,11 +50,17 @@ end
 local function as_text(v) return v end
 local function whole(v)
     v = tonumber(v)
-    return v and v >= 1 and v == math.floor(v) and v or nil
+    return v and v >= 1 and v == math.floor(v) and v < math.huge and v or nil
+end
+local function whole_upto(max)
+    return function(v)
+        v = whole(v)
+        return v and v <= max and v or nil
+    end
 end
 local function positive(v)
     v = tonumber(v)
-    return v and v > 0 and v or nil
+    return v and v > 0 and v < math.huge and v or nil
 end
 local function nonnegative(v)
     v = tonumber(v)
@@ -99,8 +105,10 @@ end
 local RUN_OPTIONS = {
     ["--input"] = { "input", as_text, "--input needs a file name (or -)" },
     ["--output"] = { "output", as_text, "--output needs a directory" },
-    ["--concurrency"] = { "concurrency", whole, "--concurrency needs a whole number >= 1" },
-    ["--threads"] = { "threads", whole, "--threads needs a whole number >= 1" },
+    ["--concurrency"] = { "concurrency", whole_upto(executor.MAX_CONCURRENCY),
+                          "--concurrency needs a whole number from 1 to " .. executor.MAX_CONCURRENCY },
+    ["--threads"] = { "threads", whole_upto(executor.MAX_THREADS),
+                      "--threads needs a whole number from 1 to " .. executor.MAX_THREADS },
     ["--task-timeout"] = { "task_timeout", positive, "--task-timeout needs a number of seconds > 0" },
     ["--priority"] = { "priority", one_of(executor.PRIO), "--priority must be high, low or lifo" },
 }

@@ -92,6 +92,12 @@ end
 M.unfit = unfit
 
 
+-- Limits of the options: the engine's slot table, and a thread count no
+-- machine of this kind runs usefully (each worker has its own Lua state).
+M.MAX_CONCURRENCY = 100000000
+M.MAX_THREADS = 1024
+
+
 --- Creates an executor.
 -- @param opts { concurrency = n (root contexts in flight, default 10000),
 --   threads = n (reserved for sync tasks), task_timeout = s (default per
@@ -108,11 +114,12 @@ function M.new(opts)
         end
     end
     local conc = opts.concurrency or 10000
-    if type(conc) ~= "number" or conc < 1 or conc ~= floor(conc) then
-        error("tide.executor: concurrency must be a whole number >= 1", 2)
+    if type(conc) ~= "number" or conc < 1 or conc ~= floor(conc) or conc > M.MAX_CONCURRENCY then
+        error("tide.executor: concurrency must be a whole number from 1 to " .. M.MAX_CONCURRENCY, 2)
     end
-    if opts.threads ~= nil and (type(opts.threads) ~= "number" or opts.threads < 1) then
-        error("tide.executor: threads must be a number >= 1", 2)
+    local th = opts.threads
+    if th ~= nil and (type(th) ~= "number" or th < 1 or th ~= floor(th) or th > M.MAX_THREADS) then
+        error("tide.executor: threads must be a whole number from 1 to " .. M.MAX_THREADS, 2)
     end
     local tt = opts.task_timeout
     if tt ~= nil and (type(tt) ~= "number" or not (tt > 0)) then

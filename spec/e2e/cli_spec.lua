@@ -439,14 +439,19 @@ describe("tide run", function()
     end)
 
     describe("the command line", function()
+        local CONC = "--concurrency needs a whole number from 1 to 100000000"
         local usage_errors = {
             { { "run", PIPE .. "echo.lua", "--bogus" }, "unknown option '--bogus'" },
             { { "run" }, "run needs a pipeline file" },
             { { "run", "--input", DATA .. "ids.jsonl" }, "run needs a pipeline file" },
-            { { "run", PIPE .. "echo.lua", "--concurrency", "0" }, "--concurrency needs a whole number >= 1" },
-            { { "run", PIPE .. "echo.lua", "--concurrency", "2.5" }, "--concurrency needs a whole number >= 1" },
-            { { "run", PIPE .. "echo.lua", "--concurrency", "many" }, "--concurrency needs a whole number >= 1" },
-            { { "run", PIPE .. "echo.lua", "--concurrency" }, "--concurrency needs a whole number >= 1" },
+            { { "run", PIPE .. "echo.lua", "--concurrency", "0" }, CONC },
+            { { "run", PIPE .. "echo.lua", "--concurrency", "2.5" }, CONC },
+            { { "run", PIPE .. "echo.lua", "--concurrency", "many" }, CONC },
+            { { "run", PIPE .. "echo.lua", "--concurrency" }, CONC },
+            { { "run", PIPE .. "echo.lua", "--concurrency", "1e12" }, CONC },
+            { { "run", PIPE .. "echo.lua", "--concurrency", "inf" }, CONC },
+            { { "run", PIPE .. "echo.lua", "--threads", "1e6" }, "--threads needs a whole number from 1 to 1024" },
+            { { "run", PIPE .. "echo.lua", "--task-timeout", "inf" }, "--task-timeout needs a number of seconds > 0" },
             { { "run", PIPE .. "echo.lua", "--input" }, "--input needs a file name" },
             { { "run", PIPE .. "echo.lua", "--task-timeout", "0" }, "--task-timeout needs a number of seconds > 0" },
         }
