@@ -40,26 +40,7 @@ end
 
 --- One request with curl: returns status, body.
 function M.http(s, method, path, body, headers)
-    -- Under make check LD_PRELOAD carries the sanitizer runtime, which
-    -- makes curl itself hang: the client runs without it.
-    local cmd = { "env -u LD_PRELOAD curl -s -o - -w '\\n%{http_code}' -X", method }
-    for _, h in ipairs(headers or { "Content-Type: application/json" }) do
-        cmd[#cmd + 1] = "-H " .. q(h)
-    end
-    local tmp
-    if body then
-        -- Through a file: a command line cannot hold a large body.
-        tmp = os.tmpname()
-        proc.write(tmp, body)
-        cmd[#cmd + 1] = "--data-binary @" .. q(tmp)
-    end
-    cmd[#cmd + 1] = q(s.url .. path)
-    local h = io.popen(table.concat(cmd, " "))
-    local out = h:read("*a")
-    h:close()
-    if tmp then os.remove(tmp) end
-    local text, status = out:match("^(.*)\n(%d+)$")
-    return tonumber(status), text
+    return proc.curl(method, s.url .. path, body, headers or { "Content-Type: application/json" })
 end
 
 return M

@@ -28,15 +28,9 @@ end
 
 -- One request to the driver; returns the decoded "value".
 local function call(base, method, path, body)
-    local tmp = os.tmpname()
-    proc.write(tmp, body and json.encode(body) or "{}")
-    -- The sanitizer preload of `make check` must not reach curl.
-    local h = io.popen("env -u LD_PRELOAD curl -s -X " .. method
-        .. " -H 'Content-Type: application/json' --data-binary @" .. q(tmp)
-        .. " " .. q(base .. path))
-    local out = h:read("*a")
-    h:close()
-    os.remove(tmp)
+    local _, out = proc.curl(method, base .. path, body and json.encode(body) or "{}",
+                             { "Content-Type: application/json" })
+    out = out or ""
     local res = json.decode(out)
     if type(res) ~= "table" then
         error("webdriver: " .. method .. " " .. path .. ": not JSON: " .. out, 2)
