@@ -22,6 +22,13 @@
 
 #include "internal.h"
 
+/* The last holder of a stopped pool (owner or orphan) destroys its lock;
+ * nobody else can reach it any more. */
+static void pool_destroy_lock(tide__pool *pool) {
+    uv_cond_destroy(&pool->cv);
+    uv_mutex_destroy(&pool->mu);
+}
+
 static void pool_thread(void *arg) {
     tide__pool_worker *w = arg;
     tide__pool *pool = w->pool;
@@ -75,8 +82,7 @@ static void pool_thread(void *arg) {
                 worker_free(w->ctx);
             free(w);
             if (last) {
-                uv_cond_destroy(&pool->cv);
-                uv_mutex_destroy(&pool->mu);
+                pool_destroy_lock(pool);
                 pool->release(pool);
             }
             return;
@@ -254,9 +260,7 @@ int tide__pool_leave(tide__pool *pool) {
     pool->owner_gone = 1;
     int last = pool->orphans == 0;
     uv_mutex_unlock(&pool->mu);
-    if (last) {
-        uv_cond_destroy(&pool->cv);
-        uv_mutex_destroy(&pool->mu);
-    }
+    if (last)
+        pool_destroy_lock(pool);
     return last;
 }
