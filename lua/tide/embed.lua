@@ -27,7 +27,7 @@ function M.submit(st, id, text)
     if not st.p then return nil, "no pipeline loaded", "EINVAL" end
     local v, err = json.decode(text)
     if v == nil and err then return nil, "input is not JSON: " .. err, "EVALUE" end
-    if id and (st.ex._live[id] or st.ex._results[id]) then
+    if id and (st.ex._live[id] or st.ex:finished(id)) then
         return nil, "duplicate id '" .. id .. "'", "EEXIST"
     end
     return st.ex:submit(st.p, v, { id = id })

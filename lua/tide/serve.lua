@@ -142,7 +142,7 @@ function M.serve(p, opts)
     -- Answers conn with id's result now, or when it finishes, or with 202
     -- after `wait` seconds, whichever is first.
     local function long_poll(conn, id, wait, status_when_done)
-        if ex._results[id] then
+        if ex:finished(id) then
             respond(conn, status_when_done, result_body(id))
             return
         end
@@ -284,7 +284,7 @@ function M.serve(p, opts)
         end
         local wait = wait_of(query, conn)
         if not wait then return end
-        if id and (ex._live[id] or ex._results[id]) then
+        if id and (ex._live[id] or ex:finished(id)) then
             return respond(conn, 409, jerr("EEXIST", "duplicate id '" .. id .. "'"))
         end
         local input = req.input
@@ -348,7 +348,7 @@ function M.serve(p, opts)
         local id, rest = path:match("^/v1/jobs/([^/]+)(.*)$")
         if not id then return respond(conn, 404, jerr("ENOENT", "no such endpoint")) end
         id = unescape(id)
-        local known = ex._live[id] or ex._results[id]
+        local known = ex._live[id] or ex:finished(id)
         if not known then
             if evicted[id] then
                 return respond(conn, 410, jerr("EGONE", "the result of job '" .. id .. "' was evicted"))
