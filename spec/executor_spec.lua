@@ -95,14 +95,38 @@ describe("error records", function()
     it("fail an attempt whose output JSON cannot carry with EVALUE", function()
         local cyclic = {}
         cyclic.self = cyclic
-        local cases = { function() end, cyclic, 0 / 0, math.huge, coroutine.create(print) }
+        local cases = { function() end, cyclic, 0 / 0, math.huge, coroutine.create(print),
+                        "caf\233", { name = "caf\233" } }
         for _, v in ipairs(cases) do
             local p = tide.pipeline "bad-out"
             p:task("a", function() return v end)
             local _, errs = tide.run(p, { 1 })
-            assert.equal("EVALUE", errs[1].code)
+            assert.equal("EVALUE", errs[1].code, tostring(v))
             assert.matches("task 'a' returned a value JSON cannot carry", errs[1].message)
+            assert.equal("a", errs[1].task)
+            assert.equal(1, errs[1].attempts)
         end
+    end)
+
+    it("decide an output's validity when the attempt ends: the job fails, retried by policy", function()
+        local p = tide.pipeline "bad-out-retry"
+        local calls = 0
+        p:task("a", { retry = 2 }, function()
+            calls = calls + 1
+            if calls < 3 then return "caf\233" end
+            return "cafe"
+        end)
+        p:task("b", { after = "a" }, function(x) return x .. "!" end)
+        local ex = tide.executor()
+        local id = ex:submit(p, 1)
+        assert.equal("cafe!", ex:result(id, 5))
+        assert.equal(3, calls)
+        local p2 = tide.pipeline "bad-out-fails"
+        p2:task("a", function() return print end)
+        local id2 = ex:submit(p2, 1)
+        ex:run()
+        assert.equal("failed", ex:status(id2))
+        ex:close()
     end)
 end)
 
@@ -328,13 +352,41 @@ describe("map and gather", function()
         assert.same({ ok = 4, bad = { "2:ETASK" } }, outs[1])
     end)
 
+    it("fails a map over an object, null or a scalar with EVALUE naming what it got", function()
+        local json = tide.json
+        for _, case in ipairs({
+            { json.decode('{"a":1}'), "got an object" },
+            { { a = 1 }, "got a table with the key 'a'" },
+            { { 1, 2, x = 3 }, "got a table with the key 'x'" },
+            { json.null, "got null" },
+            { "abc", "got a string" },
+            { true, "got a boolean" },
+        }) do
+            local p = tide.pipeline "map-what"
+            p:task("split", { map = true }, function() return case[1] end)
+            p:task("x", { after = "split" }, function(v) return v end)
+            local outs, errs = tide.run(p, { 0 })
+            assert.is_nil(outs[1])
+            assert.equal("EVALUE", errs[1].code)
+            assert.matches("map task 'split' must return an array, " .. case[2], errs[1].message, 1, true)
+        end
+        -- An empty array, marked or plain, fans out to nothing.
+        for _, v in ipairs({ json.decode("[]"), {} }) do
+            local p = tide.pipeline "map-empty"
+            p:task("split", { map = true }, function() return v end)
+            p:task("x", { after = "split" }, function(i) return i end)
+            p:task("all", { after = "x", gather = true }, function(vs) return #vs end)
+            assert.same({ 0 }, (tide.run(p, { 0 })))
+        end
+    end)
+
     it("rejects a map task that does not return a table", function()
         local p = tide.pipeline "bad-map"
         p:task("split", { map = true }, function() return 5 end)
         p:task("x", { after = "split" }, function(v) return v end)
         local _, errs = tide.run(p, { 0 })
         assert.equal("EVALUE", errs[1].code)
-        assert.matches("must return an array, got number", errs[1].message)
+        assert.matches("must return an array, got a number", errs[1].message)
     end)
 end)
 
@@ -359,6 +411,19 @@ describe("executor", function()
     before_each(function()
         p = tide.pipeline "e"
         p:task("a", function(x) tide.sleep(0.01) return x * 2 end)
+    end)
+
+    it("ex:run raises when a runner fails inside tide, instead of returning as if all finished", function()
+        -- A failing result callback kills the runner that called it: the
+        -- job it held can never finish, so run() must not return quietly.
+        local ex = tide.executor { on_done = function(id)
+            if id == "2" then error("callback failed on purpose") end
+        end }
+        for i = 1, 3 do ex:submit(p, i, { id = tostring(i) }) end
+        local ok, err = pcall(ex.run, ex)
+        assert.is_false(ok)
+        assert.matches("1 internal error%(s%) in the runner", err)
+        ex:close()
     end)
 
     it("submits, reports status, runs and returns results", function()

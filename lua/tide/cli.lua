@@ -2,24 +2,28 @@
 local core = require "tide.core"
 local tide = require "tide"
 local executor = require "tide.executor"
-local errors = require "tide.errors"
+local jsonl = require "tide.jsonl"
+local outputs = require "tide.outputs"
 
 local json = core.json
 local io_stderr, io_stdout = io.stderr, io.stdout
-local format, tostring, type, pairs, ipairs = string.format, tostring, type, pairs, ipairs
+local format, tostring, type, pairs = string.format, tostring, type, pairs
 local hrtime = core.hrtime
 
 local M = {}
 
-local USAGE = [[
+local USAGE = [==[
 usage: tide <command> [options]
 
 commands:
-  run PIPELINE.lua [--input FILE|-] [--output DIR] [--concurrency N]
-                   [--task-timeout S] [--priority high|low|lifo] [--threads N]
+  run PIPELINE.lua [--input FILE|-] [--output DIR [--append|--overwrite]]
+                   [--concurrency N] [--threads N] [--task-timeout S]
+                   [--priority high|low|lifo] [--max-line-bytes N]
       Run every JSONL input line through the pipeline the file returns.
-      Results go to stdout as JSONL (or to DIR/<sink>.jsonl,
-      DIR/failed.jsonl and DIR/rejects.jsonl with --output).
+      Results go to stdout as JSONL, or with --output to DIR/<sink>.jsonl,
+      DIR/failed.jsonl, DIR/rejects.jsonl (and DIR/dropped.jsonl when
+      routers choose no sink). A DIR that holds results needs --append or
+      --overwrite, except to re-run --input DIR/failed.jsonl into DIR.
   serve PIPELINE.lua [--listen 127.0.0.1:8080] [--token-file F] [--threads N]
                      [--drain-timeout S] [--request-timeout S] [--max-results N]
       The HTTP/JSON job API (POST /v1/jobs, GET /v1/jobs/ID[/result],
@@ -35,7 +39,7 @@ commands:
 
 exit codes: 0 all done; 1 some inputs failed or were rejected; 2 usage
 error or bad pipeline; 3 I/O or internal error; 130/143 on SIGINT/SIGTERM.
-]]
+]==]
 
 local EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_IO = 0, 1, 2, 3
 
@@ -83,7 +87,9 @@ local function parse_args(cmd, args, options, o)
     while i <= #args do
         local a = args[i]
         local opt = options[a]
-        if opt then
+        if opt and opt[2] == nil then -- a flag
+            o[opt[1]] = true
+        elseif opt then
             i = i + 1
             local v = args[i] ~= nil and opt[2](args[i]) or nil
             if v == nil then return nil, opt[3] end
@@ -105,6 +111,9 @@ end
 local RUN_OPTIONS = {
     ["--input"] = { "input", as_text, "--input needs a file name (or -)" },
     ["--output"] = { "output", as_text, "--output needs a directory" },
+    ["--append"] = { "append" },
+    ["--overwrite"] = { "overwrite" },
+    ["--max-line-bytes"] = { "max_line_bytes", whole, "--max-line-bytes needs a whole number >= 1" },
     ["--concurrency"] = { "concurrency", whole_upto(executor.MAX_CONCURRENCY),
                           "--concurrency needs a whole number from 1 to " .. executor.MAX_CONCURRENCY },
     ["--threads"] = { "threads", whole_upto(executor.MAX_THREADS),
@@ -134,80 +143,37 @@ GRAPH_OPTIONS["-f"] = GRAPH_OPTIONS["--format"]
 local load_pipeline = require("tide.pipeline").load
 
 
--- Replaces bytes that are not valid UTF-8 with U+FFFD, so a rejected
--- line can be shown as JSON text.
-local function lossy_utf8(s)
-    local out, i, n = {}, 1, #s
-    local byte, sub = string.byte, string.sub
-    while i <= n do
-        local c = byte(s, i)
-        local len = c < 0x80 and 1 or (c >= 0xC2 and c <= 0xDF) and 2
-            or (c >= 0xE0 and c <= 0xEF) and 3 or (c >= 0xF0 and c <= 0xF4) and 4 or 0
-        local ok = len > 0 and i + len - 1 <= n
-        for k = i + 1, i + len - 1 do
-            if not ok then break end
-            local cc = byte(s, k)
-            ok = cc >= 0x80 and cc <= 0xBF
-        end
-        if ok then
-            out[#out + 1] = sub(s, i, i + len - 1)
-            i = i + len
-        else
-            out[#out + 1] = "\239\191\189"
-            i = i + 1
-        end
+-- The id of an input: its "id" field when that is a non-empty string or a
+-- number (numbers keep every digit: their JSON text is the id), else nil.
+-- The second value says why an "id" field that is present was not used.
+local function input_id(v)
+    local id = v.id
+    local t = type(id)
+    if t == "string" then
+        if id ~= "" then return id end
+        return nil, "an empty string"
+    elseif t == "number" or t == "cdata" then
+        local s = json.encode(id)
+        if s then return s end
+        return nil, "a number JSON cannot carry"
+    elseif id ~= nil then
+        return nil, id == json.null and "null" or ("a " .. t)
     end
-    return table.concat(out)
-end
-
-
-local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-
--- Base64 of s (RFC 4648), for the exact bytes of a rejected line.
-local function base64(s)
-    local out, byte, sub = {}, string.byte, string.sub
-    for i = 1, #s, 3 do
-        local a, b, c = byte(s, i, i + 2)
-        local v = a * 65536 + (b or 0) * 256 + (c or 0)
-        local q = {}
-        for k = 3, 0, -1 do
-            local d = math.floor(v / 64 ^ k) % 64
-            q[#q + 1] = sub(B64, d + 1, d + 1)
-        end
-        if not b then q[3], q[4] = "=", "=" elseif not c then q[4] = "=" end
-        out[#out + 1] = table.concat(q)
-    end
-    return table.concat(out)
-end
-
-
--- Under --output each sink writes DIR/<name>.jsonl: the name must be a
--- plain file name that is not one of tide's own files.
-local function check_sink_names(p)
-    for _, name in ipairs(p.sink_names) do
-        if name == "failed" or name == "rejects" then
-            return nil, ("--output: sink task '%s' would write %s.jsonl, where tide writes its %s; "
-                         .. "rename the task"):format(name, name, name == "failed" and "failures" or "rejected lines")
-        end
-        if not name:match("^[%w_%-][%w_%.%-]*$") then
-            return nil, ("--output: sink task name '%s' cannot be used as a file name "
-                         .. "(letters, digits, '.', '_' and '-' only)"):format(name)
-        end
-    end
-    return true
-end
-
-
-local function mkdir_p(dir)
-    local ok, err, name = core.mkdir_p(dir)
-    if not ok then return nil, err, name end
-    return true
+    return nil
 end
 
 
 local function run(args)
-    local o, perr = parse_args("run", args, RUN_OPTIONS, { concurrency = 1000, priority = "low" })
+    local o, perr = parse_args("run", args, RUN_OPTIONS, {
+        concurrency = 1000, priority = "low", max_line_bytes = jsonl.DEFAULT_MAX_LINE_BYTES,
+    })
     if not o then return die(EXIT_USAGE, perr .. "\n" .. USAGE) end
+    if o.append and o.overwrite then
+        return die(EXIT_USAGE, "--append and --overwrite cannot be given together")
+    end
+    if (o.append or o.overwrite) and not o.output then
+        return die(EXIT_USAGE, (o.append and "--append" or "--overwrite") .. " needs --output DIR")
+    end
     -- print inside tasks must not corrupt the JSONL on stdout.
     _G.print = function(...)
         local n = select("#", ...)
@@ -218,153 +184,100 @@ local function run(args)
     local p, lerr = load_pipeline(o.pipeline)
     if not p then return die(EXIT_USAGE, lerr) end
 
-    -- Outputs.
-    local out_sink, out_failed, out_rejects
-    local sink_files = {}
+    local path = o.input
+    if path == "-" then path = nil end
+    local out, oerr, ocode = outputs.open {
+        dir = o.output, mode = o.append and "append" or o.overwrite and "overwrite" or nil,
+        input = path, sinks = p.sink_names, routed = p.has_routes,
+    }
+    if not out then return die(ocode, oerr) end
     if o.output then
-        local nok, nerr = check_sink_names(p)
-        if not nok then return die(EXIT_USAGE, nerr) end
-        local ok, err = mkdir_p(o.output)
         -- Subprocess logs of exec tasks and tide.exec.
         require("tide.exec").log_dir = o.output .. "/logs"
-        if not ok then return die(EXIT_IO, "--output: " .. tostring(err)) end
-        local function open(name)
-            local f, ferr = io.open(o.output .. "/" .. name, "w")
-            if not f then error({ io = ferr }) end
-            return f
-        end
-        local ok2, e2 = pcall(function()
-            for _, name in ipairs(p.sink_names) do sink_files[name] = open(name .. ".jsonl") end
-            out_failed = open("failed.jsonl")
-            out_rejects = open("rejects.jsonl")
-        end)
-        if not ok2 then return die(EXIT_IO, tostring(type(e2) == "table" and e2.io or e2)) end
-        out_sink = true
     end
 
-    local ndone, nfailed, nrejected, lineno, inflight = 0, 0, 0, 0, 0
+    local inflight = 0
     local inputs = {} -- id -> original input, while in flight (for failed.jsonl)
-    local quoted = {} -- id -> the id as a JSON string, while in flight
+    local quoted = {} -- id -> the id as JSON text, while in flight
     local pend_no, pend_line, phead, ptail = {}, {}, 1, 0 -- lines waiting for capacity
     local pump -- defined below
-    local eof, reader, io_error = false, nil, nil
+    local eof, reader, read_error = false, nil, nil
+    local write_error -- the first failure to write a result: the run stops
+    local stopping -- a signal number, or true after a write error
     local started = hrtime()
-    local enc = json.encode
     local concurrency = o.concurrency
-    local write_errors = 0
+    local ex
+    local last_no = 0 -- the number of the last line submitted
 
-    local function write(f, s)
-        local ok, err = f:write(s, "\n")
-        if not ok then
-            write_errors = write_errors + 1
-            io_error = io_error or err
+    -- Stops taking input and cancels what runs (a signal or a write
+    -- error). A re-run of failed.jsonl keeps reading after a signal: its
+    -- unread lines are copied on as failures still to run.
+    local function stop(why)
+        if stopping then return end
+        stopping = why
+        if not out.rerun or why == true then
+            eof = true
+            if reader then reader:close() reader = nil end
+            phead = ptail + 1
         end
+        for id in pairs(inputs) do ex:cancel(id) end
     end
 
-    local function error_json(rec, with_tb)
-        local plain = errors.plain(rec, with_tb)
-        local s = enc(json.object(plain))
-        return s or '{"code":"EVALUE","message":"error record cannot be encoded"}'
+    local tty = core.isatty(2)
+    local function on_write_error(err)
+        if write_error then return end
+        write_error = err
+        io_stderr:write(tty and "\n" or "", "tide: cannot write results: ", tostring(err), "\n")
+        stop(true)
     end
 
-    local function on_done(id, status, value)
+    local function on_done(id, status, value, ran)
         inflight = inflight - 1
         local input, sid = inputs[id], quoted[id]
         inputs[id], quoted[id] = nil, nil
-        if status == "done" then
-            local s, err = enc(value)
-            if s == nil then
-                status, value = "failed", errors.new("EVALUE", "output cannot be encoded: " .. tostring(err))
-            else
-                ndone = ndone + 1
-                if out_sink then
-                    if #p.sink_names == 1 then
-                        write(sink_files[p.sink_names[1]], '{"id":' .. sid .. ',"output":' .. s .. '}')
-                    else
-                        for name, f in pairs(sink_files) do
-                            local v = enc(value[name])
-                            if v then write(f, '{"id":' .. sid .. ',"output":' .. v .. '}') end
-                        end
-                    end
-                else
-                    write(io_stdout, '{"id":' .. sid .. ',"status":"done","output":' .. s .. '}')
-                end
-            end
-        end
-        if status ~= "done" then
-            nfailed = nfailed + 1
-            if not errors.is(value) then value = errors.new("ETASK", tostring(value)) end
-            if out_sink then
-                local si = enc(input)
-                write(out_failed, '{"id":' .. sid .. ',"error":' .. error_json(value, true)
-                      .. ',"input":' .. (si or "null") .. '}')
-            else
-                write(io_stdout, '{"id":' .. sid .. ',"status":"failed","error":'
-                      .. error_json(value, false) .. '}')
-            end
-        end
+        local _, err = out:result(sid, status, value, ran, input)
+        if err then on_write_error(err) end
         pump()
     end
 
-    local ex = executor.new {
+    ex = executor.new {
         concurrency = concurrency, task_timeout = o.task_timeout,
         threads = o.threads, on_done = on_done,
     }
     local prio = executor.PRIO[o.priority]
 
     local function reject(n, line, msg)
-        nrejected = nrejected + 1
-        io_stderr:write(format("tide: line %d: %s\n", n, msg))
-        if out_rejects then
-            local text = enc(line)
-            local extra = ""
-            if not text then
-                -- Not UTF-8: show it lossily, and keep the exact bytes.
-                text = enc(lossy_utf8(line)) or '""'
-                extra = ',"base64":"' .. base64(line) .. '"'
-            end
-            write(out_rejects, '{"line":' .. n .. ',"error":' .. (enc(msg) or '""')
-                  .. ',"text":' .. text .. extra .. '}')
-        end
+        local err = out:reject(n, line, msg)
+        if err then on_write_error(err) end
     end
 
-    local live = ex._live
-    local seen = {}
+    local next_id = jsonl.ids()
     local function submit_line(n, line)
         local v, err = json.decode(line)
         if v == nil and err then
             reject(n, line, "malformed JSON: " .. tostring(err))
             return
         end
-        local id
+        local id, why
         if type(v) == "table" and getmetatable(v) == json.object_mt then
+            id, why = input_id(v)
             -- A record of failed.jsonl re-runs its original input.
-            if v.error ~= nil and v.input ~= nil and v.id ~= nil then
-                id, v = v.id, v.input
-            else
-                id = v.id
+            if v.error ~= nil and v.input ~= nil and v.id ~= nil then v = v.input end
+            if why then
+                io_stderr:write(format("tide: line %d: the id is %s, not a string or a number; "
+                                       .. "the line number is used instead\n", n, why))
             end
-            if type(id) == "number" then id = tostring(id) end
-            if type(id) ~= "string" then id = nil end
         end
-        -- Ids given by the input are remembered for the whole run (a
-        -- duplicate is rejected even after the first finished); ids made
-        -- from line numbers are unique by construction, so memory grows
-        -- only with inputs that carry ids.
-        local sid
-        if id == nil then
-            id = tostring(n)
-            sid = '"' .. id .. '"' -- digits need no escaping
-        else
-            sid = enc(id)
+        local given = id
+        local taken
+        id, taken = next_id(n, id)
+        last_no = n
+        if taken then
+            io_stderr:write(format("tide: line %d: id '%s' is already taken by an earlier line; "
+                                   .. "this input runs as '%s'\n", n, given or taken, id))
         end
-        if live[id] or inputs[id] or seen[id] then
-            reject(n, line, "duplicate id '" .. id .. "'")
-            return
-        end
-        if sid ~= '"' .. id .. '"' or id ~= tostring(n) then seen[id] = true end
         inflight = inflight + 1
-        inputs[id], quoted[id] = v, sid
+        inputs[id], quoted[id] = v, json.encode(id)
         ex:_submit(p, v, id, prio)
     end
 
@@ -373,11 +286,16 @@ local function run(args)
     -- The reader is told only when that changes.
     local paused = false
     function pump()
-        while phead <= ptail and inflight < concurrency do
+        while phead <= ptail and (stopping or inflight < concurrency) do
             local no, line = pend_no[phead], pend_line[phead]
             pend_no[phead], pend_line[phead] = nil, nil
             phead = phead + 1
-            submit_line(no, line)
+            if stopping then
+                local err = out:pass_through(line)
+                if err then on_write_error(err) end
+            else
+                submit_line(no, line)
+            end
         end
         if reader then
             local want = phead <= ptail
@@ -388,54 +306,41 @@ local function run(args)
         end
     end
 
-    local partial = ""
-    local byte, sub, find = string.byte, string.sub, string.find
+    local max_line = o.max_line_bytes
+    local framer = jsonl.framer(max_line, function(no, line, nbytes)
+        if line == nil then
+            reject(no, nil, format("the line is %d bytes long, more than --max-line-bytes (%d)",
+                                   nbytes, max_line))
+            return
+        end
+        ptail = ptail + 1
+        pend_no[ptail], pend_line[ptail] = no, line
+    end)
     local function on_chunk(chunk, err)
         if chunk == nil then
             eof = true
-            if err then io_error = "reading input: " .. err end
-            if partial ~= "" and find(partial, "%S") then
-                lineno = lineno + 1
-                ptail = ptail + 1
-                pend_no[ptail], pend_line[ptail] = lineno, partial
-            elseif partial ~= "" then
-                lineno = lineno + 1
-            end
-            partial = ""
-            pump()
-            return
+            if err then read_error = "reading input: " .. err end
+            framer.finish()
+        else
+            framer.feed(chunk)
         end
-        local s = partial .. chunk
-        local pos = 1
-        while true do
-            local nl = find(s, "\n", pos, true)
-            if not nl then break end
-            local line = sub(s, pos, nl - 1)
-            pos = nl + 1
-            lineno = lineno + 1
-            if byte(line, -1) == 13 then line = sub(line, 1, -2) end
-            local b = byte(line, 1)
-            if b and (b > 32 or find(line, "%S")) then -- blank lines are skipped
-                ptail = ptail + 1
-                pend_no[ptail], pend_line[ptail] = lineno, line
-            end
-        end
-        partial = sub(s, pos)
         pump()
     end
 
-    local path = o.input
-    if path == "-" then path = nil end
     local rerr
     reader, rerr = core.reader(ex._ud, path, on_chunk)
-    if not reader then return die(EXIT_IO, "--input: " .. tostring(rerr)) end
+    if not reader then
+        out:close(false)
+        return die(EXIT_IO, "--input: " .. tostring(rerr))
+    end
 
-    local tty = core.isatty(2)
     local function progress(final)
+        local c = out.counts
         local el = hrtime() - started
-        local rate = el > 0 and (ndone + nfailed) / el or 0
-        local s = format("%d done, %d failed, %d rejected, %d running, %.0f/s, %.1f s",
-                         ndone, nfailed, nrejected, inflight, rate, el)
+        local rate = el > 0 and (c.done + c.failed) / el or 0
+        local s = format("%d done, %d failed, %d rejected, ", c.done, c.failed, c.rejected)
+        if c.dropped > 0 then s = s .. format("%d dropped, ", c.dropped) end
+        s = s .. format("%d running, %.0f/s, %.1f s", inflight, rate, el)
         if final then
             s = s .. format(", peak RSS %.1f MiB", (core.maxrss() or 0) / 1048576)
         end
@@ -446,40 +351,51 @@ local function run(args)
             io_stderr:write("\r\27[K", s)
         end
     end
-    -- Results reach a pipe within 0.2 s even while the run goes on (stdio
-    -- buffers them otherwise); on a terminal the progress line refreshes.
+    -- Results reach their files within 0.2 s even while the run goes on;
+    -- on a terminal the progress line refreshes.
     local ticker = core.timer(ex._ud, 0.2, function()
-        io_stdout:flush()
+        local err = out:flush()
+        if err then on_write_error(err) end
         if tty then progress(false) end
     end)
 
-    local signalled
     local function on_signal(signum)
-        if signalled then return end
-        signalled = signum
-        io_stderr:write("\ntide: signal ", signum, ": cancelling ", inflight, " running inputs\n")
-        eof = true
-        if reader then reader:close() reader = nil end
-        phead = ptail + 1
-        for id in pairs(live) do ex:cancel(id) end
+        if stopping then return end
+        io_stderr:write(tty and "\n" or "", "tide: signal ", signum, ": cancelling ", inflight, " running inputs",
+                        out.rerun and "; the failures not run yet stay in failed.jsonl" or "", "\n")
+        stop(signum)
     end
     local sigint = core.signal(ex._ud, 2, on_signal)
     local sigterm = core.signal(ex._ud, 15, on_signal)
 
-    ex:run()
+    -- An internal error (a bug) ends the run with exit 3 after what
+    -- finished is written.
+    local rok, internal = pcall(ex.run, ex)
     ticker:close()
     sigint:close()
     sigterm:close()
     if reader then reader:close() end
-    for _, f in pairs(sink_files) do f:close() end
-    if out_failed then out_failed:close() end
-    if out_rejects then out_rejects:close() end
-    io_stdout:flush()
+    -- The whole input was consumed (run, or copied on after a signal)
+    -- unless reading failed or a write error stopped the run.
+    local complete = rok and eof and not read_error and not write_error
+    local cerr = out:close(complete)
+    if cerr then on_write_error(cerr) end
     progress(true)
     ex:close()
-    if signalled then return 128 + signalled end
-    if io_error then return die(EXIT_IO, tostring(io_error)) end
-    if nfailed > 0 or nrejected > 0 then return EXIT_FAILED end
+    if write_error then
+        io_stderr:write("tide: the run stopped at the write error; written: ", out:written(), "\n")
+        return EXIT_IO
+    end
+    if not rok then return die(EXIT_IO, tostring(internal)) end
+    if type(stopping) == "number" then
+        if not out.rerun and not (eof and phead > ptail and last_no == framer.lineno()) then
+            io_stderr:write(format("tide: stopped: input lines after line %d were not run\n", last_no))
+        end
+        return 128 + stopping
+    end
+    if read_error then return die(EXIT_IO, tostring(read_error)) end
+    local c = out.counts
+    if c.failed > 0 or c.rejected > 0 then return EXIT_FAILED end
     return EXIT_OK
 end
 
@@ -514,9 +430,13 @@ local function serve(args)
     end
     local sigint = core.signal(ex._ud, 2, on_signal)
     local sigterm = core.signal(ex._ud, 15, on_signal)
+    -- SIGHUP drains like SIGTERM (a terminal that goes away, or a service
+    -- manager asking for a reload, must not drop accepted jobs).
+    local sighup = core.signal(ex._ud, 1, on_signal)
     ex._E.run()
     sigint:close()
     sigterm:close()
+    sighup:close()
     ex:close()
     io_stderr:write("tide: stopped\n")
     return EXIT_OK

@@ -80,16 +80,40 @@ local function unfit(v)
             return "a non-finite number (" .. tostring(v) .. ")"
         end
         return nil
-    elseif tv == "table" then
+    elseif tv == "table" or tv == "string" or tv == "cdata" then
         local ok, msg = jcheck(v)
         if ok then return nil end
-        return msg
+        return (tostring(msg):gsub("^EVALUE: ", ""))
     elseif tv == "function" or tv == "thread" or (tv == "userdata" and v ~= jnull) then
         return "a " .. tv
     end
     return nil
 end
 M.unfit = unfit
+
+
+local object_mt, array_mt = json.object_mt, json.array_mt
+
+-- Why a map task's output cannot fan out, or nil when it is an array: a
+-- table marked as an array, or a plain table whose keys are 1..#t.
+local function not_array(v)
+    local tv = type(v)
+    if tv ~= "table" then
+        if v == jnull then return "null" end
+        return tv == "nil" and "nil" or ("a " .. tv)
+    end
+    local mt = getmetatable(v)
+    if mt == array_mt then return nil end
+    if mt == object_mt then return "an object" end
+    local n = #v
+    for k in pairs(v) do
+        if type(k) ~= "number" or k < 1 or k > n or k % 1 ~= 0 then
+            return "a table with the key " .. (type(k) == "string" and ("'" .. k .. "'") or tostring(k))
+                .. " (an object, not an array)"
+        end
+    end
+    return nil
+end
 
 
 -- Limits of the options: the engine's slot table, and a thread count no
@@ -170,22 +194,28 @@ function M.new(opts)
     local batch_timer, done, detach = E.batch_timer, E.done, E.detach
 
     -- Builds the value a finished context hands out: its sink's output,
-    -- or a table keyed by sink name when it has several.
+    -- or a table keyed by sink name when it has several. The second value
+    -- says which sinks ran (nil when the pipeline has one sink and no
+    -- router, so that sink ran): sink name -> output, json.null standing
+    -- for a nil output. A sink inside a map ran when its map did.
     local function context_output(slot)
         local p = pipe_of[slot]
         local outs = outputs[slot]
         local sinks = p.sinks
-        if #sinks == 1 and not p.has_routes then return outs[sinks[1]] end
-        local r, n, last = {}, 0, nil
+        if #sinks == 1 and not p.has_routes then return outs[sinks[1]], nil end
+        local r, ran, n, last = {}, {}, 0, nil
+        local routed, gate = p.has_routes, p.sink_gate
         for i, s in ipairs(sinks) do
-            if not (p.has_routes and bypassed(slot, s)) then
-                r[p.sink_names[i]] = outs[s]
+            if not (routed and bypassed(slot, gate[s])) then
+                local name, v = p.sink_names[i], outs[s]
+                r[name] = v
+                if v == nil then ran[name] = jnull else ran[name] = v end
                 n, last = n + 1, s
             end
         end
         -- With routers, "the value of its sink when one sink ran".
-        if p.has_routes and n == 1 then return outs[last] end
-        return r
+        if routed and n == 1 then return outs[last], ran end
+        return r, ran
     end
 
     -- The children of context `slot` all reported: fill in the arrays of
@@ -231,13 +261,14 @@ function M.new(opts)
     end
     self._forget = forget
 
-    -- A root context ended: hand the result out.
-    local function finish(slot, status, value)
+    -- A root context ended: hand the result out (`ran`: see
+    -- context_output).
+    local function finish(slot, status, value, ran)
         local id = ids[slot]
         forget(slot)
         release(slot)
         self._live[id] = nil
-        self:_done(id, status, value)
+        self:_done(id, status, value, ran)
     end
     self._finish = finish
 
@@ -477,9 +508,10 @@ function M.new(opts)
                 local why2 = choose(g, res)
                 if why2 then rec = new_error("EVALUE", why2) else res = input end
             elseif T_map[g] then
-                if type(res) ~= "table" then
+                local why2 = not_array(res)
+                if why2 then
                     rec = new_error("EVALUE", "map task '" .. T_name[g]
-                        .. "' must return an array, got " .. type(res))
+                        .. "' must return an array, got " .. why2)
                 else
                     fan_out(slot, g, res)
                 end
@@ -567,8 +599,8 @@ function M.new(opts)
                     -- finite number or a string as the output.
                     local ok, res, err = xpcall(T_fn[g], on_error, input)
                     local tr = type(res)
-                    if ok and (tr == "string" or (tr == "number" and res == res and res ~= huge
-                                                 and res ~= -huge)) then
+                    if ok and ((tr == "number" and res == res and res ~= huge and res ~= -huge)
+                               or (tr == "string" and jcheck(res))) then
                         outs[T_local[g]] = res
                         op, a, b, c, d = nxt(slot, g)
                     else
@@ -582,7 +614,8 @@ function M.new(opts)
                 op, a, b, c, d = nxt(0, 0)
             elseif op == OP_FINISH then
                 collect_inner(a, 0)
-                finish(a, "done", context_output(a))
+                local value, ran = context_output(a)
+                finish(a, "done", value, ran)
                 op, a, b, c, d = nxt(0, 0)
             elseif op == OP_CHILD then
                 -- a = child slot, b = map task, c = parent slot, d = index
@@ -812,10 +845,10 @@ end
 
 
 -- Stores a finished context's result and wakes whoever waits for it.
-function Executor:_done(id, status, value)
+function Executor:_done(id, status, value, ran)
     local on_done = self._on_done
     if on_done then
-        on_done(id, status, value)
+        on_done(id, status, value, ran)
         return
     end
     -- A small array, not a record with named fields: a server keeps
@@ -1054,9 +1087,17 @@ end
 
 
 --- Runs the loop until every submitted job finished.
+-- @raise when a runner failed inside tide (the jobs it held cannot finish;
+--   the traceback is on stderr)
 function Executor:run()
     check_self(self, "ex:run")
+    local before = self._E.stats().internal_errors
     self._E.run()
+    local n = self._E.stats().internal_errors - before
+    if n > 0 then
+        error("tide: " .. n .. " internal error(s) in the runner (tracebacks above); "
+              .. "the jobs they held did not finish", 2)
+    end
     return true
 end
 

@@ -334,20 +334,24 @@ function Pipeline:compile()
     end
     -- Sinks and, per map, the sinks inside its region that no gather
     -- collects: their values reach the parent as arrays.
-    local sinks, inner = {}, {}
+    -- sink_gate[s] is the task whose bypass bypasses sink s in a root
+    -- context: the outermost map enclosing s, or s itself.
+    local sinks, inner, gate = {}, {}, {}
     for i, t in ipairs(self.tasks) do
         if #t.succs == 0 then
             sinks[#sinks + 1] = i
+            gate[i] = i
             -- Walk up the chain of maps that enclose this sink.
             local r = t.region
             while r ~= 0 do
                 inner[r] = inner[r] or {}
                 inner[r][#inner[r] + 1] = i
+                gate[i] = r
                 r = self.tasks[r].region
             end
         end
     end
-    self.sinks, self.inner_sinks = sinks, inner
+    self.sinks, self.inner_sinks, self.sink_gate = sinks, inner, gate
     local names = {}
     for i, s in ipairs(sinks) do names[i] = self.tasks[s].name end
     self.sink_names = names

@@ -667,21 +667,24 @@ describe("tide run", function()
     end)
 
     describe("duplicate ids", function()
-        it("are rejected with the line number", function()
+        -- A valid line is never refused for another line's id: the later
+        -- one runs as "<id>#<line>" and stderr says so.
+        it("run the later line under '<id>#<line>'", function()
             local r = tide({ "run", PIPE .. "echo.lua", "--input", DATA .. "duplicate_ids.jsonl" })
-            assert.equal(1, r.code)
-            assert.same({ x = { id = "x", status = "done", output = { id = "x", v = 1 } } }, by_id(jsonl(r.stdout)))
-            assert.matches("tide: line 2: duplicate id 'x'", r.stderr, 1, true)
+            assert.equal(0, r.code)
+            assert.same({
+                x = { id = "x", status = "done", output = { id = "x", v = 1 } },
+                ["x#2"] = { id = "x#2", status = "done", output = { id = "x", v = 2 } },
+            }, by_id(jsonl(r.stdout)))
+            assert.matches("tide: line 2: id 'x' is already taken by an earlier line; this input runs as 'x#2'",
+                           r.stderr, 1, true)
         end)
 
-        it("are rejected even when the first one already finished (--concurrency 1)", function()
-            -- Ids given by the input are remembered for the whole run, so
-            -- catching a duplicate does not depend on timing.
+        it("do not depend on timing (--concurrency 1: the first one already finished)", function()
             local r = tide({ "run", PIPE .. "echo.lua", "--input", DATA .. "duplicate_ids.jsonl",
                              "--concurrency", "1" })
-            assert.equal(1, r.code)
-            assert.same({ x = { id = "x", status = "done", output = { id = "x", v = 1 } } }, by_id(jsonl(r.stdout)))
-            assert.matches("tide: line 2: duplicate id 'x'", r.stderr, 1, true)
+            assert.equal(0, r.code)
+            assert.same({ "x", "x#2" }, keys(by_id(jsonl(r.stdout))))
         end)
     end)
 

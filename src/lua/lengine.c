@@ -39,6 +39,10 @@ typedef struct leng {
     int yield_kind;
     int in_run, closed, nclosing;
     int quitting;      /* idle runners are being told to return */
+    /* Runners that ended in an error (a bug in tide or in a result
+     * callback): the work they held is lost, so whoever runs the engine
+     * must fail (stats().internal_errors). */
+    uint32_t internal_errors;
     lua_State **idle;
     uint32_t nidle, idle_cap;
     tide__tentry waitt;/* wakes a top-level wait (turn) */
@@ -180,6 +184,7 @@ static void leng_retire_runners(lua_State *L, leng *e) {
 }
 
 static void leng_report(leng *e, lua_State *co, const char *what) {
+    e->internal_errors++;
     const char *msg = lua_tostring(co, -1);
     luaL_traceback(e->L, co, msg ? msg : "(error object is not a string)",
                    0);
@@ -228,9 +233,10 @@ static void leng_resume(leng *e, lua_State *co, int nargs) {
         }
         return;
     }
-    if (rc == 0)
+    if (rc == 0) {
+        e->internal_errors++;
         fprintf(stderr, "tide: internal error: a runner returned\n");
-    else
+    } else
         leng_report(e, co, "in the runner");
     leng_unanchor(e, co);
 }
@@ -758,6 +764,8 @@ static int l_stats(lua_State *L) {
     lua_setfield(L, -2, "attempts");
     lua_pushinteger(L, e->nidle);
     lua_setfield(L, -2, "idle_runners");
+    lua_pushinteger(L, e->internal_errors);
+    lua_setfield(L, -2, "internal_errors");
     lua_getfenv(L, lua_upvalueindex(1));
     lua_rawgeti(L, -1, ENV_RUNNERS);
     int n = 0;
