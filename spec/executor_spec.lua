@@ -353,7 +353,6 @@ describe("map and gather", function()
     end)
 
     it("fails a map over an object, null or a scalar with EVALUE naming what it got", function()
-        local json = tide.json
         for _, case in ipairs({
             { json.decode('{"a":1}'), "got an object" },
             { { a = 1 }, "got a table with the key 'a'" },
