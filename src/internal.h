@@ -40,6 +40,11 @@ void *tide__xcalloc(size_t n, size_t size);
 void *tide__xrealloc(void *p, size_t n);
 char *tide__xstrdup(const char *s);
 
+/* Opens /dev/null on whichever of fds 0, 1 and 2 is closed (src/stdfd.c);
+ * returns, and stdfd_closed() tells later, which were (bit n: fd n). */
+int tide__stdfd_reserve(void);
+int tide__stdfd_closed(void);
+
 /* ===== GRAPH (graph.c) ===== */
 
 enum {

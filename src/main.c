@@ -33,6 +33,7 @@ static void main_setup_path(lua_State *L) {
 }
 
 int main(int argc, char **argv) {
+    tide__stdfd_reserve(); /* before anything opens a file */
     lua_State *L = luaL_newstate();
     if (L == NULL) {
         fprintf(stderr, "tide: cannot create a Lua state\n");

@@ -174,6 +174,10 @@ local function run(args)
     if (o.append or o.overwrite) and not o.output then
         return die(EXIT_USAGE, (o.append and "--append" or "--overwrite") .. " needs --output DIR")
     end
+    if not o.output and select(2, core.stdfd_closed()) then
+        return die(EXIT_IO, "stdout was closed when tide started, so results have nowhere to go: "
+                   .. "give --output DIR or start tide with stdout open")
+    end
     -- print inside tasks must not corrupt the JSONL on stdout.
     _G.print = function(...)
         local n = select("#", ...)

@@ -501,3 +501,42 @@ describe("tide serve and SIGHUP", function()
         assert.matches("stopped", text)
     end)
 end)
+
+
+describe("standard fds closed at start", function()
+    local dir
+    before_each(function() dir = proc.tmpdir() end)
+    after_each(function() proc.rmrf(dir) end)
+
+    -- Runs a shell line that closes some fds and starts tide; returns the
+    -- exit code, stdout and stderr files' text.
+    local function run(close, args, input)
+        proc.write(dir .. "/in.jsonl", input or '{"id":"a","v":1}\n')
+        local cmd = ("%s run %s %s %s"):format(shquote(proc.bin), shquote(PIPE .. "echo.lua"), args or "", close)
+        os.execute(("sh -c %s >%s 2>%s; echo $? >%s"):format(
+            shquote(cmd), shquote(dir .. "/out"), shquote(dir .. "/err"), shquote(dir .. "/rc")))
+        return tonumber(proc.slurp(dir .. "/rc")), proc.slurp(dir .. "/out"), proc.slurp(dir .. "/err")
+    end
+
+    it("stdin closed: the input file is read and the run ends normally", function()
+        local rc, out, err = run("<&-", "--input " .. shquote(dir .. "/in.jsonl"))
+        assert.equal(0, rc, err)
+        assert.same({ { id = "a", status = "done", output = { id = "a", v = 1 } } }, jsonl(out))
+    end)
+
+    it("stderr closed: results still go to stdout", function()
+        local rc, out = run("2>&-", "--input " .. shquote(dir .. "/in.jsonl"))
+        assert.equal(0, rc)
+        assert.equal(1, #jsonl(out))
+    end)
+
+    it("stdout closed: exit 3 saying so, or the results go to --output", function()
+        local rc, _, err = run(">&-", "--input " .. shquote(dir .. "/in.jsonl"))
+        assert.equal(3, rc)
+        assert.matches("stdout was closed when tide started", err, 1, true)
+        local rc2, _, err2 = run(">&- 0<&-", "--input " .. shquote(dir .. "/in.jsonl")
+                                 .. " --output " .. shquote(dir .. "/o"))
+        assert.equal(0, rc2, err2)
+        assert.same({ "a" }, sorted_ids(file(dir .. "/o", "echo.jsonl")))
+    end)
+end)

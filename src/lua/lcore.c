@@ -19,6 +19,7 @@ static void lcore_pin(void) {
 
 int luaopen_tide_core(lua_State *L) {
     lcore_pin();
+    tide__stdfd_reserve(); /* before the first loop takes an fd */
     lua_newtable(L);
     tide__lua_open_engine(L);
     tide__lua_open_graph(L);

@@ -333,6 +333,16 @@ static int l_stat(lua_State *L) {
     return 1;
 }
 
+/* stdfd_closed() -> stdin, stdout, stderr: whether each was closed when
+ * the process started (it is on /dev/null now). */
+static int l_stdfd_closed(lua_State *L) {
+    int m = tide__stdfd_closed();
+    lua_pushboolean(L, m & 1);
+    lua_pushboolean(L, m & 2);
+    lua_pushboolean(L, m & 4);
+    return 3;
+}
+
 void tide__lua_open_file(lua_State *L) {
     static const luaL_Reg methods[] = {{"line", l_line},   {"flush", l_flush},
                                        {"close", l_close}, {"stats", l_stats},
@@ -342,6 +352,7 @@ void tide__lua_open_file(lua_State *L) {
     static const luaL_Reg funcs[] = {{"file_open", l_open},
                                      {"writer_fd", l_writer_fd},
                                      {"stat", l_stat},
+                                     {"stdfd_closed", l_stdfd_closed},
                                      {NULL, NULL}};
     for (const luaL_Reg *r = funcs; r->name; r++) {
         lua_pushcfunction(L, r->func);
