@@ -203,7 +203,10 @@ typedef struct tide__att {
     uint32_t idx, gen;
     uint32_t slot, task, attempt; /* task is the global index */
     int state;
-    int result;                   /* what a resume passes: see lrun.c */
+    /* What the parked body's wait returns when it is resumed (1: woken,
+     * 0: its timer ran out; see leng_drain in src/lua/lengine.c), or the
+     * code of an attempt the engine failed (TIDE__OP_FAIL). */
+    int result;
     uint32_t gave;                /* root slot whose concurrency slot it gave back, or 0 */
     void *co;                     /* the parked coroutine (glue-owned) */
     void *op;                     /* what it waits on (glue-owned): */

@@ -16,8 +16,8 @@
  * the resume and fail queues hold handles, and a handle whose generation
  * changed is skipped.
  *
- * Nothing here calls Lua. The glue (src/lua/lrun.c) drains the queues by
- * resuming runner coroutines, and is told through eng->kick when work
+ * Nothing here calls Lua. The glue (src/lua/lengine.c) drains the queues
+ * by resuming runner coroutines, and is told through eng->kick when work
  * became ready and through eng->drop_co when a parked coroutine is
  * abandoned. */
 #include <math.h>
