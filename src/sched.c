@@ -35,6 +35,7 @@ const char *tide__ctx_status_name(int status) {
 }
 
 #define ENG_HANDLE(att) (((uint64_t)(att)->gen << 32) | (att)->idx)
+#define ATT_GEN_LIMIT (1u << 21) /* 2^21 * 2^32 = 2^53 */
 
 static void eng_on_timer(uv_timer_t *t);
 static void ctx_maybe_free(tide__eng *eng, tide__ctx *c);
@@ -570,10 +571,17 @@ static void att_release(tide__eng *eng, tide__att *a) {
     a->next_in_ctx = a->prev_in_ctx = NULL;
     a->gen++; /* outstanding handles go stale */
     a->state = 0;
-    a->next_free = eng->att_free;
-    eng->att_free = a->idx;
     if (eng->cur == a)
         eng->cur = NULL;
+    /* Handles are doubles (idx + gen * 2^32), exact only below 2^53, and
+     * records are reused last in, first out, so one record may serve
+     * every attempt of a long run. One whose next generation would not
+     * fit is retired (kept, never reused) rather than wrapped, so that no
+     * handle is ever given out twice. */
+    if (a->gen + 1 >= ATT_GEN_LIMIT)
+        return;
+    a->next_free = eng->att_free;
+    eng->att_free = a->idx;
 }
 
 double tide__eng_att_handle(const tide__att *a) {

@@ -25,4 +25,5 @@
     XX(sched_deadlock_is_detected)     \
     XX(sched_map_children_and_gather)  \
     XX(sched_router_bypasses)          \
-    XX(sched_limiter_holds_attempts)
+    XX(sched_limiter_holds_attempts)   \
+    XX(sched_handles_after_many_reuses)

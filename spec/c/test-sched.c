@@ -754,3 +754,41 @@ TEST_IMPL(sched_limiter_holds_attempts) {
     ASSERT_EQ(conc->waitq.len + rate->waitq.len, 0);
     return fx_close(&f);
 }
+
+TEST_IMPL(sched_handles_after_many_reuses) {
+    /* The glue and Lua hold attempt handles as doubles (index + generation
+     * * 2^32), exact only below 2^53. Attempt records are recycled last
+     * in, first out, so a sequential workload reuses one record for every
+     * attempt that needs one; each use advances its generation by two.
+     * Start from a record that has served about a million attempts (as it
+     * would have after that many jobs) and keep using it: every parked
+     * body must still be found by its handle and resumed. */
+    tide__gspec s[] = {SPEC("a", 0)};
+    fx f;
+    tide__op op;
+    ASSERT_OK(fx_open(&f, 8, s, 1, NULL, NULL));
+    uint32_t c = tide__eng_submit(&f.eng, f.gid, TIDE__PRIO_LOW);
+    tide__eng_next(&f.eng, &op);
+    tide__att *first = tide__eng_current_att(&f.eng);
+    tide__eng_complete(&f.eng, c, op.task);
+    trace t = {0};
+    drive(&f, &t);
+    ASSERT_EQ(first->state, 0);
+    first->gen = (1u << 21) - 8;
+    for (int i = 0; i < 8; i++) {
+        c = tide__eng_submit(&f.eng, f.gid, TIDE__PRIO_LOW);
+        tide__eng_next(&f.eng, &op);
+        ASSERT_EQ(op.op, TIDE__OP_RUN);
+        tide__att *a = park_body(&f, -1, 0);
+        double h = tide__eng_att_handle(a);
+        ASSERT(h <= 9007199254740991.0);
+        ASSERT(tide__eng_att_get(&f.eng, h) == a);
+        tide__eng_wake(&f.eng, a, 1);
+        ASSERT(resume_next(&f) == a);
+        tide__eng_complete(&f.eng, c, op.task);
+        memset(&t, 0, sizeof(t));
+        drive(&f, &t);
+        ASSERT_EQ(t.nfinished, 1);
+    }
+    return fx_close(&f);
+}
