@@ -26,4 +26,9 @@
     XX(sched_map_children_and_gather)  \
     XX(sched_router_bypasses)          \
     XX(sched_limiter_holds_attempts)   \
-    XX(sched_handles_after_many_reuses)
+    XX(sched_handles_after_many_reuses) \
+    XX(bucket_starts_full)             \
+    XX(bucket_window_bound)            \
+    XX(bucket_wait_is_exact)           \
+    XX(bucket_refill_caps_at_burst)    \
+    XX(bucket_clock_standing_still)
