@@ -258,14 +258,18 @@ enum { TIDE__TS_WAITING = 0, TIDE__TS_DONE = 1, TIDE__TS_BYPASSED = 2 };
 typedef struct {
     double rate;      /* tokens per second; <= 0: no limit, takes succeed */
     double burst;     /* capacity, at least 1 */
-    double tokens;    /* as of last_ns */
+    double tokens;    /* as of last_ns, the last take or full bucket */
     uint64_t last_ns;
 } tide__bucket;
 
 /* A bucket that starts full. */
 void tide__bucket_init(tide__bucket *b, double rate, double burst,
                        uint64_t now_ns);
+/* Tokens at now_ns, fractional, at most burst; changes nothing. */
 double tide__bucket_tokens(const tide__bucket *b, uint64_t now_ns);
+/* Brings a bucket that is full by now_ns up to date. Counts never need
+ * it (they are computed from the last take); it keeps the time they are
+ * computed over short. */
 void tide__bucket_refill(tide__bucket *b, uint64_t now_ns);
 /* Takes a token if there is one at now_ns; returns whether it did. */
 int tide__bucket_take(tide__bucket *b, uint64_t now_ns);

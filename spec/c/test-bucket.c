@@ -163,8 +163,100 @@ TEST_IMPL(bucket_refill_caps_at_burst) {
     return 0;
 }
 
+/* Two buckets see the same takes at the same times; one of them is also
+ * refilled at every step of a fine clock in between. Neither gains nor
+ * loses a token by it: each take has the same outcome on both, at the
+ * first nanosecond it may succeed and the one before, and leaves both in
+ * the same state. Every fifth take comes late, after the bucket filled
+ * up (which the fine one notices, the other not). */
+TEST_IMPL(bucket_small_steps_match_one_big) {
+    for (size_t r = 0; r < TIDE_ARRAY_SIZE(rates); r++) {
+        double rate = rates[r];
+        tide__bucket fine, coarse;
+        uint64_t now = 7 * SEC;
+        tide__bucket_init(&fine, rate, 1, now);
+        tide__bucket_init(&coarse, rate, 1, now);
+        ASSERT(tide__bucket_take(&fine, now));
+        ASSERT(tide__bucket_take(&coarse, now));
+        /* About 100 000 refills per token, in uneven steps. */
+        uint64_t step = (uint64_t)(1e9 / rate / 100000);
+        for (int k = 0; k < 20; k++) {
+            uint64_t due = now + tide__bucket_wait_ns(&coarse, now);
+            int late = k % 5 == 4;
+            if (late)
+                due += (uint64_t)(2e9 / rate);
+            uint64_t t = now;
+            while (t + 2 * step < due) {
+                t += 1 + rnd(2 * step);
+                tide__bucket_refill(&fine, t);
+            }
+            tide__bucket fe = fine, ce = coarse;
+            int f_early = tide__bucket_take(&fe, due - 1);
+            int c_early = tide__bucket_take(&ce, due - 1);
+            ASSERT_EQ(c_early, late);
+            ASSERT_BASE(f_early == c_early, "rate %g, token %d: the fine "
+                        "bucket had a token before it was due", rate, k);
+            ASSERT_BASE(tide__bucket_take(&fine, due),
+                        "rate %g, token %d: the fine bucket lost the token "
+                        "due at %llu ns (%.17g tokens)", rate, k,
+                        (unsigned long long)due,
+                        tide__bucket_tokens(&fine, due));
+            ASSERT(tide__bucket_take(&coarse, due));
+            ASSERT(fine.tokens == coarse.tokens);
+            ASSERT_EQ(fine.last_ns, coarse.last_ns);
+            now = due;
+        }
+    }
+    return 0;
+}
+
+/* Long runs: a greedy taker on a fine clock and one that only looks when
+ * a token is due see the same takes, any 101 consecutive takes span at
+ * least (101 - burst) / rate, and left alone the bucket fills up again. */
+static int long_run(double rate, double burst, uint32_t ntakes) {
+    enum { LAG = 100 };
+    uint64_t at[LAG + 1];
+    tide__bucket fine, coarse;
+    uint64_t t0 = 3 * SEC, now = t0;
+    tide__bucket_init(&fine, rate, burst, t0);
+    tide__bucket_init(&coarse, rate, burst, t0);
+    for (uint32_t n = 0; n < ntakes; n++) {
+        uint64_t due = now + tide__bucket_wait_ns(&coarse, now);
+        for (uint64_t t = now; due - t > 2;) {
+            t += 1 + rnd(due - t - 1);
+            tide__bucket_refill(&fine, t);
+        }
+        ASSERT_BASE(tide__bucket_take(&fine, due) &&
+                    tide__bucket_take(&coarse, due),
+                    "rate %g: take %u at %llu ns", rate, n,
+                    (unsigned long long)due);
+        now = due;
+        at[n % (LAG + 1)] = now;
+        if (n >= LAG) {
+            uint64_t span = now - at[(n - LAG) % (LAG + 1)];
+            ASSERT_BASE(LAG + 1 <= burst + rate * (double)span / 1e9 + 1e-6,
+                        "rate %g: %d takes in %llu ns", rate, LAG + 1,
+                        (unsigned long long)span);
+        }
+    }
+    double earned = burst + rate * (double)(now - t0) / 1e9;
+    ASSERT_BASE(ntakes <= earned + 1e-6 && ntakes >= floor(earned) - 1,
+                "rate %g: %u takes, %.6f earned", rate, ntakes, earned);
+    now += (uint64_t)(burst / rate * 1e9) + 1;
+    tide__bucket_refill(&fine, now);
+    ASSERT(tide__bucket_tokens(&fine, now) == burst);
+    ASSERT(tide__bucket_tokens(&coarse, now) == burst);
+    return 0;
+}
+
+TEST_IMPL(bucket_long_runs) {
+    if (long_run(1e6, 5, 1000000) != 0) /* a second of one per microsecond */
+        return 1;
+    return long_run(1e-3, 1, 3000); /* 35 days of one per 1000 s */
+}
+
 /* A clock that does not move: takes stop at the burst, and reading or
- * refilling changes nothing. */
+ * refilling changes nothing. One that goes back gains nothing either. */
 TEST_IMPL(bucket_clock_standing_still) {
     tide__bucket b;
     uint64_t t = 50 * SEC;
@@ -178,6 +270,33 @@ TEST_IMPL(bucket_clock_standing_still) {
         ASSERT_EQ(tide__bucket_wait_ns(&b, t), 2 * SEC);
         ASSERT(tide__bucket_tokens(&b, t) == 0);
     }
+    /* Half-way to the next token, then an earlier time: still half. */
+    ASSERT(!tide__bucket_take(&b, t + SEC));
+    ASSERT(tide__bucket_tokens(&b, t + SEC) == 0.5);
+    tide__bucket_refill(&b, t);
+    ASSERT(!tide__bucket_take(&b, t));
+    ASSERT_EQ(tide__bucket_wait_ns(&b, t + SEC), SEC);
     ASSERT(tide__bucket_take(&b, t + 2 * SEC));
+
+    /* Full at T (it had long to fill), emptied there, then read a second
+     * earlier: nothing comes back, and the next token is due as before. */
+    uint64_t T = t + 100 * SEC;
+    tide__bucket_refill(&b, T);
+    ASSERT(tide__bucket_tokens(&b, T) == 3);
+    for (int i = 0; i < 3; i++)
+        ASSERT(tide__bucket_take(&b, T));
+    tide__bucket_refill(&b, T - SEC);
+    ASSERT(!tide__bucket_take(&b, T - SEC));
+    ASSERT_EQ(tide__bucket_avail(&b, T - SEC), 0);
+    ASSERT(!tide__bucket_take(&b, T + 2 * SEC - 1));
+    ASSERT(tide__bucket_take(&b, T + 2 * SEC));
+
+    /* A take stamped earlier than the last one does not earn the time
+     * between them a second time. */
+    T += 100 * SEC;
+    tide__bucket_refill(&b, T);
+    ASSERT(tide__bucket_take(&b, T));
+    ASSERT(tide__bucket_take(&b, T - 4 * SEC));
+    ASSERT(tide__bucket_tokens(&b, T) == 1);
     return 0;
 }

@@ -31,4 +31,6 @@
     XX(bucket_window_bound)            \
     XX(bucket_wait_is_exact)           \
     XX(bucket_refill_caps_at_burst)    \
+    XX(bucket_small_steps_match_one_big) \
+    XX(bucket_long_runs)               \
     XX(bucket_clock_standing_still)
