@@ -84,9 +84,9 @@ static int fx_close(fx *f) {
     ASSERT_EQ(f->eng.nactive, 0);
     ASSERT_EQ(f->eng.rq.len, 0);
     ASSERT(!tide__eng_has_work(&f->eng));
-    for (uint32_t t = 1; t <= f->eng.ntasks; t++) {
-        ASSERT_EQ(f->eng.tstat[t].running, 0);
-        ASSERT_EQ(f->eng.tstat[t].retrying, 0);
+    for (uint32_t i = 1; i <= f->g.n; i++) {
+        ASSERT_EQ(f->eng.tstat[f->gbase + i].running, 0);
+        ASSERT_EQ(f->eng.tstat[f->gbase + i].retrying, 0);
     }
     uv_close((uv_handle_t *)&f->eng.timer, NULL);
     uv_close((uv_handle_t *)&f->eng.idle, NULL);
