@@ -208,7 +208,10 @@ typedef struct tide__att {
     uint32_t idx, gen;
     uint32_t slot, task, attempt; /* task is the global index */
     int state;
-    int result;                   /* what a resume passes: see lrun.c */
+    /* What the parked body's wait returns when it is resumed (1: woken,
+     * 0: its timer ran out; see leng_drain in src/lua/lengine.c), or the
+     * code of an attempt the engine failed (TIDE__OP_FAIL). */
+    int result;
     uint32_t gave;                /* root slot whose concurrency slot it gave back, or 0 */
     void *co;                     /* the parked coroutine (glue-owned) */
     void *op;                     /* what it waits on (glue-owned): */
@@ -252,14 +255,39 @@ typedef struct {
 /* What became of a task in a context. */
 enum { TIDE__TS_WAITING = 0, TIDE__TS_DONE = 1, TIDE__TS_BYPASSED = 2 };
 
+/* ===== TOKEN BUCKET (bucket.c) ===== */
+
+/* Holds up to `burst` tokens and gains `rate` per second; a start takes
+ * one. Times are nanoseconds on the caller's clock, passed in, so the
+ * arithmetic can be tested with a simulated one. */
+typedef struct {
+    double rate;      /* tokens per second; <= 0: no limit, takes succeed */
+    double burst;     /* capacity, at least 1 */
+    double tokens;    /* as of last_ns, the last take or full bucket */
+    uint64_t last_ns;
+} tide__bucket;
+
+/* A bucket that starts full. */
+void tide__bucket_init(tide__bucket *b, double rate, double burst,
+                       uint64_t now_ns);
+/* Tokens at now_ns, fractional, at most burst; changes nothing. */
+double tide__bucket_tokens(const tide__bucket *b, uint64_t now_ns);
+/* Brings a bucket that is full by now_ns up to date. Counts never need
+ * it (they are computed from the last take); it keeps the time they are
+ * computed over short. */
+void tide__bucket_refill(tide__bucket *b, uint64_t now_ns);
+/* Takes a token if there is one at now_ns; returns whether it did. */
+int tide__bucket_take(tide__bucket *b, uint64_t now_ns);
+/* Whole tokens at now_ns (UINT32_MAX without a rate). */
+uint32_t tide__bucket_avail(tide__bucket *b, uint64_t now_ns);
+/* Nanoseconds from now_ns until a take succeeds (0: it would now). */
+uint64_t tide__bucket_wait_ns(const tide__bucket *b, uint64_t now_ns);
+
 /* A limiter: a token bucket and a concurrency cap shared by the tasks that
  * name it. Attempts that cannot start wait in its queue, not in the ready
  * queue, and do not count as running. */
 typedef struct {
-    double rate;           /* tokens per second; <= 0: no rate limit */
-    double burst;          /* bucket size */
-    double tokens;
-    uint64_t last_ns;      /* uv_hrtime() of the last refill */
+    tide__bucket bucket;   /* on uv_hrtime(); rate <= 0: no rate limit */
     uint32_t concurrency;  /* 0: no cap */
     uint32_t inflight;
     uint64_t started;      /* attempts admitted so far (for tests) */

@@ -16,8 +16,8 @@
  * the resume and fail queues hold handles, and a handle whose generation
  * changed is skipped.
  *
- * Nothing here calls Lua. The glue (src/lua/lrun.c) drains the queues by
- * resuming runner coroutines, and is told through eng->kick when work
+ * Nothing here calls Lua. The glue (src/lua/lengine.c) drains the queues
+ * by resuming runner coroutines, and is told through eng->kick when work
  * became ready and through eng->drop_co when a parked coroutine is
  * abandoned. */
 #include <math.h>
@@ -35,6 +35,7 @@ const char *tide__ctx_status_name(int status) {
 }
 
 #define ENG_HANDLE(att) (((uint64_t)(att)->gen << 32) | (att)->idx)
+#define ATT_GEN_LIMIT (1u << 21) /* 2^21 * 2^32 = 2^53 */
 
 static void eng_on_timer(uv_timer_t *t);
 static void ctx_maybe_free(tide__eng *eng, tide__ctx *c);
@@ -210,10 +211,7 @@ void tide__eng_noop_timer(tide__eng *eng, tide__tentry *e, double ms) {
 uint32_t tide__eng_limiter(tide__eng *eng, double rate, double burst,
                            uint32_t concurrency) {
     tide__limiter *l = tide__xcalloc(1, sizeof(*l));
-    l->rate = rate;
-    l->burst = burst >= 1 ? burst : 1;
-    l->tokens = l->burst;
-    l->last_ns = uv_hrtime();
+    tide__bucket_init(&l->bucket, rate, burst, uv_hrtime());
     l->concurrency = concurrency;
     l->refill.pos = UINT32_MAX;
     l->refill.data = l;
@@ -222,26 +220,12 @@ uint32_t tide__eng_limiter(tide__eng *eng, double rate, double burst,
     return eng->nlims;
 }
 
-static void lim_refill(tide__limiter *l) {
-    if (l->rate <= 0)
-        return;
-    uint64_t now = uv_hrtime();
-    l->tokens += l->rate * (double)(now - l->last_ns) / 1e9;
-    if (l->tokens > l->burst)
-        l->tokens = l->burst;
-    l->last_ns = now;
-}
-
 /* Takes a concurrency slot and a token if both are free. */
 static int lim_try(tide__limiter *l) {
     if (l->concurrency && l->inflight >= l->concurrency)
         return 0;
-    if (l->rate > 0) {
-        lim_refill(l);
-        if (l->tokens < 1)
-            return 0;
-        l->tokens -= 1;
-    }
+    if (l->bucket.rate > 0 && !tide__bucket_take(&l->bucket, uv_hrtime()))
+        return 0;
     l->inflight++;
     l->started++;
     return 1;
@@ -255,11 +239,11 @@ static void lim_pump(tide__eng *eng, tide__limiter *l) {
     if (l->concurrency)
         room = l->inflight < l->concurrency ? l->concurrency - l->inflight
                                             : 0;
-    if (l->rate > 0) {
-        lim_refill(l);
-        double t = l->tokens < 0 ? 0 : l->tokens;
-        if ((double)room > t)
-            room = (uint32_t)t;
+    uint64_t now = uv_hrtime();
+    if (l->bucket.rate > 0) {
+        uint32_t t = tide__bucket_avail(&l->bucket, now);
+        if (room > t)
+            room = t;
     }
     uint64_t v;
     int moved = 0;
@@ -276,13 +260,11 @@ static void lim_pump(tide__eng *eng, tide__limiter *l) {
     }
     if (moved)
         eng->kick(eng);
-    if (l->waitq.len && l->rate > 0 &&
+    if (l->waitq.len && l->bucket.rate > 0 &&
         (!l->concurrency || l->inflight < l->concurrency) &&
-        !tide__tentry_armed(&l->refill)) {
-        double need = 1 - l->tokens;
+        !tide__tentry_armed(&l->refill))
         eng_timer_add(eng, &l->refill, TIDE__TM_LIMIT,
-                      need > 0 ? need / l->rate * 1000.0 : 0);
-    }
+                      (double)tide__bucket_wait_ns(&l->bucket, now) / 1e6);
 }
 
 /* An attempt of gtask that held a limiter slot ended. */
@@ -570,10 +552,17 @@ static void att_release(tide__eng *eng, tide__att *a) {
     a->next_in_ctx = a->prev_in_ctx = NULL;
     a->gen++; /* outstanding handles go stale */
     a->state = 0;
-    a->next_free = eng->att_free;
-    eng->att_free = a->idx;
     if (eng->cur == a)
         eng->cur = NULL;
+    /* Handles are doubles (idx + gen * 2^32), exact only below 2^53, and
+     * records are reused last in, first out, so one record may serve
+     * every attempt of a long run. One whose next generation would not
+     * fit is retired (kept, never reused) rather than wrapped, so that no
+     * handle is ever given out twice. */
+    if (a->gen + 1 >= ATT_GEN_LIMIT)
+        return;
+    a->next_free = eng->att_free;
+    eng->att_free = a->idx;
 }
 
 double tide__eng_att_handle(const tide__att *a) {

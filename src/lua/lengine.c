@@ -17,7 +17,10 @@
  * the attempt record keeps that coroutine and the drain takes another
  * runner (from the idle list, or a new one). When the attempt is woken,
  * the drain resumes its coroutine, which finishes the body and goes on as
- * an ordinary runner. leng_resume below is the only lua_resume in tide. */
+ * an ordinary runner. Task bodies are resumed in one place, leng_resume.
+ * The only other lua_resume in tide is in leng_retire_runners: it hands
+ * OP_QUIT to idle runners (waiting inside nxt, with no body on their
+ * stack) when the engine closes, so that they return. */
 #include <math.h>
 #include <string.h>
 
@@ -193,8 +196,9 @@ static void leng_report(leng *e, lua_State *co, const char *what) {
     lua_pop(e->L, 1);
 }
 
-/* The one resume site. Resumes co with nargs values already pushed on it
- * and files it by why it stopped. */
+/* The resume site of the drain (every task body runs through it).
+ * Resumes co with nargs values already pushed on it and files it by why it
+ * stopped. */
 static void leng_resume(leng *e, lua_State *co, int nargs) {
     tide__eng *eng = &e->eng;
     e->running = co;

@@ -39,9 +39,6 @@ int tide__marshal_decode(lua_State *L, const char *p, size_t n, char *err,
                          size_t errlen);
 uv_loop_t *tide__lua_engine_loop(lua_State *L, int idx);
 
-/* Calls the function below nargs arguments with a traceback handler;
- * on error prints "tide: <what>: <message and traceback>" to stderr and
- * returns non-zero. Never raises. For hooks called from libuv callbacks. */
 /* Every uv handle the glue opens on an engine's loop points its data at
  * one of these, so the engine can close what is left when it closes. */
 typedef struct lio_base {
@@ -51,6 +48,11 @@ typedef struct lio_base {
     void (*before_close)(struct lio_base *base);
 } lio_base;
 
+/* Calls the function that sits on L's stack below its nargs arguments,
+ * with a traceback handler, and pops both; on error prints "tide: error
+ * in <what>: <message and traceback>" to stderr and returns non-zero.
+ * Never raises: it is for hooks called from libuv callbacks, where an
+ * error has no Lua caller to go to. */
 int tide__lua_pcall_hook(lua_State *L, int nargs, const char *what);
 
 /* The bundled Lua modules, for the CLI (lbundle.c). */
