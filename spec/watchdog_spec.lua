@@ -1,7 +1,7 @@
 -- Specs of the watchdog in-process (also run under ThreadSanitizer): a task
 -- body that runs its limit without yielding is stopped by a hook the
 -- watchdog thread has the loop thread set. spec/e2e/watchdog_spec.lua runs
--- the same through the tide binary and the server.
+-- the same through the tide binary, with signals and the server.
 --
 -- The spinning bodies make a closure on each turn: LuaJIT never compiles a
 -- loop that creates closures, so the interpreter runs it and the hook can

@@ -166,8 +166,8 @@ static inline int tide__tentry_armed(const tide__tentry *e) {
  * seq again unchanged holds the limit of that segment. The watchdog notes
  * when it first saw an odd seq; if seq has not changed `limit_ms` later,
  * the body has run that long without yielding. It then asks the glue to
- * stop that segment: it stores `target` (the seq to stop) with `ran_ms`,
- * sets `req` and sends TIDE__WD_SIGNO to the loop thread (`tid`)
+ * stop that segment: it stores `target` (the seq to stop) with `why` and
+ * `ran_ms`, sets `req` and sends TIDE__WD_SIGNO to the loop thread (`tid`)
  * whose handler calls the glue's arm function there. The glue's hook,
  * also on the loop thread, stops the body only while seq still equals
  * target, so a body that yielded or returned in the meantime is never
@@ -180,18 +180,20 @@ typedef struct tide__wd {
     _Atomic int tid;            /* kernel id of the thread that drains */
     /* Written by the watchdog thread, read on the loop thread. */
     _Atomic uint64_t target;
+    _Atomic int why;            /* TIDE__WD_TIMEOUT, or the signal number */
     _Atomic uint32_t ran_ms;
     _Atomic int req;            /* arm the hook at the next TIDE__WD_SIGNO */
     /* Written on the loop thread by the glue's hook. */
     _Atomic uint64_t fired;
     /* The watchdog thread's own, under its lock (watchdog.c). */
-    uint64_t seen_seq, seen_at, asked_at;
+    uint64_t seen_seq, seen_at, sig_seq, sig_at, asked_at;
     int warned, registered;
     char **names;               /* per global task, copies (for warnings) */
     uint32_t nnames;
     struct tide__wd *next, *prev;
 } tide__wd;
 
+#define TIDE__WD_TIMEOUT 0
 #define TIDE__WD_DEFAULT_MS 5000 /* the limit of a task without a timeout */
 /* The signal the watchdog sends a loop thread. SIGURG's default action is
  * to ignore it (a stray one harms nothing), and nothing else in a tide
@@ -234,6 +236,33 @@ void tide__wd_unregister(tide__wd *wd);
 void tide__wd_names(tide__wd *wd, const char *const *names, uint32_t n);
 /* Records the calling thread as the one that drains wd's engine. */
 void tide__wd_here(tide__wd *wd);
+/* Tells the watchdog that SIGINT or SIGTERM arrived: a body running since
+ * before it is stopped after a short grace. Async-signal-safe. */
+void tide__wd_note_signal(int signum);
+
+/* ===== STOP SIGNALS (stopsig.c) ===== */
+
+/* SIGINT and SIGTERM through sigaction, not libuv: the first one wakes
+ * the loops that watch it (through the watcher's uv_async, whose callback
+ * the caller gives) and the watchdog; the second ends the process at once
+ * with 128 + its number, even while a loop is stuck. */
+typedef struct tide__stopsig {
+    uv_async_t async;    /* first: the handle; its data is the caller's */
+    int signum;
+    _Atomic int pending; /* signals not yet taken by tide__stopsig_take */
+    int watching;
+} tide__stopsig;
+
+/* Whether tide handles signum this way (SIGINT, SIGTERM). */
+int tide__stopsig_handles(int signum);
+/* Initializes w->async on loop with cb and starts watching signum.
+ * Returns 0 or a negative libuv error (w->async is then not open). */
+int tide__stopsig_watch(tide__stopsig *w, uv_loop_t *loop, int signum,
+                        uv_async_cb cb);
+/* Stops watching (idempotent); the caller then closes w->async. */
+void tide__stopsig_unwatch(tide__stopsig *w);
+/* How many signals arrived for w since the last call. */
+int tide__stopsig_take(tide__stopsig *w);
 
 /* ===== SCHEDULER (sched.c) ===== */
 

@@ -6,14 +6,15 @@
  * ------
  * One thread for the process, not one per engine: engines are cheap and
  * many programs make one per tide.run call, which would then pay a thread
- * start and join each time. The thread starts with the first
+ * start and join each time; and what starts a graceful stop (SIGINT,
+ * SIGTERM) arrives per process anyway. The thread starts with the first
  * engine and lives as long as the process (it is never joined: it only
  * sleeps while no engine is registered); it blocks every signal.
  *
  * Each engine embeds a tide__wd (internal.h) that its loop thread updates
  * with relaxed atomics on the hot path. The watchdog thread makes a pass
  * over the registered records every WD_TICK_MS (sooner when a limit falls
- * due) and measures how long each one
+ * due, at once when a stop signal arrived) and measures how long each one
  * has stayed in the same body segment from when it first saw it: no clock
  * is read on the hot path, and a stop comes at most one tick late, never
  * early.
@@ -33,7 +34,7 @@
  * function runs in that thread's signal handler, where it sets the hook.
  *
  * Lock rule: wd_mu guards the list of records and the watchdog's own
- * fields of each record (seen_*, asked_at, warned, names).
+ * fields of each record (seen_*, sig_*, asked_at, warned, names).
  * tide__wd_register, _unregister and _names take it on the loop thread
  * (when an engine is made, attached or closed), the watchdog thread for
  * each pass. It is never taken on the hot path, in a signal handler or in
@@ -51,6 +52,10 @@
 #include "internal.h"
 
 #define WD_TICK_MS 100      /* how often the watchdog looks at idle engines */
+/* A body running since before SIGINT/SIGTERM that is still running this
+ * long after it is stopped: the signal cannot reach the loop otherwise. A
+ * body that merely happened to run at that moment is long done by then. */
+#define WD_GRACE_MS 100
 /* When a stop was asked for and the body still runs (the hook cannot run
  * in compiled code, and a signal to the loop thread may come while it
  * has no engine draining), ask again this often, and warn once. */
@@ -64,6 +69,8 @@ static void (*wd_arm)(void);       /* under wd_mu; read by the handler */
 static struct sigaction wd_old_sa; /* what TIDE__WD_SIGNO did before */
 /* Read by signal handlers, hence atomics. */
 static _Atomic int wd_efd = -1;    /* wakes the watchdog thread */
+static _Atomic unsigned wd_sig_gen;/* stop signals so far */
+static _Atomic int wd_sig_num;     /* the last one */
 static void (*_Atomic wd_arm_fn)(void);
 
 static _Thread_local int wd_tid;   /* this thread's kernel id, once known */
@@ -94,7 +101,8 @@ static void wd_on_signal(int signo, siginfo_t *info, void *uctx) {
 
 /* Asks the loop thread of w to stop body segment s: the hook it arms
  * checks target against the live seq before it does anything. */
-static void wd_ask(tide__wd *w, uint64_t s, uint64_t ran_ns) {
+static void wd_ask(tide__wd *w, uint64_t s, int why, uint64_t ran_ns) {
+    atomic_store_explicit(&w->why, why, memory_order_relaxed);
     atomic_store_explicit(&w->ran_ms, (uint32_t)wd_ms(ran_ns),
                           memory_order_relaxed);
     atomic_store_explicit(&w->target, s, memory_order_release);
@@ -107,8 +115,12 @@ static void wd_ask(tide__wd *w, uint64_t s, uint64_t ran_ns) {
 /* One look at every engine; returns how long to sleep (ms, -1: until
  * woken). Holds wd_mu. A warning to print goes to `warn` (at most one per
  * pass), printed once the lock is released: stderr may block. */
-static int wd_pass(char *warn, size_t warnlen) {
+static int wd_pass(unsigned *sig_seen, char *warn, size_t warnlen) {
     uint64_t now = uv_hrtime();
+    unsigned gen = atomic_load(&wd_sig_gen);
+    int signalled = gen != *sig_seen;
+    int signum = atomic_load(&wd_sig_num);
+    *sig_seen = gen;
     uint64_t next = wd_list ? (uint64_t)WD_TICK_MS * 1000000 : UINT64_MAX;
     for (tide__wd *w = wd_list; w; w = w->next) {
         /* Acquire loads, so that the second load of seq comes after the
@@ -129,10 +141,20 @@ static int wd_pass(char *warn, size_t warnlen) {
         if (s != w->seen_seq) {
             w->seen_seq = s;
             w->seen_at = now;
-            w->asked_at = 0;
+            w->sig_seq = w->asked_at = 0;
             w->warned = 0;
         }
+        if (signalled && w->sig_seq != s) {
+            w->sig_seq = s;
+            w->sig_at = now;
+        }
         uint64_t due = w->seen_at + limit * 1000000;
+        int why = TIDE__WD_TIMEOUT;
+        if (w->sig_seq == s &&
+            w->sig_at + (uint64_t)WD_GRACE_MS * 1000000 < due) {
+            due = w->sig_at + (uint64_t)WD_GRACE_MS * 1000000;
+            why = signum;
+        }
         if (now < due) {
             if (due - now < next)
                 next = due - now;
@@ -150,10 +172,11 @@ static int wd_pass(char *warn, size_t warnlen) {
                          "tide: watchdog: task '%s' has run %.1f s without "
                          "yielding and could not be stopped (LuaJIT runs no "
                          "hooks in compiled loops or C calls; CPU-bound work "
-                         "belongs in kind = \"sync\")\n",
+                         "belongs in kind = \"sync\"); under tide run or "
+                         "serve a second SIGINT or SIGTERM ends the process\n",
                          name, (double)(now - w->seen_at) / 1e9);
             }
-            wd_ask(w, s, now - w->seen_at);
+            wd_ask(w, s, why, now - w->seen_at);
             w->asked_at = now;
         }
         if (w->asked_at + again - now < next)
@@ -167,10 +190,11 @@ static int wd_pass(char *warn, size_t warnlen) {
 static void *wd_main(void *arg) {
     TIDE_UNUSED(arg);
     int efd = atomic_load(&wd_efd);
+    unsigned sig_seen = atomic_load(&wd_sig_gen);
     for (;;) {
         char warn[512] = "";
         uv_mutex_lock(&wd_mu);
-        int ms = wd_pass(warn, sizeof(warn));
+        int ms = wd_pass(&sig_seen, warn, sizeof(warn));
         uv_mutex_unlock(&wd_mu);
         if (warn[0])
             fputs(warn, stderr);
@@ -293,4 +317,15 @@ void tide__wd_here(tide__wd *wd) {
     if (wd_tid == 0)
         wd_tid = (int)syscall(SYS_gettid);
     atomic_store_explicit(&wd->tid, wd_tid, memory_order_relaxed);
+}
+
+void tide__wd_note_signal(int signum) {
+    atomic_store(&wd_sig_num, signum);
+    atomic_fetch_add(&wd_sig_gen, 1);
+    int efd = atomic_load(&wd_efd);
+    if (efd >= 0) {
+        uint64_t one = 1;
+        ssize_t n = write(efd, &one, sizeof(one));
+        TIDE_UNUSED(n);
+    }
 }

@@ -626,11 +626,16 @@ function M.new(opts)
     -- The watchdog stops a body that ran its limit (its timeout, or 5 s)
     -- without yielding: its hook calls this inside the body (first = the
     -- first time for this attempt), reports it, and raises what it returns.
-    local function on_stuck(slot, g, ran, limit, first)
+    local function on_stuck(slot, g, ran, limit, signum, first)
         local name = T_name[g]
         if first then
-            io_stderr:write(("tide: watchdog: task '%s' of context '%s' has run %.1f s without yielding; "
-                             .. "stopping it\n"):format(name, tostring(ids[slot]), ran))
+            io_stderr:write(("tide: watchdog: task '%s' of context '%s' has run %.1f s without yielding%s; "
+                             .. "stopping it\n"):format(name, tostring(ids[slot]), ran,
+                                                        signum and (" (signal " .. signum .. ")") or ""))
+        end
+        if signum then
+            return new_error("ECANCELED", ("task '%s' was stopped on signal %d: it had run %.1f s "
+                                           .. "without yielding"):format(name, signum, ran))
         end
         return new_error("ETIMEDOUT", ("task '%s' timed out after %s s without yielding "
                                        .. "(stopped by the watchdog)"):format(name, tostring(T_timeout[g] or limit)))

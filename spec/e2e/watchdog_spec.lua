@@ -1,11 +1,12 @@
--- End-to-end specs of the watchdog: a task body that never yields, in the
--- real `tide run` and `tide serve`.
+-- End-to-end specs of the watchdog and of the stop signals: a task body
+-- that never yields, in the real `tide run` and `tide serve`.
 --
 -- Two kinds of body spin forever here. An interpreted one makes a closure
 -- on each turn: LuaJIT never compiles a loop that creates closures, so
 -- the interpreter runs it and the watchdog's hook can stop it. A compiled
 -- one is a plain numeric for loop, which LuaJIT turns into machine code
--- within microseconds; no hook runs there.
+-- within microseconds; no hook runs there, and only a second signal ends
+-- the process.
 local proc = require "helpers.proc"
 local server = require "helpers.serve"
 local core = require "tide.core"
@@ -163,6 +164,40 @@ describe("the watchdog under tide run", function()
         assert.equal(2, count(r.stderr, "task 'spin' of context '1' has run"))
         assert.equal(1, count(r.stderr, "task 'spin' of context '2' has run"))
         assert.is_true(r.seconds < 5, ("took %.1f s"):format(r.seconds))
+    end)
+
+    it("stops a stuck body at once on SIGTERM, so the graceful stop goes on (exit 143)", function()
+        local path = pipeline(dir) -- no timeout: 5 s
+        local r = run(dir, path, '1\n"spin"\n', nil, { "TERM" }, 0.5)
+        assert.is_true(r.alive)
+        assert.equal(143, r.code, r.stderr)
+        assert.is_true(r.seconds < 2, ("took %.1f s after the signal"):format(r.seconds))
+        local got = results(r)
+        assert.equal("ECANCELED", got["2"].error.code)
+        assert.matches("stopped on signal 15", got["2"].error.message, 1, true)
+        assert.matches("tide: watchdog: task 'spin' of context '2' has run", r.stderr, 1, true)
+        assert.matches("tide: signal 15: cancelling", r.stderr, 1, true)
+    end)
+
+    describe("a body in a compiled loop, which no hook stops", function()
+        it("is reported, and a second SIGTERM exits 143 at once", function()
+            local path = pipeline(dir, "{ timeout = 0.2 }")
+            local r = run(dir, path, '"compiled"\n', nil, { "TERM", "TERM" }, 1.8)
+            -- Still running 1.8 s into a 0.2 s limit: the hook did not stop it.
+            assert.is_true(r.alive)
+            assert.matches("task 'spin' has run 1.%d s without yielding and could not be stopped", r.stderr)
+            assert.equal(143, r.code, r.stderr)
+            assert.matches("tide: second signal: exiting at once", r.stderr, 1, true)
+            assert.is_true(r.seconds < 1.5, ("took %.1f s after the first signal"):format(r.seconds))
+        end)
+
+        it("a second SIGINT exits 130 at once", function()
+            local path = pipeline(dir, "{ timeout = 0.2 }")
+            local r = run(dir, path, '"compiled"\n', nil, { "INT", "INT" }, 0.5)
+            assert.is_true(r.alive)
+            assert.equal(130, r.code, r.stderr)
+            assert.is_true(r.seconds < 1.5, ("took %.1f s after the first signal"):format(r.seconds))
+        end)
     end)
 end)
 

@@ -406,6 +406,7 @@ static void leng_wd_hook(lua_State *L, lua_Debug *ar) {
         return;
     int first = atomic_load(&wd->fired) != target;
     atomic_store(&wd->fired, target);
+    int why = atomic_load(&wd->why);
     lua_rawgeti(e->L, e->env, ENV_ON_STUCK);
     lua_rawgeti(e->L, -1, 1);
     lua_xmove(e->L, L, 1);
@@ -414,10 +415,14 @@ static void leng_wd_hook(lua_State *L, lua_Debug *ar) {
     lua_pushinteger(L, e->eng.cur_task);
     lua_pushnumber(L, atomic_load(&wd->ran_ms) / 1000.0);
     lua_pushnumber(L, atomic_load(&wd->limit_ms) / 1000.0);
+    if (why != TIDE__WD_TIMEOUT)
+        lua_pushinteger(L, why);
+    else
+        lua_pushnil(L);
     lua_pushboolean(L, first);
-    /* on_stuck(slot, task, ran, limit, first) reports the stop (first
-     * time only) and returns the error to raise. */
-    lua_call(L, 5, 1);
+    /* on_stuck(slot, task, ran, limit, signum|nil, first) reports the
+     * stop (first time only) and returns the error to raise. */
+    lua_call(L, 6, 1);
     lua_sethook(L, leng_wd_hook, LUA_MASKCOUNT, 1);
     lua_error(L);
 }
