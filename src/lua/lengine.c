@@ -354,6 +354,13 @@ static void leng_wd_arm(void) {
         atomic_store(&leng_wd_prev, h);
         atomic_store(&leng_wd_prev_mask, lua_gethookmask(e->hook_L));
         atomic_store(&leng_wd_prev_count, lua_gethookcount(e->hook_L));
+    } else {
+        /* Asked again: the hook did not fire. If this signal once came in
+         * the middle of the VM's own dispatch-table update, part of the
+         * table may have been left without the hook check while the mode
+         * says it has it; taking the hook off and on rewrites the table
+         * whole. */
+        lua_sethook(e->hook_L, NULL, 0, 0);
     }
     lua_sethook(e->hook_L, leng_wd_hook, LUA_MASKCOUNT, LENG_WD_COUNT);
 }
