@@ -662,9 +662,12 @@ describe("an executor dropped without close()", function()
 end)
 
 describe("runner threads", function()
+    -- Every body of a run sleeps at once, each on its own runner: the
+    -- sleep outlasts starting them all even on a loaded machine (with
+    -- 1 ms, early sleepers woke and freed their runners for later ones).
     local function sleepers(name)
         local p = tide.pipeline(name)
-        p:task("nap", function(x) tide.sleep(0.001) return x * 2 end)
+        p:task("nap", function(x) tide.sleep(0.05) return x * 2 end)
         return p
     end
     local function cache() return debug.getregistry()["tide.runner_cache"] or {} end
