@@ -346,28 +346,21 @@ static int l_signal(lua_State *L) {
     uv_loop_t *loop = tide__lua_engine_loop(L, 1);
     int signum = (int)luaL_checkinteger(L, 2);
     luaL_checktype(L, 3, LUA_TFUNCTION);
+    lio_handle *x = lio_handle_new(L, 3);
     if (tide__stopsig_handles(signum)) {
-        lio_handle **box = lua_newuserdata(L, sizeof(*box));
-        *box = NULL;
-        luaL_getmetatable(L, "tide.handle");
-        lua_setmetatable(L, -2);
-        lio_handle *x = tide__xcalloc(1, sizeof(*x));
         int rc = tide__stopsig_watch(&x->u.stop, loop, signum,
                                      lio_stopsig_cb);
-        if (rc != 0) {
-            free(x); /* nothing was opened */
+        if (rc != 0) { /* nothing was opened: the record goes now */
+            *x->box = NULL;
+            lio_hook_free(&x->hook);
+            free(x);
             return luaL_error(L, "signal %d: %s", signum, uv_strerror(rc));
         }
-        lio_hook_init(L, &x->hook, 3);
-        x->base.close_cb = lio_handle_close_cb;
         x->base.before_close = lio_stopsig_unwatch;
         x->u.h.data = &x->base;
-        *box = x;
-        x->box = box;
         uv_unref(&x->u.h); /* a watcher alone does not keep the loop alive */
         return 1;
     }
-    lio_handle *x = lio_handle_new(L, 3);
     uv_signal_init(loop, &x->u.sig);
     x->u.h.data = &x->base;
     int rc = uv_signal_start(&x->u.sig, lio_signal_cb, signum);
