@@ -121,7 +121,7 @@ CHECK_ENV = $(ASAN_ENV)
 endif
 
 ifeq ($(SAN),thread)
-# ThreadSanitizer: the worker pool and the loop specs, with busted run by
+# ThreadSanitizer: the worker pool, the loop and the watchdog specs, with busted run by
 # luajit itself (its lua5.x launcher does not survive the preload). The
 # exec specs stay out: their subprocesses would inherit the preload.
 check: lint
@@ -132,7 +132,8 @@ check: lint
 	TIDE_BUILD=$(CHECK_BUILD) $(CHECK_ENV) TSAN_OPTIONS=halt_on_error=1 \
 		$(LUAJIT) $$(command -v busted) -o TAP --helper=spec/helpers/init.lua \
 		spec/sync_spec.lua spec/executor_spec.lua \
-		spec/embed_spec.lua spec/flow_spec.lua spec/batch_spec.lua
+		spec/embed_spec.lua spec/flow_spec.lua spec/batch_spec.lua \
+		spec/watchdog_spec.lua
 else
 check: lint
 	$(MAKE) BUILD=$(CHECK_BUILD) OPT="-O1 -g" \

@@ -2,6 +2,7 @@
 #ifndef TIDE_INTERNAL_H
 #define TIDE_INTERNAL_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -155,6 +156,118 @@ tide__tentry *tide__heap_peek(const tide__heap *hp);
 static inline int tide__tentry_armed(const tide__tentry *e) {
     return e->pos != UINT32_MAX;
 }
+
+/* ===== WATCHDOG (watchdog.c) ===== */
+
+/* A task body runs on the loop thread until it returns or yields; one that
+ * does neither freezes the loop. One watchdog thread per process watches
+ * every engine through the record below, which each engine embeds.
+ *
+ * The loop thread publishes which segment of body it runs: `seq` is odd
+ * while a body runs and goes up by one when a body starts, resumes,
+ * returns or yields (tide__wd_enter / tide__wd_leave, two stores per
+ * task, no lock, no clock). `limit_ms` is the running segment's limit,
+ * stored before seq (release), so a reader that acquired seq and reads
+ * seq again unchanged holds the limit of that segment. The watchdog notes
+ * when it first saw an odd seq; if seq has not changed `limit_ms` later,
+ * the body has run that long without yielding. It then asks the glue to
+ * stop that segment: it stores `target` (the seq to stop) with `why` and
+ * `ran_ms`, sets `req` and sends TIDE__WD_SIGNO to the loop thread (`tid`)
+ * whose handler calls the glue's arm function there. The glue's hook,
+ * also on the loop thread, stops the body only while seq still equals
+ * target, so a body that yielded or returned in the meantime is never
+ * hit; it stores `fired` when it did stop it. */
+typedef struct tide__wd {
+    /* Written by the loop thread. */
+    _Atomic uint64_t seq;
+    _Atomic uint32_t limit_ms;
+    _Atomic uint32_t task;      /* global task index of the running body */
+    _Atomic int tid;            /* kernel id of the thread that drains */
+    /* Written by the watchdog thread, read on the loop thread. */
+    _Atomic uint64_t target;
+    _Atomic int why;            /* TIDE__WD_TIMEOUT, or the signal number */
+    _Atomic uint32_t ran_ms;
+    _Atomic int req;            /* arm the hook at the next TIDE__WD_SIGNO */
+    /* Written on the loop thread by the glue's hook. */
+    _Atomic uint64_t fired;
+    /* The watchdog thread's own, under its lock (watchdog.c). */
+    uint64_t seen_seq, seen_at, sig_seq, sig_at, asked_at;
+    int warned, registered;
+    char **names;               /* per global task, copies (for warnings) */
+    uint32_t nnames;
+    struct tide__wd *next, *prev;
+} tide__wd;
+
+#define TIDE__WD_TIMEOUT 0
+#define TIDE__WD_DEFAULT_MS 5000 /* the limit of a task without a timeout */
+/* The signal the watchdog sends a loop thread. SIGURG's default action is
+ * to ignore it (a stray one harms nothing), and nothing else in a tide
+ * process uses out-of-band socket data, its only other use. */
+#define TIDE__WD_SIGNO SIGURG
+
+/* A body of global task `task` starts or resumes with this limit (ms;
+ * <= 0: the default). */
+static inline void tide__wd_enter(tide__wd *wd, uint32_t task,
+                                  double limit_ms) {
+    uint32_t ms = TIDE__WD_DEFAULT_MS;
+    if (limit_ms > 0 && limit_ms < 4e9) {
+        ms = (uint32_t)limit_ms;
+        ms += (double)ms < limit_ms; /* never earlier than the limit */
+    } else if (limit_ms > 0) {
+        ms = UINT32_MAX;
+    }
+    uint64_t s = atomic_load_explicit(&wd->seq, memory_order_relaxed);
+    atomic_store_explicit(&wd->limit_ms, ms, memory_order_relaxed);
+    atomic_store_explicit(&wd->task, task, memory_order_relaxed);
+    atomic_store_explicit(&wd->seq, (s | 1) + (s & 1 ? 2 : 0),
+                          memory_order_release);
+}
+
+/* The running body returned or yielded (harmless when none runs). */
+static inline void tide__wd_leave(tide__wd *wd) {
+    uint64_t s = atomic_load_explicit(&wd->seq, memory_order_relaxed);
+    if (s & 1)
+        atomic_store_explicit(&wd->seq, s + 1, memory_order_release);
+}
+
+/* Starts watching wd (the watchdog thread starts with the first). `arm`
+ * is called in a signal handler on a loop thread that got TIDE__WD_SIGNO:
+ * it must be async-signal-safe, and find its engine itself. Returns 0 or
+ * a negative libuv error. */
+int tide__wd_register(tide__wd *wd, void (*arm)(void));
+void tide__wd_unregister(tide__wd *wd);
+/* Gives the watchdog the name of global task i for i < n (copied), for
+ * the warning about a body it could not stop. */
+void tide__wd_names(tide__wd *wd, const char *const *names, uint32_t n);
+/* Records the calling thread as the one that drains wd's engine. */
+void tide__wd_here(tide__wd *wd);
+/* Tells the watchdog that SIGINT or SIGTERM arrived: a body running since
+ * before it is stopped after a short grace. Async-signal-safe. */
+void tide__wd_note_signal(int signum);
+
+/* ===== STOP SIGNALS (stopsig.c) ===== */
+
+/* SIGINT and SIGTERM through sigaction, not libuv: the first one wakes
+ * the loops that watch it (through the watcher's uv_async, whose callback
+ * the caller gives) and the watchdog; the second ends the process at once
+ * with 128 + its number, even while a loop is stuck. */
+typedef struct tide__stopsig {
+    uv_async_t async;    /* first: the handle; its data is the caller's */
+    int signum;
+    _Atomic int pending; /* signals not yet taken by tide__stopsig_take */
+    int watching;
+} tide__stopsig;
+
+/* Whether tide handles signum this way (SIGINT, SIGTERM). */
+int tide__stopsig_handles(int signum);
+/* Initializes w->async on loop with cb and starts watching signum.
+ * Returns 0 or a negative libuv error (w->async is then not open). */
+int tide__stopsig_watch(tide__stopsig *w, uv_loop_t *loop, int signum,
+                        uv_async_cb cb);
+/* Stops watching (idempotent); the caller then closes w->async. */
+void tide__stopsig_unwatch(tide__stopsig *w);
+/* How many signals arrived for w since the last call. */
+int tide__stopsig_take(tide__stopsig *w);
 
 /* ===== SCHEDULER (sched.c) ===== */
 
@@ -351,6 +464,7 @@ struct tide__eng {
     tide__tstat *tstat;   /* per global task */
     int timing;           /* measure attempt durations into tstat */
     uint64_t slice_end;   /* uv_hrtime() at which a drain should stop */
+    tide__wd wd;          /* what the watchdog thread reads (watchdog.c) */
     uint32_t slice_count;
     int draining, closing;
     /* The glue drops an abandoned coroutine's anchor here. */

@@ -59,6 +59,7 @@ int tide__eng_init(tide__eng *eng, uv_loop_t *loop, uint32_t concurrency) {
 }
 
 void tide__eng_free(tide__eng *eng) {
+    tide__wd_unregister(&eng->wd); /* the watchdog reads it until then */
     for (uint32_t s = 1; s < eng->nslots; s++)
         free(eng->ctx[s]);
     for (uint32_t a = 1; a < eng->natts; a++)
@@ -116,6 +117,13 @@ uint32_t tide__eng_attach(tide__eng *eng, tide__graph *g,
         eng->gtask_graph[base - 1 + i] = id;
         eng->gtask_lim[base - 1 + i] = i && lims ? lims[i] : 0;
     }
+    /* The watchdog names the task of a body it could not stop. */
+    const char **names = tide__xcalloc(eng->ntasks + 1, sizeof(*names));
+    for (uint32_t k = 0; k < eng->ngraphs; k++)
+        for (uint32_t i = 1; i <= eng->graphs[k]->n; i++)
+            names[eng->gbase[k] + i] = eng->graphs[k]->names[i];
+    tide__wd_names(&eng->wd, names, eng->ntasks + 1);
+    free(names);
     return id;
 }
 
@@ -193,6 +201,7 @@ void tide__eng_batch_timer(tide__eng *eng, uint32_t gtask, double ms) {
 void tide__eng_detach(tide__eng *eng) {
     eng->cur = NULL;
     eng->cur_slot = 0;
+    tide__wd_leave(&eng->wd); /* batch bodies are not watched */
 }
 
 /* An entry that only wakes the loop at a time (a top-level wait's end). */
@@ -637,6 +646,7 @@ void tide__eng_wake(tide__eng *eng, tide__att *a, int result) {
  * finalized while the body ran, the coroutine is dropped at once. */
 void tide__eng_yielded(tide__eng *eng, tide__att *a) {
     tide__ctx *c = eng_ctx(eng, a->slot);
+    tide__wd_leave(&eng->wd);
     if (eng->cur == a)
         eng->cur = NULL;
     eng->cur_slot = 0;
@@ -716,6 +726,7 @@ static tide__ctx *eng_end_attempt(tide__eng *eng, uint32_t slot,
     tide__ctx *c = eng_ctx(eng, slot);
     tide__att *a = eng->cur;
     tide__tstat *ts = &eng->tstat[gtask];
+    tide__wd_leave(&eng->wd);
     if (tide__unlikely(eng->timing))
         eng_time_attempt(eng, ts, a, slot, gtask);
     if (a && a->slot == slot && a->task == gtask)
@@ -969,6 +980,7 @@ void tide__eng_next(tide__eng *eng, tide__op *op) {
         eng->cur_task = gtask;
         eng->cur = NULL;
         double tmo = eng->timeout_ms[gtask];
+        tide__wd_enter(&eng->wd, gtask, tmo);
         if (tmo > 0) {
             eng->cur = att_new(eng, c, gtask, TIDE__ATT_RUNNING);
             eng_timer_add(eng, &eng->cur->deadline, TIDE__TM_DEADLINE, tmo);

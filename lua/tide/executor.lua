@@ -348,6 +348,11 @@ function M.new(opts)
     -- Turns what xpcall returned into an error record.
     local function body_error(g, ok, res, err)
         if not ok then
+            if type(res) ~= "table" then
+                -- Not from on_error: "error in error handling" (an error
+                -- in __tostring of what the body raised), out of memory.
+                return new_error("ETASK", tostring(res))
+            end
             local e, tb = res[1], res[2]
             if is_error(e) then
                 return new_error(e.code, e.message, nil, nil, tb)
@@ -650,6 +655,27 @@ function M.new(opts)
         end
     end
     E.set_runner(runner)
+
+    -- The watchdog stops a body that ran its limit (its timeout, or 5 s)
+    -- without yielding: its hook calls this inside the body (first = the
+    -- first time for this attempt), reports it, and raises what it returns.
+    local function on_stuck(slot, g, ran, limit, signum, first)
+        local name = T_name[g]
+        if first then
+            io_stderr:write(("tide: watchdog: task '%s' of context '%s' has run %.1f s without yielding%s; "
+                             .. "stopping it\n"):format(name, tostring(ids[slot]), ran,
+                                                        signum and (" (signal " .. signum .. ")") or ""))
+        end
+        if signum then
+            return new_error("ECANCELED", ("task '%s' was stopped on signal %d: it had run %.1f s "
+                                           .. "without yielding"):format(name, signum, ran))
+        end
+        return new_error("ETIMEDOUT", ("task '%s' timed out after %s s without yielding "
+                                       .. "(stopped by the watchdog)"):format(name, tostring(T_timeout[g] or limit)))
+    end
+    -- Its hook leaves tide's own code alone: the executor's bookkeeping,
+    -- and errors.lua (the runner's handler calls the records' __tostring).
+    E.set_watchdog(xpcall, on_stuck, errors.new)
     open_executors[self] = true
     if hub_fd then
         self._fd = (E.backend())

@@ -31,7 +31,8 @@
 #include "lglue.h"
 
 enum { Y_NONE = 0, Y_IDLE, Y_BLOCKED };
-enum { ENV_RUNNERS = 1, ENV_RUNNER_FN = 2, ENV_GRAPHS = 3 };
+enum { ENV_RUNNERS = 1, ENV_RUNNER_FN = 2, ENV_GRAPHS = 3, ENV_HOOK_L = 4,
+       ENV_CALLER = 5, ENV_ON_STUCK = 6 };
 
 typedef struct leng {
     tide__eng eng;
@@ -49,9 +50,17 @@ typedef struct leng {
     lua_State **idle;
     uint32_t nidle, idle_cap;
     tide__tentry waitt;/* wakes a top-level wait (turn) */
+    lua_State *hook_L; /* a thread of this state for lua_sethook (env) */
+    const char *own_src[4]; /* tide's chunk names (see leng_wd_hook) */
 } leng;
 
-static _Thread_local leng *leng_current; /* engine draining now */
+/* The engine draining now on this thread. Atomic because the watchdog's
+ * signal handler reads it on this thread (leng_wd_arm). */
+static _Thread_local leng *_Atomic leng_current;
+
+static leng *leng_now(void) {
+    return atomic_load_explicit(&leng_current, memory_order_relaxed);
+}
 
 #define LENG_UP(L) ((leng *)lua_touserdata((L), lua_upvalueindex(1)))
 
@@ -205,6 +214,8 @@ static void leng_resume(leng *e, lua_State *co, int nargs) {
     e->yield_kind = Y_NONE;
     int rc = lua_resume(co, nargs);
     e->running = NULL;
+    /* No body runs once the runner stopped, whatever stopped it. */
+    tide__wd_leave(&eng->wd);
     if (rc == LUA_YIELD) {
         lua_settop(co, 0);
         if (e->yield_kind == Y_IDLE) {
@@ -250,8 +261,9 @@ static void leng_resume(leng *e, lua_State *co, int nargs) {
  * that is running the loop. */
 static void leng_drain(leng *e) {
     tide__eng *eng = &e->eng;
-    leng *prev = leng_current;
-    leng_current = e;
+    leng *prev = leng_now();
+    atomic_store_explicit(&leng_current, e, memory_order_relaxed);
+    tide__wd_here(&eng->wd);
     eng->draining = 1;
     eng->slice_end = uv_hrtime() + 1000000;
     for (;;) {
@@ -268,6 +280,7 @@ static void leng_drain(leng *e) {
             eng->cur_slot = a->slot;
             eng->cur_task = a->task;
             lua_pushboolean(co, a->result);
+            tide__wd_enter(&eng->wd, a->task, eng->timeout_ms[a->task]);
             leng_resume(e, co, 1);
         }
         if (!eng->rq.len && !eng->doneq.len && !eng->failq.len &&
@@ -283,7 +296,7 @@ static void leng_drain(leng *e) {
             break;
     }
     eng->draining = 0;
-    leng_current = prev;
+    atomic_store_explicit(&leng_current, prev, memory_order_relaxed);
     if (!tide__eng_has_work(eng))
         uv_idle_stop(&eng->idle);
 }
@@ -296,6 +309,174 @@ static void leng_on_idle(uv_idle_t *h) {
         return;
     }
     leng_drain(e);
+}
+
+/* ===== THE WATCHDOG'S HOOK ===== */
+
+/* The watchdog thread (watchdog.c) decides that the body running on an
+ * engine's loop has run its limit without yielding, stores the body
+ * segment to stop in wd.target and sends TIDE__WD_SIGNO to the loop
+ * thread. leng_wd_arm runs in that signal handler and sets a count hook
+ * with lua_sethook, which LuaJIT allows asynchronously on the thread that
+ * runs the state (lj_dispatch.c: "This function can be called
+ * asynchronously (e.g. during a signal)"); it only stores the hook fields
+ * and patches the interpreter's dispatch table, which the interpreter
+ * reads at its next instruction. The hook then runs on the loop thread
+ * too, where it can look at everything: it raises inside the body only
+ * while wd.seq still equals the target (the body neither yielded nor
+ * returned since: seq moves at each start, return and yield), the body
+ * is on its runner's stack, i.e. the executor's code called xpcall below
+ * (not the runner's own code before or after the body: an error there
+ * would end the runner; the body's own frame may be gone in a tail
+ * call, so the hook looks for that xpcall), and the code that
+ * runs is not tide's own Lua (the executor's bookkeeping must not stop
+ * half-way: a body inside ex:submit is stopped once back in its own code;
+ * nor may the runner's error handler, which calls the error record's
+ * __tostring, be stopped: the body would fail with "error in error
+ * handling").
+ * Compiled code (JIT traces) never calls hooks: a body stuck in a compiled
+ * loop runs on (README, "Tasks").
+ *
+ * Once it raised, the hook runs at every instruction while the target
+ * stands, so a body that catches the error (pcall) is stopped again at
+ * its first instruction outside the catch. It removes itself, and puts
+ * back the hook it replaced (debug.sethook), as soon as the target is
+ * gone. What it replaced is kept per thread: the handler and the hook run
+ * on the same thread, and hooks are per Lua state, used by one thread at
+ * a time. */
+#define LENG_WD_COUNT 1000
+
+typedef void (*leng_hook_fn)(lua_State *L, lua_Debug *ar);
+static _Thread_local _Atomic(leng_hook_fn) leng_wd_prev;
+static _Thread_local _Atomic int leng_wd_prev_mask, leng_wd_prev_count;
+
+static void leng_wd_hook(lua_State *L, lua_Debug *ar);
+
+/* In the TIDE__WD_SIGNO handler, on a loop thread: async-signal-safe. The
+ * engine is the one draining on this thread; a request for another one
+ * (a nested tide.run) waits for the watchdog to ask again. */
+static void leng_wd_arm(void) {
+    leng *e = leng_now();
+    if (e == NULL || !atomic_exchange(&e->eng.wd.req, 0))
+        return;
+    lua_Hook h = lua_gethook(e->hook_L);
+    if (h != leng_wd_hook) {
+        atomic_store(&leng_wd_prev, h);
+        atomic_store(&leng_wd_prev_mask, lua_gethookmask(e->hook_L));
+        atomic_store(&leng_wd_prev_count, lua_gethookcount(e->hook_L));
+    } else {
+        /* Asked again: the hook did not fire. If this signal once came in
+         * the middle of the VM's own dispatch-table update, part of the
+         * table may have been left without the hook check while the mode
+         * says it has it; taking the hook off and on rewrites the table
+         * whole. */
+        lua_sethook(e->hook_L, NULL, 0, 0);
+    }
+    lua_sethook(e->hook_L, leng_wd_hook, LUA_MASKCOUNT, LENG_WD_COUNT);
+}
+
+static void leng_wd_disarm(lua_State *L) {
+    leng_hook_fn prev = atomic_exchange(&leng_wd_prev, NULL);
+    lua_sethook(L, prev, prev ? atomic_load(&leng_wd_prev_mask) : 0,
+                atomic_load(&leng_wd_prev_count));
+}
+
+/* Whether the running attempt's body is on the stack of the runner
+ * coroutine the drain resumed (the hooked code may run in a coroutine the
+ * body made): a call of `caller` (xpcall) made by the executor's code
+ * (own_src[0]). Needs the drain's e->L and e->env. */
+static int leng_in_body(leng *e) {
+    lua_State *co = e->running, *S = e->L;
+    if (co == NULL || S == NULL || e->env == 0 || e->eng.cur_slot == 0 ||
+        e->own_src[0] == NULL)
+        return 0;
+    lua_rawgeti(S, e->env, ENV_CALLER);
+    int found = 0, below_caller = 0;
+    lua_Debug ar;
+    for (int level = 0; !found && lua_getstack(co, level, &ar); level++) {
+        if (!lua_getinfo(co, "fS", &ar))
+            continue;
+        lua_xmove(co, S, 1);
+        found = below_caller && ar.source == e->own_src[0];
+        below_caller = lua_rawequal(S, -1, -2);
+        lua_pop(S, 1);
+    }
+    lua_pop(S, 1);
+    return found;
+}
+
+static void leng_wd_hook(lua_State *L, lua_Debug *ar) {
+    leng *e = leng_now();
+    tide__wd *wd = e ? &e->eng.wd : NULL;
+    uint64_t target =
+        wd ? atomic_load_explicit(&wd->target, memory_order_acquire) : 0;
+    if (target == 0 ||
+        target != atomic_load_explicit(&wd->seq, memory_order_relaxed)) {
+        leng_wd_disarm(L);
+        return;
+    }
+    if (lua_getinfo(L, "S", ar))
+        for (size_t i = 0; i < TIDE_ARRAY_SIZE(e->own_src); i++)
+            if (ar->source == e->own_src[i])
+                return; /* tide's own code: at the next count */
+    if (!leng_in_body(e))
+        return;
+    int first = atomic_load(&wd->fired) != target;
+    atomic_store(&wd->fired, target);
+    int why = atomic_load(&wd->why);
+    lua_rawgeti(e->L, e->env, ENV_ON_STUCK);
+    lua_rawgeti(e->L, -1, 1);
+    lua_xmove(e->L, L, 1);
+    lua_pop(e->L, 1);
+    lua_pushinteger(L, e->eng.cur_slot);
+    lua_pushinteger(L, e->eng.cur_task);
+    lua_pushnumber(L, atomic_load(&wd->ran_ms) / 1000.0);
+    lua_pushnumber(L, atomic_load(&wd->limit_ms) / 1000.0);
+    if (why != TIDE__WD_TIMEOUT)
+        lua_pushinteger(L, why);
+    else
+        lua_pushnil(L);
+    lua_pushboolean(L, first);
+    /* on_stuck(slot, task, ran, limit, signum|nil, first) reports the
+     * stop (first time only) and returns the error to raise. */
+    lua_call(L, 6, 1);
+    lua_sethook(L, leng_wd_hook, LUA_MASKCOUNT, 1);
+    lua_error(L);
+}
+
+/* set_watchdog(caller, on_stuck, ...): the runner calls task bodies
+ * through `caller` (xpcall), from the executor's code; on_stuck is called
+ * by the hook, see leng_wd_hook. The hook leaves alone the code of
+ * on_stuck's chunk (the executor) and of the chunks of the functions
+ * after it (at most three). */
+static int l_set_watchdog(lua_State *L) {
+    leng *e = LENG_UP(L);
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    int n = lua_gettop(L) - 1;
+    if (n < 1 || n > (int)TIDE_ARRAY_SIZE(e->own_src))
+        return luaL_error(L, "set_watchdog: one to four functions after the caller");
+    for (int i = 0; i < n; i++)
+        luaL_checktype(L, 2 + i, LUA_TFUNCTION);
+    lua_getfenv(L, lua_upvalueindex(1));
+    lua_pushvalue(L, 1);
+    lua_rawseti(L, -2, ENV_CALLER);
+    /* Anchoring the functions anchors their chunk names. */
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        lua_pushvalue(L, 2 + i);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_rawseti(L, -2, ENV_ON_STUCK);
+    for (int i = 0; i < (int)TIDE_ARRAY_SIZE(e->own_src); i++) {
+        e->own_src[i] = NULL;
+        if (i < n) {
+            lua_Debug ar;
+            lua_pushvalue(L, 2 + i);
+            lua_getinfo(L, ">S", &ar);
+            e->own_src[i] = ar.source;
+        }
+    }
+    return 0;
 }
 
 /* ===== THE RUNNER'S FUNCTIONS (upvalue 1: the engine) ===== */
@@ -554,7 +735,7 @@ static int l_set_runner(lua_State *L) {
 
 /* Checks that L is the coroutine of a running task body. */
 static leng *leng_check_body(lua_State *L, const char *fname) {
-    leng *e = leng_current;
+    leng *e = leng_now();
     if (e == NULL || e->running == NULL)
         luaL_error(L, "%s: not called from a task body", fname);
     if (e->running != L)
@@ -634,7 +815,7 @@ static int l_park(lua_State *L) {
  * nothing outside a task body of this engine. */
 static int l_handle(lua_State *L) {
     leng *e = LENG_UP(L);
-    if (leng_current != e || e->running != L || e->eng.cur_slot == 0)
+    if (leng_now() != e || e->running != L || e->eng.cur_slot == 0)
         return 0;
     lua_pushnumber(L, tide__eng_att_handle(tide__eng_current_att(&e->eng)));
     lua_pushinteger(L, e->eng.cur_slot);
@@ -862,6 +1043,10 @@ static void leng_close(leng *e) {
     if (e->closed)
         return;
     e->closed = 1;
+    /* The watchdog stops reading the engine (in tide__eng_free), and a
+     * hook it armed goes: nothing of this engine will run again. */
+    if (e->hook_L && lua_gethook(e->hook_L) == leng_wd_hook)
+        leng_wd_disarm(e->hook_L);
     uv_walk(&e->loop, leng_walk_close, e);
     int tries = 0;
     while ((e->nclosing > 0 || uv_loop_close(&e->loop) == UV_EBUSY) &&
@@ -914,7 +1099,8 @@ static const luaL_Reg engine_funcs[] = {
     {"step", l_step},       {"backend", l_backend},
     {"task_stats", l_task_stats}, {"hist_bounds", l_hist_bounds},
     {"timing", l_timing},   {"closed", l_closed},
-    {"close", l_close},     {NULL, NULL}};
+    {"close", l_close},     {"set_watchdog", l_set_watchdog},
+    {NULL, NULL}};
 
 /* engine(concurrency) -> userdata, table of functions bound to it */
 static int l_engine(lua_State *L) {
@@ -934,12 +1120,18 @@ static int l_engine(lua_State *L) {
     e->waitt.pos = UINT32_MAX;
     luaL_getmetatable(L, "tide.engine");
     lua_setmetatable(L, -2);
-    lua_createtable(L, 3, 0);
+    lua_createtable(L, 6, 0);
     lua_newtable(L);
     lua_rawseti(L, -2, ENV_RUNNERS);
     lua_newtable(L);
     lua_rawseti(L, -2, ENV_GRAPHS);
+    e->hook_L = lua_newthread(L);
+    lua_rawseti(L, -2, ENV_HOOK_L);
     lua_setfenv(L, -2);
+    rc = tide__wd_register(&e->eng.wd, leng_wd_arm);
+    if (rc != 0)
+        return luaL_error(L, "tide: cannot start the watchdog thread: %s",
+                          uv_strerror(rc));
     lua_createtable(L, 0, (int)TIDE_ARRAY_SIZE(engine_funcs));
     for (const luaL_Reg *r = engine_funcs; r->name; r++) {
         lua_pushvalue(L, -2);

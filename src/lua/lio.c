@@ -279,6 +279,7 @@ typedef struct lio_handle {
         uv_handle_t h;
         uv_signal_t sig;
         uv_timer_t tim;
+        tide__stopsig stop; /* SIGINT, SIGTERM: its uv_async_t first */
     } u;
     lio_hook hook;
     struct lio_handle **box; /* the Lua box while it points here */
@@ -301,6 +302,23 @@ static void lio_signal_cb(uv_signal_t *s, int signum) {
     tide__lua_pcall_hook(T, 1, "signal handler");
 }
 
+/* SIGINT or SIGTERM arrived (stopsig.c woke the loop): the callback runs
+ * here, on the loop, as it would for uv_signal. */
+static void lio_stopsig_cb(uv_async_t *a) {
+    lio_handle *x = tide__container_of(a, lio_handle, u.stop.async);
+    if (tide__stopsig_take(&x->u.stop) <= 0)
+        return;
+    lua_State *T = lio_hook_push(&x->hook);
+    lua_pushinteger(T, x->u.stop.signum);
+    tide__lua_pcall_hook(T, 1, "signal handler");
+}
+
+/* Before its handle closes, the signal handler must stop using it. */
+static void lio_stopsig_unwatch(lio_base *b) {
+    lio_handle *x = (lio_handle *)b;
+    tide__stopsig_unwatch(&x->u.stop);
+}
+
 static void lio_timer_cb(uv_timer_t *t) {
     lio_handle *x = tide__container_of(t, lio_handle, u.tim);
     lua_State *T = lio_hook_push(&x->hook);
@@ -320,12 +338,29 @@ static lio_handle *lio_handle_new(lua_State *L, int fn_idx) {
     return x;
 }
 
-/* signal(engine, signum, fn) -> handle; fn(signum) on each signal. */
+/* signal(engine, signum, fn) -> handle; fn(signum) on each signal.
+ * SIGINT and SIGTERM go through stopsig.c: fn gets the first one, the
+ * second ends the process (exit 128 + signum), even while the loop is
+ * stuck in a task body. */
 static int l_signal(lua_State *L) {
     uv_loop_t *loop = tide__lua_engine_loop(L, 1);
     int signum = (int)luaL_checkinteger(L, 2);
     luaL_checktype(L, 3, LUA_TFUNCTION);
     lio_handle *x = lio_handle_new(L, 3);
+    if (tide__stopsig_handles(signum)) {
+        int rc = tide__stopsig_watch(&x->u.stop, loop, signum,
+                                     lio_stopsig_cb);
+        if (rc != 0) { /* nothing was opened: the record goes now */
+            *x->box = NULL;
+            lio_hook_free(&x->hook);
+            free(x);
+            return luaL_error(L, "signal %d: %s", signum, uv_strerror(rc));
+        }
+        x->base.before_close = lio_stopsig_unwatch;
+        x->u.h.data = &x->base;
+        uv_unref(&x->u.h); /* a watcher alone does not keep the loop alive */
+        return 1;
+    }
     uv_signal_init(loop, &x->u.sig);
     x->u.h.data = &x->base;
     int rc = uv_signal_start(&x->u.sig, lio_signal_cb, signum);
@@ -355,6 +390,8 @@ static int l_handle_close(lua_State *L) {
         lio_handle *x = *box;
         x->box = NULL;
         *box = NULL;
+        if (x->base.before_close)
+            x->base.before_close(&x->base);
         if (!uv_is_closing(&x->u.h))
             uv_close(&x->u.h, lio_handle_close_cb);
     }
