@@ -42,6 +42,7 @@ typedef struct leng {
     lua_State **idle;
     uint32_t nidle, idle_cap;
     tide__tentry waitt;/* wakes a top-level wait (turn) */
+    struct lexec *execs;/* subprocesses with open handles (lexec.c) */
 } leng;
 
 static _Thread_local leng *leng_current; /* engine draining now */
@@ -601,6 +602,11 @@ int tide__lua_wake(uv_loop_t *loop, double handle) {
     return 1;
 }
 
+/* For lexec.c: the head of the loop's list of subprocess records. */
+struct lexec **tide__lua_exec_list(uv_loop_t *loop) {
+    return &tide__container_of(loop, leng, loop)->execs;
+}
+
 /* tide.sleep(seconds) */
 static int l_sleep(lua_State *L) {
     double s = luaL_checknumber(L, 1);
@@ -850,6 +856,9 @@ static void leng_close(leng *e) {
     if (e->closed)
         return;
     e->closed = 1;
+    /* Subprocess groups first: once their handles are closed nothing
+     * would stop or reap them. */
+    tide__lua_exec_end_all(e->execs);
     uv_walk(&e->loop, leng_walk_close, e);
     int tries = 0;
     while ((e->nclosing > 0 || uv_loop_close(&e->loop) == UV_EBUSY) &&
