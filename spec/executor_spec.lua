@@ -662,9 +662,13 @@ describe("an executor dropped without close()", function()
 end)
 
 describe("runner threads", function()
+    -- Each body parks long enough (50 ms) that all of a batch park at
+    -- once, each on a runner of its own, even in a slow build: with 1 ms
+    -- naps, early bodies finished within the submitting drain under ASan
+    -- and their runners served later ones, so fewer came from the cache.
     local function sleepers(name)
         local p = tide.pipeline(name)
-        p:task("nap", function(x) tide.sleep(0.001) return x * 2 end)
+        p:task("nap", function(x) tide.sleep(0.05) return x * 2 end)
         return p
     end
     local function cache() return debug.getregistry()["tide.runner_cache"] or {} end
