@@ -32,6 +32,62 @@ end
 
 local slurp = require("helpers.proc").slurp
 
+-- Whether a process is gone for good: no /proc entry, not even a zombie.
+-- For this process's own children, whose reaping is tide's job.
+local function gone(pid)
+    for _ = 1, 50 do
+        local f = io.open("/proc/" .. pid .. "/stat")
+        if not f then return true end
+        f:close()
+        os.execute("sleep 0.02")
+    end
+    return false
+end
+
+-- What a reaping test leaves behind, undone by one finally (busted keeps
+-- only the last function given to finally): pid files, an executor, and
+-- the process groups it started, killed so that a failing test leaves
+-- nothing running.
+local function leftovers()
+    local l = { files = {}, groups = {} }
+    finally(function()
+        if l.ex then l.ex:close() end
+        for _, g in ipairs(l.groups) do os.execute("kill -9 -" .. g .. " 2>/dev/null") end
+        for _, f in ipairs(l.files) do os.remove(f) end
+    end)
+    function l.file()
+        local f = os.tmpname()
+        l.files[#l.files + 1] = f
+        return f
+    end
+    -- Waits (bounded) until a pid file has n lines; returns the pids. The
+    -- first is a group's leader, noted for the clean-up.
+    function l.pids(path, n)
+        for _ = 1, 250 do
+            local pids = {}
+            for pid in (slurp(path) or ""):gmatch("%d+") do pids[#pids + 1] = pid end
+            if #pids >= n then
+                l.groups[#l.groups + 1] = pids[1]
+                return pids
+            end
+            os.execute("sleep 0.02")
+        end
+        error("no " .. n .. " pids in " .. path)
+    end
+    return l
+end
+
+-- A pipeline whose task runs `script` through sh with $1 the pid file.
+local function exec_pipeline(script)
+    local q = tide.pipeline "reap"
+    q:task("t", function(pidfile) return tide.exec { "sh", "-c", script, "sh", pidfile } end)
+    return q
+end
+
+-- Ignores SIGTERM, and so does its child (ignored signals are inherited):
+-- only SIGKILL ends them. Writes the leader's pid, then the child's.
+local STUBBORN = "trap '' TERM; echo $$ > $1; sleep 100 & echo $! >> $1; wait"
+
 describe("tide.exec", function()
     it("runs a command with stdin, env and cwd, and returns its output", function()
         local out = run1(function()
@@ -116,6 +172,81 @@ describe("tide.exec", function()
         ex:result("none", 0.1)
         assert.is_false(alive(slurp(pidfile):match("%d+")))
         ex:close()
+    end)
+
+    it("ends and reaps a child that ignores SIGTERM when its job is cancelled and the executor closed", function()
+        local l = leftovers()
+        local pidfile = l.file()
+        local ex = tide.executor()
+        l.ex = ex
+        local id = ex:submit(exec_pipeline(STUBBORN), pidfile)
+        ex:result(id, 0.2)
+        local pids = l.pids(pidfile, 2)
+        assert.is_true(ex:cancel(id))
+        local t0 = hrtime()
+        ex:close()
+        local took = hrtime() - t0
+        assert.is_true(took < 1.5, "ex:close() took " .. took .. " s")
+        assert.is_true(gone(pids[1]), "the leader " .. pids[1] .. " is still there (running or a zombie)")
+        assert.is_false(alive(pids[2]), "its child " .. pids[2] .. " still runs")
+    end)
+
+    it("does not keep ex:run() going for a cancelled job's process", function()
+        local l = leftovers()
+        local pidfile = l.file()
+        local ex = tide.executor()
+        l.ex = ex
+        local id = ex:submit(exec_pipeline(STUBBORN), pidfile)
+        ex:result(id, 0.2)
+        l.pids(pidfile, 2)
+        assert.is_true(ex:cancel(id))
+        local t0 = hrtime()
+        ex:run()
+        local took = hrtime() - t0
+        assert.is_true(took < 1, "ex:run() took " .. took .. " s after the cancel")
+    end)
+
+    it("ends every running child together when the executor closes, within one short grace", function()
+        local l = leftovers()
+        local ex = tide.executor()
+        l.ex = ex
+        local files, ids = {}, {}
+        local q = exec_pipeline(STUBBORN)
+        for i = 1, 3 do
+            files[i] = l.file()
+            ids[i] = ex:submit(q, files[i])
+        end
+        ex:result(ids[1], 0.2)
+        local leaders = {}
+        for i = 1, 3 do leaders[i] = l.pids(files[i], 2)[1] end
+        local t0 = hrtime()
+        ex:close()
+        local took = hrtime() - t0
+        -- One grace (0.5 s) for all three, not one each, nor the 2 s of
+        -- the time-limit kill.
+        assert.is_true(took >= 0.4 and took < 1.3, "ex:close() took " .. took .. " s")
+        for i = 1, 3 do
+            assert.is_true(gone(leaders[i]), "leader " .. leaders[i] .. " is still there (running or a zombie)")
+        end
+    end)
+
+    it("kills group members that outlive a cancelled job's leader while the loop runs", function()
+        local l = leftovers()
+        local pidfile = l.file()
+        local ex = tide.executor()
+        l.ex = ex
+        -- The leader dies of SIGTERM; the member it leaves ignores SIGTERM
+        -- and holds none of tide's pipes.
+        local id = ex:submit(exec_pipeline("echo $$ > $1; (trap '' TERM; exec sleep 100) >/dev/null 2>&1 & "
+                                               .. "echo $! >> $1; wait"), pidfile)
+        ex:result(id, 0.2)
+        local pids = l.pids(pidfile, 2)
+        assert.is_true(ex:cancel(id))
+        -- The loop runs past the 2 s grace of the cancel's kill.
+        local nap = tide.pipeline("nap"):task("n", function() tide.sleep(2.5) end)
+        ex:result(ex:submit(nap, 1), 5)
+        assert.is_true(gone(pids[1]), "the leader " .. pids[1] .. " was not reaped while the loop ran")
+        assert.is_false(alive(pids[2]), "the member " .. pids[2] .. " still runs")
     end)
 
     it("raises on misuse", function()

@@ -65,6 +65,31 @@ describe("p:task()", function()
         end
     end)
 
+    it("reports a bad value inside a nested option table at the caller's line, naming the task", function()
+        local cases = {
+            { { retry = { intervall = 1 } }, "unknown retry option 'intervall' (retry takes times, interval and on)" },
+            { { retry = { times = "3" } }, "retry.times must be a whole number from 0 to 10000, got string" },
+            { { retry = { times = 2.5 } }, "retry.times must be a whole number from 0 to 10000, got 2.5" },
+            { { retry = { interval = "1" } }, "retry.interval must be a number or a function, got string" },
+            { { retry = { interval = -1 } }, "retry.interval must be >= 0, got -1" },
+            { { retry = { on = "ETIMEDOUT" } }, "retry.on must be a function, got string" },
+            { { retry = "3" }, "retry must be a number or a table, got string" },
+            { { retry = 1.5 }, "retry must be a whole number from 0 to 10000, got 1.5" },
+            { { batch = { sise = 10 } }, "unknown batch option 'sise' (batch takes size and wait)" },
+            { { batch = { size = "10" } }, "batch.size must be a whole number >= 1, got string" },
+            { { batch = { size = 10, wait = "1" } }, "batch.wait must be a number of seconds >= 0, got string" },
+            { { batch = true }, "batch must be a table { size = n, wait = seconds }, got boolean" },
+            { { after = { "x", 2 } }, "after[2] must be a task name, got number" },
+            { { after = { "x", afer = "y" } }, "after must be a list of names, got key 'afer'" },
+        }
+        for _, c in ipairs(cases) do
+            local line = debug.getinfo(1, "l").currentline + 1
+            local ok, err = pcall(function() p:task("fetch", c[1], function() end) end)
+            assert.is_false(ok)
+            assert.equal(THIS .. ":" .. line .. ": p:task: task 'fetch': " .. c[2], err)
+        end
+    end)
+
     it("refuses new tasks once compiled", function()
         p:task("a", function() end):compile()
         assert.has_error(function() p:task("b", function() end) end)

@@ -9,7 +9,9 @@
 -- record whose code is ENOENT (command not found), ETIMEDOUT (the time
 -- limit, default 300 s, killed the process group: SIGTERM, SIGKILL 2 s
 -- later) or ETASK (non-zero exit or a signal, with the stderr tail in the
--- message).
+-- message). A body abandoned by a task timeout or a cancel stops the group
+-- the same way; closing the executor ends every group still running
+-- (SIGTERM, one 0.5 s grace for all, SIGKILL) and reaps it (src/lua/lexec.c).
 --
 -- Two values on failure, not three: LuaJIT's assert raises its *last*
 -- argument when the message is not a string, so `assert(tide.exec{...})`

@@ -98,36 +98,72 @@ function M.is(v)
 end
 
 
-local function check_retry(r, fname)
+-- How a bad value is shown after "got": numbers by value, others by type.
+local function got(v)
+    if type(v) == "number" then return tostring(v) end
+    return type(v)
+end
+
+
+-- The nested option tables are checked by functions that return the
+-- normalised table, or nil and a message; p:task raises it, so the error
+-- names the user's file:line and the task (a raise from in here would
+-- point into tide).
+local function check_retry(r)
     if r == nil then return nil end
     if type(r) == "number" then
         if r < 0 or r ~= math.floor(r) or r > MAX_RETRIES then
-            argerr(fname, "retry must be a whole number from 0 to " .. MAX_RETRIES .. ", got " .. tostring(r))
+            return nil, "retry must be a whole number from 0 to " .. MAX_RETRIES .. ", got " .. got(r)
         end
         return { times = r, interval = 0 }
     end
     if type(r) ~= "table" then
-        argerr(fname, "retry must be a number or a table, got " .. type(r))
+        return nil, "retry must be a number or a table, got " .. got(r)
     end
     for k in pairs(r) do
         if k ~= "times" and k ~= "interval" and k ~= "on" then
-            argerr(fname, "unknown retry option '" .. tostring(k) .. "'")
+            return nil, "unknown retry option '" .. tostring(k) .. "' (retry takes times, interval and on)"
         end
     end
     local times = r.times or 1
     if type(times) ~= "number" or times < 0 or times ~= math.floor(times) or times > MAX_RETRIES then
-        argerr(fname, "retry.times must be a whole number from 0 to " .. MAX_RETRIES)
+        return nil, "retry.times must be a whole number from 0 to " .. MAX_RETRIES .. ", got " .. got(times)
     end
     local iv = r.interval or 0
     if type(iv) == "number" then
-        if iv < 0 or iv ~= iv then argerr(fname, "retry.interval must be >= 0") end
+        if iv < 0 or iv ~= iv then return nil, "retry.interval must be >= 0, got " .. got(iv) end
     elseif type(iv) ~= "function" then
-        argerr(fname, "retry.interval must be a number or a function")
+        return nil, "retry.interval must be a number or a function, got " .. got(iv)
     end
     if r.on ~= nil and type(r.on) ~= "function" then
-        argerr(fname, "retry.on must be a function")
+        return nil, "retry.on must be a function, got " .. got(r.on)
     end
     return { times = times, interval = iv, on = r.on }
+end
+
+
+local function check_batch(batch, opts)
+    if type(batch) ~= "table" then
+        return nil, "batch must be a table { size = n, wait = seconds }, got " .. got(batch)
+    end
+    for k in pairs(batch) do
+        if k ~= "size" and k ~= "wait" then
+            return nil, "unknown batch option '" .. tostring(k) .. "' (batch takes size and wait)"
+        end
+    end
+    local size, wait = batch.size, batch.wait or 0
+    if type(size) ~= "number" or size < 1 or size ~= math.floor(size) then
+        return nil, "batch.size must be a whole number >= 1, got " .. got(size)
+    end
+    if type(wait) ~= "number" or not (wait >= 0) or wait == math.huge then
+        return nil, "batch.wait must be a number of seconds >= 0, got " .. got(wait)
+    end
+    for _, k in ipairs({ "map", "gather", "route", "when", "timeout" }) do
+        if opts[k] then
+            return nil, "batch cannot be combined with " .. k
+        end
+    end
+    return { size = size, wait = wait }
 end
 
 
@@ -168,9 +204,15 @@ function Pipeline:task(name, opts, fn)
     elseif after == nil then
         after = {}
     elseif type(after) == "table" then
+        local n = #after
+        for k in pairs(after) do
+            if type(k) ~= "number" or k < 1 or k > n or k ~= math.floor(k) then
+                argerr(fname, "task '" .. name .. "': after must be a list of names, got key '" .. tostring(k) .. "'")
+            end
+        end
         for i, a in ipairs(after) do
             if type(a) ~= "string" then
-                argerr(fname, "task '" .. name .. "': after[" .. i .. "] must be a task name")
+                argerr(fname, "task '" .. name .. "': after[" .. i .. "] must be a task name, got " .. type(a))
             end
         end
     else
@@ -214,30 +256,13 @@ function Pipeline:task(name, opts, fn)
                    .. "it runs on a worker thread")
         end
     end
-    local batch = opts.batch
-    if batch ~= nil then
-        if type(batch) ~= "table" then
-            argerr(fname, "task '" .. name .. "': batch must be a table { size = n, wait = seconds }")
-        end
-        for k in pairs(batch) do
-            if k ~= "size" and k ~= "wait" then
-                argerr(fname, "task '" .. name .. "': unknown batch option '" .. tostring(k) .. "'")
-            end
-        end
-        local size, wait = batch.size, batch.wait or 0
-        if type(size) ~= "number" or size < 1 or size ~= math.floor(size) then
-            argerr(fname, "task '" .. name .. "': batch.size must be a whole number >= 1")
-        end
-        if type(wait) ~= "number" or not (wait >= 0) or wait == math.huge then
-            argerr(fname, "task '" .. name .. "': batch.wait must be a number of seconds >= 0")
-        end
-        for _, k in ipairs({ "map", "gather", "route", "when", "timeout" }) do
-            if opts[k] then
-                argerr(fname, "task '" .. name .. "': batch cannot be combined with " .. k)
-            end
-        end
-        batch = { size = size, wait = wait }
+    local batch, retry, bad
+    if opts.batch ~= nil then
+        batch, bad = check_batch(opts.batch, opts)
+        if not batch then argerr(fname, "task '" .. name .. "': " .. bad) end
     end
+    retry, bad = check_retry(opts.retry)
+    if bad then argerr(fname, "task '" .. name .. "': " .. bad) end
     local kind = opts.kind or "async"
     if kind ~= "async" and kind ~= "exec" and kind ~= "sync" and kind ~= "native" then
         argerr(fname, "task '" .. name .. "': unknown kind '" .. tostring(kind) .. "'")
@@ -261,7 +286,7 @@ function Pipeline:task(name, opts, fn)
     end
     local t = {
         name = name, after = after, fn = fn, timeout = timeout,
-        retry = check_retry(opts.retry, fname), map = opts.map or false,
+        retry = retry, map = opts.map or false,
         gather = opts.gather or false, errors = errors or "fail", kind = kind,
         limit = opts.limit, route = opts.route or false, when = opts.when,
         batch = batch, native = native,

@@ -52,6 +52,7 @@ typedef struct leng {
     tide__tentry waitt;/* wakes a top-level wait (turn) */
     lua_State *hook_L; /* a thread of this state for lua_sethook (env) */
     const char *own_src[4]; /* tide's chunk names (see leng_wd_hook) */
+    struct lexec *execs;/* subprocesses with open handles (lexec.c) */
 } leng;
 
 /* The engine draining now on this thread. Atomic because the watchdog's
@@ -792,6 +793,11 @@ int tide__lua_wake(uv_loop_t *loop, double handle) {
     return 1;
 }
 
+/* For lexec.c: the head of the loop's list of subprocess records. */
+struct lexec **tide__lua_exec_list(uv_loop_t *loop) {
+    return &tide__container_of(loop, leng, loop)->execs;
+}
+
 /* tide.sleep(seconds) */
 static int l_sleep(lua_State *L) {
     double s = luaL_checknumber(L, 1);
@@ -1047,6 +1053,9 @@ static void leng_close(leng *e) {
      * hook it armed goes: nothing of this engine will run again. */
     if (e->hook_L && lua_gethook(e->hook_L) == leng_wd_hook)
         leng_wd_disarm(e->hook_L);
+    /* Subprocess groups first: once their handles are closed nothing
+     * would stop or reap them. */
+    tide__lua_exec_end_all(e->execs);
     uv_walk(&e->loop, leng_walk_close, e);
     int tries = 0;
     while ((e->nclosing > 0 || uv_loop_close(&e->loop) == UV_EBUSY) &&

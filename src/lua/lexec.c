@@ -10,11 +10,30 @@
  * pipes reached their end; core.exec_result(h) returns the result table.
  * The record is freed when its libuv handles are closed and the Lua box
  * released it, whichever is last. A body dropped while it waits (attempt
- * timeout, cancel) kills the group through the attempt's op_cancel. */
+ * timeout, cancel) kills the group through the attempt's op_cancel.
+ *
+ * ENDING PROCESS GROUPS
+ * ---------------------
+ * A group is stopped with SIGTERM, then SIGKILL after a grace period.
+ * The SIGKILL goes to the group even when its leader already exited: a
+ * member that ignores SIGTERM would otherwise outlive the leader. A
+ * cancelled body's process no longer keeps the loop alive (its handles
+ * are unreferenced): ex:run() returns, and the process is killed and
+ * reaped while the loop runs, or when the engine closes.
+ *
+ * While a record has libuv handles open it is on its engine's list
+ * (tide__lua_exec_list; the list does not own it, the last handle to
+ * close unlinks it). Closing the engine calls tide__lua_exec_end_all
+ * before it closes the handles: every group still running, or still
+ * owed its SIGKILL, gets SIGTERM at once, the closing thread waits at
+ * most LEXEC_CLOSE_GRACE_MS for all of them together, SIGKILLs what is
+ * left and reaps the leaders itself (the loop does not run again). */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
@@ -24,6 +43,13 @@
 
 #define LEXEC_TAIL 4096
 #define LEXEC_GRACE_MS 2000
+/* Closing blocks its caller (tide run's exit, ex:close()), so it grants
+ * one short grace to all groups together; a process that handles SIGTERM
+ * is expected to be gone well within it. */
+#define LEXEC_CLOSE_GRACE_MS 500
+/* How long closing waits for SIGKILLed leaders to be reaped (only a
+ * process stuck in the kernel takes longer). */
+#define LEXEC_REAP_MS 1000
 
 typedef struct {
     char buf[LEXEC_TAIL];
@@ -44,7 +70,12 @@ typedef struct lexec {
     int boxed;        /* the Lua box still points here */
     int exited, out_eof, err_eof, done;
     int64_t exit_status;
-    int term_signal, timed_out, killing;
+    int term_signal, timed_out;
+    int killing;      /* SIGTERM was sent to the group */
+    int killed;       /* SIGKILL was sent to the group */
+    int ending, gone; /* tide__lua_exec_end_all's bookkeeping */
+    int pid;          /* the leader, also the group id (setsid) */
+    struct lexec *next, **pprev; /* the engine's list, while handles are open */
     double att;       /* handle of the parked attempt, 0 when none */
     char *stdin_buf;
     size_t stdin_len;
@@ -63,9 +94,21 @@ static void lexec_maybe_free(lexec *x) {
     }
 }
 
+static void lexec_unlink(lexec *x) {
+    if (x->pprev == NULL)
+        return;
+    *x->pprev = x->next;
+    if (x->next)
+        x->next->pprev = x->pprev;
+    x->next = NULL;
+    x->pprev = NULL;
+}
+
 static void lexec_closed(uv_handle_t *h) {
     lexec *x = tide__container_of((lio_base *)h->data, lexec, base);
     x->nhandles--;
+    if (x->nhandles == 0)
+        lexec_unlink(x); /* nothing of it can run any more */
     lexec_maybe_free(x);
 }
 
@@ -75,13 +118,19 @@ static void lexec_close(lexec *x, uv_handle_t *h) {
         uv_close(h, lexec_closed);
 }
 
-/* The process exited and both pipes are drained: wake the body. */
+/* The process exited and both pipes are drained: wake the body. A group
+ * being killed keeps its timer, unreferenced, for the SIGKILL that ends
+ * members that outlived the leader. */
 static void lexec_check_done(lexec *x) {
     if (x->done || !x->exited || !x->out_eof || !x->err_eof)
         return;
     x->done = 1;
-    uv_timer_stop(&x->timer);
-    lexec_close(x, (uv_handle_t *)&x->timer);
+    if (x->killing && !x->killed) {
+        uv_unref((uv_handle_t *)&x->timer);
+    } else {
+        uv_timer_stop(&x->timer);
+        lexec_close(x, (uv_handle_t *)&x->timer);
+    }
     lexec_close(x, (uv_handle_t *)&x->proc);
     if (x->att != 0)
         tide__lua_wake(x->loop, x->att);
@@ -144,32 +193,114 @@ static void lexec_exit(uv_process_t *p, int64_t status, int sig) {
     lexec_check_done(x);
 }
 
+/* Signals the whole process group, whether or not its leader is still
+ * there. The group id stays taken while any member lives, so it names
+ * the same group; only when the group is empty and the number was
+ * reused within the grace period (a full pid wrap-around) could this
+ * reach a stranger, which we accept. ESRCH (nobody left) is expected. */
 static void lexec_kill(lexec *x, int sig) {
-    if (!x->exited)
-        uv_kill(-x->proc.pid, sig); /* the whole process group */
+    if (sig == SIGKILL)
+        x->killed = 1;
+    else
+        x->killing = 1;
+    kill(-(pid_t)x->pid, sig);
 }
 
 static void lexec_on_timer(uv_timer_t *t) {
     lexec *x = tide__container_of((lio_base *)t->data, lexec, base);
     if (!x->killing) {
         x->timed_out = 1;
-        x->killing = 1;
         lexec_kill(x, SIGTERM);
         uv_timer_start(&x->timer, lexec_on_timer, LEXEC_GRACE_MS, 0);
     } else {
         lexec_kill(x, SIGKILL);
+        if (x->done) /* check_done left the timer for this SIGKILL */
+            lexec_close(x, (uv_handle_t *)&x->timer);
     }
 }
 
-/* op_cancel of the parked attempt: the body is gone, stop the process. */
+/* op_cancel of the parked attempt: the body is gone, stop the process.
+ * Nobody waits for it any more, so it stops keeping the loop alive. */
 static void lexec_cancel(void *op) {
     lexec *x = op;
     x->att = 0;
+    uv_unref((uv_handle_t *)&x->proc);
+    uv_unref((uv_handle_t *)&x->pout);
+    uv_unref((uv_handle_t *)&x->perr);
+    uv_unref((uv_handle_t *)&x->pin);
+    uv_unref((uv_handle_t *)&x->timer);
     if (!x->killing) {
-        x->killing = 1;
         lexec_kill(x, SIGTERM);
         uv_timer_start(&x->timer, lexec_on_timer, LEXEC_GRACE_MS, 0);
     }
+}
+
+/* Whether the group of x has ended: its leader is reaped (by libuv, or
+ * here, since the loop no longer runs) and no member is left. */
+static int lexec_group_gone(lexec *x) {
+    if (!x->exited) {
+        int st;
+        pid_t r;
+        do
+            r = waitpid((pid_t)x->pid, &st, WNOHANG);
+        while (r < 0 && errno == EINTR);
+        /* ECHILD: a host's own waitpid(-1) took it first. */
+        if (r == 0 || (r < 0 && errno != ECHILD))
+            return 0;
+        x->exited = 1;
+    }
+    return kill(-(pid_t)x->pid, 0) != 0 && errno == ESRCH;
+}
+
+/* Waits until no record marked `ending` is left running, or until the
+ * deadline (uv_hrtime). With `leaders_only`, a reaped leader is enough:
+ * members it left were SIGKILLed and are not ours to reap. Returns how
+ * many are left. */
+static int lexec_wait_ending(lexec *list, uint64_t deadline, int leaders_only) {
+    long nap_ns = 1000000;
+    for (;;) {
+        int left = 0;
+        for (lexec *x = list; x != NULL; x = x->next) {
+            if (!x->ending || x->gone)
+                continue;
+            if (lexec_group_gone(x) || (leaders_only && x->exited))
+                x->gone = 1;
+            else
+                left++;
+        }
+        if (left == 0 || uv_hrtime() >= deadline)
+            return left;
+        struct timespec ts = {0, nap_ns};
+        nanosleep(&ts, NULL);
+        if (nap_ns < 16000000)
+            nap_ns *= 2;
+    }
+}
+
+void tide__lua_exec_end_all(struct lexec *list) {
+    int n = 0;
+    for (lexec *x = list; x != NULL; x = x->next) {
+        /* A finished record whose group already had its SIGKILL (or
+         * never needed one) is left to close. */
+        if (x->done && (!x->killing || x->killed))
+            continue;
+        x->ending = 1;
+        n++;
+        if (!x->killing)
+            lexec_kill(x, SIGTERM);
+    }
+    if (n == 0)
+        return;
+    uint64_t ms = 1000000;
+    if (lexec_wait_ending(list, uv_hrtime() + LEXEC_CLOSE_GRACE_MS * ms,
+                          0) == 0)
+        return;
+    for (lexec *x = list; x != NULL; x = x->next)
+        if (x->ending && !x->gone)
+            lexec_kill(x, SIGKILL);
+    if (lexec_wait_ending(list, uv_hrtime() + LEXEC_REAP_MS * ms, 1) > 0)
+        fprintf(stderr, "tide: a subprocess did not exit after SIGKILL; "
+                        "it is left unreaped\n");
 }
 
 static void lexec_written(uv_write_t *w, int status) {
@@ -298,7 +429,14 @@ static int l_exec_start(lua_State *L) {
     }
     x->nhandles++;
     x->boxed = 1;
+    x->pid = x->proc.pid;
     *box = x;
+    struct lexec **list = tide__lua_exec_list(loop);
+    x->next = *list;
+    if (x->next)
+        x->next->pprev = &x->next;
+    x->pprev = list;
+    *list = x;
     uv_read_start((uv_stream_t *)&x->pout, lexec_alloc, lexec_read);
     uv_read_start((uv_stream_t *)&x->perr, lexec_alloc, lexec_read);
     if (in) {

@@ -26,6 +26,12 @@ int tide__lua_park_op(lua_State *L, const char *fname, void *op,
                       double *handle);
 int tide__lua_wake(uv_loop_t *loop, double handle);
 void tide__lua_open_exec(lua_State *L);
+/* Subprocess records (lexec.c) on an engine's loop: the engine keeps the
+ * list head; closing the engine ends their process groups (SIGTERM, one
+ * short grace for all, SIGKILL) and reaps them before closing handles. */
+struct lexec;
+struct lexec **tide__lua_exec_list(uv_loop_t *loop);
+void tide__lua_exec_end_all(struct lexec *list);
 void tide__lua_open_marshal(lua_State *L);
 void tide__lua_open_pool(lua_State *L);
 void tide__lua_open_native(lua_State *L);
