@@ -14,4 +14,8 @@
     XX(graph_map_gather_regions)       \
     XX(graph_gather_without_map)       \
     XX(graph_mixed_regions)            \
-    XX(graph_no_tasks)
+    XX(graph_no_tasks)                 \
+    XX(utf8_check_and_repair_table)    \
+    XX(utf8_bad_lengths)               \
+    XX(utf8_repair_exhaustive_short)   \
+    XX(utf8_put_encodes_scalars)
