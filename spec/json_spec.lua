@@ -488,6 +488,119 @@ describe("tide.json", function()
             assert.are.equal("\xc3\xa9\xf0\x9d\x84\x9e",
                              json.decode('"\\u00e9\\ud834\\udd1e"'))
         end)
+
+        -- { description, JSON text, the decoded string }: surrogate
+        -- escapes that do not form a high-low pair become U+FFFD (as in
+        -- jq 1.7), and the escape after a lone high surrogate stays.
+        local surrogates = {
+            { "a lone high surrogate before a letter", '"\\ud800x"',
+              "\xEF\xBF\xBDx" },
+            { "a lone high surrogate at the end", '"\\ud800"',
+              "\xEF\xBF\xBD" },
+            { "a lone low surrogate", '"\\udc00"', "\xEF\xBF\xBD" },
+            { "a pair", '"\\ud83d\\ude00"', "\xF0\x9F\x98\x80" },
+            { "a pair in capitals", '"\\uD83D\\uDE00"',
+              "\xF0\x9F\x98\x80" },
+            { "a high surrogate before a non-surrogate escape",
+              '"\\ud800\\u0041"', "\xEF\xBF\xBDA" },
+            { "two high surrogates, then a low one",
+              '"\\ud800\\ud800\\udc00"', "\xEF\xBF\xBD\xF0\x90\x80\x80" },
+            { "a low surrogate before a high one", '"\\udc00\\ud800"',
+              "\xEF\xBF\xBD\xEF\xBF\xBD" },
+            { "between escaped quotes", '"\\"\\ud800\\""',
+              '"\xEF\xBF\xBD"' },
+            { "after an escaped NUL", '"\\u0000\\udfff"', "\0\xEF\xBF\xBD" },
+            { "an escaped backslash, then the letters ud800",
+              '"\\\\ud800"', "\\ud800" },
+            { "among other escapes and UTF-8",
+              '"\\t\xC3\xA9\\ud800\\n\\/"', "\t\xC3\xA9\xEF\xBF\xBD\n/" },
+        }
+
+        for _, row in ipairs(surrogates) do
+            it("decodes " .. row[1], function()
+                assert.are.equal(row[3], json.decode(row[2]))
+                -- The same inside an array, as an object key and value.
+                assert.are.equal(row[3], json.decode("[" .. row[2] .. "]")[1])
+                local obj = json.decode("{" .. row[2] .. ":" .. row[2] .. "}")
+                assert.are.equal(row[3], obj[row[3]])
+                -- And the result encodes: it is strict UTF-8.
+                assert.are.equal(row[3], json.decode(json.encode(row[3])))
+            end)
+        end
+
+        it("decodes every character of a text written as \\u escapes",
+           function()
+            -- Code points across the ranges, astral ones as pairs.
+            local cps = { 0x41, 0xE9, 0x7FF, 0x800, 0xD7FF, 0xE000, 0xFFFD,
+                          0xFFFF, 0x10000, 0x1F600, 0x10FFFF }
+            local raw, esc = {}, {}
+            for _, cp in ipairs(cps) do
+                if cp < 0x80 then
+                    raw[#raw + 1] = string.char(cp)
+                elseif cp < 0x800 then
+                    raw[#raw + 1] = string.char(0xC0 + math.floor(cp / 64),
+                                                0x80 + cp % 64)
+                elseif cp < 0x10000 then
+                    raw[#raw + 1] = string.char(0xE0 + math.floor(cp / 4096),
+                        0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
+                else
+                    raw[#raw + 1] = string.char(0xF0 + math.floor(cp / 262144),
+                        0x80 + math.floor(cp / 4096) % 64,
+                        0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
+                end
+                if cp < 0x10000 then
+                    esc[#esc + 1] = string.format("\\u%04x", cp)
+                else
+                    local v = cp - 0x10000
+                    esc[#esc + 1] = string.format("\\u%04X\\u%04X",
+                        0xD800 + math.floor(v / 1024), 0xDC00 + v % 1024)
+                end
+            end
+            local want = table.concat(raw)
+            assert.are.equal(want, json.decode('"' .. table.concat(esc) .. '"'))
+            assert.are.equal(want, json.decode('"' .. want .. '"'))
+        end)
+
+        -- { description, bytes }: not strict UTF-8, so neither encoded nor
+        -- accepted raw inside JSON text.
+        local invalid = {
+            { "an overlong slash (C0 AF)", "\xC0\xAF" },
+            { "an overlong three-byte form (E0 80 AF)", "\xE0\x80\xAF" },
+            { "a surrogate in UTF-8 (ED A0 80)", "\xED\xA0\x80" },
+            { "a low surrogate in UTF-8 (ED BF BF)", "\xED\xBF\xBF" },
+            { "a code point above U+10FFFF (F4 90 80 80)", "\xF4\x90\x80\x80" },
+            { "a lead byte F5", "\xF5\x80\x80\x80" },
+            { "a byte FF", "\xFF" },
+            { "a truncated sequence", "\xE2\x82" },
+            { "a stray continuation byte", "\x80" },
+        }
+
+        for _, row in ipairs(invalid) do
+            it("refuses to encode " .. row[1], function()
+                assert_evalue("EVALUE: cannot encode invalid UTF-8 string at $",
+                              false, json.encode(row[2]))
+                assert_evalue("EVALUE: cannot encode invalid UTF-8 string at "
+                              .. "$.s", false, json.encode({ s = "ok" .. row[2] }))
+                assert_evalue(nil, false, json.encode({ [row[2]] = 1 }))
+            end)
+
+            it("refuses to decode " .. row[1], function()
+                assert_evalue(nil, false, json.decode('"' .. row[2] .. '"'))
+                local _, err = json.decode('["ok","a' .. row[2] .. '"]')
+                assert.is_truthy(err:find("^EVALUE: invalid JSON at byte %d+: "
+                                          .. "lexical error: invalid "), err)
+                assert_evalue(nil, false, json.decode('{"' .. row[2] .. '":1}'))
+            end)
+        end
+
+        it("names the first byte that is not strict UTF-8", function()
+            assert_evalue("EVALUE: invalid JSON at byte 8: lexical error: "
+                          .. "invalid bytes in UTF8 string", false,
+                          json.decode('["ok","a\xED\xA0\x80"]'))
+            assert_evalue("EVALUE: invalid JSON at byte 10: lexical error: "
+                          .. "invalid bytes in UTF8 string", false,
+                          json.decode('["ok","a\\n\xC0\xAF"]'))
+        end)
     end)
 
     describe("encode() errors", function()

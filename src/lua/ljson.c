@@ -18,15 +18,25 @@
  * text it accepted is refused when it holds either byte (see
  * json_bad_space).
  *
+ * Strings and keys must be strict UTF-8 (utf8.c): yajl's lexer checks only
+ * the shape of each sequence, so every string token is checked again in
+ * its callback, which refuses overlong forms, surrogates written in UTF-8
+ * and code points above U+10FFFF. yajl_string_decode mishandles surrogate
+ * escapes (a lone high one and the character after it become "?", a lone
+ * low one becomes ED B0 80), so tokens with escapes are decoded again here
+ * from the input (json_dec_text): a high-low pair is one code point, any
+ * other surrogate escape U+FFFD, as in jq 1.7.
+ *
  * Encoding walks the Lua value itself and writes the structure ({, [, :, ,)
  * into its own buffer, because yajl_gen keeps a fixed state array and
  * fails past 128 levels (YAJL_MAX_DEPTH in yajl_gen.c). Every scalar goes
  * through yajl_gen, reset to a fresh top level each time, with its print
- * callback pointed at the same buffer: strings and keys are escaped and
- * UTF-8-checked by yajl_gen_string (yajl_gen_validate_utf8; '/' is not
- * escaped), numbers are formatted here and emitted with yajl_gen_number
- * (yajl_gen_double prints %.20g, so 0.1 would become
- * 0.10000000000000000555). Integral doubles up to 2^53 print as integers,
+ * callback pointed at the same buffer: strings and keys are checked here
+ * as strict UTF-8 (yajl_gen_validate_utf8 would let the same overlongs,
+ * surrogates and code points through, so it is off) and escaped by
+ * yajl_gen_string ('/' is not escaped), numbers are formatted here and
+ * emitted with yajl_gen_number (yajl_gen_double prints %.20g, so 0.1
+ * would become 0.10000000000000000555). Integral doubles up to 2^53 print as integers,
  * -0.0 as -0, other doubles as the shortest of %.15g, %.16g and %.17g that
  * strtod reads back to the same double.
  *
@@ -407,10 +417,13 @@ static int json_enc_fail(json_enc *e, int depth, const char *fmt, ...) {
 }
 
 /* Emits s (n bytes) as a JSON string through yajl. Returns 0, or -1 when
- * s is not valid UTF-8. */
+ * s is not strict UTF-8 (checked here: yajl_gen_validate_utf8 lets
+ * overlongs, surrogates and code points above U+10FFFF through). */
 static int json_gen_string(json_enc *e, const char *s, size_t n) {
     yajl_gen_status st;
 
+    if (tide__utf8_check(s, n) != n)
+        return -1;
     yajl_gen_reset(e->g, NULL);
     st = yajl_gen_string(e->g, (const unsigned char *)s, n);
     if (st == yajl_gen_invalid_string)
@@ -763,7 +776,6 @@ static int json_encode_run(lua_State *L, int idx, json_enc *e) {
     e->frames[0].kind = JSON_SEG_ROOT;
     e->g = yajl_gen_alloc(&json_yajl_alloc);
     TIDE_ASSERT(e->g != NULL);
-    yajl_gen_config(e->g, yajl_gen_validate_utf8, 1);
     yajl_gen_config(e->g, yajl_gen_print_callback, json_print, e);
 
     status = lua_pcall(L, 2, e->push ? 1 : 0, 0);
@@ -835,6 +847,12 @@ typedef struct {
     json_level inline_levels[JSON_INLINE_LEVELS];
     int too_deep;       /* a callback stopped the parse: too deep */
     int no_stack;       /* a callback stopped the parse: Lua stack full */
+    int bad_utf8;       /* a callback stopped the parse: not strict UTF-8 */
+    size_t bad_at;      /* with bad_utf8: the offending byte's offset */
+    /* Strings with escapes are decoded here (see json_dec_text); the
+     * buffer is owned here and freed after the parse. */
+    char *sbuf;
+    size_t sbufcap;
     char radix;
     int rc;
     json_msg err;
@@ -885,9 +903,132 @@ static int json_dec_number(void *ctx, const char *s, size_t n) {
     return json_dec_add(d);
 }
 
+/* Returns the value of the hex digit c, which yajl's lexer checked. */
+static unsigned json_hexval(char c) {
+    if (c >= '0' && c <= '9')
+        return (unsigned)(c - '0');
+    return (unsigned)((c | 0x20) - 'a' + 10);
+}
+
+static unsigned json_hex4(const char *s) {
+    return json_hexval(s[0]) << 12 | json_hexval(s[1]) << 8 |
+           json_hexval(s[2]) << 4 | json_hexval(s[3]);
+}
+
+/* Decodes the n bytes between the quotes of a string token, whose escapes
+ * yajl's lexer has checked, into out (room for n bytes: no escape grows
+ * when decoded) and returns the length. A \u escape of a high surrogate
+ * followed by one of a low surrogate is one code point; any other
+ * surrogate escape becomes U+FFFD and the escape after it is decoded on
+ * its own, as jq 1.7 does ("\ud800x" is U+FFFD then x). */
+static size_t json_unescape(char *out, const char *s, size_t n) {
+    size_t i = 0, len = 0;
+
+    while (i < n) {
+        const char *bs = memchr(s + i, '\\', n - i);
+        size_t run = bs != NULL ? (size_t)(bs - (s + i)) : n - i;
+        unsigned cp, lo;
+
+        memcpy(out + len, s + i, run);
+        len += run;
+        i += run;
+        if (i == n)
+            break;
+        i += 2;
+        switch (s[i - 1]) {
+        case 'b': out[len++] = '\b'; break;
+        case 'f': out[len++] = '\f'; break;
+        case 'n': out[len++] = '\n'; break;
+        case 'r': out[len++] = '\r'; break;
+        case 't': out[len++] = '\t'; break;
+        case 'u':
+            cp = json_hex4(s + i);
+            i += 4;
+            if (cp >= 0xD800 && cp <= 0xDBFF && n - i >= 6 &&
+                s[i] == '\\' && s[i + 1] == 'u') {
+                lo = json_hex4(s + i + 2);
+                if (lo >= 0xDC00 && lo <= 0xDFFF) {
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                    i += 6;
+                }
+            }
+            if (cp >= 0xD800 && cp <= 0xDFFF)
+                cp = 0xFFFD;
+            len += tide__utf8_put(out + len, cp);
+            break;
+        default: /* '"', '\\' and '/' stand for themselves */
+            out[len++] = s[i - 1];
+            break;
+        }
+    }
+    return len;
+}
+
+/* Checks and, where needed, decodes again the string or key that yajl
+ * handed to a callback (*s, *n), which become the text to push.
+ *
+ * A token without escapes arrives as its bytes in the input; yajl's lexer
+ * checked only their shape, so they are checked here as strict UTF-8. A
+ * token with escapes arrives decoded by yajl_string_decode, which turns a
+ * lone high surrogate and the character after it into "?", a lone low
+ * surrogate into the bytes ED B0 80, and a high surrogate followed by any
+ * \u escape into a pair. That cannot be undone, so such a token is found
+ * again in the input and decoded by json_unescape. Its end is known: the
+ * parse consumed the input up to its closing quote. Its opening quote is
+ * the nearest '"' before that which is not escaped: inside a string every
+ * '"' is written \", behind an odd run of backslashes, and before the
+ * opening quote there is never a backslash.
+ *
+ * Returns 1, or 0 (stopping the parse) with d->bad_utf8 and d->bad_at set
+ * when the text is not strict UTF-8. Raises nothing. */
+static int json_dec_text(json_dec *d, const unsigned char **s, size_t *n) {
+    uintptr_t p = (uintptr_t)*s, base = (uintptr_t)d->s;
+    size_t start, end, bad, len;
+
+    if (p >= base && p <= base + d->len) {
+        bad = tide__utf8_check(*s, *n);
+        if (bad == *n)
+            return 1;
+        d->bad_utf8 = 1;
+        d->bad_at = (size_t)(p - base) + bad;
+        return 0;
+    }
+    end = yajl_get_bytes_consumed(d->h) - 1;
+    TIDE_ASSERT(end < d->len && d->s[end] == '"');
+    start = end;
+    for (;;) {
+        size_t k;
+        TIDE_ASSERT(start > 0);
+        start--;
+        if (d->s[start] != '"')
+            continue;
+        for (k = start; k > 0 && d->s[k - 1] == '\\'; k--)
+            ;
+        if ((start - k) % 2 == 0)
+            break;
+    }
+    start++; /* the first byte after the opening quote */
+    len = end - start;
+    bad = tide__utf8_check(d->s + start, len);
+    if (bad != len) {
+        d->bad_utf8 = 1;
+        d->bad_at = start + bad;
+        return 0;
+    }
+    if (d->sbufcap < len) {
+        d->sbufcap = len;
+        d->sbuf = tide__xrealloc(d->sbuf, len);
+    }
+    *n = json_unescape(d->sbuf, d->s + start, len);
+    *s = (const unsigned char *)d->sbuf;
+    return 1;
+}
+
 static int json_dec_string(void *ctx, const unsigned char *s, size_t n) {
     json_dec *d = ctx;
 
+    if (!json_dec_text(d, &s, &n))
+        return 0;
     lua_pushlstring(d->L, (const char *)s, n);
     return json_dec_add(d);
 }
@@ -936,6 +1077,8 @@ static int json_dec_start_array(void *ctx) {
 static int json_dec_map_key(void *ctx, const unsigned char *s, size_t n) {
     json_dec *d = ctx;
 
+    if (!json_dec_text(d, &s, &n))
+        return 0;
     lua_pushlstring(d->L, (const char *)s, n);
     return 1;
 }
@@ -976,6 +1119,12 @@ static void json_dec_fail(json_dec *d, int at_end) {
     if (d->no_stack) {
         json_msg_putf(&d->err, "JSON too deep for the Lua stack at byte %zu",
                       off);
+        return;
+    }
+    if (d->bad_utf8) {
+        /* The words of yajl's own message for the bytes it refuses. */
+        json_msg_putf(&d->err, "invalid JSON at byte %zu: lexical error: "
+                      "invalid bytes in UTF8 string", d->bad_at);
         return;
     }
     /* yajl's text looks like "parse error: trailing garbage\n". */
@@ -1072,6 +1221,7 @@ int tide__json_decode_push(lua_State *L, const char *s, size_t len,
     status = lua_pcall(L, 1, 1, 0);
 
     yajl_free(d.h);
+    free(d.sbuf);
     if (d.levels != d.inline_levels)
         free(d.levels);
     if (status != 0)
