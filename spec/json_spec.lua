@@ -603,6 +603,74 @@ describe("tide.json", function()
         end)
     end)
 
+    describe("repair_utf8()", function()
+        local R = "\xEF\xBF\xBD" -- U+FFFD
+
+        -- { description, bytes, repaired }: one U+FFFD per maximal subpart
+        -- of each ill-formed sequence (Unicode's and WHATWG's practice).
+        local rows = {
+            { "keeps the empty string", "", "" },
+            { "keeps ASCII", "plain text", "plain text" },
+            { "keeps UTF-8 and NUL", "h\xC3\xA9\0\xF0\x9F\x98\x80",
+              "h\xC3\xA9\0\xF0\x9F\x98\x80" },
+            { "replaces a byte-cut e acute", "caf\xC3", "caf" .. R },
+            { "replaces a truncated sequence once", "\xE2\x82x", R .. "x" },
+            { "replaces a truncated 4-byte sequence once", "\xF0\x9F\x98",
+              R },
+            { "replaces each byte of an overlong", "\xC0\xAF", R .. R },
+            { "replaces each byte of a UTF-8 surrogate", "\xED\xA0\x80",
+              R .. R .. R },
+            { "replaces each byte above U+10FFFF", "\xF4\x90\x80\x80",
+              R .. R .. R .. R },
+            { "replaces FF and FE", "a\xFF\xFEb", "a" .. R .. R .. "b" },
+            { "replaces a stray continuation byte", "\x80\xC3\xA9",
+              R .. "\xC3\xA9" },
+            { "repairs a traceback with a cut character",
+              "boom: caf\xC3\nstack traceback:\n\t[C]: in ?",
+              "boom: caf" .. R .. "\nstack traceback:\n\t[C]: in ?" },
+        }
+
+        for _, row in ipairs(rows) do
+            it(row[1], function()
+                local out = json.repair_utf8(row[2])
+                assert.are.equal(row[3], out)
+                assert.is_truthy(json.encode(out))
+                assert.are.equal(out, json.repair_utf8(out))
+            end)
+        end
+
+        it("agrees with encode() on random bytes", function()
+            math.randomseed(11)
+            local pool = { 0x00, 0x41, 0x7F, 0x80, 0x9F, 0xA0, 0xBF, 0xC0,
+                           0xC2, 0xDF, 0xE0, 0xED, 0xEF, 0xF0, 0xF4, 0xF5,
+                           0xFF }
+            for _ = 1, 3000 do
+                local b = {}
+                for k = 1, math.random(0, 8) do
+                    b[k] = string.char(pool[math.random(#pool)])
+                end
+                local s = table.concat(b)
+                local fixed = json.repair_utf8(s)
+                -- What encode takes, repair leaves alone; what it refuses,
+                -- repair changes into something it takes.
+                if json.encode(s) then
+                    assert.are.equal(s, fixed)
+                else
+                    assert.are_not.equal(s, fixed)
+                end
+                assert.are.equal(fixed, json.decode(json.encode(fixed)))
+            end
+        end)
+
+        it("raises on a non-string", function()
+            assert.has_error(function() json.repair_utf8(5) end,
+                "bad argument #1 to 'repair_utf8' (string expected, got "
+                .. "number)")
+            assert.has_error(function() json.repair_utf8() end,
+                "bad argument #1 to 'repair_utf8' (expected 1 argument)")
+        end)
+    end)
+
     describe("encode() errors", function()
         local cyclic = {}
         cyclic.self = cyclic

@@ -1390,6 +1390,38 @@ static int json_l_check(lua_State *L) {
     return 1;
 }
 
+/* repair_utf8(s) -> s itself when it is strict UTF-8, else a copy with
+ * each maximal subpart of an ill-formed sequence replaced by U+FFFD (see
+ * utf8.c). Raises when s is not a string. The copy is built in a
+ * luaL_Buffer, so no C memory is live when it raises. */
+static int json_l_repair_utf8(lua_State *L) {
+    luaL_Buffer b;
+    const char *s;
+    size_t n, i, ok;
+
+    luaL_argcheck(L, lua_gettop(L) == 1, 1, "expected 1 argument");
+    if (lua_type(L, 1) != LUA_TSTRING)
+        return luaL_argerror(L, 1, lua_pushfstring(L, "string expected, "
+                             "got %s", luaL_typename(L, 1)));
+    s = lua_tolstring(L, 1, &n);
+    ok = tide__utf8_check(s, n);
+    if (ok == n)
+        return 1;
+    luaL_buffinit(L, &b);
+    i = 0;
+    while (i < n) {
+        luaL_addlstring(&b, s + i, ok);
+        i += ok;
+        if (i == n)
+            break;
+        luaL_addlstring(&b, "\xEF\xBF\xBD", 3);
+        i += tide__utf8_bad(s + i, n - i);
+        ok = tide__utf8_check(s + i, n - i);
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
 /* ===== INITIALISATION ===== */
 
 static const luaL_Reg json_funcs[] = {
@@ -1398,11 +1430,12 @@ static const luaL_Reg json_funcs[] = {
     { "check", json_l_check },
     { "array", json_l_array },
     { "object", json_l_object },
+    { "repair_utf8", json_l_repair_utf8 },
     { NULL, NULL },
 };
 
 int tide__json_open(lua_State *L) {
-    lua_createtable(L, 0, 7);
+    lua_createtable(L, 0, 9);
     luaL_setfuncs(L, json_funcs, 0);
     json_push_array_mt(L);
     lua_setfield(L, -2, "array_mt");

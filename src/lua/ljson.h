@@ -21,11 +21,15 @@
  *   encode(value)  -> str   | nil, "EVALUE: msg", "EVALUE"
  *   array([t])     -> t marked as a JSON array (a new table when t is nil)
  *   object([t])    -> t marked as a JSON object
+ *   repair_utf8(s) -> s itself when it is strict UTF-8, else a copy with
+ *                     each ill-formed sequence (its maximal subpart)
+ *                     replaced by U+FFFD
  *   array_mt, object_mt  the shared metatables that mark decoded tables
  *   null           the null sentinel, lightuserdata NULL (like cjson.null)
  *
- * Misuse (a non-string to decode, a wrong argument count, array/object on
- * a table that already has a foreign metatable) raises with luaL_argerror.
+ * Misuse (a non-string to decode or repair_utf8, a wrong argument count,
+ * array/object on a table that already has a foreign metatable) raises
+ * with luaL_argerror.
  * The metatables live in the registry, so every call in one lua_State
  * shares them; calling this twice pushes two tables that share them.
  * Returns 1, so it also serves as a lua_CFunction (package.preload). */
