@@ -8,15 +8,26 @@
  * callbacks. Objects get the shared object metatable and arrays the shared
  * array metatable, so {} and [] stay distinct; null becomes the sentinel
  * lightuserdata NULL, so [1,null,3] keeps three entries and {"a":null}
- * keeps its key. Numbers arrive through the raw yajl_number callback and go
- * through strtod: the integer/double callbacks would reject 1e400 as an
- * overflow. A number beyond the double range decodes to +-inf, as strtod,
- * cjson and Python do; such a value cannot be encoded again (an i_ case of
- * JSONTestSuite, so either answer would be allowed). Duplicate keys: the
- * last one wins. Nesting deeper than TIDE_JSON_MAX_DEPTH stops the parse
- * from a callback. yajl's lexer also takes \v and \f for whitespace, so a
- * text it accepted is refused when it holds either byte (see
- * json_bad_space).
+ * keeps its key. Numbers arrive through the raw yajl_number callback: the
+ * integer/double callbacks would reject 1e400 as an overflow. An integer
+ * (no fraction, no exponent) up to 2^53 in magnitude is read here as a
+ * plain number. One beyond 2^53 that fits int64_t or uint64_t becomes a
+ * LuaJIT 64-bit integer cdata (int64_t for negatives and values up to
+ * 2^63 - 1, uint64_t above), which keeps every digit, computes exactly and
+ * encodes back to the same text, as jq 1.7 keeps integer literals; a
+ * double would round 9007199254740993 to ...992 and corrupt 64-bit ids.
+ * Every integer beyond 2^53 is a cdata, even one a double happens to hold
+ * (2^53 + 2, -2^63), so the type never depends on the last bits of an id.
+ * Other numbers go through strtod: a fraction or an exponent, or an
+ * integer beyond both ranges, is a double as before, and one beyond the
+ * double range decodes to +-inf, as strtod, cjson and Python do; such a
+ * value cannot be encoded again (an i_ case of JSONTestSuite, so either
+ * answer would be allowed). Making a cdata costs a call into a cached ffi
+ * constructor (see json_push_ffi), paid only by such integers. Duplicate
+ * keys: the last one wins. Nesting deeper than TIDE_JSON_MAX_DEPTH stops
+ * the parse from a callback. yajl's lexer also takes \v and \f for
+ * whitespace, so a text it accepted is refused when it holds either byte
+ * (see json_bad_space).
  *
  * Strings and keys must be strict UTF-8 (utf8.c): yajl's lexer checks only
  * the shape of each sequence, so every string token is checked again in
@@ -36,9 +47,12 @@
  * surrogates and code points through, so it is off) and escaped by
  * yajl_gen_string ('/' is not escaped), numbers are formatted here and
  * emitted with yajl_gen_number (yajl_gen_double prints %.20g, so 0.1
- * would become 0.10000000000000000555). Integral doubles up to 2^53 print as integers,
- * -0.0 as -0, other doubles as the shortest of %.15g, %.16g and %.17g that
- * strtod reads back to the same double.
+ * would become 0.10000000000000000555). Integral doubles up to 2^53 print
+ * as integers, -0.0 as -0, other doubles as the shortest of %.15g, %.16g
+ * and %.17g that strtod reads back to the same double. int64_t and
+ * uint64_t cdata (boxed, with any qualifiers) print all their digits,
+ * without LuaJIT's LL/ULL suffix; any other cdata is an error, like a
+ * function.
  *
  * Which tables are arrays: a table with the array metatable is an array of
  * length its largest integer key (holes become null) and may have no other
@@ -60,15 +74,16 @@
  * Memory: both directions run under lua_pcall, and every C buffer hangs off
  * a context on the caller's C stack, so the caller frees them all after the
  * pcall returns, whatever happened, and only then re-raises a Lua error
- * (which can only be a memory error: no Lua code or metamethod runs
- * inside). The re-raise goes through lua_error, so a LUA_ERRMEM arrives as
- * LUA_ERRRUN with the message "not enough memory", as in cjson's safe
- * functions. C allocations go through tide__xmalloc (out of memory
- * aborts), yajl's included. */
+ * (which can only be a memory error: no metamethod and no Lua code runs
+ * inside but the ffi helpers of json_push_ffi). The re-raise goes through
+ * lua_error, so a LUA_ERRMEM arrives as LUA_ERRRUN with the message "not
+ * enough memory", as in cjson's safe functions. C allocations go through
+ * tide__xmalloc (out of memory aborts), yajl's included. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* nl_langinfo */
 #endif
 
+#include <inttypes.h>
 #include <langinfo.h>
 #include <limits.h>
 #include <math.h>
@@ -153,6 +168,77 @@ void tide__json_push_array_mt(lua_State *L) {
 
 void tide__json_push_object_mt(lua_State *L) {
     json_push_object_mt(L);
+}
+
+/* Registry key (its address) of the table json_push_ffi caches. */
+static char json_ffi_key;
+
+/* The ffi half of 64-bit integers. LuaJIT's C API can neither make cdata
+ * nor tell their type, so this chunk, compiled once per lua_State,
+ * returns the int64_t and uint64_t ctypes (calling one from C makes a new
+ * boxed zero, whose 8 bytes are then written through lua_topointer) and a
+ * function that says which of the two a value is (ffi.istype ignores
+ * qualifiers), and a probe whose bytes json_push_ffi checks. */
+static const char json_ffi_chunk[] =
+    "local ffi = require('ffi')\n"
+    "local istype = ffi.istype\n"
+    "local i64, u64 = ffi.typeof('int64_t'), ffi.typeof('uint64_t')\n"
+    "return { i64, u64, function(v)\n"
+    "    if istype(i64, v) then return 1 end\n"
+    "    if istype(u64, v) then return 2 end\n"
+    "    return 0\n"
+    "end }, 0x0123456789ABCDEFULL\n";
+
+/* Pushes the table { int64_t ctype, uint64_t ctype, kind function },
+ * building it on first use in this lua_State. May raise. */
+static void json_push_ffi(lua_State *L) {
+    uint64_t probe;
+
+    luaL_checkstack(L, 4, "tide.json");
+    lua_pushlightuserdata(L, &json_ffi_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    if (lua_istable(L, -1))
+        return;
+    lua_pop(L, 1);
+    if (luaL_loadbuffer(L, json_ffi_chunk, sizeof json_ffi_chunk - 1,
+                        "=tide.json") != 0)
+        lua_error(L);
+    lua_call(L, 0, 2);
+    /* lua_topointer on a cdata gives its payload (lj_obj_ptr); writing
+     * int64 values relies on that, so a LuaJIT that did otherwise must
+     * stop here rather than corrupt numbers. */
+    memcpy(&probe, lua_topointer(L, -1), sizeof probe);
+    TIDE_ASSERT(probe == 0x0123456789ABCDEFULL);
+    lua_pop(L, 1);
+    lua_pushlightuserdata(L, &json_ffi_key);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+}
+
+int tide__json_int64_get(lua_State *L, int idx, uint64_t *bits) {
+    int kind;
+
+    if (lua_type(L, idx) != TIDE_LUA_TCDATA)
+        return 0;
+    if (idx < 0 && idx > LUA_REGISTRYINDEX)
+        idx = lua_gettop(L) + idx + 1;
+    json_push_ffi(L);
+    lua_rawgeti(L, -1, 3);
+    lua_pushvalue(L, idx);
+    lua_call(L, 1, 1);
+    kind = (int)lua_tointeger(L, -1);
+    lua_pop(L, 2);
+    if (kind != 0)
+        memcpy(bits, lua_topointer(L, idx), sizeof *bits);
+    return kind;
+}
+
+void tide__json_int64_push(lua_State *L, uint64_t bits, int is_unsigned) {
+    json_push_ffi(L);
+    lua_rawgeti(L, -1, is_unsigned ? 2 : 1);
+    lua_call(L, 0, 1);
+    memcpy((void *)lua_topointer(L, -1), &bits, sizeof bits);
+    lua_remove(L, -2);
 }
 
 /* Returns the decimal point of the current C locale: '.' unless a program
@@ -276,6 +362,18 @@ static size_t json_format_number(double v, char *out) {
             break;
     }
     return (size_t)n;
+}
+
+/* Writes the 64-bit integer held in bits (kind 1: int64_t, 2: uint64_t,
+ * as tide__json_int64_get says) as JSON number text into out (JSON_NUMLEN
+ * bytes) and returns its length: all its digits, with no LL suffix. */
+static size_t json_format_int64(uint64_t bits, int kind, char *out) {
+    int64_t v;
+
+    if (kind == 2)
+        return (size_t)snprintf(out, JSON_NUMLEN, "%" PRIu64, bits);
+    memcpy(&v, &bits, sizeof v);
+    return (size_t)snprintf(out, JSON_NUMLEN, "%" PRId64, v);
 }
 
 /* ===== ENCODING ===== */
@@ -731,6 +829,16 @@ static int json_enc_value(json_enc *e, int depth) {
         break;
     case LUA_TTABLE:
         return json_enc_table(e, depth);
+    case TIDE_LUA_TCDATA: {
+        uint64_t bits;
+        int kind = tide__json_int64_get(L, -1, &bits);
+        if (kind != 0) {
+            n = json_format_int64(bits, kind, num);
+            json_gen_number(e, num, n);
+            return 0;
+        }
+        break;
+    }
     default:
         break;
     }
@@ -887,13 +995,51 @@ static int json_dec_boolean(void *ctx, int b) {
     return json_dec_add(d);
 }
 
-/* Numbers arrive as text that yajl's lexer already checked. */
+/* Reads the n bytes at s as an unsigned decimal integer into *u. Returns
+ * 1, or 0 when they are not all digits or the value exceeds UINT64_MAX. */
+static int json_parse_u64(const char *s, size_t n, uint64_t *u) {
+    uint64_t v = 0;
+    size_t i;
+
+    if (n == 0 || n > 20)
+        return 0;
+    for (i = 0; i < n; i++) {
+        unsigned dg = (unsigned)(s[i] - '0');
+        if (dg > 9 || v > (UINT64_MAX - dg) / 10)
+            return 0;
+        v = v * 10 + dg;
+    }
+    *u = v;
+    return 1;
+}
+
+/* Numbers arrive as text that yajl's lexer already checked. An integer
+ * (no fraction, no exponent) of magnitude up to 2^53 is a plain number,
+ * read here without strtod. One beyond 2^53 that fits int64_t (every
+ * negative one down to -2^63, positive ones up to 2^63 - 1) becomes an
+ * int64_t cdata, one up to 2^64 - 1 a uint64_t cdata, so it keeps every
+ * digit. Anything else goes through strtod. */
 static int json_dec_number(void *ctx, const char *s, size_t n) {
     json_dec *d = ctx;
     char tmp[64];
-    char *p = n < sizeof tmp ? tmp : tide__xmalloc(n + 1);
+    char *p;
     double v;
+    uint64_t u;
+    int neg = s[0] == '-';
 
+    if (json_parse_u64(s + neg, n - (size_t)neg, &u)) {
+        if (u <= (UINT64_C(1) << 53)) {
+            v = (double)u;
+            lua_pushnumber(d->L, neg ? -v : v);
+            return json_dec_add(d);
+        }
+        if (!neg || u <= (UINT64_C(1) << 63)) {
+            tide__json_int64_push(d->L, neg ? 0 - u : u,
+                                  !neg && u > (uint64_t)INT64_MAX);
+            return json_dec_add(d);
+        }
+    }
+    p = n < sizeof tmp ? tmp : tide__xmalloc(n + 1);
     memcpy(p, s, n);
     p[n] = '\0';
     v = json_strtod(p, d->radix);

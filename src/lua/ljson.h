@@ -3,6 +3,7 @@
 #define TIDE_LJSON_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <lua.h>
 
@@ -71,6 +72,21 @@ int tide__json_encode_push(lua_State *L, int idx, char *err, size_t errlen);
  * freeing every C buffer. */
 int tide__json_decode_push(lua_State *L, const char *s, size_t len,
                            char *err, size_t errlen);
+
+/* What LuaJIT's lua_type() returns for a cdata (its lua.h has no name
+ * for it). */
+#define TIDE_LUA_TCDATA 10
+
+/* When the value at idx is a boxed int64_t or uint64_t cdata, stores its
+ * 8 bytes in *bits and returns 1 (int64_t) or 2 (uint64_t); returns 0 for
+ * any other value. For a cdata it calls a small Lua function (ffi.istype),
+ * compiled on first use in this lua_State, so it may raise, and needs no
+ * more than LUA_MINSTACK free slots. */
+int tide__json_int64_get(lua_State *L, int idx, uint64_t *bits);
+
+/* Pushes a new int64_t cdata (is_unsigned 0) or uint64_t cdata (1)
+ * holding bits. May raise, like tide__json_int64_get. */
+void tide__json_int64_push(lua_State *L, uint64_t bits, int is_unsigned);
 
 /* Push the shared metatables that mark decoded arrays and objects. */
 void tide__json_push_array_mt(lua_State *L);
