@@ -146,6 +146,7 @@ describe("tide.json", function()
                 local v1, err = json.decode(input)
                 assert.is_nil(err)
                 assert.is_true(marked(v1))
+                assert.is_true(json.check(v1))
                 local s1, err1 = json.encode(v1)
                 assert.is_nil(err1)
                 local v2 = json.decode(s1)
@@ -832,12 +833,99 @@ describe("tide.json", function()
             it("reports " .. row[1], function()
                 assert_evalue(row[3], false, json.encode(row[2]))
             end)
+
+            it("agrees with check() on " .. row[1], function()
+                local ok, msg = json.check(row[2])
+                assert.is_false(ok)
+                assert.are.equal("string", type(msg))
+            end)
         end
 
         it("reports depth 1001", function()
             assert_evalue("EVALUE: cannot encode tables nested deeper than "
                           .. "1000 at $[1][1][1]", true,
                           json.encode(nested(1001)))
+        end)
+    end)
+
+    describe("check()", function()
+        local ffi = require "ffi"
+        local cyclic = {}
+        cyclic.self = cyclic
+        local deep_cycle = { a = { b = {} } }
+        deep_cycle.a.b.c = deep_cycle.a
+
+        -- { description, value, message (nil: the value passes) }
+        local rows = {
+            { "an ASCII string", "plain", nil },
+            { "a UTF-8 string", "h\xC3\xA9 \xF0\x9F\x98\x80", nil },
+            { "an empty string", "", nil },
+            { "a number", 1.5, nil },
+            { "nil", nil, nil },
+            { "false", false, nil },
+            { "null", json.null, nil },
+            { "an int64_t", 9007199254740993LL, nil },
+            { "a uint64_t", 18446744073709551615ULL, nil },
+            { "decoded 64-bit integers",
+              json.decode('{"a":[9007199254740993,-9223372036854775808]}'), nil },
+            { "a table of every kind of data",
+              { a = json.array({ 1, "x", true, json.null }), b = json.object(),
+                c = { 1, 2, 3 }, d = { [1.5] = "half" } }, nil },
+            { "a table shared twice (no cycle)",
+              (function() local t = { 1 } return { t, t } end)(), nil },
+            { "a string cut inside a character", "caf\xC3",
+              "invalid UTF-8 at byte 4" },
+            { "an overlong form", "ab\xC0\xAF", "invalid UTF-8 at byte 3" },
+            { "a surrogate in UTF-8", "\xED\xA0\x80",
+              "invalid UTF-8 at byte 1" },
+            { "a nested invalid string", { list = { "ok", "\xFF" } },
+              "invalid UTF-8 at byte 1 of the string at $.list[2]" },
+            { "an invalid key", { ["k\xFF"] = 1 },
+              'invalid UTF-8 at byte 2 of the key "k\\xff" at $' },
+            { "a function", print, "a function" },
+            { "a nested function", { a = { 1, print } },
+              "a function at $.a[2]" },
+            { "a thread", coroutine.create(print), "a thread" },
+            { "a userdata", io.stdout, "a userdata" },
+            { "other cdata", ffi.new("int32_t", 1), "a cdata" },
+            { "nested cdata", { n = ffi.new("double", 1) }, "a cdata at $.n" },
+            { "inf", math.huge, "a non-finite number (inf)" },
+            { "-inf", { -math.huge }, "a non-finite number (-inf) at $[1]" },
+            { "nan", { x = 0 / 0 }, "a non-finite number (nan) at $.x" },
+            { "a cycle", cyclic, "a cycle at $.self" },
+            { "a deeper cycle", deep_cycle, "a cycle at $.a.b.c" },
+            { "a boolean key", { [true] = 1 }, "a table key of type boolean at $" },
+            { "an inf key", { a = { [math.huge] = 1 } },
+              "a non-finite table key (inf) at $.a" },
+            { "a string key in an array", json.array({ 1, x = 2 }),
+              'an array with key "x" at $' },
+            { "a very sparse array", json.array({ [10000] = 1 }),
+              "a sparse array (largest index 10000, 1 entries) at $" },
+            { "a number key and a string key that print the same",
+              { [1] = 1, ["1"] = 2 },
+              'a table with both a number and a string key "1" at $' },
+            { "depth 1001", nested(1001),
+              "tables nested deeper than 1000 at $[1][1][1]" },
+        }
+
+        for _, row in ipairs(rows) do
+            it((row[3] and "refuses " or "accepts ") .. row[1], function()
+                local ok, msg = json.check(row[2])
+                if row[3] == nil then
+                    assert.is_true(ok)
+                    assert.is_nil(msg)
+                    assert.is_truthy(json.encode(row[2]))
+                else
+                    assert.is_false(ok)
+                    assert.are.equal(row[3], msg:sub(1, #row[3]))
+                    assert_evalue(nil, false, json.encode(row[2]))
+                end
+            end)
+        end
+
+        it("raises without exactly one argument", function()
+            assert.has_error(function() json.check() end,
+                "bad argument #1 to 'check' (expected 1 argument)")
         end)
     end)
 

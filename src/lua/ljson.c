@@ -460,12 +460,12 @@ static void json_frames_reserve(json_enc *e, int depth) {
 }
 
 /* Writes the path of frames[1..depth] ("$", "$.a[2]", "$[\"a b\"]"). */
-static void json_msg_path(json_msg *m, const json_enc *e, int depth) {
+static void json_msg_path(json_msg *m, const json_frame *frames, int depth) {
     int i;
 
     json_msg_put(m, "$", 1);
     for (i = 1; i <= depth; i++) {
-        const json_frame *f = &e->frames[i];
+        const json_frame *f = &frames[i];
         char num[JSON_NUMLEN];
         size_t j;
         int ident;
@@ -510,7 +510,7 @@ static int json_enc_fail(json_enc *e, int depth, const char *fmt, ...) {
     json_msg_vputf(&e->err, fmt, ap);
     va_end(ap);
     json_msg_puts(&e->err, " at ");
-    json_msg_path(&e->err, e, depth);
+    json_msg_path(&e->err, e->frames, depth);
     return TIDE_EVALUE;
 }
 
@@ -657,7 +657,7 @@ static int json_enc_object(json_enc *e, int depth) {
                 json_msg_puts(&e->err, "cannot encode table ");
                 json_describe_key(L, -1, &e->err);
                 json_msg_puts(&e->err, " at ");
-                json_msg_path(&e->err, e, depth);
+                json_msg_path(&e->err, e->frames, depth);
                 lua_pop(L, 1);
                 e->nkeys = base;
                 return TIDE_EVALUE;
@@ -674,7 +674,7 @@ static int json_enc_object(json_enc *e, int depth) {
                           "and a string key ");
             json_msg_quoted(&e->err, k->isnum ? k->text : k->s, k->len);
             json_msg_puts(&e->err, " at ");
-            json_msg_path(&e->err, e, depth);
+            json_msg_path(&e->err, e->frames, depth);
             e->nkeys = base;
             return TIDE_EVALUE;
         }
@@ -692,7 +692,7 @@ static int json_enc_object(json_enc *e, int depth) {
             json_msg_puts(&e->err, "cannot encode ");
             json_msg_quoted(&e->err, k.s, k.len);
             json_msg_puts(&e->err, " (invalid UTF-8 key) at ");
-            json_msg_path(&e->err, e, depth);
+            json_msg_path(&e->err, e->frames, depth);
             e->nkeys = base;
             return TIDE_EVALUE;
         }
@@ -736,9 +736,9 @@ static int json_enc_table(json_enc *e, int depth) {
     for (i = 0; i < depth; i++) {
         if (e->frames[i].table == t) {
             json_msg_puts(&e->err, "cannot encode cyclic table at ");
-            json_msg_path(&e->err, e, depth);
+            json_msg_path(&e->err, e->frames, depth);
             json_msg_puts(&e->err, " (the same table as ");
-            json_msg_path(&e->err, e, i);
+            json_msg_path(&e->err, e->frames, i);
             json_msg_puts(&e->err, ")");
             return TIDE_EVALUE;
         }
@@ -773,7 +773,7 @@ static int json_enc_table(json_enc *e, int depth) {
                 json_describe_key(L, -1, &e->err);
                 lua_pop(L, 1);
                 json_msg_puts(&e->err, " at ");
-                json_msg_path(&e->err, e, depth);
+                json_msg_path(&e->err, e->frames, depth);
                 return TIDE_EVALUE;
             }
         }
@@ -1481,59 +1481,280 @@ static int json_l_object(lua_State *L) {
     return json_mark(L, json_push_object_mt);
 }
 
-/* Walks the value at idx the cheap way: types, finite numbers, key types
- * and depth (a cycle shows up as depth). Returns 0 when nothing stands in
- * the way of encoding it, -1 otherwise. Strings are not checked for
- * UTF-8 and arrays not for sparseness: encode still reports those. */
-static int json_check_walk(lua_State *L, int idx, int depth) {
-    switch (lua_type(L, idx)) {
-    case LUA_TNIL:
-    case LUA_TBOOLEAN:
+/* ===== CHECKING ===== */
+
+/* check() walks a value the way the encoder would, without writing
+ * anything, and agrees with encode() on what it refuses. A first walk
+ * records nothing and finds a cycle only as nesting past
+ * TIDE_JSON_MAX_DEPTH, so a value that passes costs no allocation and no
+ * bookkeeping. A value that fails is walked again with frames (a Lua
+ * userdata, so nothing needs freeing when something raises) to name the
+ * first fault and its path. */
+typedef struct {
+    lua_State *L;
+    int arr_mt, obj_mt;  /* absolute stack indices of the metatables */
+    json_frame *frames;  /* NULL in the first walk */
+    json_msg err;
+} json_chk;
+
+static const char *json_nonfinite(double v) {
+    return isnan(v) ? "nan" : v > 0 ? "inf" : "-inf";
+}
+
+/* In the second walk, appends " at <path>" to the message unless the
+ * fault is in the value itself at the root and with_path is 0. */
+static int json_chk_at(json_chk *c, int depth, int with_path) {
+    if (c->frames != NULL && (with_path || depth > 0)) {
+        json_msg_puts(&c->err, " at ");
+        json_msg_path(&c->err, c->frames, depth);
+    }
+    return -1;
+}
+
+/* Records the message (second walk only); see json_chk_at. Returns -1. */
+static int json_chk_fail(json_chk *c, int depth, int with_path,
+                         const char *fmt, ...) {
+    va_list ap;
+
+    if (c->frames == NULL)
+        return -1;
+    va_start(ap, fmt);
+    json_msg_vputf(&c->err, fmt, ap);
+    va_end(ap);
+    return json_chk_at(c, depth, with_path);
+}
+
+static int json_chk_value(json_chk *c, int depth);
+
+/* Checks the key at index -2 of a table found at depth (its value is at
+ * -1): a string must be strict UTF-8, a number finite, nothing else will
+ * do. In the second walk it fills frames[depth + 1] for the value. */
+static int json_chk_key(json_chk *c, int depth) {
+    lua_State *L = c->L;
+    json_frame *f = c->frames != NULL ? &c->frames[depth + 1] : NULL;
+    const char *ks;
+    size_t kl, bad;
+    double num;
+
+    switch (lua_type(L, -2)) {
     case LUA_TSTRING:
+        ks = lua_tolstring(L, -2, &kl);
+        bad = tide__utf8_check(ks, kl);
+        if (bad != kl) {
+            if (c->frames == NULL)
+                return -1;
+            json_msg_putf(&c->err, "invalid UTF-8 at byte %zu of the key ",
+                          bad + 1);
+            json_msg_quoted(&c->err, ks, kl);
+            return json_chk_at(c, depth, 1);
+        }
+        if (f != NULL) {
+            f->kind = JSON_SEG_KEY;
+            f->key = ks;
+            f->keylen = kl;
+        }
         return 0;
     case LUA_TNUMBER:
-        return isfinite(lua_tonumber(L, idx)) ? 0 : -1;
-    case LUA_TLIGHTUSERDATA:
-        return lua_touserdata(L, idx) == NULL ? 0 : -1;
-    case LUA_TTABLE:
-        break;
+        num = lua_tonumber(L, -2);
+        if (!isfinite(num))
+            return json_chk_fail(c, depth, 1, "a non-finite table key (%s)",
+                                 json_nonfinite(num));
+        if (f != NULL) {
+            f->kind = JSON_SEG_NUMKEY;
+            f->num = num;
+        }
+        return 0;
     default:
-        return -1;
+        return json_chk_fail(c, depth, 1, "a table key of type %s",
+                             luaL_typename(L, -2));
     }
-    if (depth >= TIDE_JSON_MAX_DEPTH || !lua_checkstack(L, 3))
-        return -1;
-    if (idx < 0)
-        idx = lua_gettop(L) + idx + 1;
+}
+
+/* Checks that no number key of the object on top of the stack prints the
+ * same as one of its string keys ([1] and ["1"]). */
+static int json_chk_clash(json_chk *c, int depth) {
+    lua_State *L = c->L;
+    char num[JSON_NUMLEN];
+    size_t n;
+
     lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        int kt = lua_type(L, -2);
-        if ((kt != LUA_TSTRING &&
-             !(kt == LUA_TNUMBER && isfinite(lua_tonumber(L, -2)))) ||
-            json_check_walk(L, -1, depth + 1) != 0) {
+    while (lua_next(L, -2) != 0) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TNUMBER)
+            continue;
+        n = json_format_number(lua_tonumber(L, -1), num);
+        lua_pushlstring(L, num, n);
+        lua_rawget(L, -3);
+        if (!lua_isnil(L, -1)) {
             lua_pop(L, 2);
-            return -1;
+            if (c->frames == NULL)
+                return -1;
+            json_msg_puts(&c->err, "a table with both a number and a string "
+                          "key ");
+            json_msg_quoted(&c->err, num, n);
+            return json_chk_at(c, depth, 1);
         }
         lua_pop(L, 1);
     }
     return 0;
 }
 
-/* check(value) -> true | nil, msg, "EVALUE": whether value can be
- * carried as JSON, without producing the text. The message, on failure,
- * is encode's (with the path to the bad part). */
+/* Checks the table on top of the stack, found at depth, with the rules of
+ * json_enc_table: its keys, its values, and as an array its sparseness or
+ * as an object its keys that clash. */
+static int json_chk_table(json_chk *c, int depth) {
+    lua_State *L = c->L;
+    const void *t = lua_topointer(L, -1);
+    int i, rc, marked = 0, all_index = 1;
+    double count = 0, max = 0, numkeys = 0, n;
+
+    if (depth >= TIDE_JSON_MAX_DEPTH)
+        return json_chk_fail(c, depth, 1, "tables nested deeper than %d",
+                             TIDE_JSON_MAX_DEPTH);
+    if (c->frames != NULL) {
+        for (i = 0; i < depth; i++)
+            if (c->frames[i].table == t)
+                return json_chk_fail(c, depth, 1, "a cycle");
+        c->frames[depth].table = t;
+    }
+    if (!lua_checkstack(L, 4))
+        return json_chk_fail(c, depth, 1, "tables nested too deep for the "
+                             "Lua stack");
+    if (lua_getmetatable(L, -1)) {
+        if (lua_rawequal(L, -1, c->arr_mt))
+            marked = 'a';
+        else if (lua_rawequal(L, -1, c->obj_mt))
+            marked = 'o';
+        lua_pop(L, 1);
+    }
+    lua_pushnil(L);
+    while (lua_next(L, -2) != 0) {
+        count++;
+        if (lua_type(L, -2) == LUA_TNUMBER)
+            numkeys++;
+        if (json_is_index(L, -2, &n)) {
+            if (n > max)
+                max = n;
+        } else {
+            all_index = 0;
+            if (marked == 'a') {
+                if (c->frames != NULL) {
+                    json_msg_puts(&c->err, "an array with ");
+                    json_describe_key(L, -2, &c->err);
+                    json_chk_at(c, depth, 1);
+                }
+                lua_pop(L, 2);
+                return -1;
+            }
+        }
+        rc = json_chk_key(c, depth);
+        if (rc == 0)
+            rc = json_chk_value(c, depth + 1);
+        lua_pop(L, 1);
+        if (rc != 0) {
+            lua_pop(L, 1);
+            return rc;
+        }
+    }
+    if (marked == 'a') {
+        if (max > INT_MAX || (max > 1000 && max > 2 * count))
+            return json_chk_fail(c, depth, 1, "a sparse array (largest "
+                                 "index %.0f, %.0f entries)", max, count);
+        return 0;
+    }
+    if (marked != 'o' && count > 0 && all_index && max == count)
+        return 0; /* an array */
+    return numkeys > 0 ? json_chk_clash(c, depth) : 0;
+}
+
+/* Checks the value on top of the stack, found at depth. Returns 0, or -1
+ * (with the message in the second walk). Leaves the stack as it was. */
+static int json_chk_value(json_chk *c, int depth) {
+    lua_State *L = c->L;
+    const char *s;
+    size_t n, bad;
+    double v;
+    uint64_t bits;
+
+    switch (lua_type(L, -1)) {
+    case LUA_TNIL:
+    case LUA_TBOOLEAN:
+        return 0;
+    case LUA_TNUMBER:
+        v = lua_tonumber(L, -1);
+        if (isfinite(v))
+            return 0;
+        return json_chk_fail(c, depth, 0, "a non-finite number (%s)",
+                             json_nonfinite(v));
+    case LUA_TSTRING:
+        s = lua_tolstring(L, -1, &n);
+        bad = tide__utf8_check(s, n);
+        if (bad == n)
+            return 0;
+        return json_chk_fail(c, depth, 0, depth > 0 ? "invalid UTF-8 at byte "
+                             "%zu of the string" : "invalid UTF-8 at byte %zu",
+                             bad + 1);
+    case LUA_TLIGHTUSERDATA:
+        if (lua_touserdata(L, -1) == NULL)
+            return 0;
+        break;
+    case TIDE_LUA_TCDATA:
+        if (tide__json_int64_get(L, -1, &bits) != 0)
+            return 0;
+        break;
+    case LUA_TTABLE:
+        return json_chk_table(c, depth);
+    default:
+        break;
+    }
+    return json_chk_fail(c, depth, 0, "a %s", luaL_typename(L, -1));
+}
+
+/* check(value) -> true | false, msg: whether encode(value) would succeed,
+ * without producing the text. msg says what stands in the way and where:
+ * "a function", "invalid UTF-8 at byte 3" (bytes count from 1, as in
+ * string.sub), "a non-finite number (inf) at $.x", "a cycle at $.a". A
+ * string is only checked for UTF-8, with no allocation, since this runs
+ * on every task output. */
 static int json_l_check(lua_State *L) {
+    char err[TIDE_JSON_ERRLEN];
+    json_chk c;
+    int rc;
+
     luaL_argcheck(L, lua_gettop(L) == 1, 1, "expected 1 argument");
-    if (json_check_walk(L, 1, 0) == 0) {
+    if (lua_type(L, 1) == LUA_TSTRING) {
+        size_t n;
+        const char *s = lua_tolstring(L, 1, &n);
+        if (tide__utf8_check(s, n) == n) {
+            lua_pushboolean(L, 1);
+            return 1;
+        }
+    }
+    memset(&c, 0, sizeof c);
+    c.L = L;
+    json_push_array_mt(L);
+    c.arr_mt = lua_gettop(L);
+    json_push_object_mt(L);
+    c.obj_mt = lua_gettop(L);
+    lua_pushvalue(L, 1);
+    if (json_chk_value(&c, 0) == 0) {
         lua_pushboolean(L, 1);
         return 1;
     }
-    char err[TIDE_JSON_ERRLEN];
-    int rc = tide__json_encode_push(L, 1, err, sizeof err);
-    if (rc != 0)
-        return json_fail(L, rc, err);
-    lua_pop(L, 1);
-    lua_pushboolean(L, 1); /* the walk was stricter than encode */
-    return 1;
+    lua_settop(L, c.obj_mt);
+    c.frames = lua_newuserdata(L, (TIDE_JSON_MAX_DEPTH + 2) *
+                                  sizeof(json_frame));
+    c.frames[0].kind = JSON_SEG_ROOT;
+    c.err.p = err;
+    c.err.cap = sizeof err;
+    err[0] = '\0';
+    lua_pushvalue(L, 1);
+    /* The second walk meets the same fault, or a cycle before it. */
+    rc = json_chk_value(&c, 0);
+    TIDE_ASSERT(rc != 0);
+    lua_pushboolean(L, 0);
+    lua_pushstring(L, err);
+    return 2;
 }
 
 /* repair_utf8(s) -> s itself when it is strict UTF-8, else a copy with

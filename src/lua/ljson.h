@@ -20,6 +20,11 @@
  *
  *   decode(str)    -> value | nil, "EVALUE: msg", "EVALUE"
  *   encode(value)  -> str   | nil, "EVALUE: msg", "EVALUE"
+ *   check(value)   -> true | false, msg: whether encode(value) succeeds,
+ *                     without producing the text; msg names the fault and
+ *                     its path ("a function at $.a[2]", "a cycle at
+ *                     $.self", "invalid UTF-8 at byte 3", counting bytes
+ *                     from 1). Allocates nothing for a string that passes.
  *   array([t])     -> t marked as a JSON array (a new table when t is nil)
  *   object([t])    -> t marked as a JSON object
  *   repair_utf8(s) -> s itself when it is strict UTF-8, else a copy with
