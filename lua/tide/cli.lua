@@ -344,7 +344,9 @@ local function run(args)
             else
                 id = v.id
             end
-            if type(id) == "number" then id = tostring(id) end
+            -- Number ids keep every digit: tostring would print 1e+14
+            -- for 100000000000000, and 64-bit ones are int64 cdata.
+            if type(id) == "number" or type(id) == "cdata" then id = enc(id) end
             if type(id) ~= "string" then id = nil end
         end
         -- Ids given by the input are remembered for the whole run (a

@@ -88,6 +88,22 @@ describe("tide run keeps numbers exact", function()
         assert.equal('{"id":"1","status":"done","output":{"id":1,"n":9007199254740993}}', line)
     end)
 
+    -- { input line, the id it is reported under }: ids keep every digit.
+    local IDS = {
+        { '{"id":9007199254740993}', '"9007199254740993"' },
+        { '{"id":-9223372036854775808}', '"-9223372036854775808"' },
+        { '{"id":1234567890123456}', '"1234567890123456"' },
+        { '{"id":100000000000000}', '"100000000000000"' },
+        { '{"id":40}', '"40"' },
+    }
+
+    for _, row in ipairs(IDS) do
+        it("reports the id of " .. row[1] .. " as " .. row[2], function()
+            local line = run("identity", row[1])
+            assert.equal(row[2], line:match('^{"id":(.-),'))
+        end)
+    end
+
     it("computes with a 64-bit integer on a worker thread", function()
         local line = run("next", '{"n":9007199254740993}')
         assert.equal('{"n":9007199254740993,"next":9007199254740994}', line:match('"output":(.*)}$'))
