@@ -134,33 +134,6 @@ GRAPH_OPTIONS["-f"] = GRAPH_OPTIONS["--format"]
 local load_pipeline = require("tide.pipeline").load
 
 
--- Replaces bytes that are not valid UTF-8 with U+FFFD, so a rejected
--- line can be shown as JSON text.
-local function lossy_utf8(s)
-    local out, i, n = {}, 1, #s
-    local byte, sub = string.byte, string.sub
-    while i <= n do
-        local c = byte(s, i)
-        local len = c < 0x80 and 1 or (c >= 0xC2 and c <= 0xDF) and 2
-            or (c >= 0xE0 and c <= 0xEF) and 3 or (c >= 0xF0 and c <= 0xF4) and 4 or 0
-        local ok = len > 0 and i + len - 1 <= n
-        for k = i + 1, i + len - 1 do
-            if not ok then break end
-            local cc = byte(s, k)
-            ok = cc >= 0x80 and cc <= 0xBF
-        end
-        if ok then
-            out[#out + 1] = sub(s, i, i + len - 1)
-            i = i + len
-        else
-            out[#out + 1] = "\239\191\189"
-            i = i + 1
-        end
-    end
-    return table.concat(out)
-end
-
-
 local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 -- Base64 of s (RFC 4648), for the exact bytes of a rejected line.
@@ -319,8 +292,8 @@ local function run(args)
             local text = enc(line)
             local extra = ""
             if not text then
-                -- Not UTF-8: show it lossily, and keep the exact bytes.
-                text = enc(lossy_utf8(line)) or '""'
+                -- Not UTF-8: show it with U+FFFD, and keep the exact bytes.
+                text = enc(json.repair_utf8(line))
                 extra = ',"base64":"' .. base64(line) .. '"'
             end
             write(out_rejects, '{"line":' .. n .. ',"error":' .. (enc(msg) or '""')
