@@ -620,6 +620,10 @@ describe("tide.json", function()
             { "after an escaped NUL", '"\\u0000\\udfff"', "\0\xEF\xBF\xBD" },
             { "an escaped backslash, then the letters ud800",
               '"\\\\ud800"', "\\ud800" },
+            { "none, beside a question mark (what yajl makes of a lone high "
+              .. "surrogate)", '"why\\n?"', "why\n?" },
+            { "none, beside raw ED and F0 sequences", '"\\t\xED\x9F\xBF\xF0\x9F\x98\x80"',
+              "\t\xED\x9F\xBF\xF0\x9F\x98\x80" },
             { "among other escapes and UTF-8",
               '"\\t\xC3\xA9\\ud800\\n\\/"', "\t\xC3\xA9\xEF\xBF\xBD\n/" },
         }

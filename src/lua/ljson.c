@@ -34,9 +34,9 @@
  * its callback, which refuses overlong forms, surrogates written in UTF-8
  * and code points above U+10FFFF. yajl_string_decode mishandles surrogate
  * escapes (a lone high one and the character after it become "?", a lone
- * low one becomes ED B0 80), so tokens with escapes are decoded again here
- * from the input (json_dec_text): a high-low pair is one code point, any
- * other surrogate escape U+FFFD, as in jq 1.7.
+ * low one becomes ED B0 80), so tokens whose decoding shows a trace of
+ * those are decoded again here from the input (json_dec_text): a high-low
+ * pair is one code point, any other surrogate escape U+FFFD, as in jq 1.7.
  *
  * Encoding walks the Lua value itself and writes the structure ({, [, :, ,)
  * into its own buffer, because yajl_gen keeps a fixed state array and
@@ -80,7 +80,7 @@
  * enough memory", as in cjson's safe functions. C allocations go through
  * tide__xmalloc (out of memory aborts), yajl's included. */
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* nl_langinfo */
+#define _GNU_SOURCE /* nl_langinfo, memrchr */
 #endif
 
 #include <inttypes.h>
@@ -957,8 +957,8 @@ typedef struct {
     int no_stack;       /* a callback stopped the parse: Lua stack full */
     int bad_utf8;       /* a callback stopped the parse: not strict UTF-8 */
     size_t bad_at;      /* with bad_utf8: the offending byte's offset */
-    /* Strings with escapes are decoded here (see json_dec_text); the
-     * buffer is owned here and freed after the parse. */
+    /* Strings with surrogate escapes are decoded here (json_dec_text),
+     * into this buffer, owned here and freed after the parse. */
     char *sbuf;
     size_t sbufcap;
     char radix;
@@ -1110,20 +1110,39 @@ static size_t json_unescape(char *out, const char *s, size_t n) {
     return len;
 }
 
-/* Checks and, where needed, decodes again the string or key that yajl
- * handed to a callback (*s, *n), which become the text to push.
+/* Returns 1 when the text yajl_string_decode made of a token with escapes
+ * may be wrong: it gets every escape right except those of surrogates, and
+ * what it makes of those always shows as a '?' (a lone high surrogate), a
+ * byte ED (a lone low one, as ED B0..BF xx) or a byte F0..F4 (any high
+ * surrogate followed by a \u escape, low or not, as one code point). */
+static int json_yajl_suspect(const unsigned char *s, size_t n) {
+    size_t i;
+
+    if (memchr(s, '?', n) != NULL)
+        return 1;
+    for (i = 0; i < n; i++)
+        if (s[i] >= 0xED && s[i] <= 0xF4)
+            return 1;
+    return 0;
+}
+
+/* Checks the string or key that yajl handed to a callback (*s, *n) and,
+ * where yajl's decoding may be wrong, decodes it again into d->sbuf and
+ * points *s and *n there.
  *
  * A token without escapes arrives as its bytes in the input; yajl's lexer
  * checked only their shape, so they are checked here as strict UTF-8. A
  * token with escapes arrives decoded by yajl_string_decode, which turns a
  * lone high surrogate and the character after it into "?", a lone low
  * surrogate into the bytes ED B0 80, and a high surrogate followed by any
- * \u escape into a pair. That cannot be undone, so such a token is found
- * again in the input and decoded by json_unescape. Its end is known: the
- * parse consumed the input up to its closing quote. Its opening quote is
- * the nearest '"' before that which is not escaped: inside a string every
- * '"' is written \", behind an odd run of backslashes, and before the
- * opening quote there is never a backslash.
+ * \u escape into a pair. Text that shows none of that (json_yajl_suspect)
+ * is right and only checked. Otherwise, or to name the offending byte of
+ * text that is not UTF-8, the token is found again in the input and
+ * decoded by json_unescape. Its end is known: the parse consumed the input
+ * up to its closing quote. Its opening quote is the nearest '"' before
+ * that which is not escaped: inside a string every '"' is written \",
+ * behind an odd run of backslashes, and before the opening quote there is
+ * never a backslash.
  *
  * Returns 1, or 0 (stopping the parse) with d->bad_utf8 and d->bad_at set
  * when the text is not strict UTF-8. Raises nothing. */
@@ -1139,15 +1158,16 @@ static int json_dec_text(json_dec *d, const unsigned char **s, size_t *n) {
         d->bad_at = (size_t)(p - base) + bad;
         return 0;
     }
+    if (!json_yajl_suspect(*s, *n) && tide__utf8_check(*s, *n) == *n)
+        return 1;
     end = yajl_get_bytes_consumed(d->h) - 1;
     TIDE_ASSERT(end < d->len && d->s[end] == '"');
     start = end;
     for (;;) {
+        const char *q = memrchr(d->s, '"', start);
         size_t k;
-        TIDE_ASSERT(start > 0);
-        start--;
-        if (d->s[start] != '"')
-            continue;
+        TIDE_ASSERT(q != NULL);
+        start = (size_t)(q - d->s);
         for (k = start; k > 0 && d->s[k - 1] == '\\'; k--)
             ;
         if ((start - k) % 2 == 0)
