@@ -1065,8 +1065,8 @@ static unsigned json_hex4(const char *s) {
  * yajl's lexer has checked, into out (room for n bytes: no escape grows
  * when decoded) and returns the length. A \u escape of a high surrogate
  * followed by one of a low surrogate is one code point; any other
- * surrogate escape becomes U+FFFD and the escape after it is decoded on
- * its own, as jq 1.7 does ("\ud800x" is U+FFFD then x). */
+ * surrogate escape becomes U+FFFD and what follows it is decoded on its
+ * own, as jq 1.7 does ("\ud800x" is U+FFFD then x). */
 static size_t json_unescape(char *out, const char *s, size_t n) {
     size_t i = 0, len = 0;
 
