@@ -146,6 +146,7 @@ describe("tide.json", function()
                 local v1, err = json.decode(input)
                 assert.is_nil(err)
                 assert.is_true(marked(v1))
+                assert.is_true(json.check(v1))
                 local s1, err1 = json.encode(v1)
                 assert.is_nil(err1)
                 local v2 = json.decode(s1)
@@ -331,6 +332,10 @@ describe("tide.json", function()
                 local s = json.encode(row[2])
                 assert.are.equal(row[3], s)
                 local back = json.decode(s)
+                -- Integer text beyond 2^53 decodes to an int64_t cdata.
+                if type(back) == "cdata" then
+                    back = tonumber(back)
+                end
                 assert.is_true(same(row[2], back))
             end)
         end
@@ -341,10 +346,12 @@ describe("tide.json", function()
         local rows = {
             { "2^53 stays exact", "9007199254740992", 2 ^ 53,
               "9007199254740992" },
-            { "2^53 + 1 rounds to the nearest double (2^53)",
-              "9007199254740993", 2 ^ 53, "9007199254740992" },
-            { "2^53 + 2 stays exact", "9007199254740994", 2 ^ 53 + 2,
-              "9007199254740994" },
+            { "-2^53 stays exact", "-9007199254740992", -2 ^ 53,
+              "-9007199254740992" },
+            { "2^53 + 1 with a fraction rounds to the nearest double",
+              "9007199254740993.0", 2 ^ 53, "9007199254740992" },
+            { "2^53 + 1 with an exponent rounds to the nearest double",
+              "9007199254740993e0", 2 ^ 53, "9007199254740992" },
             { "-0 keeps its sign", "-0", 0 * -1, "-0" },
             { "1E22", "1E22", 1e22, "1e+22" },
             { "17 significant digits survive", "0.30000000000000004",
@@ -371,6 +378,107 @@ describe("tide.json", function()
             assert.are.equal(-math.huge, v[2])
             assert_evalue("EVALUE: cannot encode number inf at $[1]", false,
                           json.encode(v))
+        end)
+    end)
+
+    describe("64-bit integers", function()
+        local ffi = require "ffi"
+        local i64, u64 = ffi.typeof("int64_t"), ffi.typeof("uint64_t")
+
+        -- { JSON text, the decoded value, the ctype (nil: a plain number),
+        --   the JSON text it encodes back to }. Integers beyond 2^53 that
+        -- fit int64_t or uint64_t keep every digit; the type never depends
+        -- on whether a double happens to hold one (2^53 + 2, -2^63).
+        local rows = {
+            { "9007199254740993", 9007199254740993LL, i64,
+              "9007199254740993" },
+            { "-9007199254740993", -9007199254740993LL, i64,
+              "-9007199254740993" },
+            { "9007199254740994", 9007199254740994LL, i64,
+              "9007199254740994" },
+            { "-9223372036854775808", -9223372036854775807LL - 1, i64,
+              "-9223372036854775808" },
+            { "9223372036854775807", 9223372036854775807LL, i64,
+              "9223372036854775807" },
+            { "9223372036854775808", 9223372036854775808ULL, u64,
+              "9223372036854775808" },
+            { "12345678901234567890", 12345678901234567890ULL, u64,
+              "12345678901234567890" },
+            { "18446744073709551615", 18446744073709551615ULL, u64,
+              "18446744073709551615" },
+            -- Beyond uint64_t and below int64_t: doubles, as before.
+            { "18446744073709551616", 2 ^ 64, nil, "1.8446744073709552e+19" },
+            { "-9223372036854775809", -2 ^ 63, nil,
+              "-9.223372036854776e+18" },
+            { "100000000000000000000", 1e20, nil, "1e+20" },
+            { "9007199254740992", 2 ^ 53, nil, "9007199254740992" },
+            { "-0", -0.0, nil, "-0" },
+        }
+
+        for _, row in ipairs(rows) do
+            it("decodes " .. row[1] .. " and encodes it back", function()
+                local v = json.decode(row[1])
+                if row[3] then
+                    assert.are.equal("cdata", type(v))
+                    assert.is_true(ffi.istype(row[3], v))
+                    assert.is_true(v == row[2])
+                else
+                    assert.is_true(same(row[2], v))
+                end
+                assert.are.equal(row[4], json.encode(v))
+                -- The same inside an array and an object.
+                local a = json.decode("[1," .. row[1] .. ",2]")
+                assert.is_true(a[2] == row[2])
+                assert.are.equal("[1," .. row[4] .. ",2]", json.encode(a))
+                local o = json.decode('{"id":' .. row[1] .. ',"x":[' .. row[1]
+                                      .. ']}')
+                assert.is_true(o.id == row[2] and o.x[1] == row[2])
+                assert.are.equal('{"id":' .. row[4] .. ',"x":[' .. row[4]
+                                 .. ']}', json.encode(o))
+                assert.is_true(json.check(o))
+            end)
+        end
+
+        it("decodes to values that compute exactly", function()
+            local v = json.decode("9007199254740993")
+            assert.is_true(v + 1 == 9007199254740994LL)
+            assert.are.equal("9007199254740994LL", tostring(v + 1))
+            assert.are.equal("9007199254740993LL", tostring(v))
+            assert.is_true(v > 2 ^ 53)
+            assert.is_true(v - 9007199254740992LL == 1)
+            local big = json.decode("18446744073709551615")
+            assert.is_true(big + 1 == 0ULL) -- uint64_t wraps
+            assert.are.equal("18446744073709551614ULL", tostring(big - 1))
+            local low = json.decode("-9223372036854775808")
+            assert.is_true(low < -2 ^ 62)
+            assert.are.equal(json.encode(low + 1), "-9223372036854775807")
+        end)
+
+        it("encodes any int64_t or uint64_t cdata, small ones too", function()
+            -- { value, JSON text }
+            local cases = {
+                { 5LL, "5" }, { -5LL, "-5" }, { 0LL, "0" }, { 5ULL, "5" },
+                { ffi.new("const int64_t", 7), "7" },
+                { ffi.cast("uint64_t", -1LL), "18446744073709551615" },
+                { json.array({ 1LL, 2ULL }), "[1,2]" },
+                { { n = -1LL }, '{"n":-1}' },
+            }
+            for _, c in ipairs(cases) do
+                assert.are.equal(c[2], json.encode(c[1]))
+            end
+        end)
+
+        it("refuses other cdata", function()
+            assert_evalue("EVALUE: cannot encode cdata at $", false,
+                          json.encode(ffi.new("int32_t", 3)))
+            assert_evalue("EVALUE: cannot encode cdata at $.a", false,
+                          json.encode({ a = ffi.new("int64_t[1]") }))
+            assert_evalue("EVALUE: cannot encode cdata at $[1]", false,
+                          json.encode({ ffi.new("double", 1) }))
+            assert_evalue("EVALUE: cannot encode cdata at $", false,
+                          json.encode(ffi.cast("void *", 0)))
+            assert_evalue("EVALUE: cannot encode table key of type cdata at $",
+                          false, json.encode({ [1LL] = 1 }))
         end)
     end)
 
@@ -488,6 +596,191 @@ describe("tide.json", function()
             assert.are.equal("\xc3\xa9\xf0\x9d\x84\x9e",
                              json.decode('"\\u00e9\\ud834\\udd1e"'))
         end)
+
+        -- { description, JSON text, the decoded string }: surrogate
+        -- escapes that do not form a high-low pair become U+FFFD (as in
+        -- jq 1.7), and the escape after a lone high surrogate stays.
+        local surrogates = {
+            { "a lone high surrogate before a letter", '"\\ud800x"',
+              "\xEF\xBF\xBDx" },
+            { "a lone high surrogate at the end", '"\\ud800"',
+              "\xEF\xBF\xBD" },
+            { "a lone low surrogate", '"\\udc00"', "\xEF\xBF\xBD" },
+            { "a pair", '"\\ud83d\\ude00"', "\xF0\x9F\x98\x80" },
+            { "a pair in capitals", '"\\uD83D\\uDE00"',
+              "\xF0\x9F\x98\x80" },
+            { "a high surrogate before a non-surrogate escape",
+              '"\\ud800\\u0041"', "\xEF\xBF\xBDA" },
+            { "two high surrogates, then a low one",
+              '"\\ud800\\ud800\\udc00"', "\xEF\xBF\xBD\xF0\x90\x80\x80" },
+            { "a low surrogate before a high one", '"\\udc00\\ud800"',
+              "\xEF\xBF\xBD\xEF\xBF\xBD" },
+            { "between escaped quotes", '"\\"\\ud800\\""',
+              '"\xEF\xBF\xBD"' },
+            { "after an escaped NUL", '"\\u0000\\udfff"', "\0\xEF\xBF\xBD" },
+            { "an escaped backslash, then the letters ud800",
+              '"\\\\ud800"', "\\ud800" },
+            { "none, beside a question mark (what yajl makes of a lone high "
+              .. "surrogate)", '"why\\n?"', "why\n?" },
+            { "none, beside raw ED and F0 sequences", '"\\t\xED\x9F\xBF\xF0\x9F\x98\x80"',
+              "\t\xED\x9F\xBF\xF0\x9F\x98\x80" },
+            { "among other escapes and UTF-8",
+              '"\\t\xC3\xA9\\ud800\\n\\/"', "\t\xC3\xA9\xEF\xBF\xBD\n/" },
+        }
+
+        for _, row in ipairs(surrogates) do
+            it("decodes " .. row[1], function()
+                assert.are.equal(row[3], json.decode(row[2]))
+                -- The same inside an array, as an object key and value.
+                assert.are.equal(row[3], json.decode("[" .. row[2] .. "]")[1])
+                local obj = json.decode("{" .. row[2] .. ":" .. row[2] .. "}")
+                assert.are.equal(row[3], obj[row[3]])
+                -- And the result encodes: it is strict UTF-8.
+                assert.are.equal(row[3], json.decode(json.encode(row[3])))
+            end)
+        end
+
+        it("decodes every character of a text written as \\u escapes",
+           function()
+            -- Code points across the ranges, astral ones as pairs.
+            local cps = { 0x41, 0xE9, 0x7FF, 0x800, 0xD7FF, 0xE000, 0xFFFD,
+                          0xFFFF, 0x10000, 0x1F600, 0x10FFFF }
+            local raw, esc = {}, {}
+            for _, cp in ipairs(cps) do
+                if cp < 0x80 then
+                    raw[#raw + 1] = string.char(cp)
+                elseif cp < 0x800 then
+                    raw[#raw + 1] = string.char(0xC0 + math.floor(cp / 64),
+                                                0x80 + cp % 64)
+                elseif cp < 0x10000 then
+                    raw[#raw + 1] = string.char(0xE0 + math.floor(cp / 4096),
+                        0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
+                else
+                    raw[#raw + 1] = string.char(0xF0 + math.floor(cp / 262144),
+                        0x80 + math.floor(cp / 4096) % 64,
+                        0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
+                end
+                if cp < 0x10000 then
+                    esc[#esc + 1] = string.format("\\u%04x", cp)
+                else
+                    local v = cp - 0x10000
+                    esc[#esc + 1] = string.format("\\u%04X\\u%04X",
+                        0xD800 + math.floor(v / 1024), 0xDC00 + v % 1024)
+                end
+            end
+            local want = table.concat(raw)
+            assert.are.equal(want, json.decode('"' .. table.concat(esc) .. '"'))
+            assert.are.equal(want, json.decode('"' .. want .. '"'))
+        end)
+
+        -- { description, bytes }: not strict UTF-8, so neither encoded nor
+        -- accepted raw inside JSON text.
+        local invalid = {
+            { "an overlong slash (C0 AF)", "\xC0\xAF" },
+            { "an overlong three-byte form (E0 80 AF)", "\xE0\x80\xAF" },
+            { "a surrogate in UTF-8 (ED A0 80)", "\xED\xA0\x80" },
+            { "a low surrogate in UTF-8 (ED BF BF)", "\xED\xBF\xBF" },
+            { "a code point above U+10FFFF (F4 90 80 80)", "\xF4\x90\x80\x80" },
+            { "a lead byte F5", "\xF5\x80\x80\x80" },
+            { "a byte FF", "\xFF" },
+            { "a truncated sequence", "\xE2\x82" },
+            { "a stray continuation byte", "\x80" },
+        }
+
+        for _, row in ipairs(invalid) do
+            it("refuses to encode " .. row[1], function()
+                assert_evalue("EVALUE: cannot encode invalid UTF-8 string at $",
+                              false, json.encode(row[2]))
+                assert_evalue("EVALUE: cannot encode invalid UTF-8 string at "
+                              .. "$.s", false, json.encode({ s = "ok" .. row[2] }))
+                assert_evalue(nil, false, json.encode({ [row[2]] = 1 }))
+            end)
+
+            it("refuses to decode " .. row[1], function()
+                assert_evalue(nil, false, json.decode('"' .. row[2] .. '"'))
+                local _, err = json.decode('["ok","a' .. row[2] .. '"]')
+                assert.is_truthy(err:find("^EVALUE: invalid JSON at byte %d+: "
+                                          .. "lexical error: invalid "), err)
+                assert_evalue(nil, false, json.decode('{"' .. row[2] .. '":1}'))
+            end)
+        end
+
+        it("names the first byte that is not strict UTF-8", function()
+            assert_evalue("EVALUE: invalid JSON at byte 8: lexical error: "
+                          .. "invalid bytes in UTF8 string", false,
+                          json.decode('["ok","a\xED\xA0\x80"]'))
+            assert_evalue("EVALUE: invalid JSON at byte 10: lexical error: "
+                          .. "invalid bytes in UTF8 string", false,
+                          json.decode('["ok","a\\n\xC0\xAF"]'))
+        end)
+    end)
+
+    describe("repair_utf8()", function()
+        local R = "\xEF\xBF\xBD" -- U+FFFD
+
+        -- { description, bytes, repaired }: one U+FFFD per maximal subpart
+        -- of each ill-formed sequence (Unicode's and WHATWG's practice).
+        local rows = {
+            { "keeps the empty string", "", "" },
+            { "keeps ASCII", "plain text", "plain text" },
+            { "keeps UTF-8 and NUL", "h\xC3\xA9\0\xF0\x9F\x98\x80",
+              "h\xC3\xA9\0\xF0\x9F\x98\x80" },
+            { "replaces a byte-cut e acute", "caf\xC3", "caf" .. R },
+            { "replaces a truncated sequence once", "\xE2\x82x", R .. "x" },
+            { "replaces a truncated 4-byte sequence once", "\xF0\x9F\x98",
+              R },
+            { "replaces each byte of an overlong", "\xC0\xAF", R .. R },
+            { "replaces each byte of a UTF-8 surrogate", "\xED\xA0\x80",
+              R .. R .. R },
+            { "replaces each byte above U+10FFFF", "\xF4\x90\x80\x80",
+              R .. R .. R .. R },
+            { "replaces FF and FE", "a\xFF\xFEb", "a" .. R .. R .. "b" },
+            { "replaces a stray continuation byte", "\x80\xC3\xA9",
+              R .. "\xC3\xA9" },
+            { "repairs a traceback with a cut character",
+              "boom: caf\xC3\nstack traceback:\n\t[C]: in ?",
+              "boom: caf" .. R .. "\nstack traceback:\n\t[C]: in ?" },
+        }
+
+        for _, row in ipairs(rows) do
+            it(row[1], function()
+                local out = json.repair_utf8(row[2])
+                assert.are.equal(row[3], out)
+                assert.is_truthy(json.encode(out))
+                assert.are.equal(out, json.repair_utf8(out))
+            end)
+        end
+
+        it("agrees with encode() on random bytes", function()
+            math.randomseed(11)
+            local pool = { 0x00, 0x41, 0x7F, 0x80, 0x9F, 0xA0, 0xBF, 0xC0,
+                           0xC2, 0xDF, 0xE0, 0xED, 0xEF, 0xF0, 0xF4, 0xF5,
+                           0xFF }
+            for _ = 1, 3000 do
+                local b = {}
+                for k = 1, math.random(0, 8) do
+                    b[k] = string.char(pool[math.random(#pool)])
+                end
+                local s = table.concat(b)
+                local fixed = json.repair_utf8(s)
+                -- What encode takes, repair leaves alone; what it refuses,
+                -- repair changes into something it takes.
+                if json.encode(s) then
+                    assert.are.equal(s, fixed)
+                else
+                    assert.are_not.equal(s, fixed)
+                end
+                assert.are.equal(fixed, json.decode(json.encode(fixed)))
+            end
+        end)
+
+        it("raises on a non-string", function()
+            assert.has_error(function() json.repair_utf8(5) end,
+                "bad argument #1 to 'repair_utf8' (string expected, got "
+                .. "number)")
+            assert.has_error(function() json.repair_utf8() end,
+                "bad argument #1 to 'repair_utf8' (expected 1 argument)")
+        end)
     end)
 
     describe("encode() errors", function()
@@ -544,12 +837,99 @@ describe("tide.json", function()
             it("reports " .. row[1], function()
                 assert_evalue(row[3], false, json.encode(row[2]))
             end)
+
+            it("agrees with check() on " .. row[1], function()
+                local ok, msg = json.check(row[2])
+                assert.is_false(ok)
+                assert.are.equal("string", type(msg))
+            end)
         end
 
         it("reports depth 1001", function()
             assert_evalue("EVALUE: cannot encode tables nested deeper than "
                           .. "1000 at $[1][1][1]", true,
                           json.encode(nested(1001)))
+        end)
+    end)
+
+    describe("check()", function()
+        local ffi = require "ffi"
+        local cyclic = {}
+        cyclic.self = cyclic
+        local deep_cycle = { a = { b = {} } }
+        deep_cycle.a.b.c = deep_cycle.a
+
+        -- { description, value, message (nil: the value passes) }
+        local rows = {
+            { "an ASCII string", "plain", nil },
+            { "a UTF-8 string", "h\xC3\xA9 \xF0\x9F\x98\x80", nil },
+            { "an empty string", "", nil },
+            { "a number", 1.5, nil },
+            { "nil", nil, nil },
+            { "false", false, nil },
+            { "null", json.null, nil },
+            { "an int64_t", 9007199254740993LL, nil },
+            { "a uint64_t", 18446744073709551615ULL, nil },
+            { "decoded 64-bit integers",
+              json.decode('{"a":[9007199254740993,-9223372036854775808]}'), nil },
+            { "a table of every kind of data",
+              { a = json.array({ 1, "x", true, json.null }), b = json.object(),
+                c = { 1, 2, 3 }, d = { [1.5] = "half" } }, nil },
+            { "a table shared twice (no cycle)",
+              (function() local t = { 1 } return { t, t } end)(), nil },
+            { "a string cut inside a character", "caf\xC3",
+              "invalid UTF-8 at byte 4" },
+            { "an overlong form", "ab\xC0\xAF", "invalid UTF-8 at byte 3" },
+            { "a surrogate in UTF-8", "\xED\xA0\x80",
+              "invalid UTF-8 at byte 1" },
+            { "a nested invalid string", { list = { "ok", "\xFF" } },
+              "invalid UTF-8 at byte 1 of the string at $.list[2]" },
+            { "an invalid key", { ["k\xFF"] = 1 },
+              'invalid UTF-8 at byte 2 of the key "k\\xff" at $' },
+            { "a function", print, "a function" },
+            { "a nested function", { a = { 1, print } },
+              "a function at $.a[2]" },
+            { "a thread", coroutine.create(print), "a thread" },
+            { "a userdata", io.stdout, "a userdata" },
+            { "other cdata", ffi.new("int32_t", 1), "a cdata" },
+            { "nested cdata", { n = ffi.new("double", 1) }, "a cdata at $.n" },
+            { "inf", math.huge, "a non-finite number (inf)" },
+            { "-inf", { -math.huge }, "a non-finite number (-inf) at $[1]" },
+            { "nan", { x = 0 / 0 }, "a non-finite number (nan) at $.x" },
+            { "a cycle", cyclic, "a cycle at $.self" },
+            { "a deeper cycle", deep_cycle, "a cycle at $.a.b.c" },
+            { "a boolean key", { [true] = 1 }, "a table key of type boolean at $" },
+            { "an inf key", { a = { [math.huge] = 1 } },
+              "a non-finite table key (inf) at $.a" },
+            { "a string key in an array", json.array({ 1, x = 2 }),
+              'an array with key "x" at $' },
+            { "a very sparse array", json.array({ [10000] = 1 }),
+              "a sparse array (largest index 10000, 1 entries) at $" },
+            { "a number key and a string key that print the same",
+              { [1] = 1, ["1"] = 2 },
+              'a table with both a number and a string key "1" at $' },
+            { "depth 1001", nested(1001),
+              "tables nested deeper than 1000 at $[1][1][1]" },
+        }
+
+        for _, row in ipairs(rows) do
+            it((row[3] and "refuses " or "accepts ") .. row[1], function()
+                local ok, msg = json.check(row[2])
+                if row[3] == nil then
+                    assert.is_true(ok)
+                    assert.is_nil(msg)
+                    assert.is_truthy(json.encode(row[2]))
+                else
+                    assert.is_false(ok)
+                    assert.are.equal(row[3], msg:sub(1, #row[3]))
+                    assert_evalue(nil, false, json.encode(row[2]))
+                end
+            end)
+        end
+
+        it("raises without exactly one argument", function()
+            assert.has_error(function() json.check() end,
+                "bad argument #1 to 'check' (expected 1 argument)")
         end)
     end)
 

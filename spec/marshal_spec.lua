@@ -1,5 +1,6 @@
 -- Specs of the binary encoding values cross threads in (core.marshal_*).
 local core = require "tide.core"
+local ffi = require "ffi"
 local json = core.json
 
 local enc, dec = core.marshal_encode, core.marshal_decode
@@ -10,6 +11,10 @@ local function same(a, b, seen)
     if type(a) == "number" then
         if a ~= a then return b ~= b end
         return a == b and (a ~= 0 or 1 / a == 1 / b)
+    end
+    if type(a) == "cdata" then
+        -- 5LL == 5ULL in LuaJIT: the ctypes must match too.
+        return tostring(ffi.typeof(a)) == tostring(ffi.typeof(b)) and a == b
     end
     if type(a) ~= "table" then return a == b end
     if getmetatable(a) ~= getmetatable(b) then return false end
@@ -31,8 +36,12 @@ local VALUES = {
     {}, { 1, 2, 3 }, { 1, nil, 3 }, { a = 1, b = { c = { d = "deep" } } },
     { 1, 2, x = 3, [10] = 4, [true] = 5, [1.5] = 6 },
     json.array({}), json.object({}), json.array({ json.null, 1 }), json.object({ ["1"] = 1, a = json.array({}) }),
+    -- 64-bit integers, as tide.json decodes them beyond 2^53, and small ones.
+    9007199254740993LL, -9007199254740993LL, -9223372036854775807LL - 1, 9223372036854775807LL,
+    9223372036854775808ULL, 18446744073709551615ULL, 0LL, -1LL, 5ULL,
+    json.decode('{"id":12345678901234567890,"xs":[-9223372036854775808,9007199254740993]}'),
 }
-local N = 34 -- VALUES has holes (nil): count explicitly
+local N = 44 -- VALUES has holes (nil): count explicitly
 
 describe("marshal", function()
     it("round-trips values exactly, with their shape", function()
@@ -52,6 +61,27 @@ describe("marshal", function()
         assert.equal(-math.huge, dec(enc(-math.huge)))
     end)
 
+    it("carries int64_t and uint64_t cdata as cdata of the same type", function()
+        -- { value, ctype, its text }
+        local cases = {
+            { 9007199254740993LL, "int64_t", "9007199254740993LL" },
+            { -9223372036854775807LL - 1, "int64_t", "-9223372036854775808LL" },
+            { 18446744073709551615ULL, "uint64_t", "18446744073709551615ULL" },
+            { ffi.new("const int64_t", -3), "int64_t", "-3LL" },
+        }
+        for _, c in ipairs(cases) do
+            local s = assert(enc(c[1]))
+            assert.is_true(#s <= 11, "size " .. #s)
+            local v = dec(s)
+            assert.is_true(ffi.istype(c[2], v))
+            assert.equal(c[3], tostring(v))
+            assert.is_true(v + 1 == c[1] + 1)
+        end
+        local t = dec(enc(json.decode('[9007199254740993,{"n":18446744073709551615}]')))
+        assert.equal(json.array_mt, getmetatable(t))
+        assert.equal("[9007199254740993,{\"n\":18446744073709551615}]", json.encode(t))
+    end)
+
     it("refuses what cannot cross a thread", function()
         local cyc = {}
         cyc.me = cyc
@@ -65,6 +95,9 @@ describe("marshal", function()
             { print, "cannot carry a function" },
             { coroutine.create(print), "cannot carry a thread" },
             { io.stdout, "cannot carry a userdata" },
+            { ffi.new("int32_t", 1), "cannot carry a cdata" },
+            { { x = ffi.new("int64_t[1]") }, "cannot carry a cdata" },
+            { { [1LL] = true }, "table key that is not a string, number or boolean" },
             { cyc, "cannot carry a cyclic table" },
             { deep, "nested deeper than 200" },
             { { [print] = 1 }, "table key that is not a string, number or boolean" },

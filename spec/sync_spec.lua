@@ -34,6 +34,30 @@ describe('kind = "sync"', function()
         assert.equal(-math.huge, 1 / outs[2].v)
     end)
 
+    it("carries 64-bit integers from JSON across exactly, both ways", function()
+        local p = tide.pipeline "sync-int64"
+        p:task("next", { kind = "sync" }, function(v)
+            local ffi = require "ffi"
+            return { v = v, next = v + 1, ctype = tostring(ffi.typeof(v)),
+                     worker = require("tide.core").is_worker() }
+        end)
+        local inputs = json.decode("[9007199254740993,-9223372036854775808,12345678901234567890]")
+        local outs, errs = tide.run(p, inputs)
+        assert.is_nil(next(errs))
+        local want = {
+            { "9007199254740993", "9007199254740994", "ctype<int64_t>" },
+            { "-9223372036854775808", "-9223372036854775807", "ctype<int64_t>" },
+            { "12345678901234567890", "12345678901234567891", "ctype<uint64_t>" },
+        }
+        for i, w in ipairs(want) do
+            assert.is_true(outs[i].worker)
+            assert.equal(w[3], outs[i].ctype)
+            assert.equal(w[1], json.encode(outs[i].v))
+            assert.equal(w[2], json.encode(outs[i].next))
+            assert.is_true(outs[i].v == inputs[i])
+        end
+    end)
+
     it("never blocks the loop: async tasks and timers run meanwhile", function()
         local ticks = 0
         local p = tide.pipeline "busy"

@@ -46,6 +46,31 @@ char *tide__xstrdup(const char *s);
 int tide__stdfd_reserve(void);
 int tide__stdfd_closed(void);
 
+/* ===== UTF-8 (utf8.c) ===== */
+
+/* Returns the offset of the first byte of s (n bytes) that does not
+ * belong to a well-formed UTF-8 sequence (strict: no overlongs, no
+ * surrogates, nothing above U+10FFFF), or n when all of s is UTF-8. */
+size_t tide__utf8_check(const void *s, size_t n);
+
+/* Returns how many bytes at s (n available) one U+FFFD replaces: the
+ * maximal subpart of the ill-formed sequence that starts there (1 to 3),
+ * or 0 when a well-formed sequence starts at s or n is 0. */
+size_t tide__utf8_bad(const void *s, size_t n);
+
+/* The most bytes tide__utf8_repair writes for n bytes of input: each byte
+ * may become a 3-byte U+FFFD. */
+#define TIDE_UTF8_REPAIR_MAX(n) (3 * (n))
+
+/* Writes s (n bytes) into out with each maximal subpart of an ill-formed
+ * sequence replaced by U+FFFD, and returns the length written. out has
+ * room for TIDE_UTF8_REPAIR_MAX(n) bytes and does not overlap s. */
+size_t tide__utf8_repair(char *out, const void *s, size_t n);
+
+/* Writes the Unicode scalar value cp (at most 0x10FFFF, not a surrogate)
+ * as 1 to 4 bytes of UTF-8 into out and returns how many. */
+size_t tide__utf8_put(char *out, uint32_t cp);
+
 /* ===== GRAPH (graph.c) ===== */
 
 enum {

@@ -6,7 +6,6 @@ local M = {}
 local json = require("tide.core").json
 
 local setmetatable, getmetatable, tostring, type = setmetatable, getmetatable, tostring, type
-local byte, sub, concat = string.byte, string.sub, table.concat
 
 local mt = {}
 mt.__index = mt
@@ -36,37 +35,10 @@ function M.fail(code, message, task)
 end
 
 
---- s with every byte that is not part of valid UTF-8 replaced by U+FFFD.
-local function lossy_utf8(s)
-    local out, i, n = {}, 1, #s
-    while i <= n do
-        local c = byte(s, i)
-        local len = c < 0x80 and 1 or (c >= 0xC2 and c <= 0xDF) and 2
-            or (c >= 0xE0 and c <= 0xEF) and 3 or (c >= 0xF0 and c <= 0xF4) and 4 or 0
-        local ok = len > 0 and i + len - 1 <= n
-        for k = i + 1, i + len - 1 do
-            if not ok then break end
-            local cc = byte(s, k)
-            ok = cc >= 0x80 and cc <= 0xBF
-        end
-        if ok then
-            out[#out + 1] = sub(s, i, i + len - 1)
-            i = i + len
-        else
-            out[#out + 1] = "\239\191\189"
-            i = i + 1
-        end
-    end
-    return concat(out)
-end
-
---- Text made valid UTF-8 (invalid bytes become U+FFFD), so that it can
--- always go into a JSON record: messages and tracebacks may hold bytes
+--- Text made valid UTF-8 (each bad sequence becomes U+FFFD), so that it
+-- can always go into a JSON record: messages and tracebacks may hold bytes
 -- of user data cut anywhere.
-M.utf8 = json.repair_utf8 or function(s)
-    if json.check(s) and json.encode(s) then return s end
-    return lossy_utf8(s)
-end
+M.utf8 = json.repair_utf8
 local utf8 = M.utf8
 
 

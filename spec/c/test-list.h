@@ -33,4 +33,8 @@
     XX(bucket_refill_caps_at_burst)    \
     XX(bucket_small_steps_match_one_big) \
     XX(bucket_long_runs)               \
-    XX(bucket_clock_standing_still)
+    XX(bucket_clock_standing_still) \
+    XX(utf8_check_and_repair_table)    \
+    XX(utf8_bad_lengths)               \
+    XX(utf8_repair_exhaustive_short)   \
+    XX(utf8_put_encodes_scalars)

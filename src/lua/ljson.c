@@ -8,27 +8,51 @@
  * callbacks. Objects get the shared object metatable and arrays the shared
  * array metatable, so {} and [] stay distinct; null becomes the sentinel
  * lightuserdata NULL, so [1,null,3] keeps three entries and {"a":null}
- * keeps its key. Numbers arrive through the raw yajl_number callback and go
- * through strtod: the integer/double callbacks would reject 1e400 as an
- * overflow. A number beyond the double range decodes to +-inf, as strtod,
- * cjson and Python do; such a value cannot be encoded again (an i_ case of
- * JSONTestSuite, so either answer would be allowed). Duplicate keys: the
- * last one wins. Nesting deeper than TIDE_JSON_MAX_DEPTH stops the parse
- * from a callback. yajl's lexer also takes \v and \f for whitespace, so a
- * text it accepted is refused when it holds either byte (see
- * json_bad_space).
+ * keeps its key. Numbers arrive through the raw yajl_number callback: the
+ * integer/double callbacks would reject 1e400 as an overflow. An integer
+ * (no fraction, no exponent) up to 2^53 in magnitude is read here as a
+ * plain number. One beyond 2^53 that fits int64_t or uint64_t becomes a
+ * LuaJIT 64-bit integer cdata (int64_t for negatives and values up to
+ * 2^63 - 1, uint64_t above), which keeps every digit, computes exactly and
+ * encodes back to the same text, as jq 1.7 keeps integer literals; a
+ * double would round 9007199254740993 to ...992 and corrupt 64-bit ids.
+ * Every integer beyond 2^53 is a cdata, even one a double happens to hold
+ * (2^53 + 2, -2^63), so the type never depends on the last bits of an id.
+ * Other numbers go through strtod: a fraction or an exponent, or an
+ * integer beyond both ranges, is a double as before, and one beyond the
+ * double range decodes to +-inf, as strtod, cjson and Python do; such a
+ * value cannot be encoded again (an i_ case of JSONTestSuite, so either
+ * answer would be allowed). Making a cdata costs a call into a cached ffi
+ * constructor (see json_push_ffi), paid only by such integers. Duplicate
+ * keys: the last one wins. Nesting deeper than TIDE_JSON_MAX_DEPTH stops
+ * the parse from a callback. yajl's lexer also takes \v and \f for
+ * whitespace, so a text it accepted is refused when it holds either byte
+ * (see json_bad_space).
+ *
+ * Strings and keys must be strict UTF-8 (utf8.c): yajl's lexer checks only
+ * the shape of each sequence, so every string token is checked again in
+ * its callback, which refuses overlong forms, surrogates written in UTF-8
+ * and code points above U+10FFFF. yajl_string_decode mishandles surrogate
+ * escapes (a lone high one and the character after it become "?", a lone
+ * low one becomes ED B0 80), so tokens whose decoding shows a trace of
+ * those are decoded again here from the input (json_dec_text): a high-low
+ * pair is one code point, any other surrogate escape U+FFFD, as in jq 1.7.
  *
  * Encoding walks the Lua value itself and writes the structure ({, [, :, ,)
  * into its own buffer, because yajl_gen keeps a fixed state array and
  * fails past 128 levels (YAJL_MAX_DEPTH in yajl_gen.c). Every scalar goes
  * through yajl_gen, reset to a fresh top level each time, with its print
- * callback pointed at the same buffer: strings and keys are escaped and
- * UTF-8-checked by yajl_gen_string (yajl_gen_validate_utf8; '/' is not
- * escaped), numbers are formatted here and emitted with yajl_gen_number
- * (yajl_gen_double prints %.20g, so 0.1 would become
- * 0.10000000000000000555). Integral doubles up to 2^53 print as integers,
- * -0.0 as -0, other doubles as the shortest of %.15g, %.16g and %.17g that
- * strtod reads back to the same double.
+ * callback pointed at the same buffer: strings and keys are checked here
+ * as strict UTF-8 (yajl_gen_validate_utf8 would let the same overlongs,
+ * surrogates and code points through, so it is off) and escaped by
+ * yajl_gen_string ('/' is not escaped), numbers are formatted here and
+ * emitted with yajl_gen_number (yajl_gen_double prints %.20g, so 0.1
+ * would become 0.10000000000000000555). Integral doubles up to 2^53 print
+ * as integers, -0.0 as -0, other doubles as the shortest of %.15g, %.16g
+ * and %.17g that strtod reads back to the same double. int64_t and
+ * uint64_t cdata (boxed, with any qualifiers) print all their digits,
+ * without LuaJIT's LL/ULL suffix; any other cdata is an error, like a
+ * function.
  *
  * Which tables are arrays: a table with the array metatable is an array of
  * length its largest integer key (holes become null) and may have no other
@@ -50,15 +74,16 @@
  * Memory: both directions run under lua_pcall, and every C buffer hangs off
  * a context on the caller's C stack, so the caller frees them all after the
  * pcall returns, whatever happened, and only then re-raises a Lua error
- * (which can only be a memory error: no Lua code or metamethod runs
- * inside). The re-raise goes through lua_error, so a LUA_ERRMEM arrives as
- * LUA_ERRRUN with the message "not enough memory", as in cjson's safe
- * functions. C allocations go through tide__xmalloc (out of memory
- * aborts), yajl's included. */
+ * (which can only be a memory error: no metamethod and no Lua code runs
+ * inside but the ffi helpers of json_push_ffi). The re-raise goes through
+ * lua_error, so a LUA_ERRMEM arrives as LUA_ERRRUN with the message "not
+ * enough memory", as in cjson's safe functions. C allocations go through
+ * tide__xmalloc (out of memory aborts), yajl's included. */
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* nl_langinfo */
+#define _GNU_SOURCE /* nl_langinfo, memrchr */
 #endif
 
+#include <inttypes.h>
 #include <langinfo.h>
 #include <limits.h>
 #include <math.h>
@@ -143,6 +168,77 @@ void tide__json_push_array_mt(lua_State *L) {
 
 void tide__json_push_object_mt(lua_State *L) {
     json_push_object_mt(L);
+}
+
+/* Registry key (its address) of the table json_push_ffi caches. */
+static char json_ffi_key;
+
+/* The ffi half of 64-bit integers. LuaJIT's C API can neither make cdata
+ * nor tell their type, so this chunk, compiled once per lua_State,
+ * returns the int64_t and uint64_t ctypes (calling one from C makes a new
+ * boxed zero, whose 8 bytes are then written through lua_topointer) and a
+ * function that says which of the two a value is (ffi.istype ignores
+ * qualifiers), and a probe whose bytes json_push_ffi checks. */
+static const char json_ffi_chunk[] =
+    "local ffi = require('ffi')\n"
+    "local istype = ffi.istype\n"
+    "local i64, u64 = ffi.typeof('int64_t'), ffi.typeof('uint64_t')\n"
+    "return { i64, u64, function(v)\n"
+    "    if istype(i64, v) then return 1 end\n"
+    "    if istype(u64, v) then return 2 end\n"
+    "    return 0\n"
+    "end }, 0x0123456789ABCDEFULL\n";
+
+/* Pushes the table { int64_t ctype, uint64_t ctype, kind function },
+ * building it on first use in this lua_State. May raise. */
+static void json_push_ffi(lua_State *L) {
+    uint64_t probe;
+
+    luaL_checkstack(L, 4, "tide.json");
+    lua_pushlightuserdata(L, &json_ffi_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    if (lua_istable(L, -1))
+        return;
+    lua_pop(L, 1);
+    if (luaL_loadbuffer(L, json_ffi_chunk, sizeof json_ffi_chunk - 1,
+                        "=tide.json") != 0)
+        lua_error(L);
+    lua_call(L, 0, 2);
+    /* lua_topointer on a cdata gives its payload (lj_obj_ptr); writing
+     * int64 values relies on that, so a LuaJIT that did otherwise must
+     * stop here rather than corrupt numbers. */
+    memcpy(&probe, lua_topointer(L, -1), sizeof probe);
+    TIDE_ASSERT(probe == 0x0123456789ABCDEFULL);
+    lua_pop(L, 1);
+    lua_pushlightuserdata(L, &json_ffi_key);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+}
+
+int tide__json_int64_get(lua_State *L, int idx, uint64_t *bits) {
+    int kind;
+
+    if (lua_type(L, idx) != TIDE_LUA_TCDATA)
+        return 0;
+    if (idx < 0 && idx > LUA_REGISTRYINDEX)
+        idx = lua_gettop(L) + idx + 1;
+    json_push_ffi(L);
+    lua_rawgeti(L, -1, 3);
+    lua_pushvalue(L, idx);
+    lua_call(L, 1, 1);
+    kind = (int)lua_tointeger(L, -1);
+    lua_pop(L, 2);
+    if (kind != 0)
+        memcpy(bits, lua_topointer(L, idx), sizeof *bits);
+    return kind;
+}
+
+void tide__json_int64_push(lua_State *L, uint64_t bits, int is_unsigned) {
+    json_push_ffi(L);
+    lua_rawgeti(L, -1, is_unsigned ? 2 : 1);
+    lua_call(L, 0, 1);
+    memcpy((void *)lua_topointer(L, -1), &bits, sizeof bits);
+    lua_remove(L, -2);
 }
 
 /* Returns the decimal point of the current C locale: '.' unless a program
@@ -268,6 +364,18 @@ static size_t json_format_number(double v, char *out) {
     return (size_t)n;
 }
 
+/* Writes the 64-bit integer held in bits (kind 1: int64_t, 2: uint64_t,
+ * as tide__json_int64_get says) as JSON number text into out (JSON_NUMLEN
+ * bytes) and returns its length: all its digits, with no LL suffix. */
+static size_t json_format_int64(uint64_t bits, int kind, char *out) {
+    int64_t v;
+
+    if (kind == 2)
+        return (size_t)snprintf(out, JSON_NUMLEN, "%" PRIu64, bits);
+    memcpy(&v, &bits, sizeof v);
+    return (size_t)snprintf(out, JSON_NUMLEN, "%" PRId64, v);
+}
+
 /* ===== ENCODING ===== */
 
 enum { JSON_SEG_ROOT, JSON_SEG_INDEX, JSON_SEG_KEY, JSON_SEG_NUMKEY };
@@ -352,12 +460,12 @@ static void json_frames_reserve(json_enc *e, int depth) {
 }
 
 /* Writes the path of frames[1..depth] ("$", "$.a[2]", "$[\"a b\"]"). */
-static void json_msg_path(json_msg *m, const json_enc *e, int depth) {
+static void json_msg_path(json_msg *m, const json_frame *frames, int depth) {
     int i;
 
     json_msg_put(m, "$", 1);
     for (i = 1; i <= depth; i++) {
-        const json_frame *f = &e->frames[i];
+        const json_frame *f = &frames[i];
         char num[JSON_NUMLEN];
         size_t j;
         int ident;
@@ -402,15 +510,18 @@ static int json_enc_fail(json_enc *e, int depth, const char *fmt, ...) {
     json_msg_vputf(&e->err, fmt, ap);
     va_end(ap);
     json_msg_puts(&e->err, " at ");
-    json_msg_path(&e->err, e, depth);
+    json_msg_path(&e->err, e->frames, depth);
     return TIDE_EVALUE;
 }
 
 /* Emits s (n bytes) as a JSON string through yajl. Returns 0, or -1 when
- * s is not valid UTF-8. */
+ * s is not strict UTF-8 (checked here: yajl_gen_validate_utf8 lets
+ * overlongs, surrogates and code points above U+10FFFF through). */
 static int json_gen_string(json_enc *e, const char *s, size_t n) {
     yajl_gen_status st;
 
+    if (tide__utf8_check(s, n) != n)
+        return -1;
     yajl_gen_reset(e->g, NULL);
     st = yajl_gen_string(e->g, (const unsigned char *)s, n);
     if (st == yajl_gen_invalid_string)
@@ -546,7 +657,7 @@ static int json_enc_object(json_enc *e, int depth) {
                 json_msg_puts(&e->err, "cannot encode table ");
                 json_describe_key(L, -1, &e->err);
                 json_msg_puts(&e->err, " at ");
-                json_msg_path(&e->err, e, depth);
+                json_msg_path(&e->err, e->frames, depth);
                 lua_pop(L, 1);
                 e->nkeys = base;
                 return TIDE_EVALUE;
@@ -563,7 +674,7 @@ static int json_enc_object(json_enc *e, int depth) {
                           "and a string key ");
             json_msg_quoted(&e->err, k->isnum ? k->text : k->s, k->len);
             json_msg_puts(&e->err, " at ");
-            json_msg_path(&e->err, e, depth);
+            json_msg_path(&e->err, e->frames, depth);
             e->nkeys = base;
             return TIDE_EVALUE;
         }
@@ -581,7 +692,7 @@ static int json_enc_object(json_enc *e, int depth) {
             json_msg_puts(&e->err, "cannot encode ");
             json_msg_quoted(&e->err, k.s, k.len);
             json_msg_puts(&e->err, " (invalid UTF-8 key) at ");
-            json_msg_path(&e->err, e, depth);
+            json_msg_path(&e->err, e->frames, depth);
             e->nkeys = base;
             return TIDE_EVALUE;
         }
@@ -625,9 +736,9 @@ static int json_enc_table(json_enc *e, int depth) {
     for (i = 0; i < depth; i++) {
         if (e->frames[i].table == t) {
             json_msg_puts(&e->err, "cannot encode cyclic table at ");
-            json_msg_path(&e->err, e, depth);
+            json_msg_path(&e->err, e->frames, depth);
             json_msg_puts(&e->err, " (the same table as ");
-            json_msg_path(&e->err, e, i);
+            json_msg_path(&e->err, e->frames, i);
             json_msg_puts(&e->err, ")");
             return TIDE_EVALUE;
         }
@@ -662,7 +773,7 @@ static int json_enc_table(json_enc *e, int depth) {
                 json_describe_key(L, -1, &e->err);
                 lua_pop(L, 1);
                 json_msg_puts(&e->err, " at ");
-                json_msg_path(&e->err, e, depth);
+                json_msg_path(&e->err, e->frames, depth);
                 return TIDE_EVALUE;
             }
         }
@@ -718,6 +829,16 @@ static int json_enc_value(json_enc *e, int depth) {
         break;
     case LUA_TTABLE:
         return json_enc_table(e, depth);
+    case TIDE_LUA_TCDATA: {
+        uint64_t bits;
+        int kind = tide__json_int64_get(L, -1, &bits);
+        if (kind != 0) {
+            n = json_format_int64(bits, kind, num);
+            json_gen_number(e, num, n);
+            return 0;
+        }
+        break;
+    }
     default:
         break;
     }
@@ -763,7 +884,6 @@ static int json_encode_run(lua_State *L, int idx, json_enc *e) {
     e->frames[0].kind = JSON_SEG_ROOT;
     e->g = yajl_gen_alloc(&json_yajl_alloc);
     TIDE_ASSERT(e->g != NULL);
-    yajl_gen_config(e->g, yajl_gen_validate_utf8, 1);
     yajl_gen_config(e->g, yajl_gen_print_callback, json_print, e);
 
     status = lua_pcall(L, 2, e->push ? 1 : 0, 0);
@@ -835,6 +955,12 @@ typedef struct {
     json_level inline_levels[JSON_INLINE_LEVELS];
     int too_deep;       /* a callback stopped the parse: too deep */
     int no_stack;       /* a callback stopped the parse: Lua stack full */
+    int bad_utf8;       /* a callback stopped the parse: not strict UTF-8 */
+    size_t bad_at;      /* with bad_utf8: the offending byte's offset */
+    /* Strings with surrogate escapes are decoded here (json_dec_text),
+     * into this buffer, owned here and freed after the parse. */
+    char *sbuf;
+    size_t sbufcap;
     char radix;
     int rc;
     json_msg err;
@@ -869,13 +995,51 @@ static int json_dec_boolean(void *ctx, int b) {
     return json_dec_add(d);
 }
 
-/* Numbers arrive as text that yajl's lexer already checked. */
+/* Reads the n bytes at s as an unsigned decimal integer into *u. Returns
+ * 1, or 0 when they are not all digits or the value exceeds UINT64_MAX. */
+static int json_parse_u64(const char *s, size_t n, uint64_t *u) {
+    uint64_t v = 0;
+    size_t i;
+
+    if (n == 0 || n > 20)
+        return 0;
+    for (i = 0; i < n; i++) {
+        unsigned dg = (unsigned)(s[i] - '0');
+        if (dg > 9 || v > (UINT64_MAX - dg) / 10)
+            return 0;
+        v = v * 10 + dg;
+    }
+    *u = v;
+    return 1;
+}
+
+/* Numbers arrive as text that yajl's lexer already checked. An integer
+ * (no fraction, no exponent) of magnitude up to 2^53 is a plain number,
+ * read here without strtod. One beyond 2^53 that fits int64_t (every
+ * negative one down to -2^63, positive ones up to 2^63 - 1) becomes an
+ * int64_t cdata, one up to 2^64 - 1 a uint64_t cdata, so it keeps every
+ * digit. Anything else goes through strtod. */
 static int json_dec_number(void *ctx, const char *s, size_t n) {
     json_dec *d = ctx;
     char tmp[64];
-    char *p = n < sizeof tmp ? tmp : tide__xmalloc(n + 1);
+    char *p;
     double v;
+    uint64_t u;
+    int neg = s[0] == '-';
 
+    if (json_parse_u64(s + neg, n - (size_t)neg, &u)) {
+        if (u <= (UINT64_C(1) << 53)) {
+            v = (double)u;
+            lua_pushnumber(d->L, neg ? -v : v);
+            return json_dec_add(d);
+        }
+        if (!neg || u <= (UINT64_C(1) << 63)) {
+            tide__json_int64_push(d->L, neg ? 0 - u : u,
+                                  !neg && u > (uint64_t)INT64_MAX);
+            return json_dec_add(d);
+        }
+    }
+    p = n < sizeof tmp ? tmp : tide__xmalloc(n + 1);
     memcpy(p, s, n);
     p[n] = '\0';
     v = json_strtod(p, d->radix);
@@ -885,9 +1049,152 @@ static int json_dec_number(void *ctx, const char *s, size_t n) {
     return json_dec_add(d);
 }
 
+/* Returns the value of the hex digit c, which yajl's lexer checked. */
+static unsigned json_hexval(char c) {
+    if (c >= '0' && c <= '9')
+        return (unsigned)(c - '0');
+    return (unsigned)((c | 0x20) - 'a' + 10);
+}
+
+static unsigned json_hex4(const char *s) {
+    return json_hexval(s[0]) << 12 | json_hexval(s[1]) << 8 |
+           json_hexval(s[2]) << 4 | json_hexval(s[3]);
+}
+
+/* Decodes the n bytes between the quotes of a string token, whose escapes
+ * yajl's lexer has checked, into out (room for n bytes: no escape grows
+ * when decoded) and returns the length. A \u escape of a high surrogate
+ * followed by one of a low surrogate is one code point; any other
+ * surrogate escape becomes U+FFFD and what follows it is decoded on its
+ * own, as jq 1.7 does ("\ud800x" is U+FFFD then x). */
+static size_t json_unescape(char *out, const char *s, size_t n) {
+    size_t i = 0, len = 0;
+
+    while (i < n) {
+        const char *bs = memchr(s + i, '\\', n - i);
+        size_t run = bs != NULL ? (size_t)(bs - (s + i)) : n - i;
+        unsigned cp, lo;
+
+        memcpy(out + len, s + i, run);
+        len += run;
+        i += run;
+        if (i == n)
+            break;
+        i += 2;
+        switch (s[i - 1]) {
+        case 'b': out[len++] = '\b'; break;
+        case 'f': out[len++] = '\f'; break;
+        case 'n': out[len++] = '\n'; break;
+        case 'r': out[len++] = '\r'; break;
+        case 't': out[len++] = '\t'; break;
+        case 'u':
+            cp = json_hex4(s + i);
+            i += 4;
+            if (cp >= 0xD800 && cp <= 0xDBFF && n - i >= 6 &&
+                s[i] == '\\' && s[i + 1] == 'u') {
+                lo = json_hex4(s + i + 2);
+                if (lo >= 0xDC00 && lo <= 0xDFFF) {
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                    i += 6;
+                }
+            }
+            if (cp >= 0xD800 && cp <= 0xDFFF)
+                cp = 0xFFFD;
+            len += tide__utf8_put(out + len, cp);
+            break;
+        default: /* '"', '\\' and '/' stand for themselves */
+            out[len++] = s[i - 1];
+            break;
+        }
+    }
+    return len;
+}
+
+/* Returns 1 when the text yajl_string_decode made of a token with escapes
+ * may be wrong: it gets every escape right except those of surrogates, and
+ * what it makes of those always shows as a '?' (a lone high surrogate), a
+ * byte ED (a lone low one, as ED B0..BF xx) or a byte F0..F4 (any high
+ * surrogate followed by a \u escape, low or not, as one code point). */
+static int json_yajl_suspect(const unsigned char *s, size_t n) {
+    size_t i;
+
+    if (memchr(s, '?', n) != NULL)
+        return 1;
+    for (i = 0; i < n; i++)
+        if (s[i] >= 0xED && s[i] <= 0xF4)
+            return 1;
+    return 0;
+}
+
+/* Checks the string or key that yajl handed to a callback (*s, *n) and,
+ * where yajl's decoding may be wrong, decodes it again into d->sbuf and
+ * points *s and *n there.
+ *
+ * A token without escapes arrives as its bytes in the input; yajl's lexer
+ * checked only their shape, so they are checked here as strict UTF-8. A
+ * token with escapes arrives decoded by yajl_string_decode, which turns a
+ * lone high surrogate and the character after it into "?", a lone low
+ * surrogate into the bytes ED B0 80, and a high surrogate followed by any
+ * \u escape into a pair. Text that shows none of that (json_yajl_suspect)
+ * is right and only checked. Otherwise, or to name the offending byte of
+ * text that is not UTF-8, the token is found again in the input and
+ * decoded by json_unescape. Its end is known: the parse consumed the input
+ * up to its closing quote. Its opening quote is the nearest '"' before
+ * that which is not escaped: inside a string every '"' is written \",
+ * behind an odd run of backslashes, and before the opening quote there is
+ * never a backslash.
+ *
+ * Returns 1, or 0 (stopping the parse) with d->bad_utf8 and d->bad_at set
+ * when the text is not strict UTF-8. Raises nothing. */
+static int json_dec_text(json_dec *d, const unsigned char **s, size_t *n) {
+    uintptr_t p = (uintptr_t)*s, base = (uintptr_t)d->s;
+    size_t start, end, bad, len;
+
+    if (p >= base && p <= base + d->len) {
+        bad = tide__utf8_check(*s, *n);
+        if (bad == *n)
+            return 1;
+        d->bad_utf8 = 1;
+        d->bad_at = (size_t)(p - base) + bad;
+        return 0;
+    }
+    if (!json_yajl_suspect(*s, *n) && tide__utf8_check(*s, *n) == *n)
+        return 1;
+    end = yajl_get_bytes_consumed(d->h) - 1;
+    TIDE_ASSERT(end < d->len && d->s[end] == '"');
+    start = end;
+    for (;;) {
+        const char *q = memrchr(d->s, '"', start);
+        size_t k;
+        TIDE_ASSERT(q != NULL);
+        start = (size_t)(q - d->s);
+        for (k = start; k > 0 && d->s[k - 1] == '\\'; k--)
+            ;
+        if ((start - k) % 2 == 0)
+            break;
+    }
+    start++; /* the first byte after the opening quote */
+    len = end - start;
+    bad = tide__utf8_check(d->s + start, len);
+    if (bad != len) {
+        d->bad_utf8 = 1;
+        d->bad_at = start + bad;
+        return 0;
+    }
+    if (d->sbufcap < len) {
+        d->sbufcap = len;
+        d->sbuf = tide__xrealloc(d->sbuf, len);
+    }
+    *n = json_unescape(d->sbuf, d->s + start, len);
+    *s = (const unsigned char *)d->sbuf;
+    return 1;
+}
+
 static int json_dec_string(void *ctx, const unsigned char *s, size_t n) {
     json_dec *d = ctx;
 
+    if (!json_dec_text(d, &s, &n))
+        return 0;
     lua_pushlstring(d->L, (const char *)s, n);
     return json_dec_add(d);
 }
@@ -936,6 +1243,8 @@ static int json_dec_start_array(void *ctx) {
 static int json_dec_map_key(void *ctx, const unsigned char *s, size_t n) {
     json_dec *d = ctx;
 
+    if (!json_dec_text(d, &s, &n))
+        return 0;
     lua_pushlstring(d->L, (const char *)s, n);
     return 1;
 }
@@ -976,6 +1285,12 @@ static void json_dec_fail(json_dec *d, int at_end) {
     if (d->no_stack) {
         json_msg_putf(&d->err, "JSON too deep for the Lua stack at byte %zu",
                       off);
+        return;
+    }
+    if (d->bad_utf8) {
+        /* The words of yajl's own message for the bytes it refuses. */
+        json_msg_putf(&d->err, "invalid JSON at byte %zu: lexical error: "
+                      "invalid bytes in UTF8 string", d->bad_at);
         return;
     }
     /* yajl's text looks like "parse error: trailing garbage\n". */
@@ -1072,6 +1387,7 @@ int tide__json_decode_push(lua_State *L, const char *s, size_t len,
     status = lua_pcall(L, 1, 1, 0);
 
     yajl_free(d.h);
+    free(d.sbuf);
     if (d.levels != d.inline_levels)
         free(d.levels);
     if (status != 0)
@@ -1185,58 +1501,311 @@ static int json_l_object(lua_State *L) {
     return json_mark(L, json_push_object_mt);
 }
 
-/* Walks the value at idx the cheap way: types, finite numbers, key types
- * and depth (a cycle shows up as depth). Returns 0 when nothing stands in
- * the way of encoding it, -1 otherwise. Strings are not checked for
- * UTF-8 and arrays not for sparseness: encode still reports those. */
-static int json_check_walk(lua_State *L, int idx, int depth) {
-    switch (lua_type(L, idx)) {
-    case LUA_TNIL:
-    case LUA_TBOOLEAN:
+/* ===== CHECKING ===== */
+
+/* check() walks a value the way the encoder would, without writing
+ * anything, and agrees with encode() on what it refuses. A first walk
+ * records nothing and finds a cycle only as nesting past
+ * TIDE_JSON_MAX_DEPTH, so a value that passes costs no allocation and no
+ * bookkeeping. A value that fails is walked again with frames (a Lua
+ * userdata, so nothing needs freeing when something raises) to name the
+ * first fault and its path. */
+typedef struct {
+    lua_State *L;
+    int arr_mt, obj_mt;  /* absolute stack indices of the metatables */
+    json_frame *frames;  /* NULL in the first walk */
+    json_msg err;
+} json_chk;
+
+static const char *json_nonfinite(double v) {
+    return isnan(v) ? "nan" : v > 0 ? "inf" : "-inf";
+}
+
+/* In the second walk, appends " at <path>" to the message unless the
+ * fault is in the value itself at the root and with_path is 0. */
+static int json_chk_at(json_chk *c, int depth, int with_path) {
+    if (c->frames != NULL && (with_path || depth > 0)) {
+        json_msg_puts(&c->err, " at ");
+        json_msg_path(&c->err, c->frames, depth);
+    }
+    return -1;
+}
+
+/* Records the message (second walk only); see json_chk_at. Returns -1. */
+static int json_chk_fail(json_chk *c, int depth, int with_path,
+                         const char *fmt, ...) {
+    va_list ap;
+
+    if (c->frames == NULL)
+        return -1;
+    va_start(ap, fmt);
+    json_msg_vputf(&c->err, fmt, ap);
+    va_end(ap);
+    return json_chk_at(c, depth, with_path);
+}
+
+static int json_chk_value(json_chk *c, int depth);
+
+/* Checks the key at index -2 of a table found at depth (its value is at
+ * -1): a string must be strict UTF-8, a number finite, nothing else will
+ * do. In the second walk it fills frames[depth + 1] for the value. */
+static int json_chk_key(json_chk *c, int depth) {
+    lua_State *L = c->L;
+    json_frame *f = c->frames != NULL ? &c->frames[depth + 1] : NULL;
+    const char *ks;
+    size_t kl, bad;
+    double num;
+
+    switch (lua_type(L, -2)) {
     case LUA_TSTRING:
+        ks = lua_tolstring(L, -2, &kl);
+        bad = tide__utf8_check(ks, kl);
+        if (bad != kl) {
+            if (c->frames == NULL)
+                return -1;
+            json_msg_putf(&c->err, "invalid UTF-8 at byte %zu of the key ",
+                          bad + 1);
+            json_msg_quoted(&c->err, ks, kl);
+            return json_chk_at(c, depth, 1);
+        }
+        if (f != NULL) {
+            f->kind = JSON_SEG_KEY;
+            f->key = ks;
+            f->keylen = kl;
+        }
         return 0;
     case LUA_TNUMBER:
-        return isfinite(lua_tonumber(L, idx)) ? 0 : -1;
-    case LUA_TLIGHTUSERDATA:
-        return lua_touserdata(L, idx) == NULL ? 0 : -1;
-    case LUA_TTABLE:
-        break;
+        num = lua_tonumber(L, -2);
+        if (!isfinite(num))
+            return json_chk_fail(c, depth, 1, "a non-finite table key (%s)",
+                                 json_nonfinite(num));
+        if (f != NULL) {
+            f->kind = JSON_SEG_NUMKEY;
+            f->num = num;
+        }
+        return 0;
     default:
-        return -1;
+        return json_chk_fail(c, depth, 1, "a table key of type %s",
+                             luaL_typename(L, -2));
     }
-    if (depth >= TIDE_JSON_MAX_DEPTH || !lua_checkstack(L, 3))
-        return -1;
-    if (idx < 0)
-        idx = lua_gettop(L) + idx + 1;
+}
+
+/* Checks that no number key of the object on top of the stack prints the
+ * same as one of its string keys ([1] and ["1"]). */
+static int json_chk_clash(json_chk *c, int depth) {
+    lua_State *L = c->L;
+    char num[JSON_NUMLEN];
+    size_t n;
+
     lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        int kt = lua_type(L, -2);
-        if ((kt != LUA_TSTRING &&
-             !(kt == LUA_TNUMBER && isfinite(lua_tonumber(L, -2)))) ||
-            json_check_walk(L, -1, depth + 1) != 0) {
+    while (lua_next(L, -2) != 0) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TNUMBER)
+            continue;
+        n = json_format_number(lua_tonumber(L, -1), num);
+        lua_pushlstring(L, num, n);
+        lua_rawget(L, -3);
+        if (!lua_isnil(L, -1)) {
             lua_pop(L, 2);
-            return -1;
+            if (c->frames == NULL)
+                return -1;
+            json_msg_puts(&c->err, "a table with both a number and a string "
+                          "key ");
+            json_msg_quoted(&c->err, num, n);
+            return json_chk_at(c, depth, 1);
         }
         lua_pop(L, 1);
     }
     return 0;
 }
 
-/* check(value) -> true | nil, msg, "EVALUE": whether value can be
- * carried as JSON, without producing the text. The message, on failure,
- * is encode's (with the path to the bad part). */
+/* Checks the table on top of the stack, found at depth, with the rules of
+ * json_enc_table: its keys, its values, and as an array its sparseness or
+ * as an object its keys that clash. */
+static int json_chk_table(json_chk *c, int depth) {
+    lua_State *L = c->L;
+    const void *t = lua_topointer(L, -1);
+    int i, rc, marked = 0, all_index = 1;
+    double count = 0, max = 0, numkeys = 0, n;
+
+    if (depth >= TIDE_JSON_MAX_DEPTH)
+        return json_chk_fail(c, depth, 1, "tables nested deeper than %d",
+                             TIDE_JSON_MAX_DEPTH);
+    if (c->frames != NULL) {
+        for (i = 0; i < depth; i++)
+            if (c->frames[i].table == t)
+                return json_chk_fail(c, depth, 1, "a cycle");
+        c->frames[depth].table = t;
+    }
+    if (!lua_checkstack(L, 4))
+        return json_chk_fail(c, depth, 1, "tables nested too deep for the "
+                             "Lua stack");
+    if (lua_getmetatable(L, -1)) {
+        if (lua_rawequal(L, -1, c->arr_mt))
+            marked = 'a';
+        else if (lua_rawequal(L, -1, c->obj_mt))
+            marked = 'o';
+        lua_pop(L, 1);
+    }
+    lua_pushnil(L);
+    while (lua_next(L, -2) != 0) {
+        count++;
+        if (lua_type(L, -2) == LUA_TNUMBER)
+            numkeys++;
+        if (json_is_index(L, -2, &n)) {
+            if (n > max)
+                max = n;
+        } else {
+            all_index = 0;
+            if (marked == 'a') {
+                if (c->frames != NULL) {
+                    json_msg_puts(&c->err, "an array with ");
+                    json_describe_key(L, -2, &c->err);
+                    json_chk_at(c, depth, 1);
+                }
+                lua_pop(L, 2);
+                return -1;
+            }
+        }
+        rc = json_chk_key(c, depth);
+        if (rc == 0)
+            rc = json_chk_value(c, depth + 1);
+        lua_pop(L, 1);
+        if (rc != 0) {
+            lua_pop(L, 1);
+            return rc;
+        }
+    }
+    if (marked == 'a') {
+        if (max > INT_MAX || (max > 1000 && max > 2 * count))
+            return json_chk_fail(c, depth, 1, "a sparse array (largest "
+                                 "index %.0f, %.0f entries)", max, count);
+        return 0;
+    }
+    if (marked != 'o' && count > 0 && all_index && max == count)
+        return 0; /* an array */
+    return numkeys > 0 ? json_chk_clash(c, depth) : 0;
+}
+
+/* Checks the value on top of the stack, found at depth. Returns 0, or -1
+ * (with the message in the second walk). Leaves the stack as it was. */
+static int json_chk_value(json_chk *c, int depth) {
+    lua_State *L = c->L;
+    const char *s;
+    size_t n, bad;
+    double v;
+    uint64_t bits;
+
+    switch (lua_type(L, -1)) {
+    case LUA_TNIL:
+    case LUA_TBOOLEAN:
+        return 0;
+    case LUA_TNUMBER:
+        v = lua_tonumber(L, -1);
+        if (isfinite(v))
+            return 0;
+        return json_chk_fail(c, depth, 0, "a non-finite number (%s)",
+                             json_nonfinite(v));
+    case LUA_TSTRING:
+        s = lua_tolstring(L, -1, &n);
+        bad = tide__utf8_check(s, n);
+        if (bad == n)
+            return 0;
+        return json_chk_fail(c, depth, 0, depth > 0 ? "invalid UTF-8 at byte "
+                             "%zu of the string" : "invalid UTF-8 at byte %zu",
+                             bad + 1);
+    case LUA_TLIGHTUSERDATA:
+        if (lua_touserdata(L, -1) == NULL)
+            return 0;
+        break;
+    case TIDE_LUA_TCDATA:
+        if (tide__json_int64_get(L, -1, &bits) != 0)
+            return 0;
+        break;
+    case LUA_TTABLE:
+        return json_chk_table(c, depth);
+    default:
+        break;
+    }
+    return json_chk_fail(c, depth, 0, "a %s", luaL_typename(L, -1));
+}
+
+/* check(value) -> true | false, msg: whether encode(value) would succeed,
+ * without producing the text. msg says what stands in the way and where:
+ * "a function", "invalid UTF-8 at byte 3" (bytes count from 1, as in
+ * string.sub), "a non-finite number (inf) at $.x", "a cycle at $.a". A
+ * string is only checked for UTF-8, with no allocation, since this runs
+ * on every task output. */
 static int json_l_check(lua_State *L) {
+    char err[TIDE_JSON_ERRLEN];
+    json_chk c;
+    int rc;
+
     luaL_argcheck(L, lua_gettop(L) == 1, 1, "expected 1 argument");
-    if (json_check_walk(L, 1, 0) == 0) {
+    if (lua_type(L, 1) == LUA_TSTRING) {
+        size_t n;
+        const char *s = lua_tolstring(L, 1, &n);
+        if (tide__utf8_check(s, n) == n) {
+            lua_pushboolean(L, 1);
+            return 1;
+        }
+    }
+    memset(&c, 0, sizeof c);
+    c.L = L;
+    json_push_array_mt(L);
+    c.arr_mt = lua_gettop(L);
+    json_push_object_mt(L);
+    c.obj_mt = lua_gettop(L);
+    lua_pushvalue(L, 1);
+    if (json_chk_value(&c, 0) == 0) {
         lua_pushboolean(L, 1);
         return 1;
     }
-    char err[TIDE_JSON_ERRLEN];
-    int rc = tide__json_encode_push(L, 1, err, sizeof err);
-    if (rc != 0)
-        return json_fail(L, rc, err);
-    lua_pop(L, 1);
-    lua_pushboolean(L, 1); /* the walk was stricter than encode */
+    lua_settop(L, c.obj_mt);
+    c.frames = lua_newuserdata(L, (TIDE_JSON_MAX_DEPTH + 2) *
+                                  sizeof(json_frame));
+    c.frames[0].kind = JSON_SEG_ROOT;
+    c.err.p = err;
+    c.err.cap = sizeof err;
+    err[0] = '\0';
+    lua_pushvalue(L, 1);
+    /* The second walk meets the same fault, or a cycle before it. */
+    rc = json_chk_value(&c, 0);
+    TIDE_ASSERT(rc != 0);
+    lua_pushboolean(L, 0);
+    lua_pushstring(L, err);
+    return 2;
+}
+
+/* repair_utf8(s) -> s itself when it is strict UTF-8, else a copy with
+ * each maximal subpart of an ill-formed sequence replaced by U+FFFD (see
+ * utf8.c). Raises when s is not a string. The copy is built in a
+ * luaL_Buffer, so no C memory is live when it raises. */
+static int json_l_repair_utf8(lua_State *L) {
+    luaL_Buffer b;
+    const char *s;
+    size_t n, i, ok;
+
+    luaL_argcheck(L, lua_gettop(L) == 1, 1, "expected 1 argument");
+    if (lua_type(L, 1) != LUA_TSTRING)
+        return luaL_argerror(L, 1, lua_pushfstring(L, "string expected, "
+                             "got %s", luaL_typename(L, 1)));
+    s = lua_tolstring(L, 1, &n);
+    ok = tide__utf8_check(s, n);
+    if (ok == n)
+        return 1;
+    luaL_buffinit(L, &b);
+    i = 0;
+    while (i < n) {
+        luaL_addlstring(&b, s + i, ok);
+        i += ok;
+        if (i == n)
+            break;
+        luaL_addlstring(&b, "\xEF\xBF\xBD", 3);
+        i += tide__utf8_bad(s + i, n - i);
+        ok = tide__utf8_check(s + i, n - i);
+    }
+    luaL_pushresult(&b);
     return 1;
 }
 
@@ -1248,11 +1817,12 @@ static const luaL_Reg json_funcs[] = {
     { "check", json_l_check },
     { "array", json_l_array },
     { "object", json_l_object },
+    { "repair_utf8", json_l_repair_utf8 },
     { NULL, NULL },
 };
 
 int tide__json_open(lua_State *L) {
-    lua_createtable(L, 0, 7);
+    lua_createtable(L, 0, 9);
     luaL_setfuncs(L, json_funcs, 0);
     json_push_array_mt(L);
     lua_setfield(L, -2, "array_mt");

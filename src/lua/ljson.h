@@ -3,6 +3,7 @@
 #define TIDE_LJSON_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <lua.h>
 
@@ -19,13 +20,22 @@
  *
  *   decode(str)    -> value | nil, "EVALUE: msg", "EVALUE"
  *   encode(value)  -> str   | nil, "EVALUE: msg", "EVALUE"
+ *   check(value)   -> true | false, msg: whether encode(value) succeeds,
+ *                     without producing the text; msg names the fault and
+ *                     its path ("a function at $.a[2]", "a cycle at
+ *                     $.self", "invalid UTF-8 at byte 3", counting bytes
+ *                     from 1). Allocates nothing for a string that passes.
  *   array([t])     -> t marked as a JSON array (a new table when t is nil)
  *   object([t])    -> t marked as a JSON object
+ *   repair_utf8(s) -> s itself when it is strict UTF-8, else a copy with
+ *                     each ill-formed sequence (its maximal subpart)
+ *                     replaced by U+FFFD
  *   array_mt, object_mt  the shared metatables that mark decoded tables
  *   null           the null sentinel, lightuserdata NULL (like cjson.null)
  *
- * Misuse (a non-string to decode, a wrong argument count, array/object on
- * a table that already has a foreign metatable) raises with luaL_argerror.
+ * Misuse (a non-string to decode or repair_utf8, a wrong argument count,
+ * array/object on a table that already has a foreign metatable) raises
+ * with luaL_argerror.
  * The metatables live in the registry, so every call in one lua_State
  * shares them; calling this twice pushes two tables that share them.
  * Returns 1, so it also serves as a lua_CFunction (package.preload). */
@@ -67,6 +77,21 @@ int tide__json_encode_push(lua_State *L, int idx, char *err, size_t errlen);
  * freeing every C buffer. */
 int tide__json_decode_push(lua_State *L, const char *s, size_t len,
                            char *err, size_t errlen);
+
+/* What LuaJIT's lua_type() returns for a cdata (its lua.h has no name
+ * for it). */
+#define TIDE_LUA_TCDATA 10
+
+/* When the value at idx is a boxed int64_t or uint64_t cdata, stores its
+ * 8 bytes in *bits and returns 1 (int64_t) or 2 (uint64_t); returns 0 for
+ * any other value. For a cdata it calls a small Lua function (ffi.istype),
+ * compiled on first use in this lua_State, so it may raise, and needs no
+ * more than LUA_MINSTACK free slots. */
+int tide__json_int64_get(lua_State *L, int idx, uint64_t *bits);
+
+/* Pushes a new int64_t cdata (is_unsigned 0) or uint64_t cdata (1)
+ * holding bits. May raise, like tide__json_int64_get. */
+void tide__json_int64_push(lua_State *L, uint64_t bits, int is_unsigned);
 
 /* Push the shared metatables that mark decoded arrays and objects. */
 void tide__json_push_array_mt(lua_State *L);

@@ -9,10 +9,18 @@
  *   6 array (json.array_mt): varint n, n values (holes are nil)
  *   7 object (json.object_mt): varint n, n (key, value) pairs
  *   9 plain table: varint n (1..n), n values, varint m, m (key, value)
+ *   10 int64_t cdata: zigzag varint; 11 uint64_t cdata: varint (the
+ *      integers tide.json decodes beyond 2^53; they decode as cdata of
+ *      the same type, so they stay exact on the other thread)
  * Table keys are strings, numbers or booleans. Functions, userdata other
- * than null, threads, cycles and nesting deeper than TIDE_MARSHAL_DEPTH
- * are refused with EVALUE; so is any malformed or truncated input to the
- * decoder, which never reads past its end. */
+ * than null, other cdata, threads, cycles and nesting deeper than
+ * TIDE_MARSHAL_DEPTH are refused with EVALUE; so is any malformed or
+ * truncated input to the decoder, which never reads past its end.
+ *
+ * Memory: encoding runs under lua_pcall, because telling an int64_t cdata
+ * from others calls into Lua (tide__json_int64_get), which may raise; the
+ * output buffer hangs off a context on the caller's C stack and is freed
+ * after the pcall when anything failed. Decoding allocates no C memory. */
 #include <math.h>
 #include <string.h>
 
@@ -25,7 +33,7 @@
 #define TIDE_MARSHAL_DEPTH 200
 
 enum { M_NIL = 0, M_FALSE, M_TRUE, M_INT, M_DBL, M_STR, M_ARR, M_OBJ,
-       M_NULL, M_TAB };
+       M_NULL, M_TAB, M_I64, M_U64 };
 
 typedef struct {
     char *p;
@@ -39,6 +47,7 @@ typedef struct {
     const void *stack[TIDE_MARSHAL_DEPTH + 1]; /* tables being encoded */
     char *err;
     size_t errlen;
+    int rc;
 } menc;
 
 static void mbuf_need(mbuf *b, size_t n) {
@@ -223,16 +232,45 @@ static int menc_value(menc *e, int idx, int depth) {
             lua_pop(L, 1);
             return rc;
         }
-    default:
-        snprintf(e->err, e->errlen, "cannot carry a %s",
-                 luaL_typename(L, idx));
-        return TIDE_EVALUE;
+    case TIDE_LUA_TCDATA: {
+        uint64_t bits;
+        int kind = tide__json_int64_get(L, idx, &bits);
+        if (kind == 1) {
+            /* Zigzag on the two's complement bits: no signed overflow. */
+            mbuf_byte(&e->b, M_I64);
+            mbuf_varint(&e->b, (bits << 1) ^ (0 - (bits >> 63)));
+            return 0;
+        }
+        if (kind == 2) {
+            mbuf_byte(&e->b, M_U64);
+            mbuf_varint(&e->b, bits);
+            return 0;
+        }
+        break; /* any other cdata */
     }
+    default:
+        break;
+    }
+    snprintf(e->err, e->errlen, "cannot carry a %s", luaL_typename(L, idx));
+    return TIDE_EVALUE;
+}
+
+/* The protected half of tide__marshal_encode: the arguments are the value
+ * and the context (lightuserdata). Sets e->rc. */
+static int menc_protected(lua_State *L) {
+    menc *e = lua_touserdata(L, 2);
+    tide__json_push_array_mt(L);
+    e->arr_mt = lua_gettop(L);
+    tide__json_push_object_mt(L);
+    e->obj_mt = lua_gettop(L);
+    e->rc = menc_value(e, 1, 0);
+    return 0;
 }
 
 /* Encodes the value at idx into a new malloc'd buffer (*out, *outlen; the
  * caller frees it). Returns 0, or TIDE_EVALUE with a message in err (and
- * *out NULL). Leaves the stack as it was. */
+ * *out NULL). Leaves the stack as it was. Raises only a Lua memory error,
+ * after freeing the buffer (the same way as tide__json_encode_value). */
 int tide__marshal_encode(lua_State *L, int idx, char **out, size_t *outlen,
                          char *err, size_t errlen) {
     menc e;
@@ -240,20 +278,20 @@ int tide__marshal_encode(lua_State *L, int idx, char **out, size_t *outlen,
     e.L = L;
     e.err = err;
     e.errlen = errlen;
-    if (idx < 0)
+    if (idx < 0 && idx > LUA_REGISTRYINDEX)
         idx = lua_gettop(L) + idx + 1;
-    int top = lua_gettop(L);
-    tide__json_push_array_mt(L);
-    tide__json_push_object_mt(L);
-    e.arr_mt = top + 1;
-    e.obj_mt = top + 2;
-    int rc = menc_value(&e, idx, 0);
-    lua_settop(L, top);
-    if (rc != 0) {
+    /* These may raise; nothing is allocated yet. */
+    lua_pushcfunction(L, menc_protected);
+    lua_pushvalue(L, idx);
+    lua_pushlightuserdata(L, &e);
+    int status = lua_pcall(L, 2, 0, 0);
+    if (status != 0 || e.rc != 0) {
         free(e.b.p);
         *out = NULL;
         *outlen = 0;
-        return rc;
+        if (status != 0)
+            lua_error(L);
+        return e.rc;
     }
     *out = e.b.p ? e.b.p : tide__xmalloc(1);
     *outlen = e.b.len;
@@ -320,6 +358,14 @@ static int mdec_value(mdec *d, int depth) {
         if ((rc = mdec_varint(d, &n)) != 0)
             return rc;
         lua_pushnumber(L, (double)((int64_t)(n >> 1) ^ -(int64_t)(n & 1)));
+        return 0;
+    case M_I64:
+    case M_U64:
+        if ((rc = mdec_varint(d, &n)) != 0)
+            return rc;
+        if (tag == M_I64)
+            n = (n >> 1) ^ (0 - (n & 1));
+        tide__json_int64_push(L, n, tag == M_U64);
         return 0;
     case M_DBL: {
         if (d->end - d->p < 8)
