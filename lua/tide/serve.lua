@@ -105,6 +105,9 @@ function M.serve(p, opts)
     local started = hrtime()
     local evicted = {} -- ids whose results were evicted: 410, not 404
     local counts = { submitted = 0, done = 0, failed = 0, cancelled = 0 }
+    -- Long-polls: conn -> the function that ends the one it holds, and
+    -- how many watchers they have registered with the executor.
+    local polls, nwatchers = {}, 0
     local failures, nfail = {}, 0 -- ring of the last NFAILURES failed jobs
     local srv
     ex:timing(true)
@@ -140,32 +143,36 @@ function M.serve(p, opts)
     end
 
     -- Answers conn with id's result now, or when it finishes, or with 202
-    -- after `wait` seconds, whichever is first.
+    -- after `wait` seconds, whichever is first. Whichever comes first (or
+    -- the client hanging up) removes what the others registered: a poll
+    -- that ended costs nothing however long the job runs.
     local function long_poll(conn, id, wait, status_when_done)
         if ex:finished(id) then
             respond(conn, status_when_done, result_body(id))
             return
         end
-        local answered = false
-        local timer
-        if wait > 0 then
-            timer = core.timer(ex._ud, wait, function()
-                if answered then return end
-                answered = true
-                timer:close()
-                respond(conn, 202, enc(json.object({ id = id, status = ex:status(id) or "unknown" })))
-            end)
+        if wait <= 0 then
+            return respond(conn, 202, enc(json.object({ id = id, status = ex:status(id) or "unknown" })))
         end
-        ex:watch(id, function()
-            if answered then return end
-            answered = true
-            if timer then timer:close() end
+        local timer, watch_token, abandon
+        timer = core.timer(ex._ud, wait, function()
+            abandon()
+            respond(conn, 202, enc(json.object({ id = id, status = ex:status(id) or "unknown" })))
+        end)
+        watch_token = ex:watch(id, function()
+            nwatchers = nwatchers - 1
+            polls[conn] = nil
+            timer:close()
             respond(conn, status_when_done, result_body(id))
         end)
-        if wait <= 0 and not answered then
-            answered = true
-            respond(conn, 202, enc(json.object({ id = id, status = ex:status(id) or "unknown" })))
+        nwatchers = nwatchers + 1
+        -- Ends the poll early: the wait expired, or the client left.
+        abandon = function()
+            polls[conn] = nil
+            timer:close()
+            if ex:unwatch(id, watch_token) then nwatchers = nwatchers - 1 end
         end
+        polls[conn] = abandon
     end
 
     local function wait_of(query, conn)
@@ -200,6 +207,7 @@ function M.serve(p, opts)
                '{status="cancelled"}', counts.cancelled)
         metric("tide_jobs_in_flight", "gauge", "Jobs not finished.", "", s.live)
         metric("tide_queue_depth", "gauge", "Tasks ready to run.", "", s.queued)
+        metric("tide_result_waiters", "gauge", "Long-polls waiting for a job's result.", "", nwatchers)
         metric("tide_workers_replaced_total", "counter", "Stand-ins for stuck worker threads.",
                "", s.workers_replaced)
         metric("tide_http_requests_total", "counter", "HTTP requests parsed.", "", hs.requests)
@@ -388,6 +396,10 @@ function M.serve(p, opts)
         max_body = opts.max_body or 1048576,
         request_timeout = opts.request_timeout or 10,
         idle_timeout = opts.idle_timeout or 60,
+        on_hangup = function(conn)
+            local abandon = polls[conn]
+            if abandon then abandon() end
+        end,
     }, function(conn, method, path, query, headers, body)
         route(conn, method, path, query, headers, body)
     end)

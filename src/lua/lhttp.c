@@ -12,7 +12,9 @@
  * respond(conn, ...), possibly much later (long-polls). One request at a
  * time per connection; pipelined bytes wait in the buffer. A connection
  * record is freed in its close callback; Lua refers to it by number, so a
- * late respond() for a closed connection is a no-op. */
+ * late respond() for a closed connection is a no-op, and a connection that
+ * closes while Lua holds its request is reported (on_hangup(conn)) so that
+ * Lua can drop what it registered for the answer. */
 #include <ctype.h>
 #include <string.h>
 
@@ -59,7 +61,7 @@ struct lhttp_server {
     uv_tcp_t tcp;
     uv_loop_t *loop;
     lua_State *T;       /* hook thread */
-    int thread_ref, fn_ref;
+    int thread_ref, fn_ref, hangup_ref;
     int closed, handle_open, boxed;
     uint32_t next_id;
     lhttp_conn *conns;
@@ -255,6 +257,14 @@ static void lhttp_conn_close(lhttp_conn *c) {
         return;
     c->closing = 1;
     lhttp_server *s = c->srv;
+    /* Lua holds this request (a long-poll): it is told, so that what it
+     * registered for the answer goes now rather than when the job ends.
+     * A stopped server has dropped its hook; its jobs are cancelled. */
+    if (c->waiting && !s->closed && s->hangup_ref != LUA_NOREF) {
+        lua_rawgeti(s->T, LUA_REGISTRYINDEX, s->hangup_ref);
+        lua_pushinteger(s->T, c->id);
+        tide__lua_pcall_hook(s->T, 1, "HTTP hang-up handler");
+    }
     if (c->prev)
         c->prev->next = c->next;
     else if (s->conns == c)
@@ -576,6 +586,8 @@ static void lhttp_stop(lhttp_server *s, int drain) {
         if (s->handle_open && !uv_is_closing((uv_handle_t *)&s->tcp))
             uv_close((uv_handle_t *)&s->tcp, lhttp_server_closed);
         luaL_unref(s->T, LUA_REGISTRYINDEX, s->fn_ref);
+        luaL_unref(s->T, LUA_REGISTRYINDEX, s->hangup_ref);
+        s->hangup_ref = LUA_NOREF;
         luaL_unref(s->T, LUA_REGISTRYINDEX, s->thread_ref);
     }
     lhttp_conn *c = s->conns;
@@ -613,7 +625,9 @@ static void lhttp_engine_closed(uv_handle_t *h) {
     lhttp_server_closed(h);
 }
 
-/* http_listen(engine, host, port, opts, on_request) -> server | nil, msg */
+/* http_listen(engine, host, port, opts, on_request) -> server | nil, msg
+ * opts: max_body (bytes), request_timeout and idle_timeout (s), on_hangup
+ * (called with the connection of a request Lua holds when it closes). */
 static int l_http_listen(lua_State *L) {
     uv_loop_t *loop = tide__lua_engine_loop(L, 1);
     const char *host = luaL_checkstring(L, 2);
@@ -626,7 +640,11 @@ static int l_http_listen(lua_State *L) {
     double req_s = luaL_optnumber(L, -1, 10);
     lua_getfield(L, 4, "idle_timeout");
     double idle_s = luaL_optnumber(L, -1, 60);
-    lua_pop(L, 3);
+    lua_getfield(L, 4, "on_hangup");
+    int has_hangup = !lua_isnil(L, -1);
+    luaL_argcheck(L, !has_hangup || lua_isfunction(L, -1), 4,
+                  "on_hangup must be a function");
+    lua_pop(L, 4);
     struct sockaddr_storage addr;
     int rc = uv_ip4_addr(host, port, (struct sockaddr_in *)&addr);
     if (rc != 0)
@@ -656,6 +674,11 @@ static int l_http_listen(lua_State *L) {
     s->thread_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushvalue(L, 5);
     s->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    s->hangup_ref = LUA_NOREF;
+    if (has_hangup) {
+        lua_getfield(L, 4, "on_hangup");
+        s->hangup_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
     rc = uv_tcp_bind(&s->tcp, (struct sockaddr *)&addr, 0);
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&s->tcp, 512, lhttp_on_connection);
