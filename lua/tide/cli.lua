@@ -22,8 +22,11 @@ commands:
       DIR/failed.jsonl and DIR/rejects.jsonl with --output).
   serve PIPELINE.lua [--listen 127.0.0.1:8080] [--token-file F] [--threads N]
                      [--drain-timeout S] [--request-timeout S] [--max-results N]
+                     [--max-pending N] [--max-pending-bytes N]
       The HTTP/JSON job API (POST /v1/jobs, GET /v1/jobs/ID[/result],
       DELETE /v1/jobs/ID, /healthz, /metrics). Port 0 picks a free port.
+      Past --max-pending unfinished jobs (100000) or --max-pending-bytes of
+      their request bodies (268435456), POST answers 503 with Retry-After.
   graph PIPELINE.lua [--format dot|mermaid|html]
       Print the pipeline's DAG (tasks, edges, maps, gathers, routers,
       limiters) as Graphviz DOT (the default) or Mermaid.
@@ -122,6 +125,9 @@ local SERVE_OPTIONS = {
     ["--request-timeout"] = { "request_timeout", positive, "--request-timeout needs seconds > 0" },
     ["--max-results"] = { "max_results", whole, "--max-results needs a whole number >= 1" },
     ["--drain-timeout"] = { "drain", nonnegative, "--drain-timeout needs seconds >= 0" },
+    ["--max-pending"] = { "max_pending", whole, "--max-pending needs a whole number >= 1" },
+    ["--max-pending-bytes"] = { "max_pending_bytes", whole,
+                                "--max-pending-bytes needs a whole number of bytes >= 1" },
 }
 
 local GRAPH_OPTIONS = {
@@ -500,6 +506,7 @@ local function serve(args)
     local server, serr = require("tide.serve").serve(p, {
         listen = o.listen, token = token, threads = o.threads,
         request_timeout = o.request_timeout, max_results = o.max_results,
+        max_pending = o.max_pending, max_pending_bytes = o.max_pending_bytes,
     })
     if not server then return die(EXIT_IO, serr) end
     local host = o.listen:match("^(.*):%d+$")

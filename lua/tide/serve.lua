@@ -18,6 +18,9 @@ local hrtime = core.hrtime
 local M = {}
 
 local MAX_WAIT = 300
+local MAX_PENDING = 100000
+local MAX_PENDING_BYTES = 256 * 1048576
+local RETRY_AFTER = "1"  -- seconds a client refused with 503 should wait
 local NFAILURES = 20     -- recent failures kept for the dashboard
 local LAG_EVERY = 0.25   -- seconds between loop-lag samples
 -- Paths answered to GET only, and what answers them.
@@ -82,13 +85,27 @@ local function unescape(s)
 end
 
 
+-- Checks a whole-number option of tide.serve (nil: the default).
+local function check_count(opts, key, default)
+    local v = opts[key]
+    if v == nil then return default end
+    if type(v) ~= "number" or v < 1 or v ~= math.floor(v) then
+        error("tide.serve: " .. key .. " must be a whole number >= 1, got " .. tostring(v), 3)
+    end
+    return v
+end
+
+
 --- Starts serving pipeline p. opts: listen ("127.0.0.1:8080"; port 0:
 -- any), token (Bearer token, nil: no auth), executor (default: a new one),
 -- max_body (bytes, 1 MiB), retention (s, 3600) and max_results (100000)
 -- for the executor it makes (evictions give 410). A server keeps results
 -- for clients to fetch, and each costs some 400 bytes of RSS (measured:
 -- 390 MB with a million kept), so its default count is lower than an
--- executor's.
+-- executor's. max_pending (100000) and max_pending_bytes (256 MiB of
+-- request bodies) bound the jobs submitted through the server and not
+-- finished: past either, POST /v1/jobs answers 503 with Retry-After and
+-- submits nothing (838 000 queued jobs had taken 972 MB).
 -- Returns the server: server.port, server:close(), server:drain(t, done).
 function M.serve(p, opts)
     opts = opts or {}
@@ -97,6 +114,8 @@ function M.serve(p, opts)
     if not host or tonumber(port) > 65535 then
         error("tide.serve: listen must be HOST:PORT, got " .. tostring(listen), 2)
     end
+    local max_pending = check_count(opts, "max_pending", MAX_PENDING)
+    local max_pending_bytes = check_count(opts, "max_pending_bytes", MAX_PENDING_BYTES)
     p:compile()
     local ex = opts.executor or executor.new {
         retention = opts.retention, max_results = opts.max_results or 100000, threads = opts.threads,
@@ -105,6 +124,9 @@ function M.serve(p, opts)
     local started = hrtime()
     local evicted = {} -- ids whose results were evicted: 410, not 404
     local counts = { submitted = 0, done = 0, failed = 0, cancelled = 0 }
+    -- Jobs submitted here and not finished, the bytes of their requests,
+    -- and the submissions refused because either was at its bound.
+    local pending, pending_bytes, refused = 0, 0, 0
     -- Long-polls: conn -> the function that ends the one it holds, and
     -- how many watchers they have registered with the executor.
     local polls, nwatchers = {}, 0
@@ -207,6 +229,15 @@ function M.serve(p, opts)
                '{status="cancelled"}', counts.cancelled)
         metric("tide_jobs_in_flight", "gauge", "Jobs not finished.", "", s.live)
         metric("tide_queue_depth", "gauge", "Tasks ready to run.", "", s.queued)
+        metric("tide_pending_jobs", "gauge", "Jobs submitted through this server and not finished.",
+               "", pending)
+        metric("tide_pending_jobs_limit", "gauge", "The bound on tide_pending_jobs (--max-pending).",
+               "", format("%d", max_pending))
+        metric("tide_pending_bytes", "gauge", "Request bytes of the jobs not finished.", "", pending_bytes)
+        metric("tide_pending_bytes_limit", "gauge",
+               "The bound on tide_pending_bytes (--max-pending-bytes).", "", format("%d", max_pending_bytes))
+        metric("tide_jobs_refused_total", "counter",
+               "Submissions refused with 503 because a pending bound was reached.", "", refused)
         metric("tide_result_waiters", "gauge", "Long-polls waiting for a job's result.", "", nwatchers)
         metric("tide_workers_replaced_total", "counter", "Stand-ins for stuck worker threads.",
                "", s.workers_replaced)
@@ -272,6 +303,21 @@ function M.serve(p, opts)
         if not ctype:lower():match("^application/json") then
             return respond(conn, 415, jerr("EINVAL", "Content-Type must be application/json"))
         end
+        -- The bounds are checked before the body is decoded: a full queue
+        -- sheds load cheaply. A body that could never fit is a 413.
+        local nbytes = #body
+        if nbytes > max_pending_bytes then
+            return respond(conn, 413, jerr("EINVAL", format(
+                "the body (%d bytes) is larger than max-pending-bytes (%d)", nbytes, max_pending_bytes)))
+        end
+        if pending >= max_pending or pending_bytes + nbytes > max_pending_bytes then
+            refused = refused + 1
+            local what = pending >= max_pending
+                and format("%d jobs are pending (max-pending %d)", pending, max_pending)
+                or format("%d bytes of jobs are pending (max-pending-bytes %d)", pending_bytes, max_pending_bytes)
+            return srv:respond(conn, 503, jerr("EAGAIN", "too busy: " .. what .. "; retry later"),
+                               "application/json", "Retry-After: " .. RETRY_AFTER .. "\r\n")
+        end
         local req, err = json.decode(body)
         if req == nil then
             return respond(conn, 400, jerr("EVALUE", "malformed JSON: " .. tostring(err)))
@@ -302,7 +348,9 @@ function M.serve(p, opts)
             return respond(conn, 400, jerr("EINVAL", tostring(res)))
         end
         counts.submitted = counts.submitted + 1
+        pending, pending_bytes = pending + 1, pending_bytes + nbytes
         ex:watch(res, function(jid)
+            pending, pending_bytes = pending - 1, pending_bytes - nbytes
             local status, value = ex:finished(jid)
             if not status then return end
             counts[status] = (counts[status] or 0) + 1
