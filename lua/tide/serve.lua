@@ -18,16 +18,22 @@ local hrtime = core.hrtime
 local M = {}
 
 local MAX_WAIT = 300
+local MAX_ID = 512       -- bytes: a longer id would not fit in a request line
 local MAX_PENDING = 100000
 local MAX_PENDING_BYTES = 256 * 1048576
 local RETRY_AFTER = "1"  -- seconds a client refused with 503 should wait
+-- Host names a server without a token answers (with any port): a page
+-- from elsewhere that rebinds its own name to 127.0.0.1 sends its name.
+local LOOPBACK = { ["localhost"] = true, ["127.0.0.1"] = true, ["[::1]"] = true }
 local NFAILURES = 20     -- recent failures kept for the dashboard
 local LAG_EVERY = 0.25   -- seconds between loop-lag samples
 -- Paths answered to GET only, and what answers them.
 local GET_ONLY = { ["/metrics"] = "metrics", ["/"] = "page", ["/v1/stats"] = "stats" }
 
 
-local function enc(v) return (json.encode(v)) end
+-- JSON text of v, or nil and why (a string that is not UTF-8, a function
+-- in an output): respond() turns that into a 500 with a JSON error.
+local function enc(v) return json.encode(v) end
 
 
 -- A Prometheus label value: backslash, quote and newline escaped.
@@ -56,7 +62,12 @@ end
 
 
 local function jerr(code, message)
-    return enc(json.object({ error = json.object({ code = code, message = message }) }))
+    local body = enc(json.object({ error = json.object({ code = code, message = message }) }))
+    if body then return body end
+    -- The message quotes bytes that are not UTF-8 (an id such as %ff in a
+    -- URL): they are shown as \xHH so that the error is still JSON.
+    message = message:gsub("[\128-\255]", function(c) return format("\\x%02X", c:byte()) end)
+    return (enc(json.object({ error = json.object({ code = code, message = message }) })))
 end
 
 
@@ -85,6 +96,15 @@ local function unescape(s)
 end
 
 
+-- True when a Host header (or an Origin's host) names this server: a
+-- loopback name or one of `allowed`, with or without a port.
+local function host_allowed(value, allowed)
+    if type(value) ~= "string" then return false end
+    local name = value:lower():match("^(%[[%x:.]+%])%:?%d*$") or value:lower():match("^([^:]+):?%d*$")
+    return name ~= nil and (LOOPBACK[name] or allowed[name]) == true
+end
+
+
 -- Checks a whole-number option of tide.serve (nil: the default).
 local function check_count(opts, key, default)
     local v = opts[key]
@@ -105,7 +125,9 @@ end
 -- executor's. max_pending (100000) and max_pending_bytes (256 MiB of
 -- request bodies) bound the jobs submitted through the server and not
 -- finished: past either, POST /v1/jobs answers 503 with Retry-After and
--- submits nothing (838 000 queued jobs had taken 972 MB).
+-- submits nothing (838 000 queued jobs had taken 972 MB). Without a token
+-- only loopback Host names are answered, and allow_host (a name or a
+-- list) adds others.
 -- Returns the server: server.port, server:close(), server:drain(t, done).
 function M.serve(p, opts)
     opts = opts or {}
@@ -116,6 +138,19 @@ function M.serve(p, opts)
     end
     local max_pending = check_count(opts, "max_pending", MAX_PENDING)
     local max_pending_bytes = check_count(opts, "max_pending_bytes", MAX_PENDING_BYTES)
+    local allowed = {}
+    local hosts = opts.allow_host
+    if type(hosts) == "string" then hosts = { hosts } end
+    if hosts ~= nil and type(hosts) ~= "table" then
+        error("tide.serve: allow_host must be a host name or a list of them", 2)
+    end
+    for _, h in ipairs(hosts or {}) do
+        if type(h) ~= "string" or not (h:match("^[%w][%w%.%-]*$") or h:match("^%[[%x:.]+%]$")) then
+            error("tide.serve: allow_host must be a host name (no port) or a list of them, got "
+                  .. tostring(h), 2)
+        end
+        allowed[h:lower()] = true
+    end
     p:compile()
     local ex = opts.executor or executor.new {
         retention = opts.retention, max_results = opts.max_results or 100000, threads = opts.threads,
@@ -151,8 +186,14 @@ function M.serve(p, opts)
         lag.sum, lag.last = lag.sum + late, late
     end)
 
-    local function respond(conn, status, body, ctype)
-        srv:respond(conn, status, body, ctype)
+    -- Answers with a JSON body; a body that could not be encoded (why
+    -- says what) gives a 500 with a JSON error, never an empty body.
+    local function respond(conn, status, body, why)
+        if body == nil then
+            status = 500
+            body = jerr("EVALUE", "the answer cannot be encoded as JSON: " .. tostring(why))
+        end
+        srv:respond(conn, status, body)
     end
 
     local function result_body(id)
@@ -332,6 +373,9 @@ function M.serve(p, opts)
         if id ~= nil and (type(id) ~= "string" or id == "") then
             return respond(conn, 400, jerr("EINVAL", "id must be a non-empty string"))
         end
+        if id and #id > MAX_ID then
+            return respond(conn, 400, jerr("EINVAL", format("id must be at most %d bytes, got %d", MAX_ID, #id)))
+        end
         local prio = req.priority
         if prio ~= nil and not executor.PRIO[prio] then
             return respond(conn, 400, jerr("EINVAL", "priority must be high, low or lifo"))
@@ -372,9 +416,25 @@ function M.serve(p, opts)
             if method ~= "GET" then return respond(conn, 405, jerr("EINVAL", "use GET")) end
             return respond(conn, 200, '{"ok":true}')
         end
+        if not token then
+            -- Without a token anything that reaches the port is trusted,
+            -- so the request must name this machine: a page from another
+            -- site that rebinds its own name to 127.0.0.1 (DNS rebinding)
+            -- sends that name, and its Origin.
+            local origin = headers["origin"]
+            if not host_allowed(headers["host"], allowed)
+                or (origin and not host_allowed(origin:lower():match("^https?://([^/]+)$"), allowed)) then
+                return respond(conn, 403, jerr("EPERM", "Host '" .. (headers["host"] or "")
+                    .. "' is not allowed: without a token only localhost, 127.0.0.1 and [::1] are served"
+                    .. " (add names with --allow-host)"
+                    .. (origin and ("; the Origin ('" .. origin .. "') must name one of them") or "")))
+            end
+        end
         if token then
             local auth = headers["authorization"] or ""
-            local given = auth:match("^Bearer%s+(.+)$")
+            -- The scheme is case-insensitive (RFC 7235 2.1).
+            local scheme, given = auth:match("^(%a+) +(.+)$")
+            if not scheme or scheme:lower() ~= "bearer" then given = nil end
             if path == "/" and not given then
                 -- A browser cannot send a header when it opens the page:
                 -- the dashboard takes the token once in the query string
@@ -404,6 +464,9 @@ function M.serve(p, opts)
         local id, rest = path:match("^/v1/jobs/([^/]+)(.*)$")
         if not id then return respond(conn, 404, jerr("ENOENT", "no such endpoint")) end
         id = unescape(id)
+        if #id > MAX_ID then
+            return respond(conn, 400, jerr("EINVAL", format("job ids are at most %d bytes, got %d", MAX_ID, #id)))
+        end
         local known = ex._live[id] or ex:finished(id)
         if not known then
             if evicted[id] then

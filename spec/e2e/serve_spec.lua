@@ -403,6 +403,8 @@ describe("tide.serve from Lua", function()
                          "tide.serve: max_pending must be a whole number >= 1, got 0")
         assert.has_error(function() tide.serve(p, { listen = "127.0.0.1:0", max_pending_bytes = "lots" }) end,
                          "tide.serve: max_pending_bytes must be a whole number >= 1, got lots")
+        assert.has_error(function() tide.serve(p, { listen = "127.0.0.1:0", allow_host = { "a:1" } }) end,
+                         "tide.serve: allow_host must be a host name (no port) or a list of them, got a:1")
         local ex = tide.executor()
         local srv = assert(tide.serve(p, { listen = "127.0.0.1:0", executor = ex, max_pending = 1 }))
         finally(function()
@@ -453,6 +455,8 @@ describe("tide serve usage errors", function()
         { "spec/fixtures/pipelines/serve.lua --max-pending 0", "--max-pending needs a whole number >= 1" },
         { "spec/fixtures/pipelines/serve.lua --max-pending-bytes 1.5",
           "--max-pending-bytes needs a whole number of bytes >= 1" },
+        { "spec/fixtures/pipelines/serve.lua --allow-host", "--allow-host needs a host name" },
+        { "spec/fixtures/pipelines/serve.lua --allow-host tide.example:80", "--allow-host needs a host name" },
         { "spec/fixtures/pipelines/nope.lua", "nope.lua" },
     }
     for _, c in ipairs(cases) do
