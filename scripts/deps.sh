@@ -7,6 +7,7 @@
 #   libyajl-dev               the JSON parser/generator under tide.json
 #   lua-cjson                 available to task code (require "cjson")
 #   lua-busted lua-check      specs and lint
+#   lua-socket                the HTTP specs' raw client (exact bytes, half-close, reset)
 #   lua-luv                   the W5 reference in make bench
 #   graphviz                  the specs check that `tide graph` DOT parses
 #   luarocks                  the specs build tide-scm-1.rockspec
@@ -16,7 +17,7 @@
 #   wrk                       the serve line of make bench
 #   pkg-config build-essential
 set -eu
-PKGS="luajit libluajit-5.1-dev libuv1-dev libyajl-dev lua-cjson lua-busted lua-check lua-luv graphviz luarocks libedit-dev libhttp-parser-dev curl chromium chromium-driver wrk pkg-config build-essential"
+PKGS="luajit libluajit-5.1-dev libuv1-dev libyajl-dev lua-cjson lua-busted lua-check lua-socket lua-luv graphviz luarocks libedit-dev libhttp-parser-dev curl chromium chromium-driver wrk pkg-config build-essential"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then

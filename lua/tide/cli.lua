@@ -26,8 +26,13 @@ commands:
       --overwrite, except to re-run --input DIR/failed.jsonl into DIR.
   serve PIPELINE.lua [--listen 127.0.0.1:8080] [--token-file F] [--threads N]
                      [--drain-timeout S] [--request-timeout S] [--max-results N]
+                     [--max-pending N] [--max-pending-bytes N] [--allow-host NAME]...
       The HTTP/JSON job API (POST /v1/jobs, GET /v1/jobs/ID[/result],
       DELETE /v1/jobs/ID, /healthz, /metrics). Port 0 picks a free port.
+      Past --max-pending unfinished jobs (100000) or --max-pending-bytes of
+      their request bodies (268435456), POST answers 503 with Retry-After.
+      Without --token-file only Host localhost, 127.0.0.1 and [::1] are
+      served; --allow-host adds a name (repeatable).
   graph PIPELINE.lua [--format dot|mermaid|html]
       Print the pipeline's DAG (tasks, edges, maps, gathers, routers,
       limiters) as Graphviz DOT (the default) or Mermaid.
@@ -77,10 +82,13 @@ end
 local function one_of(set)
     return function(v) return set[v] and v or nil end
 end
+local function host_name(v)
+    return (v:match("^[%w][%w%.%-]*$") or v:match("^%[[%x:.]+%]$")) and v or nil
+end
 
 
 -- Parses the arguments after the command by `options` (flag -> { key,
--- reader, message for a missing or bad value }) into `o`; the one plain
+-- reader, message for a missing or bad value, repeatable }) into `o`; the one plain
 -- argument is o.pipeline. Returns o, or nil and a message.
 local function parse_args(cmd, args, options, o)
     local i = 2
@@ -93,6 +101,11 @@ local function parse_args(cmd, args, options, o)
             i = i + 1
             local v = args[i] ~= nil and opt[2](args[i]) or nil
             if v == nil then return nil, opt[3] end
+            if opt[4] then -- a repeatable option: its values in a list
+                local list = o[opt[1]] or {}
+                list[#list + 1] = v
+                v = list
+            end
             o[opt[1]] = v
         elseif a:sub(1, 1) == "-" and a ~= "-" then
             return nil, "unknown option '" .. a .. "'"
@@ -131,6 +144,11 @@ local SERVE_OPTIONS = {
     ["--request-timeout"] = { "request_timeout", positive, "--request-timeout needs seconds > 0" },
     ["--max-results"] = { "max_results", whole, "--max-results needs a whole number >= 1" },
     ["--drain-timeout"] = { "drain", nonnegative, "--drain-timeout needs seconds >= 0" },
+    ["--max-pending"] = { "max_pending", whole, "--max-pending needs a whole number >= 1" },
+    ["--max-pending-bytes"] = { "max_pending_bytes", whole,
+                                "--max-pending-bytes needs a whole number of bytes >= 1" },
+    ["--allow-host"] = { "allow_host", host_name,
+                         "--allow-host needs a host name (letters, digits, '.', '-'; or [IPv6]), no port", true },
 }
 
 local GRAPH_OPTIONS = {
@@ -420,6 +438,7 @@ local function serve(args)
     local server, serr = require("tide.serve").serve(p, {
         listen = o.listen, token = token, threads = o.threads,
         request_timeout = o.request_timeout, max_results = o.max_results,
+        max_pending = o.max_pending, max_pending_bytes = o.max_pending_bytes, allow_host = o.allow_host,
     })
     if not server then return die(EXIT_IO, serr) end
     local host = o.listen:match("^(.*):%d+$")

@@ -18,13 +18,22 @@ local hrtime = core.hrtime
 local M = {}
 
 local MAX_WAIT = 300
+local MAX_ID = 512       -- bytes: a longer id would not fit in a request line
+local MAX_PENDING = 100000
+local MAX_PENDING_BYTES = 256 * 1048576
+local RETRY_AFTER = "1"  -- seconds a client refused with 503 should wait
+-- Host names a server without a token answers (with any port): a page
+-- from elsewhere that rebinds its own name to 127.0.0.1 sends its name.
+local LOOPBACK = { ["localhost"] = true, ["127.0.0.1"] = true, ["[::1]"] = true }
 local NFAILURES = 20     -- recent failures kept for the dashboard
 local LAG_EVERY = 0.25   -- seconds between loop-lag samples
 -- Paths answered to GET only, and what answers them.
 local GET_ONLY = { ["/metrics"] = "metrics", ["/"] = "page", ["/v1/stats"] = "stats" }
 
 
-local function enc(v) return (json.encode(v)) end
+-- JSON text of v, or nil and why (a string that is not UTF-8, a function
+-- in an output): respond() turns that into a 500 with a JSON error.
+local function enc(v) return json.encode(v) end
 
 
 -- A Prometheus label value: backslash, quote and newline escaped.
@@ -53,7 +62,12 @@ end
 
 
 local function jerr(code, message)
-    return enc(json.object({ error = json.object({ code = code, message = message }) }))
+    local body = enc(json.object({ error = json.object({ code = code, message = message }) }))
+    if body then return body end
+    -- The message quotes bytes that are not UTF-8 (an id such as %ff in a
+    -- URL): they are shown as \xHH so that the error is still JSON.
+    message = message:gsub("[\128-\255]", function(c) return format("\\x%02X", c:byte()) end)
+    return (enc(json.object({ error = json.object({ code = code, message = message }) })))
 end
 
 
@@ -82,13 +96,38 @@ local function unescape(s)
 end
 
 
+-- True when a Host header (or an Origin's host) names this server: a
+-- loopback name or one of `allowed`, with or without a port.
+local function host_allowed(value, allowed)
+    if type(value) ~= "string" then return false end
+    local name = value:lower():match("^(%[[%x:.]+%])%:?%d*$") or value:lower():match("^([^:]+):?%d*$")
+    return name ~= nil and (LOOPBACK[name] or allowed[name]) == true
+end
+
+
+-- Checks a whole-number option of tide.serve (nil: the default).
+local function check_count(opts, key, default)
+    local v = opts[key]
+    if v == nil then return default end
+    if type(v) ~= "number" or v < 1 or v ~= math.floor(v) then
+        error("tide.serve: " .. key .. " must be a whole number >= 1, got " .. tostring(v), 3)
+    end
+    return v
+end
+
+
 --- Starts serving pipeline p. opts: listen ("127.0.0.1:8080"; port 0:
 -- any), token (Bearer token, nil: no auth), executor (default: a new one),
 -- max_body (bytes, 1 MiB), retention (s, 3600) and max_results (100000)
 -- for the executor it makes (evictions give 410). A server keeps results
 -- for clients to fetch, and each costs some 400 bytes of RSS (measured:
 -- 390 MB with a million kept), so its default count is lower than an
--- executor's.
+-- executor's. max_pending (100000) and max_pending_bytes (256 MiB of
+-- request bodies) bound the jobs submitted through the server and not
+-- finished: past either, POST /v1/jobs answers 503 with Retry-After and
+-- submits nothing (838 000 queued jobs had taken 972 MB). Without a token
+-- only loopback Host names are answered, and allow_host (a name or a
+-- list) adds others.
 -- Returns the server: server.port, server:close(), server:drain(t, done).
 function M.serve(p, opts)
     opts = opts or {}
@@ -96,6 +135,21 @@ function M.serve(p, opts)
     local host, port = listen:match("^%[?([^%]]*)%]?:(%d+)$")
     if not host or tonumber(port) > 65535 then
         error("tide.serve: listen must be HOST:PORT, got " .. tostring(listen), 2)
+    end
+    local max_pending = check_count(opts, "max_pending", MAX_PENDING)
+    local max_pending_bytes = check_count(opts, "max_pending_bytes", MAX_PENDING_BYTES)
+    local allowed = {}
+    local hosts = opts.allow_host
+    if type(hosts) == "string" then hosts = { hosts } end
+    if hosts ~= nil and type(hosts) ~= "table" then
+        error("tide.serve: allow_host must be a host name or a list of them", 2)
+    end
+    for _, h in ipairs(hosts or {}) do
+        if type(h) ~= "string" or not (h:match("^[%w][%w%.%-]*$") or h:match("^%[[%x:.]+%]$")) then
+            error("tide.serve: allow_host must be a host name (no port) or a list of them, got "
+                  .. tostring(h), 2)
+        end
+        allowed[h:lower()] = true
     end
     p:compile()
     local ex = opts.executor or executor.new {
@@ -105,6 +159,12 @@ function M.serve(p, opts)
     local started = hrtime()
     local evicted = {} -- ids whose results were evicted: 410, not 404
     local counts = { submitted = 0, done = 0, failed = 0, cancelled = 0 }
+    -- Jobs submitted here and not finished, the bytes of their requests,
+    -- and the submissions refused because either was at its bound.
+    local pending, pending_bytes, refused = 0, 0, 0
+    -- Long-polls: conn -> the function that ends the one it holds, and
+    -- how many watchers they have registered with the executor.
+    local polls, nwatchers = {}, 0
     local failures, nfail = {}, 0 -- ring of the last NFAILURES failed jobs
     local srv
     ex:timing(true)
@@ -126,8 +186,14 @@ function M.serve(p, opts)
         lag.sum, lag.last = lag.sum + late, late
     end)
 
-    local function respond(conn, status, body, ctype)
-        srv:respond(conn, status, body, ctype)
+    -- Answers with a JSON body; a body that could not be encoded (why
+    -- says what) gives a 500 with a JSON error, never an empty body.
+    local function respond(conn, status, body, why)
+        if body == nil then
+            status = 500
+            body = jerr("EVALUE", "the answer cannot be encoded as JSON: " .. tostring(why))
+        end
+        srv:respond(conn, status, body)
     end
 
     local function result_body(id)
@@ -140,32 +206,36 @@ function M.serve(p, opts)
     end
 
     -- Answers conn with id's result now, or when it finishes, or with 202
-    -- after `wait` seconds, whichever is first.
+    -- after `wait` seconds, whichever is first. Whichever comes first (or
+    -- the client hanging up) removes what the others registered: a poll
+    -- that ended costs nothing however long the job runs.
     local function long_poll(conn, id, wait, status_when_done)
         if ex:finished(id) then
             respond(conn, status_when_done, result_body(id))
             return
         end
-        local answered = false
-        local timer
-        if wait > 0 then
-            timer = core.timer(ex._ud, wait, function()
-                if answered then return end
-                answered = true
-                timer:close()
-                respond(conn, 202, enc(json.object({ id = id, status = ex:status(id) or "unknown" })))
-            end)
+        if wait <= 0 then
+            return respond(conn, 202, enc(json.object({ id = id, status = ex:status(id) or "unknown" })))
         end
-        ex:watch(id, function()
-            if answered then return end
-            answered = true
-            if timer then timer:close() end
+        local timer, watch_token, abandon
+        timer = core.timer(ex._ud, wait, function()
+            abandon()
+            respond(conn, 202, enc(json.object({ id = id, status = ex:status(id) or "unknown" })))
+        end)
+        watch_token = ex:watch(id, function()
+            nwatchers = nwatchers - 1
+            polls[conn] = nil
+            timer:close()
             respond(conn, status_when_done, result_body(id))
         end)
-        if wait <= 0 and not answered then
-            answered = true
-            respond(conn, 202, enc(json.object({ id = id, status = ex:status(id) or "unknown" })))
+        nwatchers = nwatchers + 1
+        -- Ends the poll early: the wait expired, or the client left.
+        abandon = function()
+            polls[conn] = nil
+            timer:close()
+            if ex:unwatch(id, watch_token) then nwatchers = nwatchers - 1 end
         end
+        polls[conn] = abandon
     end
 
     local function wait_of(query, conn)
@@ -200,6 +270,16 @@ function M.serve(p, opts)
                '{status="cancelled"}', counts.cancelled)
         metric("tide_jobs_in_flight", "gauge", "Jobs not finished.", "", s.live)
         metric("tide_queue_depth", "gauge", "Tasks ready to run.", "", s.queued)
+        metric("tide_pending_jobs", "gauge", "Jobs submitted through this server and not finished.",
+               "", pending)
+        metric("tide_pending_jobs_limit", "gauge", "The bound on tide_pending_jobs (--max-pending).",
+               "", format("%d", max_pending))
+        metric("tide_pending_bytes", "gauge", "Request bytes of the jobs not finished.", "", pending_bytes)
+        metric("tide_pending_bytes_limit", "gauge",
+               "The bound on tide_pending_bytes (--max-pending-bytes).", "", format("%d", max_pending_bytes))
+        metric("tide_jobs_refused_total", "counter",
+               "Submissions refused with 503 because a pending bound was reached.", "", refused)
+        metric("tide_result_waiters", "gauge", "Long-polls waiting for a job's result.", "", nwatchers)
         metric("tide_workers_replaced_total", "counter", "Stand-ins for stuck worker threads.",
                "", s.workers_replaced)
         metric("tide_http_requests_total", "counter", "HTTP requests parsed.", "", hs.requests)
@@ -264,6 +344,21 @@ function M.serve(p, opts)
         if not ctype:lower():match("^application/json") then
             return respond(conn, 415, jerr("EINVAL", "Content-Type must be application/json"))
         end
+        -- The bounds are checked before the body is decoded: a full queue
+        -- sheds load cheaply. A body that could never fit is a 413.
+        local nbytes = #body
+        if nbytes > max_pending_bytes then
+            return respond(conn, 413, jerr("EINVAL", format(
+                "the body (%d bytes) is larger than max-pending-bytes (%d)", nbytes, max_pending_bytes)))
+        end
+        if pending >= max_pending or pending_bytes + nbytes > max_pending_bytes then
+            refused = refused + 1
+            local what = pending >= max_pending
+                and format("%d jobs are pending (max-pending %d)", pending, max_pending)
+                or format("%d bytes of jobs are pending (max-pending-bytes %d)", pending_bytes, max_pending_bytes)
+            return srv:respond(conn, 503, jerr("EAGAIN", "too busy: " .. what .. "; retry later"),
+                               "application/json", "Retry-After: " .. RETRY_AFTER .. "\r\n")
+        end
         local req, err = json.decode(body)
         if req == nil then
             return respond(conn, 400, jerr("EVALUE", "malformed JSON: " .. tostring(err)))
@@ -277,6 +372,9 @@ function M.serve(p, opts)
         local id = req.id
         if id ~= nil and (type(id) ~= "string" or id == "") then
             return respond(conn, 400, jerr("EINVAL", "id must be a non-empty string"))
+        end
+        if id and #id > MAX_ID then
+            return respond(conn, 400, jerr("EINVAL", format("id must be at most %d bytes, got %d", MAX_ID, #id)))
         end
         local prio = req.priority
         if prio ~= nil and not executor.PRIO[prio] then
@@ -294,7 +392,9 @@ function M.serve(p, opts)
             return respond(conn, 400, jerr("EINVAL", tostring(res)))
         end
         counts.submitted = counts.submitted + 1
+        pending, pending_bytes = pending + 1, pending_bytes + nbytes
         ex:watch(res, function(jid)
+            pending, pending_bytes = pending - 1, pending_bytes - nbytes
             local status, value = ex:finished(jid)
             if not status then return end
             counts[status] = (counts[status] or 0) + 1
@@ -316,9 +416,25 @@ function M.serve(p, opts)
             if method ~= "GET" then return respond(conn, 405, jerr("EINVAL", "use GET")) end
             return respond(conn, 200, '{"ok":true}')
         end
+        if not token then
+            -- Without a token anything that reaches the port is trusted,
+            -- so the request must name this machine: a page from another
+            -- site that rebinds its own name to 127.0.0.1 (DNS rebinding)
+            -- sends that name, and its Origin.
+            local origin = headers["origin"]
+            if not host_allowed(headers["host"], allowed)
+                or (origin and not host_allowed(origin:lower():match("^https?://([^/]+)$"), allowed)) then
+                return respond(conn, 403, jerr("EPERM", "Host '" .. (headers["host"] or "")
+                    .. "' is not allowed: without a token only localhost, 127.0.0.1 and [::1] are served"
+                    .. " (add names with --allow-host)"
+                    .. (origin and ("; the Origin ('" .. origin .. "') must name one of them") or "")))
+            end
+        end
         if token then
             local auth = headers["authorization"] or ""
-            local given = auth:match("^Bearer%s+(.+)$")
+            -- The scheme is case-insensitive (RFC 7235 2.1).
+            local scheme, given = auth:match("^(%a+) +(.+)$")
+            if not scheme or scheme:lower() ~= "bearer" then given = nil end
             if path == "/" and not given then
                 -- A browser cannot send a header when it opens the page:
                 -- the dashboard takes the token once in the query string
@@ -348,6 +464,9 @@ function M.serve(p, opts)
         local id, rest = path:match("^/v1/jobs/([^/]+)(.*)$")
         if not id then return respond(conn, 404, jerr("ENOENT", "no such endpoint")) end
         id = unescape(id)
+        if #id > MAX_ID then
+            return respond(conn, 400, jerr("EINVAL", format("job ids are at most %d bytes, got %d", MAX_ID, #id)))
+        end
         local known = ex._live[id] or ex:finished(id)
         if not known then
             if evicted[id] then
@@ -388,6 +507,10 @@ function M.serve(p, opts)
         max_body = opts.max_body or 1048576,
         request_timeout = opts.request_timeout or 10,
         idle_timeout = opts.idle_timeout or 60,
+        on_hangup = function(conn)
+            local abandon = polls[conn]
+            if abandon then abandon() end
+        end,
     }, function(conn, method, path, query, headers, body)
         route(conn, method, path, query, headers, body)
     end)

@@ -2,6 +2,7 @@
 -- port, spoken to with curl (and raw bytes through bash's /dev/tcp).
 local proc = require "helpers.proc"
 local server = require "helpers.serve"
+local rawhttp = require "helpers.rawhttp"
 local json = require("tide.core").json
 
 local q = proc.shquote
@@ -188,6 +189,130 @@ describe("tide serve", function()
     end)
 end)
 
+-- The value of one sample in a Prometheus text exposition.
+local function metric(s, series)
+    local _, body = http(s, "GET", "/metrics")
+    return tonumber(body:match("\n" .. series .. " (%S+)\n"))
+end
+
+describe("tide serve --max-pending and --max-pending-bytes", function()
+    it("answers 503 with Retry-After past either bound and submits nothing", function()
+        local s = start("--max-pending 5 --max-pending-bytes 300")
+        finally(function() stop(s) end)
+        local function job(id, pad)
+            local extra = pad and (',"pad":"' .. pad .. '"') or ""
+            return '{"id":"' .. id .. '","input":{"n":1,"sleep":30' .. extra .. '}}'
+        end
+        local bytes = 0
+        for i = 1, 5 do
+            assert.equal(201, (http(s, "POST", "/v1/jobs", job("p" .. i))))
+            bytes = bytes + #job("p" .. i)
+        end
+        -- The sixth: refused, with a JSON error and a Retry-After.
+        local r = rawhttp.post(s.port, "/v1/jobs", job("p6"))
+        assert.equal(503, r.status)
+        assert.equal("1", r.headers["retry-after"])
+        local e = json.decode(r.body).error
+        assert.equal("EAGAIN", e.code)
+        assert.equal("too busy: 5 jobs are pending (max-pending 5); retry later", e.message)
+        assert.equal(404, (http(s, "GET", "/v1/jobs/p6")))
+        assert.equal(5, metric(s, "tide_pending_jobs"))
+        assert.equal(bytes, metric(s, "tide_pending_bytes"))
+        assert.equal(1, metric(s, "tide_jobs_refused_total"))
+        assert.equal(5, metric(s, "tide_pending_jobs_limit"))
+        assert.equal(300, metric(s, "tide_pending_bytes_limit"))
+        -- A finished (here cancelled) job makes room.
+        assert.equal(200, (http(s, "DELETE", "/v1/jobs/p1")))
+        assert.equal(200, (http(s, "DELETE", "/v1/jobs/p2")))
+        assert.equal(3, metric(s, "tide_pending_jobs"))
+        assert.equal(201, (http(s, "POST", "/v1/jobs", job("p6"))))
+        -- Past the byte bound: 4 jobs of 39 bytes and one of 150 > 300.
+        local big = job("big", string.rep("x", 150 - #job("big", "")))
+        assert.equal(150, #big)
+        r = rawhttp.post(s.port, "/v1/jobs", big)
+        assert.equal(503, r.status)
+        assert.equal("1", r.headers["retry-after"])
+        assert.matches("bytes of jobs are pending %(max%-pending%-bytes 300%)", json.decode(r.body).error.message)
+        assert.equal(404, (http(s, "GET", "/v1/jobs/big")))
+        assert.equal(2, metric(s, "tide_jobs_refused_total"))
+        -- A body that could never fit is a 413, not a 503.
+        local st, body = http(s, "POST", "/v1/jobs", job("huge", string.rep("x", 300)))
+        assert.equal(413, st)
+        assert.matches("larger than max%-pending%-bytes %(300%)", json.decode(body).error.message)
+        for _, id in ipairs({ "p3", "p4", "p5", "p6" }) do http(s, "DELETE", "/v1/jobs/" .. id) end
+        assert.equal(0, metric(s, "tide_pending_jobs"))
+        assert.equal(0, metric(s, "tide_pending_bytes"))
+    end)
+end)
+
+describe("tide serve long-polls", function()
+    -- Under the sanitizers freed memory sits in quarantine (RSS says
+    -- nothing) and each request is slower: fewer polls, no RSS check.
+    local san = (os.getenv("TIDE_SAN_FLAGS") or "") ~= ""
+
+    it("remove what they registered when they end: by their wait, or the client leaving", function()
+        local s = start()
+        finally(function() stop(s) end)
+        assert.equal(201, (http(s, "POST", "/v1/jobs", '{"id":"long","input":{"n":1,"sleep":30}}')))
+        local function rss()
+            return tonumber(proc.slurp("/proc/" .. s.pid .. "/status"):match("VmRSS:%s*(%d+)")) * 1024
+        end
+        local c = rawhttp.connect(s.port)
+        local function polls(n, wait)
+            local req = "GET /v1/jobs/long/result?wait=" .. wait .. " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            for _ = 1, n do
+                c:send(req)
+                assert.equal(202, c:response().status)
+            end
+        end
+        polls(2000, 0)
+        local before = rss()
+        polls(san and 2000 or 20000, 0)
+        -- Before the fix each poll kept ~500 bytes until the job ended
+        -- (20 000 polls: +10 MB).
+        if not san then assert.is_true(rss() - before < 3 * 1048576, "RSS grew by " .. (rss() - before)) end
+        polls(50, 0.01)
+        c:close()
+        assert.equal(0, metric(s, "tide_result_waiters"))
+        -- Long waits that are still on count; clients that vanish (reset)
+        -- take theirs away at once, waits that expire take theirs then.
+        local gone, expiring = {}, {}
+        for i = 1, 10 do
+            gone[i] = rawhttp.connect(s.port)
+            gone[i]:send("GET /v1/jobs/long/result?wait=60 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            expiring[i] = rawhttp.connect(s.port)
+            expiring[i]:send("GET /v1/jobs/long/result?wait=0.5 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        end
+        local function until_waiters(n)
+            local got
+            for _ = 1, 100 do
+                got = metric(s, "tide_result_waiters")
+                if got == n then return end
+                os.execute("sleep 0.02")
+            end
+            assert.equal(n, got)
+        end
+        until_waiters(20)
+        for i = 1, 10 do gone[i]:reset() end
+        until_waiters(10)
+        for i = 1, 10 do
+            assert.equal(202, expiring[i]:response().status)
+            expiring[i]:close()
+        end
+        until_waiters(0)
+        -- The job is still there, and a wait still gets its end.
+        local waiter = rawhttp.connect(s.port)
+        waiter:send("GET /v1/jobs/long/result?wait=10 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        until_waiters(1)
+        assert.equal(200, (http(s, "DELETE", "/v1/jobs/long")))
+        local r = waiter:response()
+        assert.equal(200, r.status)
+        assert.equal("ECANCELED", json.decode(r.body).error.code)
+        waiter:close()
+        assert.equal(0, metric(s, "tide_result_waiters"))
+    end)
+end)
+
 describe("tide serve with --token-file", function()
     it("needs the bearer token everywhere but /healthz", function()
         local tok = os.tmpname()
@@ -272,6 +397,29 @@ describe("tide.serve from Lua", function()
         assert.equal("done", ex:status(json.decode(body).id))
     end)
 
+    it("bounds pending jobs by max_pending", function()
+        local p = dofile("spec/fixtures/pipelines/serve.lua")
+        assert.has_error(function() tide.serve(p, { listen = "127.0.0.1:0", max_pending = 0 }) end,
+                         "tide.serve: max_pending must be a whole number >= 1, got 0")
+        assert.has_error(function() tide.serve(p, { listen = "127.0.0.1:0", max_pending_bytes = "lots" }) end,
+                         "tide.serve: max_pending_bytes must be a whole number >= 1, got lots")
+        assert.has_error(function() tide.serve(p, { listen = "127.0.0.1:0", allow_host = { "a:1" } }) end,
+                         "tide.serve: allow_host must be a host name (no port) or a list of them, got a:1")
+        local ex = tide.executor()
+        local srv = assert(tide.serve(p, { listen = "127.0.0.1:0", executor = ex, max_pending = 1 }))
+        finally(function()
+            srv.close()
+            ex:close()
+        end)
+        local post = "-H 'Content-Type: application/json' -d '{\"input\":{\"n\":1,\"sleep\":30}}' "
+            .. q("http://127.0.0.1:" .. srv.port .. "/v1/jobs")
+        assert.equal(201, (curl_while_stepping(post)))
+        local st, body = curl_while_stepping(post)
+        assert.equal(503, st)
+        assert.equal("EAGAIN", json.decode(body).error.code)
+        for id in pairs(ex._live) do ex:cancel(id) end
+    end)
+
     it("rejects a bad listen address and reports a port in use", function()
         local p = dofile("spec/fixtures/pipelines/serve.lua")
         assert.has_error(function() tide.serve(p, { listen = "nonsense" }) end,
@@ -304,6 +452,11 @@ describe("tide serve usage errors", function()
         { "spec/fixtures/pipelines/serve.lua --max-results 0", "--max-results needs a whole number >= 1" },
         { "spec/fixtures/pipelines/serve.lua --drain-timeout -1", "--drain-timeout needs seconds >= 0" },
         { "spec/fixtures/pipelines/serve.lua --token-file /nonexistent/tok", "--token-file: " },
+        { "spec/fixtures/pipelines/serve.lua --max-pending 0", "--max-pending needs a whole number >= 1" },
+        { "spec/fixtures/pipelines/serve.lua --max-pending-bytes 1.5",
+          "--max-pending-bytes needs a whole number of bytes >= 1" },
+        { "spec/fixtures/pipelines/serve.lua --allow-host", "--allow-host needs a host name" },
+        { "spec/fixtures/pipelines/serve.lua --allow-host tide.example:80", "--allow-host needs a host name" },
         { "spec/fixtures/pipelines/nope.lua", "nope.lua" },
     }
     for _, c in ipairs(cases) do

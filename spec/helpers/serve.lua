@@ -17,7 +17,9 @@ function M.start(extra, pipeline)
     local port
     for _ = 1, 100 do
         local text = proc.slurp(err) or ""
-        port = text:match("127%.0%.0%.1:(%d+)")
+        -- The line it prints once listening (its usage text, printed on
+        -- a refusal, shows an address too).
+        port = text:match("serving .- on http://127%.0%.0%.1:(%d+)")
         if port then break end
         os.execute("sleep 0.05")
     end

@@ -1,6 +1,7 @@
 /* HTTP/1.1 for `tide serve`: libuv TCP, Debian's http-parser 2.9 for the
- * grammar, and the strictness it lacks (a pre-scan of the header block:
- * obs-fold, bare LF, whitespace before a colon) plus tide's own limits
+ * grammar, and the strictness it lacks (a pre-scan of the header block and
+ * of a chunked body's trailer section: obs-fold, bare LF, whitespace before
+ * a colon; HTTP versions other than 1.x: 505) plus tide's own limits
  * (header block size and count: 431; body: 413; a request must arrive
  * within a time limit: 408; idle keep-alive connections are closed).
  *
@@ -12,7 +13,15 @@
  * respond(conn, ...), possibly much later (long-polls). One request at a
  * time per connection; pipelined bytes wait in the buffer. A connection
  * record is freed in its close callback; Lua refers to it by number, so a
- * late respond() for a closed connection is a no-op. */
+ * late respond() for a closed connection is a no-op, and a connection that
+ * closes while Lua holds its request is reported (on_hangup(conn)) so that
+ * Lua can drop what it registered for the answer.
+ *
+ * A request gets at most one answer: a refusal (a response that closes the
+ * connection) ends the connection's parsing, and nothing is sent after it.
+ * Trailer fields are checked like header fields but never join the
+ * request's headers. A client that half-closes (EOF) after a complete
+ * request still gets its answer; the connection closes after it. */
 #include <ctype.h>
 #include <string.h>
 
@@ -40,7 +49,11 @@ typedef struct lhttp_conn {
     int headers_ok;     /* the header block of this request passed */
     int in_request;     /* a request is being parsed or answered */
     int waiting;        /* handed to Lua, no response yet */
+    int writes;         /* responses queued and not yet written */
     int closing;
+    int done;           /* a response that closes the connection is queued */
+    int eof;            /* the client will send nothing more (half-close) */
+    int dispatching;    /* inside the Lua handler, called from the parse loop */
     int keep_alive;
     /* The request being built. */
     char *url;
@@ -50,6 +63,8 @@ typedef struct lhttp_conn {
     char *hname[LHTTP_MAX_HEADERS], *hvalue[LHTTP_MAX_HEADERS];
     size_t hnamelen[LHTTP_MAX_HEADERS], hvaluelen[LHTTP_MAX_HEADERS];
     int nheaders, last_was_value;
+    int trailers;       /* header callbacks now bring trailer fields */
+    int trailer_check;  /* paused before a trailer section not yet checked */
     int complete;
     int error_status;   /* set by callbacks: respond with it and close */
 } lhttp_conn;
@@ -59,7 +74,7 @@ struct lhttp_server {
     uv_tcp_t tcp;
     uv_loop_t *loop;
     lua_State *T;       /* hook thread */
-    int thread_ref, fn_ref;
+    int thread_ref, fn_ref, hangup_ref;
     int closed, handle_open, boxed;
     uint32_t next_id;
     lhttp_conn *conns;
@@ -91,6 +106,8 @@ static void lhttp_reset_request(lhttp_conn *c) {
     }
     c->nheaders = 0;
     c->last_was_value = 0;
+    c->trailers = 0;
+    c->trailer_check = 0;
     c->complete = 0;
     c->headers_ok = 0;
     c->error_status = 0;
@@ -106,6 +123,11 @@ static int lhttp_on_url(http_parser *p, const char *at, size_t n) {
 
 static int lhttp_on_header_field(http_parser *p, const char *at, size_t n) {
     lhttp_conn *c = p->data;
+    /* A trailer field passed the pre-scan but is dropped: a sender could
+     * otherwise change headers (Content-Type, Authorization) after they
+     * were checked, and nothing in the API needs trailers. */
+    if (c->trailers)
+        return 0;
     if (c->nheaders == 0 || c->last_was_value) {
         if (c->nheaders == LHTTP_MAX_HEADERS) {
             c->error_status = 431;
@@ -125,6 +147,8 @@ static int lhttp_on_header_field(http_parser *p, const char *at, size_t n) {
 
 static int lhttp_on_header_value(http_parser *p, const char *at, size_t n) {
     lhttp_conn *c = p->data;
+    if (c->trailers)
+        return 0;
     int i = c->nheaders - 1;
     c->last_was_value = 1;
     lhttp_append(&c->hvalue[i], &c->hvaluelen[i], at, n);
@@ -133,6 +157,12 @@ static int lhttp_on_header_value(http_parser *p, const char *at, size_t n) {
 
 static int lhttp_on_headers_complete(http_parser *p) {
     lhttp_conn *c = p->data;
+    /* http-parser reads any one-digit version; only HTTP/1.x is spoken
+     * here (HTTP/1.2 would be answered as 1.1, as RFC 9110 allows). */
+    if (p->http_major != 1) {
+        c->error_status = 505;
+        return 1;
+    }
     if (p->content_length != ULLONG_MAX &&
         p->content_length > c->srv->max_body) {
         c->error_status = 413;
@@ -148,6 +178,19 @@ static int lhttp_on_body(http_parser *p, const char *at, size_t n) {
         return 1;
     }
     lhttp_append(&c->body, &c->bodylen, at, n);
+    return 0;
+}
+
+/* The last chunk's header: a trailer section follows. The parser stops
+ * here so that the section passes the same pre-scan as the header block
+ * before http-parser reads it (it would accept obs-fold there). */
+static int lhttp_on_chunk_header(http_parser *p) {
+    lhttp_conn *c = p->data;
+    if (p->content_length == 0) {
+        c->trailers = 1;
+        c->trailer_check = 1;
+        http_parser_pause(p, 1);
+    }
     return 0;
 }
 
@@ -173,7 +216,8 @@ static void lhttp_written(uv_write_t *w, int status) {
     free(lw->data);
     int close_after = lw->close_after;
     free(lw);
-    if (status < 0 || close_after)
+    c->writes--;
+    if (status < 0 || close_after || (c->eof && c->writes == 0 && !c->waiting))
         lhttp_conn_close(c);
 }
 
@@ -185,6 +229,7 @@ static const char *lhttp_reason(int status) {
     case 204: return "No Content";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
+    case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 408: return "Request Timeout";
@@ -195,16 +240,21 @@ static const char *lhttp_reason(int status) {
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
     case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
     default: return "Status";
     }
 }
 
-/* Writes a response; closes the connection after it when close_after. */
+/* Writes a response; closes the connection after it when close_after.
+ * Nothing is sent after a response that closes: each request gets one
+ * answer even when a refusal and Lua's answer cross. */
 static void lhttp_send(lhttp_conn *c, int status, const char *ctype,
                        const char *extra_headers, const char *body,
                        size_t bodylen, int close_after) {
-    if (c->closing)
+    if (c->closing || c->done)
         return;
+    if (close_after)
+        c->done = 1;
     char head[1024];
     int n = snprintf(head, sizeof(head),
                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
@@ -226,7 +276,9 @@ static void lhttp_send(lhttp_conn *c, int status, const char *ctype,
         free(lw->data);
         free(lw);
         lhttp_conn_close(c);
+        return;
     }
+    c->writes++;
 }
 
 /* A protocol error: a JSON error body, then the connection is closed. */
@@ -255,6 +307,14 @@ static void lhttp_conn_close(lhttp_conn *c) {
         return;
     c->closing = 1;
     lhttp_server *s = c->srv;
+    /* Lua holds this request (a long-poll): it is told, so that what it
+     * registered for the answer goes now rather than when the job ends.
+     * A stopped server has dropped its hook; its jobs are cancelled. */
+    if (c->waiting && !s->closed && s->hangup_ref != LUA_NOREF) {
+        lua_rawgeti(s->T, LUA_REGISTRYINDEX, s->hangup_ref);
+        lua_pushinteger(s->T, c->id);
+        tide__lua_pcall_hook(s->T, 1, "HTTP hang-up handler");
+    }
     if (c->prev)
         c->prev->next = c->next;
     else if (s->conns == c)
@@ -280,27 +340,54 @@ static void lhttp_arm(lhttp_conn *c, uint64_t ms) {
     uv_timer_start(&c->timer, lhttp_on_timer, ms, 0);
 }
 
-/* Checks a complete header block (up to and including CRLF CRLF) for
- * what http-parser lets through. Returns NULL or the reason. */
-static const char *lhttp_prescan(const char *p, size_t n) {
+/* The length of the block that ends at its first empty line (CRLF, or a
+ * bare LF that the pre-scan refuses), 0 while it is incomplete. A trailer
+ * section may be the empty line alone. */
+static size_t lhttp_block_end(const char *b, size_t len, int trailer) {
+    if (trailer && len >= 1 && b[0] == '\n')
+        return 1;
+    if (trailer && len >= 2 && b[0] == '\r' && b[1] == '\n')
+        return 2;
+    for (size_t i = 0; i + 1 < len; i++) {
+        if (b[i] != '\n')
+            continue;
+        if (b[i + 1] == '\n')
+            return i + 2;
+        if (i + 2 < len && b[i + 1] == '\r' && b[i + 2] == '\n')
+            return i + 3;
+    }
+    return 0;
+}
+
+/* Checks a complete header block or trailer section (up to and including
+ * its empty line) for what http-parser lets through. Returns NULL or the
+ * fault. A header block starts with the request line, whose spaces and
+ * colons belong to the method, URL and version: only its line ending is
+ * checked (a job id with a colon is a fine URL). */
+static const char *lhttp_prescan(const char *p, size_t n, int request_line) {
+    size_t i = 0;
+    if (request_line) {
+        while (i < n && p[i] != '\n')
+            i++;
+        if (i == 0 || i == n || p[i - 1] != '\r')
+            return "bare LF";
+        i++;
+    }
     int line_start = 1, in_name = 1, saw_space_in_name = 0;
-    for (size_t i = 0; i < n; i++) {
+    for (; i < n; i++) {
         char ch = p[i];
-        if (ch == '\n' && (i == 0 || p[i - 1] != '\r'))
-            return "bare LF in the header block";
-        if (line_start && i > 0 && (ch == ' ' || ch == '\t'))
-            return "obsolete line folding in the header block";
         if (ch == '\n') {
+            if (i == 0 || p[i - 1] != '\r')
+                return "bare LF";
             line_start = 1;
             in_name = 1;
             saw_space_in_name = 0;
             continue;
         }
-        if (line_start && i > 0 && ch != '\r')
-            line_start = 0;
-        else if (i == 0)
-            line_start = 0;
-        if (in_name && !line_start) {
+        if (line_start && (ch == ' ' || ch == '\t'))
+            return "obsolete line folding";
+        line_start = 0;
+        if (in_name) {
             if (ch == ':') {
                 if (saw_space_in_name)
                     return "whitespace before a header colon";
@@ -311,6 +398,15 @@ static const char *lhttp_prescan(const char *p, size_t n) {
         }
     }
     return NULL;
+}
+
+/* The message of a refusal decided in a parser callback. */
+static const char *lhttp_refusal(int status) {
+    switch (status) {
+    case 413: return "request body too large";
+    case 505: return "HTTP version not supported: use HTTP/1.1";
+    default: return "too many header fields";
+    }
 }
 
 static void lhttp_dispatch(lhttp_conn *c) {
@@ -351,8 +447,10 @@ static void lhttp_dispatch(lhttp_conn *c) {
         lua_rawset(T, -3);
     }
     lua_pushlstring(T, c->body ? c->body : "", c->bodylen);
-    if (tide__lua_pcall_hook(T, 6, "HTTP request handler") != 0 &&
-        c->waiting && !c->closing)
+    c->dispatching = 1;
+    int rc = tide__lua_pcall_hook(T, 6, "HTTP request handler");
+    c->dispatching = 0;
+    if (rc != 0 && c->waiting && !c->closing)
         lhttp_send(c, 500, "application/json", NULL,
                    "{\"error\":{\"code\":\"EIO\",\"message\":\"internal "
                    "error\"}}", 51, 1);
@@ -366,54 +464,68 @@ static const http_parser_settings lhttp_settings = {
     .on_header_value = lhttp_on_header_value,
     .on_headers_complete = lhttp_on_headers_complete,
     .on_body = lhttp_on_body,
+    .on_chunk_header = lhttp_on_chunk_header,
     .on_message_complete = lhttp_on_message_complete,
 };
 
+/* Checks the block at the start of the buffer (the header block, or the
+ * trailer section the parser paused before) once it is complete. Returns
+ * 1 when it passed, 0 to wait for more, -1 when the request was refused. */
+static int lhttp_check_block(lhttp_conn *c, int trailer) {
+    const char *what = trailer ? "trailer section" : "header block";
+    char msg[96];
+    size_t end = lhttp_block_end(c->buf, c->len, trailer);
+    if (end == 0 ? c->len > LHTTP_MAX_HEADER_BYTES
+                 : end > LHTTP_MAX_HEADER_BYTES) {
+        snprintf(msg, sizeof(msg), "%s too large", what);
+        lhttp_reject(c, 431, msg);
+        return -1;
+    }
+    if (end == 0)
+        return 0;
+    const char *why = lhttp_prescan(c->buf, end, !trailer);
+    if (why) {
+        snprintf(msg, sizeof(msg), "%s in the %s", why, what);
+        lhttp_reject(c, 400, msg);
+        return -1;
+    }
+    return 1;
+}
+
 /* Parses what is buffered: the header block first (checked), then the
- * rest, until one request is complete. */
+ * rest, until one request is complete; a chunked body's trailer section
+ * is checked before the parser goes on into it. */
 static void lhttp_try_parse(lhttp_conn *c) {
-    while (!c->closing && !c->waiting && c->len > 0) {
+    while (!c->closing && !c->done && !c->waiting && c->len > 0) {
         if (!c->headers_ok) {
-            const char *end = NULL;
-            for (size_t i = 3; i < c->len; i++)
-                if (c->buf[i] == '\n' && c->buf[i - 1] == '\r' &&
-                    c->buf[i - 2] == '\n' && c->buf[i - 3] == '\r') {
-                    end = c->buf + i + 1;
-                    break;
-                }
-            /* A bare-LF request may never show CRLF CRLF: look for LF LF. */
-            if (end == NULL)
-                for (size_t i = 1; i < c->len; i++)
-                    if (c->buf[i] == '\n' && c->buf[i - 1] == '\n') {
-                        end = c->buf + i + 1;
-                        break;
-                    }
-            if (end == NULL) {
-                if (c->len > LHTTP_MAX_HEADER_BYTES)
-                    lhttp_reject(c, 431, "header block too large");
-                return; /* wait for more */
-            }
-            if ((size_t)(end - c->buf) > LHTTP_MAX_HEADER_BYTES) {
-                lhttp_reject(c, 431, "header block too large");
+            /* Empty lines before a request line are ignored (RFC 9112
+             * 2.2); they go here so that the pre-scan's block is the
+             * request's own and not an empty one the parser reads past. */
+            size_t skip = 0;
+            while (skip + 1 < c->len && c->buf[skip] == '\r' &&
+                   c->buf[skip + 1] == '\n')
+                skip += 2;
+            memmove(c->buf, c->buf + skip, c->len - skip);
+            c->len -= skip;
+            int ok = lhttp_check_block(c, 0);
+            if (ok <= 0)
                 return;
-            }
-            const char *why = lhttp_prescan(c->buf, (size_t)(end - c->buf));
-            if (why) {
-                lhttp_reject(c, 400, why);
-                return;
-            }
             c->headers_ok = 1;
             c->in_request = 1;
             http_parser_init(&c->parser, HTTP_REQUEST);
             c->parser.data = c;
+        } else if (c->trailer_check) {
+            int ok = lhttp_check_block(c, 1);
+            if (ok <= 0)
+                return;
+            c->trailer_check = 0;
+            http_parser_pause(&c->parser, 0);
         }
         size_t used = http_parser_execute(&c->parser, &lhttp_settings, c->buf,
                                           c->len);
         enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
         if (c->error_status) {
-            lhttp_reject(c, c->error_status,
-                         c->error_status == 413 ? "request body too large"
-                                                : "too many header fields");
+            lhttp_reject(c, c->error_status, lhttp_refusal(c->error_status));
             return;
         }
         if (err != HPE_OK && err != HPE_PAUSED) {
@@ -422,11 +534,18 @@ static void lhttp_try_parse(lhttp_conn *c) {
         }
         memmove(c->buf, c->buf + used, c->len - used);
         c->len -= used;
-        if (!c->complete)
-            return; /* the body is still coming */
+        if (!c->complete) {
+            if (c->trailer_check)
+                continue; /* the trailer section, when it is there */
+            return;       /* the body is still coming */
+        }
         http_parser_pause(&c->parser, 0);
         lhttp_dispatch(c);
     }
+    /* After a half-close what is left cannot complete: the connection
+     * closes once the answers written so far are out. */
+    if (c->eof && !c->waiting && !c->closing && c->writes == 0)
+        lhttp_conn_close(c);
 }
 
 static void lhttp_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
@@ -442,6 +561,16 @@ static void lhttp_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
 static void lhttp_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
     lhttp_conn *c = st->data;
     TIDE_UNUSED(buf);
+    if (n == UV_EOF) {
+        /* The client will send nothing more, but may still read (a
+         * half-close after `POST ?wait`): an answer it is owed, or one
+         * being written, goes out before the connection closes. */
+        c->eof = 1;
+        uv_read_stop(st);
+        if (!c->waiting && c->writes == 0)
+            lhttp_conn_close(c);
+        return;
+    }
     if (n < 0) {
         lhttp_conn_close(c);
         return;
@@ -520,12 +649,15 @@ static int l_http_respond(lua_State *L) {
     }
     c->waiting = 0;
     c->in_request = 0;
-    int close_after = !c->keep_alive || s->closed;
+    /* After a half-close, the answer to the last request closes. */
+    int close_after = !c->keep_alive || s->closed || (c->eof && c->len == 0);
     lhttp_send(c, status, ctype, extra, body, n, close_after);
     lhttp_reset_request(c);
+    /* A pipelined request waits; an answer given inside the handler leaves
+     * it to the parse loop that called the handler. */
     if (!close_after) {
         lhttp_arm(c, s->idle_ms);
-        if (c->len > 0) /* a pipelined request waits */
+        if (c->len > 0 && !c->dispatching)
             lhttp_try_parse(c);
     }
     lua_pushboolean(L, 1);
@@ -576,6 +708,8 @@ static void lhttp_stop(lhttp_server *s, int drain) {
         if (s->handle_open && !uv_is_closing((uv_handle_t *)&s->tcp))
             uv_close((uv_handle_t *)&s->tcp, lhttp_server_closed);
         luaL_unref(s->T, LUA_REGISTRYINDEX, s->fn_ref);
+        luaL_unref(s->T, LUA_REGISTRYINDEX, s->hangup_ref);
+        s->hangup_ref = LUA_NOREF;
         luaL_unref(s->T, LUA_REGISTRYINDEX, s->thread_ref);
     }
     lhttp_conn *c = s->conns;
@@ -613,7 +747,9 @@ static void lhttp_engine_closed(uv_handle_t *h) {
     lhttp_server_closed(h);
 }
 
-/* http_listen(engine, host, port, opts, on_request) -> server | nil, msg */
+/* http_listen(engine, host, port, opts, on_request) -> server | nil, msg
+ * opts: max_body (bytes), request_timeout and idle_timeout (s), on_hangup
+ * (called with the connection of a request Lua holds when it closes). */
 static int l_http_listen(lua_State *L) {
     uv_loop_t *loop = tide__lua_engine_loop(L, 1);
     const char *host = luaL_checkstring(L, 2);
@@ -626,7 +762,11 @@ static int l_http_listen(lua_State *L) {
     double req_s = luaL_optnumber(L, -1, 10);
     lua_getfield(L, 4, "idle_timeout");
     double idle_s = luaL_optnumber(L, -1, 60);
-    lua_pop(L, 3);
+    lua_getfield(L, 4, "on_hangup");
+    int has_hangup = !lua_isnil(L, -1);
+    luaL_argcheck(L, !has_hangup || lua_isfunction(L, -1), 4,
+                  "on_hangup must be a function");
+    lua_pop(L, 4);
     struct sockaddr_storage addr;
     int rc = uv_ip4_addr(host, port, (struct sockaddr_in *)&addr);
     if (rc != 0)
@@ -656,6 +796,11 @@ static int l_http_listen(lua_State *L) {
     s->thread_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushvalue(L, 5);
     s->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    s->hangup_ref = LUA_NOREF;
+    if (has_hangup) {
+        lua_getfield(L, 4, "on_hangup");
+        s->hangup_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
     rc = uv_tcp_bind(&s->tcp, (struct sockaddr *)&addr, 0);
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&s->tcp, 512, lhttp_on_connection);
