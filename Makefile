@@ -149,6 +149,7 @@ endif
 
 lint:
 	sh scripts/check-layering.sh
+	sh scripts/check-private.sh
 	luacheck -q lua spec bench $(wildcard examples)
 
 bench: all

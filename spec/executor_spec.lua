@@ -72,7 +72,7 @@ describe("error records", function()
         assert.equal(1, rec.attempts)
         assert.matches("kaput", rec.message)
         assert.matches("stack traceback", rec.traceback)
-        assert.matches("^ETASK: .*kaput$", tostring(rec))
+        assert.matches("^ETASK bad: .*kaput$", tostring(rec))
         assert.is_true(tide.is_error(rec))
     end)
 
@@ -198,9 +198,10 @@ describe("timeouts", function()
         local ex = tide.executor()
         local id = ex:submit(p, 1)
         ex:run()
-        local out, rec, code = ex:result(id)
+        local out, rec, extra = ex:result(id)
         assert.is_nil(out)
-        assert.equal("ETIMEDOUT", code)
+        assert.is_nil(extra) -- two values: nil, rec
+        assert.equal("ETIMEDOUT", rec.code)
         assert.equal(2, rec.attempts)
         assert.equal(2, n)
         assert.is_true(require("tide.core").hrtime() - t0 < 1)
@@ -330,8 +331,7 @@ describe("map and gather", function()
         assert.matches("two is bad", rec.message)
         assert_clean(ex)
         -- Nothing is left in the executor's per-slot tables either.
-        assert.is_nil(next(ex._outputs))
-        assert.is_nil(next(ex._children_of))
+        assert.equal(0, ex:stats().held)
     end)
 
     it("hand failed children to the gather with errors = 'collect'", function()
@@ -412,18 +412,25 @@ describe("executor", function()
         p:task("a", function(x) tide.sleep(0.01) return x * 2 end)
     end)
 
-    it("ex:run raises when a runner fails inside tide, instead of returning as if all finished", function()
-        -- A failing result callback kills the runner that called it: the
-        -- job it held can never finish, so run() must not return quietly.
-        local ex = tide.executor { on_done = function(id)
-            if id == "2" then error("callback failed on purpose") end
-        end }
+    it("ex:run raises when a result subscriber fails, instead of returning as if all went well", function()
+        -- A subscriber that fails may have lost a result (tide run writes
+        -- its lines from one), so run() must not return quietly.
+        local ex = tide.executor()
+        local seen = {}
+        ex:subscribe(function(id)
+            if id == "2" then error("subscriber failed on purpose") end
+            seen[#seen + 1] = id
+        end)
         for i = 1, 3 do ex:submit(p, i, { id = tostring(i) }) end
         local ok, err = pcall(ex.run, ex)
         assert.is_false(ok)
-        assert.matches("1 internal error%(s%) in the runner", err)
+        assert.matches("1 result subscriber or watcher call%(s%) failed", err)
+        table.sort(seen)
+        assert.same({ "1", "3" }, seen) -- the other jobs were not held up
+        assert.equal(4, ex:result("2")) -- the store kept it anyway
         ex:close()
     end)
+
 
     it("submits, reports status, runs and returns results", function()
         local ex = tide.executor { concurrency = 10 }
@@ -460,18 +467,17 @@ describe("executor", function()
 
     it("answers ENOENT for an unknown id and EAGAIN when a wait expires", function()
         local ex = tide.executor()
-        local out, rec, code = ex:result("nope")
+        local out, rec = ex:result("nope")
         assert.is_nil(out)
-        assert.equal("ENOENT", code)
         assert.equal("ENOENT", rec.code)
-        local _, _, scode = ex:status("nope")
-        assert.equal("ENOENT", scode)
+        assert.equal("ENOENT: no job with id 'nope'", tostring(rec))
+        local _, srec = ex:status("nope")
+        assert.equal("ENOENT", srec.code)
         local q = tide.pipeline "slowq"
         q:task("a", function() tide.sleep(0.3) return 1 end)
         local id = ex:submit(q, 1)
-        local o2, r2, c2 = ex:result(id, 0.01)
+        local o2, r2 = ex:result(id, 0.01)
         assert.is_nil(o2)
-        assert.equal("EAGAIN", c2)
         assert.equal("EAGAIN", r2.code)
         assert.equal(1, ex:result(id, 5)) -- the job kept running
         assert_clean(ex)
@@ -482,9 +488,9 @@ describe("executor", function()
         local q = tide.pipeline "fails"
         q:task("a", function() tide.sleep(0.01) error("down") end)
         local id = ex:submit(q, 1)
-        local out, rec, code = ex:result(id)
+        local out, rec = ex:result(id)
         assert.is_nil(out)
-        assert.equal("ETASK", code)
+        assert.equal("ETASK", rec.code)
         assert.matches("down", rec.message)
     end)
 
@@ -498,15 +504,16 @@ describe("executor", function()
         assert.equal("running", ex:status(id) == "waiting" and "running" or ex:status(id))
         assert.is_true(ex:cancel(id))
         assert.equal("cancelled", ex:status(id))
-        local out, rec, code = ex:result(id)
+        local out, rec = ex:result(id)
         assert.is_nil(out)
-        assert.equal("ECANCELED", code)
         assert.equal("ECANCELED", rec.code)
-        local ok, msg, name = ex:cancel(id)
+        local ok, crec, extra = ex:cancel(id)
         assert.is_nil(ok)
-        assert.equal("EINVAL", name)
-        assert.matches("already finished", msg)
-        local ok2, _, name2 = ex:cancel("ghost")
+        assert.is_nil(extra)
+        assert.equal("EINVAL", crec.code)
+        assert.matches("already finished", crec.message)
+        local ok2, crec2 = ex:cancel("ghost")
+        local name2 = crec2.code
         assert.is_nil(ok2)
         assert.equal("ENOENT", name2)
         ex:run()
@@ -527,7 +534,7 @@ describe("executor", function()
         ex:run()
         assert.is_true(require("tide.core").hrtime() - t0 < 1)
         assert_clean(ex)
-        assert.is_nil(next(ex._outputs))
+        assert.equal(0, ex:stats().held)
     end)
 
     it("lets a task wait for another job's result without blocking", function()
@@ -559,8 +566,9 @@ describe("executor", function()
         ex:submit(q, "y", { id = "x" })
         ex:submit(q, "x", { id = "y" })
         ex:run()
-        local _, rx, cx = ex:result("x")
-        local _, ry, cy = ex:result("y")
+        local _, rx = ex:result("x")
+        local _, ry = ex:result("y")
+        local cx, cy = rx.code, ry.code
         assert.equal("EDEADLK", cx)
         assert.equal("EDEADLK", cy)
         assert.matches("waits for job 'y'", rx.message)
@@ -609,8 +617,8 @@ describe("executor", function()
         for i = 1, 300 do ex:submit(q, i) end
         ex:run()
         for i = 1, 300 do
-            local _, _, code = ex:result(tostring(i))
-            assert.equal(i % 2 == 0 and "ETIMEDOUT" or "ETASK", code)
+            local _, rec = ex:result(tostring(i))
+            assert.equal(i % 2 == 0 and "ETIMEDOUT" or "ETASK", rec.code)
         end
         assert_clean(ex)
     end)

@@ -1,13 +1,14 @@
---- The tide command line: `tide run`, `tide version`, `tide --help`.
+--- The tide command line: argument parsing, the commands and their exit
+-- codes. The work is done by the modules each command names.
 local core = require "tide.core"
 local tide = require "tide"
 local executor = require "tide.executor"
 local jsonl = require "tide.jsonl"
 local outputs = require "tide.outputs"
+local drive = require "tide.drive"
 
-local json = core.json
 local io_stderr, io_stdout = io.stderr, io.stdout
-local format, tostring, type, pairs = string.format, tostring, type, pairs
+local format, tostring = string.format, tostring
 local hrtime = core.hrtime
 
 local M = {}
@@ -161,26 +162,6 @@ GRAPH_OPTIONS["-f"] = GRAPH_OPTIONS["--format"]
 local load_pipeline = require("tide.pipeline").load
 
 
--- The id of an input: its "id" field when that is a non-empty string or a
--- number (numbers keep every digit: their JSON text is the id), else nil.
--- The second value says why an "id" field that is present was not used.
-local function input_id(v)
-    local id = v.id
-    local t = type(id)
-    if t == "string" then
-        if id ~= "" then return id end
-        return nil, "an empty string"
-    elseif t == "number" or t == "cdata" then
-        local s = json.encode(id)
-        if s then return s end
-        return nil, "a number JSON cannot carry"
-    elseif id ~= nil then
-        return nil, id == json.null and "null" or ("a " .. t)
-    end
-    return nil
-end
-
-
 local function run(args)
     local o, perr = parse_args("run", args, RUN_OPTIONS, {
         concurrency = 1000, priority = "low", max_line_bytes = jsonl.DEFAULT_MAX_LINE_BYTES,
@@ -208,215 +189,56 @@ local function run(args)
 
     local path = o.input
     if path == "-" then path = nil end
-    local out, oerr, ocode = outputs.open {
+    local sink, oerr, ocode = outputs.open {
         dir = o.output, mode = o.append and "append" or o.overwrite and "overwrite" or nil,
         input = path, sinks = p.sink_names, routed = p.has_routes,
     }
-    if not out then return die(ocode, oerr) end
+    if not sink then return die(ocode, oerr) end
     if o.output then
         -- Subprocess logs of exec tasks and tide.exec.
         require("tide.exec").log_dir = o.output .. "/logs"
     end
 
-    local inflight = 0
-    local inputs = {} -- id -> original input, while in flight (for failed.jsonl)
-    local quoted = {} -- id -> the id as JSON text, while in flight
-    local pend_no, pend_line, phead, ptail = {}, {}, 1, 0 -- lines waiting for capacity
-    local pump -- defined below
-    local eof, reader, read_error = false, nil, nil
-    local write_error -- the first failure to write a result: the run stops
-    local stopping -- a signal number, or true after a write error
-    local started = hrtime()
-    local concurrency = o.concurrency
-    local ex
-    local last_no = 0 -- the number of the last line submitted
-
-    -- Stops taking input and cancels what runs (a signal or a write
-    -- error). A re-run of failed.jsonl keeps reading after a signal: its
-    -- unread lines are copied on as failures still to run.
-    local function stop(why)
-        if stopping then return end
-        stopping = why
-        if not out.rerun or why == true then
-            eof = true
-            if reader then reader:close() reader = nil end
-            phead = ptail + 1
-        end
-        for id in pairs(inputs) do ex:cancel(id) end
-    end
-
-    local tty = core.isatty(2)
-    local function on_write_error(err)
-        if write_error then return end
-        write_error = err
-        io_stderr:write(tty and "\n" or "", "tide: cannot write results: ", tostring(err), "\n")
-        stop(true)
-    end
-
-    local function on_done(id, status, value, ran)
-        inflight = inflight - 1
-        local input, sid = inputs[id], quoted[id]
-        inputs[id], quoted[id] = nil, nil
-        local _, err = out:result(sid, status, value, ran, input)
-        if err then on_write_error(err) end
-        pump()
-    end
-
-    ex = executor.new {
-        concurrency = concurrency, task_timeout = o.task_timeout,
-        threads = o.threads, on_done = on_done,
+    local ex = executor.new {
+        concurrency = o.concurrency, task_timeout = o.task_timeout, threads = o.threads,
+        results = false,
     }
-    local prio = executor.PRIO[o.priority]
-
-    local function reject(n, line, msg)
-        local err = out:reject(n, line, msg)
-        if err then on_write_error(err) end
+    local tty = core.isatty(2)
+    local source = jsonl.source(ex, path, o.max_line_bytes, {
+        reject = function(no, text, msg)
+            local err = sink:reject(no, text, msg)
+            if err then io_stderr:write("tide: cannot write results: ", tostring(err), "\n") end
+        end,
+        warn = function(msg) io_stderr:write("tide: ", msg, "\n") end,
+    })
+    local started = hrtime()
+    local report = drive.run(ex, p, source, sink, {
+        concurrency = o.concurrency, priority = o.priority, tty = tty,
+        tick = tty and function(inflight)
+            io_stderr:write("\r\27[K", drive.summary(sink.counts, inflight, hrtime() - started))
+        end or nil,
+    })
+    if report.open_error then
+        ex:close()
+        return die(EXIT_IO, "--input: " .. report.open_error)
     end
-
-    local next_id = jsonl.ids()
-    local function submit_line(n, line)
-        local v, err = json.decode(line)
-        if v == nil and err then
-            reject(n, line, "malformed JSON: " .. tostring(err))
-            return
-        end
-        local id, why
-        if type(v) == "table" and getmetatable(v) == json.object_mt then
-            id, why = input_id(v)
-            -- A record of failed.jsonl re-runs its original input.
-            if v.error ~= nil and v.input ~= nil and v.id ~= nil then v = v.input end
-            if why then
-                io_stderr:write(format("tide: line %d: the id is %s, not a string or a number; "
-                                       .. "the line number is used instead\n", n, why))
-            end
-        end
-        local given = id
-        local taken
-        id, taken = next_id(n, id)
-        last_no = n
-        if taken then
-            io_stderr:write(format("tide: line %d: id '%s' is already taken by an earlier line; "
-                                   .. "this input runs as '%s'\n", n, given or taken, id))
-        end
-        inflight = inflight + 1
-        inputs[id], quoted[id] = v, json.encode(id)
-        ex:_submit(p, v, id, prio)
-    end
-
-    -- Submits pending lines while there is capacity; pauses the reader
-    -- when there is not (backpressure: memory stays bounded by one chunk).
-    -- The reader is told only when that changes.
-    local paused = false
-    function pump()
-        while phead <= ptail and (stopping or inflight < concurrency) do
-            local no, line = pend_no[phead], pend_line[phead]
-            pend_no[phead], pend_line[phead] = nil, nil
-            phead = phead + 1
-            if stopping then
-                local err = out:pass_through(line)
-                if err then on_write_error(err) end
-            else
-                submit_line(no, line)
-            end
-        end
-        if reader then
-            local want = phead <= ptail
-            if want ~= paused then
-                paused = want
-                if want then reader:pause() elseif not eof then reader:resume() end
-            end
-        end
-    end
-
-    local max_line = o.max_line_bytes
-    local framer = jsonl.framer(max_line, function(no, line, nbytes)
-        if line == nil then
-            reject(no, nil, format("the line is %d bytes long, more than --max-line-bytes (%d)",
-                                   nbytes, max_line))
-            return
-        end
-        ptail = ptail + 1
-        pend_no[ptail], pend_line[ptail] = no, line
-    end)
-    local function on_chunk(chunk, err)
-        if chunk == nil then
-            eof = true
-            if err then read_error = "reading input: " .. err end
-            framer.finish()
-        else
-            framer.feed(chunk)
-        end
-        pump()
-    end
-
-    local rerr
-    reader, rerr = core.reader(ex._ud, path, on_chunk)
-    if not reader then
-        out:close(false)
-        return die(EXIT_IO, "--input: " .. tostring(rerr))
-    end
-
-    local function progress(final)
-        local c = out.counts
-        local el = hrtime() - started
-        local rate = el > 0 and (c.done + c.failed) / el or 0
-        local s = format("%d done, %d failed, %d rejected, ", c.done, c.failed, c.rejected)
-        if c.dropped > 0 then s = s .. format("%d dropped, ", c.dropped) end
-        s = s .. format("%d running, %.0f/s, %.1f s", inflight, rate, el)
-        if final then
-            s = s .. format(", peak RSS %.1f MiB", (core.maxrss() or 0) / 1048576)
-        end
-        if final then
-            if tty then io_stderr:write("\r\27[K") end
-            io_stderr:write("tide: ", s, "\n")
-        else
-            io_stderr:write("\r\27[K", s)
-        end
-    end
-    -- Results reach their files within 0.2 s even while the run goes on;
-    -- on a terminal the progress line refreshes.
-    local ticker = core.timer(ex._ud, 0.2, function()
-        local err = out:flush()
-        if err then on_write_error(err) end
-        if tty then progress(false) end
-    end)
-
-    local function on_signal(signum)
-        if stopping then return end
-        io_stderr:write(tty and "\n" or "", "tide: signal ", signum, ": cancelling ", inflight, " running inputs",
-                        out.rerun and "; the failures not run yet stay in failed.jsonl" or "", "\n")
-        stop(signum)
-    end
-    local sigint = core.signal(ex._ud, 2, on_signal)
-    local sigterm = core.signal(ex._ud, 15, on_signal)
-
-    -- An internal error (a bug) ends the run with exit 3 after what
-    -- finished is written.
-    local rok, internal = pcall(ex.run, ex)
-    ticker:close()
-    sigint:close()
-    sigterm:close()
-    if reader then reader:close() end
-    -- The whole input was consumed (run, or copied on after a signal)
-    -- unless reading failed or a write error stopped the run.
-    local complete = rok and eof and not read_error and not write_error
-    local cerr = out:close(complete)
-    if cerr then on_write_error(cerr) end
-    progress(true)
+    if tty then io_stderr:write("\r\27[K") end
+    io_stderr:write("tide: ", drive.summary(sink.counts, report.inflight, hrtime() - started, true,
+                                            core.maxrss()), "\n")
     ex:close()
-    if write_error then
-        io_stderr:write("tide: the run stopped at the write error; written: ", out:written(), "\n")
+    if report.write_error or sink.error then
+        io_stderr:write("tide: the run stopped at the write error; written: ", sink:written(), "\n")
         return EXIT_IO
     end
-    if not rok then return die(EXIT_IO, tostring(internal)) end
-    if type(stopping) == "number" then
-        if not out.rerun and not (eof and phead > ptail and last_no == framer.lineno()) then
-            io_stderr:write(format("tide: stopped: input lines after line %d were not run\n", last_no))
+    if report.internal then return die(EXIT_IO, report.internal) end
+    if report.signal then
+        if not sink.rerun and not report.complete then
+            io_stderr:write(format("tide: stopped: input lines after line %d were not run\n", report.last_line))
         end
-        return 128 + stopping
+        return 128 + report.signal
     end
-    if read_error then return die(EXIT_IO, tostring(read_error)) end
-    local c = out.counts
+    if report.read_error then return die(EXIT_IO, report.read_error) end
+    local c = sink.counts
     if c.failed > 0 or c.rejected > 0 then return EXIT_FAILED end
     return EXIT_OK
 end
@@ -440,7 +262,7 @@ local function serve(args)
         request_timeout = o.request_timeout, max_results = o.max_results,
         max_pending = o.max_pending, max_pending_bytes = o.max_pending_bytes, allow_host = o.allow_host,
     })
-    if not server then return die(EXIT_IO, serr) end
+    if not server then return die(EXIT_IO, serr.message) end
     local host = o.listen:match("^(.*):%d+$")
     io_stderr:write(format("tide: serving '%s' on http://%s:%d\n", p.name, host, server.port))
     local ex = server.executor
@@ -451,12 +273,12 @@ local function serve(args)
         io_stderr:write("tide: draining (signal ", signum, ")\n")
         server.drain(o.drain)
     end
-    local sigint = core.signal(ex._ud, 2, on_signal)
-    local sigterm = core.signal(ex._ud, 15, on_signal)
+    local sigint = ex:signal(2, on_signal)
+    local sigterm = ex:signal(15, on_signal)
     -- SIGHUP drains like SIGTERM (a terminal that goes away, or a service
     -- manager asking for a reload, must not drop accepted jobs).
-    local sighup = core.signal(ex._ud, 1, on_signal)
-    ex._E.run()
+    local sighup = ex:signal(1, on_signal)
+    ex:run()
     sigint:close()
     sigterm:close()
     sighup:close()

@@ -92,18 +92,7 @@ function M.run(p, inputs, opts)
     end
     local ok, err = pcall(p.compile, p)
     if not ok then error(err, 2) end
-    local outs, errs = {}, {}
-    local ex = executor.new {
-        concurrency = opts.concurrency, task_timeout = opts.task_timeout, threads = opts.threads,
-        on_done = function(id, status, value)
-            if status == "done" then outs[id] = value else errs[id] = value end
-        end,
-    }
-    local low = executor.PRIO.low
-    for i = 1, #inputs do ex:_submit(p, inputs[i], i, low) end
-    ex:run()
-    ex:close()
-    return outs, errs
+    return executor.run_inputs(p, inputs, opts)
 end
 
 if core.is_worker() then

@@ -1,5 +1,6 @@
---- Where `tide run` puts its results: JSONL on stdout, or the files of an
--- --output directory.
+--- The result sinks of `tide run`: JSONL on stdout, or the files of an
+-- --output directory. A sink has the shape every result sink has (see
+-- docs/architecture.md): put(), flush() and close(complete).
 --
 -- The promise kept here: every input ends as whole lines in exactly one
 -- of these places, and nothing is counted before it is written.
@@ -26,6 +27,7 @@
 -- what still fails.
 local core = require "tide.core"
 local errors = require "tide.errors"
+local record = require "tide.record"
 
 local json = core.json
 local enc = json.encode
@@ -88,6 +90,7 @@ end
 local function new_out(o)
     o.counts = { done = 0, failed = 0, rejected = 0, dropped = 0 }
     o.pending = { done = 0, failed = 0, rejected = 0, dropped = 0 }
+    o.id_json = record.id
     return setmetatable(o, Out)
 end
 
@@ -185,24 +188,18 @@ function Out:_failed_write(err)
 end
 
 
-local function failed_record(rec)
-    if not errors.is(rec) then rec = errors.new("ETASK", tostring(rec)) end
-    return rec
-end
-
-
---- Writes the result of one input. `sid` is its id as JSON text, `ran`
--- the sinks that ran (see the executor's context_output) and `input` the
--- input, kept in failed.jsonl. Returns the status it was written as
+--- Writes the result of one input. `sid` is its id as JSON text (made by
+-- out.id_json), `ran` the sinks that ran (see ex:subscribe) and `input`
+-- the input, kept in failed.jsonl. Returns the status it was written as
 -- ("done", "failed" or "dropped"), and a write error message or nil.
-function Out:result(sid, status, value, ran, input)
+function Out:put(sid, status, value, ran, input)
     if status == "done" then
         local ok, kind, err = self:_done(sid, value, ran, input)
         if ok then return kind, err end
         -- An output no task should have been able to return.
         value = errors.new("EVALUE", "the output cannot be encoded: " .. tostring(kind))
     end
-    return "failed", self:_fail(sid, failed_record(value), input)
+    return "failed", self:_fail(sid, value, input)
 end
 
 
@@ -211,7 +208,7 @@ function Out:_done(sid, value, ran, input)
     if self.stdout then
         local s, eerr = enc(value)
         if s == nil then return false, eerr end
-        ok, err = self.stdout:line('{"id":', sid, ',"status":"done","output":', s, '}')
+        ok, err = self.stdout:line(record.done(sid, s))
     elseif ran == nil then
         local _, w = next(self.sinks)
         local s, eerr = enc(value)
@@ -245,10 +242,9 @@ end
 function Out:_fail(sid, rec, input)
     local ok, err
     if self.stdout then
-        ok, err = self.stdout:line('{"id":', sid, ',"status":"failed","error":', errors.json(rec, false), '}')
+        ok, err = self.stdout:line(record.failed(sid, "failed", rec, false))
     else
-        ok, err = self.failed:line('{"id":', sid, ',"error":', errors.json(rec, true),
-                                   ',"input":', enc(input) or "null", '}')
+        ok, err = self.failed:line(record.failed(sid, "failed", rec, true, enc(input) or "null"))
     end
     if not ok then return self:_failed_write(err) end
     self.pending.failed = self.pending.failed + 1

@@ -10,9 +10,10 @@
 local core = require "tide.core"
 local executor = require "tide.executor"
 local errors = require "tide.errors"
+local record = require "tide.record"
 
 local json = core.json
-local format, tostring, type, pairs, ipairs = string.format, tostring, type, pairs, ipairs
+local format, tostring, type, ipairs = string.format, tostring, type, ipairs
 local hrtime = core.hrtime
 
 local M = {}
@@ -162,13 +163,14 @@ function M.serve(p, opts)
     -- Jobs submitted here and not finished, the bytes of their requests,
     -- and the submissions refused because either was at its bound.
     local pending, pending_bytes, refused = 0, 0, 0
+    local mine = {} -- id -> request bytes, for the jobs submitted here and not finished
     -- Long-polls: conn -> the function that ends the one it holds, and
     -- how many watchers they have registered with the executor.
     local polls, nwatchers = {}, 0
     local failures, nfail = {}, 0 -- ring of the last NFAILURES failed jobs
     local srv
     ex:timing(true)
-    ex:_attach(p) -- so that its per-task counts exist before the first job
+    ex:prepare(p) -- so that its per-task counts exist before the first job
     local bounds = ex:hist_bounds()
 
     -- Loop lag: how late a repeating timer fires. A sample per LAG_EVERY
@@ -176,7 +178,7 @@ function M.serve(p, opts)
     local lag = { hist = {}, sum = 0, last = 0 }
     for k = 1, #bounds + 1 do lag.hist[k] = 0 end
     local lag_prev = hrtime()
-    local lag_timer = core.timer(ex._ud, LAG_EVERY, function()
+    local lag_timer = ex:timer(LAG_EVERY, function()
         local now = hrtime()
         local late = math.max(0, now - lag_prev - LAG_EVERY)
         lag_prev = now
@@ -198,11 +200,7 @@ function M.serve(p, opts)
 
     local function result_body(id)
         local status, value = ex:finished(id)
-        if status == "done" then
-            return enc(json.object({ id = id, status = "done", output = value == nil and json.null or value }))
-        end
-        return enc(json.object({ id = id, status = status,
-                                 error = json.object(errors.plain(value, true)) }))
+        return record.encode(id, status, value, true)
     end
 
     -- Answers conn with id's result now, or when it finishes, or with 202
@@ -218,7 +216,7 @@ function M.serve(p, opts)
             return respond(conn, 202, enc(json.object({ id = id, status = ex:status(id) or "unknown" })))
         end
         local timer, watch_token, abandon
-        timer = core.timer(ex._ud, wait, function()
+        timer = ex:timer(wait, function()
             abandon()
             respond(conn, 202, enc(json.object({ id = id, status = ex:status(id) or "unknown" })))
         end)
@@ -382,7 +380,7 @@ function M.serve(p, opts)
         end
         local wait = wait_of(query, conn)
         if not wait then return end
-        if id and (ex._live[id] or ex:finished(id)) then
+        if id and ex:has(id) then
             return respond(conn, 409, jerr("EEXIST", "duplicate id '" .. id .. "'"))
         end
         local input = req.input
@@ -393,17 +391,7 @@ function M.serve(p, opts)
         end
         counts.submitted = counts.submitted + 1
         pending, pending_bytes = pending + 1, pending_bytes + nbytes
-        ex:watch(res, function(jid)
-            pending, pending_bytes = pending - 1, pending_bytes - nbytes
-            local status, value = ex:finished(jid)
-            if not status then return end
-            counts[status] = (counts[status] or 0) + 1
-            if status == "failed" then
-                nfail = nfail + 1
-                failures[(nfail - 1) % NFAILURES + 1] = json.object({
-                    id = jid, at = os.time(), error = json.object(errors.plain(value, true)) })
-            end
-        end)
+        mine[res] = nbytes
         if query_param(query, "wait") then
             return long_poll(conn, res, wait, 200)
         end
@@ -467,7 +455,7 @@ function M.serve(p, opts)
         if #id > MAX_ID then
             return respond(conn, 400, jerr("EINVAL", format("job ids are at most %d bytes, got %d", MAX_ID, #id)))
         end
-        local known = ex._live[id] or ex:finished(id)
+        local known = ex:has(id)
         if not known then
             if evicted[id] then
                 return respond(conn, 410, jerr("EGONE", "the result of job '" .. id .. "' was evicted"))
@@ -490,9 +478,7 @@ function M.serve(p, opts)
 
     -- Remember evicted ids (bounded) to answer 410 instead of 404.
     local nevicted, evict_order = 0, {}
-    local prev_hook = ex._on_evict -- another server on the same executor
-    ex._on_evict = function(id)
-        if prev_hook then prev_hook(id) end
+    local evict_token = ex:on_evict(function(id)
         evicted[id] = true
         nevicted = nevicted + 1
         evict_order[nevicted] = id
@@ -500,10 +486,25 @@ function M.serve(p, opts)
             evicted[evict_order[nevicted - 100000]] = nil
             evict_order[nevicted - 100000] = nil
         end
-    end
+    end)
+
+    -- Every finished job of this executor passes here; the server counts
+    -- its own (a Lua host may share the executor).
+    local sub_token = ex:subscribe(function(jid, status, value)
+        local nbytes = mine[jid]
+        if not nbytes then return end
+        mine[jid] = nil
+        pending, pending_bytes = pending - 1, pending_bytes - nbytes
+        counts[status] = (counts[status] or 0) + 1
+        if status == "failed" then
+            nfail = nfail + 1
+            failures[(nfail - 1) % NFAILURES + 1] = json.object({
+                id = jid, at = os.time(), error = json.object(errors.plain(value, true)) })
+        end
+    end)
 
     local err
-    srv, err = core.http_listen(ex._ud, host, tonumber(port), {
+    srv, err = core.http_listen(ex:loop(), host, tonumber(port), {
         max_body = opts.max_body or 1048576,
         request_timeout = opts.request_timeout or 10,
         idle_timeout = opts.idle_timeout or 60,
@@ -514,14 +515,20 @@ function M.serve(p, opts)
     }, function(conn, method, path, query, headers, body)
         route(conn, method, path, query, headers, body)
     end)
-    if not srv then
+    -- What the server registered with the executor goes when it stops.
+    local function release()
         lag_timer:close()
-        return nil, err, "EIO"
+        ex:unsubscribe(sub_token)
+        ex:off_evict(evict_token)
+    end
+    if not srv then
+        release()
+        return nil, errors.new("EIO", tostring(err))
     end
 
-    local server = { executor = ex, port = srv:port(), _srv = srv }
+    local server = { executor = ex, port = srv:port() }
     function server.close()
-        lag_timer:close()
+        release()
         srv:close()
     end
     -- Stops accepting, lets jobs in flight finish (at most `timeout` s),
@@ -530,11 +537,11 @@ function M.serve(p, opts)
         srv:close(true)
         local deadline = hrtime() + (timeout or 30)
         local ticker
-        ticker = core.timer(ex._ud, 0.05, function()
+        ticker = ex:timer(0.05, function()
             if ex:stats().live == 0 or hrtime() > deadline then
                 ticker:close()
-                for id in pairs(ex._live) do ex:cancel(id) end
-                lag_timer:close()
+                ex:cancel_all()
+                release()
                 srv:close()
                 if done then done() end
             end
