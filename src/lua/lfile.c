@@ -84,6 +84,8 @@ static void lfile_wait_writable(int fd) {
  * Returns 0, or an errno; on error the buffer is dropped and, for a file
  * of its own, the writer cuts the file back to its last whole line. */
 static int lfile_flush(lfile_writer *w) {
+    if (w->len == 0)
+        return 0; /* nothing waits (and buf may still be NULL) */
     size_t off = 0;
     while (off < w->len) {
         ssize_t n = write(w->fd, w->buf + off, w->len - off);
