@@ -452,6 +452,11 @@ describe("executor", function()
         assert.has_error(function() ex:submit(p, 1, { id = "dup" }) end, "ex:submit: duplicate id 'dup'")
         assert.has_error(function() ex:submit(p, 1, { priority = "urgent" }) end)
         assert.has_error(function() ex:submit(p, 1, { colour = 1 }) end, "ex:submit: unknown option 'colour'")
+        -- A number id keeps every digit; a non-finite one is refused.
+        assert.equal("123456789012345678", ex:submit(p, 1, { id = 123456789012345678LL }))
+        assert.equal("100000000000001", ex:submit(p, 1, { id = 100000000000001 }))
+        assert.has_error(function() ex:submit(p, 1, { id = 0 / 0 }) end,
+                         "ex:submit: id must be a non-empty string or a finite number")
         assert.has_error(function() ex:submit("p", 1) end)
         assert.has_error(function() ex.submit(p, 1) end)
         assert.has_error(function() tide.executor { concurrency = 0 } end)

@@ -222,9 +222,13 @@ function Executor:submit(p, input, opts)
         end
         id = opts.id
         if id ~= nil then
-            if type(id) == "number" then id = tostring(id) end
+            local tid = type(id)
+            if tid == "number" or tid == "cdata" then
+                -- Every digit counts (tostring keeps 14): the JSON text.
+                id = core.json.encode(id)
+            end
             if type(id) ~= "string" or id == "" then
-                error("ex:submit: id must be a non-empty string", 2)
+                error("ex:submit: id must be a non-empty string or a finite number", 2)
             end
         end
         if opts.priority ~= nil then

@@ -30,7 +30,7 @@ local errors = require "tide.errors"
 local pipeline = require "tide.pipeline"
 
 local json = core.json
-local type, pairs, ipairs, tostring, error, select = type, pairs, ipairs, tostring, error, select
+local type, pairs, ipairs, tostring, error, select, next = type, pairs, ipairs, tostring, error, select, next
 local xpcall, pcall, setmetatable, getmetatable, unpack = xpcall, pcall, setmetatable, getmetatable, unpack
 local traceback, huge = debug.traceback, math.huge
 local ok_tnew, tnew = pcall(require, "table.new")
@@ -47,8 +47,9 @@ local OP_RUN, OP_FINISH, OP_CHILD, OP_FAIL, OP_BATCH, OP_QUIT = 1, 2, 3, 4, 5, 6
 
 -- ===== OUTPUT VALIDITY =====
 
---- Why a value cannot be carried as JSON, or nil when it can. Decided
--- once, when the attempt that made it ends.
+--- Why a value cannot be carried as JSON, or nil when it can (and then,
+-- for a table, "array" or "object": how it encodes). Decided once, when
+-- the attempt that made it ends.
 function M.unfit(v)
     local tv = type(v)
     if tv == "number" then
@@ -58,7 +59,7 @@ function M.unfit(v)
         return nil
     elseif tv == "table" or tv == "string" or tv == "cdata" then
         local ok, msg = jcheck(v)
-        if ok then return nil end
+        if ok then return nil, msg end
         return (tostring(msg):gsub("^EVALUE: ", ""))
     elseif tv == "function" or tv == "thread" or (tv == "userdata" and v ~= jnull) then
         return "a " .. tv
@@ -68,17 +69,18 @@ end
 local unfit = M.unfit
 
 
--- Why a map task's output cannot fan out, or nil when it is an array: a
--- table marked as an array, or a plain table whose keys are 1..#t.
-local function not_array(v)
+-- Why a map task's output cannot fan out, or nil when it is an array:
+-- what encodes as one (`kind`, from unfit), or an empty plain table.
+local function not_array(v, kind)
     local tv = type(v)
     if tv ~= "table" then
         if v == jnull then return "null" end
         return tv == "nil" and "nil" or ("a " .. tv)
     end
+    if kind == "array" then return nil end
     local mt = getmetatable(v)
-    if mt == array_mt then return nil end
     if mt == object_mt then return "an object" end
+    if mt ~= array_mt and next(v) == nil then return nil end -- {}: no children
     local n = #v
     for k in pairs(v) do
         if type(k) ~= "number" or k < 1 or k > n or k % 1 ~= 0 then
@@ -86,7 +88,7 @@ local function not_array(v)
                 .. " (an object, not an array)"
         end
     end
-    return nil
+    return "an object"
 end
 
 
@@ -440,7 +442,7 @@ end
 local function judge(rt, slot, g, input, ok, res, err, skip)
     local rec = body_error(ok, res, err)
     if rec then return rec end
-    local why = unfit(res)
+    local why, kind = unfit(res)
     if why then
         return new_error("EVALUE", "task '" .. rt.T_name[g] .. "' returned a value JSON cannot carry: " .. why)
     end
@@ -451,7 +453,7 @@ local function judge(rt, slot, g, input, ok, res, err, skip)
         if why2 then return new_error("EVALUE", why2) end
         return nil, input
     elseif rt.T_map[g] then
-        local why2 = not_array(res)
+        local why2 = not_array(res, kind)
         if why2 then
             return new_error("EVALUE", "map task '" .. rt.T_name[g] .. "' must return an array, got " .. why2)
         end
