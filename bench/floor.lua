@@ -1,4 +1,4 @@
--- bench/floor.lua: the `luajit-queue` floor of ../shared/WORKLOADS.md.
+-- bench/floor.lua: the `luajit-queue` floor of docs/benchmarks.md.
 --
 -- Plain LuaJIT, no C, no libuv: a shared task template (the DAG, compiled
 -- once and interpreted at run time), a per-context table of dependency
@@ -7,7 +7,8 @@
 --
 --   luajit bench/floor.lua W1|W2|W3 [N]        (N defaults to 100000)
 --
--- Prints one line in the WORKLOADS.md format on stdout.
+-- Prints one result line on stdout, in the format of bench/harness.lua
+-- (docs/benchmarks.md).
 
 package.path = "bench/?.lua;" .. package.path
 local harness = require "harness"

@@ -1,5 +1,5 @@
 #!/bin/sh
-# scripts/bench.sh: workloads W1, W2, W3 and W5 of ../shared/WORKLOADS.md,
+# scripts/bench.sh: workloads W1, W2, W3 and W5 (docs/benchmarks.md),
 # tide against its floors, measured in the same run.
 #
 # Assumes `make` was already run (tide.run needs build/lib/tide/core.so).

@@ -1,5 +1,6 @@
 --- tide: a workflow engine whose pipelines are Lua scripts.
--- `local tide = require "tide"`; see README.md for a tour.
+-- `local tide = require "tide"`; see README.md for a tour and docs/api.md
+-- for the reference.
 local core = require "tide.core"
 local pipeline = require "tide.pipeline"
 local executor = require "tide.executor"
@@ -19,14 +20,16 @@ M.serve = function(...) return require("tide.serve").serve(...) end
 M.json = core.json
 M.is_error = errors.is
 -- For hosts with a loop of their own: tide.fd() to poll, tide.timeout() to
--- bound the wait, tide.step() to run what is ready (see README).
+-- bound the wait, tide.step() to run what is ready (see docs/embedding.md).
 M.step = executor.step
 M.fd = executor.fd
 M.timeout = executor.timeout
 M.error_mt = errors.mt
 
 if os.getenv("TIDE_GC_STRESS") == "1" then
-    -- Collect all the time, to shake out missing anchors (STYLE.md 9.9).
+    -- Collect all the time, to shake out missing anchors: a Lua value that
+    -- C still uses but nothing in Lua references is collected at once, so
+    -- the specs fail instead of a rare crash later.
     collectgarbage("setpause", 0)
 end
 
@@ -96,7 +99,8 @@ function M.run(p, inputs, opts)
 end
 
 if core.is_worker() then
-    -- The worker flavour (DESIGN.md 1, sync tasks): a pipeline file loaded
+    -- The worker flavour (sync tasks, docs/api.md; the threads:
+    -- docs/architecture.md): a pipeline file loaded
     -- on a worker thread declares its tasks, but runs nothing itself.
     local function not_here(name)
         return function() error(name .. " is not available on a worker thread", 2) end

@@ -1,5 +1,5 @@
 --- `tide serve` and tide.serve(p, opts): the HTTP/JSON job API on the
--- executor's loop (DESIGN.md 3). Routes:
+-- executor's loop (docs/http.md; the design: docs/architecture.md). Routes:
 --   POST   /v1/jobs[?wait=S]        submit {"id"?, "input", "priority"?}
 --   GET    /v1/jobs/{id}            status
 --   GET    /v1/jobs/{id}/result[?wait=S]   long-poll for the result
