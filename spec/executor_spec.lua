@@ -76,6 +76,21 @@ describe("error records", function()
         assert.is_true(tide.is_error(rec))
     end)
 
+    it("are what tide.json returns on bad input: exactly nil, rec", function()
+        local v, rec, extra = tide.json.decode("{")
+        assert.is_nil(v)
+        assert.is_nil(extra)
+        assert.is_true(tide.is_error(rec))
+        assert.equal("EVALUE", rec.code)
+        assert.matches("^EVALUE: ", tostring(rec))
+        local s, rec2 = tide.json.encode({ f = print })
+        assert.is_nil(s)
+        assert.equal("EVALUE", rec2.code)
+        assert.matches("function", rec2.message)
+        assert.equal(tide.json.null, tide.json.decode("null")) -- not a failure
+        assert.equal('{"a":1}', tide.json.encode({ a = 1 }))
+    end)
+
     it("come from a body that returns nil, err", function()
         local p = tide.pipeline "nil-err"
         p:task("a", function() return nil, "not today" end)

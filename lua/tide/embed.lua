@@ -2,12 +2,11 @@
 -- engine is one executor and one loaded pipeline. Functions return their
 -- result, or nil, message, code name (what src/lua/lapi.c turns into a
 -- TIDE_E* code and a message).
-local tide = require "tide"
 local pipeline = require "tide.pipeline"
 local executor = require "tide.executor"
 local errors = require "tide.errors"
 
-local json = tide.json
+local json = require("tide.core").json -- (nil, message) on failure, for lapi.c
 local M = {}
 
 

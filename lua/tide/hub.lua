@@ -6,8 +6,9 @@
 -- registry is weak: an executor nobody references can go, and one the GC
 -- already closed (dropped without ex:close()) is skipped and forgotten.
 local core = require "tide.core"
+local errors = require "tide.errors"
 
-local setmetatable, next = setmetatable, next
+local setmetatable, next, tostring = setmetatable, next, tostring
 
 local M = {}
 
@@ -55,7 +56,7 @@ end
 function M.fd()
     if not hub_fd then
         local fd, err = core.epoll_create()
-        if not fd then return nil, "tide.fd: " .. err, "EIO" end
+        if not fd then return errors.fail("EIO", "tide.fd: " .. tostring(err)) end
         hub_fd = fd
         for ex in each_open() do
             ex._fd = (ex._E.backend())

@@ -6,7 +6,7 @@ local pipeline = require "tide.pipeline"
 local executor = require "tide.executor"
 local errors = require "tide.errors"
 
-local type, error, pcall = type, error, pcall
+local type, error, pcall, tostring, setmetatable = type, error, pcall, tostring, setmetatable
 
 local M = { _VERSION = core.version, version = core.version }
 
@@ -17,7 +17,23 @@ M.executor = executor.new
 M.sleep = core.sleep
 M.exec = require("tide.exec").exec
 M.serve = function(...) return require("tide.serve").serve(...) end
-M.json = core.json
+-- tide.json: the codec with the API's failure rule, `nil, rec` (the C
+-- codec, tide.core.json, returns nil, "EVALUE: message", "EVALUE").
+local cjson = core.json
+M.json = setmetatable({
+    encode = function(v)
+        local s, msg = cjson.encode(v)
+        if s == nil then return nil, errors.new("EVALUE", (tostring(msg):gsub("^EVALUE: ", ""))) end
+        return s
+    end,
+    decode = function(text)
+        local v, msg = cjson.decode(text)
+        if v == nil and msg ~= nil then
+            return nil, errors.new("EVALUE", (tostring(msg):gsub("^EVALUE: ", "")))
+        end
+        return v
+    end,
+}, { __index = cjson })
 M.is_error = errors.is
 -- For hosts with a loop of their own: tide.fd() to poll, tide.timeout() to
 -- bound the wait, tide.step() to run what is ready (see docs/embedding.md).

@@ -465,8 +465,8 @@ function M.serve(p, opts)
         if rest == "" and method == "GET" then
             return respond(conn, 200, enc(json.object({ id = id, status = ex:status(id) })))
         elseif rest == "" and method == "DELETE" then
-            local ok, msg, code = ex:cancel(id)
-            if not ok then return respond(conn, 409, jerr(code, msg)) end
+            local ok, rec = ex:cancel(id)
+            if not ok then return respond(conn, 409, jerr(rec.code, rec.message)) end
             return respond(conn, 200, enc(json.object({ id = id, status = "cancelled" })))
         elseif rest == "/result" and method == "GET" then
             local wait = wait_of(query, conn)

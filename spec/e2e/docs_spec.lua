@@ -7,11 +7,6 @@ local proc = require "helpers.proc"
 
 local SELF = "spec/e2e/docs_spec.lua"
 
--- Pages that are written on another branch (tide issue 12): a link to
--- one of them is accepted while it is missing. Remove an entry once its
--- page is in the repository.
-local COMING = { ["docs/architecture.md"] = true }
-
 -- What no file may refer to, as Lua patterns (so that this file does not
 -- match itself): the directory next to the checkout, and notes that only
 -- ever lived there.
@@ -180,7 +175,7 @@ describe("the documentation", function()
                 local path = file == "" and page or normalize((dir and dir .. "/" or "") .. file)
                 local where = page .. ":" .. l.line .. ": " .. l.target
                 if not exists(path) then
-                    if not COMING[path] then bad[#bad + 1] = where .. " (no such file)" end
+                    bad[#bad + 1] = where .. " (no such file)"
                 elseif frag ~= "" and path:match("%.md$") then
                     cache[path] = cache[path] or anchors(path)
                     if not cache[path][frag] then bad[#bad + 1] = where .. " (no such heading)" end
@@ -202,15 +197,6 @@ describe("the documentation", function()
         assert.same({}, missing)
     end)
 
-    it("has the pages written elsewhere", function()
-        local missing = {}
-        for path in pairs(COMING) do
-            if not exists(path) then missing[#missing + 1] = path end
-        end
-        if #missing > 0 then
-            pending("not in the repository yet: " .. table.concat(missing, ", "))
-        end
-    end)
 
     it("would notice a bad link and a reference to ../shared", function()
         local tmp = proc.tmpdir()

@@ -63,7 +63,10 @@ describe("tide serve", function()
         st, body = http(s, "GET", "/v1/jobs/slow/result")
         assert.equal(200, st)
         assert.equal("ECANCELED", json.decode(body).error.code)
-        assert.equal(409, (http(s, "DELETE", "/v1/jobs/slow")))
+        st, body = http(s, "DELETE", "/v1/jobs/slow")
+        assert.equal(409, st)
+        assert.same({ error = { code = "EINVAL", message = "job 'slow' has already finished" } },
+                    json.decode(body))
     end)
 
     it("refuses bad requests with clear JSON errors and keeps serving", function()
