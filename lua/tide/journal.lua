@@ -1,0 +1,193 @@
+--- The journal of a run (`tide run --journal FILE`): what makes a run
+-- resumable after kill -9, power loss or Ctrl-C. The file is SQLite,
+-- written in group commits by a thread of its own (src/journal.c); this
+-- module decides what goes in and what a resume does with it.
+--
+-- What a run journals:
+--   meta     format, pipeline (name, file, hash of the file's text), state
+--            ("running", "finished"), exit code, "flushed" (below);
+--   items    one per input that ended: kind "result" (status done, failed
+--            or dropped) or "reject" (a line that was not an input), keyed
+--            by the input's id ("#<line>" for a reject), holding the lines
+--            it wrote ("file\ttext\n" each);
+--   files    each output file's committed length at the last flush, and
+--            meta "flushed": the last item whose lines those lengths hold.
+--
+-- A result is durable once its item is committed (within about 1 ms of
+-- the end of its context). A resume cuts every file back to its recorded
+-- length (dropping whatever a crash left after it, torn lines included),
+-- writes again the lines of the items after "flushed", and runs only the
+-- inputs whose ids have no item: so the files end exactly as after an
+-- uninterrupted run, each input once.
+local core = require "tide.core"
+
+local format, tostring, tonumber = string.format, tostring, tonumber
+
+local M = {}
+
+local Journal = {}
+Journal.__index = Journal
+
+
+local function slurp(path)
+    local f = io.open(path, "rb")
+    if not f then return nil end
+    local s = f:read("*a")
+    f:close()
+    return s
+end
+
+
+local function remove_files(path)
+    for _, suffix in ipairs({ "", "-wal", "-shm" }) do os.remove(path .. suffix) end
+end
+
+
+--- Opens the journal of a run of pipeline p (loaded from `file`) on
+-- executor ex. opts.reset starts over (the old journal is removed).
+-- @return the journal, or nil, message, exit code (2: it belongs to
+--   another pipeline or a newer tide; 3: it cannot be opened or read)
+function M.open(ex, path, p, file, opts)
+    local text = slurp(file)
+    if not text then return nil, ("--journal: cannot read the pipeline %s"):format(file), 3 end
+    local hash = core.xxh128(text)
+    if opts.reset then remove_files(path) end
+    local existed = core.stat(path) ~= nil
+    local j, err = core.journal_open(ex:loop(), path)
+    if not j then return nil, "--journal: " .. tostring(err), 3 end
+    local ok, meta = pcall(j.map, j, "SELECT key, value FROM meta")
+    if not ok then
+        j:close()
+        return nil, ("--journal %s: cannot read it: %s"):format(path, tostring(meta)), 3
+    end
+    local self = setmetatable({ j = j, path = path, meta = meta, last_item = 0 }, Journal)
+    if existed and meta.format ~= nil then
+        local fmt = tonumber(meta.format)
+        if not fmt or fmt > core.journal_format then
+            j:close()
+            return nil, ("--journal %s was written by a newer tide (format %s; this tide reads format %d "
+                         .. "and older)"):format(path, tostring(meta.format), core.journal_format), 2
+        end
+        if meta.pipeline_hash ~= hash then
+            j:close()
+            return nil, ("--journal %s belongs to another version of the pipeline: %s changed since "
+                         .. "it was written (add --journal-reset to start over)"):format(path, file), 2
+        end
+        self.resume = true
+        self.finished = meta.state == "finished"
+        return self
+    end
+    local nitems = j:rows("SELECT count(*) FROM items")[1][1]
+    if existed and nitems > 0 then
+        j:close()
+        return nil, ("--journal %s is not a tide journal"):format(path), 3
+    end
+    j:meta_put("format", tostring(core.journal_format))
+    j:meta_put("pipeline", p.name)
+    j:meta_put("pipeline_file", file)
+    j:meta_put("pipeline_hash", hash)
+    j:meta_put("state", "running")
+    j:meta_put("created", tostring(os.time()))
+    return self
+end
+
+
+--- The files and their committed lengths at the last flush.
+function Journal:files()
+    return self.j:map("SELECT name, length FROM files")
+end
+
+
+--- The keys of the inputs that ended (results and rejects): a resume
+-- skips them.
+function Journal:done_keys()
+    return self.j:map("SELECT key, 1 FROM items WHERE kind IN ('result', 'reject')")
+end
+
+
+--- The counts of what ended, for the summary: done, failed, dropped,
+-- rejected.
+function Journal:counts()
+    local c = { done = 0, failed = 0, rejected = 0, dropped = 0 }
+    for _, row in ipairs(self.j:rows("SELECT kind, status, count(*) FROM items "
+                                     .. "WHERE kind IN ('result', 'reject') GROUP BY kind, status")) do
+        if row[1] == "reject" then
+            c.rejected = c.rejected + row[3]
+        elseif c[row[2]] then
+            c[row[2]] = c[row[2]] + row[3]
+        end
+    end
+    return c
+end
+
+
+--- Calls fn(lines) for each item after the last flush, in order: their
+-- lines may be missing from the files.
+function Journal:unflushed(fn)
+    local upto = tonumber(self.meta.flushed) or 0
+    for _, row in ipairs(self.j:rows("SELECT data FROM items WHERE seq > ? AND kind IN "
+                                     .. "('result', 'reject') ORDER BY seq", upto)) do
+        local err = fn(row[1] or "")
+        if err then return err end
+    end
+    return nil
+end
+
+
+--- Journals the end of input `key` (status: done, failed, dropped) with
+-- the lines it wrote.
+function Journal:result(key, status, lines)
+    self.last_item = self.j:item(key, "result", status, lines)
+end
+
+
+--- Journals a rejected line.
+function Journal:reject(lineno, lines)
+    self.last_item = self.j:item("#" .. lineno, "reject", nil, lines)
+end
+
+
+--- Records the files' lengths after a flush; they hold the lines of every
+-- item journaled so far.
+function Journal:flushed(lengths)
+    self.j:flush_mark(lengths, self.last_item)
+end
+
+
+--- Why writing the journal failed, or nil.
+function Journal:error()
+    return self.j:error()
+end
+
+
+--- Marks the run finished, with its exit code (a later run of the same
+-- command only says so).
+function Journal:finish(code)
+    self.j:meta_put("exit_code", tostring(code))
+    self.j:meta_put("state", "finished")
+end
+
+
+--- Commits what is queued and closes; returns nil or an error message.
+function Journal:close()
+    local ok, err = self.j:close()
+    if not ok then return err end
+    return nil
+end
+
+
+--- What a second run of a finished journal prints.
+function Journal:finished_message()
+    local c = self:counts()
+    return format("the journal %s holds a finished run of '%s' (%d done, %d failed, %d rejected%s): "
+                  .. "nothing to do (add --journal-reset to run it again)", self.path,
+                  tostring(self.meta.pipeline), c.done, c.failed, c.rejected,
+                  c.dropped > 0 and (", " .. c.dropped .. " dropped") or "")
+end
+
+
+function Journal:exit_code()
+    return tonumber(self.meta.exit_code) or 0
+end
+
+return M

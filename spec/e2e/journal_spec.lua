@@ -1,0 +1,209 @@
+--- End-to-end specs of `tide run --journal`: a run killed with SIGKILL or
+-- stopped with SIGINT, then run again with the same command, ends with
+-- exactly the files an uninterrupted run writes, each input once, and
+-- without redoing work that ended; a finished journal only says so; a
+-- journal of another pipeline version, of a newer tide, unreadable or
+-- corrupt is refused with a clear message.
+local proc = require "helpers.proc"
+local core = require "tide.core"
+
+local json = core.json
+local q = proc.shquote
+local tide = proc.tide
+
+local PIPE = "spec/fixtures/pipelines/journaled.lua"
+
+
+local function lines_sorted(path)
+    local t = {}
+    local text = proc.slurp(path) or ""
+    if text ~= "" then assert.equal("\n", text:sub(-1), path .. " ends with a torn line") end
+    for l in text:gmatch("([^\n]*)\n") do
+        assert(json.decode(l), path .. ": not JSON: " .. l)
+        t[#t + 1] = l
+    end
+    table.sort(t)
+    return t
+end
+
+
+-- The lines of failed.jsonl without their tracebacks and messages, which
+-- name the run's own coroutines: id, code and input.
+local function failures(path)
+    local t = {}
+    for _, l in ipairs(lines_sorted(path)) do
+        local r = json.decode(l)
+        t[#t + 1] = r.id .. " " .. r.error.code .. " " .. json.encode(r.input)
+    end
+    table.sort(t)
+    return t
+end
+
+
+local function write_inputs(path, n, secs)
+    local f = assert(io.open(path, "wb"))
+    for i = 1, n do f:write('{"n":', i, secs and (',"secs":' .. secs) or "", '}\n') end
+    f:write("{not json\n")
+    f:close()
+end
+
+
+-- Starts `tide run ... --journal`, lets it run `after` seconds, sends sig.
+-- Returns the exit code.
+local function run_and_signal(dir, sig, after, extra)
+    local cmd = ("TIDE_SPEC_COUNTS=%s %s run %s --input %s --output %s --journal %s --concurrency 100 %s"
+                 .. " >/dev/null 2>>%s & p=$!; sleep %s; kill -%s $p; wait $p; echo $? >%s")
+        :format(q(dir .. "/counts"), q(proc.bin), q(PIPE), q(dir .. "/in.jsonl"), q(dir .. "/out"),
+                q(dir .. "/j.db"), extra or "", q(dir .. "/err"), after, sig, q(dir .. "/rc"))
+    os.execute("sh -c " .. q(cmd))
+    return tonumber(proc.slurp(dir .. "/rc"))
+end
+
+
+local function resume(dir)
+    return tide({ "run", PIPE, "--input", dir .. "/in.jsonl", "--output", dir .. "/out",
+                  "--journal", dir .. "/j.db", "--concurrency", "100" }, nil,
+                { TIDE_SPEC_COUNTS = dir .. "/counts" })
+end
+
+
+-- The run of the same input with no journal and no interruption.
+local function clean_run(dir)
+    local r = tide({ "run", PIPE, "--input", dir .. "/in.jsonl", "--output", dir .. "/clean",
+                     "--concurrency", "100" })
+    assert.equal(1, r.code, r.stderr)
+end
+
+
+local function same_files(dir)
+    assert.same(lines_sorted(dir .. "/clean/check.jsonl"), lines_sorted(dir .. "/out/check.jsonl"))
+    assert.same(failures(dir .. "/clean/failed.jsonl"), failures(dir .. "/out/failed.jsonl"))
+    assert.same(lines_sorted(dir .. "/clean/rejects.jsonl"), lines_sorted(dir .. "/out/rejects.jsonl"))
+end
+
+
+-- n -> how many times the side-effecting task ran for it.
+local function executions(dir)
+    local c = {}
+    for l in (proc.slurp(dir .. "/counts") or ""):gmatch("(%d+)\n") do
+        local n = tonumber(l)
+        c[n] = (c[n] or 0) + 1
+    end
+    return c
+end
+
+
+describe("tide run --journal", function()
+    local dir
+    before_each(function() dir = proc.tmpdir() end)
+    after_each(function() proc.rmrf(dir) end)
+
+    it("resumes after kill -9 at three points: files as a clean run, finished work not redone", function()
+        local N = 100000
+        write_inputs(dir .. "/in.jsonl", N)
+        clean_run(dir)
+        math.randomseed(os.time())
+        local kills = 0
+        for _ = 1, 3 do
+            local rc = run_and_signal(dir, "KILL", ("%.2f"):format(0.3 + math.random() * 0.6))
+            if rc == 137 then kills = kills + 1 end
+            -- Nothing torn, whatever the moment.
+            lines_sorted(dir .. "/out/check.jsonl")
+        end
+        assert.is_true(kills >= 1, "no run was still going when killed")
+        local r = resume(dir)
+        assert.equal(1, r.code, r.stderr) -- some inputs fail, one is rejected
+        assert.matches("resuming from the journal", r.stderr, 1, true)
+        same_files(dir)
+        -- Each input once in the outputs.
+        assert.equal(N - math.floor(N / 7), #lines_sorted(dir .. "/out/check.jsonl"))
+        assert.equal(math.floor(N / 7), #lines_sorted(dir .. "/out/failed.jsonl"))
+        assert.equal(1, #lines_sorted(dir .. "/out/rejects.jsonl"))
+        -- Every input ran, and work was redone only for what was in flight
+        -- (or ended in the last commit window) at each kill.
+        local ex = executions(dir)
+        local extra = 0
+        for n = 1, N do
+            assert.is_true((ex[n] or 0) >= 1, "input " .. n .. " never ran")
+            extra = extra + (ex[n] - 1)
+        end
+        assert.is_true(extra <= kills * 2 * 100, extra .. " executions redone over " .. kills .. " kills")
+    end)
+
+    it("resumes after SIGINT, and a second run of a finished journal does nothing", function()
+        write_inputs(dir .. "/in.jsonl", 3000, 0.05)
+        clean_run(dir)
+        assert.equal(130, run_and_signal(dir, "INT", "0.4"))
+        assert.matches("the same command resumes the run", proc.slurp(dir .. "/err"), 1, true)
+        local r = resume(dir)
+        assert.equal(1, r.code, r.stderr)
+        same_files(dir)
+        local ex = executions(dir)
+        local extra = 0
+        for n = 1, 3000 do extra = extra + (ex[n] or 0) - 1 end
+        assert.is_true(extra <= 100, extra .. " executions redone") -- the 100 in flight at most
+        local before = proc.slurp(dir .. "/out/check.jsonl")
+        local r2 = resume(dir)
+        assert.equal(1, r2.code) -- the finished run's exit code
+        assert.matches("holds a finished run of 'journaled' %(2572 done, 428 failed, 1 rejected%): nothing to do",
+                       r2.stderr)
+        assert.equal(before, proc.slurp(dir .. "/out/check.jsonl"))
+    end)
+
+    it("refuses a journal of another version of the pipeline, unless --journal-reset", function()
+        write_inputs(dir .. "/in.jsonl", 20)
+        local copy = dir .. "/p.lua"
+        proc.write(copy, proc.slurp(PIPE))
+        local args = { "run", copy, "--input", dir .. "/in.jsonl", "--output", dir .. "/out",
+                       "--journal", dir .. "/j.db" }
+        assert.equal(1, tide(args).code)
+        proc.write(copy, proc.slurp(PIPE) .. "\n-- changed\n")
+        local r = tide(args)
+        assert.equal(2, r.code)
+        assert.matches("belongs to another version of the pipeline: " .. copy .. " changed", r.stderr, 1, true)
+        args[#args + 1] = "--journal-reset"
+        local r2 = tide(args)
+        assert.equal(1, r2.code, r2.stderr)
+        assert.equal(20 - 2, #lines_sorted(dir .. "/out/check.jsonl"))
+    end)
+
+    it("refuses journals it cannot use, each with a clear message", function()
+        write_inputs(dir .. "/in.jsonl", 5)
+        local function run(journal, extra)
+            local args = { "run", PIPE, "--input", dir .. "/in.jsonl", "--output", dir .. "/out",
+                           "--journal", journal }
+            for _, a in ipairs(extra or {}) do args[#args + 1] = a end
+            return tide(args)
+        end
+        -- A place it cannot be written.
+        local r = run("/proc/self/tide-journal.db")
+        assert.equal(3, r.code)
+        assert.matches("--journal: /proc/self/tide-journal.db", r.stderr, 1, true)
+        -- Not a database.
+        proc.write(dir .. "/junk.db", string.rep("not a database ", 200))
+        local r2 = run(dir .. "/junk.db")
+        assert.equal(3, r2.code)
+        assert.matches(dir .. "/junk.db", r2.stderr, 1, true)
+        -- Written by a newer tide.
+        assert.equal(1, run(dir .. "/j.db").code)
+        os.execute("sqlite3 " .. q(dir .. "/j.db") .. " \"UPDATE meta SET value='99' WHERE key='format'\"")
+        local r3 = run(dir .. "/j.db")
+        assert.equal(2, r3.code)
+        assert.matches("was written by a newer tide (format 99", r3.stderr, 1, true)
+        -- No --output: a resume could not cut stdout back.
+        local r4 = tide({ "run", PIPE, "--input", dir .. "/in.jsonl", "--journal", dir .. "/k.db" })
+        assert.equal(2, r4.code)
+        assert.matches("--journal needs --output DIR", r4.stderr, 1, true)
+        local r5 = tide({ "run", PIPE, "--journal-reset" }, "")
+        assert.equal(2, r5.code)
+    end)
+
+    it("refuses to resume into files that lost what the journal recorded", function()
+        write_inputs(dir .. "/in.jsonl", 3000, 0.05)
+        assert.equal(130, run_and_signal(dir, "INT", "0.3"))
+        proc.write(dir .. "/out/check.jsonl", "")
+        local r = resume(dir)
+        assert.equal(3, r.code)
+        assert.matches("fewer than the", r.stderr, 1, true)
+    end)
+end)
