@@ -51,12 +51,15 @@
 #define JOURNAL_FORMAT 1
 #define JOURNAL_INTERVAL_NS 1000000 /* the longest a commit waits to gather */
 
+/* One queued operation, in one allocation: a, b and c point into the
+ * bytes that follow the struct (b and c may be NULL). */
 typedef struct journal_op {
     struct journal_op *next;
     int kind;
     int64_t seq, n;
-    char *a, *b, *c; /* owned; lengths below (b, c may hold any bytes) */
+    char *a, *b, *c;
     size_t alen, blen, clen;
+    char bytes[];
 } journal_op;
 
 struct tide__journal {
@@ -99,9 +102,6 @@ static const char journal_schema[] =
     "NULL, output BLOB, PRIMARY KEY(key, task));";
 
 static void journal_op_free(journal_op *op) {
-    free(op->a);
-    free(op->b);
-    free(op->c);
     free(op);
 }
 
@@ -328,29 +328,36 @@ int64_t tide__journal_put(tide__journal *j, int kind, const char *a,
                           const char *status, const char *data, size_t dlen,
                           int64_t n) {
     TIDE_ASSERT(kind >= 0 && kind < TIDE__J_NKINDS);
-    journal_op *op = tide__xcalloc(1, sizeof(*op));
+    int numeric = kind == TIDE__J_FILE || kind == TIDE__J_FLUSH;
+    size_t slen = !numeric && status ? strlen(status) : 0;
+    if (numeric)
+        dlen = 0;
+    journal_op *op = tide__xmalloc(sizeof(*op) + alen + blen + slen + dlen + 3);
+    memset(op, 0, sizeof(*op));
     op->kind = kind;
     op->seq = ++j->next_seq;
+    char *p = op->bytes;
     if (a) {
-        op->a = tide__xmalloc(alen + 1);
-        memcpy(op->a, a, alen);
+        op->a = p;
+        memcpy(p, a, alen);
         op->alen = alen;
+        p += alen + 1;
     }
     if (b) {
-        op->b = tide__xmalloc(blen + 1);
-        memcpy(op->b, b, blen);
+        op->b = p;
+        memcpy(p, b, blen);
         op->blen = blen;
+        p += blen + 1;
     }
-    if (kind == TIDE__J_FILE || kind == TIDE__J_FLUSH) {
+    if (numeric) {
         op->n = n;
     } else if (status || data) {
-        /* c holds the status followed by the data: one allocation. */
-        size_t slen = status ? strlen(status) : 0;
-        op->c = tide__xmalloc(slen + dlen + 1);
+        /* c holds the status followed by the data. */
+        op->c = p;
         if (slen)
-            memcpy(op->c, status, slen);
+            memcpy(p, status, slen);
         if (dlen)
-            memcpy(op->c + slen, data, dlen);
+            memcpy(p + slen, data, dlen);
         op->clen = slen + dlen;
         op->n = (int64_t)slen;
     }
