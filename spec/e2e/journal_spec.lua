@@ -120,14 +120,17 @@ describe("tide run --journal", function()
         assert.equal(math.floor(N / 7), #lines_sorted(dir .. "/out/failed.jsonl"))
         assert.equal(1, #lines_sorted(dir .. "/out/rejects.jsonl"))
         -- Every input ran, and work was redone only for what was in flight
-        -- (or ended in the last commit window) at each kill.
+        -- at each kill (100) or had ended in its last commit window (about
+        -- 1 ms; more on a loaded machine, where the writer waits for a
+        -- core): a few hundred per kill, against tens of thousands that a
+        -- run without a journal would do again.
         local ex = executions(dir)
         local extra = 0
         for n = 1, N do
             assert.is_true((ex[n] or 0) >= 1, "input " .. n .. " never ran")
             extra = extra + (ex[n] - 1)
         end
-        assert.is_true(extra <= kills * 2 * 100, extra .. " executions redone over " .. kills .. " kills")
+        assert.is_true(extra <= kills * 1000, extra .. " executions redone over " .. kills .. " kills")
     end)
 
     it("resumes after SIGINT, and a second run of a finished journal does nothing", function()
