@@ -32,8 +32,11 @@ commands:
   serve PIPELINE.lua [--listen 127.0.0.1:8080] [--token-file F] [--threads N]
                      [--drain-timeout S] [--request-timeout S] [--max-results N]
                      [--max-pending N] [--max-pending-bytes N] [--allow-host NAME]...
+                     [--journal FILE [--journal-reset]]
       The HTTP/JSON job API (POST /v1/jobs, GET /v1/jobs/ID[/result],
       DELETE /v1/jobs/ID, /healthz, /metrics). Port 0 picks a free port.
+      With --journal, a job is answered 201 once it is on the device, and
+      a restart runs again the accepted jobs that have no result.
       Past --max-pending unfinished jobs (100000) or --max-pending-bytes of
       their request bodies (268435456), POST answers 503 with Retry-After.
       Without --token-file only Host localhost, 127.0.0.1 and [::1] are
@@ -151,6 +154,8 @@ local SERVE_OPTIONS = {
     ["--request-timeout"] = { "request_timeout", positive, "--request-timeout needs seconds > 0" },
     ["--max-results"] = { "max_results", whole, "--max-results needs a whole number >= 1" },
     ["--drain-timeout"] = { "drain", nonnegative, "--drain-timeout needs seconds >= 0" },
+    ["--journal"] = { "journal", as_text, "--journal needs a file name" },
+    ["--journal-reset"] = { "journal_reset" },
     ["--max-pending"] = { "max_pending", whole, "--max-pending needs a whole number >= 1" },
     ["--max-pending-bytes"] = { "max_pending_bytes", whole,
                                 "--max-pending-bytes needs a whole number of bytes >= 1" },
@@ -346,12 +351,34 @@ local function serve(args)
     end
     local p, err = load_pipeline(o.pipeline)
     if not p then return die(EXIT_USAGE, err) end
+    if o.journal_reset and not o.journal then
+        return die(EXIT_USAGE, "--journal-reset needs --journal FILE")
+    end
+    local sex = executor.new { max_results = o.max_results or 100000, threads = o.threads }
+    local jr
+    if o.journal then
+        local jerr, jcode
+        jr, jerr, jcode = journal.open(sex, o.journal, p, o.pipeline,
+                                       { reset = o.journal_reset, command = "serve" })
+        if not jr then
+            sex:close()
+            return die(jcode, jerr)
+        end
+    end
     local server, serr = require("tide.serve").serve(p, {
-        listen = o.listen, token = token, threads = o.threads,
-        request_timeout = o.request_timeout, max_results = o.max_results,
+        listen = o.listen, token = token, executor = sex, journal = jr,
+        request_timeout = o.request_timeout,
         max_pending = o.max_pending, max_pending_bytes = o.max_pending_bytes, allow_host = o.allow_host,
     })
-    if not server then return die(EXIT_IO, serr.message) end
+    if not server then
+        if jr then jr:close() end
+        sex:close()
+        return die(EXIT_IO, serr.message)
+    end
+    if server.recovered > 0 then
+        io_stderr:write(format("tide: the journal %s: %d accepted jobs had no result; they run again\n",
+                               o.journal, server.recovered))
+    end
     local host = o.listen:match("^(.*):%d+$")
     io_stderr:write(format("tide: serving '%s' on http://%s:%d\n", p.name, host, server.port))
     local ex = server.executor
@@ -371,6 +398,10 @@ local function serve(args)
     sigint:close()
     sigterm:close()
     sighup:close()
+    if jr then
+        local jerr = jr:close()
+        if jerr then io_stderr:write("tide: --journal ", o.journal, ": ", jerr, "\n") end
+    end
     ex:close()
     io_stderr:write("tide: stopped\n")
     return EXIT_OK

@@ -68,6 +68,12 @@ function M.open(ex, path, p, file, opts)
             return nil, ("--journal %s was written by a newer tide (format %s; this tide reads format %d "
                          .. "and older)"):format(path, tostring(meta.format), core.journal_format), 2
         end
+        local command = opts.command or "run"
+        if meta.command ~= nil and meta.command ~= command then
+            j:close()
+            return nil, ("--journal %s is the journal of a `tide %s`, not of a `tide %s`")
+                :format(path, tostring(meta.command), command), 2
+        end
         if meta.pipeline_hash ~= hash then
             j:close()
             return nil, ("--journal %s belongs to another version of the pipeline: %s changed since "
@@ -83,6 +89,7 @@ function M.open(ex, path, p, file, opts)
         return nil, ("--journal %s is not a tide journal"):format(path), 3
     end
     j:meta_put("format", tostring(core.journal_format))
+    j:meta_put("command", opts.command or "run")
     j:meta_put("pipeline", p.name)
     j:meta_put("pipeline_file", file)
     j:meta_put("pipeline_hash", hash)
@@ -151,6 +158,55 @@ end
 -- item journaled so far.
 function Journal:flushed(lengths)
     self.j:flush_mark(lengths, self.last_item)
+end
+
+
+-- ===== tide serve =====
+-- A server journals each accepted job (kind "job": its input as JSON, its
+-- priority as the status) before it answers 201, and each result (kind
+-- "result": the result record as JSON). A restart runs again the jobs
+-- without a result; results are read back from the journal when the
+-- memory store no longer has them.
+
+--- Journals an accepted job; returns the sequence number to wait for.
+function Journal:job(id, input_json, priority)
+    return self.j:item(id, "job", priority, input_json)
+end
+
+
+--- Journals the result record of a job.
+function Journal:job_result(id, status, record_json)
+    return self.j:item(id, "result", status, record_json)
+end
+
+
+--- The accepted jobs that have no result, in the order they came:
+-- { { id, priority, input_json }, ... }.
+function Journal:unfinished_jobs()
+    return self.j:rows("SELECT j.key, j.status, j.data FROM items j WHERE j.kind = 'job' AND NOT EXISTS "
+                       .. "(SELECT 1 FROM items r WHERE r.key = j.key AND r.kind = 'result') ORDER BY j.seq")
+end
+
+
+--- What the journal knows of job id: "result", status, record_json; or
+-- "job" (accepted, no result yet); or nil.
+function Journal:lookup(id)
+    local rows = self.j:rows("SELECT kind, status, data FROM items WHERE key = ? ORDER BY seq DESC LIMIT 1", id)
+    local r = rows[1]
+    if not r then return nil end
+    return r[1], r[2], r[3]
+end
+
+
+--- Calls fn(committed_seq) on the loop after each group commit.
+function Journal:on_commit(fn)
+    self.j:on_commit(fn)
+end
+
+
+--- The sequence number of the last operation on the device.
+function Journal:committed()
+    return self.j:committed()
 end
 
 
