@@ -11,7 +11,10 @@
 --            by the input's id ("#<line>" for a reject), holding the lines
 --            it wrote ("file\ttext\n" each);
 --   files    each output file's committed length at the last flush, and
---            meta "flushed": the last item whose lines those lengths hold.
+--            meta "flushed": the last item whose lines those lengths hold;
+--   checkpoints  the outputs of tasks marked checkpoint = true (and of the
+--            steps before a failing one) of inputs that have not ended: a
+--            resume gives them back instead of running those tasks.
 --
 -- A result is durable once its item is committed (within about 1 ms of
 -- the end of its context). A resume cuts every file back to its recorded
@@ -151,6 +154,33 @@ end
 --- Journals a rejected line.
 function Journal:reject(lineno, lines)
     self.last_item = self.j:item("#" .. lineno, "reject", nil, lines)
+end
+
+
+--- Journals a checkpointed task output of input `key` (JSON text).
+function Journal:checkpoint(key, task, output_json)
+    self.j:checkpoint(key, task, output_json)
+end
+
+
+--- Drops the checkpoints of input `key` (its result is journaled).
+function Journal:forget(key)
+    self.j:forget(key)
+end
+
+
+--- The checkpoints of inputs that did not end: key -> { task = JSON }.
+function Journal:checkpoints()
+    local out = {}
+    for _, row in ipairs(self.j:rows("SELECT key, task, output FROM checkpoints")) do
+        local t = out[row[1]]
+        if not t then
+            t = {}
+            out[row[1]] = t
+        end
+        t[row[2]] = row[3]
+    end
+    return out
 end
 
 

@@ -285,3 +285,40 @@ done]]
         assert.same({ id = "r2", status = "done" }, json.decode(select(2, serve.http(s, "GET", "/v1/jobs/r2"))))
     end)
 end)
+
+
+describe("tide run --journal and checkpoints", function()
+    it("gives a resumed input its checkpointed outputs instead of running those tasks", function()
+        local dir = proc.tmpdir()
+        finally(function() proc.rmrf(dir) end)
+        local f = assert(io.open(dir .. "/in.jsonl", "wb"))
+        for i = 1, 50 do f:write('{"n":', i, '}\n') end
+        f:close()
+        -- fetch is fast, then every input waits in `slow` (secs comes from
+        -- the environment through a sed on the input: 3 s).
+        os.execute("sed -i 's/}$/,\"secs\":3}/' " .. q(dir .. "/in.jsonl"))
+        local pipe = "spec/fixtures/pipelines/checkpointed.lua"
+        local cmd = ("TIDE_SPEC_COUNTS=%s %s run %s --input %s --output %s --journal %s >/dev/null 2>&1 & p=$!; "
+                     .. "sleep 1; kill -9 $p; wait $p")
+            :format(q(dir .. "/counts"), q(proc.bin), q(pipe), q(dir .. "/in.jsonl"), q(dir .. "/out"),
+                    q(dir .. "/j.db"))
+        os.execute("sh -c " .. q(cmd))
+        local before = select(2, (proc.slurp(dir .. "/counts") or ""):gsub("\n", ""))
+        assert.equal(50, before) -- every fetch ran before the kill
+        local r = tide({ "run", pipe, "--input", dir .. "/in.jsonl", "--output", dir .. "/out",
+                         "--journal", dir .. "/j.db" }, nil, { TIDE_SPEC_COUNTS = dir .. "/counts" })
+        assert.equal(0, r.code, r.stderr)
+        local after = select(2, (proc.slurp(dir .. "/counts") or ""):gsub("\n", ""))
+        assert.equal(50, after) -- no fetch ran again
+        local out = lines_sorted(dir .. "/out/slow.jsonl")
+        assert.equal(50, #out)
+        assert.same({ id = "7", output = "page 7" }, json.decode((function()
+            for _, l in ipairs(out) do if l:find('"id":"7"', 1, true) then return l end end
+        end)()))
+        -- The journal keeps no checkpoints of inputs that ended.
+        local h = io.popen("sqlite3 " .. q(dir .. "/j.db") .. " 'SELECT count(*) FROM checkpoints'")
+        local n = tonumber(h:read("*a"))
+        h:close()
+        assert.equal(0, n)
+    end)
+end)
