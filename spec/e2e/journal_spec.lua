@@ -294,8 +294,8 @@ describe("tide run --journal and checkpoints", function()
         local f = assert(io.open(dir .. "/in.jsonl", "wb"))
         for i = 1, 50 do f:write('{"n":', i, '}\n') end
         f:close()
-        -- fetch is fast, then every input waits in `slow` (secs comes from
-        -- the environment through a sed on the input: 3 s).
+        -- fetch is fast, then every input waits 3 s in `slow`: the kill
+        -- comes after every fetch and before any input ends.
         os.execute("sed -i 's/}$/,\"secs\":3}/' " .. q(dir .. "/in.jsonl"))
         local pipe = "spec/fixtures/pipelines/checkpointed.lua"
         local cmd = ("TIDE_SPEC_COUNTS=%s %s run %s --input %s --output %s --journal %s >/dev/null 2>&1 & p=$!; "
