@@ -326,7 +326,9 @@ local function run(args)
     local code = run_exit_code(report, sink)
     if jr then
         if code == EXIT_OK or code == EXIT_FAILED then jr:finish(code) end
+        local summary = jr:summary()
         local jerr = jr:close()
+        io_stderr:write("tide: ", summary, "\n")
         if jerr then
             io_stderr:write("tide: --journal ", o.journal, ": ", jerr, "\n")
             code = EXIT_IO

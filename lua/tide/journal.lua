@@ -254,6 +254,15 @@ function Journal:finish(code)
 end
 
 
+--- One line on how the journal kept up: items, commits, and how long a
+-- result waited to be on the device (mean and worst).
+function Journal:summary()
+    local st = self.j:stats()
+    return format("journal: %d operations in %d commits, on the device within %.1f ms on average "
+                  .. "(at worst %.1f ms)", st.operations, st.commits, st.wait_mean * 1e3, st.wait_max * 1e3)
+end
+
+
 --- Commits what is queued and closes; returns nil or an error message.
 function Journal:close()
     local ok, err = self.j:close()

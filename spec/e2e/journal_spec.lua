@@ -118,6 +118,10 @@ describe("tide run --journal", function()
         local r = resume(dir)
         assert.equal(1, r.code, r.stderr) -- some inputs fail, one is rejected
         assert.matches("resuming from the journal", r.stderr, 1, true)
+        -- The closing summary says how many operations reached the device, in how many commits.
+        local ops, commits = r.stderr:match("journal: (%d+) operations in (%d+) commits, on the device within")
+        assert.is_truthy(ops, r.stderr)
+        assert.is_true(tonumber(ops) > 0 and tonumber(commits) > 0 and tonumber(commits) <= tonumber(ops))
         same_files(dir)
         -- Each input once in the outputs.
         assert.equal(N - math.floor(N / 7), #lines_sorted(dir .. "/out/check.jsonl"))
