@@ -1,7 +1,8 @@
 #!/bin/sh
 # scripts/bench.sh: `make bench` (docs/benchmarks.md). Workloads W1, W2, W3
 # and W5, tide against its floors, alternated so that both see the same
-# machine; then W4, the memory line and the serve line.
+# machine; then W4, the memory line, the serve lines (without and with a
+# journal) and the journal lines of tide run.
 #
 # Assumes `make` was already run (tide.run needs build/lib/tide/core.so).
 # For each of W1 W2 W3 it runs BENCH_PAIRS pairs of processes, the
@@ -167,7 +168,12 @@ echo "$small" "$large" | awk -v n1=100000 -v n2="$MEM_N" '
     }
     { print "memory workload=tide-run ok=0 (no summary line from tide run)"; exit }'
 
-# Serve: submit-and-wait round trips through tide serve, driven by wrk.
+# Serve: submit-and-wait round trips through tide serve, driven by wrk,
+# without and with a journal.
 sh bench/serve.sh || status=1
+sh bench/serve.sh --journal || status=1
+
+# What a journal costs tide run (bench/journal.sh).
+sh bench/journal.sh || status=1
 
 exit "$status"
