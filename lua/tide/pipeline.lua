@@ -16,7 +16,7 @@ M.Pipeline = Pipeline
 local KNOWN_OPTS = {
     after = true, retry = true, timeout = true, map = true, gather = true,
     errors = true, kind = true, limit = true, route = true, when = true,
-    batch = true, native = true,
+    batch = true, native = true, cache = true,
 }
 
 
@@ -167,6 +167,33 @@ local function check_batch(batch, opts)
 end
 
 
+-- `cache = true` or `cache = { ttl = seconds, key = function(input, ctx) }`
+-- (docs/cache.md): the normalised table, nil for no cache, or nil and a
+-- message.
+local function check_cache(c)
+    if c == nil or c == false then return nil end
+    if c == true then return {} end
+    if type(c) ~= "table" then
+        return nil, "cache must be true or a table { ttl = seconds, key = function(input, ctx) }, got " .. got(c)
+    end
+    for k in pairs(c) do
+        if k ~= "ttl" and k ~= "key" then
+            return nil, "unknown cache option '" .. tostring(k) .. "' (cache takes ttl and key)"
+        end
+    end
+    local ttl, key = c.ttl, c.key
+    if ttl ~= nil and (type(ttl) ~= "number" or not (ttl > 0)) then
+        return nil, "cache.ttl must be a number of seconds > 0, got " .. got(ttl)
+    end
+    if key ~= nil and type(key) ~= "function" then
+        return nil, "cache.key must be a function(input, ctx) returning the key, got " .. got(key)
+    end
+    -- An infinite ttl is no ttl.
+    if ttl == math.huge then ttl = nil end
+    return { ttl = ttl, key = key, key_ctx = key ~= nil and getinfo(key, "u").nparams >= 2 }
+end
+
+
 --- Declares a task. `opts` may be omitted: `p:task(name, fn)`.
 -- @return the pipeline, so declarations can chain
 -- @raise on wrong argument types or unknown options
@@ -263,6 +290,14 @@ function Pipeline:task(name, opts, fn)
     end
     retry, bad = check_retry(opts.retry)
     if bad then argerr(fname, "task '" .. name .. "': " .. bad) end
+    local cache
+    cache, bad = check_cache(opts.cache)
+    if bad then argerr(fname, "task '" .. name .. "': " .. bad) end
+    if cache and batch then
+        -- A batch body's call covers several inputs at once: there is no
+        -- one input to key an output by.
+        argerr(fname, "task '" .. name .. "': cache cannot be combined with batch")
+    end
     local kind = opts.kind or "async"
     if kind ~= "async" and kind ~= "exec" and kind ~= "sync" and kind ~= "native" then
         argerr(fname, "task '" .. name .. "': unknown kind '" .. tostring(kind) .. "'")
@@ -289,7 +324,7 @@ function Pipeline:task(name, opts, fn)
         retry = retry, map = opts.map or false,
         gather = opts.gather or false, errors = errors or "fail", kind = kind,
         limit = opts.limit, route = opts.route or false, when = opts.when,
-        batch = batch, native = native,
+        batch = batch, native = native, cache = cache,
         where = where(2), nparams = getinfo(fn, "u").nparams,
     }
     self.tasks[#self.tasks + 1] = t

@@ -28,6 +28,7 @@
 local core = require "tide.core"
 local errors = require "tide.errors"
 local pipeline = require "tide.pipeline"
+local cache = require "tide.cache"
 
 local json = core.json
 local type, pairs, ipairs, tostring, error, select, next = type, pairs, ipairs, tostring, error, select, next
@@ -36,7 +37,7 @@ local traceback, huge = debug.traceback, math.huge
 local ok_tnew, tnew = pcall(require, "table.new")
 if not ok_tnew then tnew = function() return {} end end
 local new_error, is_error = errors.new, errors.is
-local jarray, jnull, jcheck = json.array, json.null, json.check
+local jarray, jnull, jcheck, jencode = json.array, json.null, json.check, json.encode
 local object_mt, array_mt = json.object_mt, json.array_mt
 local io_stderr = io.stderr
 
@@ -463,6 +464,53 @@ local function judge(rt, slot, g, input, ok, res, err, skip)
 end
 
 
+-- ===== THE RESULT CACHE =====
+
+-- Asks the cache for an attempt of cached task g, before its body runs
+-- (on the loop thread, so sync and native tasks too). Returns true and
+-- the stored output on a hit; nil and the key to store the output under
+-- after a success on a miss (no key: the attempt is not cached: no store,
+-- cache.key returned nil, or an input JSON cannot carry); false and what
+-- xpcall's handler makes when cache.key failed, which fails the attempt.
+local function cache_lookup(rt, slot, g, attempt, input)
+    local store = rt.cache
+    if not store then return nil end
+    local spec = rt.T_cache[g]
+    local text
+    local kf = spec.key
+    if kf then
+        local ok, k = pcall(kf, input, spec.key_ctx and make_ctx(rt, slot, g, attempt) or nil)
+        if not ok then
+            local msg = "cache.key: " .. tostring(k)
+            return false, { msg, traceback(msg) }
+        end
+        if k == nil then return nil end
+        if type(k) == "string" then
+            text = "s" .. k
+        else
+            local why = unfit(k)
+            if why then
+                return false, { new_error("EVALUE", "cache.key of task '" .. rt.T_name[g]
+                    .. "' returned a value JSON cannot carry: " .. why) }
+            end
+            text = "j" .. jencode(k)
+        end
+    else
+        text = jencode(input)
+        if not text then return nil end
+        text = "j" .. text
+    end
+    local key = cache.key(spec, text)
+    local found, value = store:get(key, spec.ttl)
+    if found then
+        rt.cache_hits = rt.cache_hits + 1
+        return true, value
+    end
+    rt.cache_misses = rt.cache_misses + 1
+    return nil, nil, key
+end
+
+
 -- ===== BATCHES =====
 
 -- Runs the waiting members of batch task g as one call: the body gets
@@ -536,6 +584,10 @@ function M.install(E, live, emit)
         T_fn = {}, T_pred1 = {}, T_preds = {}, T_pnames = {}, T_ctx = {}, T_local = {},
         T_map = {}, T_gather_of = {}, T_retry = {}, T_name = {}, T_collect = {},
         T_timeout = {}, T_when = {}, T_route = {}, T_plain = {}, T_batch = {}, T_routed = {},
+        T_cache = {},
+        -- The executor's result cache (cache.store) or nil, and what it
+        -- answered.
+        cache = nil, cache_hits = 0, cache_misses = 0,
         -- Per slot.
         outputs = {}, ids = {}, pipe_of = {}, kids = {}, parent_of = {}, index_of = {},
         data_of = {}, waiting = {}, map_of = {}, children_of = {}, rare = {},
@@ -543,6 +595,7 @@ function M.install(E, live, emit)
     -- The hot loop's upvalues.
     local outputs, T_fn, T_pred1, T_local, T_plain = rt.outputs, rt.T_fn, rt.T_pred1, rt.T_local, rt.T_plain
     local T_batch, T_ctx, T_when, T_name, T_timeout = rt.T_batch, rt.T_ctx, rt.T_when, rt.T_name, rt.T_timeout
+    local T_cache = rt.T_cache
     local nxt, detach = E.nxt, E.detach
 
     -- Runs one attempt the general way (when, ctx, routers, maps, any
@@ -559,7 +612,11 @@ function M.install(E, live, emit)
                 ok, res, skip = true, input, true -- bypass: pass the input through
             end
         end
-        if ok == nil then -- not decided by `when`
+        local ckey
+        if ok == nil and T_cache[g] then
+            ok, res, ckey = cache_lookup(rt, slot, g, attempt, input)
+        end
+        if ok == nil then -- not decided by `when` or the cache
             if T_ctx[g] then
                 ok, res, err = xpcall(T_fn[g], on_error, input, make_ctx(rt, slot, g, attempt))
             else
@@ -568,6 +625,9 @@ function M.install(E, live, emit)
         end
         local rec, keep = judge(rt, slot, g, input, ok, res, err, skip)
         if rec == nil then
+            -- What the body returned (a router's names, a map's array),
+            -- not what its successors get.
+            if ckey then rt.cache:put(ckey, T_cache[g].task, res) end
             outs[T_local[g]] = keep
             return nxt(slot, g)
         end
@@ -712,7 +772,8 @@ function M.attach(rt, p, task_timeout, sync_body)
         rt.T_retry[g] = t.retry
         rt.T_timeout[g] = timeouts[i]
         rt.T_when[g] = t.when
-        rt.T_plain[g] = not (t.when or t.route or t.map or t.nparams >= 2 or t.kind ~= "async") or nil
+        rt.T_plain[g] = not (t.when or t.route or t.map or t.cache or t.nparams >= 2 or t.kind ~= "async") or nil
+        rt.T_cache[g] = t.cache and cache.spec(p, t) or nil
         rt.T_batch[g] = t.batch
         rt.T_routed[g] = p.has_routes or nil
         if t.route then
