@@ -42,7 +42,8 @@ describe("cache on p:task", function()
 
     it("raises at the caller's line on bad values", function()
         local cases = {
-            { { cache = "yes" }, "cache must be true or a table { ttl = seconds, key = function%(input, ctx%) }, got string" },
+            { { cache = "yes" },
+              "cache must be true or a table { ttl = seconds, key = function%(input, ctx%) }, got string" },
             { { cache = 5 }, "cache must be true or a table .*, got 5" },
             { { cache = { ttl = -1 } }, "cache.ttl must be a number of seconds > 0, got %-1" },
             { { cache = { ttl = 0 } }, "cache.ttl must be a number of seconds > 0, got 0" },

@@ -119,8 +119,9 @@ describe("tide run with cached tasks", function()
 
     it("keys by what cache.key returns", function()
         proc.write(pipe, with_opts("{ key = function(x) return x.n % 3 end }"))
-        local r, n = run(inputs(1, 3))
+        local _, n = run(inputs(1, 3))
         assert.equal(3, n)
+        local r
         r, n = run(inputs(4, 6)) -- the same keys: 1, 2, 0
         assert.matches("cache 3 hits, 0 misses", r.stderr, 1, true)
         assert.equal(3, n)
