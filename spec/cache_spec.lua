@@ -272,6 +272,31 @@ describe("the result cache", function()
         assert.equal(0, s2.workers, "no worker thread was started")
     end)
 
+    it("keys native tasks by their library's bytes, not its path", function()
+        -- The example library (built by make), relative to this file.
+        local lib = "../examples/native/libdedup.so"
+        local bytes = assert(proc.slurp("examples/native/libdedup.so"))
+        local function native(path)
+            local p = tide.pipeline "native"
+            p:task("key", { kind = "native", native = path .. ":dedup_key", cache = true })
+            return p
+        end
+        local inputs = { { a = 1 }, { b = 2 } }
+        local first, errs, s1 = run(native(lib), inputs, file)
+        assert.same({}, errs)
+        assert.equal(2, s1.cache_misses)
+        proc.write(dir .. "/moved.so", bytes)
+        local second, _, s2 = run(native(dir .. "/moved.so"), inputs, file)
+        assert.same(first, second)
+        assert.equal(2, s2.cache_hits)
+        assert.equal(0, s2.workers)
+        -- A rebuilt library (other bytes) misses.
+        proc.write(dir .. "/rebuilt.so", bytes .. "\0")
+        local _, _, s3 = run(native(dir .. "/rebuilt.so"), inputs, file)
+        assert.equal(0, s3.cache_hits)
+        assert.equal(2, s3.cache_misses)
+    end)
+
     it("runs without a file with cache = false, and tide.run takes cache", function()
         local calls = 0
         local p = tide.pipeline "off"
