@@ -75,6 +75,10 @@ int64_t tide__journal_put(tide__journal *j, int kind, const char *a,
 /* The sequence number of the last operation on the device, and of the
  * last one queued. */
 int64_t tide__journal_committed(tide__journal *j);
+/* Commits so far, operations they held, and the sum and maximum of the
+ * time from queueing an operation to its commit (the oldest of each). */
+void tide__journal_stats(tide__journal *j, uint64_t *commits, uint64_t *ops,
+                         uint64_t *wait_sum_ns, uint64_t *wait_max_ns);
 int64_t tide__journal_last(tide__journal *j);
 /* 1 and the message when writing failed (sticky), else 0. */
 int tide__journal_error(tide__journal *j, char *buf, size_t len);

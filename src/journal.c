@@ -57,6 +57,7 @@ typedef struct journal_op {
     struct journal_op *next;
     int kind;
     int64_t seq, n;
+    uint64_t queued; /* uv_hrtime when it was queued */
     char *a, *b, *c;
     size_t alen, blen, clen;
     char bytes[];
@@ -73,6 +74,10 @@ struct tide__journal {
     int stop;
     char err[256];
     _Atomic int64_t committed; /* the seq of the last committed operation */
+    /* Writer-thread figures, read by tide__journal_stats under mu:
+     * commits, operations, and how long the oldest operation of each
+     * group waited from being queued to being on the device. */
+    uint64_t ncommits, nops, wait_sum_ns, wait_max_ns;
     int64_t next_seq;          /* loop thread only */
     uv_async_t *notify;        /* woken after each commit; may be NULL */
 };
@@ -225,6 +230,16 @@ static void journal_writer(void *arg) {
                 rc = sqlite3_exec(j->wdb, "COMMIT", NULL, NULL, NULL);
             if (rc == SQLITE_OK) {
                 atomic_store(&j->committed, last);
+                uint64_t waited = uv_hrtime() - ops->queued, n = 0;
+                for (journal_op *op = ops; op; op = op->next)
+                    n++;
+                uv_mutex_lock(&j->mu);
+                j->ncommits++;
+                j->nops += n;
+                j->wait_sum_ns += waited;
+                if (waited > j->wait_max_ns)
+                    j->wait_max_ns = waited;
+                uv_mutex_unlock(&j->mu);
             } else {
                 journal_seterr(j, "writing the journal", j->wdb);
                 sqlite3_exec(j->wdb, "ROLLBACK", NULL, NULL, NULL);
@@ -336,6 +351,7 @@ int64_t tide__journal_put(tide__journal *j, int kind, const char *a,
     memset(op, 0, sizeof(*op));
     op->kind = kind;
     op->seq = ++j->next_seq;
+    op->queued = uv_hrtime();
     char *p = op->bytes;
     if (a) {
         op->a = p;
@@ -370,6 +386,16 @@ int64_t tide__journal_put(tide__journal *j, int kind, const char *a,
     uv_cond_signal(&j->cond);
     uv_mutex_unlock(&j->mu);
     return op->seq;
+}
+
+void tide__journal_stats(tide__journal *j, uint64_t *commits, uint64_t *ops,
+                         uint64_t *wait_sum_ns, uint64_t *wait_max_ns) {
+    uv_mutex_lock(&j->mu);
+    *commits = j->ncommits;
+    *ops = j->nops;
+    *wait_sum_ns = j->wait_sum_ns;
+    *wait_max_ns = j->wait_max_ns;
+    uv_mutex_unlock(&j->mu);
 }
 
 int64_t tide__journal_committed(tide__journal *j) {

@@ -287,6 +287,7 @@ local function run(args)
         return die(ocode, oerr)
     end
     local done -- keys a resumed run has finished already
+    local restore -- their checkpoints: id -> { task = JSON text }
     if jr then
         sink.captured = {}
         if jr.resume then
@@ -300,6 +301,7 @@ local function run(args)
                 return die(EXIT_IO, tostring(rerr))
             end
             done = jr:done_keys()
+            restore = jr:checkpoints()
             sink.counts = jr:counts()
             io_stderr:write(format("tide: resuming from the journal %s: %d inputs ended before\n",
                                    o.journal, sink.counts.done + sink.counts.failed + sink.counts.rejected
@@ -331,7 +333,7 @@ local function run(args)
     })
     local started = hrtime()
     local report = drive.run(ex, p, source, sink, {
-        concurrency = o.concurrency, priority = o.priority, tty = tty, journal = jr,
+        concurrency = o.concurrency, priority = o.priority, tty = tty, journal = jr, restore = restore,
         tick = tty and function(inflight)
             io_stderr:write("\r\27[K", drive.summary(sink.counts, inflight, hrtime() - started, false, nil,
                                                      cached()))
@@ -348,7 +350,9 @@ local function run(args)
     local code = run_exit_code(report, sink)
     if jr then
         if code == EXIT_OK or code == EXIT_FAILED then jr:finish(code) end
+        local summary = jr:summary()
         local jerr = jr:close()
+        io_stderr:write("tide: ", summary, "\n")
         if jerr then
             io_stderr:write("tide: --journal ", o.journal, ": ", jerr, "\n")
             code = EXIT_IO

@@ -3,6 +3,8 @@
 -- that a failure to write stops the run. `tide run` is this with a JSONL
 -- source and the stdout or --output sink (see docs/architecture.md for
 -- the shapes of sources and sinks).
+local json = require("tide.core").json
+
 local format, tostring, pairs = string.format, tostring, pairs
 local io_stderr = io.stderr
 
@@ -30,6 +32,10 @@ function M.run(ex, p, source, sink, opts)
     local report = { inflight = 0, interrupted = 0 }
     local stopping -- a signal number, or true after a write error
     local pump -- defined below
+    local jr = opts.journal
+    -- Checkpoints: kept in the journal while their input runs, given back
+    -- to a resumed input (opts.restore: id -> { task = JSON text }).
+    local restore, has_checkpoints = opts.restore, {}
 
     -- Stops taking input and cancels what runs (a signal or a write
     -- error). A re-run of failed.jsonl keeps reading after a signal: its
@@ -68,11 +74,27 @@ function M.run(ex, p, source, sink, opts)
             inflight = inflight + 1
             inputs[id], quoted[id] = job.input, sink.id_json(id)
             submit_opts.id = id
+            local saved = restore and restore[id]
+            if saved then
+                local outs = {}
+                for task, text in pairs(saved) do outs[task] = json.decode(text) end
+                submit_opts.restore = outs
+                restore[id], has_checkpoints[id] = nil, true
+            end
             ex:submit(p, job.input, submit_opts)
+            submit_opts.restore = nil
         end
     end
 
-    local jr = opts.journal
+    if jr then
+        ex:on("checkpoint", function(id, task, output)
+            local text = json.encode(output)
+            if text then
+                jr:checkpoint(id, task, text)
+                has_checkpoints[id] = true
+            end
+        end)
+    end
     ex:subscribe(function(id, status, value, ran)
         inflight = inflight - 1
         local input, sid = inputs[id], quoted[id]
@@ -86,7 +108,13 @@ function M.run(ex, p, source, sink, opts)
         end
         local kind, err = sink:put(sid, status, value, ran, input)
         if err then on_write_error(err) end
-        if jr then jr:result(id, kind, sink:take_lines()) end
+        if jr then
+            jr:result(id, kind, sink:take_lines())
+            if has_checkpoints[id] then
+                has_checkpoints[id] = nil
+                jr:forget(id)
+            end
+        end
         pump()
     end)
 

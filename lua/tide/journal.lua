@@ -11,7 +11,10 @@
 --            by the input's id ("#<line>" for a reject), holding the lines
 --            it wrote ("file\ttext\n" each);
 --   files    each output file's committed length at the last flush, and
---            meta "flushed": the last item whose lines those lengths hold.
+--            meta "flushed": the last item whose lines those lengths hold;
+--   checkpoints  the outputs of tasks marked checkpoint = true (and of the
+--            steps before a failing one) of inputs that have not ended: a
+--            resume gives them back instead of running those tasks.
 --
 -- A result is durable once its item is committed (within about 1 ms of
 -- the end of its context). A resume cuts every file back to its recorded
@@ -154,6 +157,33 @@ function Journal:reject(lineno, lines)
 end
 
 
+--- Journals a checkpointed task output of input `key` (JSON text).
+function Journal:checkpoint(key, task, output_json)
+    self.j:checkpoint(key, task, output_json)
+end
+
+
+--- Drops the checkpoints of input `key` (its result is journaled).
+function Journal:forget(key)
+    self.j:forget(key)
+end
+
+
+--- The checkpoints of inputs that did not end: key -> { task = JSON }.
+function Journal:checkpoints()
+    local out = {}
+    for _, row in ipairs(self.j:rows("SELECT key, task, output FROM checkpoints")) do
+        local t = out[row[1]]
+        if not t then
+            t = {}
+            out[row[1]] = t
+        end
+        t[row[2]] = row[3]
+    end
+    return out
+end
+
+
 --- Records the files' lengths after a flush; they hold the lines of every
 -- item journaled so far.
 function Journal:flushed(lengths)
@@ -221,6 +251,15 @@ end
 function Journal:finish(code)
     self.j:meta_put("exit_code", tostring(code))
     self.j:meta_put("state", "finished")
+end
+
+
+--- One line on how the journal kept up: items, commits, and how long a
+-- result waited to be on the device (mean and worst).
+function Journal:summary()
+    local st = self.j:stats()
+    return format("journal: %d operations in %d commits, on the device within %.1f ms on average "
+                  .. "(at worst %.1f ms)", st.operations, st.commits, st.wait_mean * 1e3, st.wait_max * 1e3)
 end
 
 

@@ -118,6 +118,10 @@ describe("tide run --journal", function()
         local r = resume(dir)
         assert.equal(1, r.code, r.stderr) -- some inputs fail, one is rejected
         assert.matches("resuming from the journal", r.stderr, 1, true)
+        -- The closing summary says how many operations reached the device, in how many commits.
+        local ops, commits = r.stderr:match("journal: (%d+) operations in (%d+) commits, on the device within")
+        assert.is_truthy(ops, r.stderr)
+        assert.is_true(tonumber(ops) > 0 and tonumber(commits) > 0 and tonumber(commits) <= tonumber(ops))
         same_files(dir)
         -- Each input once in the outputs.
         assert.equal(N - math.floor(N / 7), #lines_sorted(dir .. "/out/check.jsonl"))
@@ -283,5 +287,121 @@ done]]
         assert.equal(200, st)
         assert.same({ id = "r1", status = "done", output = 2 }, json.decode(body))
         assert.same({ id = "r2", status = "done" }, json.decode(select(2, serve.http(s, "GET", "/v1/jobs/r2"))))
+    end)
+end)
+
+
+describe("tide run --journal and checkpoints", function()
+    it("gives a resumed input its checkpointed outputs instead of running those tasks", function()
+        local dir = proc.tmpdir()
+        finally(function() proc.rmrf(dir) end)
+        local f = assert(io.open(dir .. "/in.jsonl", "wb"))
+        for i = 1, 50 do f:write('{"n":', i, '}\n') end
+        f:close()
+        -- fetch is fast, then every input waits 3 s in `slow`: the kill
+        -- comes after every fetch and before any input ends.
+        os.execute("sed -i 's/}$/,\"secs\":3}/' " .. q(dir .. "/in.jsonl"))
+        local pipe = "spec/fixtures/pipelines/checkpointed.lua"
+        local cmd = ("TIDE_SPEC_COUNTS=%s %s run %s --input %s --output %s --journal %s >/dev/null 2>&1 & p=$!; "
+                     .. "sleep 1; kill -9 $p; wait $p")
+            :format(q(dir .. "/counts"), q(proc.bin), q(pipe), q(dir .. "/in.jsonl"), q(dir .. "/out"),
+                    q(dir .. "/j.db"))
+        os.execute("sh -c " .. q(cmd))
+        local before = select(2, (proc.slurp(dir .. "/counts") or ""):gsub("\n", ""))
+        assert.equal(50, before) -- every fetch ran before the kill
+        local r = tide({ "run", pipe, "--input", dir .. "/in.jsonl", "--output", dir .. "/out",
+                         "--journal", dir .. "/j.db" }, nil, { TIDE_SPEC_COUNTS = dir .. "/counts" })
+        assert.equal(0, r.code, r.stderr)
+        local after = select(2, (proc.slurp(dir .. "/counts") or ""):gsub("\n", ""))
+        assert.equal(50, after) -- no fetch ran again
+        local out = lines_sorted(dir .. "/out/slow.jsonl")
+        assert.equal(50, #out)
+        assert.same({ id = "7", output = "page 7" }, json.decode((function()
+            for _, l in ipairs(out) do if l:find('"id":"7"', 1, true) then return l end end
+        end)()))
+        -- The journal keeps no checkpoints of inputs that ended.
+        local h = io.popen("sqlite3 " .. q(dir .. "/j.db") .. " 'SELECT count(*) FROM checkpoints'")
+        local n = tonumber(h:read("*a"))
+        h:close()
+        assert.equal(0, n)
+    end)
+end)
+
+
+describe("a journal after a simulated power loss", function()
+    -- spec/helpers/powerloss.c, loaded with LD_PRELOAD, keeps beside each
+    -- file under the directory what a power cut would leave of it (its
+    -- content at its last fsync); after kill -9 those copies replace the
+    -- files.
+    local dir, shim
+    before_each(function()
+        dir = proc.tmpdir()
+        shim = dir .. "/powerloss.so"
+        local rc = os.execute("cc -shared -fPIC -O1 -o " .. q(shim) .. " spec/helpers/powerloss.c -ldl -lpthread")
+        assert.is_true(rc == 0 or rc == true, "cannot build the power-loss shim")
+    end)
+    after_each(function() proc.rmrf(dir) end)
+
+    local function preload()
+        local p = os.getenv("LD_PRELOAD")
+        return (p and p ~= "" and (p .. ":") or "") .. shim
+    end
+
+    -- Puts each file's durable copy in its place, as after the power cut.
+    local function power_cut()
+        local h = io.popen("find " .. q(dir) .. " -name '*.durable'")
+        local n = 0
+        for f in h:lines() do
+            os.rename(f, f:sub(1, -9))
+            n = n + 1
+        end
+        h:close()
+        os.execute("find " .. q(dir) .. " -name '*-shm' -delete")
+        return n
+    end
+
+    it("tide run resumes to the files of a clean run: nothing that was synced is lost", function()
+        write_inputs(dir .. "/in.jsonl", 20000)
+        clean_run(dir)
+        local cmd = ("TIDE_POWERLOSS_DIR=%s LD_PRELOAD=%s TIDE_SPEC_COUNTS=%s %s run %s --input %s --output %s "
+                     .. "--journal %s --concurrency 100 >/dev/null 2>%s & p=$!; sleep 0.8; kill -9 $p; wait $p")
+            :format(q(dir .. "/out"), q(preload()), q(dir .. "/counts"), q(proc.bin), q(PIPE),
+                    q(dir .. "/in.jsonl"), q(dir .. "/out"), q(dir .. "/out/j.db"), q(dir .. "/err"))
+        os.execute("mkdir -p " .. q(dir .. "/out") .. " && sh -c " .. q(cmd))
+        assert.is_true(power_cut() >= 3, "the shim followed no files: " .. (proc.slurp(dir .. "/err") or ""))
+        local r = tide({ "run", PIPE, "--input", dir .. "/in.jsonl", "--output", dir .. "/out",
+                         "--journal", dir .. "/out/j.db", "--concurrency", "100" }, nil,
+                       { TIDE_SPEC_COUNTS = dir .. "/counts" })
+        assert.equal(1, r.code, r.stderr)
+        same_files(dir)
+    end)
+
+    it("tide serve keeps every job it acknowledged", function()
+        local serve = require "helpers.serve"
+        local jdir = dir .. "/sj"
+        os.execute("mkdir -p " .. q(jdir))
+        local s = serve.start("--journal " .. q(jdir .. "/j.db"), nil,
+                              { TIDE_POWERLOSS_DIR = jdir, LD_PRELOAD = preload() })
+        local acked = {}
+        for i = 1, 60 do
+            local st = serve.http(s, "POST", "/v1/jobs", '{"id":"p' .. i .. '","input":{"n":' .. i
+                                  .. ',"sleep":' .. (i % 2 == 0 and 0 or 30) .. '}}')
+            if st == 201 then acked[#acked + 1] = i end
+        end
+        os.execute("sleep 0.3")
+        serve.stop(s, "KILL")
+        assert.equal(60, #acked)
+        assert.is_true(power_cut() >= 1)
+        local s2 = serve.start("--journal " .. q(jdir .. "/j.db"))
+        finally(function() serve.stop(s2) end)
+        for _, i in ipairs(acked) do
+            local st, body = serve.http(s2, "GET", "/v1/jobs/p" .. i)
+            assert.equal(200, st, "p" .. i .. ": " .. tostring(body))
+            if i % 2 == 0 then
+                local st2, rbody = serve.http(s2, "GET", "/v1/jobs/p" .. i .. "/result?wait=10")
+                assert.equal(200, st2)
+                assert.equal(2 * i, json.decode(rbody).output)
+            end
+        end
     end)
 end)

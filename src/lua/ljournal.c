@@ -190,6 +190,24 @@ static int l_last(lua_State *L) {
     return 1;
 }
 
+/* j:stats() -> { commits, operations, wait_mean, wait_max } (seconds: from
+ * queueing to the device, for the oldest operation of each commit) */
+static int l_stats(lua_State *L) {
+    ljournal *r = lj_check(L);
+    uint64_t commits, ops, sum, max;
+    tide__journal_stats(r->j, &commits, &ops, &sum, &max);
+    lua_createtable(L, 0, 4);
+    lua_pushnumber(L, (double)commits);
+    lua_setfield(L, -2, "commits");
+    lua_pushnumber(L, (double)ops);
+    lua_setfield(L, -2, "operations");
+    lua_pushnumber(L, commits ? (double)sum / (double)commits / 1e9 : 0);
+    lua_setfield(L, -2, "wait_mean");
+    lua_pushnumber(L, (double)max / 1e9);
+    lua_setfield(L, -2, "wait_max");
+    return 1;
+}
+
 /* j:error() -> message | nil: why writing stopped */
 static int l_error(lua_State *L) {
     ljournal *r = lj_check(L);
@@ -366,6 +384,7 @@ void tide__lua_open_journal(lua_State *L) {
         {"last", l_last},         {"error", l_error},
         {"on_commit", l_on_commit}, {"rows", l_rows},
         {"map", l_map},           {"close", l_close},
+        {"stats", l_stats},
         {NULL, NULL}};
     tide__lua_newclass(L, LJ_MT, methods, l_gc);
     static const luaL_Reg funcs[] = {{"journal_open", l_journal_open},
