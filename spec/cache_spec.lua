@@ -331,3 +331,94 @@ describe("the result cache", function()
         assert.equal(("not a database "):rep(400), proc.slurp(dir .. "/bad.db"), "the file was left alone")
     end)
 end)
+
+
+describe("the result cache with events, checkpoints and setup", function()
+    local dir, file
+    before_each(function()
+        dir = proc.tmpdir()
+        file = dir .. "/cache.db"
+    end)
+    after_each(function() proc.rmrf(dir) end)
+
+    -- Runs input 5 through p on a new executor with hooks on task_start,
+    -- task_end and checkpoint, and `restore`; returns the output, what the
+    -- hooks saw (one line per call) and ex:stats().
+    local function observed(p, restore)
+        local seen = {}
+        local ex = tide.executor { cache = file, on = {
+            task_start = function(_, task, attempt) seen[#seen + 1] = "start " .. task .. " " .. attempt end,
+            task_end = function(_, task, _, out, rec, _, from)
+                seen[#seen + 1] = "end " .. task .. " " .. (rec and rec.code or json.encode(out))
+                    .. " " .. tostring(from)
+            end,
+            checkpoint = function(_, task, out) seen[#seen + 1] = "checkpoint " .. task .. " " .. json.encode(out) end,
+        } }
+        local id = ex:submit(p, 5, { restore = restore })
+        local out = ex:result(id, 10)
+        local stats = ex:stats()
+        ex:close()
+        return out, seen, stats
+    end
+
+    it("fires task_start and task_end for a hit, from = 'cache', and checkpoints its output", function()
+        local calls = 0
+        local p = tide.pipeline "hooked"
+        p:task("a", { cache = true, checkpoint = true }, function(x)
+            calls = calls + 1
+            return { v = x * 2 }
+        end)
+        p:task("b", { after = "a" }, function(t) return t.v + 1 end)
+        local out, seen = observed(p)
+        assert.equal(11, out)
+        assert.same({ "start a 1", 'end a {"v":10} nil', 'checkpoint a {"v":10}', "start b 1", "end b 11 nil" },
+                    seen)
+        local out2, seen2, s = observed(p)
+        assert.equal(11, out2)
+        assert.equal(1, calls)
+        assert.equal(1, s.cache_hits)
+        assert.same({ "start a 1", 'end a {"v":10} cache', 'checkpoint a {"v":10}', "start b 1", "end b 11 nil" },
+                    seen2)
+    end)
+
+    it("gives a restored checkpoint before asking the cache: neither looked up nor stored", function()
+        local calls = 0
+        local p = tide.pipeline "restored"
+        p:task("a", { cache = true, checkpoint = true }, function(x)
+            calls = calls + 1
+            return x * 3
+        end)
+        p:task("b", { after = "a" }, function(v) return v + 1 end)
+        local out, seen, s = observed(p, { a = 100 })
+        assert.equal(101, out)
+        assert.equal(0, calls)
+        assert.equal(0, s.cache_hits + s.cache_misses)
+        assert.same({ "start a 1", "end a 100 restore", "checkpoint a 100", "start b 1", "end b 101 nil" }, seen)
+        -- Nothing was stored: the next run without restore runs the body.
+        local out2, _, s2 = observed(p)
+        assert.equal(16, out2)
+        assert.equal(1, calls)
+        assert.equal(1, s2.cache_misses)
+    end)
+
+    it("reads the upvalues for keys after p:setup ran", function()
+        local text = [[
+            local tide = require "tide"
+            local VERSION
+            local p = tide.pipeline "setup-key"
+            p:setup(function() VERSION = "V" end)
+            p:task("a", { cache = true }, function(x) return VERSION .. x end)
+            return p
+        ]]
+        local function stats(t)
+            local _, _, s = run(from_text(t), { 1 }, file)
+            return s
+        end
+        assert.equal(1, stats(text).cache_misses)
+        assert.equal(1, stats(text).cache_hits)
+        -- Another value set by the setup is another key.
+        local s = stats((text:gsub('VERSION = "V"', 'VERSION = "W"')))
+        assert.equal(0, s.cache_hits)
+        assert.equal(1, s.cache_misses)
+    end)
+end)

@@ -109,7 +109,8 @@ end
 --   1 000 000), results = false (keep no results: subscribers get them),
 --   cache = FILE | true | false (the result cache of tasks declared with
 --   `cache`: a file, the default file, or none; default: the default
---   file, opened on first use) }
+--   file, opened on first use), on = { event = fn } (lifecycle hooks, as
+--   ex:on) }
 -- @raise on a bad option
 function M.new(opts)
     opts = opts or {}
@@ -465,7 +466,8 @@ end
 
 --- Attaches fn to a lifecycle event of every job of this executor:
 -- context_start(id, input), task_start(id, task, attempt, map_index),
--- task_end(id, task, attempt, output, rec, map_index), retry(id, task,
+-- task_end(id, task, attempt, output, rec, map_index, from: "cache" or
+-- "restore" when the body did not run), retry(id, task,
 -- attempt, rec, delay), context_end(id, status, value), checkpoint(id,
 -- task, output). Hooks run on the loop thread; an error in one is
 -- reported once and never fails the job. Returns fn (for ex:off).

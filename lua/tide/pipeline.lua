@@ -94,7 +94,10 @@ function M.new(name)
         error("tide.pipeline: name must be a non-empty string, got "
               .. type(name), 2)
     end
-    return setmetatable({ name = name, tasks = {}, hooks = {}, _where = where(2) },
+    -- _flags: the runner flags of the executors it is attached to (weak),
+    -- which p:on turns to the general path when it adds a task hook.
+    return setmetatable({ name = name, tasks = {}, hooks = {}, _where = where(2),
+                          _flags = setmetatable({}, { __mode = "k" }) },
                         Pipeline)
 end
 
@@ -366,6 +369,11 @@ function Pipeline:on(event, fn)
         self.hooks[event] = list
     end
     list[#list + 1] = fn
+    if event == "task_start" or event == "task_end" then
+        -- Executors already running this pipeline stop taking the hot
+        -- path, which fires no task events.
+        for flags in pairs(self._flags) do flags.tasks, flags.general = true, true end
+    end
     return self
 end
 

@@ -159,13 +159,17 @@ end
 
 
 --- Recomputes rt.flags.tasks: whether task_start or task_end hooks exist
--- for any attached pipeline (the hot path then goes the general way).
+-- for any attached pipeline; and rt.flags.general: that, or a context
+-- with restored outputs. The hot path reads only `general`: when it is
+-- set, every task goes the general way.
 function M.update_flags(rt)
+    local flags = rt.flags
     local on = rt.ev.task_start ~= nil or rt.ev.task_end ~= nil
     for p in pairs(rt.attached) do
         if p.hooks.task_start or p.hooks.task_end then on = true end
     end
-    rt.flags.tasks = on
+    flags.tasks = on
+    flags.general = on or flags.restored > 0
 end
 
 
@@ -193,7 +197,9 @@ local function forget(rt, slot)
     rt.map_of[slot], rt.checkpointed[slot] = nil, nil
     if rt.restored[slot] then
         rt.restored[slot] = nil
-        rt.flags.restored = rt.flags.restored - 1
+        local flags = rt.flags
+        flags.restored = flags.restored - 1
+        flags.general = flags.tasks or flags.restored > 0
     end
 end
 
@@ -217,6 +223,7 @@ function M.seed(rt, slot, input, id, att, restore)
         rt.restored[slot] = byloc
         rt.rare[slot] = true
         rt.flags.restored = rt.flags.restored + 1
+        rt.flags.general = true
     end
     if hooked(rt, att.shadow, "context_start") then fire(rt, att.shadow, "context_start", id, input) end
 end
@@ -681,7 +688,7 @@ end
 function M.install(E, live, emit)
     local rt = {
         E = E, live = live, emit = emit, attached = {}, limiter_ids = {}, batches = {},
-        ev = {}, flags = { tasks = false, restored = 0 }, restored = {}, checkpointed = {},
+        ev = {}, flags = { tasks = false, restored = 0, general = false }, restored = {}, checkpointed = {},
         T_checkpoint = {},
         -- Per global task index.
         T_fn = {}, T_pred1 = {}, T_preds = {}, T_pnames = {}, T_ctx = {}, T_local = {},
@@ -713,12 +720,14 @@ function M.install(E, live, emit)
         if events and hooked(rt, p, "task_start") then
             fire(rt, p, "task_start", rt.ids[slot], T_name[g], attempt, rt.index_of[slot])
         end
+        local from -- nil: the body (or `when`) decided; "restore", "cache"
         local r = flags.restored > 0 and restored[slot]
         if r and r[T_local[g]] ~= nil then
-            -- Checkpointed by an earlier run: its output, not its body.
+            -- Checkpointed by an earlier run: its output, not its body
+            -- (nor the cache's).
             local v = r[T_local[g]]
             if v == jnull then v = nil end
-            ok, res = true, v
+            ok, res, from = true, v, "restore"
         end
         local when = ok == nil and T_when[g]
         if when then
@@ -732,6 +741,7 @@ function M.install(E, live, emit)
         local ckey
         if ok == nil and T_cache[g] then
             ok, res, ckey = cache_lookup(rt, slot, g, attempt, input)
+            if ok then from = "cache" end
         end
         if ok == nil then -- not decided by `when` or the cache
             if T_ctx[g] then
@@ -743,7 +753,7 @@ function M.install(E, live, emit)
         local rec, keep = judge(rt, slot, g, input, ok, res, err, skip)
         if events and hooked(rt, p, "task_end") then
             fire(rt, p, "task_end", rt.ids[slot], T_name[g], attempt, rec == nil and keep or nil, rec,
-                 rt.index_of[slot])
+                 rt.index_of[slot], from)
         end
         if rec == nil then
             -- What the body returned (a router's names, a map's array),
@@ -772,7 +782,7 @@ function M.install(E, live, emit)
                     detach()
                     join_batch(rt, slot, g, c, input, outs)
                     op, a, b, c, d = nxt(0, 0)
-                elseif T_plain[g] and not flags.tasks and flags.restored == 0 then
+                elseif T_plain[g] and not flags.general then
                     -- The hot path: no when, ctx, router or map, and a
                     -- finite number or a valid string as the output.
                     local ok, res, err = xpcall(T_fn[g], on_error, input)
@@ -927,6 +937,9 @@ function M.attach(rt, p, task_timeout, sync_body)
     end
     att = { gid = gid, gbase = gbase, shadow = shadow, ntasks = #p.tasks }
     rt.attached[p] = att
+    -- A task_start or task_end hook p:on adds later must reach this
+    -- executor's flags too.
+    p._flags[rt.flags] = true
     M.update_flags(rt)
     return att
 end

@@ -3,7 +3,8 @@
 -- in a file: a hit must not run it), ttl, a pipeline file edited between
 -- runs, the default file under XDG_CACHE_HOME or HOME, the counts in the
 -- summary line and in serve's /metrics, `tide cache stats|clear`, a
--- corrupt cache file, a --cache that cannot be a file, and bad options.
+-- corrupt cache file, a --cache that cannot be a file, bad options, and
+-- a journaled run killed with -9 and resumed with its cache.
 local proc = require "helpers.proc"
 local server = require "helpers.serve"
 local core = require "tide.core"
@@ -295,5 +296,106 @@ return p
         assert.equal(0, metric(m, "tide_cache_misses_total"))
         assert.matches("# TYPE tide_cache_hits_total counter", m, 1, true)
         server.stop(s)
+    end)
+end)
+
+
+describe("tide run --journal with cached tasks", function()
+    local dir
+    before_each(function() dir = proc.tmpdir() end)
+    after_each(function() proc.rmrf(dir) end)
+
+    -- `fetch` is cached, `parse` cached and checkpointed (both note each
+    -- run of their body in $COUNTS); `slow` holds inputs above 10 for
+    -- $SLOW seconds, so that a kill finds 10 inputs ended and 40 waiting
+    -- after both cached steps.
+    local PIPE = [[
+local tide = require "tide"
+local function note(what)
+    local f = assert(io.open(os.getenv("COUNTS"), "a"))
+    f:write(what, "\n")
+    f:close()
+end
+local p = tide.pipeline "resumed"
+p:task("fetch", { cache = true }, function(x)
+    note("fetch " .. x.n)
+    return { n = x.n, page = "page " .. x.n }
+end)
+p:task("parse", { after = "fetch", cache = true, checkpoint = true }, function(doc)
+    note("parse " .. doc.n)
+    return { n = doc.n, words = #doc.page }
+end)
+p:task("slow", { after = "parse" }, function(r)
+    if r.n > 10 then tide.sleep(tonumber(os.getenv("SLOW") or "0")) end
+    return r
+end)
+return p
+]]
+
+    local function sql(db, query)
+        local h = io.popen("sqlite3 " .. proc.shquote(db) .. " " .. proc.shquote(query) .. " 2>/dev/null")
+        local out = h:read("*a")
+        h:close()
+        return tonumber(out)
+    end
+
+    local function sorted_file(path)
+        local t = proc.lines(proc.slurp(path) or "")
+        table.sort(t)
+        return t
+    end
+
+    it("resumes after kill -9: ended inputs stay done, the rest hit the cache or their checkpoints", function()
+        local pipe, counts = dir .. "/p.lua", dir .. "/counts"
+        proc.write(pipe, PIPE)
+        proc.write(dir .. "/in.jsonl", inputs(1, 50))
+        local function args(out, cfile, journal)
+            local a = { "run", pipe, "--input", dir .. "/in.jsonl", "--output", dir .. "/" .. out,
+                        "--cache", dir .. "/" .. cfile }
+            if journal then a[#a + 1], a[#a + 2] = "--journal", dir .. "/j.db" end
+            return a
+        end
+        -- The first run, killed once both cached steps ran for every input
+        -- and the 10 quick inputs' results are in the journal.
+        local a = args("out", "cache.db", true)
+        for i = 1, #a do a[i] = proc.shquote(a[i]) end
+        local h = io.popen(("COUNTS=%s SLOW=60 %s %s >/dev/null 2>%s & echo $!")
+            :format(proc.shquote(counts), proc.shquote(proc.bin), table.concat(a, " "),
+                    proc.shquote(dir .. "/err1")))
+        local pid = assert(tonumber(h:read("*l")))
+        h:close()
+        local ready = false
+        for _ = 1, 600 do
+            if #proc.lines(proc.slurp(counts) or "") == 100
+                and sql(dir .. "/j.db", "SELECT count(*) FROM items WHERE kind = 'result'") == 10 then
+                ready = true
+                break
+            end
+            os.execute("sleep 0.05")
+        end
+        -- Entries and checkpoints are committed within milliseconds.
+        os.execute("sleep 0.3")
+        os.execute("kill -9 " .. pid)
+        -- Gone before the resume opens its files.
+        os.execute("i=0; while kill -0 " .. pid .. " 2>/dev/null && [ $i -lt 250 ]; do sleep 0.02; i=$((i+1)); done")
+        assert.is_true(ready, proc.slurp(dir .. "/err1"))
+        assert.equal(40, sql(dir .. "/j.db", "SELECT count(*) FROM checkpoints WHERE task = 'parse'"))
+
+        -- The resume: no body of a cached step runs again; the 40 inputs
+        -- that had not ended take fetch from the cache and parse from its
+        -- checkpoint (not looked up: 40 hits, not 80).
+        local r = tide(args("out", "cache.db", true), nil, { COUNTS = counts, SLOW = "0" })
+        assert.equal(0, r.code, r.stderr)
+        assert.matches("resuming from the journal .*: 10 inputs ended before", r.stderr)
+        assert.matches("cache 40 hits, 0 misses", r.stderr, 1, true)
+        assert.equal(100, #proc.lines(proc.slurp(counts)))
+        -- The files of an uninterrupted run without journal or cache entries.
+        local clean = tide(args("clean", "fresh.db", false), nil, { COUNTS = dir .. "/counts-clean" })
+        assert.equal(0, clean.code, clean.stderr)
+        assert.matches("cache 0 hits, 100 misses", clean.stderr, 1, true)
+        local out = sorted_file(dir .. "/out/slow.jsonl")
+        assert.equal(50, #out)
+        assert.same(sorted_file(dir .. "/clean/slow.jsonl"), out)
+        assert.matches('{"id":"7","output":{"n":7,"words":6}}', table.concat(out, "\n"), 1, true)
     end)
 end)
