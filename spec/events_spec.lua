@@ -46,12 +46,12 @@ describe("lifecycle events", function()
         assert.same({
             "context_start j 1",
             "task_start j a 1 nil",
-            "task_end j a 1 2 nil nil",
+            "task_end j a 1 2 nil nil nil",
             "task_start j b 1 nil",
-            "task_end j b 1 nil rec nil ETASK",
+            "task_end j b 1 nil rec nil nil ETASK",
             "retry j b 1 rec 0 ETASK",
             "task_start j b 2 nil",
-            "task_end j b 2 20 nil nil",
+            "task_end j b 2 20 nil nil nil",
             "context_end j done 20",
         }, seen)
     end)
@@ -85,6 +85,19 @@ describe("lifecycle events", function()
         assert.equal(6, ex:result(id2, 5))
         assert.equal(1, calls)
         ex:close()
+    end)
+
+    it("of a pipeline added after it started running reach plain tasks too", function()
+        local p = tide.pipeline "late"
+        p:task("a", function(x) return x + 1 end)
+        local ex = tide.executor()
+        assert.equal(2, ex:result(ex:submit(p, 1), 5))
+        local ends = {}
+        p:on("task_end", function(id, task, _, out) ends[#ends + 1] = id .. " " .. task .. " " .. out end)
+        ex:submit(p, 5, { id = "late" })
+        ex:run()
+        ex:close()
+        assert.same({ "late a 6" }, ends)
     end)
 
     it("refuse unknown events and non-functions", function()

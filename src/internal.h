@@ -91,6 +91,53 @@ struct sqlite3 *tide__journal_reader(tide__journal *j);
 int tide__journal_close(tide__journal *j, char *err, size_t errlen);
 int tide__journal_format(void);
 
+/* ===== RESULT CACHE (cache.c) ===== */
+
+typedef struct tide__cache tide__cache;
+
+typedef struct {
+    int64_t entries, bytes, hits;
+    int64_t older;   /* entries made before the cutoff given to stats */
+    int64_t dropped; /* entries this process dropped (queue full) */
+    double oldest, newest; /* when entries were made (Unix time; 0: none) */
+} tide__cache_stats_t;
+
+/* Opens (creating it when missing) the cache at path and starts its
+ * writer thread. Returns 0; TIDE_EIO when the place cannot hold a cache
+ * (cannot be opened, created or written); TIDE_EINVAL when the file is not
+ * a cache this tide can use (not SQLite, corrupt, another SQLite file, a
+ * newer format); with a message in err. */
+int tide__cache_open(const char *path, tide__cache **out, char *err,
+                     size_t errlen);
+/* Looks key up (loop thread). Returns 1 with the value in *val, *vlen
+ * (valid until tide__cache_get_end, which must follow); 0 when there is no
+ * entry or it is older than ttl seconds (ttl <= 0: no limit); TIDE_EAGAIN
+ * when the file stayed locked, TIDE_EIO on another failure (message in
+ * err). */
+int tide__cache_get(tide__cache *c, const char *key, size_t klen, double ttl,
+                    const char **val, size_t *vlen, char *err, size_t errlen);
+void tide__cache_get_end(tide__cache *c);
+/* Queue an entry (made now), a hit to count, or the removal of the
+ * entries made more than older_than seconds ago (< 0: all); each copies
+ * its arguments. Return 0, or -1 when nothing was queued: the writer
+ * failed (tide__cache_error says why) or, for a put, the queue is full. */
+int tide__cache_put(tide__cache *c, const char *key, size_t klen,
+                    const char *task, size_t tlen, const char *val,
+                    size_t vlen);
+int tide__cache_hit(tide__cache *c, const char *key, size_t klen);
+int tide__cache_clear(tide__cache *c, double older_than);
+/* What the file holds (committed entries), with `older` counting those
+ * made more than older_than seconds ago. Returns 0 or TIDE_EIO. */
+int tide__cache_stats(tide__cache *c, double older_than,
+                      tide__cache_stats_t *s, char *err, size_t errlen);
+/* 1 and the message when the writer failed (sticky), else 0. */
+int tide__cache_error(tide__cache *c, char *buf, size_t len);
+/* Commits what is queued, stops the writer and frees the cache; returns
+ * TIDE_EIO with the message when writing had failed. */
+int tide__cache_close(tide__cache *c, char *err, size_t errlen);
+/* The wall clock, in seconds since the Epoch: entries outlive processes. */
+double tide__cache_now(void);
+
 /* ===== UTF-8 (utf8.c) ===== */
 
 /* Returns the offset of the first byte of s (n bytes) that does not

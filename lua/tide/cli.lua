@@ -7,6 +7,7 @@ local jsonl = require "tide.jsonl"
 local outputs = require "tide.outputs"
 local drive = require "tide.drive"
 local journal = require "tide.journal"
+local cache = require "tide.cache"
 
 local io_stderr, io_stdout = io.stderr, io.stdout
 local format, tostring = string.format, tostring
@@ -21,18 +22,20 @@ commands:
   run PIPELINE.lua [--input FILE|-] [--output DIR [--append|--overwrite]]
                    [--concurrency N] [--threads N] [--task-timeout S]
                    [--priority high|low|lifo] [--max-line-bytes N]
-                   [--journal FILE [--journal-reset]]
+                   [--journal FILE [--journal-reset]] [--cache FILE]
       Run every JSONL input line through the pipeline the file returns.
       Results go to stdout as JSONL, or with --output to DIR/<sink>.jsonl,
       DIR/failed.jsonl, DIR/rejects.jsonl (and DIR/dropped.jsonl when
       routers choose no sink). A DIR that holds results needs --append or
       --overwrite, except to re-run --input DIR/failed.jsonl into DIR.
       --journal FILE makes the run resumable: the same command after a
-      crash or Ctrl-C goes on where it stopped.
+      crash or Ctrl-C goes on where it stopped. Tasks declared with cache
+      keep their outputs in --cache FILE (default
+      $XDG_CACHE_HOME/tide/cache.db or ~/.cache/tide/cache.db).
   serve PIPELINE.lua [--listen 127.0.0.1:8080] [--token-file F] [--threads N]
                      [--drain-timeout S] [--request-timeout S] [--max-results N]
                      [--max-pending N] [--max-pending-bytes N] [--allow-host NAME]...
-                     [--journal FILE [--journal-reset]]
+                     [--journal FILE [--journal-reset]] [--cache FILE]
       The HTTP/JSON job API (POST /v1/jobs, GET /v1/jobs/ID[/result],
       DELETE /v1/jobs/ID, /healthz, /metrics). Port 0 picks a free port.
       With --journal, a job is answered 201 once it is on the device, and
@@ -41,6 +44,10 @@ commands:
       their request bodies (268435456), POST answers 503 with Retry-After.
       Without --token-file only Host localhost, 127.0.0.1 and [::1] are
       served; --allow-host adds a name (repeatable).
+  cache stats|clear [--cache FILE] [--older-than S]
+      What the result cache holds (entries, bytes, oldest and newest, hits
+      recorded), or remove its entries (all, or those made more than S
+      seconds ago).
   graph PIPELINE.lua [--format dot|mermaid|html]
       Print the pipeline's DAG (tasks, edges, maps, gathers, routers,
       limiters) as Graphviz DOT (the default) or Mermaid.
@@ -97,8 +104,9 @@ end
 
 -- Parses the arguments after the command by `options` (flag -> { key,
 -- reader, message for a missing or bad value, repeatable }) into `o`; the one plain
--- argument is o.pipeline. Returns o, or nil and a message.
-local function parse_args(cmd, args, options, o)
+-- argument is o.pipeline (`what` names it when missing: a pipeline
+-- file). Returns o, or nil and a message.
+local function parse_args(cmd, args, options, o, what)
     local i = 2
     while i <= #args do
         local a = args[i]
@@ -124,7 +132,7 @@ local function parse_args(cmd, args, options, o)
         end
         i = i + 1
     end
-    if not o.pipeline then return nil, cmd .. " needs a pipeline file" end
+    if not o.pipeline then return nil, cmd .. " needs " .. (what or "a pipeline file") end
     return o
 end
 
@@ -137,6 +145,7 @@ local RUN_OPTIONS = {
     ["--max-line-bytes"] = { "max_line_bytes", whole, "--max-line-bytes needs a whole number >= 1" },
     ["--journal"] = { "journal", as_text, "--journal needs a file name" },
     ["--journal-reset"] = { "journal_reset" },
+    ["--cache"] = { "cache", as_text, "--cache needs a file name" },
     ["--concurrency"] = { "concurrency", whole_upto(executor.MAX_CONCURRENCY),
                           "--concurrency needs a whole number from 1 to " .. executor.MAX_CONCURRENCY },
     ["--threads"] = { "threads", whole_upto(executor.MAX_THREADS),
@@ -156,11 +165,17 @@ local SERVE_OPTIONS = {
     ["--drain-timeout"] = { "drain", nonnegative, "--drain-timeout needs seconds >= 0" },
     ["--journal"] = { "journal", as_text, "--journal needs a file name" },
     ["--journal-reset"] = { "journal_reset" },
+    ["--cache"] = RUN_OPTIONS["--cache"],
     ["--max-pending"] = { "max_pending", whole, "--max-pending needs a whole number >= 1" },
     ["--max-pending-bytes"] = { "max_pending_bytes", whole,
                                 "--max-pending-bytes needs a whole number of bytes >= 1" },
     ["--allow-host"] = { "allow_host", host_name,
                          "--allow-host needs a host name (letters, digits, '.', '-'; or [IPv6]), no port", true },
+}
+
+local CACHE_OPTIONS = {
+    ["--cache"] = RUN_OPTIONS["--cache"],
+    ["--older-than"] = { "older_than", nonnegative, "--older-than needs a number of seconds >= 0" },
 }
 
 local GRAPH_OPTIONS = {
@@ -228,10 +243,18 @@ local function run(args)
     if o.journal_reset and not o.journal then
         return die(EXIT_USAGE, "--journal-reset needs --journal FILE")
     end
+    if o.cache then
+        local ok, why = cache.check_place(o.cache)
+        if not ok then return die(EXIT_IO, "--cache: " .. why) end
+    end
     local ex = executor.new {
         concurrency = o.concurrency, task_timeout = o.task_timeout, threads = o.threads,
-        results = false,
+        results = false, cache = o.cache,
     }
+    local function cached()
+        local s = ex:stats()
+        return { hits = s.cache_hits, misses = s.cache_misses }
+    end
     local jr, sink
     if o.journal then
         local jerr, jcode
@@ -312,7 +335,8 @@ local function run(args)
     local report = drive.run(ex, p, source, sink, {
         concurrency = o.concurrency, priority = o.priority, tty = tty, journal = jr, restore = restore,
         tick = tty and function(inflight)
-            io_stderr:write("\r\27[K", drive.summary(sink.counts, inflight, hrtime() - started))
+            io_stderr:write("\r\27[K", drive.summary(sink.counts, inflight, hrtime() - started, false, nil,
+                                                     cached()))
         end or nil,
     })
     if report.open_error then
@@ -322,7 +346,7 @@ local function run(args)
     end
     if tty then io_stderr:write("\r\27[K") end
     io_stderr:write("tide: ", drive.summary(sink.counts, report.inflight, hrtime() - started, true,
-                                            core.maxrss()), "\n")
+                                            core.maxrss(), cached()), "\n")
     local code = run_exit_code(report, sink)
     if jr then
         if code == EXIT_OK or code == EXIT_FAILED then jr:finish(code) end
@@ -358,7 +382,11 @@ local function serve(args)
     if o.journal_reset and not o.journal then
         return die(EXIT_USAGE, "--journal-reset needs --journal FILE")
     end
-    local sex = executor.new { max_results = o.max_results or 100000, threads = o.threads }
+    if o.cache then
+        local ok, why = cache.check_place(o.cache)
+        if not ok then return die(EXIT_IO, "--cache: " .. why) end
+    end
+    local sex = executor.new { max_results = o.max_results or 100000, threads = o.threads, cache = o.cache }
     local jr
     if o.journal then
         local jerr, jcode
@@ -412,6 +440,67 @@ local function serve(args)
 end
 
 
+local function when(t, now)
+    return format("%s (%.0f s ago)", os.date("!%Y-%m-%d %H:%M:%S UTC", math.floor(t)), now - t)
+end
+
+
+-- tide cache stats|clear: what the result cache holds, or remove entries.
+local function cache_command(args)
+    local o, perr = parse_args("cache", args, CACHE_OPTIONS, {}, "stats or clear")
+    if not o then return die(EXIT_USAGE, perr .. "\n" .. USAGE) end
+    local action = o.pipeline
+    if action ~= "stats" and action ~= "clear" then
+        return die(EXIT_USAGE, "cache: unknown action '" .. action .. "' (stats or clear)\n" .. USAGE)
+    end
+    if o.older_than and action ~= "clear" then
+        return die(EXIT_USAGE, "--older-than goes with tide cache clear")
+    end
+    local path = o.cache
+    if not path then
+        local why
+        path, why = cache.default_path()
+        if not path then return die(EXIT_USAGE, why) end
+    end
+    local c, err, code = cache.open_file(path)
+    if not c then
+        if code ~= "ENOENT" then return die(EXIT_IO, "cache: " .. err) end
+        if action == "stats" then
+            io_stdout:write("cache: ", path, "\nentries: 0 (no file yet)\n")
+        else
+            io_stdout:write("cache ", path, ": no file, nothing to clear\n")
+        end
+        return EXIT_OK
+    end
+    local s, serr = c:stats(o.older_than or 0)
+    if not s then
+        c:close()
+        return die(EXIT_IO, "cache: " .. path .. ": " .. serr)
+    end
+    if action == "clear" then
+        local n = o.older_than and s.older or s.entries
+        c:clear(o.older_than)
+        local ok, cerr = c:close()
+        if not ok then return die(EXIT_IO, "cache: " .. tostring(cerr)) end
+        io_stdout:write(format("cache %s: removed %d entries, %d left\n", path, n, s.entries - n))
+        return EXIT_OK
+    end
+    c:close()
+    local now = core.cache_now()
+    local disk = 0
+    for _, suffix in ipairs({ "", "-wal" }) do
+        local st = core.stat(path .. suffix)
+        if st then disk = disk + st.size end
+    end
+    io_stdout:write(format("cache: %s\nentries: %d\nbytes: %d (keys and values; %d on disk)\n",
+                           path, s.entries, s.bytes, disk),
+                    "oldest: ", s.oldest and when(s.oldest, now) or "-", "\n",
+                    "newest: ", s.newest and when(s.newest, now) or "-", "\n",
+                    format("hits recorded: %d\n", s.hits))
+    return EXIT_OK
+end
+
+
 local function graph(args)
     local o, perr = parse_args("graph", args, GRAPH_OPTIONS, { format = "dot" })
     if not o then return die(EXIT_USAGE, perr .. "\n" .. USAGE) end
@@ -444,6 +533,8 @@ function M.main(args)
         return require("tide.repl").main(args[2])
     elseif cmd == "serve" then
         return serve(args)
+    elseif cmd == "cache" then
+        return cache_command(args)
     elseif cmd == "worker" then
         return die(EXIT_USAGE, "'" .. cmd .. "' is not available in this version of tide yet")
     end

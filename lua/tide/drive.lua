@@ -179,12 +179,18 @@ function M.run(ex, p, source, sink, opts)
 end
 
 
---- The summary line of a run: counts of the sink, what runs, rate, time.
-function M.summary(counts, inflight, elapsed, final, peak_rss)
+--- The summary line of a run: counts of the sink, what runs, rate, time,
+-- and what the result cache answered (`cached`: { hits, misses }, shown
+-- once a cached task ran).
+function M.summary(counts, inflight, elapsed, final, peak_rss, cached)
     local rate = elapsed > 0 and (counts.done + counts.failed) / elapsed or 0
     local s = format("%d done, %d failed, %d rejected, ", counts.done, counts.failed, counts.rejected)
     if counts.dropped > 0 then s = s .. format("%d dropped, ", counts.dropped) end
     s = s .. format("%d running, %.0f/s, %.1f s", inflight, rate, elapsed)
+    if cached and cached.hits + cached.misses > 0 then
+        s = s .. format(", cache %d hit%s, %d miss%s", cached.hits, cached.hits == 1 and "" or "s",
+                        cached.misses, cached.misses == 1 and "" or "es")
+    end
     if final and peak_rss then s = s .. format(", peak RSS %.1f MiB", peak_rss / 1048576) end
     return s
 end

@@ -24,6 +24,7 @@ local runner = require "tide.runner"
 local results = require "tide.results"
 local hub = require "tide.hub"
 local bridge = require "tide.bridge"
+local cache = require "tide.cache"
 
 local type, pairs, ipairs, tostring, error = type, pairs, ipairs, tostring, error
 local pcall, xpcall, setmetatable, getmetatable = pcall, xpcall, setmetatable, getmetatable
@@ -55,7 +56,7 @@ M.fd, M.timeout, M.step, M.run_all = hub.fd, hub.timeout, hub.step, hub.run_all
 
 local EXEC_OPTS = {
     threads = true, concurrency = true, task_timeout = true,
-    retention = true, max_results = true, results = true, on = true,
+    retention = true, max_results = true, results = true, cache = true, on = true,
 }
 
 
@@ -105,7 +106,11 @@ end
 --   threads = n (worker threads for sync tasks, default: the cores),
 --   task_timeout = s (default per attempt), retention = s and max_results
 --   = n (how long and how many finished results the store keeps: 3600 s,
---   1 000 000), results = false (keep no results: subscribers get them) }
+--   1 000 000), results = false (keep no results: subscribers get them),
+--   cache = FILE | true | false (the result cache of tasks declared with
+--   `cache`: a file, the default file, or none; default: the default
+--   file, opened on first use), on = { event = fn } (lifecycle hooks, as
+--   ex:on) }
 -- @raise on a bad option
 function M.new(opts)
     opts = opts or {}
@@ -132,6 +137,11 @@ function M.new(opts)
     if opts.results ~= nil and type(opts.results) ~= "boolean" then
         error("tide.executor: results must be true or false", 2)
     end
+    local cfile = opts.cache
+    if cfile ~= nil and cfile ~= false and cfile ~= true and (type(cfile) ~= "string" or cfile == "") then
+        error("tide.executor: cache must be a file name, true (the default file) or false (no cache), got "
+              .. type(cfile), 2)
+    end
     local on = opts.on
     if on ~= nil then
         if type(on) ~= "table" then error("tide.executor: on must be a table { event = fn }", 2) end
@@ -156,6 +166,12 @@ function M.new(opts)
     self._rt = runner.install(E, self._live, function(id, status, value, ran)
         emit(self, id, status, value, ran)
     end)
+    if cfile ~= false then
+        -- Opened on the first attempt of a task with `cache`: an executor
+        -- whose tasks cache nothing never touches the file.
+        self._cache = cache.store(type(cfile) == "string" and cfile or nil)
+        self._rt.cache = self._cache
+    end
     -- The watchdog's hook never stops the executor's own code halfway:
     -- the runner's chunk (where bodies are called), error records, this
     -- file (a body may call ex:submit or ex:result) and the store.
@@ -172,7 +188,7 @@ function M.run_inputs(p, inputs, opts)
     local outs, errs = {}, {}
     local ex = M.new {
         concurrency = opts.concurrency, task_timeout = opts.task_timeout,
-        threads = opts.threads, results = false,
+        threads = opts.threads, results = false, cache = opts.cache,
     }
     ex:subscribe(function(id, status, value)
         if status == "done" then outs[id] = value else errs[id] = value end
@@ -450,7 +466,8 @@ end
 
 --- Attaches fn to a lifecycle event of every job of this executor:
 -- context_start(id, input), task_start(id, task, attempt, map_index),
--- task_end(id, task, attempt, output, rec, map_index), retry(id, task,
+-- task_end(id, task, attempt, output, rec, map_index, from: "cache" or
+-- "restore" when the body did not run), retry(id, task,
 -- attempt, rec, delay), context_end(id, status, value), checkpoint(id,
 -- task, output). Hooks run on the loop thread; an error in one is
 -- reported once and never fails the job. Returns fn (for ex:off).
@@ -609,9 +626,10 @@ end
 
 
 --- Counters for tests and progress: live, active, queued, timers, slots,
--- attempts, runners; held (slots whose values Lua keeps); and for sync
+-- attempts, runners; held (slots whose values Lua keeps); for sync
 -- tasks: workers (threads alive) and workers_replaced (stand-ins started
--- for workers stuck in timed-out bodies).
+-- for workers stuck in timed-out bodies); cache_hits and cache_misses
+-- (attempts of cached tasks answered by the cache, and run).
 function Executor:stats()
     local s = self._E.stats()
     s.held = runner.held(self._rt)
@@ -621,6 +639,7 @@ function Executor:stats()
     else
         s.workers, s.workers_replaced = 0, 0
     end
+    s.cache_hits, s.cache_misses = self._rt.cache_hits, self._rt.cache_misses
     return s
 end
 
@@ -678,6 +697,13 @@ function Executor:close()
     if self._pool_ud then
         self._pool_ud:close() -- joins idle workers, leaves busy ones
         self._pool_ud = nil
+    end
+    if self._cache then
+        -- Commits the entries still queued, so the next process finds
+        -- them.
+        self._cache:close()
+        self._cache = nil
+        self._rt.cache = nil
     end
     hub.remove(self)
 end

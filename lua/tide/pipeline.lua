@@ -16,7 +16,7 @@ M.Pipeline = Pipeline
 local KNOWN_OPTS = {
     after = true, retry = true, timeout = true, map = true, gather = true,
     errors = true, kind = true, limit = true, route = true, when = true,
-    batch = true, native = true, checkpoint = true,
+    batch = true, native = true, cache = true, checkpoint = true,
 }
 
 --- The lifecycle events hooks can be attached to (p:on, tide.executor{ on }).
@@ -94,7 +94,10 @@ function M.new(name)
         error("tide.pipeline: name must be a non-empty string, got "
               .. type(name), 2)
     end
-    return setmetatable({ name = name, tasks = {}, hooks = {}, _where = where(2) },
+    -- _flags: the runner flags of the executors it is attached to (weak),
+    -- which p:on turns to the general path when it adds a task hook.
+    return setmetatable({ name = name, tasks = {}, hooks = {}, _where = where(2),
+                          _flags = setmetatable({}, { __mode = "k" }) },
                         Pipeline)
 end
 
@@ -170,6 +173,33 @@ local function check_batch(batch, opts)
         end
     end
     return { size = size, wait = wait }
+end
+
+
+-- `cache = true` or `cache = { ttl = seconds, key = function(input, ctx) }`
+-- (docs/cache.md): the normalised table, nil for no cache, or nil and a
+-- message.
+local function check_cache(c)
+    if c == nil or c == false then return nil end
+    if c == true then return {} end
+    if type(c) ~= "table" then
+        return nil, "cache must be true or a table { ttl = seconds, key = function(input, ctx) }, got " .. got(c)
+    end
+    for k in pairs(c) do
+        if k ~= "ttl" and k ~= "key" then
+            return nil, "unknown cache option '" .. tostring(k) .. "' (cache takes ttl and key)"
+        end
+    end
+    local ttl, key = c.ttl, c.key
+    if ttl ~= nil and (type(ttl) ~= "number" or not (ttl > 0)) then
+        return nil, "cache.ttl must be a number of seconds > 0, got " .. got(ttl)
+    end
+    if key ~= nil and type(key) ~= "function" then
+        return nil, "cache.key must be a function(input, ctx) returning the key, got " .. got(key)
+    end
+    -- An infinite ttl is no ttl.
+    if ttl == math.huge then ttl = nil end
+    return { ttl = ttl, key = key, key_ctx = key ~= nil and getinfo(key, "u").nparams >= 2 }
 end
 
 
@@ -269,6 +299,14 @@ function Pipeline:task(name, opts, fn)
     end
     retry, bad = check_retry(opts.retry)
     if bad then argerr(fname, "task '" .. name .. "': " .. bad) end
+    local cache
+    cache, bad = check_cache(opts.cache)
+    if bad then argerr(fname, "task '" .. name .. "': " .. bad) end
+    if cache and batch then
+        -- A batch body's call covers several inputs at once: there is no
+        -- one input to key an output by.
+        argerr(fname, "task '" .. name .. "': cache cannot be combined with batch")
+    end
     if opts.checkpoint ~= nil and type(opts.checkpoint) ~= "boolean" then
         argerr(fname, "task '" .. name .. "': checkpoint must be a boolean")
     end
@@ -302,7 +340,7 @@ function Pipeline:task(name, opts, fn)
         retry = retry, map = opts.map or false,
         gather = opts.gather or false, errors = errors or "fail", kind = kind,
         limit = opts.limit, route = opts.route or false, when = opts.when,
-        batch = batch, native = native, checkpoint = opts.checkpoint or false,
+        batch = batch, native = native, cache = cache, checkpoint = opts.checkpoint or false,
         where = where(2), nparams = getinfo(fn, "u").nparams,
     }
     self.tasks[#self.tasks + 1] = t
@@ -331,6 +369,11 @@ function Pipeline:on(event, fn)
         self.hooks[event] = list
     end
     list[#list + 1] = fn
+    if event == "task_start" or event == "task_end" then
+        -- Executors already running this pipeline stop taking the hot
+        -- path, which fires no task events.
+        for flags in pairs(self._flags) do flags.tasks, flags.general = true, true end
+    end
     return self
 end
 

@@ -28,6 +28,7 @@
 local core = require "tide.core"
 local errors = require "tide.errors"
 local pipeline = require "tide.pipeline"
+local cache = require "tide.cache"
 
 local json = core.json
 local type, pairs, ipairs, tostring, error, select, next = type, pairs, ipairs, tostring, error, select, next
@@ -36,7 +37,7 @@ local traceback, huge = debug.traceback, math.huge
 local ok_tnew, tnew = pcall(require, "table.new")
 if not ok_tnew then tnew = function() return {} end end
 local new_error, is_error = errors.new, errors.is
-local jarray, jnull, jcheck = json.array, json.null, json.check
+local jarray, jnull, jcheck, jencode = json.array, json.null, json.check, json.encode
 local object_mt, array_mt = json.object_mt, json.array_mt
 local io_stderr = io.stderr
 
@@ -158,13 +159,17 @@ end
 
 
 --- Recomputes rt.flags.tasks: whether task_start or task_end hooks exist
--- for any attached pipeline (the hot path then goes the general way).
+-- for any attached pipeline; and rt.flags.general: that, or a context
+-- with restored outputs. The hot path reads only `general`: when it is
+-- set, every task goes the general way.
 function M.update_flags(rt)
+    local flags = rt.flags
     local on = rt.ev.task_start ~= nil or rt.ev.task_end ~= nil
     for p in pairs(rt.attached) do
         if p.hooks.task_start or p.hooks.task_end then on = true end
     end
-    rt.flags.tasks = on
+    flags.tasks = on
+    flags.general = on or flags.restored > 0
 end
 
 
@@ -192,7 +197,9 @@ local function forget(rt, slot)
     rt.map_of[slot], rt.checkpointed[slot] = nil, nil
     if rt.restored[slot] then
         rt.restored[slot] = nil
-        rt.flags.restored = rt.flags.restored - 1
+        local flags = rt.flags
+        flags.restored = flags.restored - 1
+        flags.general = flags.tasks or flags.restored > 0
     end
 end
 
@@ -216,6 +223,7 @@ function M.seed(rt, slot, input, id, att, restore)
         rt.restored[slot] = byloc
         rt.rare[slot] = true
         rt.flags.restored = rt.flags.restored + 1
+        rt.flags.general = true
     end
     if hooked(rt, att.shadow, "context_start") then fire(rt, att.shadow, "context_start", id, input) end
 end
@@ -564,6 +572,53 @@ local function judge(rt, slot, g, input, ok, res, err, skip)
 end
 
 
+-- ===== THE RESULT CACHE =====
+
+-- Asks the cache for an attempt of cached task g, before its body runs
+-- (on the loop thread, so sync and native tasks too). Returns true and
+-- the stored output on a hit; nil and the key to store the output under
+-- after a success on a miss (no key: the attempt is not cached: no store,
+-- cache.key returned nil, or an input JSON cannot carry); false and what
+-- xpcall's handler makes when cache.key failed, which fails the attempt.
+local function cache_lookup(rt, slot, g, attempt, input)
+    local store = rt.cache
+    if not store then return nil end
+    local spec = rt.T_cache[g]
+    local text
+    local kf = spec.key
+    if kf then
+        local ok, k = pcall(kf, input, spec.key_ctx and make_ctx(rt, slot, g, attempt) or nil)
+        if not ok then
+            local msg = "cache.key: " .. tostring(k)
+            return false, { msg, traceback(msg) }
+        end
+        if k == nil then return nil end
+        if type(k) == "string" then
+            text = "s" .. k
+        else
+            local why = unfit(k)
+            if why then
+                return false, { new_error("EVALUE", "cache.key of task '" .. rt.T_name[g]
+                    .. "' returned a value JSON cannot carry: " .. why) }
+            end
+            text = "j" .. jencode(k)
+        end
+    else
+        text = jencode(input)
+        if not text then return nil end
+        text = "j" .. text
+    end
+    local key = cache.key(spec, text)
+    local found, value = store:get(key, spec.ttl)
+    if found then
+        rt.cache_hits = rt.cache_hits + 1
+        return true, value
+    end
+    rt.cache_misses = rt.cache_misses + 1
+    return nil, nil, key
+end
+
+
 -- ===== BATCHES =====
 
 -- Runs the waiting members of batch task g as one call: the body gets
@@ -633,12 +688,16 @@ end
 function M.install(E, live, emit)
     local rt = {
         E = E, live = live, emit = emit, attached = {}, limiter_ids = {}, batches = {},
-        ev = {}, flags = { tasks = false, restored = 0 }, restored = {}, checkpointed = {},
+        ev = {}, flags = { tasks = false, restored = 0, general = false }, restored = {}, checkpointed = {},
         T_checkpoint = {},
         -- Per global task index.
         T_fn = {}, T_pred1 = {}, T_preds = {}, T_pnames = {}, T_ctx = {}, T_local = {},
         T_map = {}, T_gather_of = {}, T_retry = {}, T_name = {}, T_collect = {},
         T_timeout = {}, T_when = {}, T_route = {}, T_plain = {}, T_batch = {}, T_routed = {},
+        T_cache = {},
+        -- The executor's result cache (cache.store) or nil, and what it
+        -- answered.
+        cache = nil, cache_hits = 0, cache_misses = 0,
         -- Per slot.
         outputs = {}, ids = {}, pipe_of = {}, kids = {}, parent_of = {}, index_of = {},
         data_of = {}, waiting = {}, map_of = {}, children_of = {}, rare = {},
@@ -646,6 +705,7 @@ function M.install(E, live, emit)
     -- The hot loop's upvalues.
     local outputs, T_fn, T_pred1, T_local, T_plain = rt.outputs, rt.T_fn, rt.T_pred1, rt.T_local, rt.T_plain
     local T_batch, T_ctx, T_when, T_name, T_timeout = rt.T_batch, rt.T_ctx, rt.T_when, rt.T_name, rt.T_timeout
+    local T_cache = rt.T_cache
     local nxt, detach = E.nxt, E.detach
     local flags, restored = rt.flags, rt.restored
 
@@ -660,12 +720,14 @@ function M.install(E, live, emit)
         if events and hooked(rt, p, "task_start") then
             fire(rt, p, "task_start", rt.ids[slot], T_name[g], attempt, rt.index_of[slot])
         end
+        local from -- nil: the body (or `when`) decided; "restore", "cache"
         local r = flags.restored > 0 and restored[slot]
         if r and r[T_local[g]] ~= nil then
-            -- Checkpointed by an earlier run: its output, not its body.
+            -- Checkpointed by an earlier run: its output, not its body
+            -- (nor the cache's).
             local v = r[T_local[g]]
             if v == jnull then v = nil end
-            ok, res = true, v
+            ok, res, from = true, v, "restore"
         end
         local when = ok == nil and T_when[g]
         if when then
@@ -676,7 +738,12 @@ function M.install(E, live, emit)
                 ok, res, skip = true, input, true -- bypass: pass the input through
             end
         end
-        if ok == nil then -- not decided by `when`
+        local ckey
+        if ok == nil and T_cache[g] then
+            ok, res, ckey = cache_lookup(rt, slot, g, attempt, input)
+            if ok then from = "cache" end
+        end
+        if ok == nil then -- not decided by `when` or the cache
             if T_ctx[g] then
                 ok, res, err = xpcall(T_fn[g], on_error, input, make_ctx(rt, slot, g, attempt))
             else
@@ -686,9 +753,12 @@ function M.install(E, live, emit)
         local rec, keep = judge(rt, slot, g, input, ok, res, err, skip)
         if events and hooked(rt, p, "task_end") then
             fire(rt, p, "task_end", rt.ids[slot], T_name[g], attempt, rec == nil and keep or nil, rec,
-                 rt.index_of[slot])
+                 rt.index_of[slot], from)
         end
         if rec == nil then
+            -- What the body returned (a router's names, a map's array),
+            -- not what its successors get.
+            if ckey then rt.cache:put(ckey, T_cache[g].task, res) end
             outs[T_local[g]] = keep
             if rt.T_checkpoint[g] and rt.parent_of[slot] == nil and hooked(rt, p, "checkpoint") then
                 checkpoint(rt, slot, T_local[g], p)
@@ -712,7 +782,7 @@ function M.install(E, live, emit)
                     detach()
                     join_batch(rt, slot, g, c, input, outs)
                     op, a, b, c, d = nxt(0, 0)
-                elseif T_plain[g] and not flags.tasks and flags.restored == 0 then
+                elseif T_plain[g] and not flags.general then
                     -- The hot path: no when, ctx, router or map, and a
                     -- finite number or a valid string as the output.
                     local ok, res, err = xpcall(T_fn[g], on_error, input)
@@ -837,8 +907,9 @@ function M.attach(rt, p, task_timeout, sync_body)
         rt.T_retry[g] = t.retry
         rt.T_timeout[g] = timeouts[i]
         rt.T_when[g] = t.when
-        rt.T_plain[g] = not (t.when or t.route or t.map or t.checkpoint or t.nparams >= 2
+        rt.T_plain[g] = not (t.when or t.route or t.map or t.cache or t.checkpoint or t.nparams >= 2
                              or t.kind ~= "async") or nil
+        rt.T_cache[g] = t.cache and cache.spec(p, t) or nil
         rt.T_checkpoint[g] = t.checkpoint or nil
         rt.T_batch[g] = t.batch
         rt.T_routed[g] = p.has_routes or nil
@@ -866,6 +937,9 @@ function M.attach(rt, p, task_timeout, sync_body)
     end
     att = { gid = gid, gbase = gbase, shadow = shadow, ntasks = #p.tasks }
     rt.attached[p] = att
+    -- A task_start or task_end hook p:on adds later must reach this
+    -- executor's flags too.
+    p._flags[rt.flags] = true
     M.update_flags(rt)
     return att
 end

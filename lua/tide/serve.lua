@@ -119,8 +119,9 @@ end
 
 --- Starts serving pipeline p. opts: listen ("127.0.0.1:8080"; port 0:
 -- any), token (Bearer token, nil: no auth), executor (default: a new one),
--- max_body (bytes, 1 MiB), retention (s, 3600) and max_results (100000)
--- for the executor it makes (evictions give 410). A server keeps results
+-- max_body (bytes, 1 MiB), retention (s, 3600), max_results (100000) and
+-- cache (the result cache's file) for the executor it makes (evictions
+-- give 410). A server keeps results
 -- for clients to fetch, and each costs some 400 bytes of RSS (measured:
 -- 390 MB with a million kept), so its default count is lower than an
 -- executor's. max_pending (100000) and max_pending_bytes (256 MiB of
@@ -155,6 +156,7 @@ function M.serve(p, opts)
     p:compile()
     local ex = opts.executor or executor.new {
         retention = opts.retention, max_results = opts.max_results or 100000, threads = opts.threads,
+        cache = opts.cache,
     }
     local token = opts.token
     local started = hrtime()
@@ -327,6 +329,10 @@ function M.serve(p, opts)
         metric("tide_result_waiters", "gauge", "Long-polls waiting for a job's result.", "", nwatchers)
         metric("tide_workers_replaced_total", "counter", "Stand-ins for stuck worker threads.",
                "", s.workers_replaced)
+        metric("tide_cache_hits_total", "counter",
+               "Attempts of tasks with cache answered by the result cache.", "", s.cache_hits)
+        metric("tide_cache_misses_total", "counter",
+               "Attempts of tasks with cache that found no entry and ran.", "", s.cache_misses)
         metric("tide_http_requests_total", "counter", "HTTP requests parsed.", "", hs.requests)
         metric("tide_http_rejected_total", "counter", "HTTP requests refused (4xx before routing).",
                "", hs.rejected)

@@ -37,4 +37,7 @@
     XX(utf8_check_and_repair_table)    \
     XX(utf8_bad_lengths)               \
     XX(utf8_repair_exhaustive_short)   \
-    XX(utf8_put_encodes_scalars)
+    XX(utf8_put_encodes_scalars)       \
+    XX(cache_entries_outlive_the_writer) \
+    XX(cache_ttl_and_clear_by_age)     \
+    XX(cache_tells_bad_files_from_bad_places)
