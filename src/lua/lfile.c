@@ -84,6 +84,10 @@ static void lfile_wait_writable(int fd) {
  * Returns 0, or an errno; on error the buffer is dropped and, for a file
  * of its own, the writer cuts the file back to its last whole line. */
 static int lfile_flush(lfile_writer *w) {
+    /* Nothing waits: return before the count below, which would hand
+     * memchr the NULL buffer of a writer that never had a line. */
+    if (w->len == 0)
+        return w->err;
     size_t off = 0;
     while (off < w->len) {
         ssize_t n = write(w->fd, w->buf + off, w->len - off);
