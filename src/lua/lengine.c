@@ -196,11 +196,11 @@ static void leng_retire_runners(lua_State *L, leng *e) {
     lua_pop(L, 1);
 }
 
+/* co died in an error: prints it with co's traceback. */
 static void leng_report(leng *e, lua_State *co, const char *what) {
     e->internal_errors++;
-    const char *msg = lua_tostring(co, -1);
-    luaL_traceback(e->L, co, msg ? msg : "(error object is not a string)",
-                   0);
+    lua_xmove(co, e->L, 1);
+    tide__lua_traceback(e->L, co, 0);
     fprintf(stderr, "tide: internal error %s: %s\n", what,
             lua_tostring(e->L, -1));
     lua_pop(e->L, 1);

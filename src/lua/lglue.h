@@ -7,13 +7,38 @@
 
 #include "../internal.h"
 
+/* ===== HELPERS (lutil.c): every glue file uses these, never its own ===== */
+
+/* Replaces the error value on top of L with its text (what tostring()
+ * makes of it, __tostring included) followed by the traceback of co from
+ * `level` on. co may be L itself (a message handler) or a coroutine that
+ * died in an error (L is then the thread that resumed it). */
+void tide__lua_traceback(lua_State *L, lua_State *co, int level);
+
+/* The message handler of every protected call that wants a traceback:
+ * tide__lua_traceback of the caller, from the function that raised. */
+int tide__lua_msgh(lua_State *L);
+
+/* Calls the function that sits on L's stack below its nargs arguments
+ * with tide__lua_msgh as the message handler. Function and arguments are
+ * replaced by nres results, or by the message with its traceback; returns
+ * lua_pcall's code. */
+int tide__lua_pcall(lua_State *L, int nargs, int nres);
+
+/* tide__lua_pcall with no results for hooks called from libuv callbacks,
+ * where an error has no Lua caller to go to: on error prints "tide: error
+ * in <what>: <message and traceback>" to stderr, pops it and returns
+ * non-zero. Never raises. */
+int tide__lua_pcall_hook(lua_State *L, int nargs, const char *what);
+
 /* Registers metatable `name` whose __index holds methods (NULL-terminated;
  * may be NULL) and whose __gc is gc (may be NULL). Leaves the stack as it
  * was. */
 void tide__lua_newclass(lua_State *L, const char *name, const luaL_Reg *methods,
                         lua_CFunction gc);
 
-/* Each adds its functions to the table on top of the stack. */
+/* ===== OPENERS: each adds its functions to the table on top ===== */
+
 void tide__lua_open_engine(lua_State *L);
 void tide__lua_open_graph(lua_State *L);
 void tide__lua_open_io(lua_State *L);
@@ -53,13 +78,6 @@ typedef struct lio_base {
      * its threads, which may still signal the handle). */
     void (*before_close)(struct lio_base *base);
 } lio_base;
-
-/* Calls the function that sits on L's stack below its nargs arguments,
- * with a traceback handler, and pops both; on error prints "tide: error
- * in <what>: <message and traceback>" to stderr and returns non-zero.
- * Never raises: it is for hooks called from libuv callbacks, where an
- * error has no Lua caller to go to. */
-int tide__lua_pcall_hook(lua_State *L, int nargs, const char *what);
 
 /* The bundled Lua modules, for the CLI (lbundle.c). */
 void tide__lua_preload_bundle(lua_State *L);

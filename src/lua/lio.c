@@ -24,28 +24,6 @@
 
 #include "lglue.h"
 
-static int lio_traceback(lua_State *L) {
-    const char *msg = lua_tostring(L, 1);
-    if (msg == NULL)
-        msg = luaL_typename(L, 1);
-    luaL_traceback(L, L, msg, 1);
-    return 1;
-}
-
-int tide__lua_pcall_hook(lua_State *L, int nargs, const char *what) {
-    int base = lua_gettop(L) - nargs;
-    lua_pushcfunction(L, lio_traceback);
-    lua_insert(L, base);
-    int rc = lua_pcall(L, nargs, 0, base);
-    if (rc != 0) {
-        fprintf(stderr, "tide: error in %s: %s\n", what,
-                lua_tostring(L, -1));
-        lua_pop(L, 1);
-    }
-    lua_remove(L, base);
-    return rc;
-}
-
 /* A Lua callback with the thread it is called on. */
 typedef struct {
     lua_State *T; /* private thread, anchored by thread_ref */
@@ -571,24 +549,6 @@ static int l_exit(lua_State *L) {
     fflush(NULL);
     _exit(code);
     return 0;
-}
-
-void tide__lua_newclass(lua_State *L, const char *name, const luaL_Reg *methods,
-                        lua_CFunction gc) {
-    luaL_newmetatable(L, name);
-    if (methods) {
-        lua_newtable(L);
-        for (const luaL_Reg *r = methods; r->name; r++) {
-            lua_pushcfunction(L, r->func);
-            lua_setfield(L, -2, r->name);
-        }
-        lua_setfield(L, -2, "__index");
-    }
-    if (gc) {
-        lua_pushcfunction(L, gc);
-        lua_setfield(L, -2, "__gc");
-    }
-    lua_pop(L, 1);
 }
 
 void tide__lua_open_io(lua_State *L) {

@@ -67,20 +67,6 @@ static const char *LPOOL_LOADER =
     "if not i then error(path .. ': no task ' .. name, 0) end\n"
     "return p.tasks[i].fn\n";
 
-/* Message handler: the error's text (tostring of an error object, such
- * as an error record) followed by the traceback. */
-static int lpool_traceback(lua_State *L) {
-    const char *msg = lua_tostring(L, 1);
-    if (msg == NULL) {
-        lua_getglobal(L, "tostring");
-        lua_pushvalue(L, 1);
-        lua_call(L, 1, 1);
-        msg = lua_tostring(L, -1);
-    }
-    luaL_traceback(L, L, msg ? msg : "?", 1);
-    return 1;
-}
-
 static void *lpool_worker_init(tide__pool *pool, int index) {
     lpool *lp = pool->udata;
     TIDE_UNUSED(index);
@@ -189,7 +175,6 @@ static void lpool_run(void *ctx, tide__job *j) {
         lua_settop(L, 0);
         return;
     }
-    lua_pushcfunction(L, lpool_traceback);
     if (lpool_push_fn(L, j) != 0) {
         lpool_fail(j, 1, lua_tostring(L, -1), NULL);
         lua_settop(L, 0);
@@ -205,7 +190,9 @@ static void lpool_run(void *ctx, tide__job *j) {
         lpool_deadline = uv_hrtime() + (uint64_t)(j->timeout_ms * 1e6);
         lua_sethook(L, lpool_hook, LUA_MASKCOUNT, 1000);
     }
-    int prc = lua_pcall(L, 1, 1, 1);
+    /* The message is the error's text (an error record's __tostring) and
+     * the traceback. */
+    int prc = tide__lua_pcall(L, 1, 1);
     if (j->timeout_ms > 0) {
         lua_sethook(L, NULL, 0, 0);
         lpool_deadline = 0;
