@@ -419,13 +419,10 @@ static int l_exec_start(lua_State *L) {
         lexec_close(x, (uv_handle_t *)&x->perr);
         lexec_close(x, (uv_handle_t *)&x->pin);
         lexec_close(x, (uv_handle_t *)&x->timer);
-        lua_pushnil(L);
         if (rc == UV_ENOENT)
-            lua_pushfstring(L, "command not found: '%s'", args[0]);
-        else
-            lua_pushfstring(L, "cannot run '%s': %s", args[0], uv_strerror(rc));
-        lua_pushstring(L, uv_err_name(rc));
-        return 3;
+            return tide__lua_fail(L, rc, "command not found: '%s'", args[0]);
+        return tide__lua_fail(L, rc, "cannot run '%s': %s", args[0],
+                              uv_strerror(rc));
     }
     x->nhandles++;
     x->boxed = 1;

@@ -68,9 +68,7 @@ static lfile_writer *lfile_check(lua_State *L) {
 
 /* Pushes nil and "name: strerror(err)"; returns 2. */
 static int lfile_fail(lua_State *L, const lfile_writer *w, int err) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s: %s", w->name, strerror(err));
-    return 2;
+    return tide__lua_fail(L, 0, "%s: %s", w->name, strerror(err));
 }
 
 /* Waits until fd can take more bytes; for non-blocking fds. */
@@ -180,10 +178,7 @@ static int l_open(lua_State *L) {
     int fd = open(path, flags, 0666);
     if (fd < 0) {
         int e = errno;
-        lua_pushnil(L);
-        lua_pushfstring(L, "%s: %s", path, strerror(e));
-        lua_pushstring(L, uv_err_name(uv_translate_sys_error(e)));
-        return 3;
+        return tide__lua_fail(L, e, "%s: %s", path, strerror(e));
     }
     uint64_t size = 0;
     int64_t cut = 0;
@@ -191,10 +186,8 @@ static int l_open(lua_State *L) {
         cut = lfile_cut_torn(fd, &size);
     if (cut < 0) {
         close(fd);
-        lua_pushnil(L);
-        lua_pushfstring(L, "%s: %s", path, strerror((int)-cut));
-        lua_pushstring(L, uv_err_name(uv_translate_sys_error((int)-cut)));
-        return 3;
+        return tide__lua_fail(L, (int)-cut, "%s: %s", path,
+                              strerror((int)-cut));
     }
     lfile_writer *w = lfile_new(L, fd, 1, path);
     w->committed = size;
@@ -318,10 +311,7 @@ static int l_stat(lua_State *L) {
     struct stat st;
     if (stat(path, &st) != 0) {
         int e = errno;
-        lua_pushnil(L);
-        lua_pushfstring(L, "%s: %s", path, strerror(e));
-        lua_pushstring(L, uv_err_name(uv_translate_sys_error(e)));
-        return 3;
+        return tide__lua_fail(L, e, "%s: %s", path, strerror(e));
     }
     lua_createtable(L, 0, 4);
     lua_pushstring(L, S_ISREG(st.st_mode)   ? "file"

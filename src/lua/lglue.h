@@ -31,6 +31,13 @@ int tide__lua_pcall(lua_State *L, int nargs, int nres);
  * non-zero. Never raises. */
 int tide__lua_pcall_hook(lua_State *L, int nargs, const char *what);
 
+/* Pushes the failure return of a lua_CFunction and returns its count:
+ * nil, the message (fmt and its arguments as for lua_pushfstring) and the
+ * name of err: for an errno (> 0) or a libuv error (< 0) its libuv name
+ * ("ENOENT"), for a TIDE_E* code its name ("EVALUE"). With err 0 the name
+ * is left out (nil, message: 2 values). Use as `return tide__lua_fail(...)`. */
+int tide__lua_fail(lua_State *L, int err, const char *fmt, ...);
+
 /* Registers metatable `name` whose __index holds methods (NULL-terminated;
  * may be NULL) and whose __gc is gc (may be NULL). Leaves the stack as it
  * was. */

@@ -66,8 +66,8 @@ static int l_compile(lua_State *L) {
     int rc = tide__graph_compile(specs, n, &tmp, err, sizeof(err), &bad);
     lua_settop(L, scratch - 1);
     if (rc != 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, err);
+        /* The third value is the task at fault, not an error name. */
+        tide__lua_fail(L, 0, "%s", err);
         lua_pushinteger(L, bad);
         return 3;
     }

@@ -771,11 +771,8 @@ static int l_http_listen(lua_State *L) {
     int rc = uv_ip4_addr(host, port, (struct sockaddr_in *)&addr);
     if (rc != 0)
         rc = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr);
-    if (rc != 0) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "bad listen address '%s'", host);
-        return 2;
-    }
+    if (rc != 0)
+        return tide__lua_fail(L, 0, "bad listen address '%s'", host);
     lhttp_server **box = lua_newuserdata(L, sizeof(*box));
     *box = NULL;
     luaL_getmetatable(L, "tide.http");
@@ -806,10 +803,8 @@ static int l_http_listen(lua_State *L) {
         rc = uv_listen((uv_stream_t *)&s->tcp, 512, lhttp_on_connection);
     if (rc != 0) {
         lhttp_stop(s, 0);
-        lua_pushnil(L);
-        lua_pushfstring(L, "cannot listen on %s:%d: %s", host, port,
-                        uv_strerror(rc));
-        return 2;
+        return tide__lua_fail(L, 0, "cannot listen on %s:%d: %s", host, port,
+                              uv_strerror(rc));
     }
     return 1;
 }

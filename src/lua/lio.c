@@ -197,12 +197,8 @@ static int l_reader(lua_State *L) {
         uv_fs_t req;
         fd = uv_fs_open(NULL, &req, path, O_RDONLY, 0, NULL);
         uv_fs_req_cleanup(&req);
-        if (fd < 0) {
-            lua_pushnil(L);
-            lua_pushfstring(L, "%s: %s", path, uv_strerror(fd));
-            lua_pushstring(L, uv_err_name(fd));
-            return 3;
-        }
+        if (fd < 0)
+            return tide__lua_fail(L, fd, "%s: %s", path, uv_strerror(fd));
     }
     lio_reader **box = lua_newuserdata(L, sizeof(*box));
     *box = NULL;
@@ -399,13 +395,9 @@ static int l_mkdir_p(lua_State *L) {
             uv_fs_t req;
             int rc = uv_fs_mkdir(NULL, &req, lua_tostring(L, -1), 0777, NULL);
             uv_fs_req_cleanup(&req);
-            if (rc != 0 && rc != UV_EEXIST) {
-                lua_pushnil(L);
-                lua_pushfstring(L, "%s: %s", lua_tostring(L, -2),
-                                uv_strerror(rc));
-                lua_pushstring(L, uv_err_name(rc));
-                return 3;
-            }
+            if (rc != 0 && rc != UV_EEXIST)
+                return tide__lua_fail(L, rc, "%s: %s", lua_tostring(L, -1),
+                                      uv_strerror(rc));
             lua_pop(L, 1);
         }
     }
@@ -413,12 +405,8 @@ static int l_mkdir_p(lua_State *L) {
     int rc = uv_fs_stat(NULL, &req, path, NULL);
     int isdir = rc == 0 && (req.statbuf.st_mode & S_IFMT) == S_IFDIR;
     uv_fs_req_cleanup(&req);
-    if (!isdir) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "%s: not a directory", path);
-        lua_pushstring(L, "ENOTDIR");
-        return 3;
-    }
+    if (!isdir)
+        return tide__lua_fail(L, ENOTDIR, "%s: not a directory", path);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -436,11 +424,8 @@ static int l_maxrss(lua_State *L) {
  * any loop added to it has events (a host polls this one fd). */
 static int l_epoll_create(lua_State *L) {
     int fd = epoll_create1(EPOLL_CLOEXEC);
-    if (fd < 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, strerror(errno));
-        return 2;
-    }
+    if (fd < 0)
+        return tide__lua_fail(L, 0, "%s", strerror(errno));
     lua_pushinteger(L, fd);
     return 1;
 }
@@ -489,11 +474,11 @@ static int l_read_fd(lua_State *L) {
     do
         n = read((int)luaL_checkinteger(L, 1), buf, sizeof(buf));
     while (n < 0 && errno == EINTR);
-    if (n <= 0) {
+    if (n < 0)
+        return tide__lua_fail(L, 0, "%s", strerror(errno));
+    if (n == 0) {
         lua_pushnil(L);
-        if (n < 0)
-            lua_pushstring(L, strerror(errno));
-        return n < 0 ? 2 : 1;
+        return 1;
     }
     lua_pushlstring(L, buf, (size_t)n);
     return 1;

@@ -136,33 +136,21 @@ static int l_native_load(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
     const char *sym = luaL_checkstring(L, 2);
     void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (h == NULL) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "cannot load native library '%s': %s", path,
-                        dlerror());
-        return 2;
-    }
+    if (h == NULL)
+        return tide__lua_fail(L, 0, "cannot load native library '%s': %s",
+                              path, dlerror());
     const int *abi = dlsym(h, "tide_abi_version");
-    if (abi == NULL) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "'%s' is not a tide native library (it does not "
-                           "export tide_abi_version: add TIDE_EXPORT_ABI;)",
-                        path);
-        return 2;
-    }
-    if (*abi != TIDE_ABI_VERSION) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "'%s' was built for tide ABI %d, this tide has %d",
-                        path, *abi, TIDE_ABI_VERSION);
-        return 2;
-    }
+    if (abi == NULL)
+        return tide__lua_fail(L, 0, "'%s' is not a tide native library (it "
+                              "does not export tide_abi_version: add "
+                              "TIDE_EXPORT_ABI;)", path);
+    if (*abi != TIDE_ABI_VERSION)
+        return tide__lua_fail(L, 0, "'%s' was built for tide ABI %d, this "
+                              "tide has %d", path, *abi, TIDE_ABI_VERSION);
     void *fn = dlsym(h, sym);
-    if (fn == NULL) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "native library '%s' has no symbol '%s'", path,
-                        sym);
-        return 2;
-    }
+    if (fn == NULL)
+        return tide__lua_fail(L, 0, "native library '%s' has no symbol '%s'",
+                              path, sym);
     lua_pushlightuserdata(L, fn);
     return 1;
 }

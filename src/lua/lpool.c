@@ -439,13 +439,9 @@ static int l_pool_submit(lua_State *L) {
     double timeout = luaL_optnumber(L, 6, 0);
     char *in, err[256];
     size_t inlen;
-    if (tide__marshal_encode(L, 5, &in, &inlen, err, sizeof(err)) != 0) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "the input of sync task '%s' cannot cross "
-                           "threads: %s", task, err);
-        lua_pushliteral(L, "EVALUE");
-        return 3;
-    }
+    if (tide__marshal_encode(L, 5, &in, &inlen, err, sizeof(err)) != 0)
+        return tide__lua_fail(L, TIDE_EVALUE, "the input of sync task '%s' "
+                              "cannot cross threads: %s", task, err);
     /* The box first (it may raise), then the job, which cannot. */
     tide__job **box = lua_newuserdata(L, sizeof(*box));
     *box = NULL;

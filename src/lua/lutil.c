@@ -1,10 +1,13 @@
 /* The glue's own helpers, used by every file in src/lua/: the one
- * traceback handler, protected calls with it, and metatables for classes.
+ * traceback handler, protected calls with it, the failure return of a
+ * lua_CFunction, and metatables for classes.
  *
  * Like luv's src/util.c, each shape of glue code that recurs is written
  * once here, so that its quirks (which message a non-string error gets,
  * what a hook does with an error no Lua code can catch) are decided in
  * one place. Nothing here keeps state. */
+#include <stdarg.h>
+
 #include <lauxlib.h>
 #include <lua.h>
 
@@ -73,6 +76,23 @@ int tide__lua_pcall_hook(lua_State *L, int nargs, const char *what) {
         lua_pop(L, 1);
     }
     return rc;
+}
+
+int tide__lua_fail(lua_State *L, int err, const char *fmt, ...) {
+    const char *name = NULL;
+    if (err > 0)
+        name = uv_err_name(uv_translate_sys_error(err));
+    else if (err < 0 && (name = tide_err_name(err)) == NULL)
+        name = uv_err_name(err);
+    va_list ap;
+    va_start(ap, fmt);
+    lua_pushnil(L);
+    lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    if (name == NULL)
+        return 2;
+    lua_pushstring(L, name);
+    return 3;
 }
 
 void tide__lua_newclass(lua_State *L, const char *name, const luaL_Reg *methods,
