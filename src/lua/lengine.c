@@ -1142,18 +1142,14 @@ static int l_engine(lua_State *L) {
         return luaL_error(L, "tide: cannot start the watchdog thread: %s",
                           uv_strerror(rc));
     lua_createtable(L, 0, (int)TIDE_ARRAY_SIZE(engine_funcs));
-    for (const luaL_Reg *r = engine_funcs; r->name; r++) {
-        lua_pushvalue(L, -2);
-        lua_pushcclosure(L, r->func, 1);
-        lua_setfield(L, -2, r->name);
-    }
+    lua_pushvalue(L, -2);
+    luaL_setfuncs(L, engine_funcs, 1); /* the userdata as upvalue 1 */
     return 2;
 }
 
 void tide__lua_open_engine(lua_State *L) {
+    static const luaL_Reg funcs[] = {
+        {"engine", l_engine}, {"sleep", l_sleep}, {NULL, NULL}};
     tide__lua_newclass(L, "tide.engine", NULL, l_engine_gc);
-    lua_pushcfunction(L, l_engine);
-    lua_setfield(L, -2, "engine");
-    lua_pushcfunction(L, l_sleep);
-    lua_setfield(L, -2, "sleep");
+    luaL_setfuncs(L, funcs, 0);
 }

@@ -508,11 +508,10 @@ static int l_exec_gc(lua_State *L) {
 }
 
 void tide__lua_open_exec(lua_State *L) {
+    static const luaL_Reg funcs[] = {{"exec_start", l_exec_start},
+                                     {"exec_wait", l_exec_wait},
+                                     {"exec_result", l_exec_result},
+                                     {NULL, NULL}};
     tide__lua_newclass(L, "tide.exec", NULL, l_exec_gc);
-    lua_pushcfunction(L, l_exec_start);
-    lua_setfield(L, -2, "exec_start");
-    lua_pushcfunction(L, l_exec_wait);
-    lua_setfield(L, -2, "exec_wait");
-    lua_pushcfunction(L, l_exec_result);
-    lua_setfield(L, -2, "exec_result");
+    luaL_setfuncs(L, funcs, 0);
 }

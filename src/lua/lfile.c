@@ -348,8 +348,5 @@ void tide__lua_open_file(lua_State *L) {
                                      {"stat", l_stat},
                                      {"stdfd_closed", l_stdfd_closed},
                                      {NULL, NULL}};
-    for (const luaL_Reg *r = funcs; r->name; r++) {
-        lua_pushcfunction(L, r->func);
-        lua_setfield(L, -2, r->name);
-    }
+    luaL_setfuncs(L, funcs, 0);
 }

@@ -46,6 +46,10 @@ void tide__lua_newclass(lua_State *L, const char *name, const luaL_Reg *methods,
 
 /* ===== OPENERS: each adds its functions to the table on top ===== */
 
+/* Every opener registers its functions the same way: a static luaL_Reg
+ * array handed to luaL_setfuncs (LuaJIT 2.1 has it), and its classes
+ * through tide__lua_newclass, which does the same for the methods. */
+
 void tide__lua_open_engine(lua_State *L);
 void tide__lua_open_graph(lua_State *L);
 void tide__lua_open_io(lua_State *L);

@@ -814,7 +814,8 @@ void tide__lua_open_http(lua_State *L) {
         {"respond", l_http_respond}, {"port", l_http_port},
         {"stats", l_http_stats},     {"close", l_http_close},
         {NULL, NULL}};
+    static const luaL_Reg funcs[] = {{"http_listen", l_http_listen},
+                                     {NULL, NULL}};
     tide__lua_newclass(L, "tide.http", methods, l_http_close);
-    lua_pushcfunction(L, l_http_listen);
-    lua_setfield(L, -2, "http_listen");
+    luaL_setfuncs(L, funcs, 0);
 }

@@ -553,8 +553,5 @@ void tide__lua_open_io(lua_State *L) {
         {"getpid", l_getpid}, {"environ", l_environ},
         {"sigint_install", l_sigint_install}, {"sigint_take", l_sigint_take},
         {NULL, NULL}};
-    for (const luaL_Reg *r = funcs; r->name; r++) {
-        lua_pushcfunction(L, r->func);
-        lua_setfield(L, -2, r->name);
-    }
+    luaL_setfuncs(L, funcs, 0);
 }

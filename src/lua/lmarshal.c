@@ -470,8 +470,8 @@ static int l_marshal_decode(lua_State *L) {
 }
 
 void tide__lua_open_marshal(lua_State *L) {
-    lua_pushcfunction(L, l_marshal_encode);
-    lua_setfield(L, -2, "marshal_encode");
-    lua_pushcfunction(L, l_marshal_decode);
-    lua_setfield(L, -2, "marshal_decode");
+    static const luaL_Reg funcs[] = {{"marshal_encode", l_marshal_encode},
+                                     {"marshal_decode", l_marshal_decode},
+                                     {NULL, NULL}};
+    luaL_setfuncs(L, funcs, 0);
 }

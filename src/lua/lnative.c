@@ -156,6 +156,7 @@ static int l_native_load(lua_State *L) {
 }
 
 void tide__lua_open_native(lua_State *L) {
-    lua_pushcfunction(L, l_native_load);
-    lua_setfield(L, -2, "native_load");
+    static const luaL_Reg funcs[] = {{"native_load", l_native_load},
+                                     {NULL, NULL}};
+    luaL_setfuncs(L, funcs, 0);
 }

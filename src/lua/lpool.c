@@ -597,8 +597,5 @@ void tide__lua_open_pool(lua_State *L) {
         {"pool_new", l_pool_new},       {"pool_wait", l_pool_wait},
         {"pool_result", l_pool_result}, {"is_worker", l_is_worker},
         {"cores", l_cores},             {NULL, NULL}};
-    for (const luaL_Reg *r = funcs; r->name; r++) {
-        lua_pushcfunction(L, r->func);
-        lua_setfield(L, -2, r->name);
-    }
+    luaL_setfuncs(L, funcs, 0);
 }

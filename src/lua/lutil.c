@@ -100,10 +100,7 @@ void tide__lua_newclass(lua_State *L, const char *name, const luaL_Reg *methods,
     luaL_newmetatable(L, name);
     if (methods) {
         lua_newtable(L);
-        for (const luaL_Reg *r = methods; r->name; r++) {
-            lua_pushcfunction(L, r->func);
-            lua_setfield(L, -2, r->name);
-        }
+        luaL_setfuncs(L, methods, 0);
         lua_setfield(L, -2, "__index");
     }
     if (gc) {
