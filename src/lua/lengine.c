@@ -27,7 +27,6 @@
 #include <lauxlib.h>
 #include <lua.h>
 
-#include "../internal.h"
 #include "lglue.h"
 
 enum { Y_NONE = 0, Y_IDLE, Y_BLOCKED };
@@ -1036,7 +1035,7 @@ static void leng_walk_close(uv_handle_t *h, void *arg) {
     } else {
         /* A glue handle (signal, timer, reader, pool): its record says
          * how. */
-        lio_base *b = h->data;
+        tide__lua_base *b = h->data;
         if (b->before_close)
             b->before_close(b);
         if (!uv_is_closing(h))

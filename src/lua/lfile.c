@@ -1,4 +1,4 @@
-/* Result files: a line writer that never tears a line, and stat().
+/* Result files: a line writer that never tears a line.
  *
  * DESIGN
  *
@@ -304,39 +304,6 @@ static int l_gc(lua_State *L) {
     return 0;
 }
 
-/* stat(path) -> { kind = "file"|"dir"|"other", size, dev, ino }
- *             | nil, msg, name */
-static int l_stat(lua_State *L) {
-    const char *path = luaL_checkstring(L, 1);
-    struct stat st;
-    if (stat(path, &st) != 0) {
-        int e = errno;
-        return tide__lua_fail(L, e, "%s: %s", path, strerror(e));
-    }
-    lua_createtable(L, 0, 4);
-    lua_pushstring(L, S_ISREG(st.st_mode)   ? "file"
-                      : S_ISDIR(st.st_mode) ? "dir"
-                                            : "other");
-    lua_setfield(L, -2, "kind");
-    lua_pushnumber(L, (double)st.st_size);
-    lua_setfield(L, -2, "size");
-    lua_pushnumber(L, (double)st.st_dev);
-    lua_setfield(L, -2, "dev");
-    lua_pushnumber(L, (double)st.st_ino);
-    lua_setfield(L, -2, "ino");
-    return 1;
-}
-
-/* stdfd_closed() -> stdin, stdout, stderr: whether each was closed when
- * the process started (it is on /dev/null now). */
-static int l_stdfd_closed(lua_State *L) {
-    int m = tide__stdfd_closed();
-    lua_pushboolean(L, m & 1);
-    lua_pushboolean(L, m & 2);
-    lua_pushboolean(L, m & 4);
-    return 3;
-}
-
 void tide__lua_open_file(lua_State *L) {
     static const luaL_Reg methods[] = {{"line", l_line},   {"flush", l_flush},
                                        {"close", l_close}, {"stats", l_stats},
@@ -345,8 +312,6 @@ void tide__lua_open_file(lua_State *L) {
     tide__lua_newclass(L, LFILE_MT, methods, l_gc);
     static const luaL_Reg funcs[] = {{"file_open", l_open},
                                      {"writer_fd", l_writer_fd},
-                                     {"stat", l_stat},
-                                     {"stdfd_closed", l_stdfd_closed},
                                      {NULL, NULL}};
     luaL_setfuncs(L, funcs, 0);
 }

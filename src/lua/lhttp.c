@@ -70,7 +70,7 @@ typedef struct lhttp_conn {
 } lhttp_conn;
 
 struct lhttp_server {
-    lio_base base;
+    tide__lua_base base;
     uv_tcp_t tcp;
     uv_loop_t *loop;
     lua_State *T;       /* hook thread */
@@ -738,7 +738,7 @@ static int l_http_close(lua_State *L) {
     return 0;
 }
 
-static void lhttp_before_engine_close(lio_base *b) {
+static void lhttp_before_engine_close(tide__lua_base *b) {
     lhttp_server *s = tide__container_of(b, lhttp_server, base);
     lhttp_stop(s, 0);
 }

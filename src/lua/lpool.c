@@ -22,15 +22,14 @@
 
 _Thread_local int tide__lua_in_worker;
 
-/* Present in the tide binary and libtide (bundled modules), absent from
- * core.so, where workers find the modules through package.path. */
-extern void tide__lua_preload_bundle(lua_State *L) __attribute__((weak));
+/* Weak here only: absent from core.so (see lglue.h). */
+#pragma weak tide__lua_preload_bundle
 
 #define LPOOL_GRACE_MS 1000 /* before a stuck worker gets a stand-in */
 #define LPOOL_MAX_STUCK 64
 
 typedef struct {
-    lio_base base;
+    tide__lua_base base;
     tide__pool pool;
     uv_async_t async;
     uv_timer_t stuck_timer; /* checks the jobs whose attempt gave up */
@@ -296,7 +295,7 @@ static void lpool_free(lpool *lp) {
 }
 
 static void lpool_handle_closed(uv_handle_t *h) {
-    lpool *lp = tide__container_of((lio_base *)h->data, lpool, base);
+    lpool *lp = tide__container_of((tide__lua_base *)h->data, lpool, base);
     if (--lp->nhandles == 0) {
         lp->async_open = 0;
         if (!lp->boxed)
@@ -338,7 +337,7 @@ static void lpool_stop(lpool *lp) {
         lpool_job_unref(lp->stuck[--lp->nstuck]);
 }
 
-static void lpool_before_engine_close(lio_base *b) {
+static void lpool_before_engine_close(tide__lua_base *b) {
     lpool_stop(tide__container_of(b, lpool, base));
 }
 

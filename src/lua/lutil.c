@@ -1,6 +1,7 @@
 /* The glue's own helpers, used by every file in src/lua/: the one
- * traceback handler, protected calls with it, the failure return of a
- * lua_CFunction, and metatables for classes.
+ * traceback handler, protected calls with it, Lua callbacks called from
+ * libuv callbacks, the failure return of a lua_CFunction, and metatables
+ * for classes.
  *
  * Like luv's src/util.c, each shape of glue code that recurs is written
  * once here, so that its quirks (which message a non-string error gets,
@@ -76,6 +77,28 @@ int tide__lua_pcall_hook(lua_State *L, int nargs, const char *what) {
         lua_pop(L, 1);
     }
     return rc;
+}
+
+void tide__lua_hook_init(lua_State *L, tide__lua_hook *h, int fn_idx) {
+    h->T = lua_newthread(L);
+    h->thread_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushvalue(L, fn_idx);
+    h->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+void tide__lua_hook_free(tide__lua_hook *h) {
+    if (h->T == NULL)
+        return;
+    /* The function first: the thread may go with its reference. */
+    luaL_unref(h->T, LUA_REGISTRYINDEX, h->fn_ref);
+    luaL_unref(h->T, LUA_REGISTRYINDEX, h->thread_ref);
+    h->T = NULL;
+}
+
+lua_State *tide__lua_hook_push(tide__lua_hook *h) {
+    lua_settop(h->T, 0);
+    lua_rawgeti(h->T, LUA_REGISTRYINDEX, h->fn_ref);
+    return h->T;
 }
 
 int tide__lua_fail(lua_State *L, int err, const char *fmt, ...) {
