@@ -544,7 +544,11 @@ typedef struct tide__job {
     size_t codelen;
     double timeout_ms; /* per attempt; 0: none (the worker's count hook) */
     _Atomic uint64_t started; /* uv_hrtime when a worker took it, or 0 */
-    int status;        /* set by the worker: 0 ok, else failed */
+    /* Set by the worker: 0 (it returned a value), or the code of its
+     * failure: TIDE_ETASK (the body raised), TIDE_EVALUE (a value could
+     * not cross threads), TIDE_ETIMEDOUT (the worker's hook stopped the
+     * body at its time limit). tide_err_name gives the code's name. */
+    int status;
     char *out;         /* result bytes or error text (owned, malloc'd) */
     size_t outlen;
     char *trace;       /* traceback of a failure (owned) */

@@ -115,7 +115,7 @@ void tide__native_run(lua_State *L, tide__job *j, tide_native_fn fn) {
     free(c.json_in);
     if (rc != 0 || c.failed) {
         free(c.out);
-        j->status = 1;
+        j->status = TIDE_ETASK;
         j->out = tide__xstrdup(c.err[0] ? c.err : "native task failed");
         j->outlen = strlen(j->out);
         return;

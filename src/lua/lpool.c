@@ -95,6 +95,7 @@ static void lpool_worker_free(void *ctx) {
         lua_close(ctx);
 }
 
+/* Fails the job with a TIDE_E* code, its message and traceback. */
 static void lpool_fail(tide__job *j, int status, const char *msg,
                        const char *trace) {
     j->status = status;
@@ -162,7 +163,7 @@ static void lpool_run(void *ctx, tide__job *j) {
     lua_State *L = ctx;
     char err[256];
     if (L == NULL) {
-        lpool_fail(j, 1, "worker thread has no Lua state", NULL);
+        lpool_fail(j, TIDE_ETASK, "worker thread has no Lua state", NULL);
         return;
     }
     lua_settop(L, 0);
@@ -175,12 +176,12 @@ static void lpool_run(void *ctx, tide__job *j) {
         return;
     }
     if (lpool_push_fn(L, j) != 0) {
-        lpool_fail(j, 1, lua_tostring(L, -1), NULL);
+        lpool_fail(j, TIDE_ETASK, lua_tostring(L, -1), NULL);
         lua_settop(L, 0);
         return;
     }
     if (tide__marshal_decode(L, j->in, j->inlen, err, sizeof(err)) != 0) {
-        lpool_fail(j, 2, err, NULL);
+        lpool_fail(j, TIDE_EVALUE, err, NULL);
         lua_settop(L, 0);
         return;
     }
@@ -203,7 +204,7 @@ static void lpool_run(void *ctx, tide__job *j) {
         char *msg = tide__xstrdup(tb ? tb : "error");
         if (nl)
             msg[nl - tb] = '\0';
-        lpool_fail(j, lpool_stopped ? 3 : 1, msg, tb);
+        lpool_fail(j, lpool_stopped ? TIDE_ETIMEDOUT : TIDE_ETASK, msg, tb);
         free(msg);
         lua_settop(L, 0);
         return;
@@ -213,7 +214,7 @@ static void lpool_run(void *ctx, tide__job *j) {
         char msg[600];
         snprintf(msg, sizeof(msg), "sync task '%s' returned a value that "
                  "cannot cross threads: %s", j->task, err);
-        lpool_fail(j, 2, msg, NULL);
+        lpool_fail(j, TIDE_EVALUE, msg, NULL);
     } else {
         j->status = 0;
     }
@@ -516,12 +517,10 @@ static int l_pool_result(lua_State *L) {
         lua_pushstring(L, j->trace);
     else
         lua_pushnil(L);
-    /* 2: the value could not cross; 3: the worker's hook stopped the body
-     * at its time limit (which may come before the loop's deadline: both
-     * count from the job's start). */
-    lua_pushstring(L, j->status == 2   ? "EVALUE"
-                      : j->status == 3 ? "ETIMEDOUT"
-                                       : "ETASK");
+    /* The status is the code: ETIMEDOUT when the worker's hook stopped
+     * the body at its time limit (which may come before the loop's
+     * deadline: both count from the job's start). */
+    lua_pushstring(L, tide_err_name(j->status));
     return 4;
 }
 
