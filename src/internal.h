@@ -535,32 +535,15 @@ int tide__eng_has_work(const tide__eng *eng);
 
 /* ===== WORKER THREADS (pool.c) ===== */
 
+/* What the pool knows of a job. The caller embeds it in its own job
+ * record (src/lua/lpool.c: lpool_job), which holds what to run, the
+ * result and who waits, and finds that record with tide__container_of in
+ * pool->run and in the lists the pool hands back. */
 typedef struct tide__job {
-    struct tide__job *next;
-    void *in;          /* input bytes (owned by the job) */
-    size_t inlen;
-    char *key, *task;  /* which function to run (owned) */
-    char *code;        /* its bytecode when it has no file (owned) */
-    size_t codelen;
-    double timeout_ms; /* per attempt; 0: none (the worker's count hook) */
+    struct tide__job *next;   /* the pool's queues, under its mutex */
     _Atomic uint64_t started; /* uv_hrtime when a worker took it, or 0 */
-    /* Set by the worker: 0 (it returned a value), or the code of its
-     * failure: TIDE_ETASK (the body raised), TIDE_EVALUE (a value could
-     * not cross threads), TIDE_ETIMEDOUT (the worker's hook stopped the
-     * body at its time limit). tide_err_name gives the code's name. */
-    int status;
-    char *out;         /* result bytes or error text (owned, malloc'd) */
-    size_t outlen;
-    char *trace;       /* traceback of a failure (owned) */
-    int refs;          /* loop side: the pool's and the Lua box's */
-    int cancelled;     /* loop side: nobody waits for the result */
-    int done;          /* loop side: taken back from the done queue */
-    int stood_in;      /* loop side: a stand-in thread replaced its worker */
-    int uncounted;     /* loop side: no longer keeps the loop alive */
-    int orphaned;      /* loop side: its pool stopped while it ran */
-    uint64_t cancelled_at; /* loop side: uv_now when its attempt gave up */
-    double att;        /* loop side: attempt to wake */
-    void *owner;       /* loop side: the glue's pool record */
+    int orphaned;      /* set by tide__pool_stop: its pool stopped while a
+                        * worker ran it, and the job is never handed back */
 } tide__job;
 
 typedef struct tide__pool tide__pool;
@@ -574,6 +557,8 @@ typedef struct {
     int orphan;        /* the pool stopped while it ran: it frees itself */
 } tide__pool_worker;
 
+/* The caller embeds the pool in its own record and reaches that record
+ * from the callbacks (the pool's calls out) with tide__container_of. */
 struct tide__pool {
     uv_mutex_t mu;
     uv_cond_t cv;
@@ -593,7 +578,6 @@ struct tide__pool {
     void *(*worker_init)(tide__pool *pool, int index);
     void (*worker_free)(void *ctx);
     void (*run)(void *ctx, tide__job *j);
-    void *udata;
 };
 
 int tide__pool_start(tide__pool *pool, int n);

@@ -126,8 +126,12 @@ void tide__lua_exec_end_all(struct lexec *list);
 
 /* 1 on tide's worker threads (their Lua states run sync tasks). */
 extern _Thread_local int tide__lua_in_worker;
-/* Runs a native function for a job on a worker (L: the worker's state). */
-void tide__native_run(lua_State *L, tide__job *j, tide_native_fn fn);
+/* Runs a native function on a worker (L: the worker's state) on the
+ * binary input in[inlen]. Returns 0 with the binary output in *out, or
+ * TIDE_ETASK with the error text there; *out (*outlen bytes) is malloc'd
+ * and the caller's either way. */
+int tide__native_run(lua_State *L, tide_native_fn fn, const void *in,
+                     size_t inlen, char **out, size_t *outlen);
 /* The binary encoding values cross threads in. */
 int tide__marshal_encode(lua_State *L, int idx, char **out, size_t *outlen,
                          char *err, size_t errlen);

@@ -102,32 +102,30 @@ static const struct tide_call_api lnative_api = {
     lnative_output_value, lnative_error,
 };
 
-/* Runs a native function for a job on a worker (L: the worker's state).
- * Sets the job's status and output as lpool_run does. */
-void tide__native_run(lua_State *L, tide__job *j, tide_native_fn fn) {
+int tide__native_run(lua_State *L, tide_native_fn fn, const void *in,
+                     size_t inlen, char **out, size_t *outlen) {
     lnative_call c;
     memset(&c, 0, sizeof(c));
     c.pub.api = &lnative_api;
     c.L = L;
-    c.in = j->in;
-    c.inlen = j->inlen;
+    c.in = in;
+    c.inlen = inlen;
     int rc = fn(&c.pub);
     free(c.json_in);
     if (rc != 0 || c.failed) {
         free(c.out);
-        j->status = TIDE_ETASK;
-        j->out = tide__xstrdup(c.err[0] ? c.err : "native task failed");
-        j->outlen = strlen(j->out);
-        return;
+        *out = tide__xstrdup(c.err[0] ? c.err : "native task failed");
+        *outlen = strlen(*out);
+        return TIDE_ETASK;
     }
     if (c.out == NULL) { /* no output set: null */
         c.out = tide__xmalloc(1);
         c.out[0] = 8; /* the encoding's json null tag */
         c.outlen = 1;
     }
-    j->status = 0;
-    j->out = c.out;
-    j->outlen = c.outlen;
+    *out = c.out;
+    *outlen = c.outlen;
+    return 0;
 }
 
 /* native_load(path, symbol) -> lightuserdata(fn) | nil, message
