@@ -341,7 +341,15 @@ enum { TIDE__TM_DEADLINE = 1, TIDE__TM_WAKE, TIDE__TM_RETRY, TIDE__TM_NOOP,
 /* An attempt record. Plain attempts of tasks without a timeout have none:
  * one is made when the attempt has a deadline, yields, or waits for a
  * retry. The engine owns it; it is found by index + generation ("handle")
- * so late wake-ups of a recycled record are recognised. */
+ * so late wake-ups of a recycled record are recognised.
+ *
+ * co, op, op_cancel and op_started belong to the glue, yet live here and
+ * not in a glue record that embeds this one: the engine allocates and
+ * recycles attempt records itself, so nothing can embed them, and it
+ * reads these fields: a held coroutine is what makes it call
+ * eng->drop_co when it abandons the attempt, and op_started moves the
+ * deadline of an operation that queues first. They are opaque pointers:
+ * no Lua type reaches the core. */
 typedef struct tide__att {
     uint32_t idx, gen;
     uint32_t slot, task, attempt; /* task is the global index */
@@ -359,7 +367,6 @@ typedef struct tide__att {
      * then. NULL: it counts from the attempt's start. */
     uint64_t (*op_started)(void *op);
     uint32_t unstarted;           /* deadlines passed with op not started */
-    int co_ref;                   /* its anchor, managed by the glue */
     uint64_t t0;                  /* uv_hrtime() at its start, if timing */
     tide__tentry deadline;        /* per-attempt timeout */
     tide__tentry wake;            /* sleep/park timer, or the retry time */
@@ -489,10 +496,17 @@ struct tide__eng {
     tide__tstat *tstat;   /* per global task */
     int timing;           /* measure attempt durations into tstat */
     uint64_t slice_end;   /* uv_hrtime() at which a drain should stop */
-    tide__wd wd;          /* what the watchdog thread reads (watchdog.c) */
+    /* What the watchdog thread reads (watchdog.c). The glue's hook fills
+     * part of it (fired), but it stays in the core record: the watchdog
+     * thread reaches every engine through it, with no glue in between. */
+    tide__wd wd;
     uint32_t slice_count;
     int draining, closing;
-    /* The glue drops an abandoned coroutine's anchor here. */
+    /* The engine's calls out to the glue stay here, as a uv handle holds
+     * its callbacks, because the engine calls them. Everything else of the
+     * glue's (its Lua state, runners, idle list, subprocess list) is in the
+     * record that embeds this one (src/lua/lengine.c: leng, reached with
+     * tide__container_of). drop_co drops an abandoned coroutine's anchor. */
     void (*drop_co)(tide__eng *eng, tide__att *att);
     void (*kick)(tide__eng *eng); /* work became ready: start draining */
 };
