@@ -8,8 +8,6 @@
 
 #include "lua/lglue.h"
 
-int luaopen_tide_editline(lua_State *L); /* src/lua/ledit.c, CLI only */
-
 /* With TIDE_LUA_PATH set, modules load from that source tree instead of
  * the bytecode bundled into the binary (for development). */
 static void main_setup_path(lua_State *L) {

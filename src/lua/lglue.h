@@ -84,6 +84,8 @@ void tide__lua_open_native(lua_State *L);  /* lnative.c */
 void tide__lua_open_http(lua_State *L);    /* lhttp.c */
 
 int luaopen_tide_core(lua_State *L); /* lcore.c */
+/* Line editing for the REPL (ledit.c): linked into the tide binary only. */
+int luaopen_tide_editline(lua_State *L);
 
 /* ===== THE ENGINE (lengine.c) ===== */
 
