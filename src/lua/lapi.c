@@ -3,7 +3,8 @@
  *
  * Every call enters Lua through lapi_call, a protected call with a
  * traceback (tide__lua_pcall), so a Lua error never escapes to the host:
- * it becomes an error code and message. Strings handed back are malloc'd copies. */
+ * it becomes an error code and message. Strings handed back are malloc'd
+ * copies. */
 #include <string.h>
 
 #include <lauxlib.h>

@@ -1,5 +1,7 @@
-/* Signal watchers and repeating timers on an engine's loop, each calling
- * a Lua callback: one class, "tide.handle", whose only method is close().
+/* Signal watchers and repeating timers on an engine's loop (tide.handle).
+ *
+ * Each calls a Lua callback; both are one class, "tide.handle", whose only
+ * method is close().
  *
  * The Lua userdata holds a pointer to a malloc'd record (a boxed pointer)
  * because libuv needs the record until the handle's close callback, which

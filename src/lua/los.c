@@ -1,7 +1,8 @@
-/* The process and its OS, for the Lua side: clocks, terminals, files and
- * directories (stat, mkdir_p), fds the REPL and hosts poll themselves
- * (epoll, poll, read_fd), the environment, SIGINT as a flag for the REPL,
- * and exit.
+/* The process and its OS as the Lua side needs them, one wrapper each.
+ *
+ * Clocks, terminals, files and directories (stat, mkdir_p), fds the REPL
+ * and hosts poll themselves (epoll, poll, read_fd), the environment,
+ * SIGINT as a flag for the REPL, and exit.
  *
  * Thin wrappers: each calls the system once or a few times and keeps
  * nothing. The one piece of state is the SIGINT flag, a sig_atomic_t the

@@ -1,5 +1,7 @@
-/* The input reader of `tide run`: a file or stdin read in chunks on an
- * engine's loop and handed to a Lua callback, with pause and resume.
+/* The input reader of `tide run`: a file or stdin read on an engine's loop.
+ *
+ * Chunks are handed to a Lua callback as they come; the reader can pause
+ * and resume.
  *
  * The Lua userdata holds a pointer to a malloc'd record (a boxed pointer)
  * because libuv needs the record until its last request completes, which

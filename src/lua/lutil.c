@@ -1,7 +1,8 @@
-/* The glue's own helpers, used by every file in src/lua/: the one
- * traceback handler, protected calls with it, Lua callbacks called from
- * libuv callbacks, the failure return of a lua_CFunction, and metatables
- * for classes.
+/* The glue's helpers, one of each kind, for every file in src/lua/.
+ *
+ * They are the one traceback handler, protected calls with it, Lua
+ * callbacks called from libuv callbacks, the failure return of a
+ * lua_CFunction, and metatables for classes.
  *
  * Like luv's src/util.c, each shape of glue code that recurs is written
  * once here, so that its quirks (which message a non-string error gets,
