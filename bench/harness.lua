@@ -1,4 +1,4 @@
---- What every benchmark script shares (../shared/WORKLOADS.md protocol):
+--- What every benchmark script shares (the protocol of docs/benchmarks.md):
 -- the monotonic clock, timed repetitions with a full GC before each, the
 -- lower median and the minimum, and the output line format.
 local ffi = require "ffi"

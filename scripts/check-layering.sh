@@ -1,6 +1,7 @@
 #!/bin/sh
 # The core (src/*.c, src/*.h) must not include lua.h: all C <-> Lua glue
-# lives in src/lua/ (STYLE.md 9.1).
+# lives in src/lua/, so that the core builds and is tested without a Lua
+# state (docs/architecture.md).
 set -eu
 bad=$(grep -lE '#include *[<"](lua|lauxlib|lualib|luajit)\.h' src/*.c src/*.h 2>/dev/null | grep -v '^src/main.c$' || true)
 if [ -n "$bad" ]; then

@@ -1,13 +1,15 @@
---- The tide command line: `tide run`, `tide version`, `tide --help`.
+--- The tide command line: argument parsing, the commands and their exit
+-- codes. The work is done by the modules each command names.
 local core = require "tide.core"
 local tide = require "tide"
 local executor = require "tide.executor"
 local jsonl = require "tide.jsonl"
 local outputs = require "tide.outputs"
+local drive = require "tide.drive"
+local journal = require "tide.journal"
 
-local json = core.json
 local io_stderr, io_stdout = io.stderr, io.stdout
-local format, tostring, type, pairs = string.format, tostring, type, pairs
+local format, tostring = string.format, tostring
 local hrtime = core.hrtime
 
 local M = {}
@@ -19,16 +21,22 @@ commands:
   run PIPELINE.lua [--input FILE|-] [--output DIR [--append|--overwrite]]
                    [--concurrency N] [--threads N] [--task-timeout S]
                    [--priority high|low|lifo] [--max-line-bytes N]
+                   [--journal FILE [--journal-reset]]
       Run every JSONL input line through the pipeline the file returns.
       Results go to stdout as JSONL, or with --output to DIR/<sink>.jsonl,
       DIR/failed.jsonl, DIR/rejects.jsonl (and DIR/dropped.jsonl when
       routers choose no sink). A DIR that holds results needs --append or
       --overwrite, except to re-run --input DIR/failed.jsonl into DIR.
+      --journal FILE makes the run resumable: the same command after a
+      crash or Ctrl-C goes on where it stopped.
   serve PIPELINE.lua [--listen 127.0.0.1:8080] [--token-file F] [--threads N]
                      [--drain-timeout S] [--request-timeout S] [--max-results N]
                      [--max-pending N] [--max-pending-bytes N] [--allow-host NAME]...
+                     [--journal FILE [--journal-reset]]
       The HTTP/JSON job API (POST /v1/jobs, GET /v1/jobs/ID[/result],
       DELETE /v1/jobs/ID, /healthz, /metrics). Port 0 picks a free port.
+      With --journal, a job is answered 201 once it is on the device, and
+      a restart runs again the accepted jobs that have no result.
       Past --max-pending unfinished jobs (100000) or --max-pending-bytes of
       their request bodies (268435456), POST answers 503 with Retry-After.
       Without --token-file only Host localhost, 127.0.0.1 and [::1] are
@@ -127,6 +135,8 @@ local RUN_OPTIONS = {
     ["--append"] = { "append" },
     ["--overwrite"] = { "overwrite" },
     ["--max-line-bytes"] = { "max_line_bytes", whole, "--max-line-bytes needs a whole number >= 1" },
+    ["--journal"] = { "journal", as_text, "--journal needs a file name" },
+    ["--journal-reset"] = { "journal_reset" },
     ["--concurrency"] = { "concurrency", whole_upto(executor.MAX_CONCURRENCY),
                           "--concurrency needs a whole number from 1 to " .. executor.MAX_CONCURRENCY },
     ["--threads"] = { "threads", whole_upto(executor.MAX_THREADS),
@@ -144,6 +154,8 @@ local SERVE_OPTIONS = {
     ["--request-timeout"] = { "request_timeout", positive, "--request-timeout needs seconds > 0" },
     ["--max-results"] = { "max_results", whole, "--max-results needs a whole number >= 1" },
     ["--drain-timeout"] = { "drain", nonnegative, "--drain-timeout needs seconds >= 0" },
+    ["--journal"] = { "journal", as_text, "--journal needs a file name" },
+    ["--journal-reset"] = { "journal_reset" },
     ["--max-pending"] = { "max_pending", whole, "--max-pending needs a whole number >= 1" },
     ["--max-pending-bytes"] = { "max_pending_bytes", whole,
                                 "--max-pending-bytes needs a whole number of bytes >= 1" },
@@ -161,23 +173,24 @@ GRAPH_OPTIONS["-f"] = GRAPH_OPTIONS["--format"]
 local load_pipeline = require("tide.pipeline").load
 
 
--- The id of an input: its "id" field when that is a non-empty string or a
--- number (numbers keep every digit: their JSON text is the id), else nil.
--- The second value says why an "id" field that is present was not used.
-local function input_id(v)
-    local id = v.id
-    local t = type(id)
-    if t == "string" then
-        if id ~= "" then return id end
-        return nil, "an empty string"
-    elseif t == "number" or t == "cdata" then
-        local s = json.encode(id)
-        if s then return s end
-        return nil, "a number JSON cannot carry"
-    elseif id ~= nil then
-        return nil, id == json.null and "null" or ("a " .. t)
+-- The exit code of a run from its report, printing why when it is not 0
+-- or 1.
+local function run_exit_code(report, sink)
+    if report.write_error or sink.error then
+        io_stderr:write("tide: the run stopped at the write error; written: ", sink:written(), "\n")
+        return EXIT_IO
     end
-    return nil
+    if report.internal then return die(EXIT_IO, report.internal) end
+    if report.signal then
+        if not sink.rerun and not report.complete then
+            io_stderr:write(format("tide: stopped: input lines after line %d were not run\n", report.last_line))
+        end
+        return 128 + report.signal
+    end
+    if report.read_error then return die(EXIT_IO, report.read_error) end
+    local c = sink.counts
+    if c.failed > 0 or c.rejected > 0 then return EXIT_FAILED end
+    return EXIT_OK
 end
 
 
@@ -208,217 +221,124 @@ local function run(args)
 
     local path = o.input
     if path == "-" then path = nil end
-    local out, oerr, ocode = outputs.open {
-        dir = o.output, mode = o.append and "append" or o.overwrite and "overwrite" or nil,
-        input = path, sinks = p.sink_names, routed = p.has_routes,
+    if o.journal and not o.output then
+        return die(EXIT_USAGE, "--journal needs --output DIR (a resume cuts the files back to what "
+                   .. "the journal recorded, which stdout cannot do)")
+    end
+    if o.journal_reset and not o.journal then
+        return die(EXIT_USAGE, "--journal-reset needs --journal FILE")
+    end
+    local ex = executor.new {
+        concurrency = o.concurrency, task_timeout = o.task_timeout, threads = o.threads,
+        results = false,
     }
-    if not out then return die(ocode, oerr) end
+    local jr, sink
+    if o.journal then
+        local jerr, jcode
+        jr, jerr, jcode = journal.open(ex, o.journal, p, o.pipeline, { reset = o.journal_reset })
+        if not jr then
+            ex:close()
+            return die(jcode, jerr)
+        end
+        if jr.finished then
+            io_stderr:write("tide: ", jr:finished_message(), "\n")
+            local code = jr:exit_code()
+            jr:close()
+            ex:close()
+            return code
+        end
+    end
+    local oerr, ocode
+    sink, oerr, ocode = outputs.open {
+        dir = o.output, input = path, sinks = p.sink_names, routed = p.has_routes,
+        mode = (o.append and "append") or ((o.overwrite or o.journal_reset) and "overwrite") or nil,
+        resume = jr and jr.resume and jr:files() or nil,
+    }
+    if sink and sink.rerun and jr then
+        sink, oerr, ocode = nil, "--journal cannot re-run DIR/failed.jsonl into DIR: run the failures "
+            .. "with a journal of their own into another directory", EXIT_USAGE
+    end
+    if not sink then
+        if jr then jr:close() end
+        ex:close()
+        return die(ocode, oerr)
+    end
+    local done -- keys a resumed run has finished already
+    local restore -- their checkpoints: id -> { task = JSON text }
+    if jr then
+        sink.captured = {}
+        if jr.resume then
+            -- The files hold what the journal recorded; the results after
+            -- that are in the journal: written again, not run again.
+            local rerr = jr:unflushed(function(lines) return sink:rewrite(lines) end)
+                or sink:flush() or sink:sync()
+            if rerr then
+                jr:close()
+                ex:close()
+                return die(EXIT_IO, tostring(rerr))
+            end
+            done = jr:done_keys()
+            restore = jr:checkpoints()
+            sink.counts = jr:counts()
+            io_stderr:write(format("tide: resuming from the journal %s: %d inputs ended before\n",
+                                   o.journal, sink.counts.done + sink.counts.failed + sink.counts.rejected
+                                       + sink.counts.dropped))
+        end
+        local serr = sink:sync()
+        if serr then
+            jr:close()
+            ex:close()
+            return die(EXIT_IO, tostring(serr))
+        end
+        jr:flushed(sink:lengths())
+    end
     if o.output then
         -- Subprocess logs of exec tasks and tide.exec.
         require("tide.exec").log_dir = o.output .. "/logs"
     end
 
-    local inflight = 0
-    local inputs = {} -- id -> original input, while in flight (for failed.jsonl)
-    local quoted = {} -- id -> the id as JSON text, while in flight
-    local pend_no, pend_line, phead, ptail = {}, {}, 1, 0 -- lines waiting for capacity
-    local pump -- defined below
-    local eof, reader, read_error = false, nil, nil
-    local write_error -- the first failure to write a result: the run stops
-    local stopping -- a signal number, or true after a write error
-    local started = hrtime()
-    local concurrency = o.concurrency
-    local ex
-    local last_no = 0 -- the number of the last line submitted
-
-    -- Stops taking input and cancels what runs (a signal or a write
-    -- error). A re-run of failed.jsonl keeps reading after a signal: its
-    -- unread lines are copied on as failures still to run.
-    local function stop(why)
-        if stopping then return end
-        stopping = why
-        if not out.rerun or why == true then
-            eof = true
-            if reader then reader:close() reader = nil end
-            phead = ptail + 1
-        end
-        for id in pairs(inputs) do ex:cancel(id) end
-    end
-
     local tty = core.isatty(2)
-    local function on_write_error(err)
-        if write_error then return end
-        write_error = err
-        io_stderr:write(tty and "\n" or "", "tide: cannot write results: ", tostring(err), "\n")
-        stop(true)
+    local source = jsonl.source(ex, path, o.max_line_bytes, {
+        reject = function(no, text, msg)
+            if done and done["#" .. no] then return end
+            local err = sink:reject(no, text, msg)
+            if err then io_stderr:write("tide: cannot write results: ", tostring(err), "\n") end
+            if jr then jr:reject(no, sink:take_lines()) end
+        end,
+        warn = function(msg) io_stderr:write("tide: ", msg, "\n") end,
+        skip = done and function(id) return done[id] ~= nil end or nil,
+    })
+    local started = hrtime()
+    local report = drive.run(ex, p, source, sink, {
+        concurrency = o.concurrency, priority = o.priority, tty = tty, journal = jr, restore = restore,
+        tick = tty and function(inflight)
+            io_stderr:write("\r\27[K", drive.summary(sink.counts, inflight, hrtime() - started))
+        end or nil,
+    })
+    if report.open_error then
+        if jr then jr:close() end
+        ex:close()
+        return die(EXIT_IO, "--input: " .. report.open_error)
     end
-
-    local function on_done(id, status, value, ran)
-        inflight = inflight - 1
-        local input, sid = inputs[id], quoted[id]
-        inputs[id], quoted[id] = nil, nil
-        local _, err = out:result(sid, status, value, ran, input)
-        if err then on_write_error(err) end
-        pump()
-    end
-
-    ex = executor.new {
-        concurrency = concurrency, task_timeout = o.task_timeout,
-        threads = o.threads, on_done = on_done,
-    }
-    local prio = executor.PRIO[o.priority]
-
-    local function reject(n, line, msg)
-        local err = out:reject(n, line, msg)
-        if err then on_write_error(err) end
-    end
-
-    local next_id = jsonl.ids()
-    local function submit_line(n, line)
-        local v, err = json.decode(line)
-        if v == nil and err then
-            reject(n, line, "malformed JSON: " .. tostring(err))
-            return
-        end
-        local id, why
-        if type(v) == "table" and getmetatable(v) == json.object_mt then
-            id, why = input_id(v)
-            -- A record of failed.jsonl re-runs its original input.
-            if v.error ~= nil and v.input ~= nil and v.id ~= nil then v = v.input end
-            if why then
-                io_stderr:write(format("tide: line %d: the id is %s, not a string or a number; "
-                                       .. "the line number is used instead\n", n, why))
-            end
-        end
-        local given = id
-        local taken
-        id, taken = next_id(n, id)
-        last_no = n
-        if taken then
-            io_stderr:write(format("tide: line %d: id '%s' is already taken by an earlier line; "
-                                   .. "this input runs as '%s'\n", n, given or taken, id))
-        end
-        inflight = inflight + 1
-        inputs[id], quoted[id] = v, json.encode(id)
-        ex:_submit(p, v, id, prio)
-    end
-
-    -- Submits pending lines while there is capacity; pauses the reader
-    -- when there is not (backpressure: memory stays bounded by one chunk).
-    -- The reader is told only when that changes.
-    local paused = false
-    function pump()
-        while phead <= ptail and (stopping or inflight < concurrency) do
-            local no, line = pend_no[phead], pend_line[phead]
-            pend_no[phead], pend_line[phead] = nil, nil
-            phead = phead + 1
-            if stopping then
-                local err = out:pass_through(line)
-                if err then on_write_error(err) end
-            else
-                submit_line(no, line)
-            end
-        end
-        if reader then
-            local want = phead <= ptail
-            if want ~= paused then
-                paused = want
-                if want then reader:pause() elseif not eof then reader:resume() end
-            end
+    if tty then io_stderr:write("\r\27[K") end
+    io_stderr:write("tide: ", drive.summary(sink.counts, report.inflight, hrtime() - started, true,
+                                            core.maxrss()), "\n")
+    local code = run_exit_code(report, sink)
+    if jr then
+        if code == EXIT_OK or code == EXIT_FAILED then jr:finish(code) end
+        local summary = jr:summary()
+        local jerr = jr:close()
+        io_stderr:write("tide: ", summary, "\n")
+        if jerr then
+            io_stderr:write("tide: --journal ", o.journal, ": ", jerr, "\n")
+            code = EXIT_IO
+        elseif report.signal then
+            io_stderr:write(format("tide: the journal %s keeps what ended; the same command resumes the "
+                                   .. "run\n", o.journal))
         end
     end
-
-    local max_line = o.max_line_bytes
-    local framer = jsonl.framer(max_line, function(no, line, nbytes)
-        if line == nil then
-            reject(no, nil, format("the line is %d bytes long, more than --max-line-bytes (%d)",
-                                   nbytes, max_line))
-            return
-        end
-        ptail = ptail + 1
-        pend_no[ptail], pend_line[ptail] = no, line
-    end)
-    local function on_chunk(chunk, err)
-        if chunk == nil then
-            eof = true
-            if err then read_error = "reading input: " .. err end
-            framer.finish()
-        else
-            framer.feed(chunk)
-        end
-        pump()
-    end
-
-    local rerr
-    reader, rerr = core.reader(ex._ud, path, on_chunk)
-    if not reader then
-        out:close(false)
-        return die(EXIT_IO, "--input: " .. tostring(rerr))
-    end
-
-    local function progress(final)
-        local c = out.counts
-        local el = hrtime() - started
-        local rate = el > 0 and (c.done + c.failed) / el or 0
-        local s = format("%d done, %d failed, %d rejected, ", c.done, c.failed, c.rejected)
-        if c.dropped > 0 then s = s .. format("%d dropped, ", c.dropped) end
-        s = s .. format("%d running, %.0f/s, %.1f s", inflight, rate, el)
-        if final then
-            s = s .. format(", peak RSS %.1f MiB", (core.maxrss() or 0) / 1048576)
-        end
-        if final then
-            if tty then io_stderr:write("\r\27[K") end
-            io_stderr:write("tide: ", s, "\n")
-        else
-            io_stderr:write("\r\27[K", s)
-        end
-    end
-    -- Results reach their files within 0.2 s even while the run goes on;
-    -- on a terminal the progress line refreshes.
-    local ticker = core.timer(ex._ud, 0.2, function()
-        local err = out:flush()
-        if err then on_write_error(err) end
-        if tty then progress(false) end
-    end)
-
-    local function on_signal(signum)
-        if stopping then return end
-        io_stderr:write(tty and "\n" or "", "tide: signal ", signum, ": cancelling ", inflight, " running inputs",
-                        out.rerun and "; the failures not run yet stay in failed.jsonl" or "", "\n")
-        stop(signum)
-    end
-    local sigint = core.signal(ex._ud, 2, on_signal)
-    local sigterm = core.signal(ex._ud, 15, on_signal)
-
-    -- An internal error (a bug) ends the run with exit 3 after what
-    -- finished is written.
-    local rok, internal = pcall(ex.run, ex)
-    ticker:close()
-    sigint:close()
-    sigterm:close()
-    if reader then reader:close() end
-    -- The whole input was consumed (run, or copied on after a signal)
-    -- unless reading failed or a write error stopped the run.
-    local complete = rok and eof and not read_error and not write_error
-    local cerr = out:close(complete)
-    if cerr then on_write_error(cerr) end
-    progress(true)
     ex:close()
-    if write_error then
-        io_stderr:write("tide: the run stopped at the write error; written: ", out:written(), "\n")
-        return EXIT_IO
-    end
-    if not rok then return die(EXIT_IO, tostring(internal)) end
-    if type(stopping) == "number" then
-        if not out.rerun and not (eof and phead > ptail and last_no == framer.lineno()) then
-            io_stderr:write(format("tide: stopped: input lines after line %d were not run\n", last_no))
-        end
-        return 128 + stopping
-    end
-    if read_error then return die(EXIT_IO, tostring(read_error)) end
-    local c = out.counts
-    if c.failed > 0 or c.rejected > 0 then return EXIT_FAILED end
-    return EXIT_OK
+    return code
 end
 
 
@@ -435,12 +355,34 @@ local function serve(args)
     end
     local p, err = load_pipeline(o.pipeline)
     if not p then return die(EXIT_USAGE, err) end
+    if o.journal_reset and not o.journal then
+        return die(EXIT_USAGE, "--journal-reset needs --journal FILE")
+    end
+    local sex = executor.new { max_results = o.max_results or 100000, threads = o.threads }
+    local jr
+    if o.journal then
+        local jerr, jcode
+        jr, jerr, jcode = journal.open(sex, o.journal, p, o.pipeline,
+                                       { reset = o.journal_reset, command = "serve" })
+        if not jr then
+            sex:close()
+            return die(jcode, jerr)
+        end
+    end
     local server, serr = require("tide.serve").serve(p, {
-        listen = o.listen, token = token, threads = o.threads,
-        request_timeout = o.request_timeout, max_results = o.max_results,
+        listen = o.listen, token = token, executor = sex, journal = jr,
+        request_timeout = o.request_timeout,
         max_pending = o.max_pending, max_pending_bytes = o.max_pending_bytes, allow_host = o.allow_host,
     })
-    if not server then return die(EXIT_IO, serr) end
+    if not server then
+        if jr then jr:close() end
+        sex:close()
+        return die(EXIT_IO, serr.message)
+    end
+    if server.recovered > 0 then
+        io_stderr:write(format("tide: the journal %s: %d accepted jobs had no result; they run again\n",
+                               o.journal, server.recovered))
+    end
     local host = o.listen:match("^(.*):%d+$")
     io_stderr:write(format("tide: serving '%s' on http://%s:%d\n", p.name, host, server.port))
     local ex = server.executor
@@ -451,15 +393,19 @@ local function serve(args)
         io_stderr:write("tide: draining (signal ", signum, ")\n")
         server.drain(o.drain)
     end
-    local sigint = core.signal(ex._ud, 2, on_signal)
-    local sigterm = core.signal(ex._ud, 15, on_signal)
+    local sigint = ex:signal(2, on_signal)
+    local sigterm = ex:signal(15, on_signal)
     -- SIGHUP drains like SIGTERM (a terminal that goes away, or a service
     -- manager asking for a reload, must not drop accepted jobs).
-    local sighup = core.signal(ex._ud, 1, on_signal)
-    ex._E.run()
+    local sighup = ex:signal(1, on_signal)
+    ex:run()
     sigint:close()
     sigterm:close()
     sighup:close()
+    if jr then
+        local jerr = jr:close()
+        if jerr then io_stderr:write("tide: --journal ", o.journal, ": ", jerr, "\n") end
+    end
     ex:close()
     io_stderr:write("tide: stopped\n")
     return EXIT_OK

@@ -1,12 +1,12 @@
 --- The Lua half of the C embedding API (src/lua/lapi.c, tide.h): one
 -- engine is one executor and one loaded pipeline. Functions return their
--- result, or nil, message, code name.
-local tide = require "tide"
+-- result, or nil, message, code name (what src/lua/lapi.c turns into a
+-- TIDE_E* code and a message).
 local pipeline = require "tide.pipeline"
 local executor = require "tide.executor"
 local errors = require "tide.errors"
 
-local json = tide.json
+local json = require("tide.core").json -- (nil, message) on failure, for lapi.c
 local M = {}
 
 
@@ -27,7 +27,7 @@ function M.submit(st, id, text)
     if not st.p then return nil, "no pipeline loaded", "EINVAL" end
     local v, err = json.decode(text)
     if v == nil and err then return nil, "input is not JSON: " .. err, "EVALUE" end
-    if id and (st.ex._live[id] or st.ex:finished(id)) then
+    if id and st.ex:has(id) then
         return nil, "duplicate id '" .. id .. "'", "EEXIST"
     end
     return st.ex:submit(st.p, v, { id = id })
@@ -35,8 +35,8 @@ end
 
 
 function M.status(st, id)
-    local s, rec, code = st.ex:status(id)
-    if s == nil then return nil, rec.message, code end
+    local s, rec = st.ex:status(id)
+    if s == nil then return nil, rec.message, rec.code end
     return s
 end
 
@@ -44,29 +44,27 @@ end
 -- Returns "OK" and the output as JSON, or the error code and the error
 -- record as JSON (nil for EAGAIN and ENOENT).
 function M.result(st, id)
-    local out, rec, code = st.ex:result(id, 0)
+    local out, rec = st.ex:result(id, 0)
     if rec == nil then
         local text, err = json.encode(out == nil and json.null or out)
-        if not text then
-            rec, code = errors.new("EVALUE", "output cannot be encoded: " .. err), "EVALUE"
-        else
-            return "OK", text
-        end
+        if text then return "OK", text end
+        rec = errors.new("EVALUE", "output cannot be encoded: " .. tostring(err))
     end
+    local code = rec.code
     if code == "EAGAIN" or code == "ENOENT" then return code end
-    return code, json.encode(json.object(errors.plain(rec, true)))
+    return code, errors.json(rec, true)
 end
 
 
 function M.cancel(st, id)
-    local ok, msg, code = st.ex:cancel(id)
+    local ok, rec = st.ex:cancel(id)
     if ok then return true end
-    return nil, msg, code
+    return nil, tostring(rec), rec.code
 end
 
 
 function M.step(st)
-    return st.ex._E.step()
+    return st.ex:step()
 end
 
 
@@ -77,7 +75,7 @@ end
 
 
 function M.close(st)
-    for id in pairs(st.ex._live) do st.ex:cancel(id) end
+    st.ex:cancel_all()
     st.ex:close()
 end
 

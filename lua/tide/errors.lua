@@ -1,6 +1,12 @@
---- Error records: the one shape every failure takes (DESIGN.md §2).
--- `rec = { code, task, message, traceback, attempts }`, and
--- `tostring(rec)` gives `"CODE: message"`.
+--- Error records: the one shape every failure takes.
+-- `rec = { code, task, message, traceback, attempts, map_index, id }`,
+-- and `tostring(rec)` gives `"CODE task: message"` (`"CODE: message"`
+-- when no task is known).
+--
+-- Runtime failures return exactly two values, `nil, rec`: LuaJIT's assert
+-- raises its last argument when the message is not a string, so
+-- `assert(ex:result(id))` raises the record itself, and its __tostring
+-- makes that readable.
 local M = {}
 
 local json = require("tide.core").json
@@ -10,7 +16,8 @@ local setmetatable, getmetatable, tostring, type = setmetatable, getmetatable, t
 local mt = {}
 mt.__index = mt
 mt.__tostring = function(rec)
-    return tostring(rec.code) .. ": " .. tostring(rec.message)
+    local task = rec.task
+    return tostring(rec.code) .. (task ~= nil and (" " .. tostring(task)) or "") .. ": " .. tostring(rec.message)
 end
 M.mt = mt
 
@@ -28,10 +35,9 @@ function M.is(v)
 end
 
 
---- The failure triple for runtime errors: nil, rec, rec.code.
+--- The failure return of runtime errors: nil, rec.
 function M.fail(code, message, task)
-    local rec = M.new(code, message, task)
-    return nil, rec, code
+    return nil, M.new(code, message, task)
 end
 
 

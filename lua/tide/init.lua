@@ -1,11 +1,12 @@
 --- tide: a workflow engine whose pipelines are Lua scripts.
--- `local tide = require "tide"`; see README.md for a tour.
+-- `local tide = require "tide"`; see README.md for a tour and docs/api.md
+-- for the reference.
 local core = require "tide.core"
 local pipeline = require "tide.pipeline"
 local executor = require "tide.executor"
 local errors = require "tide.errors"
 
-local type, error, pcall = type, error, pcall
+local type, error, pcall, tostring, setmetatable = type, error, pcall, tostring, setmetatable
 
 local M = { _VERSION = core.version, version = core.version }
 
@@ -16,17 +17,35 @@ M.executor = executor.new
 M.sleep = core.sleep
 M.exec = require("tide.exec").exec
 M.serve = function(...) return require("tide.serve").serve(...) end
-M.json = core.json
+-- tide.json: the codec with the API's failure rule, `nil, rec` (the C
+-- codec, tide.core.json, returns nil, "EVALUE: message", "EVALUE").
+local cjson = core.json
+M.json = setmetatable({
+    encode = function(v)
+        local s, msg = cjson.encode(v)
+        if s == nil then return nil, errors.new("EVALUE", (tostring(msg):gsub("^EVALUE: ", ""))) end
+        return s
+    end,
+    decode = function(text)
+        local v, msg = cjson.decode(text)
+        if v == nil and msg ~= nil then
+            return nil, errors.new("EVALUE", (tostring(msg):gsub("^EVALUE: ", "")))
+        end
+        return v
+    end,
+}, { __index = cjson })
 M.is_error = errors.is
 -- For hosts with a loop of their own: tide.fd() to poll, tide.timeout() to
--- bound the wait, tide.step() to run what is ready (see README).
+-- bound the wait, tide.step() to run what is ready (see docs/embedding.md).
 M.step = executor.step
 M.fd = executor.fd
 M.timeout = executor.timeout
 M.error_mt = errors.mt
 
 if os.getenv("TIDE_GC_STRESS") == "1" then
-    -- Collect all the time, to shake out missing anchors (STYLE.md 9.9).
+    -- Collect all the time, to shake out missing anchors: a Lua value that
+    -- C still uses but nothing in Lua references is collected at once, so
+    -- the specs fail instead of a rare crash later.
     collectgarbage("setpause", 0)
 end
 
@@ -92,22 +111,12 @@ function M.run(p, inputs, opts)
     end
     local ok, err = pcall(p.compile, p)
     if not ok then error(err, 2) end
-    local outs, errs = {}, {}
-    local ex = executor.new {
-        concurrency = opts.concurrency, task_timeout = opts.task_timeout, threads = opts.threads,
-        on_done = function(id, status, value)
-            if status == "done" then outs[id] = value else errs[id] = value end
-        end,
-    }
-    local low = executor.PRIO.low
-    for i = 1, #inputs do ex:_submit(p, inputs[i], i, low) end
-    ex:run()
-    ex:close()
-    return outs, errs
+    return executor.run_inputs(p, inputs, opts)
 end
 
 if core.is_worker() then
-    -- The worker flavour (DESIGN.md 1, sync tasks): a pipeline file loaded
+    -- The worker flavour (sync tasks, docs/api.md; the threads:
+    -- docs/architecture.md): a pipeline file loaded
     -- on a worker thread declares its tasks, but runs nothing itself.
     local function not_here(name)
         return function() error(name .. " is not available on a worker thread", 2) end

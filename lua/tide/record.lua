@@ -29,13 +29,12 @@ function M.done(sid, output_json)
 end
 
 
---- A failure record. `rec` is an error record (anything else becomes an
--- ETASK record with its text); opts: traceback = true to keep it,
--- input_json = the input's JSON text to add.
+--- A failure record: status "failed" or "cancelled", `rec` an error record
+-- (anything else becomes an ETASK record with its text), `traceback` true
+-- to keep it, `input_json` the input's JSON text to add (or nil).
 function M.failed(sid, status, rec, traceback, input_json)
     if not errors.is(rec) then rec = errors.new("ETASK", tostring(rec)) end
-    local s = '{"id":' .. sid .. ',"status":"' .. (status == "cancelled" and "cancelled" or "failed")
-        .. '","error":' .. errors.json(rec, traceback)
+    local s = '{"id":' .. sid .. ',"status":"' .. status .. '","error":' .. errors.json(rec, traceback)
     if input_json then s = s .. ',"input":' .. input_json end
     return s .. '}'
 end

@@ -139,16 +139,12 @@ function M.main(path)
     local function jobs()
         local ex = env.ex
         local lines = {}
-        for id, slot in pairs(ex._live) do
-            lines[#lines + 1] = format("  %-20s %s", tostring(id), ex._E.status(slot))
+        for _, job in ipairs(ex:jobs()) do
+            lines[#lines + 1] = format("  %-20s %s", tostring(job.id), job.status)
         end
-        for i = ex._rhead, ex._rtail do
-            local id = ex._rorder[i]
-            local status, value = ex:finished(id)
-            if status then
-                local what = status == "done" and show(value, 2) or tostring(value)
-                lines[#lines + 1] = format("  %-20s %-9s %s", tostring(id), status, what:sub(1, 60))
-            end
+        for id, status, value in ex:each_result() do
+            local what = status == "done" and show(value, 2) or tostring(value)
+            lines[#lines + 1] = format("  %-20s %-9s %s", tostring(id), status, what:sub(1, 60))
         end
         if #lines == 0 then lines[1] = "  (no jobs)" end
         out(concat(lines, "\n"))
@@ -260,11 +256,7 @@ function M.main(path)
         tide.step()
     end
     -- Leaving: cancel what still runs, restore the terminal.
-    local n = 0
-    for id in pairs(env.ex._live) do
-        env.ex:cancel(id)
-        n = n + 1
-    end
+    local n = env.ex:cancel_all()
     if edit then
         edit.remove()
         if history then edit.write_history(history) end

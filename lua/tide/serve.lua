@@ -1,5 +1,5 @@
 --- `tide serve` and tide.serve(p, opts): the HTTP/JSON job API on the
--- executor's loop (DESIGN.md 3). Routes:
+-- executor's loop (docs/http.md; the design: docs/architecture.md). Routes:
 --   POST   /v1/jobs[?wait=S]        submit {"id"?, "input", "priority"?}
 --   GET    /v1/jobs/{id}            status
 --   GET    /v1/jobs/{id}/result[?wait=S]   long-poll for the result
@@ -10,9 +10,10 @@
 local core = require "tide.core"
 local executor = require "tide.executor"
 local errors = require "tide.errors"
+local record = require "tide.record"
 
 local json = core.json
-local format, tostring, type, pairs, ipairs = string.format, tostring, type, pairs, ipairs
+local format, tostring, type, ipairs = string.format, tostring, type, ipairs
 local hrtime = core.hrtime
 
 local M = {}
@@ -162,13 +163,14 @@ function M.serve(p, opts)
     -- Jobs submitted here and not finished, the bytes of their requests,
     -- and the submissions refused because either was at its bound.
     local pending, pending_bytes, refused = 0, 0, 0
+    local mine = {} -- id -> request bytes, for the jobs submitted here and not finished
     -- Long-polls: conn -> the function that ends the one it holds, and
     -- how many watchers they have registered with the executor.
     local polls, nwatchers = {}, 0
     local failures, nfail = {}, 0 -- ring of the last NFAILURES failed jobs
     local srv
     ex:timing(true)
-    ex:_attach(p) -- so that its per-task counts exist before the first job
+    ex:prepare(p) -- so that its per-task counts exist before the first job
     local bounds = ex:hist_bounds()
 
     -- Loop lag: how late a repeating timer fires. A sample per LAG_EVERY
@@ -176,7 +178,7 @@ function M.serve(p, opts)
     local lag = { hist = {}, sum = 0, last = 0 }
     for k = 1, #bounds + 1 do lag.hist[k] = 0 end
     local lag_prev = hrtime()
-    local lag_timer = core.timer(ex._ud, LAG_EVERY, function()
+    local lag_timer = ex:timer(LAG_EVERY, function()
         local now = hrtime()
         local late = math.max(0, now - lag_prev - LAG_EVERY)
         lag_prev = now
@@ -196,13 +198,56 @@ function M.serve(p, opts)
         srv:respond(conn, status, body)
     end
 
-    local function result_body(id)
+    local jr = opts.journal
+
+    -- A job's result record: from memory, or from the journal once the
+    -- memory store let it go (or the server restarted).
+    local function finished_body(id)
         local status, value = ex:finished(id)
-        if status == "done" then
-            return enc(json.object({ id = id, status = "done", output = value == nil and json.null or value }))
+        if status then return record.encode(id, status, value, true) end
+        if jr then
+            local kind, _, rec = jr:lookup(id)
+            if kind == "result" then return rec end
         end
-        return enc(json.object({ id = id, status = status,
-                                 error = json.object(errors.plain(value, true)) }))
+        return nil
+    end
+    local function result_body(id)
+        return finished_body(id)
+    end
+
+    -- The status of a job this server knows, in memory or in the journal.
+    local function status_of(id)
+        local st = ex:status(id)
+        if st then return st end
+        if jr then
+            local kind, status = jr:lookup(id)
+            if kind == "result" then return status end
+            if kind == "job" then return "pending" end
+        end
+        return "unknown"
+    end
+
+    -- Whether this server knows job id (running, kept, or journaled).
+    local function known(id)
+        return ex:has(id) or (jr ~= nil and jr:lookup(id) ~= nil)
+    end
+
+    -- Answers that wait for the journal: { seq, fn } in seq order; run
+    -- once the journal's group commit has reached seq.
+    local acks, ahead, atail = {}, 1, 0
+    local function after_commit(seq, fn)
+        atail = atail + 1
+        acks[atail] = { seq, fn }
+    end
+    if jr then
+        jr:on_commit(function(committed)
+            local failed = jr:error()
+            while ahead <= atail and (failed or acks[ahead][1] <= committed) do
+                local a = acks[ahead]
+                acks[ahead], ahead = nil, ahead + 1
+                a[2](failed)
+            end
+        end)
     end
 
     -- Answers conn with id's result now, or when it finishes, or with 202
@@ -210,17 +255,17 @@ function M.serve(p, opts)
     -- the client hanging up) removes what the others registered: a poll
     -- that ended costs nothing however long the job runs.
     local function long_poll(conn, id, wait, status_when_done)
-        if ex:finished(id) then
-            respond(conn, status_when_done, result_body(id))
-            return
+        if not ex:has(id) or ex:finished(id) then
+            local body = finished_body(id)
+            if body then return respond(conn, status_when_done, body) end
         end
         if wait <= 0 then
-            return respond(conn, 202, enc(json.object({ id = id, status = ex:status(id) or "unknown" })))
+            return respond(conn, 202, enc(json.object({ id = id, status = status_of(id) })))
         end
         local timer, watch_token, abandon
-        timer = core.timer(ex._ud, wait, function()
+        timer = ex:timer(wait, function()
             abandon()
-            respond(conn, 202, enc(json.object({ id = id, status = ex:status(id) or "unknown" })))
+            respond(conn, 202, enc(json.object({ id = id, status = status_of(id) })))
         end)
         watch_token = ex:watch(id, function()
             nwatchers = nwatchers - 1
@@ -382,7 +427,7 @@ function M.serve(p, opts)
         end
         local wait = wait_of(query, conn)
         if not wait then return end
-        if id and (ex._live[id] or ex:finished(id)) then
+        if id and known(id) then
             return respond(conn, 409, jerr("EEXIST", "duplicate id '" .. id .. "'"))
         end
         local input = req.input
@@ -393,21 +438,22 @@ function M.serve(p, opts)
         end
         counts.submitted = counts.submitted + 1
         pending, pending_bytes = pending + 1, pending_bytes + nbytes
-        ex:watch(res, function(jid)
-            pending, pending_bytes = pending - 1, pending_bytes - nbytes
-            local status, value = ex:finished(jid)
-            if not status then return end
-            counts[status] = (counts[status] or 0) + 1
-            if status == "failed" then
-                nfail = nfail + 1
-                failures[(nfail - 1) % NFAILURES + 1] = json.object({
-                    id = jid, at = os.time(), error = json.object(errors.plain(value, true)) })
-            end
-        end)
-        if query_param(query, "wait") then
-            return long_poll(conn, res, wait, 200)
+        mine[res] = nbytes
+        local function answer()
+            if query_param(query, "wait") then return long_poll(conn, res, wait, 200) end
+            respond(conn, 201, enc(json.object({ id = res })))
         end
-        respond(conn, 201, enc(json.object({ id = res })))
+        if not jr then return answer() end
+        -- Accepted means on the device: the answer waits for the group
+        -- commit that holds the job.
+        local seq = jr:job(res, json.encode(input == nil and json.null or input) or "null", prio)
+        after_commit(seq, function(failed)
+            if failed then
+                ex:cancel(res)
+                return respond(conn, 503, jerr("EIO", "the job could not be journaled: " .. failed))
+            end
+            answer()
+        end)
     end
 
     local page -- the dashboard's HTML, made on first request
@@ -467,18 +513,20 @@ function M.serve(p, opts)
         if #id > MAX_ID then
             return respond(conn, 400, jerr("EINVAL", format("job ids are at most %d bytes, got %d", MAX_ID, #id)))
         end
-        local known = ex._live[id] or ex:finished(id)
-        if not known then
+        if not known(id) then
             if evicted[id] then
                 return respond(conn, 410, jerr("EGONE", "the result of job '" .. id .. "' was evicted"))
             end
             return respond(conn, 404, jerr("ENOENT", "no job with id '" .. id .. "'"))
         end
         if rest == "" and method == "GET" then
-            return respond(conn, 200, enc(json.object({ id = id, status = ex:status(id) })))
+            return respond(conn, 200, enc(json.object({ id = id, status = status_of(id) })))
         elseif rest == "" and method == "DELETE" then
-            local ok, msg, code = ex:cancel(id)
-            if not ok then return respond(conn, 409, jerr(code, msg)) end
+            if not ex:has(id) then
+                return respond(conn, 409, jerr("EINVAL", "job '" .. id .. "' has already finished"))
+            end
+            local ok, rec = ex:cancel(id)
+            if not ok then return respond(conn, 409, jerr(rec.code, rec.message)) end
             return respond(conn, 200, enc(json.object({ id = id, status = "cancelled" })))
         elseif rest == "/result" and method == "GET" then
             local wait = wait_of(query, conn)
@@ -490,9 +538,7 @@ function M.serve(p, opts)
 
     -- Remember evicted ids (bounded) to answer 410 instead of 404.
     local nevicted, evict_order = 0, {}
-    local prev_hook = ex._on_evict -- another server on the same executor
-    ex._on_evict = function(id)
-        if prev_hook then prev_hook(id) end
+    local evict_token = ex:on_evict(function(id)
         evicted[id] = true
         nevicted = nevicted + 1
         evict_order[nevicted] = id
@@ -500,10 +546,44 @@ function M.serve(p, opts)
             evicted[evict_order[nevicted - 100000]] = nil
             evict_order[nevicted - 100000] = nil
         end
+    end)
+
+    -- Every finished job of this executor passes here; the server counts
+    -- its own (a Lua host may share the executor).
+    local sub_token = ex:subscribe(function(jid, status, value)
+        local nbytes = mine[jid]
+        if not nbytes then return end
+        mine[jid] = nil
+        if jr then jr:job_result(jid, status, record.encode(jid, status, value, true)) end
+        pending, pending_bytes = pending - 1, pending_bytes - nbytes
+        counts[status] = (counts[status] or 0) + 1
+        if status == "failed" then
+            nfail = nfail + 1
+            failures[(nfail - 1) % NFAILURES + 1] = json.object({
+                id = jid, at = os.time(), error = json.object(errors.plain(value, true)) })
+        end
+    end)
+
+    -- A restart: the jobs the journal accepted and holds no result for
+    -- run again, under their ids.
+    local recovered = 0
+    if jr then
+        for _, row in ipairs(jr:unfinished_jobs()) do
+            local id, prio, input_json = row[1], row[2], row[3] or "null"
+            local input = json.decode(input_json)
+            if input == json.null then input = nil end
+            if not ex:has(id) then
+                ex:submit(p, input, { id = id, priority = prio })
+                counts.submitted = counts.submitted + 1
+                pending, pending_bytes = pending + 1, pending_bytes + #input_json
+                mine[id] = #input_json
+                recovered = recovered + 1
+            end
+        end
     end
 
     local err
-    srv, err = core.http_listen(ex._ud, host, tonumber(port), {
+    srv, err = core.http_listen(ex:loop(), host, tonumber(port), {
         max_body = opts.max_body or 1048576,
         request_timeout = opts.request_timeout or 10,
         idle_timeout = opts.idle_timeout or 60,
@@ -514,14 +594,20 @@ function M.serve(p, opts)
     }, function(conn, method, path, query, headers, body)
         route(conn, method, path, query, headers, body)
     end)
-    if not srv then
+    -- What the server registered with the executor goes when it stops.
+    local function release()
         lag_timer:close()
-        return nil, err, "EIO"
+        ex:unsubscribe(sub_token)
+        ex:off_evict(evict_token)
+    end
+    if not srv then
+        release()
+        return nil, errors.new("EIO", tostring(err))
     end
 
-    local server = { executor = ex, port = srv:port(), _srv = srv }
+    local server = { executor = ex, port = srv:port(), recovered = recovered }
     function server.close()
-        lag_timer:close()
+        release()
         srv:close()
     end
     -- Stops accepting, lets jobs in flight finish (at most `timeout` s),
@@ -530,11 +616,11 @@ function M.serve(p, opts)
         srv:close(true)
         local deadline = hrtime() + (timeout or 30)
         local ticker
-        ticker = core.timer(ex._ud, 0.05, function()
+        ticker = ex:timer(0.05, function()
             if ex:stats().live == 0 or hrtime() > deadline then
                 ticker:close()
-                for id in pairs(ex._live) do ex:cancel(id) end
-                lag_timer:close()
+                ex:cancel_all()
+                release()
                 srv:close()
                 if done then done() end
             end

@@ -293,7 +293,8 @@ describe("tide run", function()
                 ["5"] = { input = { fail = "second", v = 3 }, msg = "asked to fail: second" },
             }) do
                 local f = failed[id]
-                assert.same({ "error", "id", "input" }, keys(f))
+                assert.same({ "error", "id", "input", "status" }, keys(f))
+                assert.equal("failed", f.status)
                 assert.same(want.input, f.input)
                 assert.equal("ETASK", f.error.code)
                 assert.equal("echo", f.error.task)

@@ -27,6 +27,7 @@ int luaopen_tide_core(lua_State *L) {
     tide__lua_open_handle(L);
     tide__lua_open_os(L);
     tide__lua_open_file(L);
+    tide__lua_open_journal(L);
     tide__lua_open_exec(L);
     tide__lua_open_marshal(L);
     tide__lua_open_pool(L);

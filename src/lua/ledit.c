@@ -1,6 +1,7 @@
 /* Line editing for `tide repl`: libedit's readline interface in callback
  * mode, bound to Lua as tide.editline. Linked into the tide binary only,
- * never into libtide or core.so (DESIGN.md 3).
+ * never into libtide or core.so (docs/architecture.md): libedit is a
+ * dependency of the command line, not of programs that embed tide.
  *
  * The REPL owns its loop: it polls fd 0 and calls read_char() when fd 0 is
  * readable; read_char returns a line once the user finished one. Output

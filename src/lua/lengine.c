@@ -335,7 +335,7 @@ static void leng_on_idle(uv_idle_t *h) {
  * __tostring, be stopped: the body would fail with "error in error
  * handling").
  * Compiled code (JIT traces) never calls hooks: a body stuck in a compiled
- * loop runs on (README, "Tasks").
+ * loop runs on (docs/api.md, "The watchdog").
  *
  * Once it raised, the hook runs at every instruction while the target
  * stands, so a body that catches the error (pcall) is stopped again at

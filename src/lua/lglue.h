@@ -77,6 +77,7 @@ void tide__lua_open_reader(lua_State *L);  /* lreader.c */
 void tide__lua_open_handle(lua_State *L);  /* lhandle.c */
 void tide__lua_open_os(lua_State *L);      /* los.c */
 void tide__lua_open_file(lua_State *L);    /* lfile.c */
+void tide__lua_open_journal(lua_State *L); /* ljournal.c */
 void tide__lua_open_exec(lua_State *L);    /* lexec.c */
 void tide__lua_open_marshal(lua_State *L); /* lmarshal.c */
 void tide__lua_open_pool(lua_State *L);    /* lpool.c */

@@ -1510,6 +1510,7 @@ typedef struct {
     int arr_mt, obj_mt;  /* absolute stack indices of the metatables */
     json_frame *frames;  /* NULL in the first walk */
     json_msg err;
+    int top;             /* 'a' or 'o': how a table at the root encodes */
 } json_chk;
 
 static const char *json_nonfinite(double v) {
@@ -1675,10 +1676,17 @@ static int json_chk_table(json_chk *c, int depth) {
         if (max > INT_MAX || (max > 1000 && max > 2 * count))
             return json_chk_fail(c, depth, 1, "a sparse array (largest "
                                  "index %.0f, %.0f entries)", max, count);
+        if (depth == 0)
+            c->top = 'a';
         return 0;
     }
-    if (marked != 'o' && count > 0 && all_index && max == count)
+    if (marked != 'o' && count > 0 && all_index && max == count) {
+        if (depth == 0)
+            c->top = 'a';
         return 0; /* an array */
+    }
+    if (depth == 0)
+        c->top = 'o';
     return numkeys > 0 ? json_chk_clash(c, depth) : 0;
 }
 
@@ -1726,7 +1734,8 @@ static int json_chk_value(json_chk *c, int depth) {
 }
 
 /* check(value) -> true | false, msg: whether encode(value) would succeed,
- * without producing the text. msg says what stands in the way and where:
+ * without producing the text; for a table, true is followed by "array" or
+ * "object", how it would encode. msg says what stands in the way and where:
  * "a function", "invalid UTF-8 at byte 3" (bytes count from 1, as in
  * string.sub), "a non-finite number (inf) at $.x", "a cycle at $.a". A
  * string is only checked for UTF-8, with no allocation, since this runs
@@ -1754,7 +1763,10 @@ static int json_l_check(lua_State *L) {
     lua_pushvalue(L, 1);
     if (json_chk_value(&c, 0) == 0) {
         lua_pushboolean(L, 1);
-        return 1;
+        if (c.top == 0)
+            return 1;
+        lua_pushstring(L, c.top == 'a' ? "array" : "object");
+        return 2;
     }
     lua_settop(L, c.obj_mt);
     c.frames = lua_newuserdata(L, (TIDE_JSON_MAX_DEPTH + 2) *
