@@ -433,7 +433,15 @@ enum { TIDE__TM_DEADLINE = 1, TIDE__TM_WAKE, TIDE__TM_RETRY, TIDE__TM_NOOP,
 /* An attempt record. Plain attempts of tasks without a timeout have none:
  * one is made when the attempt has a deadline, yields, or waits for a
  * retry. The engine owns it; it is found by index + generation ("handle")
- * so late wake-ups of a recycled record are recognised. */
+ * so late wake-ups of a recycled record are recognised.
+ *
+ * co, op, op_cancel and op_started belong to the glue, yet live here and
+ * not in a glue record that embeds this one: the engine allocates and
+ * recycles attempt records itself, so nothing can embed them, and it
+ * reads these fields: a held coroutine is what makes it call
+ * eng->drop_co when it abandons the attempt, and op_started moves the
+ * deadline of an operation that queues first. They are opaque pointers:
+ * no Lua type reaches the core. */
 typedef struct tide__att {
     uint32_t idx, gen;
     uint32_t slot, task, attempt; /* task is the global index */
@@ -451,7 +459,6 @@ typedef struct tide__att {
      * then. NULL: it counts from the attempt's start. */
     uint64_t (*op_started)(void *op);
     uint32_t unstarted;           /* deadlines passed with op not started */
-    int co_ref;                   /* its anchor, managed by the glue */
     uint64_t t0;                  /* uv_hrtime() at its start, if timing */
     tide__tentry deadline;        /* per-attempt timeout */
     tide__tentry wake;            /* sleep/park timer, or the retry time */
@@ -581,10 +588,17 @@ struct tide__eng {
     tide__tstat *tstat;   /* per global task */
     int timing;           /* measure attempt durations into tstat */
     uint64_t slice_end;   /* uv_hrtime() at which a drain should stop */
-    tide__wd wd;          /* what the watchdog thread reads (watchdog.c) */
+    /* What the watchdog thread reads (watchdog.c). The glue's hook fills
+     * part of it (fired), but it stays in the core record: the watchdog
+     * thread reaches every engine through it, with no glue in between. */
+    tide__wd wd;
     uint32_t slice_count;
     int draining, closing;
-    /* The glue drops an abandoned coroutine's anchor here. */
+    /* The engine's calls out to the glue stay here, as a uv handle holds
+     * its callbacks, because the engine calls them. Everything else of the
+     * glue's (its Lua state, runners, idle list, subprocess list) is in the
+     * record that embeds this one (src/lua/lengine.c: leng, reached with
+     * tide__container_of). drop_co drops an abandoned coroutine's anchor. */
     void (*drop_co)(tide__eng *eng, tide__att *att);
     void (*kick)(tide__eng *eng); /* work became ready: start draining */
 };
@@ -627,28 +641,15 @@ int tide__eng_has_work(const tide__eng *eng);
 
 /* ===== WORKER THREADS (pool.c) ===== */
 
+/* What the pool knows of a job. The caller embeds it in its own job
+ * record (src/lua/lpool.c: lpool_job), which holds what to run, the
+ * result and who waits, and finds that record with tide__container_of in
+ * pool->run and in the lists the pool hands back. */
 typedef struct tide__job {
-    struct tide__job *next;
-    void *in;          /* input bytes (owned by the job) */
-    size_t inlen;
-    char *key, *task;  /* which function to run (owned) */
-    char *code;        /* its bytecode when it has no file (owned) */
-    size_t codelen;
-    double timeout_ms; /* per attempt; 0: none (the worker's count hook) */
+    struct tide__job *next;   /* the pool's queues, under its mutex */
     _Atomic uint64_t started; /* uv_hrtime when a worker took it, or 0 */
-    int status;        /* set by the worker: 0 ok, else failed */
-    char *out;         /* result bytes or error text (owned, malloc'd) */
-    size_t outlen;
-    char *trace;       /* traceback of a failure (owned) */
-    int refs;          /* loop side: the pool's and the Lua box's */
-    int cancelled;     /* loop side: nobody waits for the result */
-    int done;          /* loop side: taken back from the done queue */
-    int stood_in;      /* loop side: a stand-in thread replaced its worker */
-    int uncounted;     /* loop side: no longer keeps the loop alive */
-    int orphaned;      /* loop side: its pool stopped while it ran */
-    uint64_t cancelled_at; /* loop side: uv_now when its attempt gave up */
-    double att;        /* loop side: attempt to wake */
-    void *owner;       /* loop side: the glue's pool record */
+    int orphaned;      /* set by tide__pool_stop: its pool stopped while a
+                        * worker ran it, and the job is never handed back */
 } tide__job;
 
 typedef struct tide__pool tide__pool;
@@ -662,6 +663,8 @@ typedef struct {
     int orphan;        /* the pool stopped while it ran: it frees itself */
 } tide__pool_worker;
 
+/* The caller embeds the pool in its own record and reaches that record
+ * from the callbacks (the pool's calls out) with tide__container_of. */
 struct tide__pool {
     uv_mutex_t mu;
     uv_cond_t cv;
@@ -681,7 +684,6 @@ struct tide__pool {
     void *(*worker_init)(tide__pool *pool, int index);
     void (*worker_free)(void *ctx);
     void (*run)(void *ctx, tide__job *j);
-    void *udata;
 };
 
 int tide__pool_start(tide__pool *pool, int n);

@@ -8,14 +8,6 @@
 
 #include "lua/lglue.h"
 
-int luaopen_tide_editline(lua_State *L); /* src/lua/ledit.c, CLI only */
-
-static int main_traceback(lua_State *L) {
-    const char *msg = lua_tostring(L, 1);
-    luaL_traceback(L, L, msg ? msg : "(error object is not a string)", 1);
-    return 1;
-}
-
 /* With TIDE_LUA_PATH set, modules load from that source tree instead of
  * the bytecode bundled into the binary (for development). */
 static void main_setup_path(lua_State *L) {
@@ -49,10 +41,9 @@ int main(int argc, char **argv) {
     lua_pop(L, 2);
     main_setup_path(L);
 
-    lua_pushcfunction(L, main_traceback);
     lua_getglobal(L, "require");
     lua_pushstring(L, "tide.cli");
-    int rc = lua_pcall(L, 1, 1, 1);
+    int rc = tide__lua_pcall(L, 1, 1);
     if (rc == 0) {
         lua_getfield(L, -1, "main");
         lua_createtable(L, argc, 0);
@@ -60,7 +51,7 @@ int main(int argc, char **argv) {
             lua_pushstring(L, argv[i]);
             lua_rawseti(L, -2, i);
         }
-        rc = lua_pcall(L, 1, 1, 1);
+        rc = tide__lua_pcall(L, 1, 1);
     }
     int code;
     if (rc != 0) {

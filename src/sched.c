@@ -522,7 +522,6 @@ static tide__att *att_new(tide__eng *eng, tide__ctx *c, uint32_t gtask,
     a->op_cancel = NULL;
     a->op_started = NULL;
     a->unstarted = 0;
-    a->co_ref = -2;
     a->t0 = eng->cur_t0;
     a->deadline.pos = a->wake.pos = UINT32_MAX;
     a->deadline.data = a->wake.data = a;

@@ -2,8 +2,9 @@
  * lua/tide/embed.lua, which owns one executor and one pipeline.
  *
  * Every call enters Lua through lapi_call, a protected call with a
- * traceback, so a Lua error never escapes to the host: it becomes an error
- * code and message. Strings handed back are malloc'd copies. */
+ * traceback (tide__lua_pcall), so a Lua error never escapes to the host:
+ * it becomes an error code and message. Strings handed back are malloc'd
+ * copies. */
 #include <string.h>
 
 #include <lauxlib.h>
@@ -26,12 +27,6 @@ static char *lapi_strdup(const char *s) {
     return s ? tide__xstrdup(s) : NULL;
 }
 
-static int lapi_traceback(lua_State *L) {
-    const char *msg = lua_tostring(L, 1);
-    luaL_traceback(L, L, msg ? msg : "(error object is not a string)", 1);
-    return 1;
-}
-
 /* Calls embed[fname](state, args...) with nargs arguments already pushed
  * and leaves nres results on the stack. Returns 0, or TIDE_EIO with the
  * message as the only value left on the stack. */
@@ -39,24 +34,14 @@ static int lapi_call(tide_engine_t *eng, const char *fname, int nargs,
                      int nres) {
     lua_State *L = eng->L;
     int base = lua_gettop(L) - nargs; /* the arguments are base+1.. */
-    lua_pushcfunction(L, lapi_traceback);
-    lua_insert(L, base + 1);          /* handler at base+1, args after */
     lua_rawgeti(L, LUA_REGISTRYINDEX, eng->embed_ref);
     lua_getfield(L, -1, fname);
     lua_remove(L, -2);
+    lua_insert(L, base + 1);
     lua_rawgeti(L, LUA_REGISTRYINDEX, eng->state_ref);
-    for (int i = 0; i < nargs; i++)
-        lua_pushvalue(L, base + 2 + i);
-    int rc = lua_pcall(L, nargs + 1, nres, base + 1);
-    /* Results (or the message) sit above the handler and the arguments:
-     * move them down to base+1.. and drop the rest. */
-    int n = rc ? 1 : nres, first = lua_gettop(L) - n + 1;
-    for (int i = 0; i < n; i++) {
-        lua_pushvalue(L, first + i);
-        lua_replace(L, base + 1 + i);
-    }
-    lua_settop(L, base + n);
-    return rc ? TIDE_EIO : 0;
+    lua_insert(L, base + 2);
+    /* The results (or the message) take the place of the call. */
+    return tide__lua_pcall(L, nargs + 1, nres) ? TIDE_EIO : 0;
 }
 
 /* Maps a code name ("EVALUE") to its number. */
@@ -112,19 +97,16 @@ tide_engine_t *tide_engine_new(const tide_options_t *opts) {
     lua_setfield(L, -2, "tide.core");
     lua_pop(L, 2);
     tide__lua_preload_bundle(L);
-    lua_pushcfunction(L, lapi_traceback);
     lua_getglobal(L, "require");
     lua_pushstring(L, "tide.embed");
-    if (lua_pcall(L, 1, 1, -3) != 0) {
+    if (tide__lua_pcall(L, 1, 1) != 0) {
         fprintf(stderr, "tide: %s\n", lua_tostring(L, -1));
         lua_close(L);
         free(eng);
         return NULL;
     }
     eng->embed_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_pop(L, 1);
     /* embed.new(concurrency, task_timeout) */
-    lua_pushcfunction(L, lapi_traceback);
     lua_rawgeti(L, LUA_REGISTRYINDEX, eng->embed_ref);
     lua_getfield(L, -1, "new");
     lua_remove(L, -2);
@@ -136,14 +118,13 @@ tide_engine_t *tide_engine_new(const tide_options_t *opts) {
         lua_pushnumber(L, opts->task_timeout);
     else
         lua_pushnil(L);
-    if (lua_pcall(L, 2, 1, -4) != 0) {
+    if (tide__lua_pcall(L, 2, 1) != 0) {
         fprintf(stderr, "tide: %s\n", lua_tostring(L, -1));
         lua_close(L);
         free(eng);
         return NULL;
     }
     eng->state_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_pop(L, 1);
     return eng;
 }
 

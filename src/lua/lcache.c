@@ -26,17 +26,6 @@ static tide__cache *lc_check(lua_State *L) {
     return u->c;
 }
 
-static const char *lc_code(int rc) {
-    switch (rc) {
-    case TIDE_EINVAL:
-        return "EINVAL";
-    case TIDE_EAGAIN:
-        return "EAGAIN";
-    default:
-        return "EIO";
-    }
-}
-
 /* cache_open(path) -> cache | nil, message, code: EIO (the place cannot
  * hold a cache) or EINVAL (the file is not a cache tide can use) */
 static int l_cache_open(lua_State *L) {
@@ -47,12 +36,8 @@ static int l_cache_open(lua_State *L) {
     lua_setmetatable(L, -2);
     char err[512];
     int rc = tide__cache_open(path, &u->c, err, sizeof err);
-    if (rc != 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, err);
-        lua_pushstring(L, lc_code(rc));
-        return 3;
-    }
+    if (rc != 0)
+        return tide__lua_fail(L, rc, "%s", err);
     return 1;
 }
 
@@ -75,10 +60,7 @@ static int l_get(lua_State *L) {
         lua_pushboolean(L, 0);
         return 1;
     }
-    lua_pushnil(L);
-    lua_pushstring(L, err);
-    lua_pushstring(L, lc_code(rc));
-    return 3;
+    return tide__lua_fail(L, rc, "%s", err);
 }
 
 /* c:put(key, task, value) -> whether it was queued */
@@ -117,11 +99,8 @@ static int l_stats(lua_State *L) {
     double older = luaL_optnumber(L, 2, 0);
     tide__cache_stats_t s;
     char err[256];
-    if (tide__cache_stats(c, older, &s, err, sizeof err) != 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, err);
-        return 2;
-    }
+    if (tide__cache_stats(c, older, &s, err, sizeof err) != 0)
+        return tide__lua_fail(L, 0, "%s", err);
     lua_createtable(L, 0, 7);
     lua_pushnumber(L, (double)s.entries);
     lua_setfield(L, -2, "entries");
@@ -159,11 +138,8 @@ static int l_close(lua_State *L) {
     tide__cache *c = u->c;
     u->c = NULL;
     char err[256];
-    if (c && tide__cache_close(c, err, sizeof err) != 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, err);
-        return 2;
-    }
+    if (c && tide__cache_close(c, err, sizeof err) != 0)
+        return tide__lua_fail(L, 0, "%s", err);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -188,10 +164,7 @@ static int l_writable(lua_State *L) {
         lua_pushboolean(L, 1);
         return 1;
     }
-    int e = errno;
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s: %s", path, strerror(e));
-    return 2;
+    return tide__lua_fail(L, 0, "%s: %s", path, strerror(errno));
 }
 
 /* cache_now() -> the wall clock in seconds (what entries are dated by) */
@@ -210,8 +183,5 @@ void tide__lua_open_cache(lua_State *L) {
                                      {"cache_now", l_cache_now},
                                      {"writable", l_writable},
                                      {NULL, NULL}};
-    for (const luaL_Reg *f = funcs; f->name; f++) {
-        lua_pushcfunction(L, f->func);
-        lua_setfield(L, -2, f->name);
-    }
+    luaL_setfuncs(L, funcs, 0);
 }

@@ -23,7 +23,9 @@ int luaopen_tide_core(lua_State *L) {
     lua_newtable(L);
     tide__lua_open_engine(L);
     tide__lua_open_graph(L);
-    tide__lua_open_io(L);
+    tide__lua_open_reader(L);
+    tide__lua_open_handle(L);
+    tide__lua_open_os(L);
     tide__lua_open_file(L);
     tide__lua_open_journal(L);
     tide__lua_open_cache(L);

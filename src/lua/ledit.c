@@ -145,8 +145,6 @@ static int l_remove(lua_State *L) {
     return 0;
 }
 
-int luaopen_tide_editline(lua_State *L);
-
 int luaopen_tide_editline(lua_State *L) {
     static const luaL_Reg funcs[] = {
         {"install", l_install},         {"read_char", l_read_char},

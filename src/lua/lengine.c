@@ -27,7 +27,6 @@
 #include <lauxlib.h>
 #include <lua.h>
 
-#include "../internal.h"
 #include "lglue.h"
 
 enum { Y_NONE = 0, Y_IDLE, Y_BLOCKED };
@@ -196,11 +195,11 @@ static void leng_retire_runners(lua_State *L, leng *e) {
     lua_pop(L, 1);
 }
 
+/* co died in an error: prints it with co's traceback. */
 static void leng_report(leng *e, lua_State *co, const char *what) {
     e->internal_errors++;
-    const char *msg = lua_tostring(co, -1);
-    luaL_traceback(e->L, co, msg ? msg : "(error object is not a string)",
-                   0);
+    lua_xmove(co, e->L, 1);
+    tide__lua_traceback(e->L, co, 0);
     fprintf(stderr, "tide: internal error %s: %s\n", what,
             lua_tostring(e->L, -1));
     lua_pop(e->L, 1);
@@ -1036,7 +1035,7 @@ static void leng_walk_close(uv_handle_t *h, void *arg) {
     } else {
         /* A glue handle (signal, timer, reader, pool): its record says
          * how. */
-        lio_base *b = h->data;
+        tide__lua_base *b = h->data;
         if (b->before_close)
             b->before_close(b);
         if (!uv_is_closing(h))
@@ -1142,18 +1141,14 @@ static int l_engine(lua_State *L) {
         return luaL_error(L, "tide: cannot start the watchdog thread: %s",
                           uv_strerror(rc));
     lua_createtable(L, 0, (int)TIDE_ARRAY_SIZE(engine_funcs));
-    for (const luaL_Reg *r = engine_funcs; r->name; r++) {
-        lua_pushvalue(L, -2);
-        lua_pushcclosure(L, r->func, 1);
-        lua_setfield(L, -2, r->name);
-    }
+    lua_pushvalue(L, -2);
+    luaL_setfuncs(L, engine_funcs, 1); /* the userdata as upvalue 1 */
     return 2;
 }
 
 void tide__lua_open_engine(lua_State *L) {
+    static const luaL_Reg funcs[] = {
+        {"engine", l_engine}, {"sleep", l_sleep}, {NULL, NULL}};
     tide__lua_newclass(L, "tide.engine", NULL, l_engine_gc);
-    lua_pushcfunction(L, l_engine);
-    lua_setfield(L, -2, "engine");
-    lua_pushcfunction(L, l_sleep);
-    lua_setfield(L, -2, "sleep");
+    luaL_setfuncs(L, funcs, 0);
 }

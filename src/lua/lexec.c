@@ -59,7 +59,7 @@ typedef struct {
 } lexec_stream;
 
 typedef struct lexec {
-    lio_base base; /* first: the engine's close finds it through data */
+    tide__lua_base base; /* first: the engine's close finds it through data */
     uv_loop_t *loop;
     uv_process_t proc;
     uv_pipe_t pout, perr, pin;
@@ -105,7 +105,7 @@ static void lexec_unlink(lexec *x) {
 }
 
 static void lexec_closed(uv_handle_t *h) {
-    lexec *x = tide__container_of((lio_base *)h->data, lexec, base);
+    lexec *x = tide__container_of((tide__lua_base *)h->data, lexec, base);
     x->nhandles--;
     if (x->nhandles == 0)
         lexec_unlink(x); /* nothing of it can run any more */
@@ -168,7 +168,7 @@ static void lexec_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
 }
 
 static void lexec_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
-    lexec *x = tide__container_of((lio_base *)st->data, lexec, base);
+    lexec *x = tide__container_of((tide__lua_base *)st->data, lexec, base);
     int is_out = st == (uv_stream_t *)&x->pout;
     if (n > 0) {
         lexec_keep(is_out ? &x->out : &x->err, buf->base, (size_t)n);
@@ -186,7 +186,7 @@ static void lexec_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
 }
 
 static void lexec_exit(uv_process_t *p, int64_t status, int sig) {
-    lexec *x = tide__container_of((lio_base *)p->data, lexec, base);
+    lexec *x = tide__container_of((tide__lua_base *)p->data, lexec, base);
     x->exited = 1;
     x->exit_status = status;
     x->term_signal = sig;
@@ -207,7 +207,7 @@ static void lexec_kill(lexec *x, int sig) {
 }
 
 static void lexec_on_timer(uv_timer_t *t) {
-    lexec *x = tide__container_of((lio_base *)t->data, lexec, base);
+    lexec *x = tide__container_of((tide__lua_base *)t->data, lexec, base);
     if (!x->killing) {
         x->timed_out = 1;
         lexec_kill(x, SIGTERM);
@@ -419,13 +419,10 @@ static int l_exec_start(lua_State *L) {
         lexec_close(x, (uv_handle_t *)&x->perr);
         lexec_close(x, (uv_handle_t *)&x->pin);
         lexec_close(x, (uv_handle_t *)&x->timer);
-        lua_pushnil(L);
         if (rc == UV_ENOENT)
-            lua_pushfstring(L, "command not found: '%s'", args[0]);
-        else
-            lua_pushfstring(L, "cannot run '%s': %s", args[0], uv_strerror(rc));
-        lua_pushstring(L, uv_err_name(rc));
-        return 3;
+            return tide__lua_fail(L, rc, "command not found: '%s'", args[0]);
+        return tide__lua_fail(L, rc, "cannot run '%s': %s", args[0],
+                              uv_strerror(rc));
     }
     x->nhandles++;
     x->boxed = 1;
@@ -511,11 +508,10 @@ static int l_exec_gc(lua_State *L) {
 }
 
 void tide__lua_open_exec(lua_State *L) {
+    static const luaL_Reg funcs[] = {{"exec_start", l_exec_start},
+                                     {"exec_wait", l_exec_wait},
+                                     {"exec_result", l_exec_result},
+                                     {NULL, NULL}};
     tide__lua_newclass(L, "tide.exec", NULL, l_exec_gc);
-    lua_pushcfunction(L, l_exec_start);
-    lua_setfield(L, -2, "exec_start");
-    lua_pushcfunction(L, l_exec_wait);
-    lua_setfield(L, -2, "exec_wait");
-    lua_pushcfunction(L, l_exec_result);
-    lua_setfield(L, -2, "exec_result");
+    luaL_setfuncs(L, funcs, 0);
 }

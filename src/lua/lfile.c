@@ -1,4 +1,4 @@
-/* Result files: a line writer that never tears a line, and stat().
+/* Result files: a line writer that never tears a line.
  *
  * DESIGN
  *
@@ -68,9 +68,7 @@ static lfile_writer *lfile_check(lua_State *L) {
 
 /* Pushes nil and "name: strerror(err)"; returns 2. */
 static int lfile_fail(lua_State *L, const lfile_writer *w, int err) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s: %s", w->name, strerror(err));
-    return 2;
+    return tide__lua_fail(L, 0, "%s: %s", w->name, strerror(err));
 }
 
 /* Waits until fd can take more bytes; for non-blocking fds. */
@@ -84,8 +82,10 @@ static void lfile_wait_writable(int fd) {
  * Returns 0, or an errno; on error the buffer is dropped and, for a file
  * of its own, the writer cuts the file back to its last whole line. */
 static int lfile_flush(lfile_writer *w) {
+    /* Nothing waits: return before the count below, which would hand
+     * memchr the NULL buffer of a writer that never had a line. */
     if (w->len == 0)
-        return 0; /* nothing waits (and buf may still be NULL) */
+        return w->err;
     size_t off = 0;
     while (off < w->len) {
         ssize_t n = write(w->fd, w->buf + off, w->len - off);
@@ -178,10 +178,7 @@ static int l_open(lua_State *L) {
     int fd = open(path, flags, 0666);
     if (fd < 0) {
         int e = errno;
-        lua_pushnil(L);
-        lua_pushfstring(L, "%s: %s", path, strerror(e));
-        lua_pushstring(L, uv_err_name(uv_translate_sys_error(e)));
-        return 3;
+        return tide__lua_fail(L, e, "%s: %s", path, strerror(e));
     }
     uint64_t size = 0;
     int64_t cut = 0;
@@ -189,10 +186,8 @@ static int l_open(lua_State *L) {
         cut = lfile_cut_torn(fd, &size);
     if (cut < 0) {
         close(fd);
-        lua_pushnil(L);
-        lua_pushfstring(L, "%s: %s", path, strerror((int)-cut));
-        lua_pushstring(L, uv_err_name(uv_translate_sys_error((int)-cut)));
-        return 3;
+        return tide__lua_fail(L, (int)-cut, "%s: %s", path,
+                              strerror((int)-cut));
     }
     lfile_writer *w = lfile_new(L, fd, 1, path);
     w->committed = size;
@@ -336,42 +331,6 @@ static int l_gc(lua_State *L) {
     return 0;
 }
 
-/* stat(path) -> { kind = "file"|"dir"|"other", size, dev, ino }
- *             | nil, msg, name */
-static int l_stat(lua_State *L) {
-    const char *path = luaL_checkstring(L, 1);
-    struct stat st;
-    if (stat(path, &st) != 0) {
-        int e = errno;
-        lua_pushnil(L);
-        lua_pushfstring(L, "%s: %s", path, strerror(e));
-        lua_pushstring(L, uv_err_name(uv_translate_sys_error(e)));
-        return 3;
-    }
-    lua_createtable(L, 0, 4);
-    lua_pushstring(L, S_ISREG(st.st_mode)   ? "file"
-                      : S_ISDIR(st.st_mode) ? "dir"
-                                            : "other");
-    lua_setfield(L, -2, "kind");
-    lua_pushnumber(L, (double)st.st_size);
-    lua_setfield(L, -2, "size");
-    lua_pushnumber(L, (double)st.st_dev);
-    lua_setfield(L, -2, "dev");
-    lua_pushnumber(L, (double)st.st_ino);
-    lua_setfield(L, -2, "ino");
-    return 1;
-}
-
-/* stdfd_closed() -> stdin, stdout, stderr: whether each was closed when
- * the process started (it is on /dev/null now). */
-static int l_stdfd_closed(lua_State *L) {
-    int m = tide__stdfd_closed();
-    lua_pushboolean(L, m & 1);
-    lua_pushboolean(L, m & 2);
-    lua_pushboolean(L, m & 4);
-    return 3;
-}
-
 void tide__lua_open_file(lua_State *L) {
     static const luaL_Reg methods[] = {{"line", l_line},   {"flush", l_flush},
                                        {"close", l_close}, {"stats", l_stats},
@@ -382,11 +341,6 @@ void tide__lua_open_file(lua_State *L) {
     tide__lua_newclass(L, LFILE_MT, methods, l_gc);
     static const luaL_Reg funcs[] = {{"file_open", l_open},
                                      {"writer_fd", l_writer_fd},
-                                     {"stat", l_stat},
-                                     {"stdfd_closed", l_stdfd_closed},
                                      {NULL, NULL}};
-    for (const luaL_Reg *r = funcs; r->name; r++) {
-        lua_pushcfunction(L, r->func);
-        lua_setfield(L, -2, r->name);
-    }
+    luaL_setfuncs(L, funcs, 0);
 }

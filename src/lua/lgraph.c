@@ -66,8 +66,8 @@ static int l_compile(lua_State *L) {
     int rc = tide__graph_compile(specs, n, &tmp, err, sizeof(err), &bad);
     lua_settop(L, scratch - 1);
     if (rc != 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, err);
+        /* The third value is the task at fault, not an error name. */
+        tide__lua_fail(L, 0, "%s", err);
         lua_pushinteger(L, bad);
         return 3;
     }
@@ -115,9 +115,8 @@ static int l_graph_gc(lua_State *L) {
 }
 
 void tide__lua_open_graph(lua_State *L) {
+    static const luaL_Reg funcs[] = {
+        {"compile", l_compile}, {"graph_info", l_graph_info}, {NULL, NULL}};
     tide__lua_newclass(L, "tide.graph", NULL, l_graph_gc);
-    lua_pushcfunction(L, l_compile);
-    lua_setfield(L, -2, "compile");
-    lua_pushcfunction(L, l_graph_info);
-    lua_setfield(L, -2, "graph_info");
+    luaL_setfuncs(L, funcs, 0);
 }

@@ -70,11 +70,11 @@ typedef struct lhttp_conn {
 } lhttp_conn;
 
 struct lhttp_server {
-    lio_base base;
+    tide__lua_base base;
     uv_tcp_t tcp;
     uv_loop_t *loop;
-    lua_State *T;       /* hook thread */
-    int thread_ref, fn_ref, hangup_ref;
+    tide__lua_hook hook; /* on_request, on a thread on_hangup runs on too */
+    int hangup_ref;      /* on_hangup, or LUA_NOREF */
     int closed, handle_open, boxed;
     uint32_t next_id;
     lhttp_conn *conns;
@@ -311,9 +311,10 @@ static void lhttp_conn_close(lhttp_conn *c) {
      * registered for the answer goes now rather than when the job ends.
      * A stopped server has dropped its hook; its jobs are cancelled. */
     if (c->waiting && !s->closed && s->hangup_ref != LUA_NOREF) {
-        lua_rawgeti(s->T, LUA_REGISTRYINDEX, s->hangup_ref);
-        lua_pushinteger(s->T, c->id);
-        tide__lua_pcall_hook(s->T, 1, "HTTP hang-up handler");
+        lua_State *T = s->hook.T;
+        lua_rawgeti(T, LUA_REGISTRYINDEX, s->hangup_ref);
+        lua_pushinteger(T, c->id);
+        tide__lua_pcall_hook(T, 1, "HTTP hang-up handler");
     }
     if (c->prev)
         c->prev->next = c->next;
@@ -411,7 +412,6 @@ static const char *lhttp_refusal(int status) {
 
 static void lhttp_dispatch(lhttp_conn *c) {
     lhttp_server *s = c->srv;
-    lua_State *T = s->T;
     struct http_parser_url u;
     const char *path = c->url ? c->url : "/";
     size_t pathlen = c->url ? c->urllen : 1;
@@ -431,8 +431,7 @@ static void lhttp_dispatch(lhttp_conn *c) {
     s->requests++;
     c->waiting = 1;
     c->keep_alive = http_should_keep_alive(&c->parser);
-    lua_settop(T, 0);
-    lua_rawgeti(T, LUA_REGISTRYINDEX, s->fn_ref);
+    lua_State *T = tide__lua_hook_push(&s->hook);
     lua_pushinteger(T, c->id);
     lua_pushstring(T, http_method_str((enum http_method)c->parser.method));
     lua_pushlstring(T, path, pathlen);
@@ -707,10 +706,10 @@ static void lhttp_stop(lhttp_server *s, int drain) {
         s->closed = 1;
         if (s->handle_open && !uv_is_closing((uv_handle_t *)&s->tcp))
             uv_close((uv_handle_t *)&s->tcp, lhttp_server_closed);
-        luaL_unref(s->T, LUA_REGISTRYINDEX, s->fn_ref);
-        luaL_unref(s->T, LUA_REGISTRYINDEX, s->hangup_ref);
+        /* on_hangup first: its reference is dropped through the thread. */
+        luaL_unref(s->hook.T, LUA_REGISTRYINDEX, s->hangup_ref);
         s->hangup_ref = LUA_NOREF;
-        luaL_unref(s->T, LUA_REGISTRYINDEX, s->thread_ref);
+        tide__lua_hook_free(&s->hook);
     }
     lhttp_conn *c = s->conns;
     while (c) {
@@ -738,7 +737,7 @@ static int l_http_close(lua_State *L) {
     return 0;
 }
 
-static void lhttp_before_engine_close(lio_base *b) {
+static void lhttp_before_engine_close(tide__lua_base *b) {
     lhttp_server *s = tide__container_of(b, lhttp_server, base);
     lhttp_stop(s, 0);
 }
@@ -771,11 +770,8 @@ static int l_http_listen(lua_State *L) {
     int rc = uv_ip4_addr(host, port, (struct sockaddr_in *)&addr);
     if (rc != 0)
         rc = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr);
-    if (rc != 0) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "bad listen address '%s'", host);
-        return 2;
-    }
+    if (rc != 0)
+        return tide__lua_fail(L, 0, "bad listen address '%s'", host);
     lhttp_server **box = lua_newuserdata(L, sizeof(*box));
     *box = NULL;
     luaL_getmetatable(L, "tide.http");
@@ -792,10 +788,7 @@ static int l_http_listen(lua_State *L) {
     s->handle_open = 1;
     s->boxed = 1;
     *box = s;
-    s->T = lua_newthread(L);
-    s->thread_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_pushvalue(L, 5);
-    s->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    tide__lua_hook_init(L, &s->hook, 5);
     s->hangup_ref = LUA_NOREF;
     if (has_hangup) {
         lua_getfield(L, 4, "on_hangup");
@@ -806,10 +799,8 @@ static int l_http_listen(lua_State *L) {
         rc = uv_listen((uv_stream_t *)&s->tcp, 512, lhttp_on_connection);
     if (rc != 0) {
         lhttp_stop(s, 0);
-        lua_pushnil(L);
-        lua_pushfstring(L, "cannot listen on %s:%d: %s", host, port,
-                        uv_strerror(rc));
-        return 2;
+        return tide__lua_fail(L, 0, "cannot listen on %s:%d: %s", host, port,
+                              uv_strerror(rc));
     }
     return 1;
 }
@@ -819,7 +810,8 @@ void tide__lua_open_http(lua_State *L) {
         {"respond", l_http_respond}, {"port", l_http_port},
         {"stats", l_http_stats},     {"close", l_http_close},
         {NULL, NULL}};
+    static const luaL_Reg funcs[] = {{"http_listen", l_http_listen},
+                                     {NULL, NULL}};
     tide__lua_newclass(L, "tide.http", methods, l_http_close);
-    lua_pushcfunction(L, l_http_listen);
-    lua_setfield(L, -2, "http_listen");
+    luaL_setfuncs(L, funcs, 0);
 }

@@ -23,11 +23,10 @@
 #define LJ_MT "tide.journal"
 
 typedef struct ljournal {
-    lio_base base; /* first: the engine's close finds it through data */
+    tide__lua_base base; /* first: the engine's close finds it through data */
     uv_async_t async;
     tide__journal *j;
-    lua_State *T;  /* private thread for on_commit calls (thread_ref) */
-    int thread_ref, fn_ref;
+    tide__lua_hook hook; /* on_commit's function; hook.T NULL: none */
     struct ljournal **box; /* the Lua box while it points here */
 } ljournal;
 
@@ -35,10 +34,7 @@ static void lj_closed(uv_handle_t *h) {
     ljournal *r = tide__container_of(h, ljournal, async);
     if (r->box)
         *r->box = NULL;
-    if (r->T) {
-        luaL_unref(r->T, LUA_REGISTRYINDEX, r->fn_ref);
-        luaL_unref(r->T, LUA_REGISTRYINDEX, r->thread_ref);
-    }
+    tide__lua_hook_free(&r->hook);
     free(r);
 }
 
@@ -50,7 +46,7 @@ static int lj_end(ljournal *r, char *err, size_t errlen) {
     return tide__journal_close(j, err, errlen);
 }
 
-static void lj_before_engine_close(lio_base *b) {
+static void lj_before_engine_close(tide__lua_base *b) {
     ljournal *r = tide__container_of(b, ljournal, base);
     char err[256];
     if (r->j && lj_end(r, err, sizeof err) != 0)
@@ -59,12 +55,11 @@ static void lj_before_engine_close(lio_base *b) {
 
 static void lj_on_async(uv_async_t *a) {
     ljournal *r = tide__container_of(a, ljournal, async);
-    if (r->T == NULL || r->j == NULL)
+    if (r->hook.T == NULL || r->j == NULL)
         return;
-    lua_settop(r->T, 0);
-    lua_rawgeti(r->T, LUA_REGISTRYINDEX, r->fn_ref);
-    lua_pushnumber(r->T, (double)tide__journal_committed(r->j));
-    tide__lua_pcall_hook(r->T, 1, "journal commit hook");
+    lua_State *T = tide__lua_hook_push(&r->hook);
+    lua_pushnumber(T, (double)tide__journal_committed(r->j));
+    tide__lua_pcall_hook(T, 1, "journal commit hook");
 }
 
 static ljournal *lj_check(lua_State *L) {
@@ -84,11 +79,8 @@ static int l_journal_open(lua_State *L) {
     lua_setmetatable(L, -2);
     char err[512];
     tide__journal *j;
-    if (tide__journal_open(path, &j, err, sizeof err) != 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, err);
-        return 2;
-    }
+    if (tide__journal_open(path, &j, err, sizeof err) != 0)
+        return tide__lua_fail(L, 0, "%s", err);
     ljournal *r = tide__xcalloc(1, sizeof(*r));
     r->j = j;
     r->base.close_cb = lj_closed;
@@ -222,18 +214,11 @@ static int l_error(lua_State *L) {
  * after a failure, to be told by j:error()); nil stops it. */
 static int l_on_commit(lua_State *L) {
     ljournal *r = lj_check(L);
-    if (r->T) {
-        luaL_unref(L, LUA_REGISTRYINDEX, r->fn_ref);
-        luaL_unref(L, LUA_REGISTRYINDEX, r->thread_ref);
-        r->T = NULL;
-    }
+    tide__lua_hook_free(&r->hook);
     if (lua_isnoneornil(L, 2))
         return 0;
     luaL_checktype(L, 2, LUA_TFUNCTION);
-    r->T = lua_newthread(L);
-    r->thread_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_pushvalue(L, 2);
-    r->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    tide__lua_hook_init(L, &r->hook, 2);
     return 0;
 }
 
@@ -337,11 +322,8 @@ static int l_close(lua_State *L) {
     r->box = NULL;
     if (!uv_is_closing((uv_handle_t *)&r->async))
         uv_close((uv_handle_t *)&r->async, lj_closed);
-    if (rc != 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, err);
-        return 2;
-    }
+    if (rc != 0)
+        return tide__lua_fail(L, 0, "%s", err);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -390,10 +372,7 @@ void tide__lua_open_journal(lua_State *L) {
     static const luaL_Reg funcs[] = {{"journal_open", l_journal_open},
                                      {"xxh128", l_xxh128},
                                      {NULL, NULL}};
-    for (const luaL_Reg *f = funcs; f->name; f++) {
-        lua_pushcfunction(L, f->func);
-        lua_setfield(L, -2, f->name);
-    }
+    luaL_setfuncs(L, funcs, 0);
     lua_pushinteger(L, tide__journal_format());
     lua_setfield(L, -2, "journal_format");
 }

@@ -97,7 +97,7 @@
 #include <yajl/yajl_gen.h>
 #include <yajl/yajl_parse.h>
 
-#include "../internal.h"
+#include "lglue.h"
 #include "ljson.h"
 
 /* Room for any number this file prints: "-1.7976931348623157e+308" is 24
@@ -1401,12 +1401,7 @@ int tide__json_decode_push(lua_State *L, const char *s, size_t len,
 
 /* Returns nil, "EVALUE: msg", "EVALUE" for rc (a TIDE_E* code). */
 static int json_fail(lua_State *L, int rc, const char *msg) {
-    const char *name = tide_err_name(rc);
-
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s: %s", name, msg);
-    lua_pushstring(L, name);
-    return 3;
+    return tide__lua_fail(L, rc, "%s: %s", tide_err_name(rc), msg);
 }
 
 /* decode(str) -> value | nil, msg, "EVALUE". Raises on a non-string. */

@@ -452,12 +452,8 @@ static int l_marshal_encode(lua_State *L) {
     luaL_checkany(L, 1);
     char *out, err[256];
     size_t n;
-    if (tide__marshal_encode(L, 1, &out, &n, err, sizeof(err)) != 0) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "EVALUE: %s", err);
-        lua_pushliteral(L, "EVALUE");
-        return 3;
-    }
+    if (tide__marshal_encode(L, 1, &out, &n, err, sizeof(err)) != 0)
+        return tide__lua_fail(L, TIDE_EVALUE, "EVALUE: %s", err);
     lua_pushlstring(L, out, n); /* may raise on OOM: out leaks then */
     free(out);
     return 1;
@@ -468,18 +464,14 @@ static int l_marshal_decode(lua_State *L) {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
     char err[256];
-    if (tide__marshal_decode(L, s, n, err, sizeof(err)) != 0) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "EVALUE: %s", err);
-        lua_pushliteral(L, "EVALUE");
-        return 3;
-    }
+    if (tide__marshal_decode(L, s, n, err, sizeof(err)) != 0)
+        return tide__lua_fail(L, TIDE_EVALUE, "EVALUE: %s", err);
     return 1;
 }
 
 void tide__lua_open_marshal(lua_State *L) {
-    lua_pushcfunction(L, l_marshal_encode);
-    lua_setfield(L, -2, "marshal_encode");
-    lua_pushcfunction(L, l_marshal_decode);
-    lua_setfield(L, -2, "marshal_decode");
+    static const luaL_Reg funcs[] = {{"marshal_encode", l_marshal_encode},
+                                     {"marshal_decode", l_marshal_decode},
+                                     {NULL, NULL}};
+    luaL_setfuncs(L, funcs, 0);
 }

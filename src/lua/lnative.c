@@ -102,32 +102,30 @@ static const struct tide_call_api lnative_api = {
     lnative_output_value, lnative_error,
 };
 
-/* Runs a native function for a job on a worker (L: the worker's state).
- * Sets the job's status and output as lpool_run does. */
-void tide__native_run(lua_State *L, tide__job *j, tide_native_fn fn) {
+int tide__native_run(lua_State *L, tide_native_fn fn, const void *in,
+                     size_t inlen, char **out, size_t *outlen) {
     lnative_call c;
     memset(&c, 0, sizeof(c));
     c.pub.api = &lnative_api;
     c.L = L;
-    c.in = j->in;
-    c.inlen = j->inlen;
+    c.in = in;
+    c.inlen = inlen;
     int rc = fn(&c.pub);
     free(c.json_in);
     if (rc != 0 || c.failed) {
         free(c.out);
-        j->status = 1;
-        j->out = tide__xstrdup(c.err[0] ? c.err : "native task failed");
-        j->outlen = strlen(j->out);
-        return;
+        *out = tide__xstrdup(c.err[0] ? c.err : "native task failed");
+        *outlen = strlen(*out);
+        return TIDE_ETASK;
     }
     if (c.out == NULL) { /* no output set: null */
         c.out = tide__xmalloc(1);
         c.out[0] = 8; /* the encoding's json null tag */
         c.outlen = 1;
     }
-    j->status = 0;
-    j->out = c.out;
-    j->outlen = c.outlen;
+    *out = c.out;
+    *outlen = c.outlen;
+    return 0;
 }
 
 /* native_load(path, symbol) -> lightuserdata(fn) | nil, message
@@ -136,38 +134,27 @@ static int l_native_load(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
     const char *sym = luaL_checkstring(L, 2);
     void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (h == NULL) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "cannot load native library '%s': %s", path,
-                        dlerror());
-        return 2;
-    }
+    if (h == NULL)
+        return tide__lua_fail(L, 0, "cannot load native library '%s': %s",
+                              path, dlerror());
     const int *abi = dlsym(h, "tide_abi_version");
-    if (abi == NULL) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "'%s' is not a tide native library (it does not "
-                           "export tide_abi_version: add TIDE_EXPORT_ABI;)",
-                        path);
-        return 2;
-    }
-    if (*abi != TIDE_ABI_VERSION) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "'%s' was built for tide ABI %d, this tide has %d",
-                        path, *abi, TIDE_ABI_VERSION);
-        return 2;
-    }
+    if (abi == NULL)
+        return tide__lua_fail(L, 0, "'%s' is not a tide native library (it "
+                              "does not export tide_abi_version: add "
+                              "TIDE_EXPORT_ABI;)", path);
+    if (*abi != TIDE_ABI_VERSION)
+        return tide__lua_fail(L, 0, "'%s' was built for tide ABI %d, this "
+                              "tide has %d", path, *abi, TIDE_ABI_VERSION);
     void *fn = dlsym(h, sym);
-    if (fn == NULL) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "native library '%s' has no symbol '%s'", path,
-                        sym);
-        return 2;
-    }
+    if (fn == NULL)
+        return tide__lua_fail(L, 0, "native library '%s' has no symbol '%s'",
+                              path, sym);
     lua_pushlightuserdata(L, fn);
     return 1;
 }
 
 void tide__lua_open_native(lua_State *L) {
-    lua_pushcfunction(L, l_native_load);
-    lua_setfield(L, -2, "native_load");
+    static const luaL_Reg funcs[] = {{"native_load", l_native_load},
+                                     {NULL, NULL}};
+    luaL_setfuncs(L, funcs, 0);
 }

@@ -10,8 +10,9 @@
  * pool_result (the output decoded). The pool's uv_async callback drains
  * finished jobs and wakes their attempts. A job has two references, the
  * pool's (dropped when the loop takes it back) and the Lua box's (dropped
- * by its __gc); the last one frees it. Only the loop thread counts them.
- * Worker side, nothing but the job's payload fields is touched. */
+ * by its __gc), and a third while it is on the stuck list; the last one
+ * frees it. Only the loop thread counts them. Worker side, nothing but the
+ * job's payload is touched. */
 #include <string.h>
 
 #include <lauxlib.h>
@@ -22,19 +23,55 @@
 
 _Thread_local int tide__lua_in_worker;
 
-/* Present in the tide binary and libtide (bundled modules), absent from
- * core.so, where workers find the modules through package.path. */
-extern void tide__lua_preload_bundle(lua_State *L) __attribute__((weak));
+/* Weak here only: absent from core.so (see lglue.h). */
+#pragma weak tide__lua_preload_bundle
 
 #define LPOOL_GRACE_MS 1000 /* before a stuck worker gets a stand-in */
 #define LPOOL_MAX_STUCK 64
 
+typedef struct lpool lpool;
+
+/* A sync job: the pool's record, embedded (the pool hands it back to
+ * lpool_run and from its done queue; tide__container_of finds the rest),
+ * the payload a worker reads and writes, and the loop side's bookkeeping.
+ * Allocated by pool:submit, freed by lpool_job_unref. */
 typedef struct {
-    lio_base base;
+    tide__job job;
+    /* The payload: set on the loop before the job is queued, read by the
+     * worker; status, out and trace are written by the worker and read on
+     * the loop once the job is back. */
+    void *in;          /* input bytes (owned) */
+    size_t inlen;
+    char *key, *task;  /* which function to run (owned) */
+    char *code;        /* its bytecode when it has no file, or a native
+                        * function's pointer (owned) */
+    size_t codelen;
+    double timeout_ms; /* per attempt; 0: none (the worker's count hook) */
+    int status;        /* 0, or a TIDE_E* code (see lpool_fail) */
+    char *out;         /* result bytes or error text (owned, malloc'd) */
+    size_t outlen;
+    char *trace;       /* traceback of a failure (owned) */
+    /* Loop side only. */
+    int refs;          /* the pool's, the Lua box's, the stuck list's */
+    int cancelled;     /* nobody waits for the result */
+    int done;          /* taken back from the done queue */
+    int stood_in;      /* a stand-in thread replaced its worker */
+    int uncounted;     /* no longer keeps the loop alive */
+    uint64_t cancelled_at; /* uv_now when its attempt gave up */
+    double att;        /* attempt to wake */
+    lpool *owner;
+} lpool_job;
+
+static lpool_job *lpool_job_of(tide__job *j) {
+    return tide__container_of(j, lpool_job, job);
+}
+
+struct lpool {
+    tide__lua_base base;
     tide__pool pool;
     uv_async_t async;
     uv_timer_t stuck_timer; /* checks the jobs whose attempt gave up */
-    tide__job *stuck[LPOOL_MAX_STUCK];
+    lpool_job *stuck[LPOOL_MAX_STUCK];
     int nstuck;
     int nhandles;
     uv_loop_t *loop;
@@ -43,9 +80,9 @@ typedef struct {
     int started, stopped, async_open;
     int boxed;
     int outstanding; /* jobs submitted and not taken back */
-} lpool;
+};
 
-static void lpool_job_unref(tide__job *j) {
+static void lpool_job_unref(lpool_job *j) {
     if (--j->refs > 0)
         return;
     free(j->in);
@@ -69,22 +106,8 @@ static const char *LPOOL_LOADER =
     "if not i then error(path .. ': no task ' .. name, 0) end\n"
     "return p.tasks[i].fn\n";
 
-/* Message handler: the error's text (tostring of an error object, such
- * as an error record) followed by the traceback. */
-static int lpool_traceback(lua_State *L) {
-    const char *msg = lua_tostring(L, 1);
-    if (msg == NULL) {
-        lua_getglobal(L, "tostring");
-        lua_pushvalue(L, 1);
-        lua_call(L, 1, 1);
-        msg = lua_tostring(L, -1);
-    }
-    luaL_traceback(L, L, msg ? msg : "?", 1);
-    return 1;
-}
-
 static void *lpool_worker_init(tide__pool *pool, int index) {
-    lpool *lp = pool->udata;
+    lpool *lp = tide__container_of(pool, lpool, pool);
     TIDE_UNUSED(index);
     tide__lua_in_worker = 1;
     lua_State *L = luaL_newstate();
@@ -112,7 +135,8 @@ static void lpool_worker_free(void *ctx) {
         lua_close(ctx);
 }
 
-static void lpool_fail(tide__job *j, int status, const char *msg,
+/* Fails the job with a TIDE_E* code, its message and traceback. */
+static void lpool_fail(lpool_job *j, int status, const char *msg,
                        const char *trace) {
     j->status = status;
     j->out = tide__xstrdup(msg ? msg : "error");
@@ -122,7 +146,7 @@ static void lpool_fail(tide__job *j, int status, const char *msg,
 
 /* Pushes the job's function, loading and caching it on first use. Returns
  * 0, or non-zero with the error message pushed. */
-static int lpool_push_fn(lua_State *L, tide__job *j) {
+static int lpool_push_fn(lua_State *L, lpool_job *j) {
     lua_getfield(L, LUA_REGISTRYINDEX, "tide.worker.fns");
     lua_pushstring(L, j->key);
     lua_pushliteral(L, "\n");
@@ -175,11 +199,12 @@ static void lpool_hook(lua_State *L, lua_Debug *ar) {
     }
 }
 
-static void lpool_run(void *ctx, tide__job *j) {
+static void lpool_run(void *ctx, tide__job *pj) {
+    lpool_job *j = lpool_job_of(pj);
     lua_State *L = ctx;
     char err[256];
     if (L == NULL) {
-        lpool_fail(j, 1, "worker thread has no Lua state", NULL);
+        lpool_fail(j, TIDE_ETASK, "worker thread has no Lua state", NULL);
         return;
     }
     lua_settop(L, 0);
@@ -187,18 +212,18 @@ static void lpool_run(void *ctx, tide__job *j) {
         /* code holds the function pointer: no Lua function involved. */
         tide_native_fn fn;
         memcpy(&fn, j->code, sizeof(fn));
-        tide__native_run(L, j, fn);
+        j->status = tide__native_run(L, fn, j->in, j->inlen, &j->out,
+                                     &j->outlen);
         lua_settop(L, 0);
         return;
     }
-    lua_pushcfunction(L, lpool_traceback);
     if (lpool_push_fn(L, j) != 0) {
-        lpool_fail(j, 1, lua_tostring(L, -1), NULL);
+        lpool_fail(j, TIDE_ETASK, lua_tostring(L, -1), NULL);
         lua_settop(L, 0);
         return;
     }
     if (tide__marshal_decode(L, j->in, j->inlen, err, sizeof(err)) != 0) {
-        lpool_fail(j, 2, err, NULL);
+        lpool_fail(j, TIDE_EVALUE, err, NULL);
         lua_settop(L, 0);
         return;
     }
@@ -207,7 +232,9 @@ static void lpool_run(void *ctx, tide__job *j) {
         lpool_deadline = uv_hrtime() + (uint64_t)(j->timeout_ms * 1e6);
         lua_sethook(L, lpool_hook, LUA_MASKCOUNT, 1000);
     }
-    int prc = lua_pcall(L, 1, 1, 1);
+    /* The message is the error's text (an error record's __tostring) and
+     * the traceback. */
+    int prc = tide__lua_pcall(L, 1, 1);
     if (j->timeout_ms > 0) {
         lua_sethook(L, NULL, 0, 0);
         lpool_deadline = 0;
@@ -219,7 +246,7 @@ static void lpool_run(void *ctx, tide__job *j) {
         char *msg = tide__xstrdup(tb ? tb : "error");
         if (nl)
             msg[nl - tb] = '\0';
-        lpool_fail(j, lpool_stopped ? 3 : 1, msg, tb);
+        lpool_fail(j, lpool_stopped ? TIDE_ETIMEDOUT : TIDE_ETASK, msg, tb);
         free(msg);
         lua_settop(L, 0);
         return;
@@ -229,7 +256,7 @@ static void lpool_run(void *ctx, tide__job *j) {
         char msg[600];
         snprintf(msg, sizeof(msg), "sync task '%s' returned a value that "
                  "cannot cross threads: %s", j->task, err);
-        lpool_fail(j, 2, msg, NULL);
+        lpool_fail(j, TIDE_EVALUE, msg, NULL);
     } else {
         j->status = 0;
     }
@@ -240,7 +267,7 @@ static void lpool_run(void *ctx, tide__job *j) {
 
 /* A job stops keeping the loop alive: it came back, or nobody waits for
  * it any more (its attempt gave up while a worker runs it). */
-static void lpool_uncount(lpool *lp, tide__job *j) {
+static void lpool_uncount(lpool *lp, lpool_job *j) {
     if (j->uncounted)
         return;
     j->uncounted = 1;
@@ -250,7 +277,7 @@ static void lpool_uncount(lpool *lp, tide__job *j) {
 
 /* A job came back from the pool (finished, or unqueued unstarted): the
  * pool's reference goes, and with no job left the loop may end. */
-static void lpool_took_back(lpool *lp, tide__job *j) {
+static void lpool_took_back(lpool *lp, lpool_job *j) {
     j->done = 1;
     lpool_uncount(lp, j);
     lpool_job_unref(j);
@@ -258,10 +285,11 @@ static void lpool_took_back(lpool *lp, tide__job *j) {
 
 static void lpool_on_async(uv_async_t *a) {
     lpool *lp = tide__container_of(a, lpool, async);
-    tide__job *j = tide__pool_take_done(&lp->pool);
-    while (j) {
-        tide__job *next = j->next;
-        j->next = NULL;
+    tide__job *pj = tide__pool_take_done(&lp->pool);
+    while (pj) {
+        lpool_job *j = lpool_job_of(pj);
+        pj = pj->next;
+        j->job.next = NULL;
         if (!j->cancelled && j->att != 0)
             tide__lua_wake(lp->loop, j->att);
         j->att = 0;
@@ -274,7 +302,6 @@ static void lpool_on_async(uv_async_t *a) {
                 break;
             }
         lpool_took_back(lp, j);
-        j = next;
     }
 }
 
@@ -285,7 +312,7 @@ static void lpool_on_stuck_timer(uv_timer_t *t) {
     lpool *lp = tide__container_of(t, lpool, stuck_timer);
     uint64_t now = uv_now(lp->loop);
     for (int i = 0; i < lp->nstuck; i++) {
-        tide__job *j = lp->stuck[i];
+        lpool_job *j = lp->stuck[i];
         if (!j->done && !j->stood_in &&
             now - j->cancelled_at >= LPOOL_GRACE_MS &&
             tide__pool_replace(&lp->pool))
@@ -296,7 +323,7 @@ static void lpool_on_stuck_timer(uv_timer_t *t) {
 }
 
 static void lpool_release(tide__pool *pool) {
-    lpool *lp = pool->udata;
+    lpool *lp = tide__container_of(pool, lpool, pool);
     free(lp->path);
     free(lp->cpath);
     free(lp);
@@ -311,7 +338,7 @@ static void lpool_free(lpool *lp) {
 }
 
 static void lpool_handle_closed(uv_handle_t *h) {
-    lpool *lp = tide__container_of((lio_base *)h->data, lpool, base);
+    lpool *lp = tide__container_of((tide__lua_base *)h->data, lpool, base);
     if (--lp->nhandles == 0) {
         lp->async_open = 0;
         if (!lp->boxed)
@@ -334,26 +361,26 @@ static void lpool_stop(lpool *lp) {
     lp->pool.qhead = lp->pool.qtail = NULL;
     uv_mutex_unlock(&lp->pool.mu);
     while (q) {
-        tide__job *next = q->next;
-        q->cancelled = 1;
-        lpool_took_back(lp, q);
-        q = next;
+        lpool_job *j = lpool_job_of(q);
+        q = q->next;
+        j->cancelled = 1;
+        lpool_took_back(lp, j);
     }
     uv_timer_stop(&lp->stuck_timer);
-    tide__job *j = tide__pool_stop(&lp->pool);
-    while (j) { /* finished meanwhile: nobody will wait for them now */
-        tide__job *next = j->next;
-        j->next = NULL;
+    q = tide__pool_stop(&lp->pool);
+    while (q) { /* finished meanwhile: nobody will wait for them now */
+        lpool_job *j = lpool_job_of(q);
+        q = q->next;
+        j->job.next = NULL;
         j->cancelled = 1;
         j->att = 0;
         lpool_took_back(lp, j);
-        j = next;
     }
     while (lp->nstuck > 0)
         lpool_job_unref(lp->stuck[--lp->nstuck]);
 }
 
-static void lpool_before_engine_close(lio_base *b) {
+static void lpool_before_engine_close(tide__lua_base *b) {
     lpool_stop(tide__container_of(b, lpool, base));
 }
 
@@ -386,7 +413,6 @@ static int l_pool_new(lua_State *L) {
     lp->pool.worker_init = lpool_worker_init;
     lp->pool.worker_free = lpool_worker_free;
     lp->pool.run = lpool_run;
-    lp->pool.udata = lp;
     lp->pool.release = lpool_release;
     lp->pool.async = &lp->async;
     lp->pool.nworkers = 0;
@@ -407,15 +433,15 @@ static int l_pool_new(lua_State *L) {
 /* op_cancel of the parked attempt (timeout, cancel): nobody wants the
  * result; a job no worker started yet is taken out of the queue. */
 static void lpool_cancel(void *op) {
-    tide__job *j = op;
+    lpool_job *j = op;
     j->cancelled = 1;
     j->att = 0;
-    if (j->done || j->orphaned)
+    if (j->done || j->job.orphaned)
         return; /* an orphan's pool may be freed already */
     lpool *lp = j->owner;
     if (lp->stopped)
         return;
-    if (tide__pool_unqueue(&lp->pool, j)) {
+    if (tide__pool_unqueue(&lp->pool, &j->job)) {
         lpool_took_back(lp, j);
         return;
     }
@@ -454,19 +480,15 @@ static int l_pool_submit(lua_State *L) {
     double timeout = luaL_optnumber(L, 6, 0);
     char *in, err[256];
     size_t inlen;
-    if (tide__marshal_encode(L, 5, &in, &inlen, err, sizeof(err)) != 0) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "the input of sync task '%s' cannot cross "
-                           "threads: %s", task, err);
-        lua_pushliteral(L, "EVALUE");
-        return 3;
-    }
+    if (tide__marshal_encode(L, 5, &in, &inlen, err, sizeof(err)) != 0)
+        return tide__lua_fail(L, TIDE_EVALUE, "the input of sync task '%s' "
+                              "cannot cross threads: %s", task, err);
     /* The box first (it may raise), then the job, which cannot. */
-    tide__job **box = lua_newuserdata(L, sizeof(*box));
+    lpool_job **box = lua_newuserdata(L, sizeof(*box));
     *box = NULL;
     luaL_getmetatable(L, "tide.job");
     lua_setmetatable(L, -2);
-    tide__job *j = tide__xcalloc(1, sizeof(*j));
+    lpool_job *j = tide__xcalloc(1, sizeof(*j));
     j->in = in;
     j->inlen = inlen;
     j->key = tide__xstrdup(key);
@@ -491,26 +513,26 @@ static int l_pool_submit(lua_State *L) {
     }
     if (lp->outstanding++ == 0)
         uv_ref((uv_handle_t *)&lp->async); /* a job keeps the loop alive */
-    tide__pool_submit(&lp->pool, j);
+    tide__pool_submit(&lp->pool, &j->job);
     return 1;
 }
 
-static tide__job *ljob_check(lua_State *L, int idx) {
-    tide__job **box = luaL_checkudata(L, idx, "tide.job");
+static lpool_job *lpool_job_check(lua_State *L, int idx) {
+    lpool_job **box = luaL_checkudata(L, idx, "tide.job");
     if (*box == NULL)
         luaL_argerror(L, idx, "job was released");
     return *box;
 }
 
 static uint64_t lpool_started(void *op) {
-    tide__job *j = op;
-    return atomic_load_explicit(&j->started, memory_order_relaxed);
+    lpool_job *j = op;
+    return atomic_load_explicit(&j->job.started, memory_order_relaxed);
 }
 
 /* pool_wait(job): parks the task body until the job is done. Its time
  * limit counts from when a worker took the job, not from the queue. */
 static int l_pool_wait(lua_State *L) {
-    tide__job *j = ljob_check(L, 1);
+    lpool_job *j = lpool_job_check(L, 1);
     if (j->done)
         return 0;
     return tide__lua_park_op(L, "sync task", j, lpool_cancel, lpool_started,
@@ -519,7 +541,7 @@ static int l_pool_wait(lua_State *L) {
 
 /* pool_result(job) -> true, value | false, message, traceback, code */
 static int l_pool_result(lua_State *L) {
-    tide__job *j = ljob_check(L, 1);
+    lpool_job *j = lpool_job_check(L, 1);
     if (!j->done)
         return luaL_error(L, "sync task: the job has not finished");
     if (j->status == 0) {
@@ -536,19 +558,17 @@ static int l_pool_result(lua_State *L) {
         lua_pushstring(L, j->trace);
     else
         lua_pushnil(L);
-    /* 2: the value could not cross; 3: the worker's hook stopped the body
-     * at its time limit (which may come before the loop's deadline: both
-     * count from the job's start). */
-    lua_pushstring(L, j->status == 2   ? "EVALUE"
-                      : j->status == 3 ? "ETIMEDOUT"
-                                       : "ETASK");
+    /* The status is the code: ETIMEDOUT when the worker's hook stopped
+     * the body at its time limit (which may come before the loop's
+     * deadline: both count from the job's start). */
+    lua_pushstring(L, tide_err_name(j->status));
     return 4;
 }
 
 static int l_job_gc(lua_State *L) {
-    tide__job **box = luaL_checkudata(L, 1, "tide.job");
+    lpool_job **box = luaL_checkudata(L, 1, "tide.job");
     if (*box) {
-        tide__job *j = *box;
+        lpool_job *j = *box;
         *box = NULL;
         if (!j->done)
             j->cancelled = 1;
@@ -616,8 +636,5 @@ void tide__lua_open_pool(lua_State *L) {
         {"pool_new", l_pool_new},       {"pool_wait", l_pool_wait},
         {"pool_result", l_pool_result}, {"is_worker", l_is_worker},
         {"cores", l_cores},             {NULL, NULL}};
-    for (const luaL_Reg *r = funcs; r->name; r++) {
-        lua_pushcfunction(L, r->func);
-        lua_setfield(L, -2, r->name);
-    }
+    luaL_setfuncs(L, funcs, 0);
 }
