@@ -65,12 +65,14 @@ describe("the dashboard in headless Chromium", function()
     end)
 
     it("updates the live counts after a job is submitted through the form", function()
-        assert.matches("^201 ", submit('{"n": 3, "sleep": 0.8}'))
+        -- fetch naps 3 s: long enough for a loaded machine's browser to
+        -- poll the feed while it runs.
+        assert.matches("^201 ", submit('{"n": 3, "sleep": 3}'))
         -- While fetch naps, the dashboard shows it running.
         assert.equal("1", b:wait("var v = (function () {" .. counts_js("fetch", "running")
-            .. "})(); return v == '1' ? v : null", 5))
-        assert.equal("1", b:wait("var v = (function () {" .. counts_js("sum", "done")
             .. "})(); return v == '1' ? v : null", 10))
+        assert.equal("1", b:wait("var v = (function () {" .. counts_js("sum", "done")
+            .. "})(); return v == '1' ? v : null", 20))
         assert.equal("0", b:eval(counts_js("fetch", "running")))
         assert.equal("1", b:eval("return document.getElementById('jobs-done').textContent"))
     end)

@@ -66,8 +66,9 @@ describe("tide run stopped by SIGTERM", function()
         assert.equal(143, r.code, r.stderr)
         assert.is_false(r.alive[1], "the leader " .. r.pids[1] .. " outlived tide")
         assert.is_false(r.alive[2], "its child " .. r.pids[2] .. " outlived tide")
-        -- The close grace (0.5 s), not the 2 s of the time-limit kill.
-        assert.is_true(r.ms < 1700, "tide took " .. tostring(r.ms) .. " ms to exit")
+        -- The close grace (0.5 s), not the 2 s of the time-limit kill
+        -- (slow sanitizer builds on a loaded machine took 1.7 s).
+        assert.is_true(r.ms < 1950, "tide took " .. tostring(r.ms) .. " ms to exit")
     end)
 
     it("ends a member that outlives its group's leader", function()
