@@ -270,6 +270,18 @@ void tide__wd_here(tide__wd *wd);
  * before it is stopped after a short grace. Async-signal-safe. */
 void tide__wd_note_signal(int signum);
 
+/* ===== FORK =====
+ *
+ * Threads do not cross fork(2): a child has only the thread that forked,
+ * while the memory of the parent's engines, pools and locks comes along.
+ * The fork generation counts the forks this process has gone through
+ * since its first engine (a child's handler adds one), so that an object
+ * can tell it was made in an ancestor (its generation differs) and refuse
+ * to be used rather than wait for threads that do not exist here. */
+unsigned tide__fork_gen(void);
+/* Makes sure the fork handlers are installed (idempotent). */
+void tide__fork_watch(void);
+
 /* ===== STOP SIGNALS (stopsig.c) ===== */
 
 /* SIGINT and SIGTERM through sigaction, not libuv: the first one wakes
@@ -548,7 +560,11 @@ typedef struct tide__job {
     char *out;         /* result bytes or error text (owned, malloc'd) */
     size_t outlen;
     char *trace;       /* traceback of a failure (owned) */
-    int refs;          /* loop side: the pool's and the Lua box's */
+    /* The pool's and the Lua box's (and the stuck list's). Atomic: the
+     * loop thread drops the box's, and the pool's is dropped by the loop
+     * when it takes the job back, or by the worker thread of an orphan
+     * (its pool stopped while it ran), which the loop never takes back. */
+    _Atomic int refs;
     int cancelled;     /* loop side: nobody waits for the result */
     int done;          /* loop side: taken back from the done queue */
     int stood_in;      /* loop side: a stand-in thread replaced its worker */
@@ -589,6 +605,9 @@ struct tide__pool {
     void *(*worker_init)(tide__pool *pool, int index);
     void (*worker_free)(void *ctx);
     void (*run)(void *ctx, tide__job *j);
+    /* Drops the pool's reference to a job that an orphan thread finished
+     * (called on that thread). */
+    void (*job_release)(tide__job *j);
     void *udata;
 };
 

@@ -55,13 +55,21 @@ M.fd, M.timeout, M.step, M.run_all = hub.fd, hub.timeout, hub.step, hub.run_all
 
 local EXEC_OPTS = {
     threads = true, concurrency = true, task_timeout = true,
-    retention = true, max_results = true, results = true,
+    retention = true, max_results = true, results = true, bare_yield = true,
 }
 
 
 local function check_self(self, fname)
     if getmetatable(self) ~= Executor then
         error(fname .. ": call it as ex:" .. fname:match("[%w_]+$") .. "(...), with a colon", 3)
+    end
+    if self._E.forked() then
+        -- Its loop and threads are the parent's: sync jobs would wait for
+        -- threads this process does not have.
+        error(fname .. ": this executor was made in process " .. tostring(self._pid)
+              .. " before a fork, and cannot be used in process " .. tostring(core.getpid())
+              .. "; make executors after forking (in nginx: in init_worker_by_lua, e.g. "
+              .. "require('tide.ngx').init_worker)", 3)
     end
 end
 
@@ -132,12 +140,18 @@ function M.new(opts)
     if opts.results ~= nil and type(opts.results) ~= "boolean" then
         error("tide.executor: results must be true or false", 2)
     end
+    local by = opts.bare_yield
+    if by ~= nil and by ~= "requeue" and by ~= "fail" then
+        error("tide.executor: bare_yield must be 'requeue' or 'fail', got " .. tostring(by), 2)
+    end
 
     local ud, E = core.engine(conc)
     local self = setmetatable({
         _ud = ud, _E = E, _task_timeout = tt, _threads = opts.threads or core.cores(),
         _live = {}, _next_id = 0, _subs = {}, _waiters = {}, _hook_errors = 0,
+        _pid = core.getpid(),
     }, Executor)
+    if by == "fail" then E.bare_yield(true) end
     if opts.results ~= false then
         self._store = results.new(opts.max_results or 1000000, opts.retention or 3600)
     end
@@ -539,6 +553,25 @@ function Executor:run()
               .. "their results may be lost", 2)
     end
     return true
+end
+
+
+--- This executor's own fd for a host loop: readable when its loop has
+-- something to do (I/O, a finished sync job, a submit or cancel from
+-- outside the loop). tide.fd() covers every executor at once.
+function Executor:fd()
+    check_self(self, "ex:fd")
+    return (self._E.backend())
+end
+
+
+--- How long a host may wait on ex:fd() before calling ex:step(): seconds,
+-- 0 when work is ready, nil when only I/O can wake this executor.
+function Executor:timeout()
+    check_self(self, "ex:timeout")
+    local _, ms = self._E.backend()
+    if ms < 0 then return nil end
+    return ms / 1000
 end
 
 

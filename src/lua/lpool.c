@@ -43,10 +43,12 @@ typedef struct {
     int started, stopped, async_open;
     int boxed;
     int outstanding; /* jobs submitted and not taken back */
+    unsigned fork_gen; /* tide__fork_gen() when made */
 } lpool;
 
+/* Drops one reference; the last one frees the job (any thread). */
 static void lpool_job_unref(tide__job *j) {
-    if (--j->refs > 0)
+    if (atomic_fetch_sub(&j->refs, 1) > 1)
         return;
     free(j->in);
     free(j->key);
@@ -359,6 +361,9 @@ static lpool *lpool_check(lua_State *L, int idx) {
     lpool **box = luaL_checkudata(L, idx, "tide.pool");
     if (*box == NULL || (*box)->stopped)
         luaL_argerror(L, idx, "pool is closed");
+    if ((*box)->fork_gen != tide__fork_gen())
+        luaL_error(L, "tide: this worker pool was made before a fork: its "
+                      "threads run in the parent process only");
     return *box;
 }
 
@@ -376,6 +381,8 @@ static int l_pool_new(lua_State *L) {
     luaL_getmetatable(L, "tide.pool");
     lua_setmetatable(L, -2);
     lpool *lp = tide__xcalloc(1, sizeof(*lp));
+    tide__fork_watch();
+    lp->fork_gen = tide__fork_gen();
     lp->path = tide__xstrdup(lua_tostring(L, -3) ? lua_tostring(L, -3) : "");
     lp->cpath = tide__xstrdup(lua_tostring(L, -2) ? lua_tostring(L, -2) : "");
     lp->loop = loop;
@@ -386,6 +393,7 @@ static int l_pool_new(lua_State *L) {
     lp->pool.run = lpool_run;
     lp->pool.udata = lp;
     lp->pool.release = lpool_release;
+    lp->pool.job_release = lpool_job_unref;
     lp->pool.async = &lp->async;
     lp->pool.nworkers = 0;
     uv_async_init(loop, &lp->async, lpool_on_async);
@@ -423,7 +431,7 @@ static void lpool_cancel(void *op) {
     lpool_uncount(lp, j);
     if (lp->nstuck < LPOOL_MAX_STUCK) {
         j->cancelled_at = uv_now(lp->loop);
-        j->refs++;
+        atomic_fetch_add(&j->refs, 1);
         lp->stuck[lp->nstuck++] = j;
         if (!uv_is_active((uv_handle_t *)&lp->stuck_timer))
             uv_timer_start(&lp->stuck_timer, lpool_on_stuck_timer,
@@ -474,14 +482,14 @@ static int l_pool_submit(lua_State *L) {
         memcpy(j->code, code, codelen);
         j->codelen = codelen;
     }
-    j->refs = 2;
+    atomic_init(&j->refs, 2);
     j->owner = lp;
     j->timeout_ms = timeout > 0 ? timeout * 1000.0 : 0;
     *box = j;
     if (!lp->started) {
         int rc = tide__pool_start(&lp->pool, lp->nthreads);
         if (rc != 0) {
-            j->refs = 1; /* the box's: freed with it */
+            atomic_store(&j->refs, 1); /* the box's: freed with it */
             return luaL_error(L, "cannot start worker threads: %s",
                               uv_strerror(rc));
         }
@@ -562,6 +570,12 @@ static int l_pool_close(lua_State *L) {
     if (lp == NULL)
         return 0;
     *box = NULL;
+    if (lp->fork_gen != tide__fork_gen()) {
+        /* Made before a fork (a forked child closing its Lua state): the
+         * threads, their lock and the loop are the parent's; joining or
+         * destroying them here would wait forever. The memory is left. */
+        return 0;
+    }
     lpool_stop(lp);
     lp->boxed = 0;
     if (lp->async_open) {
