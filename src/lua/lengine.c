@@ -411,11 +411,15 @@ static void leng_drain(leng *e) {
             lua_pushboolean(co, a->result);
             tide__wd_enter(&eng->wd, a->task, eng->timeout_ms[a->task]);
             leng_resume(e, co, 1);
+            /* Thousands of sleeps may fall due at once: the slice holds
+             * for them too, or a host's loop would wait for all of them. */
+            if (uv_hrtime() > eng->slice_end)
+                break;
         }
+        if (uv_hrtime() > eng->slice_end)
+            break;
         if (!eng->rq.len && !eng->doneq.len && !eng->failq.len &&
             !eng->batchq.len)
-            break;
-        if (uv_hrtime() > eng->slice_end)
             break;
         lua_State *co = e->nidle ? e->idle[--e->nidle] : leng_new_runner(e);
         eng->cur = NULL;
