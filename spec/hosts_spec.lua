@@ -8,7 +8,8 @@ local proc = require "helpers.proc"
 -- Runs a fixture script with the luajit of the specs, bounded in time.
 local function run_fixture(path)
     local tmp = os.tmpname()
-    local cmd = "timeout 30 luajit " .. proc.shquote(path) .. " >" .. tmp .. " 2>" .. tmp .. ".err; echo $? >" .. tmp .. ".rc"
+    local cmd = "timeout 30 luajit " .. proc.shquote(path) .. " >" .. tmp .. " 2>" .. tmp .. ".err; "
+        .. "echo $? >" .. tmp .. ".rc"
     os.execute(cmd)
     local out, err, rc = proc.slurp(tmp) or "", proc.slurp(tmp .. ".err") or "", tonumber(proc.slurp(tmp .. ".rc"))
     for _, ext in ipairs({ "", ".err", ".rc" }) do os.remove(tmp .. ext) end
@@ -45,7 +46,8 @@ describe("foreign yields", function()
         local out, rec = ex:result(ex:submit(p, 1), 5)
         assert.is_nil(out)
         assert.equal("EVALUE", rec.code)
-        assert.matches("foreign yield: 'host_sleep' at spec/hosts_spec.lua:%d+ suspended the task body for its host", rec.message)
+        assert.matches("foreign yield: 'host_sleep' at spec/hosts_spec.lua:%d+ suspended the task body for its host",
+            rec.message)
         assert.equal(0, ex:stats().live)
     end)
 

@@ -45,7 +45,8 @@ describe("tide.luv in a lua-luv host", function()
         local rc, out = sh("cd " .. q(".") .. " && (timeout 60 luajit bench/luv_echo.lua adapter 10000 >"
             .. q(dir .. "/port") .. " 2>" .. q(dir .. "/err") .. " &) && for i in $(seq 50); do "
             .. "grep -q port " .. q(dir .. "/port") .. " && break; sleep 0.1; done && "
-            .. "env -u LD_PRELOAD timeout 60 luajit bench/echo_client.lua $(awk '{print $2}' " .. q(dir .. "/port") .. ")")
+            .. "env -u LD_PRELOAD timeout 60 luajit bench/echo_client.lua "
+            .. "$(awk '{print $2}' " .. q(dir .. "/port") .. ")")
         assert.equal(0, rc, out)
         local samples, p50, p99, max = out:match("samples=(%d+) p50_ms=(%S+) p99_ms=(%S+) max_ms=(%S+)")
         assert.is_truthy(samples, out)
