@@ -4,7 +4,7 @@
  * tide_engine_fd(), for at most tide_engine_timeout() milliseconds, then
  * steps the engine and prints each result as soon as its job finished:
  *
- *   <line number> <status> <output or error record as JSON>
+ *   <line number> <status> <OK or error code> <output or error record>
  *
  *   (echo '"a b a"'; sleep 1; echo '"c"') |
  *       build/examples/poll-host examples/embed/wordcount.lua
@@ -40,8 +40,8 @@ static int print_finished(tide_engine_t *eng, int njobs) {
         if (rc == TIDE_EAGAIN)
             continue; /* still running */
         tide_engine_status(eng, ids[i], &status);
-        printf("%d %s %s\n", i + 1, status ? status : "?",
-               json ? json : "null");
+        printf("%d %s %s %s\n", i + 1, status ? status : "?",
+               rc == 0 ? "OK" : tide_err_name(rc), json ? json : "null");
         fflush(stdout);
         failed |= rc != 0;
         tide_free(json);

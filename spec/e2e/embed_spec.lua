@@ -44,6 +44,63 @@ describe("examples/embed/host.c", function()
         assert.matches("input 1: rejected: EVALUE: input is not JSON", out2)
     end)
 
+    it("examples/embed/poll-host.c waits in poll(2) on tide_engine_fd, under valgrind with no leak", function()
+        if not os.execute("command -v valgrind >/dev/null") then
+            pending("valgrind is not installed (scripts/deps.sh installs it)")
+            return
+        end
+        if os.getenv("TIDE_SAN_FLAGS") then
+            pending("the sanitizer build runs under AddressSanitizer, not valgrind")
+            return
+        end
+        local tmp = os.tmpname()
+        -- Lines arrive 0.5 s apart: the host must sleep in poll meanwhile,
+        -- and wake for tide's timer (the 10 ms sleep of wordcount.lua).
+        local cmd = [[(echo '"a b a"'; sleep 0.5; echo '"c d"'; echo '{bad'; echo '7') | ]]
+            .. "env -u LD_PRELOAD timeout 120 valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect "
+            .. "--error-exitcode=9 " .. proc.shquote(proc.build .. "/examples/poll-host")
+            .. " examples/embed/wordcount.lua >" .. tmp .. " 2>" .. tmp .. ".err; echo $? >" .. tmp .. ".rc"
+        os.execute(cmd)
+        local out, err = proc.slurp(tmp) or "", proc.slurp(tmp .. ".err") or ""
+        local rc = tonumber(proc.slurp(tmp .. ".rc"))
+        for _, ext in ipairs({ "", ".err", ".rc" }) do os.remove(tmp .. ext) end
+        assert.equal(1, rc, out .. err) -- input 4 fails: exit 1, and no valgrind error (9)
+        -- Each result as its job finished (valgrind's start may let the
+        -- lines arrive together): in some order.
+        local lines = {}
+        for _, l in ipairs(proc.lines(out)) do
+            lines[#lines + 1] = l:match("^3 rejected EVALUE") or l:match("^4 failed ETASK") or l
+        end
+        table.sort(lines)
+        assert.same({
+            '1 done OK {"distinct":2,"words":3}',
+            '2 done OK {"distinct":2,"words":2}',
+            "3 rejected EVALUE",
+            "4 failed ETASK",
+        }, lines)
+        -- It slept in poll(2): a handful of wake-ups, not a busy loop.
+        local wakeups = tonumber(err:match("poll%-host: (%d+) wake%-ups"))
+        assert.is_true(wakeups ~= nil and wakeups < 40, err)
+    end)
+
+    it("freeing an engine while its sync job runs leaks nothing (valgrind)", function()
+        if not os.execute("command -v valgrind >/dev/null") then
+            pending("valgrind is not installed (scripts/deps.sh installs it)")
+            return
+        end
+        if os.getenv("TIDE_SAN_FLAGS") then
+            pending("the sanitizer build runs under AddressSanitizer, not valgrind")
+            return
+        end
+        local h = io.popen("env -u LD_PRELOAD timeout 120 valgrind --leak-check=full "
+            .. "--errors-for-leak-kinds=definite,indirect --error-exitcode=9 "
+            .. proc.shquote(proc.build .. "/embed-free-sync") .. " 3 2>&1; echo rc=$?")
+        local out = h:read("*a")
+        h:close()
+        assert.matches("freed 3 engines", out)
+        assert.matches("rc=0%s*$", out) -- 9: a block definitely or indirectly lost
+    end)
+
     it("examples/embed/host.lua: a plain LuaJIT host runs tide inside its own poll loop", function()
         local cmd = [[(echo "a b a"; sleep 0.6; echo "c d"; echo "x") | luajit examples/embed/host.lua]]
         local h = io.popen(cmd)
