@@ -136,6 +136,9 @@ check: lint
 		EXTRA_CFLAGS="$(CHECK_FLAGS) -Werror" all
 	$(CHECK_BUILD)/test-runner
 	$(CHECK_BUILD)/embed-test
+	@# Engines freed while their sync jobs run: the worker threads drop
+	@# the jobs' last references (an atomic count shared with the loop).
+	TSAN_OPTIONS=halt_on_error=1 $(CHECK_BUILD)/embed-free-sync 2
 	TIDE_BUILD=$(CHECK_BUILD) $(CHECK_ENV) TSAN_OPTIONS=halt_on_error=1 \
 		$(LUAJIT) $$(command -v busted) -o TAP --helper=spec/helpers/init.lua \
 		spec/sync_spec.lua spec/executor_spec.lua \
@@ -152,6 +155,9 @@ check: lint
 	@# The C host is built with the sanitizer itself: leaks are errors there.
 	ASAN_OPTIONS=detect_leaks=1 $(CHECK_BUILD)/examples/embed-host \
 		examples/embed/wordcount.lua '"a b a"' '"x"' >/dev/null
+	echo '"a b a"' | ASAN_OPTIONS=detect_leaks=1 $(CHECK_BUILD)/examples/poll-host \
+		examples/embed/wordcount.lua >/dev/null
+	ASAN_OPTIONS=detect_leaks=1 $(CHECK_BUILD)/embed-free-sync 2 >/dev/null
 endif
 
 lint:
