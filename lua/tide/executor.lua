@@ -144,6 +144,13 @@ function M.new(opts)
     if by ~= nil and by ~= "requeue" and by ~= "fail" then
         error("tide.executor: bare_yield must be 'requeue' or 'fail', got " .. tostring(by), 2)
     end
+    if by == nil then
+        -- Inside nginx's Lua module, ngx.sleep and cosockets yield without
+        -- values, like a bare coroutine.yield(): only "fail" keeps tide
+        -- from resuming what nginx will resume, whoever wrote the glue.
+        local ngx = rawget(_G, "ngx")
+        by = (type(ngx) == "table" and type(ngx.get_phase) == "function") and "fail" or "requeue"
+    end
 
     local ud, E = core.engine(conc)
     local self = setmetatable({

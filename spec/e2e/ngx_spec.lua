@@ -60,6 +60,10 @@ http {
     }
     init_worker_by_lua_block {
         require("tide.ngx").init_worker { threads = 1 }
+        -- Glue written by hand, as users did before tide.ngx: an executor
+        -- of its own, stepped by a timer, polled by the request.
+        HAND_EX = require("tide").executor { threads = 1 }
+        ngx.timer.every(0.002, function() HAND_EX:step() end)
     }
     server {
         listen 127.0.0.1:@PORT@;
@@ -75,6 +79,22 @@ http {
                 else
                     ngx.say(require("cjson").encode({ output = out }))
                 end
+            }
+        }
+        location /hand {
+            content_by_lua_block {
+                local p = require("ngx_pipelines")[ngx.var.arg_p]
+                local id = HAND_EX:submit(p, tonumber(ngx.var.arg_n) or ngx.var.arg_n)
+                for _ = 1, 1000 do
+                    local out, err = HAND_EX:result(id, 0)
+                    if out ~= nil then ngx.say(require("cjson").encode({ output = out })) return end
+                    if err.code ~= "EAGAIN" then
+                        ngx.say(require("cjson").encode({ code = err.code, message = err.message }))
+                        return
+                    end
+                    ngx.sleep(0.005)
+                end
+                ngx.say("{}")
             }
         }
         location /master {
@@ -174,6 +194,22 @@ describe("tide.ngx in nginx with the Lua module", function()
             status, body = get("/job?n=5")
             assert.equal(200, status, body)
             assert.equal(25, json.decode(body).output.square)
+        end
+        local log = proc.slurp(dir .. "/error.log") or ""
+        assert.is_nil(log:match("exited on signal"), log)
+    end)
+
+    it("fails a foreign yield under hand-written glue too (the worker crashed on signal 11 before)", function()
+        if not need_nginx() then return end
+        for _ = 1, 4 do
+            local status, body = get("/hand?p=sleepy&n=1")
+            assert.equal(200, status, body)
+            local r = json.decode(body)
+            assert.equal("EVALUE", r.code, body)
+            assert.matches("foreign yield: 'sleep'", r.message)
+            status, body = get("/hand?p=compute&n=4")
+            assert.equal(200, status, body)
+            assert.equal(16, json.decode(body).output.square)
         end
         local log = proc.slurp(dir .. "/error.log") or ""
         assert.is_nil(log:match("exited on signal"), log)
