@@ -54,10 +54,11 @@ describe("packaging", function()
         local exe = pfx .. "/host"
         -- Under make check the library is built with sanitizers: link them.
         local san = os.getenv("TIDE_SAN_FLAGS") or ""
-        rc, out = sh("cc -std=c11 -D_GNU_SOURCE " .. san .. " -o " .. q(exe) .. " examples/embed/host.c"
+        rc, out = sh("cc -std=c11 -Wall -Wextra " .. san .. " -o " .. q(exe) .. " examples/embed/host.c"
             .. " -I" .. q(pfx .. "/include") .. " " .. q(pfx .. "/lib/libtide.a")
             .. " $(pkg-config --libs luajit libuv yajl) -lhttp_parser -lm -ldl -lpthread")
         assert.equal(0, rc, out)
+        assert.equal("", out) -- standalone, with no warning
         rc, out = sh(q(exe) .. " examples/embed/wordcount.lua '\"a b a\"'")
         assert.equal(0, rc, out)
         assert.matches('1 done OK {"distinct":2,"words":3}', out, 1, true)
