@@ -121,7 +121,7 @@ end
 --   time one timer run steps, default 0.002), shutdown_timeout = s (how
 --   long a gracefully exiting worker lets jobs finish, default 10), and
 --   concurrency, task_timeout, retention, max_results as tide.executor }
--- @return the executor
+-- @return the executor, or nil, rec (EIO) when nginx refuses the timer
 -- @raise outside nginx, outside init_worker (in the master), when called
 --   twice, or on a bad option
 function M.init_worker(opts)
@@ -158,7 +158,7 @@ function M.init_worker(opts)
     if not tok then
         ex:close()
         st = nil
-        error("tide.ngx.init_worker: cannot start the stepping timer: " .. tostring(err), 2)
+        return errors.fail("EIO", "tide.ngx.init_worker: cannot start the stepping timer: " .. tostring(err))
     end
     return ex
 end

@@ -32,7 +32,7 @@ local current -- { ex =, drive = } while set up
 -- @param opts { threads = n (default: cores - 1, at least 1), command =
 --   name of the job-listing command (default "TideJobs"; false: none),
 --   concurrency, task_timeout, retention, max_results (as tide.executor) }
--- @return the executor
+-- @return the executor, or nil, rec when tide.fd() cannot be made
 -- @raise outside Neovim, or on a bad option
 function M.setup(opts)
     local vim = _G.vim
@@ -65,7 +65,7 @@ function M.setup(opts)
     })
     if not drive then
         ex:close()
-        error("tide.nvim.setup: " .. tostring(rec), 2)
+        return nil, rec
     end
     current = { ex = ex, drive = drive }
 
