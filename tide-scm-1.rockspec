@@ -3,9 +3,10 @@
 --   luarocks make --tree /some/tree tide-scm-1.rockspec
 -- Needs LuaJIT's headers (libluajit2-5.1-dev, OpenResty's LuaJIT, which
 -- scripts/deps.sh installs; Debian's libluajit-5.1-dev works too),
--- libuv1-dev and libyajl-dev; the module runs under LuaJIT 2.1 (it uses
--- the LuaJIT C API). It installs tide.lua too, so that `require "tide"`
--- works in package paths without a ?/init.lua entry.
+-- libuv1-dev, libyajl-dev, libsqlite3-dev and libxxhash-dev; the module
+-- runs under LuaJIT 2.1 (it uses the LuaJIT C API). It installs tide.lua
+-- too, so that `require "tide"` works in package paths without a
+-- ?/init.lua entry.
 rockspec_format = "3.0"
 package = "tide"
 version = "scm-1"
@@ -29,6 +30,8 @@ dependencies = {
 external_dependencies = {
     LIBUV = { header = "uv.h" },
     YAJL = { header = "yajl/yajl_parse.h" },
+    SQLITE3 = { header = "sqlite3.h" },
+    XXHASH = { header = "xxhash.h" },
 }
 build = {
     type = "make",
