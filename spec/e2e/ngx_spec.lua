@@ -2,13 +2,15 @@
 -- module (Debian's nginx and libnginx-mod-http-lua): nginx runs on a
 -- free loopback port with its own prefix and configuration in a temporary
 -- directory, and loads tide from this build tree through a package path
--- with no ?/init.lua entry.
+-- with no ?/init.lua entry. TIDE_NGINX_MODULES names another directory
+-- holding ndk_http_module.so and ngx_http_lua_module.so (a module unpacked
+-- from its .deb, not installed).
 local proc = require "helpers.proc"
 local json = require("tide.core").json
 
 local q = proc.shquote
 local NGINX = "/usr/sbin/nginx"
-local MODULES = "/usr/lib/nginx/modules"
+local MODULES = os.getenv("TIDE_NGINX_MODULES") or "/usr/lib/nginx/modules"
 
 local function ok(cmd)
     local r = os.execute(cmd)
