@@ -11,7 +11,8 @@
 #                             (docs/embedding.md, "Which LuaJIT")
 #   nginx libnginx-mod-http-lua the nginx host of spec/e2e/ngx_spec.lua
 #   neovim                    the Neovim host of spec/e2e/nvim_spec.lua
-#   valgrind                  the C host's leak check (spec/e2e/embed_spec.lua)
+#   valgrind                  the C hosts' leak check with TIDE_VALGRIND=1
+#                             (spec/e2e/embed_spec.lua); callgrind counts
 #   libuv1-dev                the event loop
 #   libyajl-dev               the JSON parser/generator under tide.json
 #   lua-cjson                 available to task code (require "cjson")

@@ -1,8 +1,9 @@
 /* Frees engines while their sync jobs run on worker threads, then waits
  * for those threads to finish the jobs alone, so that a leak checker
- * (valgrind, in spec/e2e/embed_spec.lua) sees everything such a job held
- * released: the thread that finishes an orphaned job drops the pool's
- * reference to it. Prints "freed N engines" and exits 0. */
+ * (AddressSanitizer in make check; valgrind in spec/e2e/embed_spec.lua
+ * with TIDE_VALGRIND=1) sees everything such a job held released: the
+ * thread that finishes an orphaned job drops the pool's reference to it.
+ * Prints "freed N engines" and exits 0. */
 #define _POSIX_C_SOURCE 200809L
 
 #include <stdio.h>
