@@ -23,7 +23,7 @@ LUA_SRC = $(wildcard lua/tide/*.lua)
 
 OBJ = $(patsubst src/%.c,$(BUILD)/obj/%.o,$(CORE_SRC) $(GLUE_SRC))
 LUA_BC = $(patsubst lua/tide/%.lua,$(BUILD)/obj/bc/tide_%.h,$(LUA_SRC))
-TEST_SRC = $(filter-out spec/c/embed-test.c,$(wildcard spec/c/*.c))
+TEST_SRC = $(filter-out spec/c/embed-test.c spec/c/embed-free-sync.c,$(wildcard spec/c/*.c))
 
 .PHONY: all test check check-build lint bench clean test-c test-lua test-e2e \
 	install install-lua
@@ -31,7 +31,7 @@ TEST_SRC = $(filter-out spec/c/embed-test.c,$(wildcard spec/c/*.c))
 all: $(BUILD)/tide $(BUILD)/lib/tide/core.so $(BUILD)/test-runner \
 	examples/native/libdedup.so \
 	$(BUILD)/libtide.a $(BUILD)/libtide.so $(BUILD)/examples/embed-host \
-	$(BUILD)/embed-test
+	$(BUILD)/examples/poll-host $(BUILD)/embed-test $(BUILD)/embed-free-sync
 
 $(BUILD)/obj/%.o: src/%.c
 	@mkdir -p $(dir $@)
@@ -74,12 +74,19 @@ $(BUILD)/examples/embed-host: examples/embed/host.c $(BUILD)/libtide.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Isrc -o $@ $< $(BUILD)/libtide.a $(LDLIBS_ALL)
 
+$(BUILD)/examples/poll-host: examples/embed/poll-host.c $(BUILD)/libtide.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Isrc -o $@ $< $(BUILD)/libtide.a $(LDLIBS_ALL)
+
 # The native task example, built next to its pipeline (it links nothing
 # of tide: the header's inline wrappers call through the tide_call).
 examples/native/libdedup.so: examples/native/dedup.c src/tide.h
 	$(CC) $(CFLAGS_ALL) -Isrc -shared -o $@ $<
 
 $(BUILD)/embed-test: spec/c/embed-test.c $(BUILD)/libtide.a
+	$(CC) $(CFLAGS_ALL) -Isrc -o $@ $< $(BUILD)/libtide.a $(LDLIBS_ALL)
+
+$(BUILD)/embed-free-sync: spec/c/embed-free-sync.c $(BUILD)/libtide.a
 	$(CC) $(CFLAGS_ALL) -Isrc -o $@ $< $(BUILD)/libtide.a $(LDLIBS_ALL)
 
 # The Lua module needs neither the C API nor the bundled modules.
@@ -129,6 +136,9 @@ check: lint
 		EXTRA_CFLAGS="$(CHECK_FLAGS) -Werror" all
 	$(CHECK_BUILD)/test-runner
 	$(CHECK_BUILD)/embed-test
+	@# Engines freed while their sync jobs run: the worker threads drop
+	@# the jobs' last references (an atomic count shared with the loop).
+	TSAN_OPTIONS=halt_on_error=1 $(CHECK_BUILD)/embed-free-sync 2
 	TIDE_BUILD=$(CHECK_BUILD) $(CHECK_ENV) TSAN_OPTIONS=halt_on_error=1 \
 		$(LUAJIT) $$(command -v busted) -o TAP --helper=spec/helpers/init.lua \
 		spec/sync_spec.lua spec/executor_spec.lua \
@@ -148,6 +158,9 @@ check: lint
 	@# The C host is built with the sanitizer itself: leaks are errors there.
 	ASAN_OPTIONS=detect_leaks=1 $(CHECK_BUILD)/examples/embed-host \
 		examples/embed/wordcount.lua '"a b a"' '"x"' >/dev/null
+	echo '"a b a"' | ASAN_OPTIONS=detect_leaks=1 $(CHECK_BUILD)/examples/poll-host \
+		examples/embed/wordcount.lua >/dev/null
+	ASAN_OPTIONS=detect_leaks=1 $(CHECK_BUILD)/embed-free-sync 2 >/dev/null
 endif
 
 lint:
@@ -168,18 +181,27 @@ INCDIR ?= $(PREFIX)/include
 LUADIR ?= $(PREFIX)/share/lua/5.1
 CMODDIR ?= $(PREFIX)/lib/lua/5.1
 
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+
 install: all install-lua
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCDIR)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCDIR) \
+		$(DESTDIR)$(PKGCONFIGDIR)
 	install -m 755 $(BUILD)/tide $(DESTDIR)$(BINDIR)/tide
 	install -m 644 $(BUILD)/libtide.a $(DESTDIR)$(LIBDIR)/libtide.a
 	install -m 755 $(BUILD)/libtide.so $(DESTDIR)$(LIBDIR)/libtide.so
 	install -m 644 src/tide.h $(DESTDIR)$(INCDIR)/tide.h
+	@# pkg-config's file, with the directories of this install.
+	sed -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@INCDIR@|$(INCDIR)|g' \
+		-e 's|@VERSION@|$(shell sed -n 's/^#define TIDE_VERSION_STRING "\(.*\)"/\1/p' src/tide.h)|g' \
+		tide.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/tide.pc
 
-# The Lua module alone (what the rockspec installs).
+# The Lua module alone (what the rockspec installs). tide.lua is the
+# module's entry for package paths that have no ?/init.lua entry.
 install-lua: $(BUILD)/lib/tide/core.so
 	install -d $(DESTDIR)$(CMODDIR)/tide $(DESTDIR)$(LUADIR)/tide
 	install -m 755 $(BUILD)/lib/tide/core.so $(DESTDIR)$(CMODDIR)/tide/core.so
 	install -m 644 $(LUA_SRC) $(DESTDIR)$(LUADIR)/tide/
+	install -m 644 lua/tide.lua $(DESTDIR)$(LUADIR)/tide.lua
 
 clean:
 	rm -rf build build-asan build-tsan build-debug examples/native/libdedup.so

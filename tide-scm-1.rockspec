@@ -1,9 +1,12 @@
 -- LuaRocks spec: builds tide's Lua module (tide.core, the C engine, and
 -- the tide.* Lua modules) from this source tree with its Makefile.
 --   luarocks make --tree /some/tree tide-scm-1.rockspec
--- Needs Debian's libluajit-5.1-dev, libuv1-dev, libyajl-dev, libsqlite3-dev
--- and libxxhash-dev; the module
--- runs under LuaJIT 2.1 (it uses the LuaJIT C API).
+-- Needs LuaJIT's headers (libluajit2-5.1-dev, OpenResty's LuaJIT, which
+-- scripts/deps.sh installs; Debian's libluajit-5.1-dev works too),
+-- libuv1-dev, libyajl-dev, libsqlite3-dev and libxxhash-dev; the module
+-- runs under LuaJIT 2.1 (it uses the LuaJIT C API). It installs tide.lua
+-- too, so that `require "tide"` works in package paths without a
+-- ?/init.lua entry.
 rockspec_format = "3.0"
 package = "tide"
 version = "scm-1"

@@ -176,4 +176,20 @@ sh bench/serve.sh --journal || status=1
 # What a journal costs tide run (bench/journal.sh).
 sh bench/journal.sh || status=1
 
+# Host latency: a lua-luv echo server runs 10 000 tasks through
+# tide.luv while a client measures its round trips (docs/benchmarks.md,
+# "Hosts"); the target is a p99 under 5 ms.
+if "$LUAJIT" -e 'require "luv"; require "socket"' >/dev/null 2>&1; then
+    portf=$(mktemp)
+    "$LUAJIT" bench/luv_echo.lua adapter 10000 >"$portf" 2>/dev/null &
+    spid=$!
+    for _ in $(seq 50); do grep -q port "$portf" && break; sleep 0.1; done
+    line=$(timeout 90 "$LUAJIT" bench/echo_client.lua "$(awk '{print $2}' "$portf")")
+    wait "$spid"
+    rm -f "$portf"
+    echo "$line" | awk '{ split($3, a, "="); printf "host workload=luv-echo impl=tide.luv tasks=10000 %s target_p99_ms=5 ok=%d\n", $0, (a[2] < 5) }'
+else
+    echo "bench.sh: luajit cannot load luv and socket: no host latency line" >&2
+fi
+
 exit "$status"

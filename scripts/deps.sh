@@ -2,7 +2,17 @@
 # Installs the Debian 12 packages tide needs to build, test and bench, if
 # any are missing. Non-interactive. Without root and without sudo it
 # prints the exact command to run and exits 2.
-#   luajit libluajit-5.1-dev  the Lua VM tide embeds
+#   luajit2 libluajit2-5.1-dev  the Lua VM tide embeds: OpenResty's LuaJIT
+#                             (2.1-20230119), which replaces Debian's luajit
+#                             and libluajit-5.1-dev (the packages conflict):
+#                             nginx's Lua module runs on it, and tide.core.so
+#                             must load in the LuaJIT of its host; busted,
+#                             lua-luv, wrk and neovim run on either
+#                             (docs/embedding.md, "Which LuaJIT")
+#   nginx libnginx-mod-http-lua the nginx host of spec/e2e/ngx_spec.lua
+#   neovim                    the Neovim host of spec/e2e/nvim_spec.lua
+#   valgrind                  the C hosts' leak check with TIDE_VALGRIND=1
+#                             (spec/e2e/embed_spec.lua); callgrind counts
 #   libuv1-dev                the event loop
 #   libyajl-dev               the JSON parser/generator under tide.json
 #   lua-cjson                 available to task code (require "cjson")
@@ -19,7 +29,7 @@
 #   libxxhash-dev             xxHash3-128, the hash of pipeline files
 #   pkg-config build-essential
 set -eu
-PKGS="luajit libluajit-5.1-dev libuv1-dev libyajl-dev lua-cjson lua-busted lua-check lua-socket lua-luv graphviz luarocks libedit-dev libhttp-parser-dev curl chromium chromium-driver wrk libsqlite3-dev sqlite3 libxxhash-dev pkg-config build-essential"
+PKGS="luajit2 libluajit2-5.1-dev nginx libnginx-mod-http-lua neovim valgrind libuv1-dev libyajl-dev lua-cjson lua-busted lua-check lua-socket lua-luv graphviz luarocks libedit-dev libhttp-parser-dev curl chromium chromium-driver wrk libsqlite3-dev sqlite3 libxxhash-dev pkg-config build-essential"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then

@@ -38,8 +38,6 @@
  * Queued operations own their bytes (copied when queued) and are freed by
  * the writer once applied, or by close. */
 #include <errno.h>
-#include <pthread.h>
-#include <signal.h>
 #include <string.h>
 #include <time.h>
 
@@ -317,13 +315,8 @@ int tide__cache_open(const char *path, tide__cache **out, char *err,
     sqlite3_busy_timeout(c->rdb, CACHE_READ_BUSY_MS);
     uv_mutex_init(&c->mu);
     uv_cond_init(&c->cond);
-    /* The writer starts with every signal blocked: none is meant for it,
-     * and a handler run there would only cut its sleeps short. */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int trc = uv_thread_create(&c->thread, cache_writer, c);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    /* Signals blocked: none is meant for the writer. */
+    int trc = tide__thread_start(&c->thread, cache_writer, c);
     if (trc != 0) {
         uv_cond_destroy(&c->cond);
         uv_mutex_destroy(&c->mu);

@@ -362,6 +362,18 @@ void tide__wd_here(tide__wd *wd);
  * before it is stopped after a short grace. Async-signal-safe. */
 void tide__wd_note_signal(int signum);
 
+/* ===== FORK =====
+ *
+ * Threads do not cross fork(2): a child has only the thread that forked,
+ * while the memory of the parent's engines, pools and locks comes along.
+ * The fork generation counts the forks this process has gone through
+ * since its first engine (a child's handler adds one), so that an object
+ * can tell it was made in an ancestor (its generation differs) and refuse
+ * to be used rather than wait for threads that do not exist here. */
+unsigned tide__fork_gen(void);
+/* Makes sure the fork handlers are installed (idempotent). */
+void tide__fork_watch(void);
+
 /* ===== STOP SIGNALS (stopsig.c) ===== */
 
 /* SIGINT and SIGTERM through sigaction, not libuv: the first one wakes
@@ -385,6 +397,12 @@ int tide__stopsig_watch(tide__stopsig *w, uv_loop_t *loop, int signum,
 void tide__stopsig_unwatch(tide__stopsig *w);
 /* How many signals arrived for w since the last call. */
 int tide__stopsig_take(tide__stopsig *w);
+/* uv_thread_create for every thread tide starts (workers, the journal's
+ * and the cache's writers): the thread starts with every signal blocked
+ * and keeps them so, so that a signal meant for the host (nginx's SIGIO, a
+ * SIGCHLD, a SIGINT) is delivered to one of the host's own threads, whose
+ * handler expects to run there. Returns uv_thread_create's result. */
+int tide__thread_start(uv_thread_t *t, void (*fn)(void *), void *arg);
 
 /* ===== SCHEDULER (sched.c) ===== */
 
@@ -684,6 +702,9 @@ struct tide__pool {
     void *(*worker_init)(tide__pool *pool, int index);
     void (*worker_free)(void *ctx);
     void (*run)(void *ctx, tide__job *j);
+    /* Drops the pool's reference to a job that an orphan thread finished
+     * (called on that thread). */
+    void (*job_release)(tide__job *j);
 };
 
 int tide__pool_start(tide__pool *pool, int n);

@@ -320,7 +320,8 @@ int tide__journal_open(const char *path, tide__journal **out, char *err,
     atomic_store(&j->committed, j->next_seq);
     uv_mutex_init(&j->mu);
     uv_cond_init(&j->cond);
-    if (uv_thread_create(&j->thread, journal_writer, j) != 0) {
+    /* Signals blocked: none is meant for the writer. */
+    if (tide__thread_start(&j->thread, journal_writer, j) != 0) {
         uv_cond_destroy(&j->cond);
         uv_mutex_destroy(&j->mu);
         snprintf(err, errlen, "%s: cannot start the journal's writer", path);

@@ -32,6 +32,8 @@ static void pool_destroy_lock(tide__pool *pool) {
 static void pool_thread(void *arg) {
     tide__pool_worker *w = arg;
     tide__pool *pool = w->pool;
+    /* A name for ps, gdb and /proc (at most 15 bytes). */
+    pthread_setname_np(pthread_self(), "tide-worker");
     w->ctx = pool->worker_init ? pool->worker_init(pool, w->index) : NULL;
     for (;;) {
         uv_mutex_lock(&pool->mu);
@@ -77,7 +79,12 @@ static void pool_thread(void *arg) {
              * is needed first. */
             int last = --pool->orphans == 0 && pool->owner_gone;
             void (*worker_free)(void *) = pool->worker_free;
+            void (*job_release)(tide__job *) = pool->job_release;
             uv_mutex_unlock(&pool->mu);
+            /* Nobody takes this job back: the pool's reference is this
+             * thread's to drop (the loop may still hold the other). */
+            if (job_release)
+                job_release(j);
             if (worker_free)
                 worker_free(w->ctx);
             free(w);
@@ -127,7 +134,8 @@ static int pool_add(tide__pool *pool) {
     pool->workers = tide__xrealloc(pool->workers, (size_t)(pool->nworkers + 1) *
                                                       sizeof(*pool->workers));
     pool->workers[pool->nworkers] = w;
-    int rc = uv_thread_create(&w->thread, pool_thread, w);
+    /* Signals blocked: never a handler on a worker in the middle of a task. */
+    int rc = tide__thread_start(&w->thread, pool_thread, w);
     if (rc == 0) {
         pool->nworkers++;
         pool->alive++;

@@ -24,6 +24,8 @@
  * The count of signals starts again at zero when the last watcher goes,
  * with the dispositions that were there before. */
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sched.h>
 #include <string.h>
 #include <unistd.h>
@@ -143,4 +145,13 @@ void tide__stopsig_unwatch(tide__stopsig *w) {
 
 int tide__stopsig_take(tide__stopsig *w) {
     return atomic_exchange(&w->pending, 0);
+}
+
+int tide__thread_start(uv_thread_t *t, void (*fn)(void *), void *arg) {
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = uv_thread_create(t, fn, arg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return rc;
 }

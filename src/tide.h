@@ -103,6 +103,24 @@ int tide_engine_step(tide_engine_t *eng);
 /* Runs until every submitted job finished. Returns 0 or a negative code. */
 int tide_engine_run(tide_engine_t *eng);
 
+/* For a host that waits in its own poll(2)/epoll/select: a file
+ * descriptor that becomes readable when the engine has something to do
+ * (I/O, a timer due, a finished sync job, a submit or cancel). The engine
+ * owns it: never read or close it. Returns the fd (>= 0), or a negative
+ * code (TIDE_EINVAL: the engine is closed). */
+int tide_engine_fd(tide_engine_t *eng);
+/* How long the host may wait on tide_engine_fd before the next
+ * tide_engine_step, in milliseconds for poll(2): 0 when work is ready, -1
+ * when only the fd can wake the engine, else the time to the next timer
+ * (rounded up). The same contract as the Lua tide.timeout(), whose nil is
+ * -1 here.
+ *
+ *     struct pollfd p = { tide_engine_fd(eng), POLLIN, 0 };
+ *     while (tide_engine_step(eng) > 0)
+ *         poll(&p, 1, tide_engine_timeout(eng));
+ */
+int tide_engine_timeout(tide_engine_t *eng);
+
 /* Frees a string an engine function handed back. Accepts NULL. */
 void tide_free(void *p);
 

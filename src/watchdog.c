@@ -74,10 +74,48 @@ static _Atomic int wd_sig_num;     /* the last one */
 static void (*_Atomic wd_arm_fn)(void);
 
 static _Thread_local int wd_tid;   /* this thread's kernel id, once known */
+static int wd_sa_installed;        /* under wd_mu: our TIDE__WD_SIGNO handler */
+static _Atomic unsigned wd_fork_gen;
+
+/* Fork handlers. The lock is taken around fork(2), so that the child never
+ * inherits it held by the watchdog thread (which the child does not have).
+ * In the child the engines of the parent are not watched any more (their
+ * loops are the parent's), the thread is started again by the next engine
+ * with an eventfd of its own (the inherited one is shared with the
+ * parent's watchdog, which would lose its wake-ups to the child), and the
+ * forking thread's kernel id, which differs in the child, is read again. */
+static void wd_prefork(void) {
+    uv_mutex_lock(&wd_mu);
+}
+
+static void wd_postfork_parent(void) {
+    uv_mutex_unlock(&wd_mu);
+}
+
+static void wd_postfork_child(void) {
+    atomic_fetch_add(&wd_fork_gen, 1);
+    wd_list = NULL;
+    wd_started = 0;
+    int efd = atomic_exchange(&wd_efd, -1);
+    if (efd >= 0)
+        close(efd);
+    wd_tid = 0;
+    uv_mutex_unlock(&wd_mu);
+}
 
 static void wd_init(void) {
     if (uv_mutex_init(&wd_mu) != 0)
         abort();
+    if (pthread_atfork(wd_prefork, wd_postfork_parent, wd_postfork_child) != 0)
+        abort();
+}
+
+void tide__fork_watch(void) {
+    uv_once(&wd_once, wd_init);
+}
+
+unsigned tide__fork_gen(void) {
+    return atomic_load_explicit(&wd_fork_gen, memory_order_relaxed);
 }
 
 static uint64_t wd_ms(uint64_t ns) { return ns / 1000000; }
@@ -213,15 +251,20 @@ static int wd_start(void) {
     int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (efd < 0)
         return -errno;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_sigaction = wd_on_signal;
-    sa.sa_flags = SA_SIGINFO | SA_RESTART;
-    sigfillset(&sa.sa_mask);
-    if (sigaction(TIDE__WD_SIGNO, &sa, &wd_old_sa) != 0) {
-        int rc = -errno;
-        close(efd);
-        return rc;
+    /* Installed once per process: a child keeps the handler across
+     * fork, and installing it again would make it its own "old" one. */
+    if (!wd_sa_installed) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_sigaction = wd_on_signal;
+        sa.sa_flags = SA_SIGINFO | SA_RESTART;
+        sigfillset(&sa.sa_mask);
+        if (sigaction(TIDE__WD_SIGNO, &sa, &wd_old_sa) != 0) {
+            int rc = -errno;
+            close(efd);
+            return rc;
+        }
+        wd_sa_installed = 1;
     }
     atomic_store(&wd_efd, efd);
     /* The thread starts with every signal blocked: none is meant for it. */

@@ -3,7 +3,13 @@
  * its own loop with tide_engine_step, and prints each result.
  *
  *   build/examples/embed-host examples/embed/wordcount.lua '"a b a"' '42'
+ *
+ * It builds on its own with any C11 compiler (see docs/embedding.md):
+ *   cc -std=c11 -o host host.c $(pkg-config --cflags --libs tide)
  */
+/* nanosleep is POSIX, not C11: ask for it. */
+#define _POSIX_C_SOURCE 200809L
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>

@@ -68,6 +68,20 @@ function M.step(st)
 end
 
 
+-- The executor's fd for the host's poll (tide_engine_fd).
+function M.fd(st)
+    return st.ex:fd()
+end
+
+
+-- Milliseconds the host may wait, rounded up; nil: only the fd
+-- (tide_engine_timeout, where nil becomes -1).
+function M.timeout(st)
+    local t = st.ex:timeout()
+    return t and math.ceil(t * 1000) or nil
+end
+
+
 function M.run(st)
     st.ex:run()
     return true

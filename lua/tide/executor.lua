@@ -56,13 +56,22 @@ M.fd, M.timeout, M.step, M.run_all = hub.fd, hub.timeout, hub.step, hub.run_all
 
 local EXEC_OPTS = {
     threads = true, concurrency = true, task_timeout = true,
-    retention = true, max_results = true, results = true, cache = true, on = true,
+    retention = true, max_results = true, results = true, cache = true, bare_yield = true,
+    on = true,
 }
 
 
 local function check_self(self, fname)
     if getmetatable(self) ~= Executor then
         error(fname .. ": call it as ex:" .. fname:match("[%w_]+$") .. "(...), with a colon", 3)
+    end
+    if self._E.forked() then
+        -- Its loop and threads are the parent's: sync jobs would wait for
+        -- threads this process does not have.
+        error(fname .. ": this executor was made in process " .. tostring(self._pid)
+              .. " before a fork, and cannot be used in process " .. tostring(core.getpid())
+              .. "; make executors after forking (in nginx: in init_worker_by_lua, e.g. "
+              .. "require('tide.ngx').init_worker)", 3)
     end
 end
 
@@ -142,6 +151,17 @@ function M.new(opts)
         error("tide.executor: cache must be a file name, true (the default file) or false (no cache), got "
               .. type(cfile), 2)
     end
+    local by = opts.bare_yield
+    if by ~= nil and by ~= "requeue" and by ~= "fail" then
+        error("tide.executor: bare_yield must be 'requeue' or 'fail', got " .. tostring(by), 2)
+    end
+    if by == nil then
+        -- Inside nginx's Lua module, ngx.sleep and cosockets yield without
+        -- values, like a bare coroutine.yield(): only "fail" keeps tide
+        -- from resuming what nginx will resume, whoever wrote the glue.
+        local ngx = rawget(_G, "ngx")
+        by = (type(ngx) == "table" and type(ngx.get_phase) == "function") and "fail" or "requeue"
+    end
     local on = opts.on
     if on ~= nil then
         if type(on) ~= "table" then error("tide.executor: on must be a table { event = fn }", 2) end
@@ -159,7 +179,9 @@ function M.new(opts)
     local self = setmetatable({
         _ud = ud, _E = E, _task_timeout = tt, _threads = opts.threads or core.cores(),
         _live = {}, _next_id = 0, _subs = {}, _waiters = {}, _hook_errors = 0,
+        _pid = core.getpid(),
     }, Executor)
+    if by == "fail" then E.bare_yield(true) end
     if opts.results ~= false then
         self._store = results.new(opts.max_results or 1000000, opts.retention or 3600)
     end
@@ -614,6 +636,25 @@ function Executor:run()
               .. "their results may be lost", 2)
     end
     return true
+end
+
+
+--- This executor's own fd for a host loop: readable when its loop has
+-- something to do (I/O, a finished sync job, a submit or cancel from
+-- outside the loop). tide.fd() covers every executor at once.
+function Executor:fd()
+    check_self(self, "ex:fd")
+    return (self._E.backend())
+end
+
+
+--- How long a host may wait on ex:fd() before calling ex:step(): seconds,
+-- 0 when work is ready, nil when only I/O can wake this executor.
+function Executor:timeout()
+    check_self(self, "ex:timeout")
+    local _, ms = self._E.backend()
+    if ms < 0 then return nil end
+    return ms / 1000
 end
 
 

@@ -445,7 +445,8 @@ local function engine_failure(rt, slot, g, code)
         msg = "deadlock: task '" .. rt.T_name[g] .. "' waits for "
             .. (w and ("job '" .. tostring(w) .. "'") or "other work") .. ", which can never finish"
     else
-        msg = "attempt failed (" .. tostring(code) .. ")"
+        -- The engine's own reason (a foreign yield), when it gave one.
+        msg = rt.E.fail_message(slot, g) or ("attempt failed (" .. tostring(code) .. ")")
     end
     return new_error(code, msg)
 end

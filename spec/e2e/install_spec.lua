@@ -27,6 +27,7 @@ describe("packaging", function()
         assert.equal(0, rc, out)
         for _, f in ipairs({ "bin/tide", "lib/libtide.a", "lib/libtide.so", "include/tide.h",
                              "lib/lua/5.1/tide/core.so", "share/lua/5.1/tide/init.lua",
+                             "share/lua/5.1/tide.lua", "lib/pkgconfig/tide.pc",
                              "share/lua/5.1/tide/executor.lua" }) do
             assert.is_truthy(io.open(pfx .. "/" .. f), "missing " .. f)
         end
@@ -38,17 +39,39 @@ describe("packaging", function()
             .. " LUA_CPATH=" .. q(pfx .. "/lib/lua/5.1/?.so") .. " luajit -e " .. q(PIPE))
         assert.equal(0, rc, out)
         assert.equal("246", out)
+        -- A package path without a ?/init.lua entry (some hosts' default)
+        -- finds the module through share/lua/5.1/tide.lua.
+        rc, out = sh("cd / && LUA_PATH=" .. q(pfx .. "/share/lua/5.1/?.lua")
+            .. " LUA_CPATH=" .. q(pfx .. "/lib/lua/5.1/?.so") .. " luajit -e " .. q(PIPE))
+        assert.equal(0, rc, out)
+        assert.equal("246", out)
+        -- pkg-config knows the installed library.
+        local pc = "PKG_CONFIG_PATH=" .. q(pfx .. "/lib/pkgconfig") .. " pkg-config"
+        rc, out = sh(pc .. " --modversion tide")
+        assert.equal(0, rc, out)
+        assert.matches("^%d+%.%d+%.%d+", out)
         -- A C host compiles against the installed header and library.
         local exe = pfx .. "/host"
         -- Under make check the library is built with sanitizers: link them.
         local san = os.getenv("TIDE_SAN_FLAGS") or ""
-        rc, out = sh("cc -std=c11 -D_GNU_SOURCE " .. san .. " -o " .. q(exe) .. " examples/embed/host.c"
+        rc, out = sh("cc -std=c11 -Wall -Wextra " .. san .. " -o " .. q(exe) .. " examples/embed/host.c"
             .. " -I" .. q(pfx .. "/include") .. " " .. q(pfx .. "/lib/libtide.a")
             .. " $(pkg-config --libs luajit libuv yajl sqlite3) -lhttp_parser -lm -ldl -lpthread")
         assert.equal(0, rc, out)
+        assert.equal("", out) -- standalone, with no warning
         rc, out = sh(q(exe) .. " examples/embed/wordcount.lua '\"a b a\"'")
         assert.equal(0, rc, out)
         assert.matches('1 done OK {"distinct":2,"words":3}', out, 1, true)
+        -- And through pkg-config alone (the shared library), with no warning.
+        local exe2 = pfx .. "/poll-host"
+        rc, out = sh("cc -std=c11 -Wall -Wextra " .. san .. " -o " .. q(exe2) .. " examples/embed/poll-host.c "
+            .. "$(" .. pc .. " --cflags --libs tide)")
+        assert.equal(0, rc, out)
+        assert.equal("", out)
+        rc, out = sh("echo '\"x y\"' | LD_LIBRARY_PATH=" .. q(pfx .. "/lib") .. " " .. q(exe2)
+            .. " examples/embed/wordcount.lua")
+        assert.equal(0, rc, out)
+        assert.matches('1 done OK {"distinct":2,"words":2}', out, 1, true)
     end)
 
     it("the rockspec builds and installs the module into a tree", function()
@@ -62,7 +85,7 @@ describe("packaging", function()
         assert.equal(0, rc, out)
         rc, out = sh("luarocks make --tree " .. q(tree) .. " tide-scm-1.rockspec")
         assert.equal(0, rc, out)
-        rc, out = sh("cd / && LUA_PATH=" .. q(tree .. "/share/lua/5.1/?.lua;" .. tree .. "/share/lua/5.1/?/init.lua")
+        rc, out = sh("cd / && LUA_PATH=" .. q(tree .. "/share/lua/5.1/?.lua")
             .. " LUA_CPATH=" .. q(tree .. "/lib/lua/5.1/?.so") .. " luajit -e " .. q(PIPE))
         assert.equal(0, rc, out)
         assert.equal("246", out)

@@ -215,3 +215,23 @@ int tide_engine_run(tide_engine_t *eng) {
     lua_pop(eng->L, 1);
     return 0;
 }
+
+/* Calls embed[fname](state), which returns an integer (or nil: -1), and
+ * returns it, or TIDE_EINVAL when the call raised (a closed engine). */
+static int lapi_int(tide_engine_t *eng, const char *fname) {
+    if (lapi_call(eng, fname, 0, 1) != 0) {
+        lua_pop(eng->L, 1);
+        return TIDE_EINVAL;
+    }
+    int v = lua_isnil(eng->L, -1) ? -1 : (int)lua_tointeger(eng->L, -1);
+    lua_pop(eng->L, 1);
+    return v;
+}
+
+int tide_engine_fd(tide_engine_t *eng) {
+    return lapi_int(eng, "fd");
+}
+
+int tide_engine_timeout(tide_engine_t *eng) {
+    return lapi_int(eng, "timeout");
+}

@@ -21,8 +21,10 @@
  * The only other lua_resume in tide is in leng_retire_runners: it hands
  * OP_QUIT to idle runners (waiting inside nxt, with no body on their
  * stack) when the engine closes, so that they return. */
+#include <dlfcn.h> /* dladdr, dlopen: _GNU_SOURCE from the Makefile */
 #include <math.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -31,7 +33,7 @@
 
 enum { Y_NONE = 0, Y_IDLE, Y_BLOCKED };
 enum { ENV_RUNNERS = 1, ENV_RUNNER_FN = 2, ENV_GRAPHS = 3, ENV_HOOK_L = 4,
-       ENV_CALLER = 5, ENV_ON_STUCK = 6 };
+       ENV_CALLER = 5, ENV_ON_STUCK = 6, ENV_FAIL_MSG = 7 };
 
 typedef struct leng {
     tide__eng eng;
@@ -52,6 +54,15 @@ typedef struct leng {
     lua_State *hook_L; /* a thread of this state for lua_sethook (env) */
     const char *own_src[4]; /* tide's chunk names (see leng_wd_hook) */
     struct lexec *execs;/* subprocesses with open handles (lexec.c) */
+    /* A bare coroutine.yield() from a body: requeued (0) or failed as a
+     * foreign yield (1: a host whose own functions yield, like nginx's
+     * ngx.sleep, cannot be told apart from it). */
+    int strict_yield;
+    /* Made readable for a host that waits on the loop's fd, when work is
+     * submitted or cancelled from outside the loop. */
+    uv_async_t wakeup;
+    unsigned fork_gen; /* tide__fork_gen() when made */
+    long pid;          /* the process that made it, for the message */
 } leng;
 
 /* The engine draining now on this thread. Atomic because the watchdog's
@@ -86,9 +97,71 @@ static void leng_leave(leng *e, leng_saved prev) {
     e->env = prev.env;
 }
 
+static int leng_forked(leng *e) {
+    return e->fork_gen != tide__fork_gen();
+}
+
+/* Raises when the engine was made before a fork: its loop, its worker
+ * threads and the watchdog's record are the parent's, and sync jobs would
+ * wait for threads that this process does not have. */
+static void leng_check_fork(lua_State *L, leng *e) {
+    if (leng_forked(e))
+        luaL_error(L, "tide: this executor was made in process %d before a "
+                      "fork; it cannot be used in process %d (make "
+                      "executors after forking: in nginx, in "
+                      "init_worker_by_lua, e.g. with "
+                      "require('tide.ngx').init_worker)",
+                   (int)e->pid, (int)getpid());
+}
+
 static void leng_check_open(lua_State *L, leng *e) {
+    leng_check_fork(L, e);
     if (e->closed)
         luaL_error(L, "tide: the executor was closed");
+}
+
+/* Work was submitted or cancelled from outside the loop: a host waiting on
+ * the loop's fd (tide.fd, tide_engine_fd) must wake up and step. libuv
+ * coalesces the sends (one write until the loop runs again). */
+static void leng_wake_host(leng *e) {
+    if (!e->in_run && !e->eng.draining && !e->closed)
+        uv_async_send(&e->wakeup);
+}
+
+static void leng_on_wakeup(uv_async_t *h) {
+    TIDE_UNUSED(h); /* the step that runs now does the work */
+}
+
+/* OpenResty's LuaJIT keeps a pointer per coroutine (exdata) that nginx's
+ * Lua module reads as "the current request", and a new coroutine inherits
+ * its creator's. A runner made while one request (or timer) stepped the
+ * engine and resumed during another would hand a request nginx freed
+ * meanwhile to every ngx.* call of the body. So each resume gives the
+ * runner the exdata of the thread resuming it. The functions exist only in
+ * OpenResty's LuaJIT; they are looked up in the library that provides
+ * lua_resume, so the same core.so runs on either LuaJIT. */
+typedef void *(*leng_getx_fn)(lua_State *L);
+typedef void (*leng_setx_fn)(lua_State *L, void *p);
+static leng_getx_fn leng_getx;
+static leng_setx_fn leng_setx;
+static uv_once_t leng_exdata_once = UV_ONCE_INIT;
+
+static void leng_find_exdata(void) {
+    Dl_info info;
+    int (*resume)(lua_State *, int) = lua_resume;
+    void *addr;
+    memcpy(&addr, &resume, sizeof(addr));
+    if (!dladdr(addr, &info) || info.dli_fname == NULL)
+        return;
+    void *lib = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD);
+    if (lib == NULL)
+        return;
+    void *g = dlsym(lib, "lua_getexdata"), *st = dlsym(lib, "lua_setexdata");
+    if (g && st) {
+        memcpy(&leng_getx, &g, sizeof(g));
+        memcpy(&leng_setx, &st, sizeof(st));
+    }
+    dlclose(lib); /* still loaded: lua_resume is in it */
 }
 
 /* Removes a coroutine's anchor: it is never resumed again and the GC
@@ -205,6 +278,42 @@ static void leng_report(leng *e, lua_State *co, const char *what) {
     lua_pop(e->L, 1);
 }
 
+/* Keeps the message of an attempt failed by a foreign yield for the
+ * runner (fail_message), naming the function that yielded and the body's
+ * line that called it, as far as the coroutine's stack tells. */
+static void leng_note_foreign(leng *e, lua_State *co, tide__att *a,
+                              int nvals) {
+    lua_State *L = e->L;
+    lua_Debug ar;
+    const char *name = NULL;
+    char where[300] = "";
+    if (lua_getstack(co, 0, &ar) && lua_getinfo(co, "n", &ar))
+        name = ar.name;
+    for (int level = 0; lua_getstack(co, level, &ar); level++) {
+        if (lua_getinfo(co, "Sl", &ar) && ar.currentline > 0) {
+            snprintf(where, sizeof(where), " at %s:%d", ar.short_src,
+                     ar.currentline);
+            break;
+        }
+    }
+    lua_rawgeti(L, e->env, ENV_FAIL_MSG);
+    lua_pushfstring(L, "%d:%d", (int)a->slot, (int)a->task);
+    if (nvals > 0)
+        lua_pushfstring(L, "foreign yield: '%s'%s yielded %d value(s) to "
+                           "tide; a task body may suspend only through "
+                           "tide (tide.sleep, ex:result, tide.exec, sync "
+                           "tasks; a bare coroutine.yield() yields none)",
+                        name ? name : "?", where, nvals);
+    else
+        lua_pushfstring(L, "foreign yield: '%s'%s suspended the task body "
+                           "for its host, not for tide; in this host a "
+                           "task body may wait only through tide "
+                           "(tide.sleep, ex:result, tide.exec, sync tasks)",
+                        name ? name : "?", where);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+}
+
 /* The resume site of the drain (every task body runs through it).
  * Resumes co with nargs values already pushed on it and files it by why it
  * stopped. */
@@ -212,13 +321,16 @@ static void leng_resume(leng *e, lua_State *co, int nargs) {
     tide__eng *eng = &e->eng;
     e->running = co;
     e->yield_kind = Y_NONE;
+    if (leng_setx)
+        leng_setx(co, leng_getx(e->L));
     int rc = lua_resume(co, nargs);
     e->running = NULL;
     /* No body runs once the runner stopped, whatever stopped it. */
     tide__wd_leave(&eng->wd);
     if (rc == LUA_YIELD) {
-        lua_settop(co, 0);
+        int nvals = lua_gettop(co);
         if (e->yield_kind == Y_IDLE) {
+            lua_settop(co, 0);
             if (e->nidle == e->idle_cap) {
                 e->idle_cap = e->idle_cap ? e->idle_cap * 2 : 16;
                 e->idle = tide__xrealloc(e->idle,
@@ -226,25 +338,41 @@ static void leng_resume(leng *e, lua_State *co, int nargs) {
             }
             e->idle[e->nidle++] = co;
         } else if (e->yield_kind == Y_BLOCKED) {
+            lua_settop(co, 0);
             tide__att *a = eng->cur;
             TIDE_ASSERT(a != NULL);
             a->co = co;
             tide__eng_yielded(eng, a);
         } else {
-            /* A body called coroutine.yield() itself: a cooperative
-             * yield. It is resumed, with no values, on a later turn. */
+            /* The body yielded, but not through tide: a bare
+             * coroutine.yield() is a cooperative yield, resumed with no
+             * values on a later turn. A yield with values, or any yield
+             * while the executor is strict about them, came from something
+             * else (a host's own yielding function, like nginx's ngx.sleep
+             * or a cosocket, or a library's coroutine scheduler), which
+             * expects to resume the coroutine itself: tide must never
+             * resume it, so the attempt fails and the coroutine is
+             * dropped. */
             tide__att *a = tide__eng_current_att(eng);
             if (a == NULL) {
+                lua_settop(co, 0);
                 fprintf(stderr, "tide: coroutine.yield() outside a task "
                                 "body; the runner is dropped\n");
                 leng_unanchor(e, co);
                 return;
             }
+            int foreign = nvals > 0 || e->strict_yield;
             a->co = co;
             a->state = TIDE__ATT_PARKED;
             tide__eng_yielded(eng, a);
-            if (a->co)
+            if (a->co && foreign) {
+                leng_note_foreign(e, co, a, nvals);
+                lua_settop(co, 0);
+                tide__eng_abandon(eng, a, TIDE_EVALUE);
+            } else if (a->co) {
+                lua_settop(co, 0);
                 tide__eng_wake(eng, a, 1);
+            }
         }
         return;
     }
@@ -282,11 +410,15 @@ static void leng_drain(leng *e) {
             lua_pushboolean(co, a->result);
             tide__wd_enter(&eng->wd, a->task, eng->timeout_ms[a->task]);
             leng_resume(e, co, 1);
+            /* Thousands of sleeps may fall due at once: the slice holds
+             * for them too, or a host's loop would wait for all of them. */
+            if (uv_hrtime() > eng->slice_end)
+                break;
         }
+        if (uv_hrtime() > eng->slice_end)
+            break;
         if (!eng->rq.len && !eng->doneq.len && !eng->failq.len &&
             !eng->batchq.len)
-            break;
-        if (uv_hrtime() > eng->slice_end)
             break;
         lua_State *co = e->nidle ? e->idle[--e->nidle] : leng_new_runner(e);
         eng->cur = NULL;
@@ -578,6 +710,7 @@ static int leng_status_arg(lua_State *L, int idx) {
  * attempt (slot, task) the runner is handling when task is given. */
 static int l_finalize(lua_State *L) {
     leng *e = LENG_UP(L);
+    leng_check_fork(L, e);
     uint32_t slot = leng_slot(L, e, 1);
     int status = leng_status_arg(L, 2);
     uint32_t t = lua_isnoneornil(L, 3) ? 0 : leng_gtask(L, e, 3);
@@ -587,6 +720,7 @@ static int l_finalize(lua_State *L) {
     else
         tide__eng_finalize(&e->eng, slot, status);
     leng_leave(e, prev);
+    leng_wake_host(e);
     return 0;
 }
 
@@ -610,11 +744,13 @@ static int l_submit(lua_State *L) {
     if (prio < 0 || prio >= TIDE__NPRIO)
         return luaL_argerror(L, 2, "bad priority class");
     lua_pushinteger(L, tide__eng_submit(&e->eng, (uint32_t)g, (int)prio));
+    leng_wake_host(e);
     return 1;
 }
 
 static int l_status(lua_State *L) {
     leng *e = LENG_UP(L);
+    leng_check_fork(L, e);
     uint32_t slot = leng_slot(L, e, 1);
     lua_pushstring(L, tide__ctx_status_name(tide__eng_status(&e->eng, slot)));
     return 1;
@@ -1028,7 +1164,8 @@ static void leng_walk_close(uv_handle_t *h, void *arg) {
     leng *e = arg;
     if (uv_is_closing(h))
         return;
-    if (h == (uv_handle_t *)&e->eng.timer || h == (uv_handle_t *)&e->eng.idle) {
+    if (h == (uv_handle_t *)&e->eng.timer || h == (uv_handle_t *)&e->eng.idle ||
+        h == (uv_handle_t *)&e->wakeup) {
         h->data = e;
         e->nclosing++;
         uv_close(h, leng_close_cb);
@@ -1069,6 +1206,7 @@ static void leng_close(leng *e) {
 
 static int l_close(lua_State *L) {
     leng *e = LENG_UP(L);
+    leng_check_fork(L, e);
     if (e->in_run || e->eng.draining)
         return luaL_error(L, "close: the executor is running");
     if (!e->closed)
@@ -1085,8 +1223,45 @@ static int l_closed(lua_State *L) {
     return 1;
 }
 
+/* forked() -> whether the engine was made before a fork of this process
+ * (then it cannot be used here). */
+static int l_forked(lua_State *L) {
+    lua_pushboolean(L, leng_forked(LENG_UP(L)));
+    return 1;
+}
+
+/* bare_yield(strict): whether a bare coroutine.yield() from a body fails
+ * the attempt as a foreign yield (true) or is a cooperative yield. */
+static int l_bare_yield(lua_State *L) {
+    LENG_UP(L)->strict_yield = lua_toboolean(L, 1);
+    return 0;
+}
+
+/* fail_message(slot, task) -> the message of an attempt the engine failed
+ * with a reason of its own (a foreign yield), or nil; it is taken. */
+static int l_fail_message(lua_State *L) {
+    leng *e = LENG_UP(L);
+    lua_getfenv(L, lua_upvalueindex(1));
+    lua_rawgeti(L, -1, ENV_FAIL_MSG);
+    lua_pushfstring(L, "%d:%d", (int)luaL_checkinteger(L, 1),
+                    (int)luaL_checkinteger(L, 2));
+    lua_pushvalue(L, -1);
+    lua_rawget(L, -3);
+    lua_insert(L, -2);
+    lua_pushnil(L);
+    lua_rawset(L, -4);
+    TIDE_UNUSED(e);
+    return 1;
+}
+
 static int l_engine_gc(lua_State *L) {
     leng *e = luaL_checkudata(L, 1, "tide.engine");
+    /* An engine made before a fork (a forked child closing its Lua state,
+     * like an nginx worker at exit): its loop shares descriptors with the
+     * parent and its threads are not here; closing it would wait for them
+     * forever. Its memory is left to the process's end. */
+    if (leng_forked(e))
+        return 0;
     leng_close(e);
     return 0;
 }
@@ -1108,6 +1283,8 @@ static const luaL_Reg engine_funcs[] = {
     {"task_stats", l_task_stats}, {"hist_bounds", l_hist_bounds},
     {"timing", l_timing},   {"closed", l_closed},
     {"close", l_close},     {"set_watchdog", l_set_watchdog},
+    {"forked", l_forked},   {"bare_yield", l_bare_yield},
+    {"fail_message", l_fail_message},
     {NULL, NULL}};
 
 /* engine(concurrency) -> userdata, table of functions bound to it */
@@ -1117,18 +1294,32 @@ static int l_engine(lua_State *L) {
         return luaL_argerror(L, 1, "concurrency must be 1..1e8");
     leng *e = lua_newuserdata(L, sizeof(*e));
     memset(e, 0, sizeof(*e));
+    tide__fork_watch();
+    uv_once(&leng_exdata_once, leng_find_exdata);
+    e->fork_gen = tide__fork_gen();
+    e->pid = (long)getpid();
     int rc = uv_loop_init(&e->loop);
     if (rc == 0)
         rc = tide__eng_init(&e->eng, &e->loop, (uint32_t)conc);
+    if (rc == 0)
+        rc = uv_async_init(&e->loop, &e->wakeup, leng_on_wakeup);
     if (rc != 0)
         return luaL_error(L, "tide: cannot start the event loop: %s",
                           uv_strerror(rc));
+    /* libuv adds a handle's fd to the loop's epoll set at the loop's next
+     * turn, not at init: one turn now (the handle keeps the loop alive for
+     * it), so that a wake-up reaches a host waiting on the loop's fd even
+     * before the loop has ever run. Then the handle stops counting. */
+    uv_run(&e->loop, UV_RUN_NOWAIT);
+    uv_unref((uv_handle_t *)&e->wakeup);
     e->eng.drop_co = leng_drop_co;
     e->eng.kick = leng_kick;
     e->waitt.pos = UINT32_MAX;
     luaL_getmetatable(L, "tide.engine");
     lua_setmetatable(L, -2);
-    lua_createtable(L, 6, 0);
+    lua_createtable(L, 7, 0);
+    lua_newtable(L);
+    lua_rawseti(L, -2, ENV_FAIL_MSG);
     lua_newtable(L);
     lua_rawseti(L, -2, ENV_RUNNERS);
     lua_newtable(L);

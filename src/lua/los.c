@@ -90,6 +90,41 @@ static int l_epoll_ctl(lua_State *L) {
     return 1;
 }
 
+/* close_fd(fd): closes a descriptor tide made (the hub's epoll set). */
+static int l_close_fd(lua_State *L) {
+    close((int)luaL_checkinteger(L, 1));
+    return 0;
+}
+
+/* fork_gen() -> the forks this process has gone through (internal.h). */
+static int l_fork_gen(lua_State *L) {
+    tide__fork_watch();
+    lua_pushinteger(L, (lua_Integer)tide__fork_gen());
+    return 1;
+}
+
+/* hub_state() -> the host-loop hub's state of this Lua state: a table
+ * anchored in the registry, made on first use with `open`, a weak-keyed
+ * set of the open executors. It lives here rather than in hub.lua so that
+ * a reloaded Lua layer (package.loaded cleared, require "tide" again)
+ * finds the executors made before, and the fd it made. */
+static int l_hub_state(lua_State *L) {
+    lua_getfield(L, LUA_REGISTRYINDEX, "tide.hub");
+    if (!lua_isnil(L, -1))
+        return 1;
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 4);
+    lua_newtable(L); /* open */
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, -2, "open");
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "tide.hub");
+    return 1;
+}
+
 /* poll(fd, timeout_ms) -> whether fd became readable (timeout -1: wait). */
 static int l_poll(lua_State *L) {
     struct pollfd p = {(int)luaL_checkinteger(L, 1), POLLIN, 0};
@@ -222,6 +257,8 @@ void tide__lua_open_os(lua_State *L) {
         {"mkdir_p", l_mkdir_p}, {"stat", l_stat}, {"maxrss", l_maxrss},
         {"epoll_create", l_epoll_create}, {"epoll_ctl", l_epoll_ctl},
         {"poll", l_poll}, {"poll2", l_poll2}, {"read_fd", l_read_fd},
+        {"close_fd", l_close_fd}, {"fork_gen", l_fork_gen},
+        {"hub_state", l_hub_state},
         {"getpid", l_getpid}, {"environ", l_environ},
         {"stdfd_closed", l_stdfd_closed},
         {"sigint_install", l_sigint_install}, {"sigint_take", l_sigint_take},

@@ -51,8 +51,11 @@ typedef struct {
     char *out;         /* result bytes or error text (owned, malloc'd) */
     size_t outlen;
     char *trace;       /* traceback of a failure (owned) */
+    /* The pool's, the Lua box's and the stuck list's. Atomic: the pool's
+     * is dropped by the loop when it takes the job back, or by the worker
+     * thread of an orphan (its pool stopped while it ran). */
+    _Atomic int refs;
     /* Loop side only. */
-    int refs;          /* the pool's, the Lua box's, the stuck list's */
     int cancelled;     /* nobody waits for the result */
     int done;          /* taken back from the done queue */
     int stood_in;      /* a stand-in thread replaced its worker */
@@ -80,10 +83,13 @@ struct lpool {
     int started, stopped, async_open;
     int boxed;
     int outstanding; /* jobs submitted and not taken back */
+    unsigned fork_gen; /* tide__fork_gen() when made */
 };
 
+/* Drops one reference; the last one frees the job (any thread: an orphan's
+ * worker drops the pool's). */
 static void lpool_job_unref(lpool_job *j) {
-    if (--j->refs > 0)
+    if (atomic_fetch_sub(&j->refs, 1) > 1)
         return;
     free(j->in);
     free(j->key);
@@ -92,6 +98,12 @@ static void lpool_job_unref(lpool_job *j) {
     free(j->out);
     free(j->trace);
     free(j);
+}
+
+/* pool->job_release: the worker thread of an orphan drops the pool's
+ * reference to the job it finished (nobody takes it back). */
+static void lpool_job_release(tide__job *job) {
+    lpool_job_unref(lpool_job_of(job));
 }
 
 /* ===== WORKER THREADS ===== */
@@ -388,6 +400,9 @@ static lpool *lpool_check(lua_State *L, int idx) {
     lpool **box = luaL_checkudata(L, idx, "tide.pool");
     if (*box == NULL || (*box)->stopped)
         luaL_argerror(L, idx, "pool is closed");
+    if ((*box)->fork_gen != tide__fork_gen())
+        luaL_error(L, "tide: this worker pool was made before a fork: its "
+                      "threads run in the parent process only");
     return *box;
 }
 
@@ -405,6 +420,8 @@ static int l_pool_new(lua_State *L) {
     luaL_getmetatable(L, "tide.pool");
     lua_setmetatable(L, -2);
     lpool *lp = tide__xcalloc(1, sizeof(*lp));
+    tide__fork_watch();
+    lp->fork_gen = tide__fork_gen();
     lp->path = tide__xstrdup(lua_tostring(L, -3) ? lua_tostring(L, -3) : "");
     lp->cpath = tide__xstrdup(lua_tostring(L, -2) ? lua_tostring(L, -2) : "");
     lp->loop = loop;
@@ -414,6 +431,7 @@ static int l_pool_new(lua_State *L) {
     lp->pool.worker_free = lpool_worker_free;
     lp->pool.run = lpool_run;
     lp->pool.release = lpool_release;
+    lp->pool.job_release = lpool_job_release;
     lp->pool.async = &lp->async;
     lp->pool.nworkers = 0;
     uv_async_init(loop, &lp->async, lpool_on_async);
@@ -451,7 +469,7 @@ static void lpool_cancel(void *op) {
     lpool_uncount(lp, j);
     if (lp->nstuck < LPOOL_MAX_STUCK) {
         j->cancelled_at = uv_now(lp->loop);
-        j->refs++;
+        atomic_fetch_add(&j->refs, 1);
         lp->stuck[lp->nstuck++] = j;
         if (!uv_is_active((uv_handle_t *)&lp->stuck_timer))
             uv_timer_start(&lp->stuck_timer, lpool_on_stuck_timer,
@@ -498,14 +516,14 @@ static int l_pool_submit(lua_State *L) {
         memcpy(j->code, code, codelen);
         j->codelen = codelen;
     }
-    j->refs = 2;
+    atomic_init(&j->refs, 2);
     j->owner = lp;
     j->timeout_ms = timeout > 0 ? timeout * 1000.0 : 0;
     *box = j;
     if (!lp->started) {
         int rc = tide__pool_start(&lp->pool, lp->nthreads);
         if (rc != 0) {
-            j->refs = 1; /* the box's: freed with it */
+            atomic_store(&j->refs, 1); /* the box's: freed with it */
             return luaL_error(L, "cannot start worker threads: %s",
                               uv_strerror(rc));
         }
@@ -584,6 +602,12 @@ static int l_pool_close(lua_State *L) {
     if (lp == NULL)
         return 0;
     *box = NULL;
+    if (lp->fork_gen != tide__fork_gen()) {
+        /* Made before a fork (a forked child closing its Lua state): the
+         * threads, their lock and the loop are the parent's; joining or
+         * destroying them here would wait forever. The memory is left. */
+        return 0;
+    }
     lpool_stop(lp);
     lp->boxed = 0;
     if (lp->async_open) {
