@@ -351,7 +351,7 @@ int64_t tide__journal_put(tide__journal *j, int kind, const char *a,
     journal_op *op = tide__xmalloc(sizeof(*op) + alen + blen + slen + dlen + 3);
     memset(op, 0, sizeof(*op));
     op->kind = kind;
-    op->seq = ++j->next_seq;
+    int64_t seq = op->seq = ++j->next_seq;
     op->queued = uv_hrtime();
     char *p = op->bytes;
     if (a) {
@@ -386,7 +386,9 @@ int64_t tide__journal_put(tide__journal *j, int kind, const char *a,
     j->tail = op;
     uv_cond_signal(&j->cond);
     uv_mutex_unlock(&j->mu);
-    return op->seq;
+    /* Not op->seq: once unlocked, the writer may have committed and freed
+     * op. */
+    return seq;
 }
 
 void tide__journal_stats(tide__journal *j, uint64_t *commits, uint64_t *ops,
