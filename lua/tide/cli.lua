@@ -70,6 +70,19 @@ local function die(code, msg)
 end
 
 
+-- The options of tide run and tide serve that name stores: nil when they
+-- are usable, else the exit code (after the message).
+local function check_stores(o)
+    if o.journal_reset and not o.journal then
+        return die(EXIT_USAGE, "--journal-reset needs --journal FILE")
+    end
+    if o.cache then
+        local ok, why = cache.check_place(o.cache)
+        if not ok then return die(EXIT_IO, "--cache: " .. why) end
+    end
+end
+
+
 -- Option values: each reader returns the value, or nil when it is bad.
 local function as_text(v) return v end
 local function whole(v)
@@ -240,13 +253,8 @@ local function run(args)
         return die(EXIT_USAGE, "--journal needs --output DIR (a resume cuts the files back to what "
                    .. "the journal recorded, which stdout cannot do)")
     end
-    if o.journal_reset and not o.journal then
-        return die(EXIT_USAGE, "--journal-reset needs --journal FILE")
-    end
-    if o.cache then
-        local ok, why = cache.check_place(o.cache)
-        if not ok then return die(EXIT_IO, "--cache: " .. why) end
-    end
+    local bad = check_stores(o)
+    if bad then return bad end
     local ex = executor.new {
         concurrency = o.concurrency, task_timeout = o.task_timeout, threads = o.threads,
         results = false, cache = o.cache,
@@ -379,13 +387,8 @@ local function serve(args)
     end
     local p, err = load_pipeline(o.pipeline)
     if not p then return die(EXIT_USAGE, err) end
-    if o.journal_reset and not o.journal then
-        return die(EXIT_USAGE, "--journal-reset needs --journal FILE")
-    end
-    if o.cache then
-        local ok, why = cache.check_place(o.cache)
-        if not ok then return die(EXIT_IO, "--cache: " .. why) end
-    end
+    local bad = check_stores(o)
+    if bad then return bad end
     local sex = executor.new { max_results = o.max_results or 100000, threads = o.threads, cache = o.cache }
     local jr
     if o.journal then
