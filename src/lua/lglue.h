@@ -37,6 +37,14 @@ void tide__lua_open_marshal(lua_State *L);
 void tide__lua_open_pool(lua_State *L);
 void tide__lua_open_native(lua_State *L);
 void tide__lua_open_http(lua_State *L);
+/* Redis clients (lredis.c) on an engine's loop: the engine keeps the list
+ * head and closes them (quietly: no hook runs) before it closes the
+ * loop's handles, because hiredis owns a poll handle that is none of the
+ * glue's records. */
+struct lredis;
+void tide__lua_open_redis(lua_State *L);
+struct lredis **tide__lua_redis_list(uv_loop_t *loop);
+void tide__lua_redis_end_all(struct lredis *list);
 void tide__native_run(lua_State *L, tide__job *j, tide_native_fn fn);
 /* 1 on tide's worker threads (their Lua states run sync tasks). */
 extern _Thread_local int tide__lua_in_worker;
