@@ -245,6 +245,7 @@ function M.worker(ex, opts)
             reaping = false
             if rec then return end -- Redis is away: the next round tries again
             if #v == 0 or src.closed then return end
+            io_stderr:write(format("tide: worker: took over %d jobs whose lease ran out\n", #v))
             for _, ent in ipairs(v) do push(ent[1], ent[2], ent[3]) end
             src.on_ready()
         end)
