@@ -186,6 +186,44 @@ describe("tide run --redis with tide worker", function()
         assert.equal("1", server:cli("XLEN", "tide:{distributed}:dlq"))
     end)
 
+    it("a worker stopped with SIGSTOP past its lease: its late results are refused, one result each", function()
+        write_inputs(dir .. "/in.jsonl", 60, ',"secs":0.3')
+        local args = "--concurrency 10 --lease 1"
+        local a = start_worker(server.url, dir, "a", args)
+        local b = start_worker(server.url, dir, "b", args)
+        local wait = start_run(server.url, dir)
+        socket.sleep(0.5)
+        os.execute("kill -STOP " .. a)
+        socket.sleep(2.5)
+        os.execute("kill -CONT " .. a)
+        local rc, err = wait(60)
+        stop_workers({ a, b })
+        assert.equal(0, rc, err)
+        local ids = {}
+        for _, l in ipairs(sorted_lines(dir .. "/out/double.jsonl")) do
+            local id = json.decode(l).id
+            assert.is_nil(ids[id], "two results for " .. id)
+            ids[id] = true
+        end
+        for i = 1, 60 do assert.truthy(ids[tostring(i)], "no result for " .. i) end
+        assert.matches("took over", proc.slurp(dir .. "/b.err"))
+    end)
+
+    it("SIGTERM drains a worker: running jobs finish and are committed, then it exits 0", function()
+        write_inputs(dir .. "/in.jsonl", 10, ',"secs":1')
+        local a = start_worker(server.url, dir, "a", "--concurrency 10")
+        local wait = start_run(server.url, dir)
+        socket.sleep(0.5)
+        local t0 = socket.gettime()
+        os.execute("kill -TERM " .. a)
+        assert.is_true(wait_exit(a, 5))
+        assert.is_true(socket.gettime() - t0 < 2)
+        local rc, err = wait(10)
+        assert.equal(0, rc, err)
+        assert.equal(10, #sorted_lines(dir .. "/out/double.jsonl"))
+        assert.matches("stopped: 10 done", proc.slurp(dir .. "/a.err"))
+    end)
+
     it("Redis that cannot be reached: tide run --redis and tide worker exit 3 at once", function()
         local url = server.url
         server:kill("KILL")
