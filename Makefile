@@ -6,7 +6,7 @@
 
 BUILD ?= build
 SAN ?=
-PKGS = luajit libuv yajl sqlite3 libxxhash
+PKGS = luajit libuv yajl sqlite3 libxxhash hiredis
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS := $(shell pkg-config --libs $(PKGS)) -lhttp_parser
 WARN = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes

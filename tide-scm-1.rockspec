@@ -3,7 +3,8 @@
 --   luarocks make --tree /some/tree tide-scm-1.rockspec
 -- Needs LuaJIT's headers (libluajit2-5.1-dev, OpenResty's LuaJIT, which
 -- scripts/deps.sh installs; Debian's libluajit-5.1-dev works too),
--- libuv1-dev, libyajl-dev, libsqlite3-dev and libxxhash-dev; the module
+-- libuv1-dev, libyajl-dev, libsqlite3-dev, libxxhash-dev and
+-- libhiredis-dev; the module
 -- runs under LuaJIT 2.1 (it uses the LuaJIT C API). It installs tide.lua
 -- too, so that `require "tide"` works in package paths without a
 -- ?/init.lua entry.
@@ -32,6 +33,7 @@ external_dependencies = {
     YAJL = { header = "yajl/yajl_parse.h" },
     SQLITE3 = { header = "sqlite3.h" },
     XXHASH = { header = "xxhash.h" },
+    HIREDIS = { header = "hiredis/hiredis.h" },
 }
 build = {
     type = "make",

@@ -27,9 +27,11 @@
 #   wrk                       the serve line of make bench
 #   libsqlite3-dev sqlite3    the journal (tide run --journal); the specs read it
 #   libxxhash-dev             xxHash3-128, the hash of pipeline files
+#   libhiredis-dev            the Redis client of tide worker (with its libuv adapter)
+#   redis-server              the distributed specs start a real one
 #   pkg-config build-essential
 set -eu
-PKGS="luajit2 libluajit2-5.1-dev nginx libnginx-mod-http-lua neovim valgrind libuv1-dev libyajl-dev lua-cjson lua-busted lua-check lua-socket lua-luv graphviz luarocks libedit-dev libhttp-parser-dev curl chromium chromium-driver wrk libsqlite3-dev sqlite3 libxxhash-dev pkg-config build-essential"
+PKGS="luajit2 libluajit2-5.1-dev nginx libnginx-mod-http-lua neovim valgrind libuv1-dev libyajl-dev lua-cjson lua-busted lua-check lua-socket lua-luv graphviz luarocks libedit-dev libhttp-parser-dev curl chromium chromium-driver wrk libsqlite3-dev sqlite3 libxxhash-dev libhiredis-dev redis-server pkg-config build-essential"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then

@@ -138,6 +138,61 @@ int tide__cache_close(tide__cache *c, char *err, size_t errlen);
 /* The wall clock, in seconds since the Epoch: entries outlive processes. */
 double tide__cache_now(void);
 
+/* ===== REDIS CLIENT (redis.c) ===== */
+
+/* One connection to a Redis server on a uv loop, through hiredis's async
+ * API and its libuv adapter. Commands may be sent at any time: while the
+ * connection is down they wait (in order) for it to come back. Every
+ * command has a deadline; a failed or lost connection is made again with
+ * a growing delay. Loop thread only. */
+typedef struct tide__redis tide__redis;
+struct redisReply;
+
+/* Why a command ended without a reply. */
+enum {
+    TIDE__REDIS_OK = 0,
+    TIDE__REDIS_ETIMEDOUT, /* no reply within its time limit */
+    TIDE__REDIS_ECONN,     /* the connection was lost after it was sent */
+    TIDE__REDIS_ECLOSED    /* the client was closed */
+};
+
+/* Called once per command: with the reply (err 0; an error reply is a
+ * reply) or with err and a message (reply NULL). The reply is valid only
+ * during the call. */
+typedef void (*tide__redis_fn)(void *ud, struct redisReply *reply, int err,
+                               const char *msg);
+/* Told when the connection comes up (up 1) or fails or goes down (up 0,
+ * with the reason). */
+typedef void (*tide__redis_state_fn)(void *ud, int up, const char *msg);
+
+typedef struct {
+    double connect_timeout_ms; /* one connection attempt, at most */
+    double backoff_min_ms, backoff_max_ms; /* delay before a new attempt */
+    int db;                                /* SELECT db after connecting */
+} tide__redis_opts;
+
+tide__redis *tide__redis_open(uv_loop_t *loop, const char *host, int port,
+                              const tide__redis_opts *opts,
+                              tide__redis_state_fn on_state, void *state_ud);
+/* Sends (or queues) a command; fn(ud, ...) is called exactly once, never
+ * from inside this call. Returns 0, or -1 when the client is closed (fn
+ * is then not called). */
+int tide__redis_send(tide__redis *r, int argc, const char **argv,
+                     const size_t *lens, double timeout_ms, tide__redis_fn fn,
+                     void *ud);
+/* Ends every command still waiting with TIDE__REDIS_ECLOSED (fn is called
+ * from inside this call), closes the connection and frees the client
+ * once libuv has closed its handles. */
+void tide__redis_close(tide__redis *r);
+/* Counters: commands sent, replies, timeouts, connections made, attempts
+ * that failed, commands waiting now. */
+typedef struct {
+    uint64_t sent, replies, timeouts, connects, failures;
+    uint32_t waiting;
+    int up;
+} tide__redis_stats;
+void tide__redis_get_stats(tide__redis *r, tide__redis_stats *out);
+
 /* ===== UTF-8 (utf8.c) ===== */
 
 /* Returns the offset of the first byte of s (n bytes) that does not

@@ -8,6 +8,8 @@ local outputs = require "tide.outputs"
 local drive = require "tide.drive"
 local journal = require "tide.journal"
 local cache = require "tide.cache"
+local distributed = require "tide.distributed"
+local redis = require "tide.redis"
 
 local io_stderr, io_stdout = io.stderr, io.stdout
 local format, tostring = string.format, tostring
@@ -22,7 +24,7 @@ commands:
   run PIPELINE.lua [--input FILE|-] [--output DIR [--append|--overwrite]]
                    [--concurrency N] [--threads N] [--task-timeout S]
                    [--priority high|low|lifo] [--max-line-bytes N]
-                   [--journal FILE [--journal-reset]] [--cache FILE]
+                   [--journal FILE [--journal-reset]] [--cache FILE] [--redis URL]
       Run every JSONL input line through the pipeline the file returns.
       Results go to stdout as JSONL, or with --output to DIR/<sink>.jsonl,
       DIR/failed.jsonl, DIR/rejects.jsonl (and DIR/dropped.jsonl when
@@ -32,6 +34,12 @@ commands:
       crash or Ctrl-C goes on where it stopped. Tasks declared with cache
       keep their outputs in --cache FILE (default
       $XDG_CACHE_HOME/tide/cache.db or ~/.cache/tide/cache.db).
+      --redis URL hands the jobs to `tide worker` processes through Redis
+      and writes their results the same way.
+  worker PIPELINE.lua --redis URL [--concurrency N] [--threads N] [--lease S]
+                      [--drain-timeout S] [--max-deliveries N] [--task-timeout S]
+      Run the jobs that `tide run --redis` submits for this pipeline.
+      SIGTERM or SIGINT stops taking jobs and lets running ones finish.
   serve PIPELINE.lua [--listen 127.0.0.1:8080] [--token-file F] [--threads N]
                      [--drain-timeout S] [--request-timeout S] [--max-results N]
                      [--max-pending N] [--max-pending-bytes N] [--allow-host NAME]...
@@ -165,6 +173,7 @@ local RUN_OPTIONS = {
                       "--threads needs a whole number from 1 to " .. executor.MAX_THREADS },
     ["--task-timeout"] = { "task_timeout", positive, "--task-timeout needs a number of seconds > 0" },
     ["--priority"] = { "priority", one_of(executor.PRIO), "--priority must be high, low or lifo" },
+    ["--redis"] = { "redis", as_text, "--redis needs a URL (redis://HOST:PORT[/DB])" },
 }
 RUN_OPTIONS["-i"], RUN_OPTIONS["-o"], RUN_OPTIONS["-c"] =
     RUN_OPTIONS["--input"], RUN_OPTIONS["--output"], RUN_OPTIONS["--concurrency"]
@@ -189,6 +198,17 @@ local SERVE_OPTIONS = {
 local CACHE_OPTIONS = {
     ["--cache"] = RUN_OPTIONS["--cache"],
     ["--older-than"] = { "older_than", nonnegative, "--older-than needs a number of seconds >= 0" },
+}
+
+local WORKER_OPTIONS = {
+    ["--redis"] = RUN_OPTIONS["--redis"],
+    ["--concurrency"] = RUN_OPTIONS["--concurrency"],
+    ["-c"] = RUN_OPTIONS["--concurrency"],
+    ["--threads"] = RUN_OPTIONS["--threads"],
+    ["--task-timeout"] = RUN_OPTIONS["--task-timeout"],
+    ["--lease"] = { "lease", positive, "--lease needs a number of seconds > 0" },
+    ["--drain-timeout"] = { "drain", nonnegative, "--drain-timeout needs seconds >= 0" },
+    ["--max-deliveries"] = { "max_deliveries", whole, "--max-deliveries needs a whole number >= 1" },
 }
 
 local GRAPH_OPTIONS = {
@@ -255,6 +275,12 @@ local function run(args)
     end
     local bad = check_stores(o)
     if bad then return bad end
+    if o.redis and o.journal then
+        return die(EXIT_USAGE, "--redis and --journal cannot be given together (Redis keeps the jobs)")
+    end
+    if o.redis and not redis.parse_url(o.redis) then
+        return die(EXIT_USAGE, select(2, redis.parse_url(o.redis)))
+    end
     local ex = executor.new {
         concurrency = o.concurrency, task_timeout = o.task_timeout, threads = o.threads,
         results = false, cache = o.cache,
@@ -262,6 +288,18 @@ local function run(args)
     local function cached()
         local s = ex:stats()
         return { hits = s.cache_hits, misses = s.cache_misses }
+    end
+    -- With --redis the jobs run on workers: drive.run gets a stand-in for
+    -- the executor that submits to Redis and reads the results back.
+    local runner_ex, remote = ex, nil
+    if o.redis then
+        local rerr
+        remote, rerr = distributed.open_remote(ex, o.redis, p, o.pipeline)
+        if not remote then
+            ex:close()
+            return die(EXIT_IO, rerr)
+        end
+        runner_ex = remote
     end
     local jr, sink
     if o.journal then
@@ -340,7 +378,7 @@ local function run(args)
         skip = done and function(id) return done[id] ~= nil end or nil,
     })
     local started = hrtime()
-    local report = drive.run(ex, p, source, sink, {
+    local report = drive.run(runner_ex, p, source, sink, {
         concurrency = o.concurrency, priority = o.priority, tty = tty, journal = jr, restore = restore,
         tick = tty and function(inflight)
             io_stderr:write("\r\27[K", drive.summary(sink.counts, inflight, hrtime() - started, false, nil,
@@ -369,8 +407,48 @@ local function run(args)
                                    .. "run\n", o.journal))
         end
     end
+    if remote then remote:finish() end
     ex:close()
     return code
+end
+
+
+local function worker(args)
+    local o, perr = parse_args("worker", args, WORKER_OPTIONS, {
+        concurrency = 100, lease = distributed.DEFAULT_LEASE, drain = 30,
+        max_deliveries = distributed.DEFAULT_MAX_DELIVERIES,
+    })
+    if not o then return die(EXIT_USAGE, perr .. "\n" .. USAGE) end
+    if not o.redis then return die(EXIT_USAGE, "tide worker needs --redis URL\n" .. USAGE) end
+    local uok, uerr = redis.parse_url(o.redis)
+    if not uok then return die(EXIT_USAGE, uerr) end
+    _G.print = function(...)
+        local parts = {}
+        for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+        io_stderr:write(table.concat(parts, "\t"), "\n")
+    end
+    local p, lerr = load_pipeline(o.pipeline)
+    if not p then return die(EXIT_USAGE, lerr) end
+    local ex = executor.new {
+        concurrency = o.concurrency, task_timeout = o.task_timeout, threads = o.threads,
+        results = false,
+    }
+    local w, werr = distributed.open_worker(ex, o.redis, p, o.pipeline, o)
+    if not w then
+        ex:close()
+        return die(EXIT_IO, werr)
+    end
+    io_stderr:write(format("tide: worker %s: pipeline '%s' (%s) from %s, concurrency %d, lease %g s\n",
+                           w.consumer, p.name, w.hash:sub(1, 12), o.redis, o.concurrency, o.lease))
+    local report = drive.run(ex, p, w.source, w.sink, { concurrency = o.concurrency, priority = "low",
+                                                       drain = o.drain })
+    w:close()
+    local c = w.sink.counts
+    io_stderr:write(format("tide: worker stopped: %d done, %d failed, %d results refused "
+                           .. "(another delivery owned the job)\n", c.done, c.failed, w.sink.refused))
+    ex:close()
+    if report.internal then return die(EXIT_IO, report.internal) end
+    return EXIT_OK
 end
 
 
@@ -539,7 +617,7 @@ function M.main(args)
     elseif cmd == "cache" then
         return cache_command(args)
     elseif cmd == "worker" then
-        return die(EXIT_USAGE, "'" .. cmd .. "' is not available in this version of tide yet")
+        return worker(args)
     end
     return die(EXIT_USAGE, "unknown command '" .. tostring(cmd) .. "'\n" .. USAGE)
 end

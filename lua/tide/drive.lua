@@ -16,7 +16,9 @@ local M = {}
 -- result to `sink`.
 -- @param opts { concurrency = jobs in flight at most, priority = name,
 --   tty = whether stderr is a terminal, tick = function() called after
---   each periodic flush (progress), journal = the run's journal or nil }
+--   each periodic flush (progress), journal = the run's journal or nil,
+--   drain = seconds: on a signal, stop taking jobs and let those that
+--   run finish for that long before cancelling them (a worker) }
 -- @return a report { signal = number or nil, write_error = text or nil,
 --   internal = text or nil, open_error = text or nil (nothing ran),
 --   read_error = text or nil, complete = whether
@@ -40,11 +42,25 @@ function M.run(ex, p, source, sink, opts)
     -- Stops taking input and cancels what runs (a signal or a write
     -- error). A re-run of failed.jsonl keeps reading after a signal: its
     -- unread lines are copied on as failures still to run.
+    local function cancel_all()
+        for id in pairs(inputs) do ex:cancel(id) end
+    end
+    local drain_timer
+
     local function stop(why)
         if stopping then return end
         stopping = why
         if not sink.rerun or why == true then source:close() end
-        for id in pairs(inputs) do ex:cancel(id) end
+        if opts.drain and why ~= true then
+            -- A worker's drain: what runs may finish (and be committed)
+            -- for opts.drain seconds; what is left then is cancelled.
+            drain_timer = ex:timer(opts.drain > 0 and opts.drain or 0.001, function()
+                drain_timer:close()
+                cancel_all()
+            end)
+        else
+            cancel_all()
+        end
         pump()
     end
 
@@ -150,9 +166,14 @@ function M.run(ex, p, source, sink, opts)
 
     local function on_signal(signum)
         if stopping then return end
-        io_stderr:write(opts.tty and "\n" or "", "tide: signal ", signum, ": cancelling ", inflight,
-                        " running inputs",
-                        sink.rerun and "; the failures not run yet stay in failed.jsonl" or "", "\n")
+        if opts.drain then
+            io_stderr:write("tide: signal ", signum, ": draining: ", inflight, " running jobs get up to ",
+                            opts.drain, " s to finish\n")
+        else
+            io_stderr:write(opts.tty and "\n" or "", "tide: signal ", signum, ": cancelling ", inflight,
+                            " running inputs",
+                            sink.rerun and "; the failures not run yet stay in failed.jsonl" or "", "\n")
+        end
         report.signal = signum
         stop(signum)
     end
@@ -163,6 +184,7 @@ function M.run(ex, p, source, sink, opts)
     -- written.
     local rok, internal = pcall(ex.run, ex)
     ticker:close()
+    if drain_timer then drain_timer:close() end
     sigint:close()
     sigterm:close()
     if not rok then report.internal = tostring(internal) end

@@ -56,7 +56,7 @@ describe("packaging", function()
         local san = os.getenv("TIDE_SAN_FLAGS") or ""
         rc, out = sh("cc -std=c11 -Wall -Wextra " .. san .. " -o " .. q(exe) .. " examples/embed/host.c"
             .. " -I" .. q(pfx .. "/include") .. " " .. q(pfx .. "/lib/libtide.a")
-            .. " $(pkg-config --libs luajit libuv yajl sqlite3) -lhttp_parser -lm -ldl -lpthread")
+            .. " $(pkg-config --libs luajit libuv yajl sqlite3 hiredis) -lhttp_parser -lm -ldl -lpthread")
         assert.equal(0, rc, out)
         assert.equal("", out) -- standalone, with no warning
         rc, out = sh(q(exe) .. " examples/embed/wordcount.lua '\"a b a\"'")

@@ -63,6 +63,7 @@ typedef struct leng {
     uv_async_t wakeup;
     unsigned fork_gen; /* tide__fork_gen() when made */
     long pid;          /* the process that made it, for the message */
+    struct lredis *redis;/* Redis clients not closed yet (lredis.c) */
 } leng;
 
 /* The engine draining now on this thread. Atomic because the watchdog's
@@ -933,6 +934,11 @@ struct lexec **tide__lua_exec_list(uv_loop_t *loop) {
     return &tide__container_of(loop, leng, loop)->execs;
 }
 
+/* For lredis.c: the head of the loop's list of Redis clients. */
+struct lredis **tide__lua_redis_list(uv_loop_t *loop) {
+    return &tide__container_of(loop, leng, loop)->redis;
+}
+
 /* tide.sleep(seconds) */
 static int l_sleep(lua_State *L) {
     double s = luaL_checknumber(L, 1);
@@ -1192,6 +1198,10 @@ static void leng_close(leng *e) {
     /* Subprocess groups first: once their handles are closed nothing
      * would stop or reap them. */
     tide__lua_exec_end_all(e->execs);
+    /* Redis clients next: hiredis's poll handle is not a glue record, so
+     * the walk below must find it closing already. */
+    tide__lua_redis_end_all(e->redis);
+    e->redis = NULL;
     uv_walk(&e->loop, leng_walk_close, e);
     int tries = 0;
     while ((e->nclosing > 0 || uv_loop_close(&e->loop) == UV_EBUSY) &&

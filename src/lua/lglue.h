@@ -79,6 +79,7 @@ void tide__lua_open_os(lua_State *L);      /* los.c */
 void tide__lua_open_file(lua_State *L);    /* lfile.c */
 void tide__lua_open_journal(lua_State *L); /* ljournal.c */
 void tide__lua_open_cache(lua_State *L);   /* lcache.c */
+void tide__lua_open_redis(lua_State *L);   /* lredis.c */
 void tide__lua_open_exec(lua_State *L);    /* lexec.c */
 void tide__lua_open_marshal(lua_State *L); /* lmarshal.c */
 void tide__lua_open_pool(lua_State *L);    /* lpool.c */
@@ -125,6 +126,14 @@ tide__graph *tide__lua_checkgraph(lua_State *L, int idx);
 struct lexec;
 struct lexec **tide__lua_exec_list(uv_loop_t *loop);
 void tide__lua_exec_end_all(struct lexec *list);
+
+/* Redis clients (lredis.c) on an engine's loop: the engine keeps the list
+ * head and closes them (quietly: no hook runs) before it closes the
+ * loop's handles, because hiredis owns a poll handle that is none of the
+ * glue's records. */
+struct lredis;
+struct lredis **tide__lua_redis_list(uv_loop_t *loop);
+void tide__lua_redis_end_all(struct lredis *list);
 
 /* ===== WORKER THREADS (lpool.c, lnative.c, lmarshal.c) ===== */
 

@@ -1,0 +1,117 @@
+--- Starts and stops a real redis-server for specs: a free loopback port,
+-- its own temporary directory, no persistence unless asked for.
+local proc = require "helpers.proc"
+local socket = require "socket"
+
+local q = proc.shquote
+
+local M = {}
+
+local Server = {}
+Server.__index = Server
+
+
+-- A port nothing listens on now (the kernel picks it; it is released at
+-- once, so another process could take it, which is unlikely on a test
+-- machine).
+local function free_port()
+    local s = assert(socket.bind("127.0.0.1", 0))
+    local _, port = s:getsockname()
+    s:close()
+    return tonumber(port)
+end
+
+
+local function sleep(s) socket.sleep(s) end
+M.sleep = sleep
+
+
+--- Starts redis-server. opts: { appendonly = true, port = n (default:
+-- a free one), dir = a directory (default: a new temporary one) }.
+function M.start(opts)
+    opts = opts or {}
+    local self = setmetatable({
+        port = opts.port or free_port(),
+        dir = opts.dir or proc.tmpdir(),
+        appendonly = opts.appendonly,
+    }, Server)
+    self.url = "redis://127.0.0.1:" .. self.port
+    self:spawn()
+    return self
+end
+
+
+--- Starts the process (again) on the same port and directory.
+function Server:spawn()
+    local args = {
+        "redis-server", "--port", self.port, "--bind", "127.0.0.1", "--dir", self.dir,
+        "--save", "''", "--appendonly", self.appendonly and "yes" or "no",
+        "--appendfsync", "everysec", "--daemonize", "no", "--logfile", "redis.log",
+    }
+    -- LD_PRELOAD (the sanitizer runtime under make check) is not for it.
+    local cmd = "env -u LD_PRELOAD " .. table.concat(args, " ") .. " >/dev/null 2>&1 & echo $!"
+    local h = io.popen("sh -c " .. q(cmd))
+    self.pid = tonumber(h:read("*l"))
+    h:close()
+    local deadline = socket.gettime() + 10
+    while socket.gettime() < deadline do
+        if self:ping() then return end
+        sleep(0.02)
+    end
+    error("redis-server did not start on port " .. self.port .. ": " .. (proc.slurp(self.dir .. "/redis.log") or ""))
+end
+
+
+--- Whether the server answers PING.
+function Server:ping()
+    local c = socket.tcp()
+    c:settimeout(0.5)
+    if not c:connect("127.0.0.1", self.port) then
+        c:close()
+        return false
+    end
+    c:send("PING\r\n")
+    local line = c:receive("*l")
+    c:close()
+    return line == "+PONG"
+end
+
+
+--- Runs redis-cli with the arguments; returns its output.
+function Server:cli(...)
+    local parts = { "env -u LD_PRELOAD redis-cli -p", self.port }
+    for i = 1, select("#", ...) do parts[#parts + 1] = q(select(i, ...)) end
+    local h = io.popen(table.concat(parts, " ") .. " 2>&1")
+    local out = h:read("*a")
+    h:close()
+    return (out:gsub("\n$", ""))
+end
+
+
+--- Sends a signal and waits for the process to end (when it ends).
+function Server:kill(sig)
+    if not self.pid then return end
+    os.execute(("kill -%s %d 2>/dev/null"):format(sig or "TERM", self.pid))
+    local deadline = socket.gettime() + 10
+    while socket.gettime() < deadline do
+        if os.execute(("kill -0 %d 2>/dev/null"):format(self.pid)) ~= 0 then break end
+        sleep(0.02)
+    end
+    self.pid = nil
+end
+
+
+--- Stops the server and starts it again on the same port and directory.
+function Server:restart(sig)
+    self:kill(sig)
+    self:spawn()
+end
+
+
+--- Stops the server and removes its directory.
+function Server:stop()
+    self:kill("KILL")
+    proc.rmrf(self.dir)
+end
+
+return M
