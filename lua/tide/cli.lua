@@ -20,12 +20,14 @@ commands:
   run PIPELINE.lua [--input FILE|-] [--output DIR [--append|--overwrite]]
                    [--concurrency N] [--threads N] [--task-timeout S]
                    [--priority high|low|lifo] [--max-line-bytes N]
+                   [--memory-limit BYTES]
       Run every JSONL input line through the pipeline the file returns.
       Results go to stdout as JSONL, or with --output to DIR/<sink>.jsonl,
       DIR/failed.jsonl, DIR/rejects.jsonl (and DIR/dropped.jsonl when
       routers choose no sink). A DIR that holds results needs --append or
       --overwrite, except to re-run --input DIR/failed.jsonl into DIR.
   serve PIPELINE.lua [--listen 127.0.0.1:8080] [--token-file F] [--threads N]
+                     [--memory-limit BYTES]
                      [--drain-timeout S] [--request-timeout S] [--max-results N]
                      [--max-pending N] [--max-pending-bytes N] [--allow-host NAME]...
       The HTTP/JSON job API (POST /v1/jobs, GET /v1/jobs/ID[/result],
@@ -134,6 +136,8 @@ local RUN_OPTIONS = {
                       "--threads needs a whole number from 1 to " .. executor.MAX_THREADS },
     ["--task-timeout"] = { "task_timeout", positive, "--task-timeout needs a number of seconds > 0" },
     ["--priority"] = { "priority", one_of(executor.PRIO), "--priority must be high, low or lifo" },
+    ["--memory-limit"] = { "memory_limit", executor.parse_bytes,
+                           "--memory-limit needs bytes >= 1M: a whole number, or one with K, M or G (512M, 1G)" },
 }
 RUN_OPTIONS["-i"], RUN_OPTIONS["-o"], RUN_OPTIONS["-c"] =
     RUN_OPTIONS["--input"], RUN_OPTIONS["--output"], RUN_OPTIONS["--concurrency"]
@@ -142,6 +146,7 @@ local SERVE_OPTIONS = {
     ["--listen"] = { "listen", host_port, "--listen needs HOST:PORT (port 0 to 65535; 0: any free one)" },
     ["--token-file"] = { "token_file", as_text, "--token-file needs a file" },
     ["--threads"] = RUN_OPTIONS["--threads"],
+    ["--memory-limit"] = RUN_OPTIONS["--memory-limit"],
     ["--request-timeout"] = { "request_timeout", positive, "--request-timeout needs seconds > 0" },
     ["--max-results"] = { "max_results", whole, "--max-results needs a whole number >= 1" },
     ["--drain-timeout"] = { "drain", nonnegative, "--drain-timeout needs seconds >= 0" },
@@ -201,7 +206,7 @@ local function run(args)
 
     local ex = executor.new {
         concurrency = o.concurrency, task_timeout = o.task_timeout, threads = o.threads,
-        results = false,
+        memory_limit = o.memory_limit, results = false,
     }
     local tty = core.isatty(2)
     local source = jsonl.source(ex, path, o.max_line_bytes, {
@@ -258,7 +263,7 @@ local function serve(args)
     local p, err = load_pipeline(o.pipeline)
     if not p then return die(EXIT_USAGE, err) end
     local server, serr = require("tide.serve").serve(p, {
-        listen = o.listen, token = token, threads = o.threads,
+        listen = o.listen, token = token, threads = o.threads, memory_limit = o.memory_limit,
         request_timeout = o.request_timeout, max_results = o.max_results,
         max_pending = o.max_pending, max_pending_bytes = o.max_pending_bytes, allow_host = o.allow_host,
     })

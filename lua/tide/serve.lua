@@ -155,6 +155,7 @@ function M.serve(p, opts)
     p:compile()
     local ex = opts.executor or executor.new {
         retention = opts.retention, max_results = opts.max_results or 100000, threads = opts.threads,
+        memory_limit = opts.memory_limit,
     }
     local token = opts.token
     local started = hrtime()

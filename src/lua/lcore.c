@@ -30,6 +30,7 @@ int luaopen_tide_core(lua_State *L) {
     tide__lua_open_pool(L);
     tide__lua_open_native(L);
     tide__lua_open_http(L);
+    tide__lua_open_mem(L);
     tide__json_open(L);
     lua_setfield(L, -2, "json");
     lua_pushstring(L, TIDE_VERSION_STRING);

@@ -40,6 +40,7 @@ typedef struct {
     uv_loop_t *loop;
     char *path, *cpath;
     int nthreads;
+    size_t mem_limit; /* of each worker's Lua state */
     int started, stopped, async_open;
     int boxed;
     int outstanding; /* jobs submitted and not taken back */
@@ -102,6 +103,7 @@ static void *lpool_worker_init(tide__pool *pool, int index) {
         tide__lua_preload_bundle(L);
     lua_newtable(L);
     lua_setfield(L, LUA_REGISTRYINDEX, "tide.worker.fns");
+    tide__lua_mem_limit(L, lp->mem_limit);
     return L;
 }
 
@@ -173,32 +175,43 @@ static void lpool_hook(lua_State *L, lua_Debug *ar) {
     }
 }
 
-static void lpool_run(void *ctx, tide__job *j) {
-    lua_State *L = ctx;
+/* Job statuses (l_pool_result turns them into codes). */
+enum { LPOOL_OK = 0, LPOOL_ETASK, LPOOL_EVALUE, LPOOL_ETIMEDOUT,
+       LPOOL_ENOMEM };
+
+static void lpool_oom(lua_State *L, tide__job *j) {
+    char msg[300];
+    snprintf(msg, sizeof(msg), "out of memory: sync task '%s' reached its "
+             "worker's memory_limit (%zu MiB)", j->task,
+             tide__lua_mem_get(L) >> 20);
+    free(j->out);
+    j->out = NULL;
+    lpool_fail(j, LPOOL_ENOMEM, msg, NULL);
+}
+
+/* The Lua half of lpool_run, under lua_cpcall: loading the function,
+ * decoding the input and encoding the output allocate from the worker's
+ * state and may raise a memory error when it is at its limit; an error
+ * with no protected call around it would end the process. */
+static int lpool_run_lua(lua_State *L) {
+    tide__job *j = lua_touserdata(L, 1);
     char err[256];
-    if (L == NULL) {
-        lpool_fail(j, 1, "worker thread has no Lua state", NULL);
-        return;
-    }
     lua_settop(L, 0);
     if (strncmp(j->key, "native:", 7) == 0) {
         /* code holds the function pointer: no Lua function involved. */
         tide_native_fn fn;
         memcpy(&fn, j->code, sizeof(fn));
         tide__native_run(L, j, fn);
-        lua_settop(L, 0);
-        return;
+        return 0;
     }
     lua_pushcfunction(L, lpool_traceback);
     if (lpool_push_fn(L, j) != 0) {
-        lpool_fail(j, 1, lua_tostring(L, -1), NULL);
-        lua_settop(L, 0);
-        return;
+        lpool_fail(j, LPOOL_ETASK, lua_tostring(L, -1), NULL);
+        return 0;
     }
     if (tide__marshal_decode(L, j->in, j->inlen, err, sizeof(err)) != 0) {
-        lpool_fail(j, 2, err, NULL);
-        lua_settop(L, 0);
-        return;
+        lpool_fail(j, LPOOL_EVALUE, err, NULL);
+        return 0;
     }
     lpool_stopped = 0;
     if (j->timeout_ms > 0) {
@@ -210,6 +223,11 @@ static void lpool_run(void *ctx, tide__job *j) {
         lua_sethook(L, NULL, 0, 0);
         lpool_deadline = 0;
     }
+    if (prc == LUA_ERRMEM) {
+        /* No message handler ran (LuaJIT calls none for memory errors). */
+        lpool_oom(L, j);
+        return 0;
+    }
     if (prc != 0) {
         const char *tb = lua_tostring(L, -1);
         /* The message is the traceback's first line. */
@@ -217,21 +235,49 @@ static void lpool_run(void *ctx, tide__job *j) {
         char *msg = tide__xstrdup(tb ? tb : "error");
         if (nl)
             msg[nl - tb] = '\0';
-        lpool_fail(j, lpool_stopped ? 3 : 1, msg, tb);
+        lpool_fail(j, lpool_stopped ? LPOOL_ETIMEDOUT : LPOOL_ETASK, msg, tb);
         free(msg);
-        lua_settop(L, 0);
-        return;
+        return 0;
     }
+    /* The encoder frees its buffer itself when it raises. */
     if (tide__marshal_encode(L, -1, &j->out, &j->outlen, err,
                              sizeof(err)) != 0) {
         char msg[600];
         snprintf(msg, sizeof(msg), "sync task '%s' returned a value that "
                  "cannot cross threads: %s", j->task, err);
-        lpool_fail(j, 2, msg, NULL);
+        lpool_fail(j, LPOOL_EVALUE, msg, NULL);
     } else {
-        j->status = 0;
+        j->status = LPOOL_OK;
+    }
+    return 0;
+}
+
+static void lpool_run(void *ctx, tide__job *j) {
+    lua_State *L = ctx;
+    if (L == NULL) {
+        lpool_fail(j, LPOOL_ETASK, "worker thread has no Lua state", NULL);
+        return;
     }
     lua_settop(L, 0);
+    int rc = lua_cpcall(L, lpool_run_lua, j);
+    if (rc != 0) {
+        /* A memory error while loading, decoding or encoding (the state
+         * tripped its limit; a plain error is not raised there). The
+         * message is written from C memory. */
+        if (rc == LUA_ERRMEM || tide__lua_mem_tripped(L)) {
+            lpool_oom(L, j);
+        } else {
+            char msg[300];
+            snprintf(msg, sizeof(msg), "sync task '%s': %s", j->task,
+                     lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+            free(j->out);
+            j->out = NULL;
+            lpool_fail(j, LPOOL_ETASK, msg, NULL);
+        }
+    }
+    lua_settop(L, 0);
+    /* The garbage of a job that tripped the limit goes before the next. */
+    tide__lua_mem_rearm(L);
 }
 
 /* ===== LOOP SIDE ===== */
@@ -368,6 +414,9 @@ static int l_pool_new(lua_State *L) {
     lua_Integer n = luaL_checkinteger(L, 2);
     if (n < 1 || n > 1024)
         return luaL_argerror(L, 2, "threads must be 1..1024");
+    lua_Number mem = luaL_optnumber(L, 3, 0);
+    if (!(mem >= 0 && mem <= 9007199254740992.0))
+        return luaL_argerror(L, 3, "memory limit must be bytes >= 0");
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "path");
     lua_getfield(L, -2, "cpath");
@@ -398,6 +447,7 @@ static int l_pool_new(lua_State *L) {
     lp->async_open = 1;
     lp->boxed = 1;
     lp->nthreads = (int)n; /* started on the first job */
+    lp->mem_limit = (size_t)mem;
     *box = lp;
     return 1;
 }
@@ -450,6 +500,12 @@ static int l_pool_submit(lua_State *L) {
     }
     luaL_checkany(L, 5);
     double timeout = luaL_optnumber(L, 6, 0);
+    /* The box first (it may raise), then the encoded input (the encoder
+     * frees it when it raises), then the job, which cannot raise. */
+    tide__job **box = lua_newuserdata(L, sizeof(*box));
+    *box = NULL;
+    luaL_getmetatable(L, "tide.job");
+    lua_setmetatable(L, -2);
     char *in, err[256];
     size_t inlen;
     if (tide__marshal_encode(L, 5, &in, &inlen, err, sizeof(err)) != 0) {
@@ -459,11 +515,6 @@ static int l_pool_submit(lua_State *L) {
         lua_pushliteral(L, "EVALUE");
         return 3;
     }
-    /* The box first (it may raise), then the job, which cannot. */
-    tide__job **box = lua_newuserdata(L, sizeof(*box));
-    *box = NULL;
-    luaL_getmetatable(L, "tide.job");
-    lua_setmetatable(L, -2);
     tide__job *j = tide__xcalloc(1, sizeof(*j));
     j->in = in;
     j->inlen = inlen;
@@ -534,12 +585,14 @@ static int l_pool_result(lua_State *L) {
         lua_pushstring(L, j->trace);
     else
         lua_pushnil(L);
-    /* 2: the value could not cross; 3: the worker's hook stopped the body
-     * at its time limit (which may come before the loop's deadline: both
-     * count from the job's start). */
-    lua_pushstring(L, j->status == 2   ? "EVALUE"
-                      : j->status == 3 ? "ETIMEDOUT"
-                                       : "ETASK");
+    /* EVALUE: the value could not cross; ETIMEDOUT: the worker's hook
+     * stopped the body at its time limit (which may come before the
+     * loop's deadline: both count from the job's start); ENOMEM: the
+     * worker's state ran out of its memory limit. */
+    lua_pushstring(L, j->status == LPOOL_EVALUE      ? "EVALUE"
+                      : j->status == LPOOL_ETIMEDOUT ? "ETIMEDOUT"
+                      : j->status == LPOOL_ENOMEM    ? "ENOMEM"
+                                                     : "ETASK");
     return 4;
 }
 
