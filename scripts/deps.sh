@@ -14,10 +14,12 @@
 #   libedit-dev               line editing in tide repl (BSD; not readline, GPL-3)
 #   libhttp-parser-dev curl   tide serve's HTTP parser; the serve specs' client
 #   chromium chromium-driver  the dashboard spec drives headless Chromium
-#   wrk                       the serve line of make bench
+#   wrk                       the serve line of make bench, and make soak
+#   clang libclang-rt-14-dev  make fuzz: libFuzzer targets (with ASan/UBSan)
+#   valgrind                  make valgrind
 #   pkg-config build-essential
 set -eu
-PKGS="luajit libluajit-5.1-dev libuv1-dev libyajl-dev lua-cjson lua-busted lua-check lua-socket lua-luv graphviz luarocks libedit-dev libhttp-parser-dev curl chromium chromium-driver wrk pkg-config build-essential"
+PKGS="luajit libluajit-5.1-dev libuv1-dev libyajl-dev lua-cjson lua-busted lua-check lua-socket lua-luv graphviz luarocks libedit-dev libhttp-parser-dev curl chromium chromium-driver wrk clang libclang-rt-14-dev valgrind pkg-config build-essential"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
