@@ -548,7 +548,10 @@ typedef struct tide__job {
     char *out;         /* result bytes or error text (owned, malloc'd) */
     size_t outlen;
     char *trace;       /* traceback of a failure (owned) */
-    int refs;          /* loop side: the pool's and the Lua box's */
+    /* The pool's and the Lua box's. Counted on the loop thread, except
+     * that an orphan (its pool stopped while it ran) drops the pool's on
+     * its worker thread: hence atomic. */
+    _Atomic int refs;
     int cancelled;     /* loop side: nobody waits for the result */
     int done;          /* loop side: taken back from the done queue */
     int stood_in;      /* loop side: a stand-in thread replaced its worker */
@@ -589,6 +592,9 @@ struct tide__pool {
     void *(*worker_init)(tide__pool *pool, int index);
     void (*worker_free)(void *ctx);
     void (*run)(void *ctx, tide__job *j);
+    /* Optional: an orphan's job is done; nobody takes it back, so the
+     * pool's hold on it ends here (on the worker thread). */
+    void (*orphan_done)(tide__job *j);
     void *udata;
 };
 

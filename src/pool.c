@@ -77,7 +77,10 @@ static void pool_thread(void *arg) {
              * is needed first. */
             int last = --pool->orphans == 0 && pool->owner_gone;
             void (*worker_free)(void *) = pool->worker_free;
+            void (*orphan_done)(tide__job *) = pool->orphan_done;
             uv_mutex_unlock(&pool->mu);
+            if (orphan_done)
+                orphan_done(j);
             if (worker_free)
                 worker_free(w->ctx);
             free(w);

@@ -9,8 +9,9 @@
  * pool_wait (the attempt parks; op_cancel marks the job cancelled) and
  * pool_result (the output decoded). The pool's uv_async callback drains
  * finished jobs and wakes their attempts. A job has two references, the
- * pool's (dropped when the loop takes it back) and the Lua box's (dropped
- * by its __gc); the last one frees it. Only the loop thread counts them.
+ * pool's (dropped when the loop takes it back, or by the worker thread of
+ * an orphan: a job still running when its pool stopped is never taken
+ * back) and the Lua box's (dropped by its __gc); the last one frees it.
  * Worker side, nothing but the job's payload fields is touched. */
 #include <string.h>
 
@@ -47,7 +48,7 @@ typedef struct {
 } lpool;
 
 static void lpool_job_unref(tide__job *j) {
-    if (--j->refs > 0)
+    if (atomic_fetch_sub(&j->refs, 1) > 1)
         return;
     free(j->in);
     free(j->key);
@@ -433,6 +434,7 @@ static int l_pool_new(lua_State *L) {
     lp->pool.worker_init = lpool_worker_init;
     lp->pool.worker_free = lpool_worker_free;
     lp->pool.run = lpool_run;
+    lp->pool.orphan_done = lpool_job_unref; /* the pool's reference */
     lp->pool.udata = lp;
     lp->pool.release = lpool_release;
     lp->pool.async = &lp->async;
