@@ -5,6 +5,7 @@
 #   make bench      W1-W3, W5 against the plain-LuaJIT floor (never in CI)
 #   make soak       tide serve under mixed load, RSS and fds watched (never in CI)
 #   make fuzz       the libFuzzer targets, FUZZ_SECONDS each (clang)
+#   make valgrind   the C hosts and the engine specs under valgrind
 
 BUILD ?= build
 SAN ?=
@@ -27,7 +28,8 @@ OBJ = $(patsubst src/%.c,$(BUILD)/obj/%.o,$(CORE_SRC) $(GLUE_SRC))
 LUA_BC = $(patsubst lua/tide/%.lua,$(BUILD)/obj/bc/tide_%.h,$(LUA_SRC))
 TEST_SRC = $(filter-out spec/c/embed-test.c,$(wildcard spec/c/*.c))
 
-.PHONY: all test check check-build lint bench soak fuzz fuzz-targets clean test-c test-lua test-e2e \
+.PHONY: all test check check-build lint bench soak fuzz fuzz-targets valgrind \
+	clean test-c test-lua test-e2e \
 	install install-lua
 
 all: $(BUILD)/tide $(BUILD)/lib/tide/core.so $(BUILD)/test-runner \
@@ -135,7 +137,7 @@ check: lint
 		$(LUAJIT) $$(command -v busted) -o TAP --helper=spec/helpers/init.lua \
 		spec/sync_spec.lua spec/executor_spec.lua \
 		spec/embed_spec.lua spec/flow_spec.lua spec/batch_spec.lua \
-		spec/watchdog_spec.lua
+		spec/watchdog_spec.lua spec/memory_spec.lua spec/serve_feed_spec.lua
 else
 check: lint
 	$(MAKE) BUILD=$(CHECK_BUILD) OPT="-O1 -g" \
@@ -178,6 +180,25 @@ $(BUILD)/fuzz/fuzz_%: spec/fuzz/fuzz_%.c $(OBJ) $(BUILD)/obj/bundle.o
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -fsanitize=fuzzer -Isrc/lua -o $@ $< $(OBJ) \
 		$(BUILD)/obj/bundle.o $(LDLIBS_ALL)
+
+# make valgrind: the C hosts (the embedding example and embed-test) and
+# the engine specs under valgrind's memcheck, in the release build. Errors
+# and definite leaks fail; scripts/valgrind.supp suppresses what belongs to
+# LuaJIT itself and nothing of tide's. Specs that measure time (#timing)
+# are left out: valgrind runs code some 20 times slower.
+VALGRIND = timeout 1800 valgrind -q --error-exitcode=99 --leak-check=full \
+	--show-leak-kinds=definite --errors-for-leak-kinds=definite \
+	--suppressions=scripts/valgrind.supp
+VALGRIND_SPECS = spec/executor_spec.lua spec/sync_spec.lua spec/batch_spec.lua \
+	spec/flow_spec.lua spec/json_spec.lua spec/marshal_spec.lua \
+	spec/native_spec.lua spec/embed_spec.lua spec/serve_feed_spec.lua
+
+valgrind: all
+	$(VALGRIND) $(BUILD)/embed-test
+	$(VALGRIND) $(BUILD)/examples/embed-host examples/embed/wordcount.lua \
+		'"a b a"' '"x"' >/dev/null
+	TIDE_BUILD=$(BUILD) $(VALGRIND) $(LUAJIT) $$(command -v busted) -o TAP \
+		--helper=spec/helpers/init.lua --exclude-tags=timing $(VALGRIND_SPECS)
 
 # make soak MINUTES=N: tide serve under a steady mixed load for N minutes
 # (default 10); fails when RSS or open fds grow after the warm-up. Loopback

@@ -42,6 +42,7 @@ void tide__lua_mem_limit(lua_State *L, size_t limit);
 size_t tide__lua_mem_get(lua_State *L);
 int tide__lua_mem_tripped(lua_State *L);
 void tide__lua_mem_rearm(lua_State *L);
+void tide__lua_mem_relieve(lua_State *L);
 void tide__native_run(lua_State *L, tide__job *j, tide_native_fn fn);
 /* 1 on tide's worker threads (their Lua states run sync tasks). */
 extern _Thread_local int tide__lua_in_worker;

@@ -48,6 +48,8 @@ typedef struct {
     int armed;       /* an allocation past the limit fails and trips it */
     int tripped;     /* tripped since the last rearm */
     double trips;    /* in total */
+    size_t after_gc; /* what the state held after the last relief */
+    int paced;       /* the collector was set to run harder */
 } lmem;
 
 static void *lmem_alloc(void *ud, void *p, size_t osize, size_t nsize) {
@@ -121,12 +123,27 @@ void tide__lua_mem_limit(lua_State *L, size_t limit) {
     m->headroom = limit / 8 > LMEM_MIN_HEADROOM ? limit / 8 : LMEM_MIN_HEADROOM;
     m->armed = 1;
     m->tripped = 0;
+    tide__lua_mem_relieve(L); /* paces the collector for what is there */
 }
 
 /* L's limit in bytes (0: none). */
 size_t tide__lua_mem_get(lua_State *L) {
     lmem *m = lmem_get(L);
     return m ? m->limit : 0;
+}
+
+static int lmem_collect_protected(lua_State *L) {
+    lua_gc(L, LUA_GCCOLLECT, 0);
+    return 0;
+}
+
+/* A full collection that never raises: a finalizer's error (or a memory
+ * error in one) is dropped here, where no protected call may be around
+ * (a worker's job loop, the engine's drain, the runner's own code). */
+static void lmem_collect(lua_State *L) {
+    int top = lua_gettop(L);
+    lua_cpcall(L, lmem_collect_protected, NULL);
+    lua_settop(L, top);
 }
 
 /* Whether L's limit tripped since the last rearm. */
@@ -142,9 +159,39 @@ void tide__lua_mem_rearm(lua_State *L) {
     lmem *m = lmem_get(L);
     if (m == NULL || !m->tripped)
         return;
-    lua_gc(L, LUA_GCCOLLECT, 0);
+    lmem_collect(L);
     m->tripped = 0;
     m->armed = 1;
+    m->after_gc = m->used;
+}
+
+/* Between slices of work (the loop's drain, a worker's job): a state
+ * past three quarters of its limit, having allocated a sixteenth of it
+ * since the last time, is collected in full. LuaJIT's collector lets
+ * garbage reach about the size of what is live before a cycle ends, so
+ * without this a state full of garbage would trip its limit at some
+ * allocation of the engine's own rather than in the body that made the
+ * garbage. The cost stays bounded: one full collection per limit/16
+ * bytes allocated, only near the limit. */
+void tide__lua_mem_relieve(lua_State *L) {
+    lmem *m = lmem_get(L);
+    if (m == NULL || m->limit == 0)
+        return;
+    /* Past a third of the limit the collector starts each cycle as soon
+     * as the last ended (pause 100, LuaJIT's default is 200: a new cycle
+     * when the heap doubled) and works twice as fast (step multiplier
+     * 400), so that garbage made inside one body is reclaimed before it
+     * reaches the limit; below a sixth it goes back to its defaults. */
+    int hard = m->paced ? m->used > m->limit / 6 : m->used > m->limit / 3;
+    if (hard != m->paced) {
+        m->paced = hard;
+        lua_gc(L, LUA_GCSETPAUSE, hard ? 100 : 200);
+        lua_gc(L, LUA_GCSETSTEPMUL, hard ? 400 : 200);
+    }
+    if (m->used <= m->limit / 4 * 3 || m->used < m->after_gc + m->limit / 16)
+        return;
+    lmem_collect(L);
+    m->after_gc = m->used;
 }
 
 /* mem_limit(bytes) sets the calling state's limit (0: none). */

@@ -277,8 +277,10 @@ static void lpool_run(void *ctx, tide__job *j) {
         }
     }
     lua_settop(L, 0);
-    /* The garbage of a job that tripped the limit goes before the next. */
+    /* The garbage of a job that tripped the limit goes before the next;
+     * near the limit, any job's. */
     tide__lua_mem_rearm(L);
+    tide__lua_mem_relieve(L);
 }
 
 /* ===== LOOP SIDE ===== */
