@@ -137,7 +137,7 @@ check: lint
 		$(LUAJIT) $$(command -v busted) -o TAP --helper=spec/helpers/init.lua \
 		spec/sync_spec.lua spec/executor_spec.lua \
 		spec/embed_spec.lua spec/flow_spec.lua spec/batch_spec.lua \
-		spec/watchdog_spec.lua spec/memory_spec.lua spec/serve_feed_spec.lua
+		spec/watchdog_spec.lua spec/serve_feed_spec.lua
 else
 check: lint
 	$(MAKE) BUILD=$(CHECK_BUILD) OPT="-O1 -g" \

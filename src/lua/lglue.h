@@ -44,6 +44,9 @@ int tide__lua_mem_tripped(lua_State *L);
 void tide__lua_mem_rearm(lua_State *L);
 void tide__lua_mem_relieve(lua_State *L);
 void tide__native_run(lua_State *L, tide__job *j, tide_native_fn fn);
+/* The status a worker sets on a job (pool_result turns it into a code). */
+enum { TIDE__JOB_OK = 0, TIDE__JOB_ETASK, TIDE__JOB_EVALUE,
+       TIDE__JOB_ETIMEDOUT, TIDE__JOB_ENOMEM };
 /* 1 on tide's worker threads (their Lua states run sync tasks). */
 extern _Thread_local int tide__lua_in_worker;
 int tide__marshal_encode(lua_State *L, int idx, char **out, size_t *outlen,

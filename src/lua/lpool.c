@@ -176,9 +176,6 @@ static void lpool_hook(lua_State *L, lua_Debug *ar) {
     }
 }
 
-/* Job statuses (l_pool_result turns them into codes). */
-enum { LPOOL_OK = 0, LPOOL_ETASK, LPOOL_EVALUE, LPOOL_ETIMEDOUT,
-       LPOOL_ENOMEM };
 
 static void lpool_oom(lua_State *L, tide__job *j) {
     char msg[300];
@@ -187,7 +184,7 @@ static void lpool_oom(lua_State *L, tide__job *j) {
              tide__lua_mem_get(L) >> 20);
     free(j->out);
     j->out = NULL;
-    lpool_fail(j, LPOOL_ENOMEM, msg, NULL);
+    lpool_fail(j, TIDE__JOB_ENOMEM, msg, NULL);
 }
 
 /* The Lua half of lpool_run, under lua_cpcall: loading the function,
@@ -207,11 +204,11 @@ static int lpool_run_lua(lua_State *L) {
     }
     lua_pushcfunction(L, lpool_traceback);
     if (lpool_push_fn(L, j) != 0) {
-        lpool_fail(j, LPOOL_ETASK, lua_tostring(L, -1), NULL);
+        lpool_fail(j, TIDE__JOB_ETASK, lua_tostring(L, -1), NULL);
         return 0;
     }
     if (tide__marshal_decode(L, j->in, j->inlen, err, sizeof(err)) != 0) {
-        lpool_fail(j, LPOOL_EVALUE, err, NULL);
+        lpool_fail(j, TIDE__JOB_EVALUE, err, NULL);
         return 0;
     }
     lpool_stopped = 0;
@@ -236,7 +233,7 @@ static int lpool_run_lua(lua_State *L) {
         char *msg = tide__xstrdup(tb ? tb : "error");
         if (nl)
             msg[nl - tb] = '\0';
-        lpool_fail(j, lpool_stopped ? LPOOL_ETIMEDOUT : LPOOL_ETASK, msg, tb);
+        lpool_fail(j, lpool_stopped ? TIDE__JOB_ETIMEDOUT : TIDE__JOB_ETASK, msg, tb);
         free(msg);
         return 0;
     }
@@ -246,9 +243,9 @@ static int lpool_run_lua(lua_State *L) {
         char msg[600];
         snprintf(msg, sizeof(msg), "sync task '%s' returned a value that "
                  "cannot cross threads: %s", j->task, err);
-        lpool_fail(j, LPOOL_EVALUE, msg, NULL);
+        lpool_fail(j, TIDE__JOB_EVALUE, msg, NULL);
     } else {
-        j->status = LPOOL_OK;
+        j->status = TIDE__JOB_OK;
     }
     return 0;
 }
@@ -256,7 +253,7 @@ static int lpool_run_lua(lua_State *L) {
 static void lpool_run(void *ctx, tide__job *j) {
     lua_State *L = ctx;
     if (L == NULL) {
-        lpool_fail(j, LPOOL_ETASK, "worker thread has no Lua state", NULL);
+        lpool_fail(j, TIDE__JOB_ETASK, "worker thread has no Lua state", NULL);
         return;
     }
     lua_settop(L, 0);
@@ -273,7 +270,7 @@ static void lpool_run(void *ctx, tide__job *j) {
                      lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
             free(j->out);
             j->out = NULL;
-            lpool_fail(j, LPOOL_ETASK, msg, NULL);
+            lpool_fail(j, TIDE__JOB_ETASK, msg, NULL);
         }
     }
     lua_settop(L, 0);
@@ -593,9 +590,9 @@ static int l_pool_result(lua_State *L) {
      * stopped the body at its time limit (which may come before the
      * loop's deadline: both count from the job's start); ENOMEM: the
      * worker's state ran out of its memory limit. */
-    lua_pushstring(L, j->status == LPOOL_EVALUE      ? "EVALUE"
-                      : j->status == LPOOL_ETIMEDOUT ? "ETIMEDOUT"
-                      : j->status == LPOOL_ENOMEM    ? "ENOMEM"
+    lua_pushstring(L, j->status == TIDE__JOB_EVALUE      ? "EVALUE"
+                      : j->status == TIDE__JOB_ETIMEDOUT ? "ETIMEDOUT"
+                      : j->status == TIDE__JOB_ENOMEM    ? "ENOMEM"
                                                      : "ETASK");
     return 4;
 }
