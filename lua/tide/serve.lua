@@ -139,7 +139,7 @@ function M.serve(p, opts)
     if listen ~= false then
         host, port = tostring(listen):match("^%[?([^%]]*)%]?:(%d+)$")
         if not host or tonumber(port) > 65535 then
-            error("tide.serve: listen must be HOST:PORT or false, got " .. tostring(listen), 2)
+            error("tide.serve: listen must be HOST:PORT, got " .. tostring(listen), 2)
         end
     end
     local max_pending = check_count(opts, "max_pending", MAX_PENDING)
