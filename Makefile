@@ -9,7 +9,7 @@
 
 BUILD ?= build
 SAN ?=
-PKGS = luajit libuv yajl
+PKGS = luajit libuv yajl sqlite3 libxxhash
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS := $(shell pkg-config --libs $(PKGS)) -lhttp_parser
 WARN = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes

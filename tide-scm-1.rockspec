@@ -1,7 +1,8 @@
 -- LuaRocks spec: builds tide's Lua module (tide.core, the C engine, and
 -- the tide.* Lua modules) from this source tree with its Makefile.
 --   luarocks make --tree /some/tree tide-scm-1.rockspec
--- Needs Debian's libluajit-5.1-dev, libuv1-dev and libyajl-dev; the module
+-- Needs Debian's libluajit-5.1-dev, libuv1-dev, libyajl-dev, libsqlite3-dev
+-- and libxxhash-dev; the module
 -- runs under LuaJIT 2.1 (it uses the LuaJIT C API).
 rockspec_format = "3.0"
 package = "tide"
@@ -26,6 +27,8 @@ dependencies = {
 external_dependencies = {
     LIBUV = { header = "uv.h" },
     YAJL = { header = "yajl/yajl_parse.h" },
+    SQLITE3 = { header = "sqlite3.h" },
+    XXHASH = { header = "xxhash.h" },
 }
 build = {
     type = "make",

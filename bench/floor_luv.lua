@@ -1,4 +1,4 @@
--- bench/floor_luv.lua: the W5 floor of docs/benchmarks.md (impl=luajit-luv).
+-- bench/floor_luv.lua: the W5 floor (impl=luajit-luv, docs/benchmarks.md).
 --
 -- N coroutines, each sleeping 10 ms on its own libuv timer through Debian's
 -- lua-luv (`apt-get install lua-luv`), resumed from the timer callback; the

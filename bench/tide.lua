@@ -1,5 +1,5 @@
--- bench/tide.lua: workloads W1, W2, W3 and W5 of docs/benchmarks.md for
--- tide (impl=tide), written against tide's public Lua API (docs/api.md).
+-- bench/tide.lua: workloads W1, W2, W3 and W5 (docs/benchmarks.md) for
+-- tide (impl=tide), written against tide's public Lua API.
 --
 -- Run from the repo root with a stock luajit, after `make`:
 --

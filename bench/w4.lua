@@ -1,4 +1,4 @@
--- bench/w4.lua: W4 of docs/benchmarks.md, parallel CPU. 8 x cores
+-- bench/w4.lua: W4 (docs/benchmarks.md), parallel CPU. 8 x cores
 -- loops of ~50 ms, run serially and in parallel, interleaved in pairs, by
 -- tide (kind = "sync" tasks) and by a bare LuaJIT + libuv pool (lua-luv,
 -- uv.new_work), all in this one process. Then the per-task cost of a

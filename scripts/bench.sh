@@ -1,27 +1,32 @@
 #!/bin/sh
-# scripts/bench.sh: workloads W1, W2, W3 and W5 (docs/benchmarks.md),
-# tide against its floors, measured in the same run.
+# scripts/bench.sh: `make bench` (docs/benchmarks.md). Workloads W1, W2, W3
+# and W5, tide against its floors, alternated so that both see the same
+# machine; then W4, the memory line and the serve line.
 #
 # Assumes `make` was already run (tide.run needs build/lib/tide/core.so).
-# For each of W1 W2 W3 it runs the luajit-queue floor (bench/floor.lua) and
-# then tide (bench/tide.lua); for W5 the luajit-luv floor
-# (bench/floor_luv.lua, skipped when lua-luv is not installed) and tide.
-# Prints every result line, then one ratio line per workload:
+# For each of W1 W2 W3 it runs BENCH_PAIRS pairs of processes, the
+# luajit-queue floor (bench/floor.lua) then tide (bench/tide.lua), each
+# process doing its own warm-up and timed runs; for W5 the same with the
+# luajit-luv floor (bench/floor_luv.lua, skipped when lua-luv is not
+# installed). Every result line is printed as it comes, then per workload:
 #
-#   ratio workload=W1 tide_us_per_task=... floor_us_per_task=... ratio=X.XX target=2.0 ok=1|0
-#   ratio workload=W5 tide_seconds=... target_seconds=0.011 ok=1|0
+#   ratio workload=W1 tide_med_us=... floor_med_us=... ratio_med=X tide_min_us=... floor_min_us=... ratio_min=Y target=1.5 ok=1|0
+#   spread workload=W1 impl=tide med_us=... best_us=... spread=Z floor_spread=... target=1.3 ok=1|0
 #
-# ratio is tide's seconds over the floor's (same N, same task count); ok=1
-# when both runs verified their result and the target is met.
+# *_med_us is the median over the pairs of each process's seconds (its own
+# lower median), *_min_us the smallest min_s, both per task; ratio_med and
+# ratio_min are tide's over the floor's. ok=1 on a ratio line when
+# ratio_med meets the target (1.5 for W1-W3, 1.05 for W5) and every run of
+# both verified its result. spread is tide's median over its best
+# (floor_spread the same for the floor): how far a typical run is from the
+# best one.
 #
-# Then W4 and the sync-task cost (bench/w4.lua), the memory line, and the
-# serve line (bench/serve.sh: jobs/s and p99 of POST /v1/jobs?wait=5).
-#
-# Environment: BENCH_N (N for W1-W3, default 100000), BENCH_N_W5 (N for W5,
-# default 1000), LUAJIT (default luajit).
+# Environment: BENCH_PAIRS (default 5), BENCH_N (N for W1-W3, default
+# 100000), BENCH_N_W5 (N for W5, default 1000), BENCH_MEM_N (inputs of the
+# large memory run, default 10000000), LUAJIT (default luajit).
 # Exit status: 0 when every run completed and verified its result, 1 when
-# one failed. A missed target is reported on its ratio line only: timings on
-# a shared machine are noise, so they never fail the script.
+# one failed. A missed target is reported on its line only: timings on a
+# shared machine are noise, so they never fail the script.
 set -eu
 
 cd "$(dirname "$0")/.."
@@ -29,14 +34,17 @@ cd "$(dirname "$0")/.."
 LUAJIT=${LUAJIT:-luajit}
 N=${BENCH_N:-100000}
 N5=${BENCH_N_W5:-1000}
-TARGET_RATIO=2.0
-TARGET_W5_S=0.011
+PAIRS=${BENCH_PAIRS:-5}
+TARGET_RATIO=1.5
+TARGET_W5=1.05
+TARGET_SPREAD=1.3
 
 status=0
 lines=$(mktemp)
 trap 'rm -f "$lines"' EXIT
 
-# run CMD...: runs one benchmark, prints its line and keeps it for the ratios.
+# run CMD...: runs one benchmark, prints its line and keeps it for the
+# summary lines.
 run() {
     if line=$("$@"); then
         rc=0
@@ -53,69 +61,88 @@ run() {
     fi
 }
 
-# field WORKLOAD IMPL KEY: the value of KEY on that result line, or "".
-field() {
-    awk -v w="workload=$1" -v i="impl=$2" -v k="$3" '
-        $1 == w && $2 == i {
-            for (f = 3; f <= NF; f++) {
-                n = index($f, "=")
-                if (substr($f, 1, n - 1) == k) {
-                    print substr($f, n + 1)
-                    exit
-                }
+# pairs WORKLOAD N FLOOR_SCRIPT: PAIRS alternated runs of the floor and tide.
+pairs() {
+    i=0
+    while [ "$i" -lt "$PAIRS" ]; do
+        if [ -n "$3" ]; then
+            run "$LUAJIT" "$3" "$1" "$2"
+        fi
+        run "$LUAJIT" bench/tide.lua "$1" "$2"
+        i=$((i + 1))
+    done
+}
+
+# summary WORKLOAD FLOOR_IMPL TARGET: the ratio and spread lines of a
+# workload, from the result lines kept so far.
+summary() {
+    awk -v w="workload=$1" -v wname="$1" -v fimpl="impl=$2" -v target="$3" \
+        -v starget="$TARGET_SPREAD" '
+        # Lower median of a[1..n] (sorted in place).
+        function lmed(a, n,    i, j, x) {
+            for (i = 2; i <= n; i++) {
+                x = a[i]
+                for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]
+                a[j + 1] = x
             }
+            return a[int((n + 1) / 2)]
+        }
+        $1 == w && ($2 == "impl=tide" || $2 == fimpl) {
+            k = ($2 == "impl=tide") ? "t" : "f"
+            split("", v)
+            for (f = 3; f <= NF; f++) {
+                e = index($f, "=")
+                v[substr($f, 1, e - 1)] = substr($f, e + 1)
+            }
+            if (v["tasks"] + 0 <= 0) next
+            n[k]++
+            if (k == "t") tmed[n[k]] = v["seconds"] / v["tasks"] * 1e6
+            else fmed[n[k]] = v["seconds"] / v["tasks"] * 1e6
+            m = v["min_s"] / v["tasks"] * 1e6
+            if (!(k in best) || m < best[k]) best[k] = m
+            if (v["ok"] != "1") bad = 1
+        }
+        END {
+            if (!n["t"]) {
+                printf "ratio workload=%s tide_med_us=NA floor_med_us=NA ratio_med=NA tide_min_us=NA floor_min_us=NA ratio_min=NA target=%s ok=0\n", wname, target
+                printf "spread workload=%s impl=tide med_us=NA best_us=NA spread=NA floor_spread=NA target=%s ok=0\n", wname, starget
+                exit
+            }
+            tm = lmed(tmed, n["t"])
+            spread = (best["t"] > 0) ? tm / best["t"] : 0
+            if (n["f"]) {
+                fm = lmed(fmed, n["f"])
+                rmed = tm / fm
+                rmin = best["t"] / best["f"]
+                ok = (rmed <= target + 0 && !bad) ? 1 : 0
+                printf "ratio workload=%s tide_med_us=%.3f floor_med_us=%.3f ratio_med=%.2f tide_min_us=%.3f floor_min_us=%.3f ratio_min=%.2f target=%s ok=%d\n",
+                    wname, tm, fm, rmed, best["t"], best["f"], rmin, target, ok
+                fspread = sprintf("%.2f", (best["f"] > 0) ? fm / best["f"] : 0)
+            } else {
+                printf "ratio workload=%s tide_med_us=%.3f floor_med_us=NA ratio_med=NA tide_min_us=%.3f floor_min_us=NA ratio_min=NA target=%s ok=0\n",
+                    wname, tm, best["t"], target
+                fspread = "NA"
+            }
+            printf "spread workload=%s impl=tide med_us=%.3f best_us=%.3f spread=%.2f floor_spread=%s target=%s ok=%d\n",
+                wname, tm, best["t"], spread, fspread, starget, (spread <= starget + 0 && !bad) ? 1 : 0
         }' "$lines"
 }
 
-# ratio WORKLOAD: the ratio line of tide against the luajit-queue floor.
-ratio() {
-    awk -v w="$1" -v target="$TARGET_RATIO" \
-        -v ts="$(field "$1" tide seconds)" -v tu="$(field "$1" tide us_per_task)" \
-        -v tok="$(field "$1" tide ok)" \
-        -v fs="$(field "$1" luajit-queue seconds)" -v fu="$(field "$1" luajit-queue us_per_task)" \
-        -v fok="$(field "$1" luajit-queue ok)" '
-        BEGIN {
-            if (ts == "" || fs == "" || fs + 0 <= 0) {
-                printf "ratio workload=%s tide_us_per_task=%s floor_us_per_task=%s ratio=NA target=%s ok=0\n",
-                    w, (tu == "" ? "NA" : tu), (fu == "" ? "NA" : fu), target
-                exit
-            }
-            r = ts / fs
-            ok = (r <= target + 0 && tok == "1" && fok == "1") ? 1 : 0
-            printf "ratio workload=%s tide_us_per_task=%s floor_us_per_task=%s ratio=%.2f target=%s ok=%d\n",
-                w, tu, fu, r, target, ok
-        }'
-}
-
-# ratio_w5: tide's W5 wall time against the target.
-ratio_w5() {
-    awk -v target="$TARGET_W5_S" -v ts="$(field W5 tide seconds)" -v tok="$(field W5 tide ok)" '
-        BEGIN {
-            if (ts == "") {
-                printf "ratio workload=W5 tide_seconds=NA target_seconds=%s ok=0\n", target
-                exit
-            }
-            ok = (ts + 0 <= target + 0 && tok == "1") ? 1 : 0
-            printf "ratio workload=W5 tide_seconds=%s target_seconds=%s ok=%d\n", ts, target, ok
-        }'
-}
-
 for w in W1 W2 W3; do
-    run "$LUAJIT" bench/floor.lua "$w" "$N"
-    run "$LUAJIT" bench/tide.lua "$w" "$N"
+    pairs "$w" "$N" bench/floor.lua
 done
 
-if "$LUAJIT" -e 'require "luv"' >/dev/null 2>&1; then
-    run "$LUAJIT" bench/floor_luv.lua W5 "$N5"
-else
+luv_floor=bench/floor_luv.lua
+if ! "$LUAJIT" -e 'require "luv"' >/dev/null 2>&1; then
     echo "bench.sh: luajit cannot load luv (apt-get install lua-luv): no luajit-luv W5 floor" >&2
+    luv_floor=
 fi
-run "$LUAJIT" bench/tide.lua W5 "$N5"
+pairs W5 "$N5" "$luv_floor"
 
 for w in W1 W2 W3; do
-    ratio "$w"
+    summary "$w" luajit-queue "$TARGET_RATIO"
 done
-ratio_w5
+summary W5 luajit-luv "$TARGET_W5"
 
 # W4 (parallel CPU) and the cost of a trivial sync task.
 "$LUAJIT" bench/w4.lua || status=1

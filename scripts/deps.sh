@@ -15,11 +15,13 @@
 #   libhttp-parser-dev curl   tide serve's HTTP parser; the serve specs' client
 #   chromium chromium-driver  the dashboard spec drives headless Chromium
 #   wrk                       the serve line of make bench, and make soak
+#   libsqlite3-dev sqlite3    the journal (tide run --journal); the specs read it
+#   libxxhash-dev             xxHash3-128, the hash of pipeline files
 #   clang libclang-rt-14-dev  make fuzz: libFuzzer targets (with ASan/UBSan)
 #   valgrind                  make valgrind
 #   pkg-config build-essential
 set -eu
-PKGS="luajit libluajit-5.1-dev libuv1-dev libyajl-dev lua-cjson lua-busted lua-check lua-socket lua-luv graphviz luarocks libedit-dev libhttp-parser-dev curl chromium chromium-driver wrk clang libclang-rt-14-dev valgrind pkg-config build-essential"
+PKGS="luajit libluajit-5.1-dev libuv1-dev libyajl-dev lua-cjson lua-busted lua-check lua-socket lua-luv graphviz luarocks libedit-dev libhttp-parser-dev curl chromium chromium-driver wrk libsqlite3-dev sqlite3 libxxhash-dev clang libclang-rt-14-dev valgrind pkg-config build-essential"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then

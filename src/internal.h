@@ -46,6 +46,51 @@ char *tide__xstrdup(const char *s);
 int tide__stdfd_reserve(void);
 int tide__stdfd_closed(void);
 
+/* ===== JOURNAL (journal.c) ===== */
+
+/* The operations a journal applies, each one statement. */
+enum {
+    TIDE__J_ITEM = 0,   /* a: key, b: kind, status, data: the item */
+    TIDE__J_META,       /* a: key, b: value */
+    TIDE__J_FILE,       /* a: file name, n: its committed length */
+    TIDE__J_CHECKPOINT, /* a: key, b: task, data: its output */
+    TIDE__J_FORGET,     /* a: key: its checkpoints go */
+    TIDE__J_FLUSH,      /* a: "name\tlength\n" lines, n: items up to n are
+                           in those lengths; applied as one */
+    TIDE__J_NKINDS
+};
+
+typedef struct tide__journal tide__journal;
+
+/* Opens (creating it when missing) the journal at path and starts its
+ * writer thread; on failure returns TIDE_EIO with a message in err. */
+int tide__journal_open(const char *path, tide__journal **out, char *err,
+                       size_t errlen);
+/* Queues one operation (copying every argument) and returns its sequence
+ * number; loop thread only. */
+int64_t tide__journal_put(tide__journal *j, int kind, const char *a,
+                          size_t alen, const char *b, size_t blen,
+                          const char *status, const char *data, size_t dlen,
+                          int64_t n);
+/* The sequence number of the last operation on the device, and of the
+ * last one queued. */
+int64_t tide__journal_committed(tide__journal *j);
+/* Commits so far, operations they held, and the sum and maximum of the
+ * time from queueing an operation to its commit (the oldest of each). */
+void tide__journal_stats(tide__journal *j, uint64_t *commits, uint64_t *ops,
+                         uint64_t *wait_sum_ns, uint64_t *wait_max_ns);
+int64_t tide__journal_last(tide__journal *j);
+/* 1 and the message when writing failed (sticky), else 0. */
+int tide__journal_error(tide__journal *j, char *buf, size_t len);
+/* The async handle the writer sends after each commit (NULL: none). */
+void tide__journal_set_notify(tide__journal *j, uv_async_t *notify);
+/* The read-only connection, for the loop thread (a sqlite3 *). */
+struct sqlite3 *tide__journal_reader(tide__journal *j);
+/* Commits what is queued, stops the writer and frees the journal;
+ * returns TIDE_EIO with the message when writing had failed. */
+int tide__journal_close(tide__journal *j, char *err, size_t errlen);
+int tide__journal_format(void);
+
 /* ===== UTF-8 (utf8.c) ===== */
 
 /* Returns the offset of the first byte of s (n bytes) that does not

@@ -6,6 +6,7 @@ local executor = require "tide.executor"
 local jsonl = require "tide.jsonl"
 local outputs = require "tide.outputs"
 local drive = require "tide.drive"
+local journal = require "tide.journal"
 
 local io_stderr, io_stdout = io.stderr, io.stdout
 local format, tostring = string.format, tostring
@@ -20,18 +21,23 @@ commands:
   run PIPELINE.lua [--input FILE|-] [--output DIR [--append|--overwrite]]
                    [--concurrency N] [--threads N] [--task-timeout S]
                    [--priority high|low|lifo] [--max-line-bytes N]
-                   [--memory-limit BYTES]
+                   [--memory-limit BYTES] [--journal FILE [--journal-reset]]
       Run every JSONL input line through the pipeline the file returns.
       Results go to stdout as JSONL, or with --output to DIR/<sink>.jsonl,
       DIR/failed.jsonl, DIR/rejects.jsonl (and DIR/dropped.jsonl when
       routers choose no sink). A DIR that holds results needs --append or
       --overwrite, except to re-run --input DIR/failed.jsonl into DIR.
+      --journal FILE makes the run resumable: the same command after a
+      crash or Ctrl-C goes on where it stopped.
   serve PIPELINE.lua [--listen 127.0.0.1:8080] [--token-file F] [--threads N]
                      [--memory-limit BYTES]
                      [--drain-timeout S] [--request-timeout S] [--max-results N]
                      [--max-pending N] [--max-pending-bytes N] [--allow-host NAME]...
+                     [--journal FILE [--journal-reset]]
       The HTTP/JSON job API (POST /v1/jobs, GET /v1/jobs/ID[/result],
       DELETE /v1/jobs/ID, /healthz, /metrics). Port 0 picks a free port.
+      With --journal, a job is answered 201 once it is on the device, and
+      a restart runs again the accepted jobs that have no result.
       Past --max-pending unfinished jobs (100000) or --max-pending-bytes of
       their request bodies (268435456), POST answers 503 with Retry-After.
       Without --token-file only Host localhost, 127.0.0.1 and [::1] are
@@ -130,6 +136,8 @@ local RUN_OPTIONS = {
     ["--append"] = { "append" },
     ["--overwrite"] = { "overwrite" },
     ["--max-line-bytes"] = { "max_line_bytes", whole, "--max-line-bytes needs a whole number >= 1" },
+    ["--journal"] = { "journal", as_text, "--journal needs a file name" },
+    ["--journal-reset"] = { "journal_reset" },
     ["--concurrency"] = { "concurrency", whole_upto(executor.MAX_CONCURRENCY),
                           "--concurrency needs a whole number from 1 to " .. executor.MAX_CONCURRENCY },
     ["--threads"] = { "threads", whole_upto(executor.MAX_THREADS),
@@ -150,6 +158,8 @@ local SERVE_OPTIONS = {
     ["--request-timeout"] = { "request_timeout", positive, "--request-timeout needs seconds > 0" },
     ["--max-results"] = { "max_results", whole, "--max-results needs a whole number >= 1" },
     ["--drain-timeout"] = { "drain", nonnegative, "--drain-timeout needs seconds >= 0" },
+    ["--journal"] = { "journal", as_text, "--journal needs a file name" },
+    ["--journal-reset"] = { "journal_reset" },
     ["--max-pending"] = { "max_pending", whole, "--max-pending needs a whole number >= 1" },
     ["--max-pending-bytes"] = { "max_pending_bytes", whole,
                                 "--max-pending-bytes needs a whole number of bytes >= 1" },
@@ -165,6 +175,27 @@ GRAPH_OPTIONS["-f"] = GRAPH_OPTIONS["--format"]
 
 
 local load_pipeline = require("tide.pipeline").load
+
+
+-- The exit code of a run from its report, printing why when it is not 0
+-- or 1.
+local function run_exit_code(report, sink)
+    if report.write_error or sink.error then
+        io_stderr:write("tide: the run stopped at the write error; written: ", sink:written(), "\n")
+        return EXIT_IO
+    end
+    if report.internal then return die(EXIT_IO, report.internal) end
+    if report.signal then
+        if not sink.rerun and not report.complete then
+            io_stderr:write(format("tide: stopped: input lines after line %d were not run\n", report.last_line))
+        end
+        return 128 + report.signal
+    end
+    if report.read_error then return die(EXIT_IO, report.read_error) end
+    local c = sink.counts
+    if c.failed > 0 or c.rejected > 0 then return EXIT_FAILED end
+    return EXIT_OK
+end
 
 
 local function run(args)
@@ -194,58 +225,124 @@ local function run(args)
 
     local path = o.input
     if path == "-" then path = nil end
-    local sink, oerr, ocode = outputs.open {
-        dir = o.output, mode = o.append and "append" or o.overwrite and "overwrite" or nil,
-        input = path, sinks = p.sink_names, routed = p.has_routes,
+    if o.journal and not o.output then
+        return die(EXIT_USAGE, "--journal needs --output DIR (a resume cuts the files back to what "
+                   .. "the journal recorded, which stdout cannot do)")
+    end
+    if o.journal_reset and not o.journal then
+        return die(EXIT_USAGE, "--journal-reset needs --journal FILE")
+    end
+    local ex = executor.new {
+        concurrency = o.concurrency, task_timeout = o.task_timeout, threads = o.threads,
+        memory_limit = o.memory_limit, results = false,
     }
-    if not sink then return die(ocode, oerr) end
+    local jr, sink
+    if o.journal then
+        local jerr, jcode
+        jr, jerr, jcode = journal.open(ex, o.journal, p, o.pipeline, { reset = o.journal_reset })
+        if not jr then
+            ex:close()
+            return die(jcode, jerr)
+        end
+        if jr.finished then
+            io_stderr:write("tide: ", jr:finished_message(), "\n")
+            local code = jr:exit_code()
+            jr:close()
+            ex:close()
+            return code
+        end
+    end
+    local oerr, ocode
+    sink, oerr, ocode = outputs.open {
+        dir = o.output, input = path, sinks = p.sink_names, routed = p.has_routes,
+        mode = (o.append and "append") or ((o.overwrite or o.journal_reset) and "overwrite") or nil,
+        resume = jr and jr.resume and jr:files() or nil,
+    }
+    if sink and sink.rerun and jr then
+        sink, oerr, ocode = nil, "--journal cannot re-run DIR/failed.jsonl into DIR: run the failures "
+            .. "with a journal of their own into another directory", EXIT_USAGE
+    end
+    if not sink then
+        if jr then jr:close() end
+        ex:close()
+        return die(ocode, oerr)
+    end
+    local done -- keys a resumed run has finished already
+    local restore -- their checkpoints: id -> { task = JSON text }
+    if jr then
+        sink.captured = {}
+        if jr.resume then
+            -- The files hold what the journal recorded; the results after
+            -- that are in the journal: written again, not run again.
+            local rerr = jr:unflushed(function(lines) return sink:rewrite(lines) end)
+                or sink:flush() or sink:sync()
+            if rerr then
+                jr:close()
+                ex:close()
+                return die(EXIT_IO, tostring(rerr))
+            end
+            done = jr:done_keys()
+            restore = jr:checkpoints()
+            sink.counts = jr:counts()
+            io_stderr:write(format("tide: resuming from the journal %s: %d inputs ended before\n",
+                                   o.journal, sink.counts.done + sink.counts.failed + sink.counts.rejected
+                                       + sink.counts.dropped))
+        end
+        local serr = sink:sync()
+        if serr then
+            jr:close()
+            ex:close()
+            return die(EXIT_IO, tostring(serr))
+        end
+        jr:flushed(sink:lengths())
+    end
     if o.output then
         -- Subprocess logs of exec tasks and tide.exec.
         require("tide.exec").log_dir = o.output .. "/logs"
     end
 
-    local ex = executor.new {
-        concurrency = o.concurrency, task_timeout = o.task_timeout, threads = o.threads,
-        memory_limit = o.memory_limit, results = false,
-    }
     local tty = core.isatty(2)
     local source = jsonl.source(ex, path, o.max_line_bytes, {
         reject = function(no, text, msg)
+            if done and done["#" .. no] then return end
             local err = sink:reject(no, text, msg)
             if err then io_stderr:write("tide: cannot write results: ", tostring(err), "\n") end
+            if jr then jr:reject(no, sink:take_lines()) end
         end,
         warn = function(msg) io_stderr:write("tide: ", msg, "\n") end,
+        skip = done and function(id) return done[id] ~= nil end or nil,
     })
     local started = hrtime()
     local report = drive.run(ex, p, source, sink, {
-        concurrency = o.concurrency, priority = o.priority, tty = tty,
+        concurrency = o.concurrency, priority = o.priority, tty = tty, journal = jr, restore = restore,
         tick = tty and function(inflight)
             io_stderr:write("\r\27[K", drive.summary(sink.counts, inflight, hrtime() - started))
         end or nil,
     })
     if report.open_error then
+        if jr then jr:close() end
         ex:close()
         return die(EXIT_IO, "--input: " .. report.open_error)
     end
     if tty then io_stderr:write("\r\27[K") end
     io_stderr:write("tide: ", drive.summary(sink.counts, report.inflight, hrtime() - started, true,
                                             core.maxrss()), "\n")
-    ex:close()
-    if report.write_error or sink.error then
-        io_stderr:write("tide: the run stopped at the write error; written: ", sink:written(), "\n")
-        return EXIT_IO
-    end
-    if report.internal then return die(EXIT_IO, report.internal) end
-    if report.signal then
-        if not sink.rerun and not report.complete then
-            io_stderr:write(format("tide: stopped: input lines after line %d were not run\n", report.last_line))
+    local code = run_exit_code(report, sink)
+    if jr then
+        if code == EXIT_OK or code == EXIT_FAILED then jr:finish(code) end
+        local summary = jr:summary()
+        local jerr = jr:close()
+        io_stderr:write("tide: ", summary, "\n")
+        if jerr then
+            io_stderr:write("tide: --journal ", o.journal, ": ", jerr, "\n")
+            code = EXIT_IO
+        elseif report.signal then
+            io_stderr:write(format("tide: the journal %s keeps what ended; the same command resumes the "
+                                   .. "run\n", o.journal))
         end
-        return 128 + report.signal
     end
-    if report.read_error then return die(EXIT_IO, report.read_error) end
-    local c = sink.counts
-    if c.failed > 0 or c.rejected > 0 then return EXIT_FAILED end
-    return EXIT_OK
+    ex:close()
+    return code
 end
 
 
@@ -262,12 +359,36 @@ local function serve(args)
     end
     local p, err = load_pipeline(o.pipeline)
     if not p then return die(EXIT_USAGE, err) end
+    if o.journal_reset and not o.journal then
+        return die(EXIT_USAGE, "--journal-reset needs --journal FILE")
+    end
+    local sex = executor.new {
+        max_results = o.max_results or 100000, threads = o.threads, memory_limit = o.memory_limit,
+    }
+    local jr
+    if o.journal then
+        local jerr, jcode
+        jr, jerr, jcode = journal.open(sex, o.journal, p, o.pipeline,
+                                       { reset = o.journal_reset, command = "serve" })
+        if not jr then
+            sex:close()
+            return die(jcode, jerr)
+        end
+    end
     local server, serr = require("tide.serve").serve(p, {
-        listen = o.listen, token = token, threads = o.threads, memory_limit = o.memory_limit,
-        request_timeout = o.request_timeout, max_results = o.max_results,
+        listen = o.listen, token = token, executor = sex, journal = jr,
+        request_timeout = o.request_timeout,
         max_pending = o.max_pending, max_pending_bytes = o.max_pending_bytes, allow_host = o.allow_host,
     })
-    if not server then return die(EXIT_IO, serr.message) end
+    if not server then
+        if jr then jr:close() end
+        sex:close()
+        return die(EXIT_IO, serr.message)
+    end
+    if server.recovered > 0 then
+        io_stderr:write(format("tide: the journal %s: %d accepted jobs had no result; they run again\n",
+                               o.journal, server.recovered))
+    end
     local host = o.listen:match("^(.*):%d+$")
     io_stderr:write(format("tide: serving '%s' on http://%s:%d\n", p.name, host, server.port))
     local ex = server.executor
@@ -287,6 +408,10 @@ local function serve(args)
     sigint:close()
     sigterm:close()
     sighup:close()
+    if jr then
+        local jerr = jr:close()
+        if jerr then io_stderr:write("tide: --journal ", o.journal, ": ", jerr, "\n") end
+    end
     ex:close()
     io_stderr:write("tide: stopped\n")
     return EXIT_OK

@@ -3,6 +3,8 @@
 -- that a failure to write stops the run. `tide run` is this with a JSONL
 -- source and the stdout or --output sink (see docs/architecture.md for
 -- the shapes of sources and sinks).
+local json = require("tide.core").json
+
 local format, tostring, pairs = string.format, tostring, pairs
 local io_stderr = io.stderr
 
@@ -14,21 +16,26 @@ local M = {}
 -- result to `sink`.
 -- @param opts { concurrency = jobs in flight at most, priority = name,
 --   tty = whether stderr is a terminal, tick = function() called after
---   each periodic flush (progress) }
+--   each periodic flush (progress), journal = the run's journal or nil }
 -- @return a report { signal = number or nil, write_error = text or nil,
 --   internal = text or nil, open_error = text or nil (nothing ran),
 --   read_error = text or nil, complete = whether
 --   the whole input was consumed, last_line = the last line taken,
---   inflight = jobs still running }
+--   inflight = jobs still running, interrupted = jobs a journaled run
+--   stopped without a trace }
 function M.run(ex, p, source, sink, opts)
     local concurrency = opts.concurrency
     local submit_opts = { id = nil, priority = opts.priority }
     local inflight = 0
     local inputs = {} -- id -> original input, while in flight (for failed.jsonl)
     local quoted = {} -- id -> the id as JSON text, while in flight
-    local report = { inflight = 0 }
+    local report = { inflight = 0, interrupted = 0 }
     local stopping -- a signal number, or true after a write error
     local pump -- defined below
+    local jr = opts.journal
+    -- Checkpoints: kept in the journal while their input runs, given back
+    -- to a resumed input (opts.restore: id -> { task = JSON text }).
+    local restore, has_checkpoints = opts.restore, {}
 
     -- Stops taking input and cancels what runs (a signal or a write
     -- error). A re-run of failed.jsonl keeps reading after a signal: its
@@ -67,18 +74,65 @@ function M.run(ex, p, source, sink, opts)
             inflight = inflight + 1
             inputs[id], quoted[id] = job.input, sink.id_json(id)
             submit_opts.id = id
+            local saved = restore and restore[id]
+            if saved then
+                local outs = {}
+                for task, text in pairs(saved) do outs[task] = json.decode(text) end
+                submit_opts.restore = outs
+                restore[id], has_checkpoints[id] = nil, true
+            end
             ex:submit(p, job.input, submit_opts)
+            submit_opts.restore = nil
         end
     end
 
+    if jr then
+        ex:on("checkpoint", function(id, task, output)
+            local text = json.encode(output)
+            if text then
+                jr:checkpoint(id, task, text)
+                has_checkpoints[id] = true
+            end
+        end)
+    end
     ex:subscribe(function(id, status, value, ran)
         inflight = inflight - 1
         local input, sid = inputs[id], quoted[id]
         inputs[id], quoted[id] = nil, nil
-        local _, err = sink:put(sid, status, value, ran, input)
+        if jr and stopping and status == "cancelled" then
+            -- Stopped by a signal or a write error, not ended: a journaled
+            -- run leaves no trace of it, and its resume runs it again.
+            report.interrupted = report.interrupted + 1
+            pump()
+            return
+        end
+        local kind, err = sink:put(sid, status, value, ran, input)
         if err then on_write_error(err) end
+        if jr then
+            jr:result(id, kind, sink:take_lines())
+            if has_checkpoints[id] then
+                has_checkpoints[id] = nil
+                jr:forget(id)
+            end
+        end
         pump()
     end)
+
+    -- After each flush the journal learns the files' lengths: they hold
+    -- the lines of every item it has so far.
+    local function flush()
+        local err = sink:flush()
+        if err then return err end
+        if jr then
+            -- On the device before the journal says so (power loss).
+            err = sink:sync()
+            if err then return err end
+            jr:flushed(sink:lengths())
+            local jerr = jr:error()
+            if jerr then return "--journal " .. jr.path .. ": " .. jerr end
+        end
+        return nil
+    end
 
     local ok, rec = source:start(pump)
     if not ok then
@@ -89,7 +143,7 @@ function M.run(ex, p, source, sink, opts)
 
     -- Results reach their files within 0.2 s even while the run goes on.
     local ticker = ex:timer(0.2, function()
-        local err = sink:flush()
+        local err = flush()
         if err then on_write_error(err) end
         if opts.tick then opts.tick(inflight) end
     end)
@@ -117,6 +171,8 @@ function M.run(ex, p, source, sink, opts)
     report.last_line = source:last_line()
     report.inflight = inflight
     source:close()
+    local ferr = flush()
+    if ferr then on_write_error(ferr) end
     local cerr = sink:close(report.complete)
     if cerr then on_write_error(cerr) end
     return report

@@ -207,7 +207,8 @@ Source.__index = Source
 -- A job is { id =, input =, line = } with a unique id (see M.ids); a line
 -- of failed.jsonl ({"id","error","input"}) is the job of its input. Lines
 -- that are not jobs go to handlers.reject(lineno, text or nil, message);
--- handlers.warn(message) hears about ids that could not be used as given.
+-- handlers.warn(message) hears about ids that could not be used as given;
+-- handlers.skip(id), when given, says which jobs to leave out (a resume).
 -- @return the source, or nil, rec (the input cannot be opened)
 function M.source(ex, path, max_line_bytes, handlers)
     local self = setmetatable({
@@ -306,6 +307,9 @@ function Source:_job(no, line)
     local given = id
     local taken
     id, taken = self.next_id(no, id)
+    -- An input a journaled run already finished (the ids are worked out
+    -- first: the rule depends on every line before).
+    if self.handlers.skip and self.handlers.skip(id) then return nil end
     if taken then
         self.handlers.warn(format("line %d: id '%s' is already taken by an earlier line; "
                                   .. "this input runs as '%s'", no, given or taken, id))

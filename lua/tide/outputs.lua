@@ -98,9 +98,11 @@ end
 --- Opens the destination of a run.
 -- @param opts { dir = DIR or nil (stdout), mode = nil | "append" |
 --   "overwrite", input = the --input path or nil, sinks = sink names,
---   routed = whether routers may drop inputs }
+--   routed = whether routers may drop inputs, resume = file name ->
+--   length (a journal's resume: each file is cut back to its length) }
 -- @return out, or nil, message, exit code (2: usage, 3: I/O)
 function M.open(opts)
+    if opts.resume then return M.resume(opts) end
     if not opts.dir then
         return new_out({ stdout = core.writer_fd(1, "stdout"), writers = {} })
     end
@@ -142,12 +144,13 @@ function M.open(opts)
             :format(dir, table.concat(holding, ", ")), 2
     end
 
-    local o = { dir = dir, writers = {}, sinks = {}, rerun = rerun }
+    local o = { dir = dir, writers = {}, sinks = {}, rerun = rerun, names = {}, by_name = {} }
     local function open(name, how)
         local path = dir .. "/" .. name
         local w, err = core.file_open(path, how)
         if not w then return nil, err end
         o.writers[#o.writers + 1] = w
+        o.names[w], o.by_name[name] = name, w
         if err and err > 0 then
             io_stderr:write(format("tide: %s: cut a torn last line (%d bytes) left by an "
                                    .. "interrupted run\n", path, err))
@@ -181,6 +184,98 @@ function M.open(opts)
 end
 
 
+--- Reopens the files of a journaled run to resume it: each file named in
+-- opts.resume is cut back to the length the journal recorded (what a
+-- crash wrote after it goes: the journal has those results), and the
+-- sinks' files are found by name as open() made them.
+function M.resume(opts)
+    local dir = opts.dir
+    local o = { dir = dir, writers = {}, sinks = {}, names = {}, by_name = {} }
+    for name, length in pairs(opts.resume) do
+        local path = dir .. "/" .. name
+        local st = core.stat(path)
+        if not st or st.size < length then
+            return nil, ("%s holds %s bytes, fewer than the %d the journal recorded: it was changed "
+                         .. "since (add --journal-reset to start over)"):format(path, st and st.size or "no",
+                                                                               length), 3
+        end
+        local w, err = core.file_open(path, "append")
+        if not w then return nil, err, 3 end
+        local ok, terr = w:truncate(length)
+        if not ok then return nil, terr, 3 end
+        o.writers[#o.writers + 1] = w
+        o.names[w], o.by_name[name] = name, w
+    end
+    for _, s in ipairs(opts.sinks) do o.sinks[s] = o.by_name[s .. ".jsonl"] end
+    o.failed, o.rejects, o.dropped = o.by_name["failed.jsonl"], o.by_name["rejects.jsonl"],
+        o.by_name["dropped.jsonl"]
+    for _, s in ipairs(opts.sinks) do
+        if not o.sinks[s] then
+            return nil, ("the journal does not know the file of sink '%s'"):format(s), 3
+        end
+    end
+    if not o.failed or not o.rejects or (opts.routed and not o.dropped) then
+        return nil, "the journal does not know the files tide writes failures to", 3
+    end
+    return new_out(o)
+end
+
+
+--- Puts what was written on the device (fdatasync); returns nil or the
+-- first error.
+function Out:sync()
+    for _, w in ipairs(self.writers) do
+        local ok, err = w:sync()
+        if not ok then return self:_failed_write(err) end
+    end
+    return nil
+end
+
+
+--- The committed length of every file, as "name\tlength\n" lines (what
+-- a journal records after a flush).
+function Out:lengths()
+    local parts = {}
+    for _, w in ipairs(self.writers) do
+        parts[#parts + 1] = self.names[w] .. "\t" .. (w:stats()) .. "\n"
+    end
+    return table.concat(parts)
+end
+
+
+-- Writes one line to w, and keeps it for take_lines() while a journal
+-- captures.
+function Out:_line(w, text)
+    local cap = self.captured
+    if cap then cap[#cap + 1] = (self.names[w] or "stdout") .. "\t" .. text end
+    return w:line(text)
+end
+
+
+--- The lines written since the last call, as "file\ttext\n" each (a
+-- journal keeps them to write them again on a resume); capture starts
+-- with the first call.
+function Out:take_lines()
+    local cap = self.captured
+    self.captured = {}
+    if not cap or #cap == 0 then return "" end
+    return table.concat(cap, "\n") .. "\n"
+end
+
+
+--- Writes lines kept by take_lines() again (a resume: the journal had
+-- them, the files lost them to the crash). Returns nil or an error.
+function Out:rewrite(blob)
+    for file, text in blob:gmatch("([^\t\n]*)\t([^\n]*)\n") do
+        local w = self.by_name[file]
+        if not w then return "the journal names a file this run does not write: " .. file end
+        local ok, err = w:line(text)
+        if not ok then return self:_failed_write(err) end
+    end
+    return nil
+end
+
+
 -- Records a write failure (the first one is kept) and returns it.
 function Out:_failed_write(err)
     self.error = self.error or err
@@ -208,15 +303,15 @@ function Out:_done(sid, value, ran, input)
     if self.stdout then
         local s, eerr = enc(value)
         if s == nil then return false, eerr end
-        ok, err = self.stdout:line(record.done(sid, s))
+        ok, err = self:_line(self.stdout, record.done(sid, s))
     elseif ran == nil then
         local _, w = next(self.sinks)
         local s, eerr = enc(value)
         if s == nil then return false, eerr end
-        ok, err = w:line('{"id":', sid, ',"output":', s, '}')
+        ok, err = self:_line(w, '{"id":' .. sid .. ',"output":' .. s .. '}')
     elseif next(ran) == nil then
         local si = enc(input)
-        ok, err = self.dropped:line('{"id":', sid, ',"input":', si or "null", '}')
+        ok, err = self:_line(self.dropped, '{"id":' .. sid .. ',"input":' .. (si or "null") .. '}')
         if not ok then return true, "dropped", self:_failed_write(err) end
         pending.dropped = pending.dropped + 1
         return true, "dropped", nil
@@ -229,7 +324,7 @@ function Out:_done(sid, value, ran, input)
             texts[name] = s
         end
         for name, s in pairs(texts) do
-            local wok, werr = self.sinks[name]:line('{"id":', sid, ',"output":', s, '}')
+            local wok, werr = self:_line(self.sinks[name], '{"id":' .. sid .. ',"output":' .. s .. '}')
             if not wok then ok, err = false, werr end
         end
     end
@@ -242,9 +337,9 @@ end
 function Out:_fail(sid, rec, input)
     local ok, err
     if self.stdout then
-        ok, err = self.stdout:line(record.failed(sid, "failed", rec, false))
+        ok, err = self:_line(self.stdout, record.failed(sid, "failed", rec, false))
     else
-        ok, err = self.failed:line(record.failed(sid, "failed", rec, true, enc(input) or "null"))
+        ok, err = self:_line(self.failed, record.failed(sid, "failed", rec, true, enc(input) or "null"))
     end
     if not ok then return self:_failed_write(err) end
     self.pending.failed = self.pending.failed + 1
@@ -274,7 +369,7 @@ function Out:reject(lineno, text, msg)
         end
         parts = { '{"line":', lineno, ',"error":', enc(errors.utf8(msg)), ',"text":', t, extra, '}' }
     end
-    local ok, err = self.rejects:line(unpack(parts))
+    local ok, err = self:_line(self.rejects, table.concat(parts))
     if not ok then return self:_failed_write(err) end
     self.pending.rejected = self.pending.rejected + 1
     return nil

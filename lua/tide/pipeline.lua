@@ -16,7 +16,13 @@ M.Pipeline = Pipeline
 local KNOWN_OPTS = {
     after = true, retry = true, timeout = true, map = true, gather = true,
     errors = true, kind = true, limit = true, route = true, when = true,
-    batch = true, native = true,
+    batch = true, native = true, checkpoint = true,
+}
+
+--- The lifecycle events hooks can be attached to (p:on, tide.executor{ on }).
+M.EVENTS = {
+    context_start = true, task_start = true, task_end = true, retry = true,
+    context_end = true, checkpoint = true,
 }
 
 
@@ -88,7 +94,7 @@ function M.new(name)
         error("tide.pipeline: name must be a non-empty string, got "
               .. type(name), 2)
     end
-    return setmetatable({ name = name, tasks = {}, _where = where(2) },
+    return setmetatable({ name = name, tasks = {}, hooks = {}, _where = where(2) },
                         Pipeline)
 end
 
@@ -263,6 +269,13 @@ function Pipeline:task(name, opts, fn)
     end
     retry, bad = check_retry(opts.retry)
     if bad then argerr(fname, "task '" .. name .. "': " .. bad) end
+    if opts.checkpoint ~= nil and type(opts.checkpoint) ~= "boolean" then
+        argerr(fname, "task '" .. name .. "': checkpoint must be a boolean")
+    end
+    if opts.checkpoint and (opts.route or opts.batch) then
+        argerr(fname, "task '" .. name .. "': checkpoint cannot be combined with "
+               .. (opts.route and "route" or "batch"))
+    end
     local kind = opts.kind or "async"
     if kind ~= "async" and kind ~= "exec" and kind ~= "sync" and kind ~= "native" then
         argerr(fname, "task '" .. name .. "': unknown kind '" .. tostring(kind) .. "'")
@@ -289,10 +302,54 @@ function Pipeline:task(name, opts, fn)
         retry = retry, map = opts.map or false,
         gather = opts.gather or false, errors = errors or "fail", kind = kind,
         limit = opts.limit, route = opts.route or false, when = opts.when,
-        batch = batch, native = native,
+        batch = batch, native = native, checkpoint = opts.checkpoint or false,
         where = where(2), nparams = getinfo(fn, "u").nparams,
     }
     self.tasks[#self.tasks + 1] = t
+    return self
+end
+
+
+--- Attaches fn to a lifecycle event of this pipeline's contexts (see
+-- M.EVENTS and docs/api.md): it runs on the loop thread, and an error in
+-- it is reported once and never fails the job.
+-- @raise on an unknown event or a fn that is not a function
+function Pipeline:on(event, fn)
+    if getmetatable(self) ~= Pipeline then
+        error("p:on: call it as p:on(...), with a colon", 2)
+    end
+    if not M.EVENTS[event] then
+        error("p:on: unknown event '" .. tostring(event) .. "' (context_start, task_start, task_end, "
+              .. "retry, context_end, checkpoint)", 2)
+    end
+    if type(fn) ~= "function" then
+        error("p:on: the hook of '" .. event .. "' must be a function, got " .. type(fn), 2)
+    end
+    local list = self.hooks[event]
+    if not list then
+        list = {}
+        self.hooks[event] = list
+    end
+    list[#list + 1] = fn
+    return self
+end
+
+
+--- Sets functions that run once per Lua state that runs this pipeline:
+-- setup() before its first job there (the loop's state, and each worker
+-- thread's for sync tasks), teardown() when that state closes.
+-- @raise when they are not functions
+function Pipeline:setup(setup, teardown)
+    if getmetatable(self) ~= Pipeline then
+        error("p:setup: call it as p:setup(...), with a colon", 2)
+    end
+    if type(setup) ~= "function" then
+        error("p:setup: setup must be a function, got " .. type(setup), 2)
+    end
+    if teardown ~= nil and type(teardown) ~= "function" then
+        error("p:setup: teardown must be a function, got " .. type(teardown), 2)
+    end
+    self._setup = { setup = setup, teardown = teardown }
     return self
 end
 
@@ -408,6 +465,54 @@ function M.load(path, source)
     -- Worker threads load sync tasks from the same file.
     if not source then p._file = path end
     return p
+end
+
+
+-- Pipelines loaded from files by this Lua state, by path: a worker
+-- thread loads a file once, whichever of its sync tasks it runs first.
+local by_path = {}
+
+
+--- The pipeline of file `path`, loaded once per Lua state (see M.load).
+function M.load_cached(path)
+    local p = by_path[path]
+    if p then return p end
+    local err
+    p, err = M.load(path)
+    if not p then return nil, err end
+    by_path[path] = p
+    return p
+end
+
+
+-- The teardown functions of the setups that ran in this state, run when
+-- the state closes (last set up, first torn down).
+local teardowns = {}
+local closer = newproxy(true)
+getmetatable(closer).__gc = function()
+    for i = #teardowns, 1, -1 do
+        local ok, err = pcall(teardowns[i].fn)
+        if not ok then
+            io.stderr:write("tide: teardown of pipeline '", teardowns[i].name, "' failed: ", tostring(err), "\n")
+        end
+    end
+end
+M._teardown_anchor = closer
+
+
+--- Runs p's setup function in this Lua state if it has not run here yet
+-- (see Pipeline:setup).
+-- @raise with the setup's error, naming the pipeline
+function M.ensure_setup(p)
+    local s = rawget(p, "_setup")
+    if not s or s.done then return end
+    local ok, err = pcall(s.setup)
+    if not ok then
+        -- Not done: the next attach tries again (a database may be back).
+        error(format("pipeline '%s': setup failed: %s", p.name, tostring(err)), 0)
+    end
+    s.done = true
+    if s.teardown then teardowns[#teardowns + 1] = { fn = s.teardown, name = p.name } end
 end
 
 

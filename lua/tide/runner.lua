@@ -44,6 +44,7 @@ local mem_tripped, mem_rearm = core.mem_tripped, core.mem_rearm
 local M = {}
 
 local OP_RUN, OP_FINISH, OP_CHILD, OP_FAIL, OP_BATCH, OP_QUIT = 1, 2, 3, 4, 5, 6
+local checkpoint_inputs -- defined with the failures, used before them
 
 
 -- ===== OUTPUT VALIDITY =====
@@ -140,6 +141,53 @@ local function body_error(ok, res, err)
 end
 
 
+-- ===== EVENTS =====
+-- Lifecycle hooks: the executor's (rt.ev[event], a list) and those of the
+-- context's pipeline (p.hooks[event]). They run on the loop thread, in
+-- the order they were added; an error in one is reported once per hook
+-- and never fails the job.
+
+local warned = setmetatable({}, { __mode = "k" })
+
+local function call_hooks(list, event, ...)
+    for i = 1, #list do
+        local fn = list[i]
+        local ok, err = pcall(fn, ...)
+        if not ok and not warned[fn] then
+            warned[fn] = true
+            io_stderr:write("tide: a hook of '", event, "' failed (reported once per hook): ",
+                            tostring(err), "\n")
+        end
+    end
+end
+
+
+-- Fires `event` for a context of pipeline p (its shadow is fine).
+local function fire(rt, p, event, ...)
+    local list = rt.ev[event]
+    if list then call_hooks(list, event, ...) end
+    local plist = p and p.hooks[event]
+    if plist then call_hooks(plist, event, ...) end
+end
+
+
+-- Whether anything listens to `event` for contexts of p.
+local function hooked(rt, p, event)
+    return rt.ev[event] ~= nil or (p ~= nil and p.hooks[event] ~= nil)
+end
+
+
+--- Recomputes rt.flags.tasks: whether task_start or task_end hooks exist
+-- for any attached pipeline (the hot path then goes the general way).
+function M.update_flags(rt)
+    local on = rt.ev.task_start ~= nil or rt.ev.task_end ~= nil
+    for p in pairs(rt.attached) do
+        if p.hooks.task_start or p.hooks.task_end then on = true end
+    end
+    rt.flags.tasks = on
+end
+
+
 -- ===== SLOTS =====
 
 -- Drops everything Lua holds for a slot, and for its children that are
@@ -161,18 +209,35 @@ local function forget(rt, slot)
     if parent and children_of[parent] then children_of[parent][slot] = nil end
     rt.kids[slot], parent_of[slot] = nil, nil
     rt.index_of[slot], rt.data_of[slot], rt.waiting[slot] = nil, nil, nil
-    rt.map_of[slot] = nil
+    rt.map_of[slot], rt.checkpointed[slot] = nil, nil
+    if rt.restored[slot] then
+        rt.restored[slot] = nil
+        rt.flags.restored = rt.flags.restored - 1
+    end
 end
 
 
 --- A root context starts in `slot` with `input` under `id`; `att` is its
--- pipeline's attachment (M.attach).
-function M.seed(rt, slot, input, id, att)
+-- pipeline's attachment (M.attach). `restore` (task name -> output), when
+-- given, holds checkpointed outputs: those tasks return them at once
+-- instead of running their bodies (a resume).
+function M.seed(rt, slot, input, id, att, restore)
     local outs = tnew(att.ntasks, 0) -- array part for indices 0..n
     outs[0] = input
     rt.outputs[slot] = outs
     rt.ids[slot] = id
     rt.pipe_of[slot] = att.shadow
+    if restore and next(restore) ~= nil then
+        local byname, byloc = att.shadow.byname, {}
+        for name, v in pairs(restore) do
+            local i = byname[name]
+            if i then byloc[i] = v end
+        end
+        rt.restored[slot] = byloc
+        rt.rare[slot] = true
+        rt.flags.restored = rt.flags.restored + 1
+    end
+    if hooked(rt, att.shadow, "context_start") then fire(rt, att.shadow, "context_start", id, input) end
 end
 
 
@@ -239,6 +304,8 @@ end
 -- the executor (`ran`: see context_output).
 function M.finish(rt, slot, status, value, ran)
     local id = rt.ids[slot]
+    local p = rt.pipe_of[slot]
+    if hooked(rt, p, "context_end") then fire(rt, p, "context_end", id, status, value) end
     forget(rt, slot)
     rt.E.release(slot)
     rt.live[id] = nil
@@ -326,6 +393,33 @@ local function retry_delay(rt, slot, g, attempt, rec)
 end
 
 
+-- Fires checkpoint(id, task, output) for a task of a root context, once
+-- per task and context.
+local function checkpoint(rt, slot, loc, p)
+    local done = rt.checkpointed[slot]
+    if not done then
+        done = {}
+        rt.checkpointed[slot] = done
+        rt.rare[slot] = true
+    end
+    if done[loc] then return end
+    done[loc] = true
+    local v = rt.outputs[slot][loc]
+    fire(rt, p, "checkpoint", rt.ids[slot], p.tasks[loc].name, v == nil and jnull or v)
+end
+
+
+-- Checkpoints the outputs that task g of slot takes as its input.
+checkpoint_inputs = function(rt, slot, g, p)
+    local p1 = rt.T_pred1[g]
+    if p1 and p1 > 0 then
+        checkpoint(rt, slot, p1, p)
+    elseif rt.T_preds[g] and not rt.T_gather_of[g] then
+        for _, pr in ipairs(rt.T_preds[g]) do checkpoint(rt, slot, pr, p) end
+    end
+end
+
+
 -- An attempt failed with rec: retry per policy or fail the context.
 local function attempt_failed(rt, slot, g, attempt, rec)
     if rt.ids[slot] == nil then
@@ -337,7 +431,14 @@ local function attempt_failed(rt, slot, g, attempt, rec)
     rec.task = rt.T_name[g]
     rec.attempts = attempt
     local delay = retry_delay(rt, slot, g, attempt, rec)
+    local p = rt.pipe_of[slot]
+    if rt.parent_of[slot] == nil and hooked(rt, p, "checkpoint") then
+        -- A failing step: what it needs is kept, so that a resume does
+        -- not redo the steps before it.
+        checkpoint_inputs(rt, slot, g, p)
+    end
     if delay then
+        if hooked(rt, p, "retry") then fire(rt, p, "retry", rt.ids[slot], rec.task, attempt, rec, delay) end
         rt.E.retry(slot, g, delay)
     else
         fail_context(rt, slot, g, rec)
@@ -556,6 +657,8 @@ end
 function M.install(E, live, emit)
     local rt = {
         E = E, live = live, emit = emit, attached = {}, limiter_ids = {}, batches = {},
+        ev = {}, flags = { tasks = false, restored = 0 }, restored = {}, checkpointed = {},
+        T_checkpoint = {},
         -- Per global task index.
         T_fn = {}, T_pred1 = {}, T_preds = {}, T_pnames = {}, T_ctx = {}, T_local = {},
         T_map = {}, T_gather_of = {}, T_retry = {}, T_name = {}, T_collect = {},
@@ -568,13 +671,27 @@ function M.install(E, live, emit)
     local outputs, T_fn, T_pred1, T_local, T_plain = rt.outputs, rt.T_fn, rt.T_pred1, rt.T_local, rt.T_plain
     local T_batch, T_ctx, T_when, T_name, T_timeout = rt.T_batch, rt.T_ctx, rt.T_when, rt.T_name, rt.T_timeout
     local nxt, detach = E.nxt, E.detach
+    local flags, restored = rt.flags, rt.restored
 
     -- Runs one attempt the general way (when, ctx, routers, maps, any
-    -- output) and reports it; returns the next operation.
+    -- output, events, checkpoints) and reports it; returns the next
+    -- operation.
     local function run_attempt(slot, g, attempt, input, outs)
         local ok, res, err
         local skip = false
-        local when = T_when[g]
+        local p = rt.pipe_of[slot]
+        local events = flags.tasks
+        if events and hooked(rt, p, "task_start") then
+            fire(rt, p, "task_start", rt.ids[slot], T_name[g], attempt, rt.index_of[slot])
+        end
+        local r = flags.restored > 0 and restored[slot]
+        if r and r[T_local[g]] ~= nil then
+            -- Checkpointed by an earlier run: its output, not its body.
+            local v = r[T_local[g]]
+            if v == jnull then v = nil end
+            ok, res = true, v
+        end
+        local when = ok == nil and T_when[g]
         if when then
             local wok, wres = pcall(when, input, make_ctx(rt, slot, g, attempt))
             if not wok then
@@ -591,8 +708,15 @@ function M.install(E, live, emit)
             end
         end
         local rec, keep = judge(rt, slot, g, input, ok, res, err, skip)
+        if events and hooked(rt, p, "task_end") then
+            fire(rt, p, "task_end", rt.ids[slot], T_name[g], attempt, rec == nil and keep or nil, rec,
+                 rt.index_of[slot])
+        end
         if rec == nil then
             outs[T_local[g]] = keep
+            if rt.T_checkpoint[g] and rt.parent_of[slot] == nil and hooked(rt, p, "checkpoint") then
+                checkpoint(rt, slot, T_local[g], p)
+            end
             return nxt(slot, g)
         end
         attempt_failed(rt, slot, g, attempt, rec)
@@ -612,7 +736,7 @@ function M.install(E, live, emit)
                     detach()
                     join_batch(rt, slot, g, c, input, outs)
                     op, a, b, c, d = nxt(0, 0)
-                elseif T_plain[g] then
+                elseif T_plain[g] and not flags.tasks and flags.restored == 0 then
                     -- The hot path: no when, ctx, router or map, and a
                     -- finite number or a valid string as the output.
                     local ok, res, err = xpcall(T_fn[g], on_error, input)
@@ -694,6 +818,7 @@ function M.attach(rt, p, task_timeout, sync_body)
     local att = rt.attached[p]
     if att then return att end
     p:compile()
+    pipeline.ensure_setup(p)
     local E = rt.E
     local timeouts, lims = {}, {}
     for i, t in ipairs(p.tasks) do
@@ -736,7 +861,9 @@ function M.attach(rt, p, task_timeout, sync_body)
         rt.T_retry[g] = t.retry
         rt.T_timeout[g] = timeouts[i]
         rt.T_when[g] = t.when
-        rt.T_plain[g] = not (t.when or t.route or t.map or t.nparams >= 2 or t.kind ~= "async") or nil
+        rt.T_plain[g] = not (t.when or t.route or t.map or t.checkpoint or t.nparams >= 2
+                             or t.kind ~= "async") or nil
+        rt.T_checkpoint[g] = t.checkpoint or nil
         rt.T_batch[g] = t.batch
         rt.T_routed[g] = p.has_routes or nil
         if t.route then
@@ -763,6 +890,7 @@ function M.attach(rt, p, task_timeout, sync_body)
     end
     att = { gid = gid, gbase = gbase, shadow = shadow, ntasks = #p.tasks }
     rt.attached[p] = att
+    M.update_flags(rt)
     return att
 end
 

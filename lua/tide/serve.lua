@@ -204,9 +204,56 @@ function M.serve(p, opts)
         srv:respond(conn, status, body)
     end
 
-    local function result_body(id)
+    local jr = opts.journal
+
+    -- A job's result record: from memory, or from the journal once the
+    -- memory store let it go (or the server restarted).
+    local function finished_body(id)
         local status, value = ex:finished(id)
-        return record.encode(id, status, value, true)
+        if status then return record.encode(id, status, value, true) end
+        if jr then
+            local kind, _, rec = jr:lookup(id)
+            if kind == "result" then return rec end
+        end
+        return nil
+    end
+    local function result_body(id)
+        return finished_body(id)
+    end
+
+    -- The status of a job this server knows, in memory or in the journal.
+    local function status_of(id)
+        local st = ex:status(id)
+        if st then return st end
+        if jr then
+            local kind, status = jr:lookup(id)
+            if kind == "result" then return status end
+            if kind == "job" then return "pending" end
+        end
+        return "unknown"
+    end
+
+    -- Whether this server knows job id (running, kept, or journaled).
+    local function known(id)
+        return ex:has(id) or (jr ~= nil and jr:lookup(id) ~= nil)
+    end
+
+    -- Answers that wait for the journal: { seq, fn } in seq order; run
+    -- once the journal's group commit has reached seq.
+    local acks, ahead, atail = {}, 1, 0
+    local function after_commit(seq, fn)
+        atail = atail + 1
+        acks[atail] = { seq, fn }
+    end
+    if jr then
+        jr:on_commit(function(committed)
+            local failed = jr:error()
+            while ahead <= atail and (failed or acks[ahead][1] <= committed) do
+                local a = acks[ahead]
+                acks[ahead], ahead = nil, ahead + 1
+                a[2](failed)
+            end
+        end)
     end
 
     -- Answers conn with id's result now, or when it finishes, or with 202
@@ -214,17 +261,17 @@ function M.serve(p, opts)
     -- the client hanging up) removes what the others registered: a poll
     -- that ended costs nothing however long the job runs.
     local function long_poll(conn, id, wait, status_when_done)
-        if ex:finished(id) then
-            respond(conn, status_when_done, result_body(id))
-            return
+        if not ex:has(id) or ex:finished(id) then
+            local body = finished_body(id)
+            if body then return respond(conn, status_when_done, body) end
         end
         if wait <= 0 then
-            return respond(conn, 202, enc(json.object({ id = id, status = ex:status(id) or "unknown" })))
+            return respond(conn, 202, enc(json.object({ id = id, status = status_of(id) })))
         end
         local timer, watch_token, abandon
         timer = ex:timer(wait, function()
             abandon()
-            respond(conn, 202, enc(json.object({ id = id, status = ex:status(id) or "unknown" })))
+            respond(conn, 202, enc(json.object({ id = id, status = status_of(id) })))
         end)
         watch_token = ex:watch(id, function()
             nwatchers = nwatchers - 1
@@ -386,7 +433,7 @@ function M.serve(p, opts)
         end
         local wait = wait_of(query, conn)
         if not wait then return end
-        if id and ex:has(id) then
+        if id and known(id) then
             return respond(conn, 409, jerr("EEXIST", "duplicate id '" .. id .. "'"))
         end
         local input = req.input
@@ -398,10 +445,21 @@ function M.serve(p, opts)
         counts.submitted = counts.submitted + 1
         pending, pending_bytes = pending + 1, pending_bytes + nbytes
         mine[res] = nbytes
-        if query_param(query, "wait") then
-            return long_poll(conn, res, wait, 200)
+        local function answer()
+            if query_param(query, "wait") then return long_poll(conn, res, wait, 200) end
+            respond(conn, 201, enc(json.object({ id = res })))
         end
-        respond(conn, 201, enc(json.object({ id = res })))
+        if not jr then return answer() end
+        -- Accepted means on the device: the answer waits for the group
+        -- commit that holds the job.
+        local seq = jr:job(res, json.encode(input == nil and json.null or input) or "null", prio)
+        after_commit(seq, function(failed)
+            if failed then
+                ex:cancel(res)
+                return respond(conn, 503, jerr("EIO", "the job could not be journaled: " .. failed))
+            end
+            answer()
+        end)
     end
 
     local page -- the dashboard's HTML, made on first request
@@ -461,16 +519,18 @@ function M.serve(p, opts)
         if #id > MAX_ID then
             return respond(conn, 400, jerr("EINVAL", format("job ids are at most %d bytes, got %d", MAX_ID, #id)))
         end
-        local known = ex:has(id)
-        if not known then
+        if not known(id) then
             if evicted[id] then
                 return respond(conn, 410, jerr("EGONE", "the result of job '" .. id .. "' was evicted"))
             end
             return respond(conn, 404, jerr("ENOENT", "no job with id '" .. id .. "'"))
         end
         if rest == "" and method == "GET" then
-            return respond(conn, 200, enc(json.object({ id = id, status = ex:status(id) })))
+            return respond(conn, 200, enc(json.object({ id = id, status = status_of(id) })))
         elseif rest == "" and method == "DELETE" then
+            if not ex:has(id) then
+                return respond(conn, 409, jerr("EINVAL", "job '" .. id .. "' has already finished"))
+            end
             local ok, rec = ex:cancel(id)
             if not ok then return respond(conn, 409, jerr(rec.code, rec.message)) end
             return respond(conn, 200, enc(json.object({ id = id, status = "cancelled" })))
@@ -500,6 +560,7 @@ function M.serve(p, opts)
         local nbytes = mine[jid]
         if not nbytes then return end
         mine[jid] = nil
+        if jr then jr:job_result(jid, status, record.encode(jid, status, value, true)) end
         pending, pending_bytes = pending - 1, pending_bytes - nbytes
         counts[status] = (counts[status] or 0) + 1
         if status == "failed" then
@@ -508,6 +569,24 @@ function M.serve(p, opts)
                 id = jid, at = os.time(), error = json.object(errors.plain(value, true)) })
         end
     end)
+
+    -- A restart: the jobs the journal accepted and holds no result for
+    -- run again, under their ids.
+    local recovered = 0
+    if jr then
+        for _, row in ipairs(jr:unfinished_jobs()) do
+            local id, prio, input_json = row[1], row[2], row[3] or "null"
+            local input = json.decode(input_json)
+            if input == json.null then input = nil end
+            if not ex:has(id) then
+                ex:submit(p, input, { id = id, priority = prio })
+                counts.submitted = counts.submitted + 1
+                pending, pending_bytes = pending + 1, pending_bytes + #input_json
+                mine[id] = #input_json
+                recovered = recovered + 1
+            end
+        end
+    end
 
     local err
     srv, err = core.http_listen(ex:loop(), host, tonumber(port or 0), {
@@ -532,7 +611,7 @@ function M.serve(p, opts)
         return nil, errors.new("EIO", tostring(err))
     end
 
-    local server = { executor = ex, port = srv:port() }
+    local server = { executor = ex, port = srv:port(), recovered = recovered }
     if listen == false then
         -- Bytes arrive on the server's one connection (a new one when
         -- `new` is true or there is none; nil: the client half-closes;

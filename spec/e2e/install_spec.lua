@@ -44,7 +44,7 @@ describe("packaging", function()
         local san = os.getenv("TIDE_SAN_FLAGS") or ""
         rc, out = sh("cc -std=c11 -D_GNU_SOURCE " .. san .. " -o " .. q(exe) .. " examples/embed/host.c"
             .. " -I" .. q(pfx .. "/include") .. " " .. q(pfx .. "/lib/libtide.a")
-            .. " $(pkg-config --libs luajit libuv yajl) -lhttp_parser -lm -ldl -lpthread")
+            .. " $(pkg-config --libs luajit libuv yajl sqlite3) -lhttp_parser -lm -ldl -lpthread")
         assert.equal(0, rc, out)
         rc, out = sh(q(exe) .. " examples/embed/wordcount.lua '\"a b a\"'")
         assert.equal(0, rc, out)

@@ -284,7 +284,7 @@ describe("tide serve long-polls", function()
             gone[i] = rawhttp.connect(s.port)
             gone[i]:send("GET /v1/jobs/long/result?wait=60 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             expiring[i] = rawhttp.connect(s.port)
-            expiring[i]:send("GET /v1/jobs/long/result?wait=0.5 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            expiring[i]:send("GET /v1/jobs/long/result?wait=3 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         end
         local function until_waiters(n)
             local got

@@ -6,10 +6,14 @@ local q = proc.shquote
 local M = {}
 
 --- Starts `tide serve PIPELINE` (default: the serve fixture) with extra
--- command-line text; returns { pid, port, err, url }.
-function M.start(extra, pipeline)
+-- command-line text and environment (name -> value); returns { pid,
+-- port, err, url }.
+function M.start(extra, pipeline, env)
     local err = os.tmpname()
-    local cmd = proc.bin .. " serve " .. (pipeline or "spec/fixtures/pipelines/serve.lua") .. " --listen 127.0.0.1:0 "
+    local vars = {}
+    for k, v in pairs(env or {}) do vars[#vars + 1] = k .. "=" .. q(v) end
+    local cmd = (#vars > 0 and ("env " .. table.concat(vars, " ") .. " ") or "")
+        .. proc.bin .. " serve " .. (pipeline or "spec/fixtures/pipelines/serve.lua") .. " --listen 127.0.0.1:0 "
         .. (extra or "") .. " 2>" .. q(err) .. " & echo $!"
     local h = io.popen(cmd)
     local pid = h:read("*l")

@@ -25,6 +25,7 @@ int luaopen_tide_core(lua_State *L) {
     tide__lua_open_graph(L);
     tide__lua_open_io(L);
     tide__lua_open_file(L);
+    tide__lua_open_journal(L);
     tide__lua_open_exec(L);
     tide__lua_open_marshal(L);
     tide__lua_open_pool(L);

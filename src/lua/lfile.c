@@ -284,6 +284,33 @@ static int l_close(lua_State *L) {
     return 1;
 }
 
+/* w:sync() -> true | nil, msg: what was written is on the device
+ * (fdatasync) before a journal records the file's length: after a power
+ * loss the file then holds at least what the journal says. */
+static int l_sync(lua_State *L) {
+    lfile_writer *w = lfile_check(L);
+    if (w->own && fdatasync(w->fd) != 0)
+        return lfile_fail(L, w, errno);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* w:truncate(length) -> true | nil, msg: cuts a file of its own back to
+ * `length` bytes (a resume returns it to what a journal recorded); lines
+ * waiting in the buffer are dropped. */
+static int l_truncate(lua_State *L) {
+    lfile_writer *w = lfile_check(L);
+    double len = luaL_checknumber(L, 2);
+    if (!w->own || len < 0)
+        return luaL_error(L, "writer %s: cannot truncate it", w->name);
+    w->len = 0;
+    if (ftruncate(w->fd, (off_t)len) != 0)
+        return lfile_fail(L, w, errno);
+    w->committed = (uint64_t)len;
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* w:stats() -> committed bytes, lines written, bytes waiting */
 static int l_stats(lua_State *L) {
     lfile_writer *w = luaL_checkudata(L, 1, LFILE_MT);
@@ -349,6 +376,8 @@ void tide__lua_open_file(lua_State *L) {
     static const luaL_Reg methods[] = {{"line", l_line},   {"flush", l_flush},
                                        {"close", l_close}, {"stats", l_stats},
                                        {"name", l_name},
+                                       {"truncate", l_truncate},
+                                       {"sync", l_sync},
                                        {NULL, NULL}};
     tide__lua_newclass(L, LFILE_MT, methods, l_gc);
     static const luaL_Reg funcs[] = {{"file_open", l_open},

@@ -18,6 +18,7 @@ void tide__lua_open_engine(lua_State *L);
 void tide__lua_open_graph(lua_State *L);
 void tide__lua_open_io(lua_State *L);
 void tide__lua_open_file(lua_State *L);
+void tide__lua_open_journal(lua_State *L);
 
 tide__graph *tide__lua_checkgraph(lua_State *L, int idx);
 uv_loop_t *tide__lua_body_loop(lua_State *L, const char *fname);

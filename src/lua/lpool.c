@@ -63,8 +63,10 @@ static void lpool_job_unref(tide__job *j) {
 
 static const char *LPOOL_LOADER =
     "local path, name = ...\n"
-    "local p, err = require('tide.pipeline').load(path)\n"
+    "local pl = require('tide.pipeline')\n"
+    "local p, err = pl.load_cached(path)\n"
     "if not p then error(err, 0) end\n"
+    "pl.ensure_setup(p)\n"
     "local i = p.byname[name]\n"
     "if not i then error(path .. ': no task ' .. name, 0) end\n"
     "return p.tasks[i].fn\n";
