@@ -32,9 +32,19 @@ static int lio_traceback(lua_State *L) {
     return 1;
 }
 
+/* The registry key of lio_traceback, made once per state: a hook runs
+ * from a loop callback, outside any protected call, where making a
+ * closure could raise a memory error through the loop's C frames. */
+static char lio_traceback_key;
+
 int tide__lua_pcall_hook(lua_State *L, int nargs, const char *what) {
     int base = lua_gettop(L) - nargs;
-    lua_pushcfunction(L, lio_traceback);
+    lua_pushlightuserdata(L, &lio_traceback_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    if (!lua_isfunction(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushcfunction(L, lio_traceback);
+    }
     lua_insert(L, base);
     int rc = lua_pcall(L, nargs, 0, base);
     if (rc != 0) {
@@ -597,6 +607,9 @@ void tide__lua_open_io(lua_State *L) {
         {"close", l_reader_close}, {NULL, NULL}};
     static const luaL_Reg handle_methods[] = {{"close", l_handle_close},
                                               {NULL, NULL}};
+    lua_pushlightuserdata(L, &lio_traceback_key);
+    lua_pushcfunction(L, lio_traceback);
+    lua_rawset(L, LUA_REGISTRYINDEX);
     tide__lua_newclass(L, "tide.reader", reader_methods, l_reader_close);
     tide__lua_newclass(L, "tide.handle", handle_methods, l_handle_close);
     static const luaL_Reg funcs[] = {
