@@ -143,6 +143,39 @@ print("ok")
         assert.matches("ok\n", out, 1, true)
     end)
 
+    it("a journal read that runs out of memory finalizes its statement: the journal lets go of its files", function()
+        -- An unfinalized statement keeps sqlite3_close from closing the
+        -- journal's read connection (its file descriptors stay open).
+        local rc, out = luajit([[
+local tide = require "tide"
+local core = require "tide.core"
+local path = os.tmpname()
+local ex = tide.executor {}
+local j = assert(core.journal_open(ex:loop(), path))
+for i = 1, 20000 do j:item("k" .. i, "result", "done", ("x"):rep(1000) .. i) end
+assert(j:close())
+j = assert(core.journal_open(ex:loop(), path))
+collectgarbage()
+core.mem_limit(collectgarbage("count") * 1024 + 4 * 1048576)
+local ok, err = pcall(j.rows, j, "SELECT key, data FROM items")
+assert(not ok and tostring(err):match("not enough memory"), tostring(err))
+core.mem_limit(0)
+assert(j:close())
+local open = 0
+local ls = io.popen("ls -l /proc/" .. core.getpid() .. "/fd")
+for line in ls:lines() do
+    if line:find(path, 1, true) then open = open + 1 end
+end
+ls:close()
+assert(open == 0, open .. " descriptors of the journal still open")
+ex:close()
+for _, suffix in ipairs({ "", "-wal", "-shm" }) do os.remove(path .. suffix) end
+print("ok")
+]])
+        assert.equal(0, rc, out)
+        assert.matches("ok\n", out, 1, true)
+    end)
+
     it("tide run --memory-limit: the job that ran out gets its failure line, every other job its output", function()
         local dir = proc.tmpdir()
         local lines = {}
