@@ -3,6 +3,9 @@
 #   make test       C unit tests, busted specs, end-to-end specs
 #   make check      the same rebuilt with ASan+UBSan and -Werror, plus lint
 #   make bench      W1-W3, W5 against the plain-LuaJIT floor (never in CI)
+#   make soak       tide serve under mixed load, RSS and fds watched (never in CI)
+#   make fuzz       the libFuzzer targets, FUZZ_SECONDS each (clang)
+#   make valgrind   the C hosts and the engine specs under valgrind
 
 BUILD ?= build
 SAN ?=
@@ -25,7 +28,8 @@ OBJ = $(patsubst src/%.c,$(BUILD)/obj/%.o,$(CORE_SRC) $(GLUE_SRC))
 LUA_BC = $(patsubst lua/tide/%.lua,$(BUILD)/obj/bc/tide_%.h,$(LUA_SRC))
 TEST_SRC = $(filter-out spec/c/embed-test.c spec/c/embed-free-sync.c,$(wildcard spec/c/*.c))
 
-.PHONY: all test check check-build lint bench clean test-c test-lua test-e2e \
+.PHONY: all test check check-build lint bench soak fuzz fuzz-targets valgrind \
+	clean test-c test-lua test-e2e \
 	install install-lua
 
 all: $(BUILD)/tide $(BUILD)/lib/tide/core.so $(BUILD)/test-runner \
@@ -143,7 +147,7 @@ check: lint
 		$(LUAJIT) $$(command -v busted) -o TAP --helper=spec/helpers/init.lua \
 		spec/sync_spec.lua spec/executor_spec.lua \
 		spec/embed_spec.lua spec/flow_spec.lua spec/batch_spec.lua \
-		spec/watchdog_spec.lua
+		spec/watchdog_spec.lua spec/serve_feed_spec.lua
 else
 check: lint
 	$(MAKE) BUILD=$(CHECK_BUILD) OPT="-O1 -g" \
@@ -170,6 +174,54 @@ lint:
 
 bench: all
 	sh scripts/bench.sh
+
+# make fuzz FUZZ_SECONDS=N: the libFuzzer targets of spec/fuzz/ (the JSON
+# codec, the HTTP layer, the marshal decoder), built with Debian's clang,
+# ASan and UBSan into build-fuzz/, each run for N seconds from its seed
+# corpus spec/fuzz/corpus/<target>/.
+FUZZ_BUILD = build-fuzz
+FUZZ_TARGETS = json http marshal
+FUZZ_SECONDS ?= 60
+FUZZ_CFLAGS = -fsanitize=address,undefined -fno-sanitize-recover=all \
+	-fno-omit-frame-pointer -fsanitize=fuzzer-no-link
+
+fuzz:
+	$(MAKE) BUILD=$(FUZZ_BUILD) CC=clang OPT="-O1 -g" \
+		EXTRA_CFLAGS="$(FUZZ_CFLAGS)" fuzz-targets
+	sh scripts/fuzz.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-targets: $(patsubst %,$(BUILD)/fuzz/fuzz_%,$(FUZZ_TARGETS))
+
+$(BUILD)/fuzz/fuzz_%: spec/fuzz/fuzz_%.c $(OBJ) $(BUILD)/obj/bundle.o
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -fsanitize=fuzzer -Isrc/lua -o $@ $< $(OBJ) \
+		$(BUILD)/obj/bundle.o $(LDLIBS_ALL)
+
+# make valgrind: the C hosts (the embedding example and embed-test) and
+# the engine specs under valgrind's memcheck, in the release build. Errors
+# and definite leaks fail; scripts/valgrind.supp suppresses what belongs to
+# LuaJIT itself and nothing of tide's. Specs that measure time (#timing)
+# are left out: valgrind runs code some 20 times slower.
+VALGRIND = timeout 1800 valgrind -q --error-exitcode=99 --leak-check=full \
+	--show-leak-kinds=definite --errors-for-leak-kinds=definite \
+	--suppressions=scripts/valgrind.supp
+VALGRIND_SPECS = spec/executor_spec.lua spec/sync_spec.lua spec/batch_spec.lua \
+	spec/flow_spec.lua spec/json_spec.lua spec/marshal_spec.lua \
+	spec/native_spec.lua spec/embed_spec.lua spec/serve_feed_spec.lua
+
+valgrind: all
+	$(VALGRIND) $(BUILD)/embed-test
+	$(VALGRIND) $(BUILD)/examples/embed-host examples/embed/wordcount.lua \
+		'"a b a"' '"x"' >/dev/null
+	TIDE_BUILD=$(BUILD) $(VALGRIND) $(LUAJIT) $$(command -v busted) -o TAP \
+		--helper=spec/helpers/init.lua --exclude-tags=timing $(VALGRIND_SPECS)
+
+# make soak MINUTES=N: tide serve under a steady mixed load for N minutes
+# (default 10); fails when RSS or open fds grow after the warm-up. Loopback
+# only; never in CI.
+MINUTES ?= 10
+soak: all
+	BUILD=$(BUILD) MINUTES=$(MINUTES) LUAJIT=$(LUAJIT) sh scripts/soak.sh
 
 # make install PREFIX=... DESTDIR=...: the binary, the libraries, the
 # header and the Lua module (core.so under LIBDIR, the .lua files under
@@ -204,6 +256,6 @@ install-lua: $(BUILD)/lib/tide/core.so
 	install -m 644 lua/tide.lua $(DESTDIR)$(LUADIR)/tide.lua
 
 clean:
-	rm -rf build build-asan build-tsan build-debug examples/native/libdedup.so
+	rm -rf build build-asan build-tsan build-debug build-fuzz examples/native/libdedup.so
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

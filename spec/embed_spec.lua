@@ -10,7 +10,7 @@ describe("host loop API", function()
         p:task("a", function(x) tide.sleep(0.03) return x + 1 end)
     end)
 
-    it("steps without blocking and tells how long the host may wait", function()
+    it("steps without blocking and tells how long the host may wait #timing", function()
         local ex = tide.executor()
         finally(function() ex:close() end)
         local fd = tide.fd()

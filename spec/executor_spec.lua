@@ -253,7 +253,7 @@ describe("timeouts", function()
 end)
 
 describe("tide.sleep", function()
-    it("lets 1000 bodies sleep at once", function()
+    it("lets 1000 bodies sleep at once #timing", function()
         local p = tide.pipeline "sleepers"
         p:task("a", function(x) tide.sleep(0.02) return x end)
         local inputs = {}
@@ -670,7 +670,7 @@ describe("ex:task_stats", function()
         ex:close()
     end)
 
-    it("shows attempts running and waiting for a retry while they do", function()
+    it("shows attempts running and waiting for a retry while they do #timing", function()
         local p = tide.pipeline "stats_gauges"
         p:task("slow", function(x) tide.sleep(0.2) return x end)
         p:task("flaky", { retry = { times = 1, interval = 0.3 } }, function() error("no") end)
@@ -705,7 +705,7 @@ describe("ex:task_stats", function()
         ex:close()
     end)
 
-    it("files durations into histogram buckets only once timing is on", function()
+    it("files durations into histogram buckets only once timing is on #timing", function()
         local p = tide.pipeline "stats_timing"
         p:task("nap", function(x) tide.sleep(0.02) return x end)
         local ex = tide.executor()
@@ -770,7 +770,7 @@ describe("runner threads", function()
         return t
     end
 
-    it("are kept when an executor closes and serve the next one", function()
+    it("are kept when an executor closes and serve the next one #timing", function()
         local outs = tide.run(sleepers("reuse1"), range(200))
         for i = 1, 200 do assert.equal(2 * i, outs[i]) end
         local kept = #cache()

@@ -175,7 +175,7 @@ describe("tide.limiter", function()
         assert.equal(2, peak)
     end)
 
-    it("gets its slots back after 1000 failing and timing-out attempts", function()
+    it("gets its slots back after 1000 failing and timing-out attempts #timing", function()
         tide.limiter("leaky", { concurrency = 2 })
         local p = tide.pipeline "churn-limited"
         p:task("a", { limit = "leaky", timeout = 0.001, retry = 1 }, function(x)
@@ -224,7 +224,7 @@ describe("tide.limiter", function()
         assert_clean(ex)
     end)
 
-    it("never exceeds burst + rate*t starts in any window, and nearly reaches the rate", function()
+    it("never exceeds burst + rate*t starts in any window, and nearly reaches the rate #timing", function()
         local rate, burst = 40, 4
         tide.limiter("paced", { rate = rate, burst = burst })
         local starts = {}

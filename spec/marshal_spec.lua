@@ -113,6 +113,35 @@ describe("marshal", function()
         assert.is_truthy(enc({ shared, shared })) -- shared is not cyclic
     end)
 
+    it("refuses sparse arrays as JSON does, at once (issue 18)", function()
+        -- A marked array whose largest index exceeds both 1000 and twice
+        -- its entries is refused, as tide.json.encode refuses it: the
+        -- encoder used to write 1e8 nils (5.5 s, 860 MB) and 2^31 + 1
+        -- ones took a minute and 2 GB.
+        for _, n in ipairs({ 1e8, 2 ^ 31 + 1, 2 ^ 32 - 1, 1001 }) do
+            local t0 = os.clock()
+            local s, msg, code = enc(json.array({ [n] = true }))
+            assert.is_true(s == nil, "encoded " .. (s and #s or 0) .. " bytes") -- not printed whole
+            assert.equal("EVALUE", code)
+            assert.matches("sparse array", msg, 1, true)
+            assert.is_true(os.clock() - t0 < 0.5, "refused in " .. (os.clock() - t0) .. " s")
+            assert.is_false((json.check(json.array({ [n] = true }))))
+        end
+        -- Nested, the same; what JSON takes still crosses.
+        assert.is_true(enc({ a = { json.array({ [5000] = 1, 1 }) } }) == nil)
+        local dense = json.array({ [1000] = true })
+        assert.equal(1000, #dec(enc(dense)))
+        local half = json.array({})
+        for i = 1, 3000, 2 do half[i] = i end
+        assert.same(half, dec(enc(half)))
+        -- A plain table keeps every key: a sparse border is carried as
+        -- pairs, not as a run of nils.
+        local plain = { 1, 2, [1e8] = 3 }
+        local s = enc(plain)
+        assert.is_true(#s < 64, #s .. " bytes")
+        assert.same(plain, dec(s))
+    end)
+
     it("rejects every truncation and trailing byte of valid input", function()
         for i = 1, N do
             local s = enc(VALUES[i])

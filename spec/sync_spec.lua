@@ -61,7 +61,7 @@ describe('kind = "sync"', function()
     -- The two specs below judge overlap in time, not wall-clock totals: on
     -- a loaded machine every run takes longer, but what runs side by side
     -- still overlaps.
-    it("never blocks the loop: async tasks and timers run meanwhile", function()
+    it("never blocks the loop: async tasks and timers run meanwhile #timing", function()
         local ticks = {}
         local p = tide.pipeline "busy"
         p:task("busy", { kind = "sync" }, function(secs)
@@ -266,7 +266,7 @@ describe("sync task time limits count from when a worker takes the job", functio
 end)
 
 describe("a sync job that never gets a worker", function()
-    it("fails after ten times its time limit instead of waiting forever", function()
+    it("fails after ten times its time limit instead of waiting forever #timing", function()
         local p = spinner("hog", 0.05)
         local ex = tide.executor { threads = 1 }
         finally(function() ex:close() end)
@@ -283,7 +283,7 @@ describe("a sync job that never gets a worker", function()
 end)
 
 describe("closing an executor", function()
-    it("does not wait for a body stuck in a compiled loop", function()
+    it("does not wait for a body stuck in a compiled loop #timing", function()
         local p = spinner("stuck-at-close")
         local ex = tide.executor { threads = 1 }
         local id = ex:submit(p, 3e9) -- seconds
@@ -304,7 +304,7 @@ describe("closing an executor", function()
 end)
 
 describe("closing an executor from inside one of its tasks", function()
-    it("is refused before it touches the worker threads", function()
+    it("is refused before it touches the worker threads #timing", function()
         local p = spinner("close-inside-sync")
         local ex = tide.executor { threads = 1 }
         finally(function() ex:close() end)
@@ -323,7 +323,7 @@ describe("closing an executor from inside one of its tasks", function()
 end)
 
 describe("stuck workers", function()
-    it("get a stand-in after a grace period, so the pool keeps working", function()
+    it("get a stand-in after a grace period, so the pool keeps working #timing", function()
         local p = spinner("compiled-runaway", 0.1)
         local q = tide.pipeline "meanwhile"
         q:task("echo", { kind = "sync" }, function(x) return x end)

@@ -15,7 +15,7 @@ local M = {}
 function M.pool(ex)
     local pool = ex._pool_ud
     if not pool then
-        pool = core.pool_new(ex._ud, ex._threads)
+        pool = core.pool_new(ex._ud, ex._threads, ex._worker_memory)
         ex._pool_ud = pool
     end
     return pool

@@ -24,7 +24,8 @@ commands:
   run PIPELINE.lua [--input FILE|-] [--output DIR [--append|--overwrite]]
                    [--concurrency N] [--threads N] [--task-timeout S]
                    [--priority high|low|lifo] [--max-line-bytes N]
-                   [--journal FILE [--journal-reset]] [--cache FILE] [--redis URL]
+                   [--memory-limit BYTES] [--journal FILE [--journal-reset]]
+                   [--cache FILE] [--redis URL]
       Run every JSONL input line through the pipeline the file returns.
       Results go to stdout as JSONL, or with --output to DIR/<sink>.jsonl,
       DIR/failed.jsonl, DIR/rejects.jsonl (and DIR/dropped.jsonl when
@@ -41,6 +42,7 @@ commands:
       Run the jobs that `tide run --redis` submits for this pipeline.
       SIGTERM or SIGINT stops taking jobs and lets running ones finish.
   serve PIPELINE.lua [--listen 127.0.0.1:8080] [--token-file F] [--threads N]
+                     [--memory-limit BYTES]
                      [--drain-timeout S] [--request-timeout S] [--max-results N]
                      [--max-pending N] [--max-pending-bytes N] [--allow-host NAME]...
                      [--journal FILE [--journal-reset]] [--cache FILE]
@@ -174,6 +176,8 @@ local RUN_OPTIONS = {
     ["--task-timeout"] = { "task_timeout", positive, "--task-timeout needs a number of seconds > 0" },
     ["--priority"] = { "priority", one_of(executor.PRIO), "--priority must be high, low or lifo" },
     ["--redis"] = { "redis", as_text, "--redis needs a URL (redis://HOST:PORT[/DB])" },
+    ["--memory-limit"] = { "memory_limit", executor.parse_bytes,
+                           "--memory-limit needs bytes >= 1M: a whole number, or one with K, M or G (512M, 1G)" },
 }
 RUN_OPTIONS["-i"], RUN_OPTIONS["-o"], RUN_OPTIONS["-c"] =
     RUN_OPTIONS["--input"], RUN_OPTIONS["--output"], RUN_OPTIONS["--concurrency"]
@@ -182,6 +186,7 @@ local SERVE_OPTIONS = {
     ["--listen"] = { "listen", host_port, "--listen needs HOST:PORT (port 0 to 65535; 0: any free one)" },
     ["--token-file"] = { "token_file", as_text, "--token-file needs a file" },
     ["--threads"] = RUN_OPTIONS["--threads"],
+    ["--memory-limit"] = RUN_OPTIONS["--memory-limit"],
     ["--request-timeout"] = { "request_timeout", positive, "--request-timeout needs seconds > 0" },
     ["--max-results"] = { "max_results", whole, "--max-results needs a whole number >= 1" },
     ["--drain-timeout"] = { "drain", nonnegative, "--drain-timeout needs seconds >= 0" },
@@ -283,7 +288,7 @@ local function run(args)
     end
     local ex = executor.new {
         concurrency = o.concurrency, task_timeout = o.task_timeout, threads = o.threads,
-        results = false, cache = o.cache,
+        memory_limit = o.memory_limit, results = false, cache = o.cache,
     }
     local function cached()
         local s = ex:stats()
@@ -467,7 +472,10 @@ local function serve(args)
     if not p then return die(EXIT_USAGE, err) end
     local bad = check_stores(o)
     if bad then return bad end
-    local sex = executor.new { max_results = o.max_results or 100000, threads = o.threads, cache = o.cache }
+    local sex = executor.new {
+        max_results = o.max_results or 100000, threads = o.threads, memory_limit = o.memory_limit,
+        cache = o.cache,
+    }
     local jr
     if o.journal then
         local jerr, jcode

@@ -26,7 +26,7 @@ local hub = require "tide.hub"
 local bridge = require "tide.bridge"
 local cache = require "tide.cache"
 
-local type, pairs, ipairs, tostring, error = type, pairs, ipairs, tostring, error
+local type, pairs, ipairs, tostring, tonumber, error = type, pairs, ipairs, tostring, tonumber, error
 local pcall, xpcall, setmetatable, getmetatable = pcall, xpcall, setmetatable, getmetatable
 local floor = math.floor
 local hrtime = core.hrtime
@@ -57,8 +57,32 @@ M.fd, M.timeout, M.step, M.run_all = hub.fd, hub.timeout, hub.step, hub.run_all
 local EXEC_OPTS = {
     threads = true, concurrency = true, task_timeout = true,
     retention = true, max_results = true, results = true, cache = true, bare_yield = true,
-    on = true,
+    memory_limit = true, on = true,
 }
+
+-- Each worker state's memory limit when the executor sets none: a body
+-- that runs away fails with ENOMEM instead of taking the machine.
+M.WORKER_MEMORY_LIMIT = 1024 ^ 3
+M.MIN_MEMORY_LIMIT = 1024 ^ 2
+
+local UNITS = { [""] = 1, K = 1024, M = 1024 ^ 2, G = 1024 ^ 3 }
+
+--- Bytes from a number, or a string of digits with an optional K, M or G
+-- (powers of 1024): "512M", "1G". Nil when v is neither.
+function M.parse_bytes(v)
+    local n
+    if type(v) == "number" then
+        n = v
+    elseif type(v) == "string" then
+        local digits, unit = v:match("^(%d+)([KMGkmg]?)$")
+        if not digits then return nil end
+        n = tonumber(digits) * UNITS[unit:upper()]
+    else
+        return nil
+    end
+    if n ~= floor(n) or n < M.MIN_MEMORY_LIMIT or n > 2 ^ 53 then return nil end
+    return n
+end
 
 
 local function check_self(self, fname)
@@ -174,10 +198,22 @@ function M.new(opts)
             end
         end
     end
+    local mem
+    if opts.memory_limit ~= nil then
+        mem = M.parse_bytes(opts.memory_limit)
+        if not mem then
+            error("tide.executor: memory_limit must be bytes >= 1M: a whole number, "
+                  .. "or a string such as \"512M\" or \"1G\"", 2)
+        end
+        -- The Lua state this executor runs in: its bodies, its engine and
+        -- everything else in that state share it.
+        core.mem_limit(mem)
+    end
 
     local ud, E = core.engine(conc)
     local self = setmetatable({
         _ud = ud, _E = E, _task_timeout = tt, _threads = opts.threads or core.cores(),
+        _worker_memory = mem or M.WORKER_MEMORY_LIMIT,
         _live = {}, _next_id = 0, _subs = {}, _waiters = {}, _hook_errors = 0,
         _pid = core.getpid(),
     }, Executor)
@@ -210,7 +246,7 @@ function M.run_inputs(p, inputs, opts)
     local outs, errs = {}, {}
     local ex = M.new {
         concurrency = opts.concurrency, task_timeout = opts.task_timeout,
-        threads = opts.threads, results = false, cache = opts.cache,
+        threads = opts.threads, memory_limit = opts.memory_limit, results = false, cache = opts.cache,
     }
     ex:subscribe(function(id, status, value)
         if status == "done" then outs[id] = value else errs[id] = value end

@@ -40,6 +40,7 @@ local new_error, is_error = errors.new, errors.is
 local jarray, jnull, jcheck, jencode = json.array, json.null, json.check, json.encode
 local object_mt, array_mt = json.object_mt, json.array_mt
 local io_stderr = io.stderr
+local mem_tripped, mem_rearm = core.mem_tripped, core.mem_rearm
 
 local M = {}
 
@@ -100,15 +101,34 @@ local function on_error(e)
 end
 
 
+-- The record of an attempt that ran the state out of its memory limit
+-- (core.mem_tripped() says the limit refused an allocation; the error is
+-- LuaJIT's "not enough memory"). It is made from the headroom the limit
+-- keeps once tripped; attempt_failed collects and arms it again after.
+local function oom_error()
+    local limit = mem_tripped()
+    if not limit then return nil end
+    return new_error("ENOMEM", ("out of memory: the Lua state reached its memory_limit "
+                                .. "(%d MiB)"):format(limit / 1048576))
+end
+
+
 -- Turns what xpcall returned into an error record, or nil for a success.
 local function body_error(ok, res, err)
     if not ok then
         if type(res) ~= "table" then
             -- Not from on_error: "error in error handling" (an error
-            -- in __tostring of what the body raised), out of memory.
-            return new_error("ETASK", tostring(res))
+            -- in __tostring of what the body raised), or out of memory
+            -- (LuaJIT calls no message handler for memory errors).
+            return (res == "not enough memory" and oom_error()) or new_error("ETASK", tostring(res))
         end
         local e, tb = res[1], res[2]
+        if e == "not enough memory" then
+            -- Raised again by Lua code (a pcall in the body, a C
+            -- function): still the limit's doing when it tripped.
+            local rec = oom_error()
+            if rec then return rec end
+        end
         if is_error(e) then
             return new_error(e.code, e.message, nil, nil, tb)
         end
@@ -428,9 +448,13 @@ local function attempt_failed(rt, slot, g, attempt, rec)
     if delay then
         if hooked(rt, p, "retry") then fire(rt, p, "retry", rt.ids[slot], rec.task, attempt, rec, delay) end
         rt.E.retry(slot, g, delay)
-        return
+    else
+        fail_context(rt, slot, g, rec)
     end
-    fail_context(rt, slot, g, rec)
+    -- Out of memory: the attempt's record is out (built and emitted from
+    -- the limit's headroom); what it left goes now, and the limit is
+    -- armed again for the next one.
+    if rec.code == "ENOMEM" then mem_rearm() end
 end
 
 

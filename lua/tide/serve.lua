@@ -129,14 +129,19 @@ end
 -- finished: past either, POST /v1/jobs answers 503 with Retry-After and
 -- submits nothing (838 000 queued jobs had taken 972 MB). Without a token
 -- only loopback Host names are answered, and allow_host (a name or a
--- list) adds others.
+-- list) adds others. listen = false makes a server without a socket,
+-- fed through server.feed (for the fuzz target and specs).
 -- Returns the server: server.port, server:close(), server:drain(t, done).
 function M.serve(p, opts)
     opts = opts or {}
-    local listen = opts.listen or "127.0.0.1:8080"
-    local host, port = listen:match("^%[?([^%]]*)%]?:(%d+)$")
-    if not host or tonumber(port) > 65535 then
-        error("tide.serve: listen must be HOST:PORT, got " .. tostring(listen), 2)
+    local listen = opts.listen
+    if listen == nil then listen = "127.0.0.1:8080" end
+    local host, port
+    if listen ~= false then
+        host, port = tostring(listen):match("^%[?([^%]]*)%]?:(%d+)$")
+        if not host or tonumber(port) > 65535 then
+            error("tide.serve: listen must be HOST:PORT, got " .. tostring(listen), 2)
+        end
     end
     local max_pending = check_count(opts, "max_pending", MAX_PENDING)
     local max_pending_bytes = check_count(opts, "max_pending_bytes", MAX_PENDING_BYTES)
@@ -156,7 +161,7 @@ function M.serve(p, opts)
     p:compile()
     local ex = opts.executor or executor.new {
         retention = opts.retention, max_results = opts.max_results or 100000, threads = opts.threads,
-        cache = opts.cache,
+        cache = opts.cache, memory_limit = opts.memory_limit,
     }
     local token = opts.token
     local started = hrtime()
@@ -589,7 +594,7 @@ function M.serve(p, opts)
     end
 
     local err
-    srv, err = core.http_listen(ex:loop(), host, tonumber(port), {
+    srv, err = core.http_listen(ex:loop(), host, tonumber(port or 0), {
         max_body = opts.max_body or 1048576,
         request_timeout = opts.request_timeout or 10,
         idle_timeout = opts.idle_timeout or 60,
@@ -612,6 +617,13 @@ function M.serve(p, opts)
     end
 
     local server = { executor = ex, port = srv:port(), recovered = recovered }
+    if listen == false then
+        -- Bytes arrive on the server's one connection (a new one when
+        -- `new` is true or there is none; nil: the client half-closes;
+        -- bytes for a closed connection go nowhere); returns what the
+        -- server wrote meanwhile and whether the connection is closed.
+        function server.feed(bytes, new) return srv:feed(bytes, new) end
+    end
     function server.close()
         release()
         srv:close()

@@ -20,6 +20,7 @@ static void lcore_pin(void) {
 int luaopen_tide_core(lua_State *L) {
     lcore_pin();
     tide__stdfd_reserve(); /* before the first loop takes an fd */
+    tide__lua_open_util(L);
     lua_newtable(L);
     tide__lua_open_engine(L);
     tide__lua_open_graph(L);
@@ -35,6 +36,7 @@ int luaopen_tide_core(lua_State *L) {
     tide__lua_open_native(L);
     tide__lua_open_http(L);
     tide__lua_open_redis(L);
+    tide__lua_open_mem(L);
     tide__json_open(L);
     lua_setfield(L, -2, "json");
     lua_pushstring(L, TIDE_VERSION_STRING);

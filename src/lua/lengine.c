@@ -430,6 +430,8 @@ static void leng_drain(leng *e) {
     }
     eng->draining = 0;
     atomic_store_explicit(&leng_current, prev, memory_order_relaxed);
+    /* Near a memory limit, garbage goes between slices (lmem.c). */
+    tide__lua_mem_relieve(e->L);
     if (!tide__eng_has_work(eng))
         uv_idle_stop(&eng->idle);
 }

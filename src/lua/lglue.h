@@ -32,24 +32,33 @@ int tide__lua_pcall(lua_State *L, int nargs, int nres);
 /* tide__lua_pcall with no results for hooks called from libuv callbacks,
  * where an error has no Lua caller to go to: on error prints "tide: error
  * in <what>: <message and traceback>" to stderr, pops it and returns
- * non-zero. Never raises. */
+ * non-zero. Never raises: the message handler is the one stored in the
+ * registry (tide__lua_open_util), not a closure made here. */
 int tide__lua_pcall_hook(lua_State *L, int nargs, const char *what);
+
+/* Stores the message handler in L's registry for the two above
+ * (luaopen_tide_core calls it first). */
+void tide__lua_open_util(lua_State *L);
 
 /* A Lua callback that libuv callbacks call, with a private thread to call
  * it on (with tide__lua_pcall_hook, never resumed), so that it never runs
  * on a coroutine that may be suspended. The record that embeds it owns
- * both registry references: tide__lua_hook_init takes them, and
- * tide__lua_hook_free (idempotent) drops them. */
+ * the registry reference: tide__lua_hook_init takes it, and
+ * tide__lua_hook_free (idempotent) drops it. */
 typedef struct {
-    lua_State *T; /* the private thread, anchored by thread_ref; NULL: freed */
-    int thread_ref, fn_ref;
+    /* The private thread, anchored by thread_ref; NULL: freed. The
+     * callback is its stack's first slot (one reference for both). */
+    lua_State *T;
+    int thread_ref;
 } tide__lua_hook;
 
-/* Makes the function at fn_idx of L the hook's callback. */
+/* Makes the function at fn_idx of L the hook's callback. May raise (a
+ * memory error) before h is set, never after. */
 void tide__lua_hook_init(lua_State *L, tide__lua_hook *h, int fn_idx);
 void tide__lua_hook_free(tide__lua_hook *h);
-/* Empties the hook's thread, pushes the callback on it and returns it:
- * push the arguments, then tide__lua_pcall_hook. */
+/* Empties the hook's thread but for the callback, pushes a copy of the
+ * callback and returns the thread: push the arguments, then
+ * tide__lua_pcall_hook. */
 lua_State *tide__lua_hook_push(tide__lua_hook *h);
 
 /* Pushes the failure return of a lua_CFunction and returns its count:
@@ -85,6 +94,7 @@ void tide__lua_open_marshal(lua_State *L); /* lmarshal.c */
 void tide__lua_open_pool(lua_State *L);    /* lpool.c */
 void tide__lua_open_native(lua_State *L);  /* lnative.c */
 void tide__lua_open_http(lua_State *L);    /* lhttp.c */
+void tide__lua_open_mem(lua_State *L);     /* lmem.c */
 
 int luaopen_tide_core(lua_State *L); /* lcore.c */
 /* Line editing for the REPL (ledit.c): linked into the tide binary only. */
@@ -137,12 +147,19 @@ void tide__lua_redis_end_all(struct lredis *list);
 
 /* ===== WORKER THREADS (lpool.c, lnative.c, lmarshal.c) ===== */
 
+/* Per-state memory limits (lmem.c). */
+void tide__lua_mem_limit(lua_State *L, size_t limit);
+size_t tide__lua_mem_get(lua_State *L);
+int tide__lua_mem_tripped(lua_State *L);
+void tide__lua_mem_rearm(lua_State *L);
+void tide__lua_mem_relieve(lua_State *L);
 /* 1 on tide's worker threads (their Lua states run sync tasks). */
 extern _Thread_local int tide__lua_in_worker;
 /* Runs a native function on a worker (L: the worker's state) on the
  * binary input in[inlen]. Returns 0 with the binary output in *out, or
- * TIDE_ETASK with the error text there; *out (*outlen bytes) is malloc'd
- * and the caller's either way. */
+ * TIDE_ETASK (UV_ENOMEM when the worker's state ran out of its memory
+ * limit) with the error text there; *out (*outlen bytes) is malloc'd and
+ * the caller's either way. */
 int tide__native_run(lua_State *L, tide_native_fn fn, const void *in,
                      size_t inlen, char **out, size_t *outlen);
 /* The binary encoding values cross threads in. */

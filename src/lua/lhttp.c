@@ -21,7 +21,14 @@
  * connection) ends the connection's parsing, and nothing is sent after it.
  * Trailer fields are checked like header fields but never join the
  * request's headers. A client that half-closes (EOF) after a complete
- * request still gets its answer; the connection closes after it. */
+ * request still gets its answer; the connection closes after it.
+ *
+ * A server made without a socket (http_listen with host nil) takes its
+ * bytes from srv:feed(bytes) on one connection at a time and hands back
+ * what it would have written: the same parsing, checks and dispatch, for
+ * the fuzz target (spec/fuzz/fuzz_http.c) and specs. Such a connection has
+ * no libuv handles; its record goes when the next one is made or the
+ * server is freed. */
 #include <ctype.h>
 #include <string.h>
 
@@ -55,6 +62,9 @@ typedef struct lhttp_conn {
     int eof;            /* the client will send nothing more (half-close) */
     int dispatching;    /* inside the Lua handler, called from the parse loop */
     int keep_alive;
+    int socketless;     /* fed by srv:feed; what is sent goes to out */
+    char *out;
+    size_t outlen;
     /* The request being built. */
     char *url;
     size_t urllen;
@@ -78,6 +88,8 @@ struct lhttp_server {
     int closed, handle_open, boxed;
     uint32_t next_id;
     lhttp_conn *conns;
+    lhttp_conn *fed;    /* a socketless server's connection */
+    int socketless;
     size_t max_body;
     uint64_t request_ms, idle_ms;
     uint64_t requests, rejected;
@@ -87,6 +99,7 @@ static const http_parser_settings lhttp_settings;
 
 static void lhttp_conn_close(lhttp_conn *c);
 static void lhttp_try_parse(lhttp_conn *c);
+static void lhttp_received(lhttp_conn *c);
 
 static void lhttp_append(char **p, size_t *len, const char *at, size_t n) {
     *p = tide__xrealloc(*p, *len + n + 1);
@@ -264,6 +277,15 @@ static void lhttp_send(lhttp_conn *c, int status, const char *ctype,
                      extra_headers ? extra_headers : "");
     if (n < 0 || (size_t)n >= sizeof(head))
         n = 0;
+    if (c->socketless) {
+        /* Written at once: what lhttp_written does, in place. */
+        lhttp_append(&c->out, &c->outlen, head, (size_t)n);
+        if (bodylen)
+            lhttp_append(&c->out, &c->outlen, body, bodylen);
+        if (close_after || (c->eof && !c->waiting))
+            lhttp_conn_close(c);
+        return;
+    }
     lhttp_write *lw = tide__xcalloc(1, sizeof(*lw));
     lw->data = tide__xmalloc((size_t)n + bodylen + 1);
     memcpy(lw->data, head, (size_t)n);
@@ -287,7 +309,8 @@ static void lhttp_reject(lhttp_conn *c, int status, const char *msg) {
     int n = snprintf(body, sizeof(body),
                      "{\"error\":{\"code\":\"EHTTP\",\"message\":\"%s\"}}", msg);
     c->srv->rejected++;
-    uv_read_stop((uv_stream_t *)&c->tcp);
+    if (!c->socketless)
+        uv_read_stop((uv_stream_t *)&c->tcp);
     lhttp_send(c, status, "application/json", NULL, body, (size_t)n, 1);
 }
 
@@ -322,6 +345,9 @@ static void lhttp_conn_close(lhttp_conn *c) {
         s->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
+    c->next = c->prev = NULL;
+    if (c->socketless)
+        return; /* no handles: freed with the server's next one */
     uv_timer_stop(&c->timer);
     uv_close((uv_handle_t *)&c->tcp, lhttp_conn_closed);
     uv_close((uv_handle_t *)&c->timer, lhttp_conn_closed);
@@ -338,7 +364,8 @@ static void lhttp_on_timer(uv_timer_t *t) {
 }
 
 static void lhttp_arm(lhttp_conn *c, uint64_t ms) {
-    uv_timer_start(&c->timer, lhttp_on_timer, ms, 0);
+    if (!c->socketless)
+        uv_timer_start(&c->timer, lhttp_on_timer, ms, 0);
 }
 
 /* The length of the block that ends at its first empty line (CRLF, or a
@@ -575,15 +602,7 @@ static void lhttp_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
         return;
     }
     c->len += (size_t)n;
-    if (!c->in_request)
-        lhttp_arm(c, c->srv->request_ms); /* the request's time limit */
-    c->in_request = 1;
-    /* A body larger than the limit is refused before it is all read. */
-    if (c->len > c->srv->max_body + LHTTP_MAX_HEADER_BYTES + 1024) {
-        lhttp_reject(c, 413, "request body too large");
-        return;
-    }
-    lhttp_try_parse(c);
+    lhttp_received(c);
 }
 
 static void lhttp_on_connection(uv_stream_t *server, int status) {
@@ -611,6 +630,33 @@ static void lhttp_on_connection(uv_stream_t *server, int status) {
     s->conns = c;
     lhttp_arm(c, s->idle_ms);
     uv_read_start((uv_stream_t *)&c->tcp, lhttp_alloc, lhttp_read);
+}
+
+/* The connection of a socketless server goes: closed (Lua is told when it
+ * held its request), then freed. */
+static void lhttp_fed_free(lhttp_server *s) {
+    lhttp_conn *c = s->fed;
+    if (c == NULL)
+        return;
+    lhttp_conn_close(c);
+    s->fed = NULL;
+    lhttp_reset_request(c);
+    free(c->buf);
+    free(c->out);
+    free(c);
+}
+
+/* Bytes that arrived on connection c (what lhttp_read does with them). */
+static void lhttp_received(lhttp_conn *c) {
+    if (!c->in_request)
+        lhttp_arm(c, c->srv->request_ms); /* the request's time limit */
+    c->in_request = 1;
+    /* A body larger than the limit is refused before it is all read. */
+    if (c->len > c->srv->max_body + LHTTP_MAX_HEADER_BYTES + 1024) {
+        lhttp_reject(c, 413, "request body too large");
+        return;
+    }
+    lhttp_try_parse(c);
 }
 
 static lhttp_conn *lhttp_find(lhttp_server *s, uint32_t id) {
@@ -661,6 +707,60 @@ static int l_http_respond(lua_State *L) {
     }
     lua_pushboolean(L, 1);
     return 1;
+}
+
+/* srv:feed(bytes | nil [, new]) -> written, closed
+ * For a server made without a socket: bytes arrive on its connection (a
+ * new one first when new is true or there is none; nil: the client
+ * half-closes; bytes for a closed connection go nowhere). Returns what the
+ * server wrote since the last call and whether the connection is closed. */
+static int l_http_feed(lua_State *L) {
+    lhttp_server *s = lhttp_check(L);
+    luaL_argcheck(L, s->socketless, 1, "feed needs a server made without "
+                  "a socket");
+    size_t n = 0;
+    const char *bytes = luaL_optlstring(L, 2, NULL, &n);
+    int fresh = lua_toboolean(L, 3);
+    lua_settop(L, 3);
+    if (s->closed)
+        return luaL_argerror(L, 1, "server is closed");
+    if (fresh || s->fed == NULL) {
+        lhttp_fed_free(s);
+        lhttp_conn *c = tide__xcalloc(1, sizeof(*c));
+        c->srv = s;
+        c->id = ++s->next_id;
+        c->socketless = 1;
+        c->next = s->conns;
+        if (s->conns)
+            s->conns->prev = c;
+        s->conns = c;
+        s->fed = c;
+    }
+    lhttp_conn *c = s->fed;
+    /* Nothing is read after a refusal or a half-close (read stopped). */
+    if (!c->closing && !c->done && !c->eof) {
+        if (bytes == NULL) {
+            c->eof = 1;
+            if (!c->waiting && c->writes == 0)
+                lhttp_conn_close(c);
+        } else if (n > 0) {
+            if (c->cap - c->len < n) {
+                c->cap = c->len + n + 16384;
+                c->buf = tide__xrealloc(c->buf, c->cap);
+            }
+            memcpy(c->buf + c->len, bytes, n);
+            c->len += n;
+            lhttp_received(c);
+        }
+    }
+    /* The connection (hence its out buffer) belongs to the server: a
+     * memory error here leaks nothing. */
+    lua_pushlstring(L, c->out ? c->out : "", c->outlen);
+    free(c->out);
+    c->out = NULL;
+    c->outlen = 0;
+    lua_pushboolean(L, c->closing);
+    return 2;
 }
 
 static int l_http_port(lua_State *L) {
@@ -731,6 +831,7 @@ static int l_http_close(lua_State *L) {
     if (!drain) {
         *box = NULL;
         s->boxed = 0;
+        lhttp_fed_free(s);
         if (!s->handle_open)
             free(s);
     }
@@ -751,8 +852,9 @@ static void lhttp_engine_closed(uv_handle_t *h) {
  * (called with the connection of a request Lua holds when it closes). */
 static int l_http_listen(lua_State *L) {
     uv_loop_t *loop = tide__lua_engine_loop(L, 1);
-    const char *host = luaL_checkstring(L, 2);
-    int port = (int)luaL_checkinteger(L, 3);
+    int socketless = lua_isnil(L, 2);
+    const char *host = socketless ? "" : luaL_checkstring(L, 2);
+    int port = socketless ? 0 : (int)luaL_checkinteger(L, 3);
     luaL_checktype(L, 4, LUA_TTABLE);
     luaL_checktype(L, 5, LUA_TFUNCTION);
     lua_getfield(L, 4, "max_body");
@@ -767,9 +869,12 @@ static int l_http_listen(lua_State *L) {
                   "on_hangup must be a function");
     lua_pop(L, 4);
     struct sockaddr_storage addr;
-    int rc = uv_ip4_addr(host, port, (struct sockaddr_in *)&addr);
-    if (rc != 0)
-        rc = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr);
+    int rc = 0;
+    if (!socketless) {
+        rc = uv_ip4_addr(host, port, (struct sockaddr_in *)&addr);
+        if (rc != 0)
+            rc = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr);
+    }
     if (rc != 0)
         return tide__lua_fail(L, 0, "bad listen address '%s'", host);
     lhttp_server **box = lua_newuserdata(L, sizeof(*box));
@@ -783,17 +888,22 @@ static int l_http_listen(lua_State *L) {
     s->idle_ms = (uint64_t)(idle_s * 1000);
     s->base.close_cb = lhttp_engine_closed;
     s->base.before_close = lhttp_before_engine_close;
-    uv_tcp_init(loop, &s->tcp);
-    s->tcp.data = &s->base;
-    s->handle_open = 1;
     s->boxed = 1;
+    s->socketless = socketless;
     *box = s;
+    if (!socketless) {
+        uv_tcp_init(loop, &s->tcp);
+        s->tcp.data = &s->base;
+        s->handle_open = 1;
+    }
     tide__lua_hook_init(L, &s->hook, 5);
     s->hangup_ref = LUA_NOREF;
     if (has_hangup) {
         lua_getfield(L, 4, "on_hangup");
         s->hangup_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     }
+    if (socketless)
+        return 1;
     rc = uv_tcp_bind(&s->tcp, (struct sockaddr *)&addr, 0);
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&s->tcp, 512, lhttp_on_connection);
@@ -809,7 +919,7 @@ void tide__lua_open_http(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"respond", l_http_respond}, {"port", l_http_port},
         {"stats", l_http_stats},     {"close", l_http_close},
-        {NULL, NULL}};
+        {"feed", l_http_feed},       {NULL, NULL}};
     static const luaL_Reg funcs[] = {{"http_listen", l_http_listen},
                                      {NULL, NULL}};
     tide__lua_newclass(L, "tide.http", methods, l_http_close);

@@ -218,6 +218,8 @@ static int l_on_commit(lua_State *L) {
     if (lua_isnoneornil(L, 2))
         return 0;
     luaL_checktype(L, 2, LUA_TFUNCTION);
+    /* The hook is set only once nothing more can raise (see
+     * tide__lua_hook_init): a memory error leaves no half-set hook. */
     tide__lua_hook_init(L, &r->hook, 2);
     return 0;
 }
@@ -239,14 +241,41 @@ static void lj_push_column(lua_State *L, sqlite3_stmt *st, int i) {
     }
 }
 
+typedef void (*lj_row_fn)(lua_State *, sqlite3_stmt *, void *);
+
+/* The rows of a prepared statement, for lj_step_rows. */
+typedef struct {
+    sqlite3_stmt *st;
+    lj_row_fn row;
+    void *ud;
+    int rc; /* sqlite3_step's last answer */
+} lj_rows;
+
+/* Under lua_pcall (the lj_rows at 1, the result table at 2): steps the
+ * statement and calls row per row, with the table at the top. */
+static int lj_step_rows(lua_State *L) {
+    lj_rows *q = lua_touserdata(L, 1);
+    lua_settop(L, 2);
+    while ((q->rc = sqlite3_step(q->st)) == SQLITE_ROW)
+        q->row(L, q->st, q->ud);
+    return 0;
+}
+
 /* Runs a read query with text/number parameters from the Lua stack
- * (first..last) and calls row(st) per row. Raises on an SQLite error,
- * after finalizing. */
+ * (first..last) and calls row(st) per row, with the table at the top of
+ * the stack. Raises on an SQLite error, after finalizing. The rows are
+ * made under lua_pcall: a memory error (the state at its limit) finalizes
+ * the statement before it goes on. */
 static int lj_query(lua_State *L, ljournal *r, const char *sql, int first,
-                    int last, void (*row)(lua_State *, sqlite3_stmt *, void *),
-                    void *ud) {
+                    int last, lj_row_fn row, void *ud) {
     sqlite3 *db = tide__journal_reader(r->j);
     sqlite3_stmt *st;
+    lj_rows q = {NULL, row, ud, SQLITE_DONE};
+    int t = lua_gettop(L);
+    /* What may raise comes before the statement exists. */
+    lua_pushcfunction(L, lj_step_rows);
+    lua_pushlightuserdata(L, &q);
+    lua_pushvalue(L, t);
     if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
         return luaL_error(L, "journal: %s", sqlite3_errmsg(db));
     for (int i = first; i <= last; i++) {
@@ -258,11 +287,12 @@ static int lj_query(lua_State *L, ljournal *r, const char *sql, int first,
             sqlite3_bind_text(st, i - first + 1, s, (int)n, SQLITE_TRANSIENT);
         }
     }
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-        row(L, st, ud);
+    q.st = st;
+    int perr = lua_pcall(L, 2, 0, 0);
     sqlite3_finalize(st);
-    if (rc != SQLITE_DONE)
+    if (perr != 0)
+        return lua_error(L);
+    if (q.rc != SQLITE_DONE)
         return luaL_error(L, "journal: %s", sqlite3_errmsg(db));
     return 0;
 }

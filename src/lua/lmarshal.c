@@ -21,6 +21,7 @@
  * from others calls into Lua (tide__json_int64_get), which may raise; the
  * output buffer hangs off a context on the caller's C stack and is freed
  * after the pcall when anything failed. Decoding allocates no C memory. */
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 
@@ -109,8 +110,12 @@ static int menc_table(menc *e, int depth) {
     }
     int rc;
     if (kind == M_ARR) {
-        /* n = the largest positive integer key. */
-        size_t n = 0;
+        /* n = the largest positive integer key. Holes cross as nils, so an
+         * array sparser than JSON takes (ljson.c's rule: the largest index
+         * beyond both 1000 and twice the entries, or beyond INT_MAX) is
+         * refused before a byte is written: {[1e8] = true} would cost
+         * 100 MB of nils here and as much again on the other thread. */
+        size_t n = 0, count = 0;
         lua_pushnil(L);
         while (lua_next(L, t)) {
             lua_pop(L, 1);
@@ -120,8 +125,14 @@ static int menc_table(menc *e, int depth) {
                 return menc_fail(e, "an array has a key that is not a "
                                     "positive integer");
             }
+            count++;
             if ((size_t)k > n)
                 n = (size_t)k;
+        }
+        if (n > INT_MAX || (n > 1000 && n > 2 * count)) {
+            snprintf(e->err, e->errlen, "cannot carry a sparse array "
+                     "(largest index %zu, %zu entries)", n, count);
+            return TIDE_EVALUE;
         }
         mbuf_byte(&e->b, M_ARR);
         mbuf_varint(&e->b, n);
@@ -136,8 +147,26 @@ static int menc_table(menc *e, int depth) {
     /* Plain tables: the sequence 1..n, then the other keys. Objects: all
      * keys as pairs. */
     size_t n = 0, m = 0;
-    if (kind == M_TAB)
+    if (kind == M_TAB) {
         n = lua_objlen(L, t);
+        /* The length operator may return any border, one far beyond most
+         * of the keys below it: then every key goes as a pair, and no run
+         * of nils is written for the holes. */
+        if (n > 1000) {
+            size_t inseq = 0;
+            lua_pushnil(L);
+            while (lua_next(L, t)) {
+                lua_pop(L, 1);
+                if (lua_type(L, -1) == LUA_TNUMBER) {
+                    double k = lua_tonumber(L, -1);
+                    if (k >= 1 && k <= (double)n && k == floor(k))
+                        inseq++;
+                }
+            }
+            if (n > INT_MAX || n > 2 * inseq)
+                n = 0;
+        }
+    }
     lua_pushnil(L);
     while (lua_next(L, t)) {
         lua_pop(L, 1);
@@ -397,6 +426,8 @@ static int mdec_value(mdec *d, int depth) {
          * is left is malformed (and would allocate too much). */
         if (n > (uint64_t)(d->end - d->p))
             return mdec_fail(d, "truncated table");
+        if (n > INT_MAX) /* the encoder never writes one: rawseti takes an int */
+            return mdec_fail(d, "table too long");
         lua_createtable(L, (int)n, 0);
         for (uint64_t i = 1; i <= n; i++) {
             if ((rc = mdec_value(d, depth + 1)) != 0)
@@ -447,15 +478,37 @@ int tide__marshal_decode(lua_State *L, const char *p, size_t n, char *err,
     return 0;
 }
 
+typedef struct {
+    const char *p;
+    size_t n;
+} mpush;
+
+static int mpush_protected(lua_State *L) {
+    mpush *m = lua_touserdata(L, 1);
+    lua_pushlstring(L, m->p, m->n);
+    return 1;
+}
+
 /* marshal_encode(v) -> bytes | nil, msg, "EVALUE" */
 static int l_marshal_encode(lua_State *L) {
     luaL_checkany(L, 1);
+    lua_settop(L, 1);
     char *out, err[256];
     size_t n;
+    /* Both may raise; nothing is allocated yet. */
+    lua_pushcfunction(L, mpush_protected);
+    lua_pushnil(L);
     if (tide__marshal_encode(L, 1, &out, &n, err, sizeof(err)) != 0)
         return tide__lua_fail(L, TIDE_EVALUE, "EVALUE: %s", err);
-    lua_pushlstring(L, out, n); /* may raise on OOM: out leaks then */
+    /* The string is made under a protected call: a memory error, or a
+     * length LuaJIT cannot hold, must not leave out behind. */
+    mpush m = {out, n};
+    lua_pushlightuserdata(L, &m);
+    lua_replace(L, 3);
+    int rc = lua_pcall(L, 1, 1, 0);
     free(out);
+    if (rc != 0)
+        return lua_error(L);
     return 1;
 }
 

@@ -3,7 +3,9 @@
  *
  * The worker converts between the job's binary value and JSON text with
  * its own Lua state (lmarshal.c, ljson.c) only when the function asks for
- * JSON. */
+ * JSON. That Lua work runs under lua_cpcall: a memory error (the worker's
+ * state at its memory limit) must not unwind through the library's C
+ * frames; it fails the call instead, with ENOMEM. */
 #include <dlfcn.h>
 #include <string.h>
 
@@ -24,6 +26,11 @@ typedef struct {
     size_t outlen;
     char err[512];
     int failed;
+    int oom;                  /* the worker's state ran out of memory */
+    /* The arguments of the protected step running now. */
+    const char *arg;
+    size_t arglen;
+    int rc;
 } lnative_call;
 
 #define LNATIVE(c) ((lnative_call *)(c))
@@ -41,35 +48,62 @@ static const void *lnative_input_value(tide_call *pub, size_t *len) {
     return c->in;
 }
 
+/* Runs step(c) under lua_cpcall; 0, or -1 after a memory error (noted in
+ * c->oom). The steps below leave no C buffer behind when they raise. */
+static int lnative_protect(lnative_call *c, lua_CFunction step) {
+    int top = lua_gettop(c->L);
+    int rc = lua_cpcall(c->L, step, c);
+    lua_settop(c->L, top);
+    if (rc != 0) {
+        c->oom = 1;
+        return -1;
+    }
+    return 0;
+}
+
+static int lnative_input_json_step(lua_State *L) {
+    lnative_call *c = lua_touserdata(L, 1);
+    char err[256];
+    c->rc = tide__marshal_decode(L, c->in, c->inlen, err, sizeof(err));
+    if (c->rc == 0)
+        c->rc = tide__json_encode_value(L, -1, &c->json_in, &c->json_inlen,
+                                        err, sizeof(err));
+    return 0;
+}
+
 static const char *lnative_input_json(tide_call *pub, size_t *len) {
     lnative_call *c = LNATIVE(pub);
-    if (c->json_in == NULL) {
-        char err[256];
-        int top = lua_gettop(c->L);
-        if (tide__marshal_decode(c->L, c->in, c->inlen, err, sizeof(err)) ||
-            tide__json_encode_value(c->L, -1, &c->json_in, &c->json_inlen,
-                                    err, sizeof(err))) {
-            lua_settop(c->L, top);
-            *len = 0;
-            return NULL;
-        }
-        lua_settop(c->L, top);
+    if (c->json_in == NULL &&
+        (lnative_protect(c, lnative_input_json_step) != 0 || c->rc != 0)) {
+        *len = 0;
+        return NULL;
     }
     *len = c->json_inlen;
     return c->json_in;
 }
 
+static int lnative_output_value_step(lua_State *L) {
+    lnative_call *c = lua_touserdata(L, 1);
+    char err[256];
+    c->rc = tide__marshal_decode(L, c->arg, c->arglen, err, sizeof(err));
+    if (c->rc != 0)
+        snprintf(c->err, sizeof(c->err), "output is not a valid value: %s",
+                 err);
+    return 0;
+}
+
 static int lnative_output_value(tide_call *pub, const void *bytes,
                                 size_t len) {
     lnative_call *c = LNATIVE(pub);
-    char err[256], msg[300];
-    int top = lua_gettop(c->L);
     /* Check it decodes before taking it. */
-    if (tide__marshal_decode(c->L, bytes, len, err, sizeof(err)) != 0) {
-        snprintf(msg, sizeof(msg), "output is not a valid value: %s", err);
-        return lnative_error(pub, msg);
+    c->arg = bytes;
+    c->arglen = len;
+    if (lnative_protect(c, lnative_output_value_step) != 0)
+        return lnative_error(pub, "out of memory");
+    if (c->rc != 0) {
+        c->failed = 1;
+        return -1;
     }
-    lua_settop(c->L, top);
     free(c->out);
     c->out = tide__xmalloc(len ? len : 1);
     memcpy(c->out, bytes, len);
@@ -77,22 +111,33 @@ static int lnative_output_value(tide_call *pub, const void *bytes,
     return 0;
 }
 
-static int lnative_output_json(tide_call *pub, const char *json, size_t len) {
-    lnative_call *c = LNATIVE(pub);
-    char err[256], msg[300];
-    int top = lua_gettop(c->L);
-    if (tide__json_decode_push(c->L, json, len, err, sizeof(err)) != 0) {
-        snprintf(msg, sizeof(msg), "output is not JSON: %s", err);
-        return lnative_error(pub, msg);
+static int lnative_output_json_step(lua_State *L) {
+    lnative_call *c = lua_touserdata(L, 1);
+    char err[256];
+    c->rc = tide__json_decode_push(L, c->arg, c->arglen, err, sizeof(err));
+    if (c->rc != 0) {
+        snprintf(c->err, sizeof(c->err), "output is not JSON: %s", err);
+        return 0;
     }
     free(c->out);
     c->out = NULL;
-    int rc = tide__marshal_encode(c->L, -1, &c->out, &c->outlen, err,
-                                  sizeof(err));
-    lua_settop(c->L, top);
-    if (rc != 0) {
-        snprintf(msg, sizeof(msg), "output cannot be carried: %s", err);
-        return lnative_error(pub, msg);
+    c->rc = tide__marshal_encode(L, -1, &c->out, &c->outlen, err,
+                                 sizeof(err));
+    if (c->rc != 0)
+        snprintf(c->err, sizeof(c->err), "output cannot be carried: %s",
+                 err);
+    return 0;
+}
+
+static int lnative_output_json(tide_call *pub, const char *json, size_t len) {
+    lnative_call *c = LNATIVE(pub);
+    c->arg = json;
+    c->arglen = len;
+    if (lnative_protect(c, lnative_output_json_step) != 0)
+        return lnative_error(pub, "out of memory");
+    if (c->rc != 0) {
+        c->failed = 1;
+        return -1;
     }
     return 0;
 }
@@ -116,7 +161,7 @@ int tide__native_run(lua_State *L, tide_native_fn fn, const void *in,
         free(c.out);
         *out = tide__xstrdup(c.err[0] ? c.err : "native task failed");
         *outlen = strlen(*out);
-        return TIDE_ETASK;
+        return c.oom ? UV_ENOMEM : TIDE_ETASK;
     }
     if (c.out == NULL) { /* no output set: null */
         c.out = tide__xmalloc(1);

@@ -9,9 +9,10 @@
  * pool_wait (the attempt parks; op_cancel marks the job cancelled) and
  * pool_result (the output decoded). The pool's uv_async callback drains
  * finished jobs and wakes their attempts. A job has two references, the
- * pool's (dropped when the loop takes it back) and the Lua box's (dropped
- * by its __gc), and a third while it is on the stuck list; the last one
- * frees it. Only the loop thread counts them. Worker side, nothing but the
+ * pool's (dropped when the loop takes it back, or by the worker thread of
+ * an orphan: a job still running when its pool stopped is never taken
+ * back) and the Lua box's (dropped by its __gc), and a third while it is
+ * on the stuck list; the last one frees it. Worker side, nothing but the
  * job's payload is touched. */
 #include <string.h>
 
@@ -47,7 +48,7 @@ typedef struct {
                         * function's pointer (owned) */
     size_t codelen;
     double timeout_ms; /* per attempt; 0: none (the worker's count hook) */
-    int status;        /* 0, or a TIDE_E* code (see lpool_fail) */
+    int status;        /* 0, or a TIDE_E* code or UV_ENOMEM (lpool_fail) */
     char *out;         /* result bytes or error text (owned, malloc'd) */
     size_t outlen;
     char *trace;       /* traceback of a failure (owned) */
@@ -80,6 +81,7 @@ struct lpool {
     uv_loop_t *loop;
     char *path, *cpath;
     int nthreads;
+    size_t mem_limit; /* of each worker's Lua state */
     int started, stopped, async_open;
     int boxed;
     int outstanding; /* jobs submitted and not taken back */
@@ -139,6 +141,7 @@ static void *lpool_worker_init(tide__pool *pool, int index) {
         tide__lua_preload_bundle(L);
     lua_newtable(L);
     lua_setfield(L, LUA_REGISTRYINDEX, "tide.worker.fns");
+    tide__lua_mem_limit(L, lp->mem_limit);
     return L;
 }
 
@@ -147,7 +150,8 @@ static void lpool_worker_free(void *ctx) {
         lua_close(ctx);
 }
 
-/* Fails the job with a TIDE_E* code, its message and traceback. */
+/* Fails the job with a TIDE_E* code (or UV_ENOMEM), its message and
+ * traceback. */
 static void lpool_fail(lpool_job *j, int status, const char *msg,
                        const char *trace) {
     j->status = status;
@@ -211,14 +215,23 @@ static void lpool_hook(lua_State *L, lua_Debug *ar) {
     }
 }
 
-static void lpool_run(void *ctx, tide__job *pj) {
-    lpool_job *j = lpool_job_of(pj);
-    lua_State *L = ctx;
+static void lpool_oom(lua_State *L, lpool_job *j) {
+    char msg[300];
+    snprintf(msg, sizeof(msg), "out of memory: sync task '%s' reached its "
+             "worker's memory_limit (%zu MiB)", j->task,
+             tide__lua_mem_get(L) >> 20);
+    free(j->out);
+    j->out = NULL;
+    lpool_fail(j, UV_ENOMEM, msg, NULL);
+}
+
+/* The Lua half of lpool_run, under lua_cpcall: loading the function,
+ * decoding the input and encoding the output allocate from the worker's
+ * state and may raise a memory error when it is at its limit; an error
+ * with no protected call around it would end the process. */
+static int lpool_run_lua(lua_State *L) {
+    lpool_job *j = lua_touserdata(L, 1);
     char err[256];
-    if (L == NULL) {
-        lpool_fail(j, TIDE_ETASK, "worker thread has no Lua state", NULL);
-        return;
-    }
     lua_settop(L, 0);
     if (strncmp(j->key, "native:", 7) == 0) {
         /* code holds the function pointer: no Lua function involved. */
@@ -226,18 +239,15 @@ static void lpool_run(void *ctx, tide__job *pj) {
         memcpy(&fn, j->code, sizeof(fn));
         j->status = tide__native_run(L, fn, j->in, j->inlen, &j->out,
                                      &j->outlen);
-        lua_settop(L, 0);
-        return;
+        return 0;
     }
     if (lpool_push_fn(L, j) != 0) {
         lpool_fail(j, TIDE_ETASK, lua_tostring(L, -1), NULL);
-        lua_settop(L, 0);
-        return;
+        return 0;
     }
     if (tide__marshal_decode(L, j->in, j->inlen, err, sizeof(err)) != 0) {
         lpool_fail(j, TIDE_EVALUE, err, NULL);
-        lua_settop(L, 0);
-        return;
+        return 0;
     }
     lpool_stopped = 0;
     if (j->timeout_ms > 0) {
@@ -251,6 +261,11 @@ static void lpool_run(void *ctx, tide__job *pj) {
         lua_sethook(L, NULL, 0, 0);
         lpool_deadline = 0;
     }
+    if (prc == LUA_ERRMEM) {
+        /* No message handler ran (LuaJIT calls none for memory errors). */
+        lpool_oom(L, j);
+        return 0;
+    }
     if (prc != 0) {
         const char *tb = lua_tostring(L, -1);
         /* The message is the traceback's first line. */
@@ -260,9 +275,9 @@ static void lpool_run(void *ctx, tide__job *pj) {
             msg[nl - tb] = '\0';
         lpool_fail(j, lpool_stopped ? TIDE_ETIMEDOUT : TIDE_ETASK, msg, tb);
         free(msg);
-        lua_settop(L, 0);
-        return;
+        return 0;
     }
+    /* The encoder frees its buffer itself when it raises. */
     if (tide__marshal_encode(L, -1, &j->out, &j->outlen, err,
                              sizeof(err)) != 0) {
         char msg[600];
@@ -272,7 +287,38 @@ static void lpool_run(void *ctx, tide__job *pj) {
     } else {
         j->status = 0;
     }
+    return 0;
+}
+
+static void lpool_run(void *ctx, tide__job *pj) {
+    lpool_job *j = lpool_job_of(pj);
+    lua_State *L = ctx;
+    if (L == NULL) {
+        lpool_fail(j, TIDE_ETASK, "worker thread has no Lua state", NULL);
+        return;
+    }
     lua_settop(L, 0);
+    int rc = lua_cpcall(L, lpool_run_lua, j);
+    if (rc != 0) {
+        /* A memory error while loading, decoding or encoding (the state
+         * tripped its limit; a plain error is not raised there). The
+         * message is written from C memory. */
+        if (rc == LUA_ERRMEM || tide__lua_mem_tripped(L)) {
+            lpool_oom(L, j);
+        } else {
+            char msg[300];
+            snprintf(msg, sizeof(msg), "sync task '%s': %s", j->task,
+                     lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+            free(j->out);
+            j->out = NULL;
+            lpool_fail(j, TIDE_ETASK, msg, NULL);
+        }
+    }
+    lua_settop(L, 0);
+    /* The garbage of a job that tripped the limit goes before the next;
+     * near the limit, any job's. */
+    tide__lua_mem_rearm(L);
+    tide__lua_mem_relieve(L);
 }
 
 /* ===== LOOP SIDE ===== */
@@ -406,12 +452,17 @@ static lpool *lpool_check(lua_State *L, int idx) {
     return *box;
 }
 
-/* pool_new(engine, nthreads) -> pool. Workers start on the first job. */
+/* pool_new(engine, nthreads[, memory_limit]) -> pool. Workers start on
+ * the first job; each worker's Lua state gets the memory limit (bytes; 0
+ * or none: no limit). */
 static int l_pool_new(lua_State *L) {
     uv_loop_t *loop = tide__lua_engine_loop(L, 1);
     lua_Integer n = luaL_checkinteger(L, 2);
     if (n < 1 || n > 1024)
         return luaL_argerror(L, 2, "threads must be 1..1024");
+    lua_Number mem = luaL_optnumber(L, 3, 0);
+    if (!(mem >= 0 && mem <= 9007199254740992.0))
+        return luaL_argerror(L, 3, "memory limit must be bytes >= 0");
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "path");
     lua_getfield(L, -2, "cpath");
@@ -444,6 +495,7 @@ static int l_pool_new(lua_State *L) {
     lp->async_open = 1;
     lp->boxed = 1;
     lp->nthreads = (int)n; /* started on the first job */
+    lp->mem_limit = (size_t)mem;
     *box = lp;
     return 1;
 }
@@ -496,16 +548,17 @@ static int l_pool_submit(lua_State *L) {
     }
     luaL_checkany(L, 5);
     double timeout = luaL_optnumber(L, 6, 0);
+    /* The box first (it may raise), then the encoded input (the encoder
+     * frees it when it raises), then the job, which cannot raise. */
+    lpool_job **box = lua_newuserdata(L, sizeof(*box));
+    *box = NULL;
+    luaL_getmetatable(L, "tide.job");
+    lua_setmetatable(L, -2);
     char *in, err[256];
     size_t inlen;
     if (tide__marshal_encode(L, 5, &in, &inlen, err, sizeof(err)) != 0)
         return tide__lua_fail(L, TIDE_EVALUE, "the input of sync task '%s' "
                               "cannot cross threads: %s", task, err);
-    /* The box first (it may raise), then the job, which cannot. */
-    lpool_job **box = lua_newuserdata(L, sizeof(*box));
-    *box = NULL;
-    luaL_getmetatable(L, "tide.job");
-    lua_setmetatable(L, -2);
     lpool_job *j = tide__xcalloc(1, sizeof(*j));
     j->in = in;
     j->inlen = inlen;
@@ -578,8 +631,11 @@ static int l_pool_result(lua_State *L) {
         lua_pushnil(L);
     /* The status is the code: ETIMEDOUT when the worker's hook stopped
      * the body at its time limit (which may come before the loop's
-     * deadline: both count from the job's start). */
-    lua_pushstring(L, tide_err_name(j->status));
+     * deadline: both count from the job's start); ENOMEM (UV_ENOMEM, not
+     * one of tide's codes) when the worker's state ran out of its memory
+     * limit. */
+    const char *name = tide_err_name(j->status);
+    lua_pushstring(L, name ? name : uv_err_name(j->status));
     return 4;
 }
 

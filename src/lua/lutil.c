@@ -61,9 +61,32 @@ int tide__lua_msgh(lua_State *L) {
     return 1;
 }
 
+/* The registry key of tide__lua_msgh, stored once per state by
+ * tide__lua_open_util: a hook runs from a loop callback, outside any
+ * protected call, where making the handler's closure could raise a memory
+ * error (a state at its memory limit) through the loop's C frames. */
+static char lutil_msgh_key;
+
+/* Pushes the message handler: the stored one, or a new closure in a
+ * state tide.core was not opened in. */
+static void lutil_push_msgh(lua_State *L) {
+    lua_pushlightuserdata(L, &lutil_msgh_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    if (!lua_isfunction(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushcfunction(L, tide__lua_msgh);
+    }
+}
+
+void tide__lua_open_util(lua_State *L) {
+    lua_pushlightuserdata(L, &lutil_msgh_key);
+    lua_pushcfunction(L, tide__lua_msgh);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+}
+
 int tide__lua_pcall(lua_State *L, int nargs, int nres) {
     int fn = lua_gettop(L) - nargs;
-    lua_pushcfunction(L, tide__lua_msgh);
+    lutil_push_msgh(L);
     lua_insert(L, fn);
     int rc = lua_pcall(L, nargs, nres, fn);
     lua_remove(L, fn);
@@ -81,24 +104,30 @@ int tide__lua_pcall_hook(lua_State *L, int nargs, const char *what) {
 }
 
 void tide__lua_hook_init(lua_State *L, tide__lua_hook *h, int fn_idx) {
-    h->T = lua_newthread(L);
-    h->thread_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    /* The function rides on the thread's stack (its first slot), so one
+     * reference anchors both, and h changes only once nothing more can
+     * raise: a memory error in between leaves garbage, not a half-set
+     * hook. */
+    if (fn_idx < 0 && fn_idx > LUA_REGISTRYINDEX)
+        fn_idx = lua_gettop(L) + fn_idx + 1;
+    lua_State *T = lua_newthread(L);
     lua_pushvalue(L, fn_idx);
-    h->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_xmove(L, T, 1);
+    int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    h->T = T;
+    h->thread_ref = ref;
 }
 
 void tide__lua_hook_free(tide__lua_hook *h) {
     if (h->T == NULL)
         return;
-    /* The function first: the thread may go with its reference. */
-    luaL_unref(h->T, LUA_REGISTRYINDEX, h->fn_ref);
     luaL_unref(h->T, LUA_REGISTRYINDEX, h->thread_ref);
     h->T = NULL;
 }
 
 lua_State *tide__lua_hook_push(tide__lua_hook *h) {
-    lua_settop(h->T, 0);
-    lua_rawgeti(h->T, LUA_REGISTRYINDEX, h->fn_ref);
+    lua_settop(h->T, 1);
+    lua_pushvalue(h->T, 1);
     return h->T;
 }
 

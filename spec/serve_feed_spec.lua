@@ -1,0 +1,61 @@
+-- Specs of a server made without a socket (tide.serve{ listen = false }):
+-- the whole HTTP path on bytes fed to it, as the fuzz target drives it.
+local tide = require "tide"
+
+local function server()
+    local p = tide.pipeline "feed"
+    p:task("echo", function(x)
+        if x == "slow" then tide.sleep(30) end
+        return x
+    end)
+    return assert(tide.serve(p, { listen = false }))
+end
+
+describe("tide.serve{ listen = false }", function()
+    it("answers requests fed to it, pipelined and cut anywhere", function()
+        local s = server()
+        local body = '{"id":"a","input":{"x":1}}'
+        local req = "POST /v1/jobs?wait=1 HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            .. "Content-Length: " .. #body .. "\r\n\r\n" .. body
+            .. "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        local out, closed = s.feed(req:sub(1, 30), true)
+        assert.equal("", out)
+        assert.is_false(closed)
+        out = s.feed(req:sub(31))
+        for _ = 1, 5 do s.executor:step() end
+        out = out .. s.feed("")
+        assert.matches('^HTTP/1%.1 200 OK\r\n.-\r\n\r\n{"id":"a","status":"done","output":{"x":1}}HTTP/1%.1 200 OK\r\n'
+                       .. '.-\r\n\r\n{"ok":true}$', out)
+        s.close()
+        s.executor:close()
+    end)
+
+    it("refuses once, closes, and reads nothing after; a new connection starts afresh", function()
+        local s = server()
+        local out, closed = s.feed("GET /healthz HTTP/1.1\r\n Host: localhost\r\n\r\n", true)
+        assert.matches("^HTTP/1%.1 400 Bad Request\r\n", out)
+        assert.matches("obsolete line folding", out, 1, true)
+        assert.is_true(closed)
+        out, closed = s.feed("GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert.equal("", out)
+        assert.is_true(closed)
+        out = s.feed("GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n", true)
+        assert.matches("^HTTP/1%.1 200 OK\r\n", out)
+        -- A long-poll owed an answer when the client leaves: its watcher goes.
+        local body = '{"id":"s","input":"slow"}'
+        out = s.feed("POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                     .. "Content-Length: " .. #body .. "\r\n\r\n" .. body, true)
+        assert.matches("^HTTP/1%.1 201 Created\r\n", out)
+        out = s.feed("GET /v1/jobs/s/result?wait=30 HTTP/1.1\r\nHost: localhost\r\n\r\n", true)
+        assert.equal("", out)
+        assert.equal(1, s.executor:watchers())
+        s.feed(nil) -- a half-close: the answer is still owed
+        assert.equal(1, s.executor:watchers())
+        s.feed("GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n", true) -- the old one closes
+        assert.equal(0, s.executor:watchers())
+        s.executor:cancel_all()
+        s.close()
+        s.executor:close()
+        assert.has_error(function() tide.serve(tide.pipeline("x"):task("a", print), { listen = true }) end)
+    end)
+end)
