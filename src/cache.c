@@ -80,8 +80,9 @@ struct tide__cache {
 };
 
 static const char *const cache_sql[OP_NKINDS] = {
-    [OP_PUT] = "INSERT OR REPLACE INTO entries(key, task, value, created, "
-               "hits) VALUES(?1, ?2, ?3, ?4, 0)",
+    /* Parenthesized: one string (clang's -Wstring-concatenation). */
+    [OP_PUT] = ("INSERT OR REPLACE INTO entries(key, task, value, created, "
+                "hits) VALUES(?1, ?2, ?3, ?4, 0)"),
     [OP_HIT] = "UPDATE entries SET hits = hits + 1 WHERE key = ?1",
     [OP_CLEAR] = "DELETE FROM entries WHERE ?4 < 0 OR created < ?4",
 };
