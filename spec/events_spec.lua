@@ -45,15 +45,31 @@ describe("lifecycle events", function()
         ex:close()
         assert.same({
             "context_start j 1",
-            "task_start j a 1 nil",
+            "task_start j a 1 nil 1",
             "task_end j a 1 2 nil nil nil",
-            "task_start j b 1 nil",
+            "task_start j b 1 nil 2",
             "task_end j b 1 nil rec nil nil ETASK",
             "retry j b 1 rec 0 ETASK",
-            "task_start j b 2 nil",
+            "task_start j b 2 nil 2",
             "task_end j b 2 20 nil nil nil",
             "context_end j done 20",
         }, seen)
+    end)
+
+    it("give task_start the input of the attempt, also in a map child", function()
+        local starts = {}
+        local p = tide.pipeline "inputs"
+        p:task("split", { map = true }, function(x) return { x, x + 1 } end)
+        p:task("sq", { after = "split" }, function(x) return x * x end)
+        p:on("task_start", function(id, task, attempt, map_index, input)
+            starts[#starts + 1] = table.concat({ id, task, attempt, tostring(map_index), tostring(input) }, " ")
+        end)
+        local ex = tide.executor()
+        ex:submit(p, 3, { id = "m" })
+        ex:run()
+        ex:close()
+        table.sort(starts)
+        assert.same({ "m split 1 nil 3", "m sq 1 1 3", "m sq 1 2 4" }, starts)
     end)
 
     it("of a pipeline (p:on) fire for its own contexts only", function()

@@ -10,6 +10,8 @@ local journal = require "tide.journal"
 local cache = require "tide.cache"
 local distributed = require "tide.distributed"
 local redis = require "tide.redis"
+local trace = require "tide.trace"
+local replay = require "tide.replay"
 
 local io_stderr, io_stdout = io.stderr, io.stdout
 local format, tostring = string.format, tostring
@@ -26,6 +28,7 @@ commands:
                    [--priority high|low|lifo] [--max-line-bytes N]
                    [--memory-limit BYTES] [--journal FILE [--journal-reset]]
                    [--cache FILE] [--redis URL]
+                   [--trace ID]... [--trace-format text|jsonl]
       Run every JSONL input line through the pipeline the file returns.
       Results go to stdout as JSONL, or with --output to DIR/<sink>.jsonl,
       DIR/failed.jsonl, DIR/rejects.jsonl (and DIR/dropped.jsonl when
@@ -37,6 +40,17 @@ commands:
       $XDG_CACHE_HOME/tide/cache.db or ~/.cache/tide/cache.db).
       --redis URL hands the jobs to `tide worker` processes through Redis
       and writes their results the same way.
+      --trace ID (repeatable) traces that input on stderr: each task's
+      input, output or error, attempt and time (text on a terminal, else
+      JSONL; --trace-format forces one).
+  replay PIPELINE.lua FAILED.jsonl [--id ID]... [--trace-format text|jsonl]
+                   [--threads N] [--task-timeout S] [--memory-limit BYTES]
+                   [--cache FILE]
+      Run the inputs of failure records (DIR/failed.jsonl, or the failed
+      lines of `tide run`'s stdout) again, one at a time, and trace each:
+      every task's input, output or error, attempt and time, on stdout
+      (text on a terminal, else JSONL). Exit 0 when all now succeed, 1
+      when some still fail.
   worker PIPELINE.lua --redis URL [--concurrency N] [--threads N] [--lease S]
                       [--drain-timeout S] [--max-deliveries N] [--task-timeout S]
       Run the jobs that `tide run --redis` submits for this pipeline.
@@ -128,8 +142,9 @@ end
 -- Parses the arguments after the command by `options` (flag -> { key,
 -- reader, message for a missing or bad value, repeatable }) into `o`; the one plain
 -- argument is o.pipeline (`what` names it when missing: a pipeline
--- file). Returns o, or nil and a message.
-local function parse_args(cmd, args, options, o, what)
+-- file), and a second one, when the command takes it, o[second]. Returns
+-- o, or nil and a message.
+local function parse_args(cmd, args, options, o, what, second)
     local i = 2
     while i <= #args do
         local a = args[i]
@@ -150,6 +165,8 @@ local function parse_args(cmd, args, options, o, what)
             return nil, "unknown option '" .. a .. "'"
         elseif not o.pipeline then
             o.pipeline = a
+        elseif second and o[second] == nil then
+            o[second] = a
         else
             return nil, "unexpected argument '" .. a .. "'"
         end
@@ -178,6 +195,9 @@ local RUN_OPTIONS = {
     ["--redis"] = { "redis", as_text, "--redis needs a URL (redis://HOST:PORT[/DB])" },
     ["--memory-limit"] = { "memory_limit", executor.parse_bytes,
                            "--memory-limit needs bytes >= 1M: a whole number, or one with K, M or G (512M, 1G)" },
+    ["--trace"] = { "trace", as_text, "--trace needs the id of an input", true },
+    ["--trace-format"] = { "trace_format", one_of({ text = true, jsonl = true }),
+                           "--trace-format must be text or jsonl" },
 }
 RUN_OPTIONS["-i"], RUN_OPTIONS["-o"], RUN_OPTIONS["-c"] =
     RUN_OPTIONS["--input"], RUN_OPTIONS["--output"], RUN_OPTIONS["--concurrency"]
@@ -214,6 +234,15 @@ local WORKER_OPTIONS = {
     ["--lease"] = { "lease", positive, "--lease needs a number of seconds > 0" },
     ["--drain-timeout"] = { "drain", nonnegative, "--drain-timeout needs seconds >= 0" },
     ["--max-deliveries"] = { "max_deliveries", whole, "--max-deliveries needs a whole number >= 1" },
+}
+
+local REPLAY_OPTIONS = {
+    ["--id"] = { "ids", as_text, "--id needs the id of a failure", true },
+    ["--trace-format"] = RUN_OPTIONS["--trace-format"],
+    ["--threads"] = RUN_OPTIONS["--threads"],
+    ["--task-timeout"] = RUN_OPTIONS["--task-timeout"],
+    ["--memory-limit"] = RUN_OPTIONS["--memory-limit"],
+    ["--cache"] = RUN_OPTIONS["--cache"],
 }
 
 local GRAPH_OPTIONS = {
@@ -286,10 +315,25 @@ local function run(args)
     if o.redis and not redis.parse_url(o.redis) then
         return die(EXIT_USAGE, select(2, redis.parse_url(o.redis)))
     end
+    if o.redis and o.trace then
+        return die(EXIT_USAGE, "--trace cannot be given with --redis (the tasks run on the workers)")
+    end
+    if o.trace_format and not o.trace then
+        return die(EXIT_USAGE, "--trace-format needs --trace ID")
+    end
     local ex = executor.new {
         concurrency = o.concurrency, task_timeout = o.task_timeout, threads = o.threads,
         memory_limit = o.memory_limit, results = false, cache = o.cache,
     }
+    if o.trace then
+        -- The trace goes to stderr, since stdout may carry the results. On a
+        -- terminal the progress line is cleared first, so that the two do
+        -- not run into each other.
+        local fmt = o.trace_format or trace.format_for(2)
+        local clear = fmt == "text" and core.isatty(2) and "\r\27[K" or ""
+        trace.new({ format = fmt, ids = o.trace,
+                    write = function(line) io_stderr:write(clear, line) end }):attach(ex)
+    end
     local function cached()
         local s = ex:stats()
         return { hits = s.cache_hits, misses = s.cache_misses }
@@ -415,6 +459,55 @@ local function run(args)
     if remote then remote:finish() end
     ex:close()
     return code
+end
+
+
+-- Prints in tasks go to stderr, so that stdout carries only what the
+-- command writes (results, a JSONL trace).
+local function print_to_stderr()
+    _G.print = function(...)
+        local parts = {}
+        for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+        io_stderr:write(table.concat(parts, "\t"), "\n")
+    end
+end
+
+
+-- tide replay PIPELINE.lua FAILED.jsonl [--id ID]...: runs the inputs of
+-- failure records again, one at a time, each traced on stdout.
+local function replay_command(args)
+    local o, perr = parse_args("replay", args, REPLAY_OPTIONS, {}, nil, "failed")
+    if not o then return die(EXIT_USAGE, perr .. "\n" .. USAGE) end
+    if not o.failed then
+        return die(EXIT_USAGE, "replay needs a file of failure records (DIR/failed.jsonl)\n" .. USAGE)
+    end
+    local bad = check_stores(o)
+    if bad then return bad end
+    print_to_stderr()
+    local p, lerr = load_pipeline(o.pipeline)
+    if not p then return die(EXIT_USAGE, lerr) end
+    local recs, rerr, rcode = replay.read(o.failed)
+    if not recs then return die(rcode, rerr) end
+    local chosen, serr = replay.select(recs, o.ids, o.failed)
+    if not chosen then return die(EXIT_USAGE, serr) end
+    local ex = executor.new {
+        task_timeout = o.task_timeout, threads = o.threads, memory_limit = o.memory_limit, cache = o.cache,
+    }
+    local fmt = o.trace_format or trace.format_for(1)
+    local tracer = trace.new({ format = fmt, write = function(line) io_stdout:write(line) end }):attach(ex)
+    local ok_n, fail_n = 0, 0
+    for _, r in ipairs(chosen) do
+        local status, value, jid = replay.run_one(ex, p, r.input, replay.free_id(ex, r.id), tracer)
+        io_stdout:flush()
+        io_stderr:write("tide: ", replay.verdict(jid, status, value), "\n")
+        if status == "done" then ok_n = ok_n + 1 else fail_n = fail_n + 1 end
+    end
+    local ferr = select(2, io_stdout:flush())
+    tracer:detach()
+    ex:close()
+    io_stderr:write(format("tide: replayed %d: %d now succeed, %d still fail\n", ok_n + fail_n, ok_n, fail_n))
+    if ferr then return die(EXIT_IO, "cannot write the trace: " .. tostring(ferr)) end
+    return fail_n > 0 and EXIT_FAILED or EXIT_OK
 end
 
 
@@ -626,6 +719,8 @@ function M.main(args)
         return cache_command(args)
     elseif cmd == "worker" then
         return worker(args)
+    elseif cmd == "replay" then
+        return replay_command(args)
     end
     return die(EXIT_USAGE, "unknown command '" .. tostring(cmd) .. "'\n" .. USAGE)
 end

@@ -5,7 +5,7 @@
 -- The promise kept here: every input ends as whole lines in exactly one
 -- of these places, and nothing is counted before it is written.
 --   stdout   one line per input: {"id","status":"done","output"} or
---            {"id","status":"failed","error"}; rejected lines are reported
+--            {"id","status":"failed","error","input"}; rejected lines are reported
 --            on stderr only.
 --   --output DIR/<sink>.jsonl  {"id","output"} in the file of each sink
 --                              the input reached;
@@ -337,7 +337,7 @@ end
 function Out:_fail(sid, rec, input)
     local ok, err
     if self.stdout then
-        ok, err = self:_line(self.stdout, record.failed(sid, "failed", rec, false))
+        ok, err = self:_line(self.stdout, record.failed(sid, "failed", rec, false, enc(input) or "null"))
     else
         ok, err = self:_line(self.failed, record.failed(sid, "failed", rec, true, enc(input) or "null"))
     end

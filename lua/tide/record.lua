@@ -2,17 +2,20 @@
 -- goes (stdout of `tide run`, failed.jsonl, the HTTP API, the C API):
 --
 --   {"id":ID,"status":"done","output":OUTPUT}
---   {"id":ID,"status":"failed"|"cancelled","error":{ERROR RECORD}}
+--   {"id":ID,"status":"failed"|"cancelled","error":{ERROR RECORD},"input":INPUT}
 --
--- with "input":INPUT added to a failure where the caller keeps inputs
--- (failed.jsonl), so that it can be run again. The error record's strings
+-- A failure carries the input of its job (the executor puts it in the
+-- error record as rec.input when the job ends), so that any failure
+-- record can be run again (`tide replay`, a re-run of failed.jsonl). It
+-- is left out only when the job had no input or the input cannot be
+-- encoded. The error record's strings
 -- are made valid UTF-8 first (errors.plain), so a failure always encodes.
 -- Built by concatenation: the parts are JSON text already.
 local core = require "tide.core"
 local errors = require "tide.errors"
 
 local encode = core.json.encode
-local tostring = tostring
+local tostring, type = tostring, type
 
 local M = {}
 
@@ -53,7 +56,9 @@ function M.encode(id, status, value, traceback)
         return M.failed(sid, "failed", errors.new("EVALUE", "the output cannot be encoded: " .. tostring(err)),
                         traceback)
     end
-    return M.failed(sid, status, value, traceback)
+    local input_json = nil
+    if type(value) == "table" and value.input ~= nil then input_json = encode(value.input) end
+    return M.failed(sid, status, value, traceback, input_json)
 end
 
 return M

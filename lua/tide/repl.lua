@@ -16,6 +16,8 @@ local core = require "tide.core"
 local tide = require "tide"
 local executor = require "tide.executor"
 local pipeline = require "tide.pipeline"
+local trace = require "tide.trace"
+local replay = require "tide.replay"
 
 local format, concat = string.format, table.concat
 local io_stdout = io.stdout
@@ -32,6 +34,8 @@ tide repl: Lua with a running engine. Jobs keep running while you type.
   =expr or expr      prints the value (tables up to 3 levels deep)
   :load FILE         (re)load a pipeline file into p
   :jobs              jobs of ex: running ones and recent results
+  :replay ID         run the input of failed job ID again through p, traced
+  :replay FILE[#ID]  the same for the failures of a failed.jsonl (or one)
   :help              this text
   Ctrl-C             cancels the line being typed (or a wait in progress);
                      twice on an empty line cancels the jobs and exits
@@ -89,6 +93,8 @@ function M.main(path)
             io_stdout:flush()
         end
     end
+    -- A trace line ends with its own newline.
+    local function out_raw(s) out((s:gsub("\n$", ""))) end
     local env = setmetatable({ tide = tide, __repl_pack = pack }, { __index = _G })
     env.ex = tide.executor()
     _G.print = function(...)
@@ -150,6 +156,54 @@ function M.main(path)
         out(concat(lines, "\n"))
     end
 
+    -- :replay ARG: runs failed inputs again through the current p (so a
+    -- pipeline fixed with :load is what runs), one at a time, traced.
+    -- ARG is the id of a failed job of ex, or FILE (every failure record
+    -- in it), or FILE#ID (the record with that id; an id may hold '#', so
+    -- the file is the longest prefix before a '#' that names a file).
+    local function replay_cmd(arg)
+        if arg == "" then return out("usage: :replay ID | FILE | FILE#ID") end
+        if not env.p then return out("error: no pipeline: give one to tide repl, or :load FILE") end
+        local ex = env.ex
+        local inputs -- { { id =, input = }, ... }
+        local status, value = ex:finished(arg)
+        if status == "failed" or status == "cancelled" then
+            if type(value) ~= "table" or value.input == nil then
+                return out("error: job '" .. arg .. "' failed without an input to replay")
+            end
+            local input = value.input
+            if input == tide.json.null then input = nil end
+            inputs = { { id = arg, input = input } }
+        elseif status then
+            return out("error: job '" .. arg .. "' did not fail (" .. status .. ")")
+        else
+            local file, id = arg, nil
+            if not core.stat(arg) then
+                for i = #arg, 1, -1 do
+                    if arg:sub(i, i) == "#" and core.stat(arg:sub(1, i - 1)) then
+                        file, id = arg:sub(1, i - 1), arg:sub(i + 1)
+                        break
+                    end
+                end
+            end
+            if not core.stat(file) then
+                return out("error: '" .. arg .. "' is neither a failed job of ex nor a file of failures")
+            end
+            local recs, err = replay.read(file)
+            if recs then recs, err = replay.select(recs, id and { id } or nil, file) end
+            if not recs then return out("error: " .. err) end
+            inputs = recs
+        end
+        local fmt = trace.format_for(1)
+        local tracer = trace.new({ format = fmt, write = out_raw }):attach(ex)
+        for _, r in ipairs(inputs) do
+            local st, v, jid = replay.run_one(ex, env.p, r.input, replay.free_id(ex, r.id), tracer)
+            out(replay.verdict(jid, st, v))
+            if st == "cancelled" then break end
+        end
+        tracer:detach()
+    end
+
     -- Runs one complete chunk; returns false when it is incomplete.
     local function run_chunk(src)
         local code = src:gsub("^%s*=", "")
@@ -196,6 +250,7 @@ function M.main(path)
                 elseif cmd == "jobs" then jobs()
                 elseif cmd == "load" then
                     if arg == "" then out("usage: :load FILE") else load_into_env(arg) end
+                elseif cmd == "replay" then replay_cmd(arg)
                 elseif cmd == "quit" or cmd == "q" then return "quit"
                 else out("unknown command :" .. cmd .. " (:help)") end
                 return

@@ -308,11 +308,31 @@ local function collect_inner(rt, slot, region)
 end
 
 
+-- A failure record carries the input of its root context (rec.input), so
+-- that whoever reads the failure (failed.jsonl, ex:result, the HTTP API, a
+-- journal, `tide replay`) can run it again. The record may already belong
+-- to another job (a body that returned the record of a job it waited for),
+-- so a record that holds a different input is copied rather than changed.
+-- This runs once per failed context, never on the path of a task.
+local function with_input(rec, outs)
+    local input = outs and outs[0]
+    if input == nil or not is_error(rec) or rec.input == input then return rec end
+    if rec.input ~= nil then
+        local copy = {}
+        for k, v in pairs(rec) do copy[k] = v end
+        rec = setmetatable(copy, getmetatable(rec))
+    end
+    rec.input = input
+    return rec
+end
+
+
 --- A root context ended: its slot goes, and the result leaves through
 -- the executor (`ran`: see context_output).
 function M.finish(rt, slot, status, value, ran)
     local id = rt.ids[slot]
     local p = rt.pipe_of[slot]
+    if status ~= "done" then value = with_input(value, rt.outputs[slot]) end
     if hooked(rt, p, "context_end") then fire(rt, p, "context_end", id, status, value) end
     forget(rt, slot)
     rt.E.release(slot)
@@ -743,7 +763,7 @@ function M.install(E, live, emit)
         local p = rt.pipe_of[slot]
         local events = flags.tasks
         if events and hooked(rt, p, "task_start") then
-            fire(rt, p, "task_start", rt.ids[slot], T_name[g], attempt, rt.index_of[slot])
+            fire(rt, p, "task_start", rt.ids[slot], T_name[g], attempt, rt.index_of[slot], input)
         end
         local from -- nil: the body (or `when`) decided; "restore", "cache"
         local r = flags.restored > 0 and restored[slot]
