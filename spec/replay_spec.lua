@@ -134,11 +134,11 @@ describe("the tracer", function()
         local p = refusing "detached"
         ex:submit(p, { n = 1 }, { id = "x" })
         ex:run()
-        assert.equal(8, n) -- context start and end, two tasks' start and end
+        assert.equal(6, n) -- context start and end, and the start and end of its two tasks
         t:detach()
         ex:submit(p, { n = 1 }, { id = "y" })
         ex:run()
-        assert.equal(8, n)
+        assert.equal(6, n)
         assert.has_error(function() trace.new({ format = "xml", write = print }) end,
                          'trace.new: opts.format must be "text" or "jsonl"')
         ex:close()
