@@ -97,7 +97,9 @@ describe("tide run", function()
         it("prints the error record of the failed order", function()
             local rec = by_id(jsonl(r.stdout))["order-5"]
             assert.equal("failed", rec.status)
-            assert.same({ "error", "id", "status" }, keys(rec))
+            -- The input rides along, so that the failure can be replayed.
+            assert.same({ "error", "id", "input", "status" }, keys(rec))
+            assert.equal("order-5", rec.input.id)
             local e = rec.error
             assert.equal("ETASK", e.code)
             assert.equal("price", e.task)
@@ -505,7 +507,7 @@ describe("tide run", function()
             assert.same({ id = "quick", status = "done", output = { slept = 0.01, peak = 2 } }, got.quick)
             assert.same({ id = "stuck", status = "failed", error = {
                 code = "ETIMEDOUT", task = "nap", attempts = 1, message = "task 'nap' timed out after 0.2 s",
-            } }, got.stuck)
+            }, input = { id = "stuck", secs = 5 } }, got.stuck)
             assert.is_true(elapsed < 3, "took " .. elapsed .. " s")
         end)
 
