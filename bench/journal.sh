@@ -8,7 +8,9 @@
 #   ratio workload=journal-run n=... plain_lines_per_s=... journal_lines_per_s=... ratio_med=X target=0.5 ok=1|0
 #
 # (lines per second are medians over the pairs; ratio_med is the journaled
-# rate over the plain one: 1 would be free). Environment: BENCH_PAIRS
+# rate over the plain one: 1 would be free). A journaled run's line also
+# has wait_mean_ms and wait_max_ms: how long a result waited from being
+# queued to being on the device (the journal's closing line). Environment: BENCH_PAIRS
 # (default 5), BENCH_JOURNAL_N (inputs, default 200000).
 set -eu
 cd "$(dirname "$0")/.."
@@ -32,10 +34,12 @@ one() {
     fi
     # shellcheck disable=SC2086 # $extra is two words or none
     build/tide run bench/mem.lua --input "$tmp/in.jsonl" --output "$tmp/out" $extra 2>"$tmp/err" || true
+    # The journal's own line: how long a result waited to be on the device.
+    wait=$(sed -n 's/.*on the device within \([0-9.]*\) ms on average (at worst \([0-9.]*\) ms).*/ wait_mean_ms=\1 wait_max_ms=\2/p' "$tmp/err")
     sed -n 's/.*tide: \([0-9]*\) done.* \([0-9.]*\)\/s, \([0-9.]*\) s, .*/\1 \2 \3/p' "$tmp/err" |
-        awk -v impl="$1" -v n="$N" -v lines="$(wc -l <"$tmp/out/label.jsonl" 2>/dev/null || echo 0)" '
-            { printf "workload=journal-run impl=%s n=%d done=%d lines_per_s=%.0f seconds=%.2f ok=%d\n",
-                     impl, n, $1, $2, $3, ($1 == n && lines == n) ? 1 : 0; found = 1 }
+        awk -v impl="$1" -v n="$N" -v wait="$wait" -v lines="$(wc -l <"$tmp/out/label.jsonl" 2>/dev/null || echo 0)" '
+            { printf "workload=journal-run impl=%s n=%d done=%d lines_per_s=%.0f seconds=%.2f%s ok=%d\n",
+                     impl, n, $1, $2, $3, wait, ($1 == n && lines == n) ? 1 : 0; found = 1 }
             END { if (!found) printf "workload=journal-run impl=%s ok=0 (no summary line)\n", impl }'
 }
 
@@ -60,8 +64,8 @@ awk -v target="$TARGET" -v n="$N" '
         split("", v)
         for (f = 1; f <= NF; f++) { e = index($f, "="); v[substr($f, 1, e - 1)] = substr($f, e + 1) }
         if (v["ok"] != "1") bad = 1
-        if (v["impl"] == "plain") p[++np] = v["lines_per_s"]
-        else if (v["impl"] == "journal") j[++nj] = v["lines_per_s"]
+        if (v["impl"] == "plain") p[++np] = v["lines_per_s"] + 0
+        else if (v["impl"] == "journal") j[++nj] = v["lines_per_s"] + 0
     }
     END {
         if (!np || !nj) { print "ratio workload=journal-run ok=0 (no runs)"; exit 1 }

@@ -206,11 +206,14 @@ static void journal_writer(void *arg) {
         while (j->head == NULL && !j->stop)
             uv_cond_wait(&j->cond, &j->mu);
         int stopping = j->stop;
+        uint64_t age = j->head ? uv_hrtime() - j->head->queued : 0;
         uv_mutex_unlock(&j->mu);
-        if (!stopping) {
-            /* Let a group gather: the rest of this millisecond's work
-             * rides on the same device flush. */
-            struct timespec ts = {0, JOURNAL_INTERVAL_NS};
+        if (!stopping && age < JOURNAL_INTERVAL_NS) {
+            /* Let a group gather until its oldest operation is one
+             * interval old: the rest of that millisecond's work rides on
+             * the same device flush. Operations that queued while the last
+             * commit was on the device waited already, and go at once. */
+            struct timespec ts = {0, (long)(JOURNAL_INTERVAL_NS - age)};
             nanosleep(&ts, NULL);
         }
         uv_mutex_lock(&j->mu);
