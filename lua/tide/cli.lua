@@ -134,7 +134,13 @@ local function parse_args(cmd, args, options, o, what)
     while i <= #args do
         local a = args[i]
         local opt = options[a]
-        if opt and opt[2] == nil then -- a flag
+        if a == "--" and options["--param"] then
+            -- The rest reaches the pipeline as tide.args, untouched.
+            o.args = { unpack(args, i + 1) }
+            break
+        elseif (a == "--help" or a == "-h") and options["--param"] then
+            o.help = true
+        elseif opt and opt[2] == nil then -- a flag
             o[opt[1]] = true
         elseif opt then
             i = i + 1
@@ -155,7 +161,7 @@ local function parse_args(cmd, args, options, o, what)
         end
         i = i + 1
     end
-    if not o.pipeline then return nil, cmd .. " needs " .. (what or "a pipeline file") end
+    if not o.pipeline and not o.help then return nil, cmd .. " needs " .. (what or "a pipeline file") end
     return o
 end
 
@@ -179,6 +185,13 @@ local RUN_OPTIONS = {
     ["--memory-limit"] = { "memory_limit", executor.parse_bytes,
                            "--memory-limit needs bytes >= 1M: a whole number, or one with K, M or G (512M, 1G)" },
 }
+-- Parameters of the pipeline (tide run, serve and worker): checked once
+-- the pipeline declared them (load_params).
+local PARAM_OPTIONS = {
+    ["--param"] = { "param", as_text, "--param needs NAME=VALUE", true },
+    ["--param-file"] = { "param_file", as_text, "--param-file needs a JSON file" },
+}
+for k, v in pairs(PARAM_OPTIONS) do RUN_OPTIONS[k] = v end
 RUN_OPTIONS["-i"], RUN_OPTIONS["-o"], RUN_OPTIONS["-c"] =
     RUN_OPTIONS["--input"], RUN_OPTIONS["--output"], RUN_OPTIONS["--concurrency"]
 
@@ -200,6 +213,8 @@ local SERVE_OPTIONS = {
                          "--allow-host needs a host name (letters, digits, '.', '-'; or [IPv6]), no port", true },
 }
 
+for k, v in pairs(PARAM_OPTIONS) do SERVE_OPTIONS[k] = v end
+
 local CACHE_OPTIONS = {
     ["--cache"] = RUN_OPTIONS["--cache"],
     ["--older-than"] = { "older_than", nonnegative, "--older-than needs a number of seconds >= 0" },
@@ -216,6 +231,8 @@ local WORKER_OPTIONS = {
     ["--max-deliveries"] = { "max_deliveries", whole, "--max-deliveries needs a whole number >= 1" },
 }
 
+for k, v in pairs(PARAM_OPTIONS) do WORKER_OPTIONS[k] = v end
+
 local GRAPH_OPTIONS = {
     ["--format"] = { "format", one_of({ dot = true, mermaid = true, html = true }),
                      "--format must be dot, mermaid or html" },
@@ -224,6 +241,85 @@ GRAPH_OPTIONS["-f"] = GRAPH_OPTIONS["--format"]
 
 
 local load_pipeline = require("tide.pipeline").load
+
+
+-- The settings of a pipeline load from --param, --param-file and `--
+-- args`, or nil, message.
+local function param_settings(o)
+    local texts, params = {}, {}
+    for _, kv in ipairs(o.param or {}) do
+        local name, text = kv:match("^([^=]*)=(.*)$")
+        if not name then return nil, "--param needs NAME=VALUE, got '" .. kv .. "' (no '=')" end
+        if name == "" then return nil, "--param needs NAME=VALUE, got '" .. kv .. "' (no name)" end
+        -- The last --param of a name wins, as a later option overrides an
+        -- earlier one elsewhere on the command line.
+        texts[name] = text
+    end
+    if o.param_file then
+        local f, ferr = io.open(o.param_file, "rb")
+        if not f then return nil, "--param-file " .. tostring(ferr) end
+        local text, rerr = f:read("*a")
+        f:close()
+        if not text then return nil, "--param-file " .. o.param_file .. ": " .. tostring(rerr) end
+        local v, jerr = core.json.decode(text)
+        if v == nil then
+            return nil, "--param-file " .. o.param_file .. ": " .. tostring(jerr):gsub("^EVALUE: ", "")
+        end
+        if type(v) ~= "table" or (next(v) ~= nil and v[1] ~= nil) then
+            return nil, "--param-file " .. o.param_file .. ": must hold a JSON object of NAME: value"
+        end
+        params = v
+    end
+    return { texts = texts, params = params, args = o.args or {},
+             from = o.param_file and ("--param-file " .. o.param_file) or nil }
+end
+
+
+-- How a default is shown in --help: as JSON, which is how it is given.
+local function shown(v)
+    local text = core.json.encode(v)
+    return text or tostring(v)
+end
+
+
+-- `tide CMD PIPELINE.lua --help`: the command's usage and the pipeline's
+-- parameters, with their types, defaults and docs.
+local function param_help(cmd, o)
+    if not o.pipeline then
+        io_stdout:write(USAGE)
+        return EXIT_OK
+    end
+    local p, err, decls = load_pipeline(o.pipeline, nil, { help = true })
+    if not p and #decls == 0 then return die(EXIT_USAGE, err) end
+    local out = { format("usage: tide %s %s [options] [--param NAME=VALUE]... [--param-file FILE.json] "
+                         .. "[-- ARGS...]\n", cmd, o.pipeline) }
+    if #decls == 0 then
+        out[#out + 1] = format("\npipeline '%s' declares no parameters.\n", p and p.name or o.pipeline)
+    else
+        out[#out + 1] = format("\nparameters of pipeline '%s':\n", p and p.name or o.pipeline)
+        for _, d in ipairs(decls) do
+            local what = (d.type or "any")
+                .. (d.required and ", required" or (", default " .. shown(d.default)))
+            out[#out + 1] = format("  %-20s %s\n", d.name, what)
+            if d.doc then out[#out + 1] = format("  %-20s %s\n", "", d.doc) end
+        end
+    end
+    out[#out + 1] = "\nSee `tide help` for the options of every command.\n"
+    io_stdout:write(table.concat(out))
+    if not p then io_stderr:write("tide: ", err, "\n") end
+    return EXIT_OK
+end
+
+
+-- Loads o.pipeline with its parameters: the pipeline, or nil and the exit
+-- code (after the message).
+local function load_params(o)
+    local settings, serr = param_settings(o)
+    if not settings then return nil, die(EXIT_USAGE, serr) end
+    local p, err = load_pipeline(o.pipeline, nil, settings)
+    if not p then return nil, die(EXIT_USAGE, err) end
+    return p
+end
 
 
 -- The exit code of a run from its report, printing why when it is not 0
@@ -252,6 +348,7 @@ local function run(args)
         concurrency = 1000, priority = "low", max_line_bytes = jsonl.DEFAULT_MAX_LINE_BYTES,
     })
     if not o then return die(EXIT_USAGE, perr .. "\n" .. USAGE) end
+    if o.help then return param_help("run", o) end
     if o.append and o.overwrite then
         return die(EXIT_USAGE, "--append and --overwrite cannot be given together")
     end
@@ -269,8 +366,8 @@ local function run(args)
         for i = 1, n do parts[i] = tostring((select(i, ...))) end
         io_stderr:write(table.concat(parts, "\t"), "\n")
     end
-    local p, lerr = load_pipeline(o.pipeline)
-    if not p then return die(EXIT_USAGE, lerr) end
+    local p, lcode = load_params(o)
+    if not p then return lcode end
 
     local path = o.input
     if path == "-" then path = nil end
@@ -424,6 +521,7 @@ local function worker(args)
         max_deliveries = distributed.DEFAULT_MAX_DELIVERIES,
     })
     if not o then return die(EXIT_USAGE, perr .. "\n" .. USAGE) end
+    if o.help then return param_help("worker", o) end
     if not o.redis then return die(EXIT_USAGE, "tide worker needs --redis URL\n" .. USAGE) end
     local uok, uerr = redis.parse_url(o.redis)
     if not uok then return die(EXIT_USAGE, uerr) end
@@ -432,8 +530,8 @@ local function worker(args)
         for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
         io_stderr:write(table.concat(parts, "\t"), "\n")
     end
-    local p, lerr = load_pipeline(o.pipeline)
-    if not p then return die(EXIT_USAGE, lerr) end
+    local p, lcode = load_params(o)
+    if not p then return lcode end
     local ex = executor.new {
         concurrency = o.concurrency, task_timeout = o.task_timeout, threads = o.threads,
         results = false,
@@ -460,6 +558,7 @@ end
 local function serve(args)
     local o, perr = parse_args("serve", args, SERVE_OPTIONS, { listen = "127.0.0.1:8080", drain = 30 })
     if not o then return die(EXIT_USAGE, perr .. "\n" .. USAGE) end
+    if o.help then return param_help("serve", o) end
     local token
     if o.token_file then
         local f, err = io.open(o.token_file)
@@ -468,8 +567,8 @@ local function serve(args)
         f:close()
         if token == "" then return die(EXIT_USAGE, "--token-file: the file is empty") end
     end
-    local p, err = load_pipeline(o.pipeline)
-    if not p then return die(EXIT_USAGE, err) end
+    local p, lcode = load_params(o)
+    if not p then return lcode end
     local bad = check_stores(o)
     if bad then return bad end
     local sex = executor.new {
