@@ -26,6 +26,7 @@ commands:
                    [--priority high|low|lifo] [--max-line-bytes N]
                    [--memory-limit BYTES] [--journal FILE [--journal-reset]]
                    [--cache FILE] [--redis URL]
+                   [--param NAME=VALUE]... [--param-file FILE.json] [-- ARGS...]
       Run every JSONL input line through the pipeline the file returns.
       Results go to stdout as JSONL, or with --output to DIR/<sink>.jsonl,
       DIR/failed.jsonl, DIR/rejects.jsonl (and DIR/dropped.jsonl when
@@ -37,6 +38,9 @@ commands:
       $XDG_CACHE_HOME/tide/cache.db or ~/.cache/tide/cache.db).
       --redis URL hands the jobs to `tide worker` processes through Redis
       and writes their results the same way.
+      --param and --param-file give the parameters the pipeline declares
+      (p:param); what follows -- is tide.args. `tide run PIPELINE.lua
+      --help` lists the parameters (serve and worker take them too).
   worker PIPELINE.lua --redis URL [--concurrency N] [--threads N] [--lease S]
                       [--drain-timeout S] [--max-deliveries N] [--task-timeout S]
       Run the jobs that `tide run --redis` submits for this pipeline.
