@@ -32,7 +32,7 @@ function M.body(ex, p, t)
     if t.kind == "native" then
         key, code = "native:" .. t.native.path .. ":" .. t.native.symbol, t.native.fn
     elseif p._file then
-        key = "file:" .. p._file
+        key = "file:" .. (p._file_key or p._file)
     else
         local names = {}
         for i = 1, 200 do

@@ -29,6 +29,7 @@ commands:
                    [--memory-limit BYTES] [--journal FILE [--journal-reset]]
                    [--cache FILE] [--redis URL]
                    [--trace ID]... [--trace-format text|jsonl]
+                   [--param NAME=VALUE]... [--param-file FILE.json] [-- ARGS...]
       Run every JSONL input line through the pipeline the file returns.
       Results go to stdout as JSONL, or with --output to DIR/<sink>.jsonl,
       DIR/failed.jsonl, DIR/rejects.jsonl (and DIR/dropped.jsonl when
@@ -43,9 +44,12 @@ commands:
       --trace ID (repeatable) traces that input on stderr: each task's
       input, output or error, attempt and time (text on a terminal, else
       JSONL; --trace-format forces one).
+      --param and --param-file give the parameters the pipeline declares
+      (p:param); what follows -- is tide.args. `tide run PIPELINE.lua
+      --help` lists the parameters (serve and worker take them too).
   replay PIPELINE.lua FAILED.jsonl [--id ID]... [--trace-format text|jsonl]
                    [--threads N] [--task-timeout S] [--memory-limit BYTES]
-                   [--cache FILE]
+                   [--cache FILE] [--param NAME=VALUE]... [--param-file FILE.json]
       Run the inputs of failure records (DIR/failed.jsonl, or the failed
       lines of `tide run`'s stdout) again, one at a time, and trace each:
       every task's input, output or error, attempt and time, on stdout
@@ -149,7 +153,13 @@ local function parse_args(cmd, args, options, o, what, second)
     while i <= #args do
         local a = args[i]
         local opt = options[a]
-        if opt and opt[2] == nil then -- a flag
+        if a == "--" and options["--param"] then
+            -- The rest reaches the pipeline as tide.args, untouched.
+            o.args = { unpack(args, i + 1) }
+            break
+        elseif (a == "--help" or a == "-h") and options["--param"] then
+            o.help = true
+        elseif opt and opt[2] == nil then -- a flag
             o[opt[1]] = true
         elseif opt then
             i = i + 1
@@ -172,7 +182,7 @@ local function parse_args(cmd, args, options, o, what, second)
         end
         i = i + 1
     end
-    if not o.pipeline then return nil, cmd .. " needs " .. (what or "a pipeline file") end
+    if not o.pipeline and not o.help then return nil, cmd .. " needs " .. (what or "a pipeline file") end
     return o
 end
 
@@ -199,6 +209,13 @@ local RUN_OPTIONS = {
     ["--trace-format"] = { "trace_format", one_of({ text = true, jsonl = true }),
                            "--trace-format must be text or jsonl" },
 }
+-- Parameters of the pipeline (tide run, serve and worker): checked once
+-- the pipeline declared them (load_params).
+local PARAM_OPTIONS = {
+    ["--param"] = { "param", as_text, "--param needs NAME=VALUE", true },
+    ["--param-file"] = { "param_file", as_text, "--param-file needs a JSON file" },
+}
+for k, v in pairs(PARAM_OPTIONS) do RUN_OPTIONS[k] = v end
 RUN_OPTIONS["-i"], RUN_OPTIONS["-o"], RUN_OPTIONS["-c"] =
     RUN_OPTIONS["--input"], RUN_OPTIONS["--output"], RUN_OPTIONS["--concurrency"]
 
@@ -219,6 +236,8 @@ local SERVE_OPTIONS = {
     ["--allow-host"] = { "allow_host", host_name,
                          "--allow-host needs a host name (letters, digits, '.', '-'; or [IPv6]), no port", true },
 }
+
+for k, v in pairs(PARAM_OPTIONS) do SERVE_OPTIONS[k] = v end
 
 local CACHE_OPTIONS = {
     ["--cache"] = RUN_OPTIONS["--cache"],
@@ -244,6 +263,7 @@ local REPLAY_OPTIONS = {
     ["--memory-limit"] = RUN_OPTIONS["--memory-limit"],
     ["--cache"] = RUN_OPTIONS["--cache"],
 }
+for k, v in pairs(PARAM_OPTIONS) do WORKER_OPTIONS[k] = v; REPLAY_OPTIONS[k] = v end
 
 local GRAPH_OPTIONS = {
     ["--format"] = { "format", one_of({ dot = true, mermaid = true, html = true }),
@@ -253,6 +273,85 @@ GRAPH_OPTIONS["-f"] = GRAPH_OPTIONS["--format"]
 
 
 local load_pipeline = require("tide.pipeline").load
+
+
+-- The settings of a pipeline load from --param, --param-file and `--
+-- args`, or nil, message.
+local function param_settings(o)
+    local texts, params = {}, {}
+    for _, kv in ipairs(o.param or {}) do
+        local name, text = kv:match("^([^=]*)=(.*)$")
+        if not name then return nil, "--param needs NAME=VALUE, got '" .. kv .. "' (no '=')" end
+        if name == "" then return nil, "--param needs NAME=VALUE, got '" .. kv .. "' (no name)" end
+        -- The last --param of a name wins, as a later option overrides an
+        -- earlier one elsewhere on the command line.
+        texts[name] = text
+    end
+    if o.param_file then
+        local f, ferr = io.open(o.param_file, "rb")
+        if not f then return nil, "--param-file " .. tostring(ferr) end
+        local text, rerr = f:read("*a")
+        f:close()
+        if not text then return nil, "--param-file " .. o.param_file .. ": " .. tostring(rerr) end
+        local v, jerr = core.json.decode(text)
+        if v == nil then
+            return nil, "--param-file " .. o.param_file .. ": " .. tostring(jerr):gsub("^EVALUE: ", "")
+        end
+        if type(v) ~= "table" or (next(v) ~= nil and v[1] ~= nil) then
+            return nil, "--param-file " .. o.param_file .. ": must hold a JSON object of NAME: value"
+        end
+        params = v
+    end
+    return { texts = texts, params = params, args = o.args or {},
+             from = o.param_file and ("--param-file " .. o.param_file) or nil }
+end
+
+
+-- How a default is shown in --help: as JSON, which is how it is given.
+local function shown(v)
+    local text = core.json.encode(v)
+    return text or tostring(v)
+end
+
+
+-- `tide CMD PIPELINE.lua --help`: the command's usage and the pipeline's
+-- parameters, with their types, defaults and docs.
+local function param_help(cmd, o)
+    if not o.pipeline then
+        io_stdout:write(USAGE)
+        return EXIT_OK
+    end
+    local p, err, decls = load_pipeline(o.pipeline, nil, { help = true })
+    if not p and #decls == 0 then return die(EXIT_USAGE, err) end
+    local out = { format("usage: tide %s %s [options] [--param NAME=VALUE]... [--param-file FILE.json] "
+                         .. "[-- ARGS...]\n", cmd, o.pipeline) }
+    if #decls == 0 then
+        out[#out + 1] = format("\npipeline '%s' declares no parameters.\n", p and p.name or o.pipeline)
+    else
+        out[#out + 1] = format("\nparameters of pipeline '%s':\n", p and p.name or o.pipeline)
+        for _, d in ipairs(decls) do
+            local what = (d.type or "any")
+                .. (d.required and ", required" or (", default " .. shown(d.default)))
+            out[#out + 1] = format("  %-20s %s\n", d.name, what)
+            if d.doc then out[#out + 1] = format("  %-20s %s\n", "", d.doc) end
+        end
+    end
+    out[#out + 1] = "\nSee `tide help` for the options of every command.\n"
+    io_stdout:write(table.concat(out))
+    if not p then io_stderr:write("tide: ", err, "\n") end
+    return EXIT_OK
+end
+
+
+-- Loads o.pipeline with its parameters: the pipeline, or nil and the exit
+-- code (after the message).
+local function load_params(o)
+    local settings, serr = param_settings(o)
+    if not settings then return nil, die(EXIT_USAGE, serr) end
+    local p, err = load_pipeline(o.pipeline, nil, settings)
+    if not p then return nil, die(EXIT_USAGE, err) end
+    return p
+end
 
 
 -- The exit code of a run from its report, printing why when it is not 0
@@ -281,6 +380,7 @@ local function run(args)
         concurrency = 1000, priority = "low", max_line_bytes = jsonl.DEFAULT_MAX_LINE_BYTES,
     })
     if not o then return die(EXIT_USAGE, perr .. "\n" .. USAGE) end
+    if o.help then return param_help("run", o) end
     if o.append and o.overwrite then
         return die(EXIT_USAGE, "--append and --overwrite cannot be given together")
     end
@@ -298,8 +398,8 @@ local function run(args)
         for i = 1, n do parts[i] = tostring((select(i, ...))) end
         io_stderr:write(table.concat(parts, "\t"), "\n")
     end
-    local p, lerr = load_pipeline(o.pipeline)
-    if not p then return die(EXIT_USAGE, lerr) end
+    local p, lcode = load_params(o)
+    if not p then return lcode end
 
     local path = o.input
     if path == "-" then path = nil end
@@ -484,8 +584,8 @@ local function replay_command(args)
     local bad = check_stores(o)
     if bad then return bad end
     print_to_stderr()
-    local p, lerr = load_pipeline(o.pipeline)
-    if not p then return die(EXIT_USAGE, lerr) end
+    local p, lcode = load_params(o)
+    if not p then return lcode end
     local recs, rerr, rcode = replay.read(o.failed)
     if not recs then return die(rcode, rerr) end
     local chosen, serr = replay.select(recs, o.ids, o.failed)
@@ -517,6 +617,7 @@ local function worker(args)
         max_deliveries = distributed.DEFAULT_MAX_DELIVERIES,
     })
     if not o then return die(EXIT_USAGE, perr .. "\n" .. USAGE) end
+    if o.help then return param_help("worker", o) end
     if not o.redis then return die(EXIT_USAGE, "tide worker needs --redis URL\n" .. USAGE) end
     local uok, uerr = redis.parse_url(o.redis)
     if not uok then return die(EXIT_USAGE, uerr) end
@@ -525,8 +626,8 @@ local function worker(args)
         for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
         io_stderr:write(table.concat(parts, "\t"), "\n")
     end
-    local p, lerr = load_pipeline(o.pipeline)
-    if not p then return die(EXIT_USAGE, lerr) end
+    local p, lcode = load_params(o)
+    if not p then return lcode end
     local ex = executor.new {
         concurrency = o.concurrency, task_timeout = o.task_timeout, threads = o.threads,
         results = false,
@@ -553,6 +654,7 @@ end
 local function serve(args)
     local o, perr = parse_args("serve", args, SERVE_OPTIONS, { listen = "127.0.0.1:8080", drain = 30 })
     if not o then return die(EXIT_USAGE, perr .. "\n" .. USAGE) end
+    if o.help then return param_help("serve", o) end
     local token
     if o.token_file then
         local f, err = io.open(o.token_file)
@@ -561,8 +663,8 @@ local function serve(args)
         f:close()
         if token == "" then return die(EXIT_USAGE, "--token-file: the file is empty") end
     end
-    local p, err = load_pipeline(o.pipeline)
-    if not p then return die(EXIT_USAGE, err) end
+    local p, lcode = load_params(o)
+    if not p then return lcode end
     local bad = check_stores(o)
     if bad then return bad end
     local sex = executor.new {

@@ -12,7 +12,48 @@ local M = { _VERSION = core.version, version = core.version }
 
 M.pipeline = pipeline.new
 M.limiter = pipeline.limiter
-M.pipeline_file = pipeline.load
+-- The parameters and arguments of the pipeline file loaded last (see
+-- docs/api.md#parameters): empty until a load, or filled by an embedding
+-- host before it declares parameters outside a file.
+M.params = {}
+M.args = {}
+
+
+--- Loads a pipeline file (see pipeline.load); opts.params (name -> value)
+-- and opts.args (a list of strings) are what the file sees as
+-- tide.params and tide.args while it loads.
+-- @return the pipeline, or nil and a message
+-- @raise on bad opts
+function M.pipeline_file(path, opts)
+    if type(path) ~= "string" then
+        error("tide.pipeline_file: path must be a string, got " .. type(path), 2)
+    end
+    if opts ~= nil and type(opts) ~= "table" then
+        error("tide.pipeline_file: options must be a table, got " .. type(opts), 2)
+    end
+    opts = opts or {}
+    for k in pairs(opts) do
+        if k ~= "params" and k ~= "args" then
+            error("tide.pipeline_file: unknown option '" .. tostring(k) .. "' (params and args)", 2)
+        end
+    end
+    if opts.params ~= nil and type(opts.params) ~= "table" then
+        error("tide.pipeline_file: params must be a table of name = value, got " .. type(opts.params), 2)
+    end
+    if opts.args ~= nil then
+        if type(opts.args) ~= "table" then
+            error("tide.pipeline_file: args must be a list of strings, got " .. type(opts.args), 2)
+        end
+        for i, a in ipairs(opts.args) do
+            if type(a) ~= "string" then
+                error("tide.pipeline_file: args[" .. i .. "] must be a string, got " .. type(a), 2)
+            end
+        end
+    end
+    local p, err = pipeline.load(path, nil, { params = opts.params, args = opts.args,
+                                              from = "tide.pipeline_file's params" })
+    return p, err
+end
 M.executor = executor.new
 M.sleep = core.sleep
 M.exec = require("tide.exec").exec

@@ -4,7 +4,8 @@
 -- module decides what goes in and what a resume does with it.
 --
 -- What a run journals:
---   meta     format, pipeline (name, file, hash of the file's text), state
+--   meta     format, pipeline (name, file, hash of the file's text), its
+--            parameters and args (JSON), state
 --            ("running", "finished"), exit code, "flushed" (below);
 --   items    one per input that ended: kind "result" (status done, failed
 --            or dropped) or "reject" (a line that was not an input), keyed
@@ -46,6 +47,15 @@ local function remove_files(path)
 end
 
 
+-- The parameters and args of a loaded pipeline as canonical JSON (keys
+-- sorted), recorded in the journal so that a resume can check them.
+local function params_text(p)
+    return core.json.encode({ params = p.params or {}, args = p.args or {} }) or "?"
+end
+-- What a journal without the record (older than parameters) ran with.
+local NO_PARAMS = core.json.encode({ params = {}, args = {} })
+
+
 --- Opens the journal of a run of pipeline p (loaded from `file`) on
 -- executor ex. opts.reset starts over (the old journal is removed).
 -- @return the journal, or nil, message, exit code (2: it belongs to
@@ -54,6 +64,7 @@ function M.open(ex, path, p, file, opts)
     local text = slurp(file)
     if not text then return nil, ("--journal: cannot read the pipeline %s"):format(file), 3 end
     local hash = core.xxh128(text)
+    local params = params_text(p)
     if opts.reset then remove_files(path) end
     local existed = core.stat(path) ~= nil
     local j, err = core.journal_open(ex:loop(), path)
@@ -82,6 +93,15 @@ function M.open(ex, path, p, file, opts)
             return nil, ("--journal %s belongs to another version of the pipeline: %s changed since "
                          .. "it was written (add --journal-reset to start over)"):format(path, file), 2
         end
+        -- Other parameters would make another run: its inputs that ended
+        -- did so under the old values, so a resume cannot mix the two.
+        local had = meta.params or NO_PARAMS
+        if had ~= params then
+            j:close()
+            return nil, ("--journal %s was written by a run with other parameters: %s then, %s now; a "
+                         .. "resume needs the same --param, --param-file and -- args (or add "
+                         .. "--journal-reset to start over)"):format(path, had, params), 2
+        end
         self.resume = true
         self.finished = meta.state == "finished"
         return self
@@ -96,6 +116,7 @@ function M.open(ex, path, p, file, opts)
     j:meta_put("pipeline", p.name)
     j:meta_put("pipeline_file", file)
     j:meta_put("pipeline_hash", hash)
+    j:meta_put("params", params)
     j:meta_put("state", "running")
     j:meta_put("created", tostring(os.time()))
     return self

@@ -484,11 +484,225 @@ function Pipeline:compile()
 end
 
 
+-- ===== Parameters =====
+-- A pipeline file declares its parameters with p:param while it runs, and
+-- gets their values at once (the file may shape its DAG by them). The
+-- values come from the load in progress (see M.load: the command line's
+-- --param, --param-file and `-- args`, or tide.pipeline_file's options),
+-- or, outside a file load, from the table tide.params that an embedding
+-- host fills.
+
+local PARAM_TYPES = { string = true, number = true, boolean = true, table = true }
+
+-- The file load in progress, if any: { settings, values, declared, missing }.
+local loading = nil
+
+
+-- A number written the JSON way (no hex, no inf or nan, no spaces): the
+-- text of a --param must mean one thing only.
+local function parse_number(text)
+    if not (text:match("^%-?%d+%.?%d*[eE][%+%-]?%d+$") or text:match("^%-?%d+%.?%d*$")
+            or text:match("^%-?%.%d+[eE][%+%-]?%d+$") or text:match("^%-?%.%d+$")) then
+        return nil
+    end
+    local v = tonumber(text)
+    if v == nil or v ~= v or v == math.huge or v == -math.huge then return nil end
+    return v
+end
+
+
+-- The value of parameter `name` given as command-line text, read as type
+-- ty (nil: a boolean or a number when the text is one, else the text).
+-- Returns the value, or nil and why not.
+local function from_text(text, ty)
+    if ty == "string" then return text end
+    if ty == "boolean" or ty == nil then
+        if text == "true" then return true end
+        if text == "false" then return false end
+        if ty == "boolean" then return nil, "expected a boolean (true or false)" end
+    end
+    if ty == "number" or ty == nil then
+        local v = parse_number(text)
+        if v ~= nil then return v end
+        if ty == "number" then return nil, "expected a number" end
+        return text
+    end
+    -- A table: JSON text.
+    local v, err = core.json.decode(text)
+    if type(v) ~= "table" then
+        return nil, "expected a JSON object or array" .. (v == nil and err and (": " .. tostring(err)) or "")
+    end
+    return v
+end
+
+
+-- Whether value v is of the declared type ty (nil: any type). Numbers
+-- above 2^53 decoded from JSON are int64 cdata: still numbers.
+local function of_type(v, ty)
+    if ty == nil then return true end
+    local t = type(v)
+    if ty == "number" and t == "cdata" then return true end
+    return t == ty
+end
+
+
+-- How a value is shown in messages.
+local function show(v)
+    if type(v) == "string" then return format("%q", v) end
+    if type(v) == "table" then return "a table" end
+    return tostring(v)
+end
+
+
+-- Raised while a file loads when a given value does not fit a parameter:
+-- M.load reports the message alone (it is the caller's value at fault,
+-- not a line of the file).
+local ParamError = {}
+ParamError.__index = ParamError
+ParamError.__tostring = function(e) return e.message end
+
+
+--- Declares a parameter of the pipeline and returns its value: the one
+-- given for this load (--param, --param-file, tide.pipeline_file's
+-- params), else `opts.default`. tide.params[name] holds it too.
+-- @param opts { default = value, doc = "text", type = "string"|"number"|"boolean"|"table" }
+--   the type is the default's when not given; without a default the
+--   parameter is required.
+-- @raise on a bad name or bad options; while a file loads, a given value
+--   of the wrong type stops the load (M.load returns nil, message)
+function Pipeline:param(name, opts)
+    if getmetatable(self) ~= Pipeline then
+        error("p:param: call it as p:param(...), with a colon", 2)
+    end
+    if type(name) ~= "string" or not name:match("^[%a_][%w_%.%-]*$") then
+        error("p:param: name must be a string of letters, digits, '_', '.' and '-' that starts with a "
+              .. "letter or '_', got " .. (type(name) == "string" and format("%q", name) or type(name)), 2)
+    end
+    if opts == nil then opts = {} end
+    if type(opts) ~= "table" then
+        error("p:param: options for parameter '" .. name .. "' must be a table, got " .. type(opts), 2)
+    end
+    for k in pairs(opts) do
+        if k ~= "default" and k ~= "doc" and k ~= "type" then
+            error("p:param: parameter '" .. name .. "': unknown option '" .. tostring(k)
+                  .. "' (default, doc and type)", 2)
+        end
+    end
+    local default, doc, ty = opts.default, opts.doc, opts.type
+    if doc ~= nil and type(doc) ~= "string" then
+        error("p:param: parameter '" .. name .. "': doc must be a string, got " .. type(doc), 2)
+    end
+    if ty ~= nil and not PARAM_TYPES[ty] then
+        error("p:param: parameter '" .. name .. "': type must be \"string\", \"number\", \"boolean\" "
+              .. "or \"table\", got " .. show(ty), 2)
+    end
+    if default ~= nil and not PARAM_TYPES[type(default)] then
+        error("p:param: parameter '" .. name .. "': a default must be a string, number, boolean or "
+              .. "table, got " .. type(default), 2)
+    end
+    if default ~= nil and ty ~= nil and type(default) ~= ty then
+        error("p:param: parameter '" .. name .. "': the default is a " .. type(default)
+              .. ", not a " .. ty, 2)
+    end
+    ty = ty or (default ~= nil and type(default) or nil)
+    if self._graph then
+        error("p:param: pipeline '" .. self.name .. "' is already compiled; declare its parameters "
+              .. "before first use", 2)
+    end
+    local params = rawget(self, "params")
+    if not params then
+        params = {}
+        self.params, self.param_decls = params, {}
+    end
+    for _, d in ipairs(self.param_decls) do
+        if d.name == name then
+            error("p:param: parameter '" .. name .. "' is declared twice (first at " .. d.where .. ")", 2)
+        end
+    end
+    local decl = { name = name, doc = doc, default = default, type = ty, where = where(2),
+                   required = default == nil }
+    self.param_decls[#self.param_decls + 1] = decl
+    local v
+    if loading then
+        local st = loading.settings
+        local text = st.texts and st.texts[name]
+        if text ~= nil and not st.help then
+            local why
+            v, why = from_text(text, ty)
+            if v == nil then
+                error(setmetatable({ message = format("--param %s=%s: %s", name, text, why) }, ParamError))
+            end
+        elseif st.params and st.params[name] ~= nil and not st.help then
+            v = st.params[name]
+            if not of_type(v, ty) then
+                error(setmetatable({ message = format("parameter '%s' from %s: expected a %s, got %s",
+                                                      name, st.from or "params", ty, show(v)) },
+                                   ParamError))
+            end
+        else
+            v = default
+        end
+        loading.declared[#loading.declared + 1] = decl
+        if v == nil and not st.help then loading.missing[#loading.missing + 1] = decl end
+        loading.values[name] = v
+    else
+        -- An embedding host gives values by filling tide.params first.
+        local host = require("tide").params
+        v = host[name]
+        if v ~= nil and not of_type(v, ty) then
+            error(format("p:param: tide.params.%s: expected a %s, got %s", name, ty, show(v)), 2)
+        end
+        if v == nil then v = default end
+        if v == nil then
+            error("p:param: parameter '" .. name .. "' is required (it has no default): set tide.params."
+                  .. name .. " before declaring it, or load the file with tide.pipeline_file(path, "
+                  .. "{ params = ... })", 2)
+        end
+        host[name] = v
+    end
+    params[name] = v
+    return v
+end
+
+
+-- The message for the required parameters a load did not get.
+local function missing_message(ld)
+    local parts = {}
+    for i, d in ipairs(ld.missing) do
+        parts[i] = d.name .. (d.doc and (" (" .. d.doc .. ")") or "")
+    end
+    return format("missing required parameter%s: %s (give --param NAME=VALUE or --param-file FILE)",
+                  #parts > 1 and "s" or "", table.concat(parts, ", "))
+end
+
+
+-- The key worker threads load this file by (see bridge.lua and
+-- M.load_cached): the path alone when the load had no settings, else the
+-- settings as JSON in front of it, so a worker sees the same parameters.
+local function file_key(path, settings)
+    local plain = next(settings.params or {}) == nil and next(settings.texts or {}) == nil
+                  and #(settings.args or {}) == 0
+    if plain and path:sub(1, 1) ~= "\1" then return path end
+    local text, err = core.json.encode({ params = settings.params or {}, texts = settings.texts or {},
+                                         args = settings.args or {}, from = settings.from })
+    if not text then return nil, "parameters must be JSON values: " .. tostring(err) end
+    return "\1" .. #text .. ":" .. text .. path
+end
+
+
 --- Loads a pipeline from a Lua chunk (a file's, or source text given as
 -- `source`): the chunk must return a pipeline, which is compiled. Modules
 -- next to the file can be required.
--- @return the pipeline, or nil and a message naming file:line
-function M.load(path, source)
+-- `settings` (all optional): { params = { name = value }, texts = { name =
+-- command-line text }, args = { strings }, from = where params came from
+-- (for messages), help = true to only collect the declarations (no value
+-- is checked, none is missing) }. While the chunk runs, tide.params is the
+-- table p:param fills and tide.args the list of args; both stay set after
+-- a load that succeeded.
+-- @return the pipeline, or nil and a message naming file:line (or the
+--   parameter at fault); the parameters declared come third either way
+function M.load(path, source, settings)
+    settings = settings or {}
     local chunk, err
     if source then
         chunk, err = loadstring(source, "=" .. path)
@@ -497,17 +711,61 @@ function M.load(path, source)
         package.path = dir .. "/?.lua;" .. package.path
         chunk, err = loadfile(path)
     end
-    if not chunk then return nil, err end
+    local ld = { settings = settings, values = {}, declared = {}, missing = {} }
+    if not chunk then return nil, err, ld.declared end
+    local key, kerr = file_key(path, settings)
+    if not key then return nil, kerr, ld.declared end
+    local tide = require "tide"
+    local old_params, old_args = tide.params, tide.args
+    local args = {}
+    for i, a in ipairs(settings.args or {}) do args[i] = a end
+    tide.params, tide.args = ld.values, args
+    local outer = loading
+    loading = ld
     local ok, p = pcall(chunk)
-    if not ok then return nil, tostring(p) end
+    loading = outer
+    local function fail(msg)
+        tide.params, tide.args = old_params, old_args
+        return nil, msg, ld.declared
+    end
+    if not ok then
+        if getmetatable(p) == ParamError then return fail(p.message) end
+        -- A required parameter that is missing is the likely cause of an
+        -- error after its declaration (the file used its nil value).
+        if #ld.missing > 0 then return fail(missing_message(ld)) end
+        return fail(tostring(p))
+    end
+    if #ld.missing > 0 then return fail(missing_message(ld)) end
     if not M.is(p) then
-        return nil, path .. ": the chunk must return a pipeline (return p), got " .. type(p)
+        return fail(path .. ": the chunk must return a pipeline (return p), got " .. type(p))
+    end
+    if not settings.help then
+        local known, names = {}, {}
+        for _, d in ipairs(ld.declared) do
+            known[d.name] = true
+            names[#names + 1] = d.name
+        end
+        for _, given in ipairs({ settings.texts or {}, settings.params or {} }) do
+            local unknown = {}
+            for name in pairs(given) do
+                if not known[name] then unknown[#unknown + 1] = tostring(name) end
+            end
+            if #unknown > 0 then
+                table.sort(unknown)
+                return fail(format("unknown parameter%s %s: pipeline '%s' declares %s", #unknown > 1 and "s" or "",
+                                   "'" .. table.concat(unknown, "', '") .. "'", p.name,
+                                   #names > 0 and table.concat(names, ", ") or "no parameters"))
+            end
+        end
     end
     local cok, cerr = pcall(p.compile, p)
-    if not cok then return nil, tostring(cerr) end
-    -- Worker threads load sync tasks from the same file.
-    if not source then p._file = path end
-    return p
+    if not cok then return fail(tostring(cerr)) end
+    if not rawget(p, "params") then p.params, p.param_decls = {}, {} end
+    p.args = args
+    -- Worker threads load sync tasks from the same file, with the same
+    -- parameters.
+    if not source then p._file, p._file_key = path, key end
+    return p, nil, ld.declared
 end
 
 
@@ -516,14 +774,23 @@ end
 local by_path = {}
 
 
---- The pipeline of file `path`, loaded once per Lua state (see M.load).
-function M.load_cached(path)
-    local p = by_path[path]
+--- The pipeline of file `key`, loaded once per Lua state (see M.load):
+-- a path, or the settings of the load in front of it (see file_key).
+function M.load_cached(key)
+    local p = by_path[key]
     if p then return p end
+    local path, settings = key, nil
+    if key:sub(1, 1) == "\1" then
+        local n, rest = key:match("^\1(%d+):(.*)$")
+        n = tonumber(n)
+        settings = core.json.decode(rest:sub(1, n))
+        path = rest:sub(n + 1)
+        settings.from = settings.from ~= core.json.null and settings.from or nil
+    end
     local err
-    p, err = M.load(path)
+    p, err = M.load(path, nil, settings)
     if not p then return nil, err end
-    by_path[path] = p
+    by_path[key] = p
     return p
 end
 
