@@ -723,7 +723,9 @@ describe("ex:task_stats", function()
         local k50
         for k, b in ipairs(bounds) do if b == 0.05 then k50 = k end end
         assert.equal(3, s.hist[k50])
-        assert.is_true(s.sum >= 0.06 and s.sum < 1, "sum " .. s.sum)
+        -- A 20 ms sleep can measure a little under 20 ms: libuv times it
+        -- from the loop's cached clock, read before the attempt started.
+        assert.is_true(s.sum >= 0.057 and s.sum < 1, "sum " .. s.sum)
         ex:close()
     end)
 
