@@ -241,7 +241,7 @@ pre { background: #f3f4f6; padding: 6px; overflow: auto; max-height: 240px; marg
 ]]
 
 -- The dashboard's script: polls /v1/stats, fills in the counts, the job
--- table and the failures, and submits the form to /v1/jobs. Text from the
+-- table, the schedules and the failures, and submits the form to /v1/jobs. Text from the
 -- server only ever goes in through textContent.
 local SCRIPT = [[
 (function () {
@@ -273,6 +273,19 @@ local SCRIPT = [[
       text("jobs-" + f, String(s.jobs[f]));
     });
     text("lag", (s.loop_lag * 1000).toFixed(1) + " ms");
+    var rows = document.getElementById("schedules");
+    rows.textContent = "";
+    (s.schedules || []).forEach(function (sc) {
+      var tr = document.createElement("tr");
+      [sc.name, sc.expr, sc.tz, sc.catchup, sc.next || "never",
+       sc.next_in === null ? "-" : sc.next_in.toFixed(1) + " s", sc.last || "-",
+       sc.submitted + " / " + sc.skipped + " / " + sc.failed].forEach(function (v) {
+        var td = document.createElement("td");
+        td.textContent = v;
+        tr.appendChild(td);
+      });
+      rows.appendChild(tr);
+    });
     var list = document.getElementById("failures");
     list.textContent = "";
     s.failures.forEach(function (f) {
@@ -349,6 +362,9 @@ function M.html(p, opts)
 <th>cancelled</th><th>loop lag</th></tr><tr>
 <td id="jobs-submitted">-</td><td id="jobs-in_flight">-</td><td id="jobs-queued">-</td><td id="jobs-done">-</td>
 <td id="jobs-failed">-</td><td id="jobs-cancelled">-</td><td id="lag">-</td></tr></table></section>
+<section><h2>Schedules</h2><table><thead><tr><th>name</th><th>cron</th><th>tz</th><th>catchup</th>
+<th>next fire</th><th>in</th><th>last fire</th><th>submitted / skipped / failed</th></tr></thead>
+<tbody id="schedules"></tbody></table></section>
 <section><h2>Submit a job</h2><form id="submit">
 <label>Input (JSON)<br><textarea id="input" name="input">null</textarea></label><br>
 <label>Id (optional) <input id="job-id" name="id"></label>

@@ -217,7 +217,8 @@ end
 -- priority as the status) before it answers 201, and each result (kind
 -- "result": the result record as JSON). A restart runs again the jobs
 -- without a result; results are read back from the journal when the
--- memory store no longer has them.
+-- memory store no longer has them. Schedules (p:schedule) journal their
+-- jobs the same way, and the last fire each dealt with as a meta row.
 
 --- Journals an accepted job; returns the sequence number to wait for.
 function Journal:job(id, input_json, priority)
@@ -246,6 +247,22 @@ function Journal:lookup(id)
     local r = rows[1]
     if not r then return nil end
     return r[1], r[2], r[3]
+end
+
+
+--- The last fire time (Unix seconds) of schedule `name` that a server
+-- of this journal dealt with (submitted or skipped), or nil: a restart
+-- makes up the fires after it by the schedule's catchup policy.
+function Journal:schedule_last(name)
+    return tonumber(self.meta["schedule:" .. name])
+end
+
+
+--- Records that the fire of schedule `name` at Unix time t was dealt
+-- with (a meta row "schedule:<name>", written after the fire's job).
+function Journal:schedule_mark(name, t)
+    self.meta["schedule:" .. name] = tostring(t)
+    return self.j:meta_put("schedule:" .. name, tostring(t))
 end
 
 

@@ -397,6 +397,70 @@ function Pipeline:setup(setup, teardown)
 end
 
 
+-- The ways a schedule can treat the fires it missed while no server ran.
+local CATCHUP = { none = true, all = true, latest = true }
+local SCHEDULE_OPTS = { name = true, tz = true, catchup = true }
+
+
+--- Declares a schedule: while `tide serve` runs, fn(now, fire) is called
+-- at each fire time of the cron expression and what it returns is
+-- submitted as an input, under the id "<name>@<ISO time in UTC>"; nil
+-- skips that fire. `now` is the fire time (Unix seconds); `fire` holds
+-- name, time, iso and late (true for a fire made up after downtime).
+-- @param opts { name = "schedule<k>", tz = "UTC" | "+HH:MM",
+--   catchup = "none" | "all" | "latest" }
+-- @raise (at the caller's line) on a bad expression, option or function
+function Pipeline:schedule(expr, opts, fn)
+    if getmetatable(self) ~= Pipeline then
+        error("p:schedule: call it as p:schedule(...), with a colon", 2)
+    end
+    if fn == nil and type(opts) == "function" then opts, fn = nil, opts end
+    local cron = require "tide.cron"
+    local c, err = cron.parse(expr)
+    if not c then error("p:schedule: " .. err, 2) end
+    if opts ~= nil and type(opts) ~= "table" then
+        error("p:schedule: options must be a table, got " .. type(opts), 2)
+    end
+    opts = opts or {}
+    for k in pairs(opts) do
+        if not SCHEDULE_OPTS[k] then
+            error("p:schedule: unknown option '" .. tostring(k) .. "' (name, tz, catchup)", 2)
+        end
+    end
+    if type(fn) ~= "function" then
+        error("p:schedule: the last argument must be a function(now) that returns the input, got "
+              .. type(fn), 2)
+    end
+    local offset
+    offset, err = cron.offset(opts.tz)
+    if not offset then error("p:schedule: " .. err, 2) end
+    local catchup = opts.catchup or "none"
+    if not CATCHUP[catchup] then
+        error("p:schedule: catchup must be \"none\", \"all\" or \"latest\", got " .. tostring(catchup), 2)
+    end
+    local list = rawget(self, "schedules")
+    if not list then
+        list = {}
+        self.schedules = list
+    end
+    local name = opts.name
+    if name == nil then name = "schedule" .. (#list + 1) end
+    -- The name starts the ids of the jobs, which go in URL paths.
+    if type(name) ~= "string" or not name:match("^[%w_][%w_.%-]*$") then
+        error("p:schedule: name must be a string of letters, digits, '_', '.' and '-', got "
+              .. tostring(name), 2)
+    end
+    for _, s in ipairs(list) do
+        if s.name == name then
+            error("p:schedule: schedule '" .. name .. "' is declared twice (first at " .. s.where .. ")", 2)
+        end
+    end
+    list[#list + 1] = { name = name, expr = expr, cron = c, offset = offset, tz = opts.tz or "UTC",
+                        catchup = catchup, fn = fn, where = where(2) }
+    return self
+end
+
+
 --- Compiles the pipeline once: checks names, `after` and cycles, and
 -- computes the order. Returns the pipeline.
 -- @raise with file:line of the task at fault

@@ -11,6 +11,7 @@ local core = require "tide.core"
 local executor = require "tide.executor"
 local errors = require "tide.errors"
 local record = require "tide.record"
+local cron = require "tide.cron"
 
 local json = core.json
 local format, tostring, type, ipairs = string.format, tostring, type, ipairs
@@ -28,6 +29,17 @@ local RETRY_AFTER = "1"  -- seconds a client refused with 503 should wait
 local LOOPBACK = { ["localhost"] = true, ["127.0.0.1"] = true, ["[::1]"] = true }
 local NFAILURES = 20     -- recent failures kept for the dashboard
 local LAG_EVERY = 0.25   -- seconds between loop-lag samples
+-- The longest a schedule's timer sleeps before it looks at the wall clock
+-- again: the loop's timers run on the monotonic clock, which a change of
+-- the wall clock or a suspended machine leaves behind.
+local SCHEDULE_MAX_SLEEP = 300
+-- How far behind its next fire a schedule may find the wall clock before
+-- the gap counts as downtime (made up by its catchup policy) rather than
+-- as a late timer whose fires are all still made.
+local SCHEDULE_BEHIND = 60
+-- The most fires catchup = "all" makes up at once; the later ones are
+-- skipped, with a line on the log.
+local MAX_CATCHUP = 1000
 -- Paths answered to GET only, and what answers them.
 local GET_ONLY = { ["/metrics"] = "metrics", ["/"] = "page", ["/v1/stats"] = "stats" }
 
@@ -206,6 +218,7 @@ function M.serve(p, opts)
     end
 
     local jr = opts.journal
+    local schedules_json -- defined with the schedules, below; used by stats_body
 
     -- A job's result record: from memory, or from the journal once the
     -- memory store let it go (or the server restarted).
@@ -371,6 +384,154 @@ function M.serve(p, opts)
         return table.concat(lines, "\n") .. "\n"
     end
 
+    -- Schedules (p:schedule). Each has one timer, armed for its next fire
+    -- (at most SCHEDULE_MAX_SLEEP ahead): no polling while it is far off.
+    -- A fire calls the schedule's function on the loop and submits what it
+    -- returns under "<name>@<ISO time>", journaled like a POSTed job, so
+    -- that the same fire made twice (after a restart) runs once.
+    local log = opts.log or function(msg) io.stderr:write("tide: ", msg, "\n") end
+    local schedules = {}
+
+    local function fire(st, t, late)
+        local s = st.s
+        local iso = cron.iso(t)
+        local id = s.name .. "@" .. iso
+        st.last = t
+        if not known(id) then
+            local ok, input = pcall(s.fn, t, { name = s.name, time = t, iso = iso, late = late })
+            local input_json, why
+            if not ok then
+                why = "its function failed: " .. tostring(input)
+            elseif input == nil then
+                st.skipped = st.skipped + 1
+            else
+                input_json = json.encode(input)
+                if not input_json then
+                    why = "its input cannot be encoded as JSON"
+                elseif pending >= max_pending then
+                    refused = refused + 1
+                    why = format("%d jobs are pending (max-pending %d)", pending, max_pending)
+                end
+            end
+            if why then
+                st.failed = st.failed + 1
+                log(format("schedule '%s': the fire at %s is skipped: %s", s.name, iso, why))
+            elseif input ~= nil then
+                local sok, res = pcall(ex.submit, ex, p, input, { id = id })
+                if not sok then
+                    st.failed = st.failed + 1
+                    log(format("schedule '%s': the fire at %s is skipped: %s", s.name, iso, tostring(res)))
+                else
+                    st.submitted = st.submitted + 1
+                    counts.submitted = counts.submitted + 1
+                    pending, pending_bytes = pending + 1, pending_bytes + #input_json
+                    mine[res] = #input_json
+                    if jr then jr:job(res, input_json, nil) end
+                end
+            end
+        end
+        -- After the job: a crash between the two makes the fire again on
+        -- restart, and its id (known by then) keeps it from running twice.
+        if jr then jr:schedule_mark(s.name, t) end
+    end
+
+    -- Makes up the fires of st in (after, upto] by its catchup policy.
+    local function catch_up(st, after, upto)
+        local s = st.s
+        local first = cron.next(s.cron, after, s.offset)
+        if not first or first > upto then return end
+        if s.catchup == "latest" then
+            fire(st, cron.latest(s.cron, after, upto, s.offset), true)
+        elseif s.catchup == "all" then
+            local t, n = first, 0
+            while t and t <= upto do
+                if n == MAX_CATCHUP then
+                    log(format("schedule '%s': more than %d fires were missed; those from %s on are "
+                               .. "skipped", s.name, MAX_CATCHUP, cron.iso(t)))
+                    break
+                end
+                fire(st, t, true)
+                n = n + 1
+                t = cron.next(s.cron, t, s.offset)
+            end
+        else
+            log(format("schedule '%s': the fires missed since %s are skipped (catchup = \"none\")",
+                       s.name, cron.iso(first)))
+        end
+    end
+
+    local arm
+    local function on_timer(st)
+        st.timer:close()
+        st.timer = nil
+        local now = core.cache_now()
+        if st.next and now >= st.next then
+            if now - st.next > SCHEDULE_BEHIND then
+                -- The wall clock leapt (or the machine slept): downtime.
+                catch_up(st, st.next - 1, math.floor(now))
+                st.next = cron.next(st.s.cron, math.floor(now), st.s.offset)
+            else
+                while st.next and st.next <= now do
+                    fire(st, st.next, false)
+                    st.next = cron.next(st.s.cron, st.next, st.s.offset)
+                end
+            end
+        end
+        arm(st)
+    end
+
+    arm = function(st)
+        if st.stopped or not st.next then return end
+        local delay = math.min(SCHEDULE_MAX_SLEEP, math.max(0.001, st.next - core.cache_now()))
+        st.timer = ex:timer(delay, function() on_timer(st) end)
+    end
+
+    local function start_schedules()
+        local now = math.floor(core.cache_now())
+        for _, s in ipairs(rawget(p, "schedules") or {}) do
+            local st = { s = s, submitted = 0, skipped = 0, failed = 0 }
+            schedules[#schedules + 1] = st
+            local last = jr and jr:schedule_last(s.name)
+            if last then
+                st.last = last
+                catch_up(st, last, now)
+            elseif s.catchup ~= "none" and not jr then
+                log(format("schedule '%s': catchup = \"%s\" needs --journal (the journal keeps the "
+                           .. "last fire); without one no missed fire is made up", s.name, s.catchup))
+            end
+            st.next = cron.next(s.cron, now, s.offset)
+            log(format("schedule '%s' (%s, %s, catchup %s): next fire at %s", s.name, s.expr, s.tz,
+                       s.catchup, st.next and cron.iso(st.next) or "never"))
+            arm(st)
+        end
+    end
+
+    local function stop_schedules()
+        for _, st in ipairs(schedules) do
+            st.stopped = true
+            if st.timer then
+                st.timer:close()
+                st.timer = nil
+            end
+        end
+    end
+
+    -- The schedules as /v1/stats shows them.
+    function schedules_json()
+        local out, now = {}, core.cache_now()
+        for i, st in ipairs(schedules) do
+            local s = st.s
+            out[i] = json.object({
+                name = s.name, expr = s.expr, tz = s.tz, catchup = s.catchup,
+                next = st.next and cron.iso(st.next) or json.null,
+                next_in = st.next and math.max(0, st.next - now) or json.null,
+                last = st.last and cron.iso(st.last) or json.null,
+                submitted = st.submitted, skipped = st.skipped, failed = st.failed,
+            })
+        end
+        return json.array(out)
+    end
+
     -- What the dashboard shows: jobs, per-task counts, recent failures.
     local function stats_body()
         local s = ex:stats()
@@ -391,7 +552,7 @@ function M.serve(p, opts)
                                  failed = counts.failed, cancelled = counts.cancelled,
                                  in_flight = s.live, queued = s.queued }),
             tasks = json.array(tasks), failures = json.array(recent),
-            loop_lag = lag.last,
+            loop_lag = lag.last, schedules = schedules_json(),
         }))
     end
 
@@ -607,6 +768,7 @@ function M.serve(p, opts)
     end)
     -- What the server registered with the executor goes when it stops.
     local function release()
+        stop_schedules()
         lag_timer:close()
         ex:unsubscribe(sub_token)
         ex:off_evict(evict_token)
@@ -617,6 +779,8 @@ function M.serve(p, opts)
     end
 
     local server = { executor = ex, port = srv:port(), recovered = recovered }
+    -- Schedules start once the server listens: their jobs can be asked for.
+    start_schedules()
     if listen == false then
         -- Bytes arrive on the server's one connection (a new one when
         -- `new` is true or there is none; nil: the client half-closes;
@@ -632,6 +796,7 @@ function M.serve(p, opts)
     -- answers what waits, then calls done().
     function server.drain(timeout, done)
         srv:close(true)
+        stop_schedules()
         local deadline = hrtime() + (timeout or 30)
         local ticker
         ticker = ex:timer(0.05, function()
