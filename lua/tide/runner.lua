@@ -384,6 +384,11 @@ M.LOG_LINE_MAX = 4096
 M.LOG_LINES = 100
 
 local function clip(text)
+    if not jcheck(text) then
+        -- Not UTF-8 (binary, or Latin-1): the lines leave as JSON, which
+        -- cannot carry such bytes, so each byte >= 0x80 is written \xNN.
+        text = text:gsub("[\128-\255]", function(c) return ("\\x%02X"):format(c:byte()) end)
+    end
     local len = #text
     if len <= M.LOG_LINE_MAX then return text end
     local cut = M.LOG_LINE_MAX
