@@ -147,7 +147,7 @@ function M.main(path)
     end
 
     -- :jobs ID: one job's status, its output or error, and its kept lines.
-    local function job(id)
+    local function one_job(id)
         local ex = env.ex
         local status = ex:status(id)
         if not status then return out("error: no job with id '" .. id .. "' (:jobs lists them)") end
@@ -169,7 +169,7 @@ function M.main(path)
     end
 
     local function jobs(arg)
-        if arg ~= "" then return job(arg) end
+        if arg ~= "" then return one_job(arg) end
         local ex = env.ex
         local lines = {}
         for _, job in ipairs(ex:jobs()) do
