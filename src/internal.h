@@ -700,6 +700,10 @@ void tide__eng_fail(tide__eng *eng, uint32_t slot, uint32_t gtask,
                     int status);
 int tide__eng_status(tide__eng *eng, uint32_t slot);
 tide__att *tide__eng_current_att(tide__eng *eng);
+/* The slot, global task and attempt number of the running body, without
+ * making an attempt record; returns 0 when no body runs. */
+int tide__eng_current(tide__eng *eng, uint32_t *slot, uint32_t *task,
+                      uint32_t *attempt);
 tide__att *tide__eng_att_get(tide__eng *eng, double handle);
 double tide__eng_att_handle(const tide__att *att);
 void tide__eng_park(tide__eng *eng, tide__att *att, double timeout_ms,

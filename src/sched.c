@@ -607,6 +607,24 @@ tide__att *tide__eng_current_att(tide__eng *eng) {
     return eng->cur;
 }
 
+/* Logging asks which body runs often enough that making an attempt
+ * record for each question (as tide__eng_current_att does) would cost
+ * memory for nothing: this reads the same facts without one. */
+int tide__eng_current(tide__eng *eng, uint32_t *slot, uint32_t *task,
+                      uint32_t *attempt) {
+    if (eng->cur_slot == 0)
+        return 0;
+    *slot = eng->cur_slot;
+    *task = eng->cur_task;
+    if (eng->cur) {
+        *attempt = eng->cur->attempt;
+    } else {
+        tide__ctx *c = eng_ctx(eng, eng->cur_slot);
+        *attempt = c->attempt[eng->cur_task - c->gbase] + 1u;
+    }
+    return 1;
+}
+
 /* The running body parks: it will be resumed by tide__eng_wake, or with
  * result 0 after timeout_ms (< 0: no timer). */
 void tide__eng_park(tide__eng *eng, tide__att *a, double timeout_ms,

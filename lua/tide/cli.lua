@@ -29,6 +29,7 @@ commands:
                    [--memory-limit BYTES] [--journal FILE [--journal-reset]]
                    [--cache FILE] [--redis URL]
                    [--trace ID]... [--trace-format text|jsonl]
+                   [--log-lines N] [--keep-logs]
                    [--param NAME=VALUE]... [--param-file FILE.json] [-- ARGS...]
       Run every JSONL input line through the pipeline the file returns.
       Results go to stdout as JSONL, or with --output to DIR/<sink>.jsonl,
@@ -44,6 +45,10 @@ commands:
       --trace ID (repeatable) traces that input on stderr: each task's
       input, output or error, attempt and time (text on a terminal, else
       JSONL; --trace-format forces one).
+      ctx.log and print in tasks go to stderr, and each job keeps its last
+      --log-lines N of them (default 100; 0 keeps none): with --output,
+      a failed job's go to DIR/logs/<id>.log (every job's with
+      --keep-logs; ids are %XX-encoded as file names, see docs/cli.md).
       --param and --param-file give the parameters the pipeline declares
       (p:param); what follows -- is tide.args. `tide run PIPELINE.lua
       --help` lists the parameters (serve and worker take them too).
@@ -63,8 +68,8 @@ commands:
                      [--memory-limit BYTES]
                      [--drain-timeout S] [--request-timeout S] [--max-results N]
                      [--max-pending N] [--max-pending-bytes N] [--allow-host NAME]...
-                     [--journal FILE [--journal-reset]] [--cache FILE]
-      The HTTP/JSON job API (POST /v1/jobs, GET /v1/jobs/ID[/result],
+                     [--journal FILE [--journal-reset]] [--cache FILE] [--log-lines N]
+      The HTTP/JSON job API (POST /v1/jobs, GET /v1/jobs/ID[/result|/logs],
       DELETE /v1/jobs/ID, /healthz, /metrics). Port 0 picks a free port.
       With --journal, a job is answered 201 once it is on the device, and
       a restart runs again the accepted jobs that have no result.
@@ -121,6 +126,13 @@ local function whole_upto(max)
     return function(v)
         v = whole(v)
         return v and v <= max and v or nil
+    end
+end
+-- A whole number from 0 to max (0 turning something off).
+local function count_upto(max)
+    return function(v)
+        v = tonumber(v)
+        return v and v >= 0 and v == math.floor(v) and v <= max and v or nil
     end
 end
 local function positive(v)
@@ -208,6 +220,9 @@ local RUN_OPTIONS = {
     ["--trace"] = { "trace", as_text, "--trace needs the id of an input", true },
     ["--trace-format"] = { "trace_format", one_of({ text = true, jsonl = true }),
                            "--trace-format must be text or jsonl" },
+    ["--log-lines"] = { "log_lines", count_upto(executor.MAX_LOG_LINES),
+                        "--log-lines needs a whole number from 0 to " .. executor.MAX_LOG_LINES },
+    ["--keep-logs"] = { "keep_logs" },
 }
 -- Parameters of the pipeline (tide run, serve and worker): checked once
 -- the pipeline declared them (load_params).
@@ -235,6 +250,7 @@ local SERVE_OPTIONS = {
                                 "--max-pending-bytes needs a whole number of bytes >= 1" },
     ["--allow-host"] = { "allow_host", host_name,
                          "--allow-host needs a host name (letters, digits, '.', '-'; or [IPv6]), no port", true },
+    ["--log-lines"] = RUN_OPTIONS["--log-lines"],
 }
 
 for k, v in pairs(PARAM_OPTIONS) do SERVE_OPTIONS[k] = v end
@@ -391,13 +407,12 @@ local function run(args)
         return die(EXIT_IO, "stdout was closed when tide started, so results have nowhere to go: "
                    .. "give --output DIR or start tide with stdout open")
     end
-    -- print inside tasks must not corrupt the JSONL on stdout.
-    _G.print = function(...)
-        local n = select("#", ...)
-        local parts = {}
-        for i = 1, n do parts[i] = tostring((select(i, ...))) end
-        io_stderr:write(table.concat(parts, "\t"), "\n")
+    if o.keep_logs and not o.output then
+        return die(EXIT_USAGE, "--keep-logs needs --output DIR (the logs go to DIR/logs)")
     end
+    -- print inside tasks must not corrupt the JSONL on stdout; the job
+    -- whose task prints keeps the line too.
+    _G.print = executor.print
     local p, lcode = load_params(o)
     if not p then return lcode end
 
@@ -423,7 +438,7 @@ local function run(args)
     end
     local ex = executor.new {
         concurrency = o.concurrency, task_timeout = o.task_timeout, threads = o.threads,
-        memory_limit = o.memory_limit, results = false, cache = o.cache,
+        memory_limit = o.memory_limit, results = false, cache = o.cache, log_lines = o.log_lines,
     }
     if o.trace then
         -- The trace goes to stderr, since stdout may carry the results. On a
@@ -513,6 +528,8 @@ local function run(args)
     if o.output then
         -- Subprocess logs of exec tasks and tide.exec.
         require("tide.exec").log_dir = o.output .. "/logs"
+        -- The kept lines of failed jobs (all jobs with --keep-logs).
+        sink.logs_dir, sink.keep_logs = o.output .. "/logs", o.keep_logs
     end
 
     local tty = core.isatty(2)
@@ -543,6 +560,12 @@ local function run(args)
     io_stderr:write("tide: ", drive.summary(sink.counts, report.inflight, hrtime() - started, true,
                                             core.maxrss(), cached()), "\n")
     local code = run_exit_code(report, sink)
+    if sink.logs_error and (code == EXIT_OK or code == EXIT_FAILED) then
+        -- Every result was written; some failed job's log was not, which
+        -- the user asked for: not a success.
+        io_stderr:write("tide: the results are complete, but the job logs are not: ", sink.logs_error, "\n")
+        code = EXIT_IO
+    end
     if jr then
         if code == EXIT_OK or code == EXIT_FAILED then jr:finish(code) end
         local summary = jr:summary()
@@ -565,11 +588,7 @@ end
 -- Prints in tasks go to stderr, so that stdout carries only what the
 -- command writes (results, a JSONL trace).
 local function print_to_stderr()
-    _G.print = function(...)
-        local parts = {}
-        for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
-        io_stderr:write(table.concat(parts, "\t"), "\n")
-    end
+    _G.print = executor.print
 end
 
 
@@ -667,9 +686,18 @@ local function serve(args)
     if not p then return lcode end
     local bad = check_stores(o)
     if bad then return bad end
+    -- Prints in tasks still go where they went (stdout), and the job
+    -- keeps them too (GET /v1/jobs/ID/logs).
+    local plain_print = print
+    _G.print = function(...)
+        local parts = {}
+        for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+        executor.keep_print(table.concat(parts, "\t"))
+        return plain_print(...)
+    end
     local sex = executor.new {
         max_results = o.max_results or 100000, threads = o.threads, memory_limit = o.memory_limit,
-        cache = o.cache,
+        cache = o.cache, log_lines = o.log_lines,
     }
     local jr
     if o.journal then

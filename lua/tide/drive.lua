@@ -111,7 +111,7 @@ function M.run(ex, p, source, sink, opts)
             end
         end)
     end
-    ex:subscribe(function(id, status, value, ran)
+    ex:subscribe(function(id, status, value, ran, logs)
         inflight = inflight - 1
         local input, sid = inputs[id], quoted[id]
         inputs[id], quoted[id] = nil, nil
@@ -124,6 +124,15 @@ function M.run(ex, p, source, sink, opts)
         end
         local kind, err = sink:put(sid, status, value, ran, input)
         if err then on_write_error(err) end
+        -- After the result, so that a log that cannot be written never
+        -- costs one: the run goes on and ends with exit 3 (cli.lua).
+        if logs and sink.put_logs then
+            local lerr = sink:put_logs(id, kind, logs)
+            if lerr then
+                io_stderr:write(opts.tty and "\n" or "", "tide: cannot write the log of a job: ", lerr,
+                                "; the results go on, no further log files are written\n")
+            end
+        end
         if jr then
             jr:result(id, kind, sink:take_lines())
             if has_checkpoints[id] then

@@ -57,8 +57,12 @@ M.fd, M.timeout, M.step, M.run_all = hub.fd, hub.timeout, hub.step, hub.run_all
 local EXEC_OPTS = {
     threads = true, concurrency = true, task_timeout = true,
     retention = true, max_results = true, results = true, cache = true, bare_yield = true,
-    memory_limit = true, on = true,
+    memory_limit = true, on = true, log_lines = true,
 }
+
+-- The most lines a job may keep (log_lines): a bound that still lets a
+-- mistyped option show up as an error instead of eating the memory.
+M.MAX_LOG_LINES = 1000000
 
 -- Each worker state's memory limit when the executor sets none: a body
 -- that runs away fails with ENOMEM instead of taking the machine.
@@ -118,11 +122,11 @@ end
 
 
 -- A root context ended: the one way results leave the executor.
-local function emit(self, id, status, value, ran)
+local function emit(self, id, status, value, ran, logs)
     local store = self._store
-    if store then store:put(id, status, value) end
+    if store then store:put(id, status, value, logs) end
     local subs = self._subs
-    for i = 1, #subs do call_hook(self, "a result subscriber", subs[i], id, status, value, ran) end
+    for i = 1, #subs do call_hook(self, "a result subscriber", subs[i], id, status, value, ran, logs) end
     local w = self._waiters[id]
     if w then
         self._waiters[id] = nil
@@ -143,7 +147,8 @@ end
 --   cache = FILE | true | false (the result cache of tasks declared with
 --   `cache`: a file, the default file, or none; default: the default
 --   file, opened on first use), on = { event = fn } (lifecycle hooks, as
---   ex:on) }
+--   ex:on), log_lines = n (the lines of ctx.log and print each job keeps
+--   for ex:logs, the newest; 0 keeps none; default 100) }
 -- @raise on a bad option
 function M.new(opts)
     opts = opts or {}
@@ -198,6 +203,10 @@ function M.new(opts)
             end
         end
     end
+    local ll = opts.log_lines
+    if ll ~= nil and (type(ll) ~= "number" or ll < 0 or ll ~= floor(ll) or ll > M.MAX_LOG_LINES) then
+        error("tide.executor: log_lines must be a whole number from 0 to " .. M.MAX_LOG_LINES, 2)
+    end
     local mem
     if opts.memory_limit ~= nil then
         mem = M.parse_bytes(opts.memory_limit)
@@ -221,9 +230,10 @@ function M.new(opts)
     if opts.results ~= false then
         self._store = results.new(opts.max_results or 1000000, opts.retention or 3600)
     end
-    self._rt = runner.install(E, self._live, function(id, status, value, ran)
-        emit(self, id, status, value, ran)
+    self._rt = runner.install(E, self._live, function(id, status, value, ran, logs)
+        emit(self, id, status, value, ran, logs)
     end)
+    if ll then self._rt.log_lines = ll end
     if cfile ~= false then
         -- Opened on the first attempt of a task with `cache`: an executor
         -- whose tasks cache nothing never touches the file.
@@ -485,6 +495,53 @@ function Executor:jobs()
 end
 
 
+--- The lines a job kept (ctx.log and print in its tasks, the newest
+-- log_lines of them), as { id =, lines = { { time =, task =, attempt =,
+-- line = }, ... }, dropped = n }: a running job's so far, a finished
+-- one's while its result is kept. nil, rec (ENOENT) for an unknown id.
+function Executor:logs(id)
+    check_self(self, "ex:logs")
+    local slot = self._live[id]
+    local out
+    if slot then
+        out = runner.live_logs(self._rt, slot)
+    elseif self._store and self._store:get(id) then
+        out = self._store:logs(id) or { lines = {}, dropped = 0 }
+    else
+        return no_job(id)
+    end
+    return { id = id, lines = out.lines, dropped = out.dropped }
+end
+
+
+--- Keeps `text` as a line of the job whose task body runs now, on
+-- whichever open executor runs it; returns whether a job kept it (false
+-- outside task bodies, and in sync tasks: they run on other threads).
+-- print replacements call it (M.print, the REPL's print).
+function M.keep_print(text)
+    for ex in hub.each() do
+        local slot, g, attempt = ex._E.current()
+        if slot then
+            runner.keep_log(ex._rt, slot, g, attempt, text)
+            return true
+        end
+    end
+    return false
+end
+
+
+--- A print for task bodies: keeps the line for the running job (ex:logs)
+-- and writes it to stderr, as print did before tide replaced it (stdout
+-- carries results in tide run).
+function M.print(...)
+    local parts = {}
+    for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+    local text = table.concat(parts, "\t")
+    M.keep_print(text)
+    io_stderr:write(text, "\n")
+end
+
+
 --- Iterates over the kept results, oldest first:
 -- `for id, status, value in ex:each_result() do ... end`.
 function Executor:each_result()
@@ -494,10 +551,12 @@ function Executor:each_result()
 end
 
 
---- Calls fn(id, status, value, ran) on the loop thread each time a job
+--- Calls fn(id, status, value, ran, logs) on the loop thread each time a job
 -- finishes: status "done" (value: its output), "failed" or "cancelled"
 -- (value: its error record); `ran` tells which sinks ran (sink name ->
--- output; nil for a pipeline with one sink and no routers). fn must not
+-- output; nil for a pipeline with one sink and no routers); `logs` is
+-- what ex:logs would answer for it without the id, or nil when it kept
+-- no line. fn must not
 -- wait; an error in it is reported, and ex:run() then raises. Returns a
 -- token for ex:unsubscribe.
 function Executor:subscribe(fn)

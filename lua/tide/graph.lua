@@ -301,6 +301,14 @@ local SCRIPT = [[
         pre.textContent = e.traceback;
         li.appendChild(pre);
       }
+      if (f.logs && f.logs.length) {
+        var logs = document.createElement("pre");
+        logs.className = "logs";
+        logs.textContent = f.logs.map(function (l) {
+          return "[" + l.task + " #" + l.attempt + "] " + l.line;
+        }).join("\n");
+        li.appendChild(logs);
+      }
       list.appendChild(li);
     });
     if (!s.failures.length) {

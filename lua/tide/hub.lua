@@ -58,6 +58,12 @@ local function each_open()
 end
 
 
+--- Iterates over the open executors (for ex in hub.each()).
+function M.each()
+    return each_open()
+end
+
+
 --- Adds an executor to the hub.
 function M.add(ex)
     local st = here()

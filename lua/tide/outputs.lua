@@ -29,6 +29,7 @@ local core = require "tide.core"
 local errors = require "tide.errors"
 local record = require "tide.record"
 
+local bit = require "bit"
 local json = core.json
 local enc = json.encode
 local format, tostring, ipairs, pairs = string.format, tostring, ipairs, pairs
@@ -343,6 +344,93 @@ function Out:_fail(sid, rec, input)
     end
     if not ok then return self:_failed_write(err) end
     self.pending.failed = self.pending.failed + 1
+    return nil
+end
+
+
+-- ===== PER-JOB LOG FILES =====
+
+-- The longest file name a log file gets, without ".log": file systems
+-- allow 255 bytes, and the rest is room to spare.
+M.LOG_NAME_MAX = 200
+
+-- A 32-bit FNV-1a hash of s, as 8 hex digits: tells apart long ids that
+-- share the first bytes kept in their file names.
+local function fnv1a(s)
+    local h = 2166136261
+    for i = 1, #s do
+        h = bit.bxor(h, s:byte(i))
+        h = (h * 16777619) % 4294967296
+    end
+    return format("%08x", h)
+end
+
+--- The file name (without directory) a job's log lines go to under
+-- DIR/logs: the id, its bytes other than ASCII letters, digits, '-', '_'
+-- and '.' written %XX (two upper-case hex digits), a leading '.' too (no
+-- "..", no hidden files), the empty id as "%"; an encoding longer than
+-- M.LOG_NAME_MAX bytes keeps its first 180 bytes (never half of a %XX)
+-- and adds '~' and the FNV-1a hash of the whole id. Then ".log".
+function M.log_name(id)
+    id = tostring(id)
+    if id == "" then return "%.log" end
+    local name = id:gsub("[^%w%-_%.]", function(c) return format("%%%02X", c:byte()) end)
+    if name:sub(1, 1) == "." then name = "%2E" .. name:sub(2) end
+    if #name > M.LOG_NAME_MAX then
+        local cut = 180
+        -- A '%' in the last two kept bytes starts an escape the cut would
+        -- split: cut before it.
+        local pct = name:sub(cut - 1, cut):find("%", 1, true)
+        if pct then cut = cut - 2 + pct - 1 end
+        name = name:sub(1, cut) .. "~" .. fnv1a(id)
+    end
+    return name .. ".log"
+end
+
+-- One kept line as the log file shows it: UTC time to the millisecond,
+-- the task and its attempt, the line.
+local function log_line(l)
+    local t = l.time
+    local sec = math.floor(t)
+    return format("%s.%03dZ [%s #%d] %s\n", os.date("!%Y-%m-%dT%H:%M:%S", sec), math.floor((t - sec) * 1000),
+                  tostring(l.task), l.attempt, l.line)
+end
+
+--- Writes the kept log lines of job `id` (ex:subscribe's `logs`, nil when
+-- it kept none) to self.logs_dir/<M.log_name(id)> when it failed ("kind"
+-- as Out:put returned it), or whatever its end with self.keep_logs. A job
+-- without lines gets no file. Returns an error message or nil; after the
+-- first error no further log file is tried (the results go on).
+function Out:put_logs(id, kind, logs)
+    local dir = self.logs_dir
+    if not dir or not logs or #logs.lines == 0 or self.logs_error then return nil end
+    if kind ~= "failed" and not self.keep_logs then return nil end
+    if not self.logs_made then
+        local ok, err = core.mkdir_p(dir)
+        if not ok then
+            self.logs_error = dir .. ": " .. tostring(err)
+            return self.logs_error
+        end
+        self.logs_made = true
+    end
+    local path = dir .. "/" .. M.log_name(id)
+    local f, err = io.open(path, "wb")
+    if not f then
+        self.logs_error = tostring(err)
+        return self.logs_error
+    end
+    local parts = {}
+    if logs.dropped > 0 then
+        parts[1] = format("(%d earlier lines were dropped: a job keeps its last %d)\n", logs.dropped,
+                          #logs.lines)
+    end
+    for _, l in ipairs(logs.lines) do parts[#parts + 1] = log_line(l) end
+    local ok, werr = f:write(table.concat(parts))
+    local cok, cerr = f:close()
+    if not ok or not cok then
+        self.logs_error = path .. ": " .. tostring(werr or cerr)
+        return self.logs_error
+    end
     return nil
 end
 

@@ -34,6 +34,7 @@ tide repl: Lua with a running engine. Jobs keep running while you type.
   =expr or expr      prints the value (tables up to 3 levels deep)
   :load FILE         (re)load a pipeline file into p
   :jobs              jobs of ex: running ones and recent results
+  :jobs ID           one job: its status, result and kept log lines
   :replay ID         run the input of failed job ID again through p, traced
   :replay FILE[#ID]  the same for the failures of a failed.jsonl (or one)
   :help              this text
@@ -97,10 +98,13 @@ function M.main(path)
     local function out_raw(s) out((s:gsub("\n$", ""))) end
     local env = setmetatable({ tide = tide, __repl_pack = pack }, { __index = _G })
     env.ex = tide.executor()
+    -- A print inside a task also goes to its job's kept lines (:jobs ID).
     _G.print = function(...)
         local parts = {}
         for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
-        out(concat(parts, "\t"))
+        local text = concat(parts, "\t")
+        executor.keep_print(text)
+        out(text)
     end
     env.print = _G.print
 
@@ -142,7 +146,30 @@ function M.main(path)
         end
     end
 
-    local function jobs()
+    -- :jobs ID: one job's status, its output or error, and its kept lines.
+    local function one_job(id)
+        local ex = env.ex
+        local status = ex:status(id)
+        if not status then return out("error: no job with id '" .. id .. "' (:jobs lists them)") end
+        local lines = { format("  %s %s", id, status) }
+        local fstatus, value = ex:finished(id)
+        if fstatus then
+            lines[#lines + 1] = "  " .. (fstatus == "done" and show(value, 2) or tostring(value))
+        end
+        local l = ex:logs(id)
+        if l.dropped > 0 then
+            lines[#lines + 1] = format("  (%d earlier lines were dropped)", l.dropped)
+        end
+        for _, x in ipairs(l.lines) do
+            lines[#lines + 1] = format("  %s [%s #%d] %s", os.date("%H:%M:%S", math.floor(x.time)),
+                                       x.task, x.attempt, x.line)
+        end
+        if #l.lines == 0 then lines[#lines + 1] = "  (no log lines)" end
+        out(concat(lines, "\n"))
+    end
+
+    local function jobs(arg)
+        if arg ~= "" then return one_job(arg) end
         local ex = env.ex
         local lines = {}
         for _, job in ipairs(ex:jobs()) do
@@ -247,7 +274,7 @@ function M.main(path)
             local cmd, arg = line:match("^%s*:(%a+)%s*(.-)%s*$")
             if cmd then
                 if cmd == "help" then out(HELP)
-                elseif cmd == "jobs" then jobs()
+                elseif cmd == "jobs" then jobs(arg)
                 elseif cmd == "load" then
                     if arg == "" then out("usage: :load FILE") else load_into_env(arg) end
                 elseif cmd == "replay" then replay_cmd(arg)

@@ -51,9 +51,10 @@ function Store:evict()
 end
 
 
---- Keeps a finished job's result.
-function Store:put(id, status, value)
-    self.results[id] = { status, value, hrtime() }
+--- Keeps a finished job's result, and its kept log lines (nil: none),
+-- which go when the result goes.
+function Store:put(id, status, value, logs)
+    self.results[id] = { status, value, hrtime(), logs }
     local tail = self.tail + 1
     self.tail = tail
     self.order[tail] = id
@@ -66,6 +67,13 @@ function Store:get(id)
     local r = self.results[id]
     if r then return r[1], r[2] end
     return nil
+end
+
+
+--- The kept log lines of a kept result (runner.log_lines), or nil.
+function Store:logs(id)
+    local r = self.results[id]
+    return r and r[4]
 end
 
 

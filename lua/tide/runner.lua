@@ -214,7 +214,7 @@ local function forget(rt, slot)
     if parent and children_of[parent] then children_of[parent][slot] = nil end
     rt.kids[slot], parent_of[slot] = nil, nil
     rt.index_of[slot], rt.data_of[slot], rt.waiting[slot] = nil, nil, nil
-    rt.map_of[slot], rt.checkpointed[slot] = nil, nil
+    rt.map_of[slot], rt.checkpointed[slot], rt.logs[slot] = nil, nil, nil
     if rt.restored[slot] then
         rt.restored[slot] = nil
         local flags = rt.flags
@@ -334,10 +334,12 @@ function M.finish(rt, slot, status, value, ran)
     local p = rt.pipe_of[slot]
     if status ~= "done" then value = with_input(value, rt.outputs[slot]) end
     if hooked(rt, p, "context_end") then fire(rt, p, "context_end", id, status, value) end
+    -- The job's kept lines leave with its result (forget drops them).
+    local ring = rt.logs[slot]
     forget(rt, slot)
     rt.E.release(slot)
     rt.live[id] = nil
-    rt.emit(id, status, value, ran)
+    rt.emit(id, status, value, ran, ring and M.log_lines(rt, ring) or nil)
 end
 local finish = M.finish
 
@@ -371,6 +373,76 @@ local function fail_context(rt, slot, g, rec)
 end
 
 
+-- ===== PER-JOB LOGS =====
+
+-- The longest line a job keeps, in bytes: a body that logs a whole file
+-- must not make one job hold megabytes. Longer lines keep their first
+-- bytes (cut at a UTF-8 boundary) and a marker saying how long they were.
+M.LOG_LINE_MAX = 4096
+
+-- How many lines a job keeps when the executor is not told (log_lines).
+M.LOG_LINES = 100
+
+local function clip(text)
+    if not jcheck(text) then
+        -- Not UTF-8 (binary, or Latin-1): the lines leave as JSON, which
+        -- cannot carry such bytes, so each byte >= 0x80 is written \xNN.
+        text = text:gsub("[\128-\255]", function(c) return ("\\x%02X"):format(c:byte()) end)
+    end
+    local len = #text
+    if len <= M.LOG_LINE_MAX then return text end
+    local cut = M.LOG_LINE_MAX
+    -- Back off over continuation bytes so that a cut never splits a
+    -- character: the JSON of the logs must stay valid UTF-8.
+    local b = text:byte(cut + 1)
+    while cut > 0 and b and b >= 0x80 and b < 0xC0 do
+        b = text:byte(cut)
+        cut = cut - 1
+    end
+    return text:sub(1, cut) .. " [truncated: " .. len .. " bytes]"
+end
+
+--- Keeps one line logged by task g (attempt `attempt`) of the context in
+-- `slot` in the ring of its root context (the job). Lines are only kept
+-- here; writing them to stderr is the caller's business.
+function M.keep_log(rt, slot, g, attempt, text)
+    local cap = rt.log_lines
+    if cap == 0 then return end
+    local parent_of = rt.parent_of
+    local root = slot
+    while parent_of[root] do root = parent_of[root] end
+    -- A body that outlived its cancelled job has no job to log to.
+    if rt.ids[root] == nil then return end
+    local ring = rt.logs[root]
+    if not ring then
+        ring = { n = 0 }
+        rt.logs[root] = ring
+        rt.rare[root] = true
+    end
+    local n = ring.n + 1
+    ring.n = n
+    ring[(n - 1) % cap + 1] = { time = rt.E.wallclock(), task = rt.T_name[g], attempt = attempt,
+                                line = clip(text) }
+end
+
+--- The lines of a ring, oldest first, as { lines = {...}, dropped = n }
+-- (dropped: the older lines the bound pushed out).
+function M.log_lines(rt, ring)
+    local cap, n = rt.log_lines, ring.n
+    local lines = {}
+    local first = n > cap and n - cap + 1 or 1
+    for k = first, n do lines[#lines + 1] = ring[(k - 1) % cap + 1] end
+    return { lines = lines, dropped = first - 1 }
+end
+
+--- The kept lines of the live job in root `slot` (none yet: no lines).
+function M.live_logs(rt, slot)
+    local ring = rt.logs[slot]
+    if not ring then return { lines = {}, dropped = 0 } end
+    return M.log_lines(rt, ring)
+end
+
+
 -- The ctx table a body, `when` or a retry interval gets.
 local function make_ctx(rt, slot, g, attempt)
     local d = rt.data_of[slot]
@@ -387,7 +459,9 @@ local function make_ctx(rt, slot, g, attempt)
         local n = select("#", ...)
         local parts = {}
         for i = 1, n do parts[i] = tostring((select(i, ...))) end
-        io_stderr:write("[", tostring(id), " ", name, "] ", table.concat(parts, "\t"), "\n")
+        local text = table.concat(parts, "\t")
+        M.keep_log(rt, slot, g, attempt, text)
+        io_stderr:write("[", tostring(id), " ", name, "] ", text, "\n")
     end
     return ctx
 end
@@ -746,6 +820,9 @@ function M.install(E, live, emit)
         -- Per slot.
         outputs = {}, ids = {}, pipe_of = {}, kids = {}, parent_of = {}, index_of = {},
         data_of = {}, waiting = {}, map_of = {}, children_of = {}, rare = {},
+        -- Per root slot: the ring of its kept log lines (M.keep_log), and
+        -- the ring's size (the executor's log_lines).
+        logs = {}, log_lines = M.LOG_LINES,
     }
     -- The hot loop's upvalues.
     local outputs, T_fn, T_pred1, T_local, T_plain = rt.outputs, rt.T_fn, rt.T_pred1, rt.T_local, rt.T_plain

@@ -3,6 +3,7 @@
 --   POST   /v1/jobs[?wait=S]        submit {"id"?, "input", "priority"?}
 --   GET    /v1/jobs/{id}            status
 --   GET    /v1/jobs/{id}/result[?wait=S]   long-poll for the result
+--   GET    /v1/jobs/{id}/logs       the job's kept ctx.log and print lines
 --   DELETE /v1/jobs/{id}            cancel
 --   GET    /healthz, GET /metrics
 --   GET    /                        the dashboard (tide.graph.html)
@@ -28,6 +29,9 @@ local RETRY_AFTER = "1"  -- seconds a client refused with 503 should wait
 -- from elsewhere that rebinds its own name to 127.0.0.1 sends its name.
 local LOOPBACK = { ["localhost"] = true, ["127.0.0.1"] = true, ["[::1]"] = true }
 local NFAILURES = 20     -- recent failures kept for the dashboard
+-- The last log lines a failure entry of /v1/stats carries: the page polls
+-- it every second, so all of a job's lines stay at /v1/jobs/ID/logs.
+local FAILURE_LOG_LINES = 10
 local LAG_EVERY = 0.25   -- seconds between loop-lag samples
 -- The longest a schedule's timer sleeps before it looks at the wall clock
 -- again: the loop's timers run on the monotonic clock, which a change of
@@ -233,6 +237,19 @@ function M.serve(p, opts)
     end
     local function result_body(id)
         return finished_body(id)
+    end
+
+    -- The kept log lines of a job this server knows. A job known only to
+    -- the journal (its result evicted from memory, or run before a
+    -- restart) has none left: the journal does not keep log lines.
+    local function logs_body(id)
+        local l = ex:logs(id)
+        local lines = {}
+        for i, x in ipairs(l and l.lines or lines) do
+            lines[i] = json.object({ time = x.time, task = x.task, attempt = x.attempt, line = x.line })
+        end
+        return enc(json.object({ id = id, lines = setmetatable(lines, json.array_mt),
+                                 dropped = l and l.dropped or 0 }))
     end
 
     -- The status of a job this server knows, in memory or in the journal.
@@ -700,6 +717,8 @@ function M.serve(p, opts)
             local ok, rec = ex:cancel(id)
             if not ok then return respond(conn, 409, jerr(rec.code, rec.message)) end
             return respond(conn, 200, enc(json.object({ id = id, status = "cancelled" })))
+        elseif rest == "/logs" and method == "GET" then
+            return respond(conn, 200, logs_body(id))
         elseif rest == "/result" and method == "GET" then
             local wait = wait_of(query, conn)
             if not wait then return end
@@ -722,7 +741,7 @@ function M.serve(p, opts)
 
     -- Every finished job of this executor passes here; the server counts
     -- its own (a Lua host may share the executor).
-    local sub_token = ex:subscribe(function(jid, status, value)
+    local sub_token = ex:subscribe(function(jid, status, value, _, logs)
         local nbytes = mine[jid]
         if not nbytes then return end
         mine[jid] = nil
@@ -731,8 +750,18 @@ function M.serve(p, opts)
         counts[status] = (counts[status] or 0) + 1
         if status == "failed" then
             nfail = nfail + 1
+            local last = {}
+            if logs then
+                local n = #logs.lines
+                for k = math.max(1, n - FAILURE_LOG_LINES + 1), n do
+                    local x = logs.lines[k]
+                    last[#last + 1] = json.object({ time = x.time, task = x.task, attempt = x.attempt,
+                                                    line = x.line })
+                end
+            end
             failures[(nfail - 1) % NFAILURES + 1] = json.object({
-                id = jid, at = os.time(), error = json.object(errors.plain(value, true)) })
+                id = jid, at = os.time(), error = json.object(errors.plain(value, true)),
+                logs = json.array(last) })
         end
     end)
 

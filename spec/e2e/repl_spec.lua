@@ -83,6 +83,19 @@ describe("tide repl", function()
         assert.matches("cancelled 1 job\n$", out) -- the 30 s sleeper, and nothing after
     end)
 
+    it("shows a job's kept log lines with :jobs ID", function()
+        local out = session("spec/fixtures/logs/logs.lua", {
+            { 0.6, "id = ex:submit(p, { n = 3, fail = true }, { id = 'job/1' })\n" },
+            { 0.6, ":jobs job/1\n" },
+            { 0.3, ":jobs nope\n" },
+            { 0.3, "\4" },
+        })
+        assert.matches("tide> :jobs job/1\n  job/1 failed\n  ETASK judge: ", out)
+        assert.matches("\n  %d%d:%d%d:%d%d %[talk #1%] ctx%.log of\t3\n", out)
+        assert.matches("\n  %d%d:%d%d:%d%d %[talk #1%] print of\t3\n", out)
+        assert.matches("tide> :jobs nope\nerror: no job with id 'nope'", out)
+    end)
+
     it("reads a script from a pipe without line editing", function()
         local tmp = os.tmpname()
         finally(function() os.remove(tmp) end)

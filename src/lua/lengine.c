@@ -971,6 +971,31 @@ static int l_handle(lua_State *L) {
     return 2;
 }
 
+/* current() -> slot, global task, attempt of the body running now on this
+ * engine (from any coroutine it runs, unlike handle()), or nothing: print
+ * and ctx.log use it to know whose line they keep. */
+static int l_current(lua_State *L) {
+    leng *e = LENG_UP(L);
+    uint32_t slot, task, attempt;
+    if (leng_now() != e || e->running == NULL ||
+        !tide__eng_current(&e->eng, &slot, &task, &attempt))
+        return 0;
+    lua_pushinteger(L, slot);
+    lua_pushinteger(L, task);
+    lua_pushinteger(L, attempt);
+    return 3;
+}
+
+/* wallclock() -> seconds since the Unix epoch, to the microsecond: the
+ * time of a kept log line. */
+static int l_wallclock(lua_State *L) {
+    uv_timeval64_t tv;
+    if (uv_gettimeofday(&tv) != 0)
+        return luaL_error(L, "wallclock: gettimeofday failed");
+    lua_pushnumber(L, (double)tv.tv_sec + (double)tv.tv_usec / 1e6);
+    return 1;
+}
+
 static int l_wake(lua_State *L) {
     leng *e = LENG_UP(L);
     tide__att *a = tide__eng_att_get(&e->eng, luaL_checknumber(L, 1));
@@ -1297,6 +1322,7 @@ static const luaL_Reg engine_funcs[] = {
     {"close", l_close},     {"set_watchdog", l_set_watchdog},
     {"forked", l_forked},   {"bare_yield", l_bare_yield},
     {"fail_message", l_fail_message},
+    {"current", l_current}, {"wallclock", l_wallclock},
     {NULL, NULL}};
 
 /* engine(concurrency) -> userdata, table of functions bound to it */
