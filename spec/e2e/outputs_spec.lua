@@ -540,3 +540,14 @@ describe("standard fds closed at start", function()
         assert.same({ "a" }, sorted_ids(file(dir .. "/o", "echo.jsonl")))
     end)
 end)
+
+
+describe("print inside a sync task", function()
+    it("goes to stderr: stdout holds only the JSONL results", function()
+        local r = tide({ "run", PIPE .. "sync_print.lua" }, "1\n2\n3\n")
+        assert.equal(0, r.code, r.stderr)
+        local recs = jsonl(r.stdout, "stdout")
+        assert.equal(3, #recs)
+        for n = 1, 3 do assert.matches("hello from\t" .. n .. "\n", r.stderr, 1, true) end
+    end)
+end)

@@ -120,6 +120,16 @@ static const char *LPOOL_LOADER =
     "if not i then error(path .. ': no task ' .. name, 0) end\n"
     "return p.tasks[i].fn\n";
 
+/* print in a worker state: stdout carries tide run's JSONL results, so a
+ * sync task's print goes to stderr, as the loop state's does. */
+static const char *LPOOL_PRINT =
+    "local stderr, concat, select, tostring = io.stderr, table.concat, select, tostring\n"
+    "print = function(...)\n"
+    "  local t = {}\n"
+    "  for i = 1, select('#', ...) do t[i] = tostring((select(i, ...))) end\n"
+    "  stderr:write(concat(t, '\\t'), '\\n')\n"
+    "end\n";
+
 static void *lpool_worker_init(tide__pool *pool, int index) {
     lpool *lp = tide__container_of(pool, lpool, pool);
     TIDE_UNUSED(index);
@@ -141,6 +151,8 @@ static void *lpool_worker_init(tide__pool *pool, int index) {
         tide__lua_preload_bundle(L);
     lua_newtable(L);
     lua_setfield(L, LUA_REGISTRYINDEX, "tide.worker.fns");
+    if (luaL_dostring(L, LPOOL_PRINT) != 0)
+        lua_pop(L, 1); /* keep the stock print rather than fail the worker */
     tide__lua_mem_limit(L, lp->mem_limit);
     return L;
 }
