@@ -4,26 +4,7 @@ local proc = require "helpers.proc"
 
 local q = proc.shquote
 
--- Sends each step's text (after waiting its delay in seconds) to a REPL
--- started on a pty; returns what the terminal showed, without \r and
--- escape sequences, and the time it took.
-local function session(args, steps)
-    local parts = { "sleep 0.4" }
-    for _, s in ipairs(steps) do
-        parts[#parts + 1] = "printf " .. q(s[2])
-        parts[#parts + 1] = "sleep " .. s[1]
-    end
-    local home = proc.tmpdir()
-    local cmd = "(" .. table.concat(parts, "; ") .. ") | TERM=dumb HOME=" .. q(home)
-        .. " script -qfec " .. q("exec " .. proc.bin .. " repl " .. args) .. " /dev/null"
-    local t0 = os.time()
-    local h = io.popen(cmd)
-    local out = h:read("*a")
-    h:close()
-    proc.rmrf(home)
-    out = out:gsub("\r", ""):gsub("\27%[[%d;]*%a", "")
-    return out, os.time() - t0
-end
+local session = require("helpers.pty").session
 
 describe("tide repl", function()
     it("keeps jobs running while the prompt is open", function()

@@ -267,23 +267,8 @@ end)
 
 
 describe("tide repl :replay", function()
-    -- Types each step into a REPL on a pty after its delay; returns what
-    -- the terminal showed.
     local function session(env, steps)
-        local parts = { "sleep 0.4" }
-        for _, s in ipairs(steps) do
-            parts[#parts + 1] = "printf " .. q(s[2])
-            parts[#parts + 1] = "sleep " .. s[1]
-        end
-        local home = proc.tmpdir()
-        local cmd = "(" .. table.concat(parts, "; ") .. ") | TERM=dumb HOME=" .. q(home)
-            .. " REPLAY_BAD=" .. q(env.REPLAY_BAD)
-            .. " script -qfec " .. q("exec " .. proc.bin .. " repl " .. PIPE) .. " /dev/null"
-        local h = io.popen(cmd)
-        local out = h:read("*a")
-        h:close()
-        proc.rmrf(home)
-        return (out:gsub("\r", ""):gsub("\27%[[%d;]*%a", ""))
+        return (require("helpers.pty").session(PIPE, steps, { REPLAY_BAD = env.REPLAY_BAD }))
     end
 
     it("traces a failed job again, and after a fix it succeeds; FILE#ID replays one record", function()
