@@ -215,6 +215,9 @@ valgrind: all
 		'"a b a"' '"x"' >/dev/null
 	TIDE_BUILD=$(BUILD) $(VALGRIND) $(LUAJIT) $$(command -v busted) -o TAP \
 		--helper=spec/helpers/init.lua --exclude-tags=timing $(VALGRIND_SPECS)
+	@# The C hosts of the embed spec (poll-host waiting on tide_engine_fd,
+	@# an engine freed while its sync job runs), each under valgrind.
+	TIDE_VALGRIND=1 TIDE_BUILD=$(BUILD) $(BUSTED) spec/e2e/embed_spec.lua
 
 # make soak MINUTES=N: tide serve under a steady mixed load for N minutes
 # (default 10); fails when RSS or open fds grow after the warm-up. Loopback
