@@ -949,6 +949,9 @@ describe("tide.json", function()
             { "trailing garbage", "[1] x",
               "EVALUE: invalid JSON at byte 5: parse error: trailing "
               .. "garbage" },
+            { "an unterminated string after the value", '{"a":1} "',
+              "EVALUE: invalid JSON at byte 8: parse error: trailing "
+              .. "garbage" },
             { "two documents", "[1]\n[2]",
               "EVALUE: invalid JSON at byte 5: parse error: trailing "
               .. "garbage" },

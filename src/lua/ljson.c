@@ -957,6 +957,13 @@ typedef struct {
     int no_stack;       /* a callback stopped the parse: Lua stack full */
     int bad_utf8;       /* a callback stopped the parse: not strict UTF-8 */
     size_t bad_at;      /* with bad_utf8: the offending byte's offset */
+    /* Where the document's value ended: yajl_complete_parse drops an
+     * unterminated string after a complete value ('{"a":1} "') instead of
+     * calling it trailing garbage, so the bytes after `end` are checked
+     * here. `finishing`: inside yajl_complete_parse, whose callbacks come
+     * from its own one-byte buffer (a number at the very end). */
+    size_t end;
+    int finishing;
     /* Strings with surrogate escapes are decoded here (json_dec_text),
      * into this buffer, owned here and freed after the parse. */
     char *sbuf;
@@ -971,8 +978,10 @@ typedef struct {
 static int json_dec_add(json_dec *d) {
     json_level *lv;
 
-    if (d->depth == 0)
+    if (d->depth == 0) {
+        d->end = d->finishing ? d->len : yajl_get_bytes_consumed(d->h);
         return 1;
+    }
     lv = &d->levels[d->depth];
     if (lv->is_array)
         lua_rawseti(d->L, -2, ++lv->n);
@@ -1339,6 +1348,7 @@ static int json_dec_protected(lua_State *L) {
     st = yajl_parse(d->h, (const unsigned char *)d->s, d->len);
     if (st == yajl_status_ok) {
         at_end = 1;
+        d->finishing = 1;
         st = yajl_complete_parse(d->h);
     }
     if (st != yajl_status_ok) {
@@ -1351,6 +1361,15 @@ static int json_dec_protected(lua_State *L) {
         json_msg_putf(&d->err, "invalid JSON at byte %zu: lexical error: "
                       "invalid char in json text", bad);
         return 0;
+    }
+    for (bad = d->end; bad < d->len; bad++) {
+        char c = d->s[bad];
+        if (c != ' ' && c != '\t' && c != '\n' && c != '\r') {
+            d->rc = TIDE_EVALUE;
+            json_msg_putf(&d->err, "invalid JSON at byte %zu: parse error: "
+                          "trailing garbage", bad);
+            return 0;
+        }
     }
     TIDE_ASSERT(d->depth == 0 && lua_gettop(L) == d->obj_mt + 1);
     return 1;
