@@ -76,7 +76,9 @@ commands:
       Past --max-pending unfinished jobs (100000) or --max-pending-bytes of
       their request bodies (268435456), POST answers 503 with Retry-After.
       Without --token-file only Host localhost, 127.0.0.1 and [::1] are
-      served; --allow-host adds a name (repeatable).
+      served; --allow-host adds a name (repeatable). SIGHUP or POST
+      /v1/admin/reload loads the file again (not under --journal);
+      SIGTERM or SIGINT drains.
   cache stats|clear [--cache FILE] [--older-than S]
       What the result cache holds (entries, bytes, oldest and newest, hits
       recorded), or remove its entries (all, or those made more than S
