@@ -59,3 +59,59 @@ describe("tide.serve{ listen = false }", function()
         assert.has_error(function() tide.serve(tide.pipeline("x"):task("a", print), { listen = true }) end)
     end)
 end)
+
+
+describe("server.reload and pipeline.version", function()
+    local pipeline = require "tide.pipeline"
+    local proc = require "helpers.proc"
+    local dir
+    before_each(function() dir = proc.tmpdir() end)
+    after_each(function() proc.rmrf(dir) end)
+
+    local function file(tag)
+        return ([[
+local tide = require "tide"
+local p = tide.pipeline "versions"
+p:task("tag", function() return %q end)
+return p
+]]):format(tag)
+    end
+
+    it("raises at the caller's line on misuse", function()
+        assert.has_error(function() pipeline.version("nope") end,
+                         "pipeline.version: expects a pipeline, got string")
+        local ok, err = pcall(function() pipeline.reload(tide.pipeline "inline") end)
+        assert.is_false(ok)
+        assert.matches("serve_feed_spec%.lua:%d+: pipeline%.reload: expects a pipeline loaded from a file", err)
+    end)
+
+    it("loads the file again: version is the hash of its text, nil without a file", function()
+        local path = dir .. "/p.lua"
+        proc.write(path, file("one"))
+        local p = assert(tide.pipeline_file(path))
+        assert.equal(require("tide.core").xxh128(file("one")), pipeline.version(p))
+        local s = assert(tide.serve(p, { listen = false, log = function() end }))
+        local res = assert(s.reload())
+        assert.same({ false, res.previous }, { res.changed, res.version })
+        proc.write(path, file("two"))
+        res = assert(s.reload())
+        assert.is_true(res.changed)
+        assert.equal(require("tide.core").xxh128(file("two")), s.version())
+        proc.write(path, "return 42\n")
+        local none, rec = s.reload()
+        assert.is_nil(none)
+        assert.equal("ELOAD", rec.code)
+        assert.matches("must return a pipeline", rec.message)
+        s.close()
+        s.executor:close()
+
+        local inline = assert(tide.serve(tide.pipeline("inline"):task("t", function(x) return x end),
+                                         { listen = false }))
+        assert.is_nil(inline.version())
+        none, rec = inline.reload()
+        assert.is_nil(none)
+        assert.equal("EINVAL", rec.code)
+        inline.close()
+        inline.executor:close()
+    end)
+end)

@@ -76,7 +76,9 @@ commands:
       Past --max-pending unfinished jobs (100000) or --max-pending-bytes of
       their request bodies (268435456), POST answers 503 with Retry-After.
       Without --token-file only Host localhost, 127.0.0.1 and [::1] are
-      served; --allow-host adds a name (repeatable).
+      served; --allow-host adds a name (repeatable). SIGHUP or POST
+      /v1/admin/reload loads the file again (not under --journal);
+      SIGTERM or SIGINT drains.
   cache stats|clear [--cache FILE] [--older-than S]
       What the result cache holds (entries, bytes, oldest and newest, hits
       recorded), or remove its entries (all, or those made more than S
@@ -361,9 +363,10 @@ end
 
 -- Loads o.pipeline with its parameters: the pipeline, or nil and the exit
 -- code (after the message).
-local function load_params(o)
+local function load_params(o, pin)
     local settings, serr = param_settings(o)
     if not settings then return nil, die(EXIT_USAGE, serr) end
+    settings.pin = pin
     local p, err = load_pipeline(o.pipeline, nil, settings)
     if not p then return nil, die(EXIT_USAGE, err) end
     return p
@@ -682,7 +685,9 @@ local function serve(args)
         f:close()
         if token == "" then return die(EXIT_USAGE, "--token-file: the file is empty") end
     end
-    local p, lcode = load_params(o)
+    -- Pinned: worker threads compile the text read now, so a reload
+    -- (SIGHUP, POST /v1/admin/reload) never changes a running job's code.
+    local p, lcode = load_params(o, true)
     if not p then return lcode end
     local bad = check_stores(o)
     if bad then return bad end
@@ -735,9 +740,13 @@ local function serve(args)
     end
     local sigint = ex:signal(2, on_signal)
     local sigterm = ex:signal(15, on_signal)
-    -- SIGHUP drains like SIGTERM (a terminal that goes away, or a service
-    -- manager asking for a reload, must not drop accepted jobs).
-    local sighup = ex:signal(1, on_signal)
+    -- SIGHUP reloads the pipeline's file (docs/cli.md): the outcome is a
+    -- line on stderr, and a file that fails leaves the old version serving.
+    local sighup = ex:signal(1, function()
+        if draining then return end
+        local res, rec = server.reload()
+        if not res then io_stderr:write("tide: reload failed, the old version serves on: ", rec.message, "\n") end
+    end)
     ex:run()
     sigint:close()
     sigterm:close()

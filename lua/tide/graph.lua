@@ -273,6 +273,18 @@ local SCRIPT = [[
       text("jobs-" + f, String(s.jobs[f]));
     });
     text("lag", (s.loop_lag * 1000).toFixed(1) + " ms");
+    var vrows = document.getElementById("versions");
+    vrows.textContent = "";
+    (s.versions || []).forEach(function (v) {
+      var tr = document.createElement("tr");
+      [v.version + (v.current ? " (current)" : ""), v.submitted, v.in_flight, v.done, v.failed,
+       v.cancelled].forEach(function (x) {
+        var td = document.createElement("td");
+        td.textContent = String(x);
+        tr.appendChild(td);
+      });
+      vrows.appendChild(tr);
+    });
     var rows = document.getElementById("schedules");
     rows.textContent = "";
     (s.schedules || []).forEach(function (sc) {
@@ -370,6 +382,9 @@ function M.html(p, opts)
 <th>cancelled</th><th>loop lag</th></tr><tr>
 <td id="jobs-submitted">-</td><td id="jobs-in_flight">-</td><td id="jobs-queued">-</td><td id="jobs-done">-</td>
 <td id="jobs-failed">-</td><td id="jobs-cancelled">-</td><td id="lag">-</td></tr></table></section>
+<section><h2>Versions</h2><table><thead><tr><th>version (hash of the file)</th><th>submitted</th>
+<th>in flight</th><th>done</th><th>failed</th><th>cancelled</th></tr></thead>
+<tbody id="versions"></tbody></table></section>
 <section><h2>Schedules</h2><table><thead><tr><th>name</th><th>cron</th><th>tz</th><th>catchup</th>
 <th>next fire</th><th>in</th><th>last fire</th><th>submitted / skipped / failed</th></tr></thead>
 <tbody id="schedules"></tbody></table></section>

@@ -743,12 +743,17 @@ end
 -- The key worker threads load this file by (see bridge.lua and
 -- M.load_cached): the path alone when the load had no settings, else the
 -- settings as JSON in front of it, so a worker sees the same parameters.
+-- A pinned load (settings.source, see M.load) carries the file's text in
+-- the key, so a worker compiles that very version whatever the file holds
+-- by then, and each version has a key, and a worker cache entry, of its
+-- own.
 local function file_key(path, settings)
     local plain = next(settings.params or {}) == nil and next(settings.texts or {}) == nil
-                  and #(settings.args or {}) == 0
+                  and #(settings.args or {}) == 0 and settings.source == nil
     if plain and path:sub(1, 1) ~= "\1" then return path end
     local text, err = core.json.encode({ params = settings.params or {}, texts = settings.texts or {},
-                                         args = settings.args or {}, from = settings.from })
+                                         args = settings.args or {}, from = settings.from,
+                                         source = settings.source })
     if not text then return nil, "parameters must be JSON values: " .. tostring(err) end
     return "\1" .. #text .. ":" .. text .. path
 end
@@ -763,17 +768,41 @@ end
 -- is checked, none is missing) }. While the chunk runs, tide.params is the
 -- table p:param fills and tide.args the list of args; both stay set after
 -- a load that succeeded.
+-- settings.pin = true reads the file's text once and pins the pipeline to
+-- it (settings.source then holds the text): worker threads compile the
+-- same text rather than reading the file again, and M.version(p) is its
+-- hash. tide serve pins, so that a reload (M.reload) never makes a sync
+-- task of a running job load the file's newer version.
 -- @return the pipeline, or nil and a message naming file:line (or the
 --   parameter at fault); the parameters declared come third either way
 function M.load(path, source, settings)
     settings = settings or {}
+    if settings.pin and not settings.source then
+        local f, ferr = io.open(path, "rb")
+        if not f then return nil, tostring(ferr), {} end
+        local text = f:read("*a")
+        f:close()
+        if not text then return nil, path .. ": cannot be read", {} end
+        local copy = {}
+        for k, v in pairs(settings) do copy[k] = v end
+        copy.pin, copy.source = nil, text
+        settings = copy
+    end
+    if settings.source then source = settings.source end
+    local pinned = settings.source ~= nil
     local chunk, err
-    if source then
+    if source and not pinned then
         chunk, err = loadstring(source, "=" .. path)
     else
-        local dir = path:match("^(.*)/[^/]*$") or "."
-        package.path = dir .. "/?.lua;" .. package.path
-        chunk, err = loadfile(path)
+        -- Modules next to the file can be required (the directory is added
+        -- once: a server that reloads loads the same file many times).
+        local dir = (path:match("^(.*)/[^/]*$") or ".") .. "/?.lua;"
+        if package.path:sub(1, #dir) ~= dir then package.path = dir .. package.path end
+        if pinned then
+            chunk, err = loadstring(source, "@" .. path)
+        else
+            chunk, err = loadfile(path)
+        end
     end
     local ld = { settings = settings, values = {}, declared = {}, missing = {} }
     if not chunk then return nil, err, ld.declared end
@@ -828,8 +857,50 @@ function M.load(path, source, settings)
     p.args = args
     -- Worker threads load sync tasks from the same file, with the same
     -- parameters.
-    if not source then p._file, p._file_key = path, key end
+    if not source or pinned then p._file, p._file_key, p._settings = path, key, settings end
+    if pinned then p._version = core.xxh128(source) end
     return p, nil, ld.declared
+end
+
+
+--- The version of pipeline p: the hash (core.xxh128) of the file text it
+-- was compiled from, as the journal records it. Pins p first when it was
+-- loaded from a file without settings.pin: its text is read now.
+-- @return the version, or nil when p was not loaded from a file
+function M.version(p)
+    if not M.is(p) then error("pipeline.version: expects a pipeline, got " .. type(p), 2) end
+    local v = rawget(p, "_version")
+    if v or not rawget(p, "_file") then return v end
+    local f = io.open(p._file, "rb")
+    local text = f and f:read("*a")
+    if f then f:close() end
+    if not text then return nil end
+    local settings = {}
+    for k, x in pairs(p._settings or {}) do settings[k] = x end
+    settings.source = text
+    -- Only the key changes: the pipeline's bodies are those loaded before,
+    -- which the text read now holds unless the file changed in between.
+    local key = file_key(p._file, settings)
+    if not key then return nil end
+    p._file_key, p._settings, p._version = key, settings, core.xxh128(text)
+    return p._version
+end
+
+
+--- Loads the file of pipeline p again, with the parameters and args p was
+-- loaded with, pinned to the text read now (see M.load).
+-- @return the new pipeline, or nil and a message (the file cannot be
+--   read, does not load or does not compile)
+-- @raise when p was not loaded from a file
+function M.reload(p)
+    if not M.is(p) or not rawget(p, "_file") then
+        error("pipeline.reload: expects a pipeline loaded from a file", 2)
+    end
+    local settings = {}
+    for k, v in pairs(p._settings or {}) do settings[k] = v end
+    settings.source, settings.pin = nil, true
+    local np, err = M.load(p._file, nil, settings)
+    return np, err
 end
 
 
@@ -852,7 +923,7 @@ function M.load_cached(key)
         settings.from = settings.from ~= core.json.null and settings.from or nil
     end
     local err
-    p, err = M.load(path, nil, settings)
+    p, err = M.load(path, settings and settings.source, settings)
     if not p then return nil, err end
     by_path[key] = p
     return p

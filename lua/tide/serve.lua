@@ -8,7 +8,9 @@
 --   GET    /healthz, GET /metrics
 --   GET    /                        the dashboard (tide.graph.html)
 --   GET    /v1/stats                what the dashboard shows, as JSON
+--   POST   /v1/admin/reload         load the pipeline's file again
 local core = require "tide.core"
+local pipeline = require "tide.pipeline"
 local executor = require "tide.executor"
 local errors = require "tide.errors"
 local record = require "tide.record"
@@ -44,6 +46,10 @@ local SCHEDULE_BEHIND = 60
 -- The most fires catchup = "all" makes up at once; the later ones are
 -- skipped, with a line on the log.
 local MAX_CATCHUP = 1000
+-- Versions whose jobs /v1/stats and /metrics list one by one: the current
+-- one and the last ones before it that still have counts (a server that
+-- reloads every minute must not grow its metrics without bound).
+local MAX_VERSIONS = 20
 -- Paths answered to GET only, and what answers them.
 local GET_ONLY = { ["/metrics"] = "metrics", ["/"] = "page", ["/v1/stats"] = "stats" }
 
@@ -175,6 +181,10 @@ function M.serve(p, opts)
         allowed[h:lower()] = true
     end
     p:compile()
+    -- The version of the pipeline new jobs run (the hash of its file's
+    -- text; nil for a pipeline not loaded from a file). A reload replaces
+    -- p and version; each job keeps the pipeline it was submitted with.
+    local version = pipeline.version(p)
     local ex = opts.executor or executor.new {
         retention = opts.retention, max_results = opts.max_results or 100000, threads = opts.threads,
         cache = opts.cache, memory_limit = opts.memory_limit,
@@ -191,6 +201,40 @@ function M.serve(p, opts)
     -- how many watchers they have registered with the executor.
     local polls, nwatchers = {}, 0
     local failures, nfail = {}, 0 -- ring of the last NFAILURES failed jobs
+    -- id -> version, for the jobs submitted here whose results are kept
+    -- (an eviction drops the entry), and the counts of each version.
+    local jobver = {}
+    local versions, vorder = {}, {}
+    local reloads = { ok = 0, failed = 0 }
+    local function version_counts(v)
+        local c = versions[v]
+        if not c then
+            c = { version = v, submitted = 0, done = 0, failed = 0, cancelled = 0, in_flight = 0,
+                  loaded = os.time() }
+            versions[v] = c
+            vorder[#vorder + 1] = v
+            -- Forget the oldest versions with nothing in flight.
+            local k = 1
+            while #vorder > MAX_VERSIONS and k <= #vorder do
+                local old = versions[vorder[k]]
+                if old.in_flight == 0 and vorder[k] ~= v then
+                    versions[vorder[k]] = nil
+                    table.remove(vorder, k)
+                else
+                    k = k + 1
+                end
+            end
+        end
+        return c
+    end
+    local VKEY = version or "none" -- the counts key of a pipeline without a file
+    version_counts(VKEY)
+    -- Books a job submitted here under the current version.
+    local function book(id)
+        jobver[id] = VKEY
+        local c = version_counts(VKEY)
+        c.submitted, c.in_flight = c.submitted + 1, c.in_flight + 1
+    end
     local srv
     ex:timing(true)
     ex:prepare(p) -- so that its per-task counts exist before the first job
@@ -228,7 +272,14 @@ function M.serve(p, opts)
     -- memory store let it go (or the server restarted).
     local function finished_body(id)
         local status, value = ex:finished(id)
-        if status then return record.encode(id, status, value, true) end
+        if status then
+            local body = record.encode(id, status, value, true)
+            local v = jobver[id]
+            -- The record is a JSON object: the version goes in as its last
+            -- field (a job of a pipeline without a file has none).
+            if body and v and v ~= "none" then body = body:sub(1, -2) .. ',"version":"' .. v .. '"}' end
+            return body
+        end
         if jr then
             local kind, _, rec = jr:lookup(id)
             if kind == "result" then return rec end
@@ -373,6 +424,23 @@ function M.serve(p, opts)
                "", hs.rejected)
         metric("tide_uptime_seconds", "gauge", "Seconds since the server started.",
                "", format("%.3f", hrtime() - started))
+        metric("tide_pipeline_version_info", "gauge",
+               "The version (hash of the file) new jobs run: always 1, the version is the label.",
+               '{pipeline="' .. label(p.name) .. '",version="' .. label(VKEY) .. '"}', 1)
+        metric("tide_reloads_total", "counter", "Reloads of the pipeline's file, by result.",
+               '{result="ok"}', reloads.ok, '{result="failed"}', reloads.failed)
+        local vjobs, vflight = {}, {}
+        for _, v in ipairs(vorder) do
+            local c = versions[v]
+            local open = '{version="' .. label(v) .. '"'
+            vjobs[#vjobs + 1] = open .. '}'
+            vjobs[#vjobs + 1] = c.submitted
+            vflight[#vflight + 1] = open .. '}'
+            vflight[#vflight + 1] = c.in_flight
+        end
+        metric("tide_version_jobs_total", "counter", "Jobs submitted here, by pipeline version.", vjobs)
+        metric("tide_version_jobs_in_flight", "gauge", "Jobs submitted here and not finished, by pipeline "
+               .. "version.", vflight)
 
         local ts = ex:task_stats(p) or {}
         local function per_task(name, kind, help, field)
@@ -443,6 +511,7 @@ function M.serve(p, opts)
                     counts.submitted = counts.submitted + 1
                     pending, pending_bytes = pending + 1, pending_bytes + #input_json
                     mine[res] = #input_json
+                    book(res)
                     if jr then jr:job(res, input_json, nil) end
                 end
             end
@@ -531,6 +600,7 @@ function M.serve(p, opts)
                 st.timer = nil
             end
         end
+        schedules = {}
     end
 
     -- The schedules as /v1/stats shows them.
@@ -562,8 +632,17 @@ function M.serve(p, opts)
         for k = nfail, math.max(1, nfail - NFAILURES + 1), -1 do
             recent[#recent + 1] = failures[(k - 1) % NFAILURES + 1]
         end
+        local vs = {}
+        for i = #vorder, 1, -1 do
+            local c = versions[vorder[i]]
+            vs[#vs + 1] = json.object({ version = c.version, current = c.version == VKEY, loaded = c.loaded,
+                                        submitted = c.submitted, done = c.done, failed = c.failed,
+                                        cancelled = c.cancelled, in_flight = c.in_flight })
+        end
         return enc(json.object({
             pipeline = p.name,
+            version = version or json.null, versions = json.array(vs),
+            reloads = json.object({ ok = reloads.ok, failed = reloads.failed }),
             uptime = hrtime() - started,
             jobs = json.object({ submitted = counts.submitted, done = counts.done,
                                  failed = counts.failed, cancelled = counts.cancelled,
@@ -628,9 +707,10 @@ function M.serve(p, opts)
         counts.submitted = counts.submitted + 1
         pending, pending_bytes = pending + 1, pending_bytes + nbytes
         mine[res] = nbytes
+        book(res)
         local function answer()
             if query_param(query, "wait") then return long_poll(conn, res, wait, 200) end
-            respond(conn, 201, enc(json.object({ id = res })))
+            respond(conn, 201, enc(json.object({ id = res, version = version })))
         end
         if not jr then return answer() end
         -- Accepted means on the device: the answer waits for the group
@@ -646,6 +726,7 @@ function M.serve(p, opts)
     end
 
     local page -- the dashboard's HTML, made on first request
+    local server_reload -- defined with the server, below
     local function route(conn, method, path, query, headers, body)
         if path == "/healthz" then
             if method ~= "GET" then return respond(conn, 405, jerr("EINVAL", "use GET")) end
@@ -696,6 +777,12 @@ function M.serve(p, opts)
             if method ~= "POST" then return respond(conn, 405, jerr("EINVAL", "use POST")) end
             return submit(conn, query, headers, body)
         end
+        if path == "/v1/admin/reload" then
+            if method ~= "POST" then return respond(conn, 405, jerr("EINVAL", "use POST")) end
+            local res, rec, status = server_reload()
+            if not res then return respond(conn, status, jerr(rec.code, rec.message)) end
+            return respond(conn, 200, enc(json.object(res)))
+        end
         local id, rest = path:match("^/v1/jobs/([^/]+)(.*)$")
         if not id then return respond(conn, 404, jerr("ENOENT", "no such endpoint")) end
         id = unescape(id)
@@ -709,7 +796,9 @@ function M.serve(p, opts)
             return respond(conn, 404, jerr("ENOENT", "no job with id '" .. id .. "'"))
         end
         if rest == "" and method == "GET" then
-            return respond(conn, 200, enc(json.object({ id = id, status = status_of(id) })))
+            local v = jobver[id]
+            return respond(conn, 200, enc(json.object({ id = id, status = status_of(id),
+                                                        version = v ~= "none" and v or nil })))
         elseif rest == "" and method == "DELETE" then
             if not ex:has(id) then
                 return respond(conn, 409, jerr("EINVAL", "job '" .. id .. "' has already finished"))
@@ -730,6 +819,7 @@ function M.serve(p, opts)
     -- Remember evicted ids (bounded) to answer 410 instead of 404.
     local nevicted, evict_order = 0, {}
     local evict_token = ex:on_evict(function(id)
+        jobver[id] = nil
         evicted[id] = true
         nevicted = nevicted + 1
         evict_order[nevicted] = id
@@ -745,6 +835,11 @@ function M.serve(p, opts)
         local nbytes = mine[jid]
         if not nbytes then return end
         mine[jid] = nil
+        local c = versions[jobver[jid]]
+        if c then
+            c.in_flight = c.in_flight - 1
+            c[status] = (c[status] or 0) + 1
+        end
         if jr then jr:job_result(jid, status, record.encode(jid, status, value, true)) end
         pending, pending_bytes = pending - 1, pending_bytes - nbytes
         counts[status] = (counts[status] or 0) + 1
@@ -778,6 +873,7 @@ function M.serve(p, opts)
                 counts.submitted = counts.submitted + 1
                 pending, pending_bytes = pending + 1, pending_bytes + #input_json
                 mine[id] = #input_json
+                book(id)
                 recovered = recovered + 1
             end
         end
@@ -808,6 +904,51 @@ function M.serve(p, opts)
     end
 
     local server = { executor = ex, port = srv:port(), recovered = recovered }
+
+    -- Loads the pipeline's file again (the same parameters and args): new
+    -- jobs and schedules use the new version; jobs already submitted keep
+    -- the pipeline they were submitted with. A file that does not load or
+    -- compile leaves the old version serving. Returns { pipeline, version,
+    -- previous, changed }, or nil, an error record and the HTTP status.
+    function server_reload()
+        local function refuse(status, code, message)
+            reloads.failed = reloads.failed + 1
+            return nil, errors.new(code, message), status
+        end
+        if not version then
+            return refuse(409, "EINVAL", "pipeline '" .. p.name .. "' was not loaded from a file: "
+                          .. "there is nothing to reload")
+        end
+        if jr then
+            -- The journal holds one version (its hash is checked at start):
+            -- a job accepted under another could not be run again, by the
+            -- version it was accepted for, after a crash.
+            return refuse(409, "EINVAL", "reload is refused under --journal: the journal holds jobs of "
+                          .. "one version of the pipeline; stop the server (it drains), then start it on "
+                          .. "the new file (with --journal-reset once no job is pending)")
+        end
+        local np, lerr = pipeline.reload(p)
+        if not np then return refuse(422, "ELOAD", tostring(lerr)) end
+        local ok, perr = pcall(ex.prepare, ex, np)
+        if not ok then return refuse(422, "ELOAD", tostring(perr)) end
+        local previous = version
+        stop_schedules()
+        p, version = np, pipeline.version(np)
+        VKEY = version or "none"
+        version_counts(VKEY)
+        page = nil
+        reloads.ok = reloads.ok + 1
+        start_schedules()
+        log(format("reloaded '%s': version %s (was %s)", p.name, tostring(version), tostring(previous)))
+        return { pipeline = p.name, version = version, previous = previous, changed = version ~= previous }
+    end
+    --- See server_reload: { pipeline, version, previous, changed } or
+    -- nil and an error record.
+    function server.reload()
+        local res, rec = server_reload()
+        return res, rec
+    end
+    function server.version() return version end
     -- Schedules start once the server listens: their jobs can be asked for.
     start_schedules()
     if listen == false then

@@ -64,6 +64,14 @@ describe("the dashboard in headless Chromium", function()
         assert.equal("0", b:eval(counts_js("sum", "done")))
     end)
 
+    it("shows the pipeline version (the hash of its file) in the versions table", function()
+        b:open(s.url .. "/")
+        local hash = require("tide.core").xxh128(require("helpers.proc").slurp(
+            "spec/fixtures/pipelines/dashboard.lua"))
+        assert.equal(hash .. " (current)", b:wait("var td = document.querySelector('#versions td');"
+            .. " return td ? td.textContent : null"))
+    end)
+
     it("updates the live counts after a job is submitted through the form", function()
         -- fetch naps 3 s: long enough for a loaded machine's browser to
         -- poll the feed while it runs.

@@ -7,6 +7,9 @@ local proc = require "helpers.proc"
 local json = require("tide.core").json
 
 local q = proc.shquote
+-- The version every job of the serve fixture runs: the hash of its text
+-- (docs/http.md#hot-reload).
+local V = require("tide.core").xxh128(proc.slurp("spec/fixtures/pipelines/serve.lua"))
 
 -- The error record of a JSON error body (fails when the body is not one).
 local function err_of(r)
@@ -95,7 +98,7 @@ describe("tide serve against hostile clients", function()
         local r = c:response()
         assert.is_truthy(r, "no answer after a half-close")
         assert.equal(200, r.status)
-        assert.same({ id = json.decode(r.body).id, status = "done", output = 2 }, json.decode(r.body))
+        assert.same({ id = json.decode(r.body).id, status = "done", output = 2, version = V }, json.decode(r.body))
         assert.equal("close", r.headers["connection"])
         assert.is_true(c:closes())
         -- Two requests pipelined before the half-close: both answered.

@@ -487,18 +487,25 @@ end)
 
 
 describe("tide serve and SIGHUP", function()
-    it("drains like SIGTERM: the job in flight finishes, then it exits", function()
+    -- SIGHUP used to drain like SIGTERM; it reloads the pipeline's file
+    -- now (spec/e2e/reload_spec.lua), and only SIGTERM and SIGINT drain.
+    it("reloads instead of draining: the job in flight finishes and the server goes on", function()
         local serve = require "helpers.serve"
         local s = serve.start()
         serve.http(s, "POST", "/v1/jobs", '{"id":"h","input":{"n":5,"sleep":0.6}}')
         local h = io.popen("env -u LD_PRELOAD curl -s " .. shquote(s.url .. "/v1/jobs/h/result?wait=5"))
         os.execute("sleep 0.2")
-        local text = serve.stop(s, "HUP")
+        os.execute("kill -HUP " .. s.pid)
         local body = h:read("*a")
         h:close()
-        assert.same({ id = "h", status = "done", output = 10 }, json.decode(body))
-        assert.matches("draining %(signal 1%)", text)
-        assert.matches("stopped", text)
+        assert.same({ id = "h", status = "done", output = 10 }, { id = json.decode(body).id,
+            status = json.decode(body).status, output = json.decode(body).output })
+        local status = serve.http(s, "POST", "/v1/jobs", '{"input":1}')
+        assert.equal(201, status)
+        local text = serve.stop(s, "TERM")
+        assert.matches("reloaded 'serve'", text)
+        assert.not_matches("draining %(signal 1%)", text)
+        assert.matches("draining %(signal 15%)", text)
     end)
 end)
 

@@ -8,6 +8,9 @@ local json = require("tide.core").json
 local q = proc.shquote
 
 local start, stop, http = server.start, server.stop, server.http
+-- The version every job of the serve fixture runs: the hash of its text
+-- (docs/http.md#hot-reload).
+local V = require("tide.core").xxh128(proc.slurp("spec/fixtures/pipelines/serve.lua"))
 
 -- Raw bytes on a fresh connection; returns the status line's code.
 local function raw(s, bytes, wait)
@@ -27,13 +30,13 @@ describe("tide serve", function()
     it("submits, reports status and returns results", function()
         local st, body = http(s, "POST", "/v1/jobs", '{"id":"a","input":21}')
         assert.equal(201, st)
-        assert.same({ id = "a" }, json.decode(body))
+        assert.same({ id = "a", version = V }, json.decode(body))
         st, body = http(s, "GET", "/v1/jobs/a/result?wait=2")
         assert.equal(200, st)
-        assert.same({ id = "a", status = "done", output = 42 }, json.decode(body))
+        assert.same({ id = "a", status = "done", output = 42, version = V }, json.decode(body))
         st, body = http(s, "GET", "/v1/jobs/a")
         assert.equal(200, st)
-        assert.same({ id = "a", status = "done" }, json.decode(body))
+        assert.same({ id = "a", status = "done", version = V }, json.decode(body))
         -- Reading a result does not consume it.
         st = http(s, "GET", "/v1/jobs/a/result")
         assert.equal(200, st)
@@ -106,7 +109,7 @@ describe("tide serve", function()
         -- The jobs still finish and their results are there for the asking.
         local st, body = http(s, "GET", "/v1/jobs/gone4/result?wait=5")
         assert.equal(200, st)
-        assert.same({ id = "gone4", status = "done", output = 8 }, json.decode(body))
+        assert.same({ id = "gone4", status = "done", output = 8, version = V }, json.decode(body))
         assert.equal(200, (http(s, "GET", "/healthz")))
     end)
 
@@ -347,7 +350,7 @@ describe("tide serve drain", function()
         local text = stop(s, "TERM")
         local body = h:read("*a")
         h:close()
-        assert.same({ id = "d", status = "done", output = 10 }, json.decode(body))
+        assert.same({ id = "d", status = "done", output = 10, version = V }, json.decode(body))
         assert.matches("draining", text)
         assert.matches("stopped", text)
     end)
