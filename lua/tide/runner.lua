@@ -383,6 +383,20 @@ M.LOG_LINE_MAX = 4096
 -- How many lines a job keeps when the executor is not told (log_lines).
 M.LOG_LINES = 100
 
+
+-- rt[field][slot], a table made on first use; a slot that has one is rare
+-- (forget clears its fields).
+local function slot_table(rt, field, slot)
+    local t = rt[field][slot]
+    if not t then
+        t = {}
+        rt[field][slot] = t
+        rt.rare[slot] = true
+    end
+    return t
+end
+
+
 local function clip(text)
     if not jcheck(text) then
         -- Not UTF-8 (binary, or Latin-1): the lines leave as JSON, which
@@ -413,13 +427,8 @@ function M.keep_log(rt, slot, g, attempt, text)
     while parent_of[root] do root = parent_of[root] end
     -- A body that outlived its cancelled job has no job to log to.
     if rt.ids[root] == nil then return end
-    local ring = rt.logs[root]
-    if not ring then
-        ring = { n = 0 }
-        rt.logs[root] = ring
-        rt.rare[root] = true
-    end
-    local n = ring.n + 1
+    local ring = slot_table(rt, "logs", root)
+    local n = (ring.n or 0) + 1
     ring.n = n
     ring[(n - 1) % cap + 1] = { time = rt.E.wallclock(), task = rt.T_name[g], attempt = attempt,
                                 line = clip(text) }
@@ -445,12 +454,7 @@ end
 
 -- The ctx table a body, `when` or a retry interval gets.
 local function make_ctx(rt, slot, g, attempt)
-    local d = rt.data_of[slot]
-    if not d then
-        d = {}
-        rt.data_of[slot] = d
-        rt.rare[slot] = true
-    end
+    local d = slot_table(rt, "data_of", slot)
     local id = rt.ids[slot]
     local name = rt.T_name[g]
     local ctx = { id = tostring(id), attempt = attempt, map_index = rt.index_of[slot],
@@ -498,12 +502,7 @@ end
 -- Fires checkpoint(id, task, output) for a task of a root context, once
 -- per task and context.
 local function checkpoint(rt, slot, loc, p)
-    local done = rt.checkpointed[slot]
-    if not done then
-        done = {}
-        rt.checkpointed[slot] = done
-        rt.rare[slot] = true
-    end
+    local done = slot_table(rt, "checkpointed", slot)
     if done[loc] then return end
     done[loc] = true
     local v = rt.outputs[slot][loc]
