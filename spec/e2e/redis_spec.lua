@@ -76,6 +76,18 @@ local function start_run(url, dir, extra)
 end
 
 
+
+-- dir/out/double.jsonl holds exactly one result for each of inputs 1..n.
+local function one_result_each(dir, n)
+    local ids = {}
+    for _, l in ipairs(sorted_lines(dir .. "/out/double.jsonl")) do
+        local id = json.decode(l).id
+        assert.is_nil(ids[id], "two results for " .. id)
+        ids[id] = true
+    end
+    for i = 1, n do assert.truthy(ids[tostring(i)], "no result for " .. i) end
+end
+
 describe("tide run --redis with tide worker", function()
     local server, dir
 
@@ -146,13 +158,7 @@ describe("tide run --redis with tide worker", function()
         assert.truthy(took, "no takeover: " .. (proc.slurp(dir .. "/b.err") or ""))
         print(("# redelivery after SIGKILL: %.2f s (lease %d s)"):format(took, lease))
         assert.is_true(took <= lease + 1, "redelivered after " .. took .. " s")
-        local ids = {}
-        for _, l in ipairs(sorted_lines(dir .. "/out/double.jsonl")) do
-            local id = json.decode(l).id
-            assert.is_nil(ids[id], "two results for " .. id)
-            ids[id] = true
-        end
-        for i = 1, 300 do assert.truthy(ids[tostring(i)], "no result for " .. i) end
+        one_result_each(dir, 300)
         assert.equal("", proc.slurp(dir .. "/out/failed.jsonl"))
     end)
 
@@ -199,13 +205,7 @@ describe("tide run --redis with tide worker", function()
         local rc, err = wait(60)
         stop_workers({ a, b })
         assert.equal(0, rc, err)
-        local ids = {}
-        for _, l in ipairs(sorted_lines(dir .. "/out/double.jsonl")) do
-            local id = json.decode(l).id
-            assert.is_nil(ids[id], "two results for " .. id)
-            ids[id] = true
-        end
-        for i = 1, 60 do assert.truthy(ids[tostring(i)], "no result for " .. i) end
+        one_result_each(dir, 60)
         assert.matches("took over", proc.slurp(dir .. "/b.err"))
     end)
 
