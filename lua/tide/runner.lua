@@ -803,6 +803,51 @@ end
 --- Makes the runner state of executor `ex` (engine functions E, live ids
 -- table `live`, and `emit(id, status, value, ran)` through which results
 -- leave) and gives the engine its runner. Returns the state.
+local ffi_ok, ffi = pcall(require, "ffi")
+local step_ct = ffi_ok and ffi.typeof("int32_t (*)(void *, uint32_t, uint32_t, int32_t *)")
+
+--- The runner's way to the engine: `next_op(slot, task)` completes
+-- (slot, task) when slot > 0 and returns the next operation's code, its
+-- operands in `out[0..3]` (slot, task, attempt | parent, map index) and a
+-- failure's code name in `code[1]`; 0 when there is nothing to do (the
+-- runner was resumed idle and asks again). Where LuaJIT has its FFI, the
+-- common operations come through a C function pointer (src/lua/lengine.c,
+-- leng_step), which the runner's compiled loop calls without leaving its
+-- trace; what that cannot do (yield, name a failure) goes through the
+-- engine's nxt. The operands go through `out`, not return values, so
+-- that the loop carries one number from one iteration to the next (values
+-- of changing types there make LuaJIT give up compiling it).
+-- TIDE_NO_FFI=1 uses nxt only (to compare).
+function M.next_op(E)
+    local slow = E.nxt
+    local code = {}
+    local out
+    local function classic(slot, g, idle)
+        local op, a, b, c, d = slow(slot, g, idle)
+        if op == nil then return 0 end
+        out[0], out[1], out[2] = a or 0, b or 0, c or 0
+        if op == OP_FAIL then
+            out[3], code[1] = 0, d
+        else
+            out[3] = d or 0
+        end
+        return op
+    end
+    if not step_ct or not E.fast or os.getenv("TIDE_NO_FFI") then
+        out = { [0] = 0, 0, 0, 0 }
+        return function(slot, g) return classic(slot, g) end, out, code
+    end
+    local fp, ep = E.fast()
+    local step, eng = ffi.cast(step_ct, fp), ffi.cast("void *", ep)
+    out = ffi.new("int32_t[4]")
+    return function(slot, g)
+        local op = step(eng, slot, g, out)
+        if op > 0 then return op end
+        return classic(0, 0, op == 0)
+    end, out, code
+end
+
+
 function M.install(E, live, emit)
     local rt = {
         E = E, live = live, emit = emit, attached = {}, limiter_ids = {}, batches = {},
@@ -827,7 +872,8 @@ function M.install(E, live, emit)
     local outputs, T_fn, T_pred1, T_local, T_plain = rt.outputs, rt.T_fn, rt.T_pred1, rt.T_local, rt.T_plain
     local T_batch, T_ctx, T_when, T_name, T_timeout = rt.T_batch, rt.T_ctx, rt.T_when, rt.T_name, rt.T_timeout
     local T_cache = rt.T_cache
-    local nxt, detach = E.nxt, E.detach
+    local nxt, out, fail_code = M.next_op(E)
+    local detach = E.detach
     local flags, restored = rt.flags, rt.restored
 
     -- Runs one attempt the general way (when, ctx, routers, maps, any
@@ -891,18 +937,18 @@ function M.install(E, live, emit)
     end
 
     local function runner()
-        local op, a, b, c, d = nxt(0, 0)
+        local op = nxt(0, 0)
         while true do
             if op == OP_RUN then
-                local slot, g = a, b
+                local slot, g, attempt = out[0], out[1], out[2]
                 local outs = outputs[slot]
                 local p1 = T_pred1[g]
                 local input
                 if p1 then input = outs[p1] else input = join_input(rt, slot, g, outs) end
                 if T_batch[g] then
                     detach()
-                    join_batch(rt, slot, g, c, input, outs)
-                    op, a, b, c, d = nxt(0, 0)
+                    join_batch(rt, slot, g, attempt, input, outs)
+                    op = nxt(0, 0)
                 elseif T_plain[g] and not flags.general then
                     -- The hot path: no when, ctx, router or map, and a
                     -- finite number or a valid string as the output.
@@ -911,45 +957,46 @@ function M.install(E, live, emit)
                     if ok and ((tr == "number" and res == res and res ~= huge and res ~= -huge)
                                or (tr == "string" and jcheck(res))) then
                         outs[T_local[g]] = res
-                        op, a, b, c, d = nxt(slot, g)
+                        op = nxt(slot, g)
                     else
                         local rec, keep = judge(rt, slot, g, input, ok, res, err, false)
                         if rec == nil then
                             outs[T_local[g]] = keep
-                            op, a, b, c, d = nxt(slot, g)
+                            op = nxt(slot, g)
                         else
-                            attempt_failed(rt, slot, g, c, rec)
-                            op, a, b, c, d = nxt(0, 0)
+                            attempt_failed(rt, slot, g, attempt, rec)
+                            op = nxt(0, 0)
                         end
                     end
                 else
-                    op, a, b, c, d = run_attempt(slot, g, c, input, outs)
+                    op = run_attempt(slot, g, attempt, input, outs)
                 end
             elseif op == OP_BATCH then
-                run_batch(rt, b)
-                op, a, b, c, d = nxt(0, 0)
+                run_batch(rt, out[1])
+                op = nxt(0, 0)
             elseif op == OP_FINISH then
-                collect_inner(rt, a, 0)
-                local value, ran = context_output(rt, a)
-                finish(rt, a, "done", value, ran)
-                op, a, b, c, d = nxt(0, 0)
+                local slot = out[0]
+                collect_inner(rt, slot, 0)
+                local value, ran = context_output(rt, slot)
+                finish(rt, slot, "done", value, ran)
+                op = nxt(0, 0)
             elseif op == OP_CHILD then
-                -- a = child slot, b = map task, c = parent slot, d = index
-                collect_inner(rt, a, rt.map_of[a])
-                local k = rt.kids[c]
-                if k and k[b] then k[b][d] = outputs[a] end
-                forget(rt, a)
-                E.release(a)
-                op, a, b, c, d = nxt(0, 0)
+                local slot, map_task, parent, index = out[0], out[1], out[2], out[3]
+                collect_inner(rt, slot, rt.map_of[slot])
+                local k = rt.kids[parent]
+                if k and k[map_task] then k[map_task][index] = outputs[slot] end
+                forget(rt, slot)
+                E.release(slot)
+                op = nxt(0, 0)
             elseif op == OP_FAIL then
-                -- a = slot, b = task, c = attempt, d = code
-                attempt_failed(rt, a, b, c, engine_failure(rt, a, b, d))
-                op, a, b, c, d = nxt(0, 0)
+                local slot, g, attempt = out[0], out[1], out[2]
+                attempt_failed(rt, slot, g, attempt, engine_failure(rt, slot, g, fail_code[1]))
+                op = nxt(0, 0)
             elseif op == OP_QUIT then
                 -- The engine closes: this thread may serve another one.
                 return
             else
-                op, a, b, c, d = nxt(0, 0)
+                op = nxt(0, 0)
             end
         end
     end

@@ -616,9 +616,10 @@ static int l_set_watchdog(lua_State *L) {
 
 /* ===== THE RUNNER'S FUNCTIONS (upvalue 1: the engine) ===== */
 
-/* nxt(slot, task): completes (slot, task) when slot > 0, then returns the
- * next operation: op, slot, task, attempt|parent, map_index|code. Yields
- * (idle) when there is nothing to do. */
+/* nxt(slot, task [, idle]): completes (slot, task) when slot > 0, then
+ * returns the next operation: op, slot, task, attempt|parent,
+ * map_index|code. Yields (idle) when there is nothing to do, or at once
+ * when `idle` is true (the fast path found nothing, see leng_step). */
 static int l_nxt(lua_State *L) {
     leng *e = LENG_UP(L);
     tide__eng *eng = &e->eng;
@@ -628,7 +629,10 @@ static int l_nxt(lua_State *L) {
     if (slot)
         tide__eng_complete(eng, slot, (uint32_t)lua_tointeger(L, 2));
     tide__op op;
-    tide__eng_next(eng, &op);
+    if (lua_toboolean(L, 3))
+        op.op = TIDE__OP_NONE;
+    else
+        tide__eng_next(eng, &op);
     switch (op.op) {
     case TIDE__OP_RUN:
         lua_pushinteger(L, TIDE__OP_RUN);
@@ -665,6 +669,73 @@ static int l_nxt(lua_State *L) {
         e->yield_kind = Y_IDLE;
         return lua_yield(L, 0);
     }
+}
+
+/* The runner's fast path: nxt without the Lua C API, for the FFI.
+ *
+ * A classic C function called from a compiled Lua loop ends the trace
+ * there (LuaJIT stitches a new trace after the call), and its arguments
+ * and results cross through the Lua stack: about a third of a trivial
+ * task's instructions in W1. Called through an FFI function pointer, the
+ * runner's loop compiles as one trace with a plain C call in it.
+ *
+ * leng_step(e, slot, task, out) completes (slot, task) when slot > 0 and
+ * takes the next operation like nxt, writing its operands to out[0..3]
+ * (slot, task, attempt | parent, map_index). It never touches a Lua state
+ * (no callback into Lua may happen during an FFI call), so what needs one
+ * goes back to nxt: it returns 0 when the runner must yield (nothing to
+ * do, or the slice is over: nxt(0, 0, true) yields without looking for
+ * work), and -1 when nxt must take the operation (an engine closing, or a
+ * failure to report, whose code nxt turns into a name). */
+static int32_t leng_step(void *ud, uint32_t slot, uint32_t task,
+                         int32_t *out) {
+    leng *e = ud;
+    tide__eng *eng = &e->eng;
+    if (tide__unlikely(e->quitting || e->closed))
+        return -1;
+    if (slot)
+        tide__eng_complete(eng, slot, task);
+    if (tide__unlikely(eng->failq.len))
+        return -1;
+    tide__op op;
+    tide__eng_next(eng, &op);
+    switch (op.op) {
+    case TIDE__OP_RUN:
+        out[0] = (int32_t)op.slot;
+        out[1] = (int32_t)op.task;
+        out[2] = (int32_t)op.attempt;
+        return TIDE__OP_RUN;
+    case TIDE__OP_FINISH:
+        out[0] = (int32_t)op.slot;
+        return TIDE__OP_FINISH;
+    case TIDE__OP_CHILD:
+        out[0] = (int32_t)op.slot;
+        out[1] = (int32_t)op.task;
+        out[2] = (int32_t)op.parent;
+        out[3] = (int32_t)op.map_index;
+        return TIDE__OP_CHILD;
+    case TIDE__OP_BATCH:
+        out[0] = 0;
+        out[1] = (int32_t)op.task;
+        return TIDE__OP_BATCH;
+    default:
+        return 0;
+    }
+}
+
+/* fast() -> step, engine: leng_step's address and the engine's, as light
+ * userdata for ffi.cast. The runner that casts them holds the engine's
+ * functions, so the engine outlives every call through them. */
+static int l_fast(lua_State *L) {
+    leng *e = LENG_UP(L);
+    int32_t (*fn)(void *, uint32_t, uint32_t, int32_t *) = leng_step;
+    void *p;
+    /* ISO C has no cast from a function pointer to void *; POSIX (dlsym)
+     * guarantees they have the same representation. */
+    memcpy(&p, &fn, sizeof(p));
+    lua_pushlightuserdata(L, p);
+    lua_pushlightuserdata(L, e);
+    return 2;
 }
 
 static uint32_t leng_slot(lua_State *L, leng *e, int idx) {
@@ -1304,7 +1375,8 @@ static int l_engine_gc(lua_State *L) {
 }
 
 static const luaL_Reg engine_funcs[] = {
-    {"nxt", l_nxt},         {"spawn", l_spawn},
+    {"nxt", l_nxt},         {"fast", l_fast},
+    {"spawn", l_spawn},
     {"retry", l_retry},     {"finalize", l_finalize},
     {"release", l_release}, {"submit", l_submit},
     {"status", l_status},   {"attach", l_attach},
