@@ -41,6 +41,19 @@ void *tide__xcalloc(size_t n, size_t size);
 void *tide__xrealloc(void *p, size_t n);
 char *tide__xstrdup(const char *s);
 
+/* Blocks an engine grows by doubling and drops all at once when it closes
+ * (its ready-queue rings, its slot table, the slabs of its contexts).
+ * Those of 64 KiB and more come in power-of-two classes, and a freed one
+ * is kept for the next engine of the process instead of going back to the
+ * system (up to TIDE__KEEP_MAX bytes in all; see alloc.c for why). `*cap`
+ * is the size wanted on entry and the size got on return; free with that
+ * size. Thread-safe. */
+#define TIDE__KEEP_MAX ((size_t)64 << 20)
+void *tide__keep_alloc(size_t *cap);
+void tide__keep_free(void *p, size_t cap);
+/* Bytes kept for reuse now (for the specs). */
+size_t tide__keep_held(void);
+
 /* Opens /dev/null on whichever of fds 0, 1 and 2 is closed (src/stdfd.c);
  * returns, and stdfd_closed() tells later, which were (bit n: fd n). */
 int tide__stdfd_reserve(void);
@@ -644,7 +657,13 @@ struct tide__eng {
     uint32_t route[64];   /* successors chosen by a router, for the next */
     int nroute;           /* tide__eng_complete; -1: no router */
     tide__ctx **ctx;      /* by slot; ctx[0] is unused */
-    uint32_t nslots, ctx_cap, *free_slots, nfree;
+    uint32_t nslots, ctx_cap, *free_slots, nfree, free_cap;
+    /* Context blocks (sched.c, ctx_block): carved from slabs the engine
+     * owns (linked through their first word), a freed block kept on the
+     * spare list of its size class. */
+    void *slabs;
+    char *slab_pos, *slab_end;
+    void *ctx_spare[64];
     tide__ring admit[TIDE__NPRIO];
     uint32_t concurrency, nactive, nlive;
     tide__att **atts;     /* by index; atts[0] is unused */

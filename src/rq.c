@@ -6,10 +6,11 @@
 void tide__ring_push(tide__ring *r, uint64_t v) {
     if (r->len == r->cap) {
         uint32_t ncap = r->cap ? r->cap * 2 : 64;
-        uint64_t *nb = tide__xmalloc(ncap * sizeof(*nb));
+        size_t bytes = ncap * sizeof(uint64_t);
+        uint64_t *nb = tide__keep_alloc(&bytes);
         for (uint32_t i = 0; i < r->len; i++)
             nb[i] = r->buf[(r->head + i) & (r->cap - 1)];
-        free(r->buf);
+        tide__keep_free(r->buf, (size_t)r->cap * sizeof(uint64_t));
         r->buf = nb;
         r->cap = ncap;
         r->head = 0;
@@ -38,7 +39,7 @@ int tide__ring_pop(tide__ring *r, uint64_t *v) {
 }
 
 void tide__ring_free(tide__ring *r) {
-    free(r->buf);
+    tide__keep_free(r->buf, (size_t)r->cap * sizeof(uint64_t));
     memset(r, 0, sizeof(*r));
 }
 

@@ -58,14 +58,81 @@ int tide__eng_init(tide__eng *eng, uv_loop_t *loop, uint32_t concurrency) {
     return rc;
 }
 
+/* ===== CONTEXT BLOCKS =====
+ *
+ * A context is one block: its record, then its per-task arrays. Blocks
+ * come in classes of 64 bytes; those up to CTX_NCLASS classes are carved
+ * from 256 KiB slabs (tide__keep_alloc: a later engine reuses them without
+ * faulting their pages in again), larger ones are malloc'd. A slot keeps
+ * its block for the next context it holds when the class matches;
+ * otherwise the block goes to the spare list of its class. Everything is
+ * released once, by tide__eng_free. */
+#define CTX_ALIGN 64
+#define CTX_NCLASS 64
+#define CTX_SLAB ((size_t)256 << 10)
+
+static size_t ctx_bytes(uint32_t ntask) {
+    uint32_t n = ntask + 1;
+    return sizeof(tide__ctx) +
+           n * (3 * sizeof(uint32_t) + sizeof(uint16_t) + sizeof(uint8_t));
+}
+
+static uint32_t ctx_class(size_t bytes) {
+    return (uint32_t)((bytes + CTX_ALIGN - 1) / CTX_ALIGN);
+}
+
+static tide__ctx *ctx_block(tide__eng *eng, uint32_t k) {
+    if (k >= CTX_NCLASS)
+        return tide__xmalloc((size_t)k * CTX_ALIGN);
+    void *p = eng->ctx_spare[k];
+    if (p) {
+        memcpy(&eng->ctx_spare[k], p, sizeof(void *));
+        return p;
+    }
+    size_t size = (size_t)k * CTX_ALIGN;
+    if (eng->slab_pos == NULL || (size_t)(eng->slab_end - eng->slab_pos) < size) {
+        size_t cap = CTX_SLAB;
+        char *slab = tide__keep_alloc(&cap);
+        memcpy(slab, &eng->slabs, sizeof(void *));
+        eng->slabs = slab;
+        eng->slab_pos = slab + CTX_ALIGN; /* after the link */
+        eng->slab_end = slab + cap;
+    }
+    p = eng->slab_pos;
+    eng->slab_pos += size;
+    return p;
+}
+
+static void ctx_unblock(tide__eng *eng, tide__ctx *c, uint32_t k) {
+    if (k >= CTX_NCLASS) {
+        free(c);
+        return;
+    }
+    memcpy(c, &eng->ctx_spare[k], sizeof(void *));
+    eng->ctx_spare[k] = c;
+}
+
+static uint32_t ctx_class_of(const tide__eng *eng, const tide__ctx *c) {
+    return ctx_class(ctx_bytes(eng->graphs[c->graph]->n));
+}
+
 void tide__eng_free(tide__eng *eng) {
     tide__wd_unregister(&eng->wd); /* the watchdog reads it until then */
-    for (uint32_t s = 1; s < eng->nslots; s++)
-        free(eng->ctx[s]);
+    for (uint32_t s = 1; s < eng->nslots; s++) {
+        tide__ctx *c = eng->ctx[s];
+        if (c && ctx_class_of(eng, c) >= CTX_NCLASS)
+            free(c);
+    }
+    while (eng->slabs) {
+        void *next;
+        memcpy(&next, eng->slabs, sizeof(void *));
+        tide__keep_free(eng->slabs, CTX_SLAB);
+        eng->slabs = next;
+    }
     for (uint32_t a = 1; a < eng->natts; a++)
         free(eng->atts[a]);
-    free(eng->ctx);
-    free(eng->free_slots);
+    tide__keep_free(eng->ctx, (size_t)eng->ctx_cap * sizeof(void *));
+    tide__keep_free(eng->free_slots, (size_t)eng->free_cap * sizeof(uint32_t));
     free(eng->atts);
     free(eng->graphs);
     free(eng->gbase);
@@ -306,20 +373,26 @@ static tide__ctx *ctx_alloc(tide__eng *eng, uint32_t graph) {
     } else {
         slot = eng->nslots++;
         if (eng->nslots > eng->ctx_cap) { /* grow geometrically */
-            eng->ctx_cap = eng->ctx_cap ? 2 * eng->ctx_cap : 64;
-            eng->ctx = tide__xrealloc(eng->ctx, eng->ctx_cap * sizeof(void *));
+            uint32_t ncap = eng->ctx_cap ? 2 * eng->ctx_cap : 64;
+            size_t bytes = (size_t)ncap * sizeof(void *);
+            tide__ctx **t = tide__keep_alloc(&bytes);
+            if (eng->ctx_cap)
+                memcpy(t, eng->ctx, eng->ctx_cap * sizeof(void *));
+            tide__keep_free(eng->ctx, (size_t)eng->ctx_cap * sizeof(void *));
+            eng->ctx = t;
+            eng->ctx_cap = ncap;
         }
         eng->ctx[slot] = NULL;
     }
     /* One block: the record, then pending, kids, taken, attempt, tstate. A freed
-     * slot keeps its block, reused when the next context has as many
-     * tasks. */
+     * slot keeps its block, reused when the next context's block is of
+     * the same class. */
     tide__ctx *c = eng->ctx[slot];
-    if (c == NULL || eng->graphs[c->graph]->n + 1 != n) {
-        free(c);
-        c = tide__xmalloc(sizeof(*c) + n * (3 * sizeof(uint32_t) +
-                                            sizeof(uint16_t) +
-                                            sizeof(uint8_t)));
+    uint32_t k = ctx_class(ctx_bytes(g->n));
+    if (c == NULL || ctx_class_of(eng, c) != k) {
+        if (c)
+            ctx_unblock(eng, c, ctx_class_of(eng, c));
+        c = ctx_block(eng, k);
         eng->ctx[slot] = c;
     }
     memset(c, 0, sizeof(*c));
@@ -347,9 +420,16 @@ static void ctx_maybe_free(tide__eng *eng, tide__ctx *c) {
         return;
     TIDE_ASSERT(c->status >= TIDE__CTX_DONE);
     c->status = 255; /* poison: a freed slot */
-    if (eng->nfree % 64 == 0)
-        eng->free_slots = tide__xrealloc(eng->free_slots,
-                                         (eng->nfree + 64) * sizeof(uint32_t));
+    if (eng->nfree == eng->free_cap) {
+        uint32_t ncap = eng->free_cap ? 2 * eng->free_cap : 64;
+        size_t bytes = (size_t)ncap * sizeof(uint32_t);
+        uint32_t *t = tide__keep_alloc(&bytes);
+        if (eng->nfree)
+            memcpy(t, eng->free_slots, eng->nfree * sizeof(uint32_t));
+        tide__keep_free(eng->free_slots, (size_t)eng->free_cap * sizeof(uint32_t));
+        eng->free_slots = t;
+        eng->free_cap = ncap;
+    }
     eng->free_slots[eng->nfree++] = c->slot;
 }
 

@@ -792,3 +792,67 @@ TEST_IMPL(sched_handles_after_many_reuses) {
     }
     return fx_close(&f);
 }
+
+static uint32_t count_slabs(const tide__eng *eng) {
+    uint32_t n = 0;
+    for (void *s = eng->slabs; s; memcpy(&s, s, sizeof(void *)))
+        n++;
+    return n;
+}
+
+TEST_IMPL(sched_context_memory_is_kept) {
+    /* Contexts live in slabs that a closed engine leaves to the next one
+     * (tide__keep_alloc), so that a process running pipelines again and
+     * again does not fault their pages in each time; and a slot whose
+     * next context is of another size gives its block to a spare list,
+     * so alternating two pipelines does not grow the engine. */
+    tide__gspec s[] = {SPEC("a", 0), SPEC("b", 0, "a")};
+    fx f;
+    trace t = {0};
+    ASSERT_OK(fx_open(&f, 100000, s, 2, NULL, NULL));
+    for (int i = 0; i < 5000; i++)
+        tide__eng_submit(&f.eng, f.gid, TIDE__PRIO_LOW);
+    drive(&f, &t);
+    ASSERT_EQ(f.eng.nlive, 0);
+    uint32_t slabs = count_slabs(&f.eng);
+    ASSERT(slabs >= 2); /* 5000 blocks of at least 128 bytes */
+    size_t before = tide__keep_held();
+    ASSERT_OK(fx_close(&f));
+    size_t after = tide__keep_held();
+    ASSERT(after >= before + slabs * ((size_t)256 << 10) ||
+           after > TIDE__KEEP_MAX - ((size_t)256 << 10));
+    ASSERT(after <= TIDE__KEEP_MAX);
+    /* The next engine takes them back. */
+    ASSERT_OK(fx_open(&f, 100000, s, 2, NULL, NULL));
+    for (int i = 0; i < 5000; i++)
+        tide__eng_submit(&f.eng, f.gid, TIDE__PRIO_LOW);
+    ASSERT(tide__keep_held() < after);
+    memset(&t, 0, sizeof(t));
+    drive(&f, &t);
+    ASSERT_OK(fx_close(&f));
+
+    /* Two graphs of different block classes take turns in one slot. */
+    tide__gspec big[40];
+    char names[40][8];
+    for (int i = 0; i < 40; i++) {
+        snprintf(names[i], sizeof(names[i]), "t%d", i);
+        big[i] = (tide__gspec){names[i], NULL, 0, 0};
+    }
+    tide__graph g2;
+    char err[256];
+    uint32_t bad;
+    ASSERT_OK(fx_open(&f, 8, s, 2, NULL, NULL));
+    ASSERT_OK(tide__graph_compile(big, 40, &g2, err, sizeof(err), &bad));
+    double none[40] = {0};
+    uint32_t gid2 = tide__eng_attach(&f.eng, &g2, none, NULL);
+    for (int i = 0; i < 2000; i++) {
+        tide__eng_submit(&f.eng, i % 2 ? gid2 : f.gid, TIDE__PRIO_LOW);
+        memset(&t, 0, sizeof(t));
+        drive(&f, &t);
+    }
+    ASSERT_EQ(f.eng.nslots, 2); /* one slot, used 2000 times */
+    ASSERT_EQ(count_slabs(&f.eng), 1);
+    ASSERT_OK(fx_close(&f));
+    tide__graph_free(&g2);
+    return 0;
+}
