@@ -804,7 +804,13 @@ end
 -- table `live`, and `emit(id, status, value, ran)` through which results
 -- leave) and gives the engine its runner. Returns the state.
 local ffi_ok, ffi = pcall(require, "ffi")
-local step_ct = ffi_ok and ffi.typeof("int32_t (*)(void *, uint32_t, uint32_t, int32_t *)")
+local step_ct, submit_ct, spawn_ct, release_ct
+if ffi_ok then
+    step_ct = ffi.typeof("int32_t (*)(void *, uint32_t, uint32_t, int32_t *)")
+    submit_ct = ffi.typeof("uint32_t (*)(void *, uint32_t, int32_t)")
+    spawn_ct = ffi.typeof("uint32_t (*)(void *, uint32_t, uint32_t, uint32_t)")
+    release_ct = ffi.typeof("int32_t (*)(void *, uint32_t)")
+end
 
 --- The runner's way to the engine: `next_op(slot, task)` completes
 -- (slot, task) when slot > 0 and returns the next operation's code, its
@@ -817,7 +823,10 @@ local step_ct = ffi_ok and ffi.typeof("int32_t (*)(void *, uint32_t, uint32_t, i
 -- engine's nxt. The operands go through `out`, not return values, so
 -- that the loop carries one number from one iteration to the next (values
 -- of changing types there make LuaJIT give up compiling it).
--- TIDE_NO_FFI=1 uses nxt only (to compare).
+-- The engine's submit, spawn and release, which run once per context,
+-- are replaced in E the same way (each falls back on the engine's own,
+-- which raises the error, when the fast one refuses its arguments).
+-- TIDE_NO_FFI=1 uses the engine's functions only (to compare).
 function M.next_op(E)
     local slow = E.nxt
     local code = {}
@@ -837,8 +846,24 @@ function M.next_op(E)
         out = { [0] = 0, 0, 0, 0 }
         return function(slot, g) return classic(slot, g) end, out, code
     end
-    local fp, ep = E.fast()
-    local step, eng = ffi.cast(step_ct, fp), ffi.cast("void *", ep)
+    local ep, fstep, fsubmit, fspawn, frelease = E.fast()
+    local eng, step = ffi.cast("void *", ep), ffi.cast(step_ct, fstep)
+    local csubmit, cspawn, crelease = E.submit, E.spawn, E.release
+    local submit, spawn = ffi.cast(submit_ct, fsubmit), ffi.cast(spawn_ct, fspawn)
+    local release = ffi.cast(release_ct, frelease)
+    E.submit = function(g, prio)
+        local slot = submit(eng, g, prio)
+        if slot > 0 then return slot end
+        return csubmit(g, prio)
+    end
+    E.spawn = function(parent, t, index)
+        local slot = spawn(eng, parent, t, index)
+        if slot > 0 then return slot end
+        return cspawn(parent, t, index)
+    end
+    E.release = function(slot)
+        if release(eng, slot) ~= 0 then return crelease(slot) end
+    end
     out = ffi.new("int32_t[4]")
     return function(slot, g)
         local op = step(eng, slot, g, out)

@@ -723,19 +723,65 @@ static int32_t leng_step(void *ud, uint32_t slot, uint32_t task,
     }
 }
 
-/* fast() -> step, engine: leng_step's address and the engine's, as light
- * userdata for ffi.cast. The runner that casts them holds the engine's
- * functions, so the engine outlives every call through them. */
+/* The same for what the runner and the executor call once per context:
+ * submit, spawn and release. Each checks what its classic version checks
+ * and returns 0 (-1 for release) instead of raising; the caller then calls
+ * the classic version, which raises the error. */
+static int leng_fast_slot(leng *e, uint32_t s) {
+    return s > 0 && s < e->eng.nslots && e->eng.ctx[s] != NULL &&
+           e->eng.ctx[s]->status != 255;
+}
+
+static uint32_t leng_fsubmit(void *ud, uint32_t g, int32_t prio) {
+    leng *e = ud;
+    if (e->closed || leng_forked(e) || g >= e->eng.ngraphs || prio < 0 ||
+        prio >= TIDE__NPRIO)
+        return 0;
+    uint32_t slot = tide__eng_submit(&e->eng, g, (int)prio);
+    leng_wake_host(e);
+    return slot;
+}
+
+static uint32_t leng_fspawn(void *ud, uint32_t parent, uint32_t t,
+                            uint32_t index) {
+    leng *e = ud;
+    if (!leng_fast_slot(e, parent) || t == 0 || t > e->eng.ntasks)
+        return 0;
+    return tide__eng_spawn(&e->eng, parent, t, index);
+}
+
+static int32_t leng_frelease(void *ud, uint32_t slot) {
+    leng *e = ud;
+    if (!leng_fast_slot(e, slot) || e->eng.ctx[slot]->status < TIDE__CTX_DONE)
+        return -1;
+    tide__eng_release(&e->eng, slot);
+    return 0;
+}
+
+/* ISO C has no cast from a function pointer to void *; POSIX (dlsym)
+ * guarantees they have the same representation. */
+#define LENG_PUSH_FN(L, fn)                                                \
+    do {                                                                   \
+        void *p_;                                                          \
+        memcpy(&p_, &(fn), sizeof(p_));                                    \
+        lua_pushlightuserdata((L), p_);                                    \
+    } while (0)
+
+/* fast() -> engine, step, submit, spawn, release: the engine's address and
+ * those functions', as light userdata for ffi.cast. Whoever casts them
+ * holds the engine's functions, so the engine outlives every call. */
 static int l_fast(lua_State *L) {
     leng *e = LENG_UP(L);
-    int32_t (*fn)(void *, uint32_t, uint32_t, int32_t *) = leng_step;
-    void *p;
-    /* ISO C has no cast from a function pointer to void *; POSIX (dlsym)
-     * guarantees they have the same representation. */
-    memcpy(&p, &fn, sizeof(p));
-    lua_pushlightuserdata(L, p);
+    int32_t (*step)(void *, uint32_t, uint32_t, int32_t *) = leng_step;
+    uint32_t (*submit)(void *, uint32_t, int32_t) = leng_fsubmit;
+    uint32_t (*spawn)(void *, uint32_t, uint32_t, uint32_t) = leng_fspawn;
+    int32_t (*release)(void *, uint32_t) = leng_frelease;
     lua_pushlightuserdata(L, e);
-    return 2;
+    LENG_PUSH_FN(L, step);
+    LENG_PUSH_FN(L, submit);
+    LENG_PUSH_FN(L, spawn);
+    LENG_PUSH_FN(L, release);
+    return 5;
 }
 
 static uint32_t leng_slot(lua_State *L, leng *e, int idx) {
