@@ -702,7 +702,7 @@ local function serve(args)
     end
     local sex = executor.new {
         max_results = o.max_results or 100000, threads = o.threads, memory_limit = o.memory_limit,
-        cache = o.cache, log_lines = o.log_lines,
+        cache = o.cache, log_lines = o.log_lines, results = "json",
     }
     local jr
     if o.journal then

@@ -172,8 +172,8 @@ function M.new(opts)
     if tt ~= nil and (type(tt) ~= "number" or not (tt > 0)) then
         error("tide.executor: task_timeout must be a number of seconds > 0", 2)
     end
-    if opts.results ~= nil and type(opts.results) ~= "boolean" then
-        error("tide.executor: results must be true or false", 2)
+    if opts.results ~= nil and type(opts.results) ~= "boolean" and opts.results ~= "json" then
+        error("tide.executor: results must be true, false or \"json\"", 2)
     end
     local cfile = opts.cache
     if cfile ~= nil and cfile ~= false and cfile ~= true and (type(cfile) ~= "string" or cfile == "") then
@@ -228,7 +228,8 @@ function M.new(opts)
     }, Executor)
     if by == "fail" then E.bare_yield(true) end
     if opts.results ~= false then
-        self._store = results.new(opts.max_results or 1000000, opts.retention or 3600)
+        self._store = results.new(opts.max_results or 1000000, opts.retention or 3600,
+                                  opts.results == "json")
     end
     self._rt = runner.install(E, self._live, function(id, status, value, ran, logs)
         emit(self, id, status, value, ran, logs)
@@ -365,7 +366,7 @@ end
 --- Whether a job with this id runs or has a kept result (a new job may
 -- not take its id).
 function Executor:has(id)
-    return self._live[id] ~= nil or (self._store ~= nil and self._store:get(id) ~= nil)
+    return self._live[id] ~= nil or (self._store ~= nil and self._store:status(id) ~= nil)
 end
 
 
@@ -375,7 +376,7 @@ function Executor:status(id)
     check_self(self, "ex:status")
     local slot = self._live[id]
     if slot then return self._E.status(slot) end
-    local status = self._store and self._store:get(id)
+    local status = self._store and self._store:status(id)
     if status then return status end
     return no_job(id)
 end
@@ -505,7 +506,7 @@ function Executor:logs(id)
     local out
     if slot then
         out = runner.live_logs(self._rt, slot)
-    elseif self._store and self._store:get(id) then
+    elseif self._store and self._store:status(id) then
         out = self._store:logs(id) or { lines = {}, dropped = 0 }
     else
         return no_job(id)

@@ -187,7 +187,7 @@ function M.serve(p, opts)
     local version = pipeline.version(p)
     local ex = opts.executor or executor.new {
         retention = opts.retention, max_results = opts.max_results or 100000, threads = opts.threads,
-        cache = opts.cache, memory_limit = opts.memory_limit,
+        cache = opts.cache, memory_limit = opts.memory_limit, results = "json",
     }
     local token = opts.token
     local started = hrtime()
