@@ -455,7 +455,7 @@ function Pipeline:schedule(expr, opts, fn)
             error("p:schedule: schedule '" .. name .. "' is declared twice (first at " .. s.where .. ")", 2)
         end
     end
-    list[#list + 1] = { name = name, expr = expr, cron = c, offset = offset, tz = opts.tz or "UTC",
+    list[#list + 1] = { name = name, expr = expr, cron = c, offset = offset, zone = offset, tz = opts.tz or "UTC",
                         catchup = catchup, fn = fn, where = where(2) }
     return self
 end
