@@ -1,16 +1,16 @@
---- The clock of p:schedule outside `tide serve`: one timer per schedule,
--- armed for its next fire, and the catchup policy applied to the fires
--- missed while nothing ran. What a fire does (submit to Redis, for `tide
--- worker`) is the caller's `fire` function; this module only decides
--- when fires happen and which missed ones are made up.
+--- The clock of p:schedule: one timer per schedule, armed for its next
+-- fire, and the catchup policy applied to the fires missed while nothing
+-- ran. What a fire does is the caller's `fire` function: `tide serve`
+-- submits the job and journals the fire (serve.lua), `tide worker`
+-- submits it through Redis once across the workers (schedule_redis.lua).
 --
--- It follows the rules of serve.lua's schedules: a timer sleeps at most
--- MAX_SLEEP seconds before it looks at the wall clock again (the loop's
--- timers run on the monotonic clock, which a change of the wall clock or
--- a suspended machine leaves behind); a wall clock found more than BEHIND
--- seconds past the next fire is downtime, made up by the policy, while a
--- smaller lag is a late timer whose fires are all made; catchup = "all"
--- makes up at most MAX_CATCHUP fires at once.
+-- A timer sleeps at most MAX_SLEEP seconds before it looks at the wall
+-- clock again: the loop's timers run on the monotonic clock, which a
+-- change of the wall clock or a suspended machine leaves behind. A wall
+-- clock found more than BEHIND seconds past the next fire is downtime,
+-- made up by the policy, while a smaller lag is a late timer whose fires
+-- are all made. catchup = "all" makes up at most MAX_CATCHUP fires at
+-- once; the later ones are skipped, with a line on the log.
 local core = require "tide.core"
 local cron = require "tide.cron"
 
