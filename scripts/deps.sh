@@ -30,10 +30,11 @@
 #   libxxhash-dev             xxHash3-128, the hash of pipeline files
 #   libhiredis-dev            the Redis client of tide worker (with its libuv adapter)
 #   redis-server              the distributed specs start a real one
+#   tzdata                    named time zones of p:schedule (tz = "Europe/Berlin")
 #   clang libclang-rt-14-dev  make fuzz: libFuzzer targets (with ASan/UBSan)
 #   pkg-config build-essential
 set -eu
-PKGS="luajit2 libluajit2-5.1-dev nginx libnginx-mod-http-lua neovim valgrind libuv1-dev libyajl-dev lua-cjson lua-busted lua-check lua-socket lua-luv graphviz luarocks libedit-dev libhttp-parser-dev curl chromium chromium-driver wrk libsqlite3-dev sqlite3 libxxhash-dev libhiredis-dev redis-server clang libclang-rt-14-dev pkg-config build-essential"
+PKGS="luajit2 libluajit2-5.1-dev nginx libnginx-mod-http-lua neovim valgrind libuv1-dev libyajl-dev lua-cjson lua-busted lua-check lua-socket lua-luv graphviz luarocks libedit-dev libhttp-parser-dev curl chromium chromium-driver wrk libsqlite3-dev sqlite3 libxxhash-dev libhiredis-dev redis-server tzdata clang libclang-rt-14-dev pkg-config build-essential"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then

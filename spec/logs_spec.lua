@@ -217,3 +217,70 @@ describe("outputs.log_name", function()
         assert.is_true(#outputs.log_name(c) <= 255)
     end)
 end)
+
+
+-- Sync tasks run on worker threads, in Lua states of their own: what they
+-- print there comes back with the attempt's result and is kept in the
+-- job's ring like the lines of the loop's tasks (and still goes to stderr
+-- as it is printed). The bodies are self-contained: a body declared
+-- without a file is carried as bytecode.
+describe("per-job logs of sync tasks", function()
+    it("keeps a sync body's print lines, with their time, task and attempt, failed attempts' too", function()
+        local p = tide.pipeline("logs-sync")
+        p:task("s", { kind = "sync", retry = { times = 1, interval = 0 } }, function(x)
+            print("sync says", x)
+            print("second line")
+            if x == 2 and not _G.failed_once then
+                _G.failed_once = true
+                error("first attempt of 2 fails")
+            end
+            return x * 10
+        end)
+        p:task("after", { after = "s" }, function(x) print("loop side", x); return x end)
+        local ex = executor.new({ threads = 1 })
+        local before = os.time()
+        ex:submit(p, 1, { id = "one" })
+        ex:submit(p, 2, { id = "two" })
+        with_print(function() ex:run() end)
+        local l = assert(ex:logs("one"))
+        assert.same({ "sync says\t1", "second line", "loop side\t10" },
+                    { l.lines[1].line, l.lines[2].line, l.lines[3].line })
+        assert.same({ "s", "s", "after" }, { l.lines[1].task, l.lines[2].task, l.lines[3].task })
+        assert.is_true(l.lines[1].time >= before - 1 and l.lines[1].time <= os.time() + 1)
+        -- The failed attempt's lines are kept too, under attempt 1.
+        l = assert(ex:logs("two"))
+        assert.equal(5, #l.lines)
+        assert.same({ 1, 1, 2, 2 }, { l.lines[1].attempt, l.lines[2].attempt, l.lines[3].attempt,
+                                      l.lines[4].attempt })
+        assert.equal("sync says\t2", l.lines[3].line)
+        ex:close()
+    end)
+
+    it("clips a sync body's huge line as the loop does, and says how many lines a flood lost", function()
+        local p = tide.pipeline("logs-sync-big")
+        p:task("s", { kind = "sync" }, function()
+            print(string.rep("é", 5000)) -- 10000 bytes
+            for i = 1, 1500 do print("line " .. i) end
+            return 1
+        end)
+        local ex = executor.new({ threads = 1, log_lines = 2000 })
+        ex:submit(p, 0, { id = "big" })
+        with_print(function() ex:run() end)
+        local l = assert(ex:logs("big"))
+        -- The worker keeps the last 1000 lines of an attempt and says how
+        -- many it did not keep, in one line before them.
+        assert.equal(1001, #l.lines)
+        assert.equal("[501 earlier lines of this attempt were not kept]", l.lines[1].line)
+        assert.equal("line 501", l.lines[2].line)
+        assert.equal("line 1500", l.lines[1001].line)
+        ex:close()
+        p = tide.pipeline("logs-sync-huge")
+        p:task("s", { kind = "sync" }, function() print(string.rep("é", 5000)); return 1 end)
+        ex = executor.new({ threads = 1 })
+        ex:submit(p, 0, { id = "huge" })
+        with_print(function() ex:run() end)
+        local line = assert(ex:logs("huge")).lines[1].line
+        assert.equal(string.rep("é", 2048) .. " [truncated: 10000 bytes]", line)
+        ex:close()
+    end)
+end)

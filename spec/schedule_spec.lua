@@ -35,8 +35,10 @@ describe("p:schedule", function()
     it("raises on a bad catchup, tz, name or option", function()
         assert.matches(THIS .. ":%d+: p:schedule: catchup must be \"none\", \"all\" or \"latest\", got some",
                        raised(function() p:schedule("* * * * *", { catchup = "some" }, input) end))
-        assert.matches(THIS .. ":%d+: p:schedule: tz 'Europe/Paris' is not supported",
-                       raised(function() p:schedule("* * * * *", { tz = "Europe/Paris" }, input) end))
+        assert.matches(THIS .. ":%d+: p:schedule: tz 'Europe/Pariss' is not a known time zone",
+                       raised(function() p:schedule("* * * * *", { tz = "Europe/Pariss" }, input) end))
+        assert.matches(THIS .. ":%d+: p:schedule: tz '%+2' is not a fixed offset",
+                       raised(function() p:schedule("* * * * *", { tz = "+2" }, input) end))
         assert.matches("p:schedule: name must be a string of letters",
                        raised(function() p:schedule("* * * * *", { name = "a b" }, input) end))
         assert.matches("p:schedule: unknown option 'every'",
@@ -65,8 +67,10 @@ describe("p:schedule", function()
         p:schedule("0 9 * * MON", { name = "weekly", tz = "+02:00", catchup = "latest" }, input)
         assert.equal(2, #p.schedules)
         local a, b = p.schedules[1], p.schedules[2]
-        assert.same({ "schedule1", "*/5 * * * *", "UTC", 0, "none" }, { a.name, a.expr, a.tz, a.offset, a.catchup })
-        assert.same({ "weekly", "+02:00", 7200, "latest" }, { b.name, b.tz, b.offset, b.catchup })
+        assert.same({ "schedule1", "*/5 * * * *", "UTC", 0, "none" }, { a.name, a.expr, a.tz, a.zone, a.catchup })
+        assert.same({ "weekly", "+02:00", 7200, "latest" }, { b.name, b.tz, b.zone, b.catchup })
+        p:schedule("0 9 * * *", { name = "berlin", tz = "Europe/Berlin" }, input)
+        assert.equal("Europe/Berlin", p.schedules[3].zone.name)
         assert.equal(input, b.fn)
     end)
 end)

@@ -4,6 +4,7 @@
 -- raises its error. Part of the executor.
 local core = require "tide.core"
 local errors = require "tide.errors"
+local runner = require "tide.runner"
 
 local new_error = errors.new
 local error, tostring = error, tostring
@@ -56,9 +57,29 @@ function M.body(ex, p, t)
         local job, msg, code2 = M.pool(ex):submit(key, name, code, input, timeout)
         if not job then error(new_error(code2, msg), 0) end
         pool_wait(job)
-        local ok, res, tb, ecode = pool_result(job)
+        local ok, res, tb, ecode, logs = pool_result(job)
+        if logs then M.keep_logs(ex, logs) end
         if ok then return res end
         error(new_error(ecode, res, nil, nil, tb), 0)
+    end
+end
+
+
+--- Keeps the lines a sync body printed on its worker thread (they were
+-- written to stderr there, as they were printed) in the log of the job
+-- whose attempt is running now: { {time, text, length}, ..., dropped = n }
+-- from src/lua/lpool.c.
+function M.keep_logs(ex, logs)
+    local slot, g, attempt = ex._E.current()
+    if not slot then return end
+    local rt = ex._rt
+    if logs.dropped and logs.dropped > 0 then
+        runner.keep_log(rt, slot, g, attempt, "[" .. logs.dropped .. " earlier lines of this attempt "
+                        .. "were not kept]", logs[1] and logs[1][1])
+    end
+    for i = 1, #logs do
+        local l = logs[i]
+        runner.keep_log(rt, slot, g, attempt, l[2], l[1], l[3])
     end
 end
 

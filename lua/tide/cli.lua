@@ -9,6 +9,7 @@ local drive = require "tide.drive"
 local journal = require "tide.journal"
 local cache = require "tide.cache"
 local distributed = require "tide.distributed"
+local schedule_redis = require "tide.schedule_redis"
 local redis = require "tide.redis"
 local trace = require "tide.trace"
 local replay = require "tide.replay"
@@ -661,8 +662,27 @@ local function worker(args)
     end
     io_stderr:write(format("tide: worker %s: pipeline '%s' (%s) from %s, concurrency %d, lease %g s\n",
                            w.consumer, p.name, w.hash:sub(1, 12), o.redis, o.concurrency, o.lease))
+    -- p:schedule: every worker keeps the clock, and Redis makes each fire
+    -- one job (schedule_redis.lua). The fires stop when the worker stops
+    -- taking jobs (its source closes: a signal, a drain).
+    local sched, serr = schedule_redis.start(ex, o.redis, p, w.hash, function(msg)
+        io_stderr:write("tide: ", msg, "\n")
+    end)
+    if serr then
+        w:close()
+        ex:close()
+        return die(EXIT_IO, serr)
+    end
+    if sched then
+        local close_source = w.source.close
+        w.source.close = function(src)
+            sched.stop()
+            return close_source(src)
+        end
+    end
     local report = drive.run(ex, p, w.source, w.sink, { concurrency = o.concurrency, priority = "low",
                                                        drain = o.drain })
+    if sched then sched.close() end
     w:close()
     local c = w.sink.counts
     io_stderr:write(format("tide: worker stopped: %d done, %d failed, %d results refused "

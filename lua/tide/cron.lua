@@ -16,9 +16,10 @@
 -- otherwise both must (and the one that starts with `*` matches any day).
 --
 -- Times are Unix seconds; fields are read in the zone given as a fixed
--- offset from UTC in seconds (0: UTC). Calendar arithmetic is done here
--- (proleptic Gregorian), not with os.date, so the process's TZ does not
--- change the answers.
+-- offset from UTC in seconds (0: UTC) or as a named zone of the tz
+-- database (tz.lua; next_in_zone says what happens when its clocks
+-- change). Calendar arithmetic is done here (proleptic Gregorian), not
+-- with os.date, so the process's TZ does not change the answers.
 local floor, format, tonumber = math.floor, string.format, tonumber
 
 local M = {}
@@ -188,6 +189,11 @@ function M.parse(expr)
         expr = expr, sec = sets[1], min = sets[2], hour = sets[3], dom = sets[4], mon = sets[5],
         dow = sets[6],
         dom_star = words[4]:sub(1, 1) == "*", dow_star = words[6]:sub(1, 1) == "*",
+        -- A wildcard schedule (its minute or hour starts with `*`) keeps
+        -- firing by the wall clock through a daylight-saving change; a
+        -- fixed-time one fires once for a skipped or repeated wall time
+        -- (see next_in_zone).
+        wild = words[2]:sub(1, 1) == "*" or words[3]:sub(1, 1) == "*",
     }
     -- A day-of-month that no chosen month has never fires (30 February),
     -- unless a weekday can fire instead (the OR rule).
@@ -219,11 +225,8 @@ local function day_matches(c, y, m, d)
 end
 
 
---- The first fire time of schedule c strictly after Unix time t, with the
--- fields read at `offset` seconds east of UTC (default 0), or nil if
--- there is none within HORIZON_YEARS.
-function M.next(c, t, offset)
-    offset = offset or 0
+-- The first fire time of c strictly after t at a fixed offset.
+local function next_fixed(c, t, offset)
     local l = floor(t) + 1 + offset
     local days = floor(l / 86400)
     local rem = l - days * 86400
@@ -256,19 +259,66 @@ function M.next(c, t, offset)
 end
 
 
+-- The first fire time of c strictly after t in a named zone (tz.lua).
+-- The zone's time is cut into spans of one offset each; in a span the
+-- fields are read at its offset. Across a daylight-saving change the
+-- rules of cron(8) (Vixie cron, cronie) apply:
+-- * clocks jump forward (a gap of wall times that never happen): a
+--   fixed-time schedule (minute and hour not starting with `*`) whose
+--   wall time falls in the gap fires once, at the change (so a daily
+--   02:30 still runs that day); a wildcard one just goes on by the new
+--   wall clock.
+-- * clocks go back (wall times that happen twice): a fixed-time schedule
+--   fires at the first occurrence only; a wildcard one fires in both.
+local function next_in_zone(c, t, z)
+    local x = floor(t) + 1 -- the first instant allowed
+    local fixed = not c.wild
+    local stop = x + HORIZON_YEARS * 31556952
+    while x <= stop do
+        local from, to, off, prev = z:segment(x)
+        if fixed and prev and off > prev and x == from then
+            -- A gap: the wall times [from + prev, from + off) are skipped.
+            local m = next_fixed(c, from - 1, prev)
+            if m and m < from + (off - prev) then return from end
+        end
+        local after = x - 1
+        if fixed and prev and off < prev then
+            -- A repeat: the wall times read in [from, from + prev - off)
+            -- were fired at their first occurrence already.
+            after = math.max(after, from + (prev - off) - 1)
+        end
+        local f = next_fixed(c, after, off)
+        if f and (not to or f < to) then return f end
+        if not to then return nil end
+        x = to
+    end
+    return nil
+end
+
+
+--- The first fire time of schedule c strictly after Unix time t, with the
+-- fields read in `zone`: a fixed offset in seconds east of UTC (default
+-- 0) or a named zone (M.zone), or nil if there is none within
+-- HORIZON_YEARS.
+function M.next(c, t, zone)
+    if type(zone) == "table" then return next_in_zone(c, t, zone) end
+    return next_fixed(c, t, zone or 0)
+end
+
+
 --- The last fire time of c in (after, upto], or nil when there is none.
 -- It looks back from `upto` in windows that double until one holds a fire,
 -- so it costs about as much as the fires in the last window, not as all
 -- the fires since `after`.
-function M.latest(c, after, upto, offset)
+function M.latest(c, after, upto, zone)
     local w = 60
     while true do
         local from = math.max(after, upto - w)
-        local f = M.next(c, from, offset)
+        local f = M.next(c, from, zone)
         if f and f <= upto then
             local last = f
             while true do
-                f = M.next(c, f, offset)
+                f = M.next(c, f, zone)
                 if not f or f > upto then return last end
                 last = f
             end
@@ -279,22 +329,29 @@ function M.latest(c, after, upto, offset)
 end
 
 
---- A time zone option: nil or "UTC" (0), or a fixed offset "+HH:MM",
+--- A fixed time zone option: nil or "UTC" (0), or an offset "+HH:MM",
 -- "-HH:MM", "+HHMM" or "+HH". Returns the offset in seconds east of UTC,
--- or nil and why. Named zones (Europe/Paris) are refused: following their
--- daylight-saving rules needs the tz database, which this does not read.
+-- or nil and why (M.zone also takes names of the tz database).
 function M.offset(tz)
     if tz == nil or tz == "UTC" or tz == "Z" then return 0 end
     if type(tz) ~= "string" then return nil, "tz must be a string, got " .. type(tz) end
     local sign, hh, mm = tz:match("^([+-])(%d%d):?(%d?%d?)$")
     if not sign or (#mm ~= 0 and #mm ~= 2) then
-        return nil, format("tz '%s' is not supported: give \"UTC\" or a fixed offset such as \"+02:00\" "
-                           .. "(named zones are not supported)", tz)
+        return nil, format("tz '%s' is not a fixed offset such as \"+02:00\"", tz)
     end
     hh, mm = tonumber(hh), tonumber(mm) or 0
     if hh > 14 or mm > 59 then return nil, format("tz '%s' is out of range (-14:00 to +14:00)", tz) end
     local off = (hh * 3600 + mm * 60) * (sign == "-" and -1 or 1)
     return off
+end
+
+
+--- A time zone option as next() takes it: nil, "UTC" or a fixed offset
+-- (a number of seconds), or a name of the tz database ("Europe/Berlin",
+-- a zone read by tz.lua). Returns it, or nil and why.
+function M.zone(tz)
+    if type(tz) ~= "string" or tz == "UTC" or tz == "Z" or tz:match("^[+-]") then return M.offset(tz) end
+    return require("tide.tz").load(tz)
 end
 
 

@@ -407,7 +407,7 @@ local SCHEDULE_OPTS = { name = true, tz = true, catchup = true }
 -- submitted as an input, under the id "<name>@<ISO time in UTC>"; nil
 -- skips that fire. `now` is the fire time (Unix seconds); `fire` holds
 -- name, time, iso and late (true for a fire made up after downtime).
--- @param opts { name = "schedule<k>", tz = "UTC" | "+HH:MM",
+-- @param opts { name = "schedule<k>", tz = "UTC" | "+HH:MM" | "Area/City",
 --   catchup = "none" | "all" | "latest" }
 -- @raise (at the caller's line) on a bad expression, option or function
 function Pipeline:schedule(expr, opts, fn)
@@ -431,9 +431,9 @@ function Pipeline:schedule(expr, opts, fn)
         error("p:schedule: the last argument must be a function(now) that returns the input, got "
               .. type(fn), 2)
     end
-    local offset
-    offset, err = cron.offset(opts.tz)
-    if not offset then error("p:schedule: " .. err, 2) end
+    local zone
+    zone, err = cron.zone(opts.tz)
+    if not zone then error("p:schedule: " .. err, 2) end
     local catchup = opts.catchup or "none"
     if not CATCHUP[catchup] then
         error("p:schedule: catchup must be \"none\", \"all\" or \"latest\", got " .. tostring(catchup), 2)
@@ -455,7 +455,7 @@ function Pipeline:schedule(expr, opts, fn)
             error("p:schedule: schedule '" .. name .. "' is declared twice (first at " .. s.where .. ")", 2)
         end
     end
-    list[#list + 1] = { name = name, expr = expr, cron = c, offset = offset, tz = opts.tz or "UTC",
+    list[#list + 1] = { name = name, expr = expr, cron = c, zone = zone, tz = opts.tz or "UTC",
                         catchup = catchup, fn = fn, where = where(2) }
     return self
 end

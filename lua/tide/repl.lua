@@ -36,7 +36,7 @@ tide repl: Lua with a running engine. Jobs keep running while you type.
   :jobs              jobs of ex: running ones and recent results
   :jobs ID           one job: its status, result and kept log lines
   :replay ID         run the input of failed job ID again through p, traced
-  :replay FILE[#ID]  the same for the failures of a failed.jsonl (or one)
+  :replay FILE[#N]   the same for the failures of a failed.jsonl (or its line N)
   :help              this text
   Ctrl-C             cancels the line being typed (or a wait in progress);
                      twice on an empty line cancels the jobs and exits
@@ -186,10 +186,10 @@ function M.main(path)
     -- :replay ARG: runs failed inputs again through the current p (so a
     -- pipeline fixed with :load is what runs), one at a time, traced.
     -- ARG is the id of a failed job of ex, or FILE (every failure record
-    -- in it), or FILE#ID (the record with that id; an id may hold '#', so
-    -- the file is the longest prefix before a '#' that names a file).
+    -- in it), or FILE#N (its N-th record line; a file name may hold '#',
+    -- so FILE is the longest prefix before a '#' that names a file).
     local function replay_cmd(arg)
-        if arg == "" then return out("usage: :replay ID | FILE | FILE#ID") end
+        if arg == "" then return out("usage: :replay ID | FILE | FILE#N (the N-th line of FILE)") end
         if not env.p then return out("error: no pipeline: give one to tide repl, or :load FILE") end
         local ex = env.ex
         local inputs -- { { id =, input = }, ... }
@@ -204,11 +204,11 @@ function M.main(path)
         elseif status then
             return out("error: job '" .. arg .. "' did not fail (" .. status .. ")")
         else
-            local file, id = arg, nil
+            local file, nth = arg, nil
             if not core.stat(arg) then
                 for i = #arg, 1, -1 do
                     if arg:sub(i, i) == "#" and core.stat(arg:sub(1, i - 1)) then
-                        file, id = arg:sub(1, i - 1), arg:sub(i + 1)
+                        file, nth = arg:sub(1, i - 1), arg:sub(i + 1)
                         break
                     end
                 end
@@ -216,10 +216,20 @@ function M.main(path)
             if not core.stat(file) then
                 return out("error: '" .. arg .. "' is neither a failed job of ex nor a file of failures")
             end
-            local recs, err = replay.read(file)
-            if recs then recs, err = replay.select(recs, id and { id } or nil, file) end
-            if not recs then return out("error: " .. err) end
-            inputs = recs
+            if nth then
+                local n = nth:match("^%d+$") and tonumber(nth)
+                if not n or n < 1 then
+                    return out(format("error: in %s#%s, what follows '#' must be a line number >= 1 "
+                                      .. "(to choose a record by id: tide replay --id ID)", file, nth))
+                end
+                local r, err = replay.read_nth(file, n)
+                if not r then return out("error: " .. err) end
+                inputs = { r }
+            else
+                local recs, err = replay.read(file)
+                if not recs then return out("error: " .. err) end
+                inputs = recs
+            end
         end
         local fmt = trace.format_for(1)
         local tracer = trace.new({ format = fmt, write = out_raw }):attach(ex)

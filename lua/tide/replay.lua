@@ -25,52 +25,106 @@ local function is_failure(t)
 end
 
 
+-- Opens a file of failure records; nil, message, exit code when it
+-- cannot be (EXIT_USAGE for a missing file, EXIT_IO otherwise).
+local function open(path)
+    local f, oerr = io.open(path, "rb")
+    if f then return f end
+    local missing = not core.stat(path)
+    return nil, tostring(oerr), missing and M.EXIT_USAGE or M.EXIT_IO
+end
+
+
+-- Calls each(text, no, k) for every non-blank line of an open file (no:
+-- its line number, k: its rank among the non-blank lines) until each
+-- returns a value; returns that value, or nil at the end, or nil,
+-- message, EXIT_IO on a read error (a directory shows up at the first
+-- read on Linux).
+local function each_line(f, path, each)
+    local no, k = 0, 0
+    while true do
+        local line, rerr = f:read("*l")
+        if line == nil then
+            if rerr then return nil, path .. ": " .. tostring(rerr), M.EXIT_IO end
+            return nil
+        end
+        no = no + 1
+        line = line:gsub("\r$", "")
+        if not line:match("^%s*$") then
+            k = k + 1
+            local r, e, c = each(line, no, k)
+            if r ~= nil or e ~= nil then return r, e, c end
+        end
+    end
+end
+
+
+-- One line as a record { id, input, error, line }, or nil, message,
+-- EXIT_USAGE when it is not JSON or not a failure record.
+local function parse(line, path, no)
+    local t, jerr = json.decode(line)
+    if t == nil then
+        return nil, format("%s:%d: not JSON (%s): a failure record is expected", path, no,
+                           tostring(jerr)), M.EXIT_USAGE
+    end
+    if not is_failure(t) then
+        return nil, format("%s:%d: not a failure record (an object with \"id\", \"error\" and "
+                           .. "\"input\", as in failed.jsonl)", path, no), M.EXIT_USAGE
+    end
+    local input = t.input
+    if input == json.null then input = nil end
+    return { id = tostring(t.id), input = input, error = t.error, line = no }
+end
+
+
 --- Reads the failure records of a file. Returns a list of { id, input,
 -- error, line }, or nil, message, exit code (EXIT_USAGE for a missing
 -- file, a line that is not JSON or not a failure record, a file without
 -- records; EXIT_IO when the file cannot be read).
 function M.read(path)
-    local f, oerr = io.open(path, "rb")
-    if not f then
-        local missing = not core.stat(path)
-        return nil, tostring(oerr), missing and M.EXIT_USAGE or M.EXIT_IO
-    end
-    local recs, no = {}, 0
-    while true do
-        local line, rerr = f:read("*l")
-        if line == nil then
-            if rerr then
-                f:close()
-                return nil, path .. ": " .. tostring(rerr), M.EXIT_IO
-            end
-            break
-        end
-        no = no + 1
-        line = line:gsub("\r$", "")
-        if not line:match("^%s*$") then
-            local t, jerr = json.decode(line)
-            if t == nil then
-                f:close()
-                return nil, format("%s:%d: not JSON (%s): a failure record is expected", path, no,
-                                   tostring(jerr)), M.EXIT_USAGE
-            end
-            if not is_failure(t) then
-                f:close()
-                return nil, format("%s:%d: not a failure record (an object with \"id\", \"error\" and "
-                                   .. "\"input\", as in failed.jsonl)", path, no), M.EXIT_USAGE
-            end
-            local input = t.input
-            if input == json.null then input = nil end
-            recs[#recs + 1] = { id = tostring(t.id), input = input, error = t.error, line = no }
-        end
-    end
-    -- A read error on a directory shows up at the first read on Linux;
-    -- an empty file is no list of failures either.
+    local f, oerr, ocode = open(path)
+    if not f then return nil, oerr, ocode end
+    local recs = {}
+    local _, err, code = each_line(f, path, function(line, no)
+        local r, perr, pcode = parse(line, path, no)
+        if not r then return nil, perr, pcode end
+        recs[#recs + 1] = r
+    end)
     f:close()
+    if err then return nil, err, code end
     if #recs == 0 then
         return nil, path .. ": holds no failure records", M.EXIT_USAGE
     end
     return recs
+end
+
+
+--- Reads the n-th record of a file (n counts the non-blank lines from 1,
+-- as `:replay FILE#N` does); the other lines are not looked at. Returns
+-- the record, or nil, message, exit code as M.read does (EXIT_USAGE when
+-- the file has fewer than n records or that line is not one).
+function M.read_nth(path, n)
+    if type(n) ~= "number" or n < 1 or n % 1 ~= 0 then
+        return nil, format("%s#%s: the line number must be a whole number >= 1", path, tostring(n)),
+               M.EXIT_USAGE
+    end
+    local f, oerr, ocode = open(path)
+    if not f then return nil, oerr, ocode end
+    local seen = 0
+    local r, err, code = each_line(f, path, function(line, no, k)
+        seen = k
+        if k == n then
+            local rec, perr, pcode = parse(line, path, no)
+            if not rec then return nil, perr, pcode end
+            return rec
+        end
+    end)
+    f:close()
+    if r then return r end
+    if err then return nil, err, code end
+    return nil, format("%s#%d is out of range: the file has %d non-blank line%s", path, n, seen,
+                       seen == 1 and "" or "s"),
+           M.EXIT_USAGE
 end
 
 

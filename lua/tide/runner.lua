@@ -397,14 +397,16 @@ local function slot_table(rt, field, slot)
 end
 
 
-local function clip(text)
+-- text as a job keeps it; len: the length of the line it was cut from
+-- (a sync task's worker sends at most a few bytes past LOG_LINE_MAX).
+local function clip(text, len)
     if not jcheck(text) then
         -- Not UTF-8 (binary, or Latin-1): the lines leave as JSON, which
         -- cannot carry such bytes, so each byte >= 0x80 is written \xNN.
         text = text:gsub("[\128-\255]", function(c) return ("\\x%02X"):format(c:byte()) end)
     end
-    local len = #text
-    if len <= M.LOG_LINE_MAX then return text end
+    len = len or #text
+    if len <= M.LOG_LINE_MAX and #text <= M.LOG_LINE_MAX then return text end
     local cut = M.LOG_LINE_MAX
     -- Back off over continuation bytes so that a cut never splits a
     -- character: the JSON of the logs must stay valid UTF-8.
@@ -418,8 +420,10 @@ end
 
 --- Keeps one line logged by task g (attempt `attempt`) of the context in
 -- `slot` in the ring of its root context (the job). Lines are only kept
--- here; writing them to stderr is the caller's business.
-function M.keep_log(rt, slot, g, attempt, text)
+-- here; writing them to stderr is the caller's business. `time` (default:
+-- now) and `len` (the length of the line `text` was cut from) are given
+-- for the lines of a sync task, which come back after it ran.
+function M.keep_log(rt, slot, g, attempt, text, time, len)
     local cap = rt.log_lines
     if cap == 0 then return end
     local parent_of = rt.parent_of
@@ -430,8 +434,8 @@ function M.keep_log(rt, slot, g, attempt, text)
     local ring = slot_table(rt, "logs", root)
     local n = (ring.n or 0) + 1
     ring.n = n
-    ring[(n - 1) % cap + 1] = { time = rt.E.wallclock(), task = rt.T_name[g], attempt = attempt,
-                                line = clip(text) }
+    ring[(n - 1) % cap + 1] = { time = time or rt.E.wallclock(), task = rt.T_name[g], attempt = attempt,
+                                line = clip(text, len) }
 end
 
 --- The lines of a ring, oldest first, as { lines = {...}, dropped = n }

@@ -15,6 +15,7 @@ local executor = require "tide.executor"
 local errors = require "tide.errors"
 local record = require "tide.record"
 local cron = require "tide.cron"
+local schedule = require "tide.schedule"
 
 local json = core.json
 local format, tostring, type, ipairs = string.format, tostring, type, ipairs
@@ -35,17 +36,6 @@ local NFAILURES = 20     -- recent failures kept for the dashboard
 -- it every second, so all of a job's lines stay at /v1/jobs/ID/logs.
 local FAILURE_LOG_LINES = 10
 local LAG_EVERY = 0.25   -- seconds between loop-lag samples
--- The longest a schedule's timer sleeps before it looks at the wall clock
--- again: the loop's timers run on the monotonic clock, which a change of
--- the wall clock or a suspended machine leaves behind.
-local SCHEDULE_MAX_SLEEP = 300
--- How far behind its next fire a schedule may find the wall clock before
--- the gap counts as downtime (made up by its catchup policy) rather than
--- as a late timer whose fires are all still made.
-local SCHEDULE_BEHIND = 60
--- The most fires catchup = "all" makes up at once; the later ones are
--- skipped, with a line on the log.
-local MAX_CATCHUP = 1000
 -- Versions whose jobs /v1/stats and /metrics list one by one: the current
 -- one and the last ones before it that still have counts (a server that
 -- reloads every minute must not grow its metrics without bound).
@@ -469,19 +459,19 @@ function M.serve(p, opts)
         return table.concat(lines, "\n") .. "\n"
     end
 
-    -- Schedules (p:schedule). Each has one timer, armed for its next fire
-    -- (at most SCHEDULE_MAX_SLEEP ahead): no polling while it is far off.
-    -- A fire calls the schedule's function on the loop and submits what it
-    -- returns under "<name>@<ISO time>", journaled like a POSTed job, so
-    -- that the same fire made twice (after a restart) runs once.
+    -- Schedules (p:schedule). schedule.lua keeps the clock: one timer per
+    -- schedule, armed for its next fire, and the catchup policy after
+    -- downtime. A fire calls the schedule's function on the loop and
+    -- submits what it returns under "<name>@<ISO time>", journaled like a
+    -- POSTed job, so that the same fire made twice (after a restart) runs
+    -- once.
     local log = opts.log or function(msg) io.stderr:write("tide: ", msg, "\n") end
-    local schedules = {}
+    local clock -- the running schedules (schedule.start), or nil
 
     local function fire(st, t, late)
         local s = st.s
         local iso = cron.iso(t)
         local id = s.name .. "@" .. iso
-        st.last = t
         if not known(id) then
             local ok, input = pcall(s.fn, t, { name = s.name, time = t, iso = iso, late = late })
             local input_json, why
@@ -521,92 +511,27 @@ function M.serve(p, opts)
         if jr then jr:schedule_mark(s.name, t) end
     end
 
-    -- Makes up the fires of st in (after, upto] by its catchup policy.
-    local function catch_up(st, after, upto)
-        local s = st.s
-        local first = cron.next(s.cron, after, s.offset)
-        if not first or first > upto then return end
-        if s.catchup == "latest" then
-            fire(st, cron.latest(s.cron, after, upto, s.offset), true)
-        elseif s.catchup == "all" then
-            local t, n = first, 0
-            while t and t <= upto do
-                if n == MAX_CATCHUP then
-                    log(format("schedule '%s': more than %d fires were missed; those from %s on are "
-                               .. "skipped", s.name, MAX_CATCHUP, cron.iso(t)))
-                    break
-                end
-                fire(st, t, true)
-                n = n + 1
-                t = cron.next(s.cron, t, s.offset)
-            end
-        else
-            log(format("schedule '%s': the fires missed since %s are skipped (catchup = \"none\")",
-                       s.name, cron.iso(first)))
-        end
-    end
-
-    local arm
-    local function on_timer(st)
-        st.timer:close()
-        st.timer = nil
-        local now = core.cache_now()
-        if st.next and now >= st.next then
-            if now - st.next > SCHEDULE_BEHIND then
-                -- The wall clock leapt (or the machine slept): downtime.
-                catch_up(st, st.next - 1, math.floor(now))
-                st.next = cron.next(st.s.cron, math.floor(now), st.s.offset)
-            else
-                while st.next and st.next <= now do
-                    fire(st, st.next, false)
-                    st.next = cron.next(st.s.cron, st.next, st.s.offset)
-                end
-            end
-        end
-        arm(st)
-    end
-
-    arm = function(st)
-        if st.stopped or not st.next then return end
-        local delay = math.min(SCHEDULE_MAX_SLEEP, math.max(0.001, st.next - core.cache_now()))
-        st.timer = ex:timer(delay, function() on_timer(st) end)
-    end
-
     local function start_schedules()
-        local now = math.floor(core.cache_now())
+        local last = {}
         for _, s in ipairs(rawget(p, "schedules") or {}) do
-            local st = { s = s, submitted = 0, skipped = 0, failed = 0 }
-            schedules[#schedules + 1] = st
-            local last = jr and jr:schedule_last(s.name)
-            if last then
-                st.last = last
-                catch_up(st, last, now)
-            elseif s.catchup ~= "none" and not jr then
+            last[s.name] = jr and jr:schedule_last(s.name)
+            if not jr and s.catchup ~= "none" then
                 log(format("schedule '%s': catchup = \"%s\" needs --journal (the journal keeps the "
                            .. "last fire); without one no missed fire is made up", s.name, s.catchup))
             end
-            st.next = cron.next(s.cron, now, s.offset)
-            log(format("schedule '%s' (%s, %s, catchup %s): next fire at %s", s.name, s.expr, s.tz,
-                       s.catchup, st.next and cron.iso(st.next) or "never"))
-            arm(st)
         end
+        clock = schedule.start(ex, p, { fire = fire, last = last, log = log })
     end
 
     local function stop_schedules()
-        for _, st in ipairs(schedules) do
-            st.stopped = true
-            if st.timer then
-                st.timer:close()
-                st.timer = nil
-            end
-        end
-        schedules = {}
+        if clock then clock:stop() end
+        clock = nil
     end
 
     -- The schedules as /v1/stats shows them.
     function schedules_json()
         local out, now = {}, core.cache_now()
-        for i, st in ipairs(schedules) do
+        for i, st in ipairs(clock and clock.list or {}) do
             local s = st.s
             out[i] = json.object({
                 name = s.name, expr = s.expr, tz = s.tz, catchup = s.catchup,

@@ -53,6 +53,17 @@ describe("tide run --output and per-job logs", function()
         assert.matches("print of\t1\n$", proc.slurp(dir .. "/out/logs/good.log"))
     end)
 
+    it("writes what a sync task printed on its worker thread to the job's log", function()
+        local r = proc.tide({ "run", "spec/fixtures/pipelines/sync_print.lua", "--output", dir .. "/out",
+                              "--keep-logs", "--threads", "2" }, "1\n2\n")
+        assert.equal(0, r.code, r.stderr)
+        assert.same({ "1.log", "2.log" }, ls(dir .. "/out/logs"))
+        assert.matches("^%d%d%d%d%-%d%d%-%d%dT[%d:.]+Z %[say #1%] hello from\t2\n$",
+                       proc.slurp(dir .. "/out/logs/2.log"))
+        -- stderr still gets it, as it is printed.
+        assert.matches("hello from\t1\n", r.stderr)
+    end)
+
     it("refuses --keep-logs without --output", function()
         local r = proc.tide({ "run", PIPE, "--keep-logs" }, input("a", 1))
         assert.equal(2, r.code)

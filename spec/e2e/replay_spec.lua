@@ -271,15 +271,27 @@ describe("tide repl :replay", function()
         return (require("helpers.pty").session(PIPE, steps, { REPLAY_BAD = env.REPLAY_BAD }))
     end
 
-    it("traces a failed job again, and after a fix it succeeds; FILE#ID replays one record", function()
+    it("traces a failed job again, and after a fix it succeeds; FILE#N replays the N-th line", function()
         local dir, env = setup()
         assert.equal(1, run_orders(dir, env).code)
+        -- Record lines 1 and 2 (a blank line between does not count), then
+        -- a line that is no failure record: FILE#N looks at line N only.
+        local recs = {}
+        for line in proc.slurp(dir .. "/out/failed.jsonl"):gmatch("[^\n]+") do
+            local t = json.decode(line)
+            recs[t.id] = line
+        end
+        local mixed = dir .. "/mixed.jsonl"
+        proc.write(mixed, recs.b .. "\n\n" .. recs.c .. "\n" .. '{"id":"x","status":"done"}\n')
         local out = session(env, {
             { 0.4, "=ex:result(ex:submit(p, { n = 2 }, { id = 'j' }), 5)\n" },
             { 0.5, ":replay j\n" },
             { 0.3, "io.open(os.getenv('REPLAY_BAD'), 'w'):close()\n" },
             { 0.5, ":replay j\n" },
-            { 0.5, ":replay " .. dir .. "/out/failed.jsonl#c\n" },
+            { 0.5, ":replay " .. mixed .. "#2\n" },
+            { 0.3, ":replay " .. mixed .. "#3\n" },
+            { 0.3, ":replay " .. mixed .. "#4\n" },
+            { 0.3, ":replay " .. mixed .. "#c\n" },
             { 0.3, ":replay nope\n" },
             { 0.3, "\4" },
         })
@@ -293,6 +305,10 @@ describe("tide repl :replay", function()
         assert.matches("replay j#replay2: done\n", out)
         assert.matches("%[c %+[%d.]+ ms%] context start, input {\"id\":\"c\",\"n\":3}\n", out)
         assert.matches("replay c: done\n", out)
+        assert.not_matches("replay b", out)
+        assert.matches("error: " .. mixed .. ":4: not a failure record", out, 1, true)
+        assert.matches("error: " .. mixed .. "#4 is out of range: the file has 3 non-blank lines", out, 1, true)
+        assert.matches("what follows '#' must be a line number >= 1", out, 1, true)
         assert.matches("error: 'nope' is neither a failed job of ex nor a file of failures", out)
         proc.rmrf(dir)
     end)

@@ -2,8 +2,9 @@
 -- every second submits jobs with ids "<name>@<ISO time>" and their
 -- results, a function returning nil skips its fire; after downtime with
 -- --journal, catchup = "all" makes up each missed fire, "latest" one and
--- "none" none; /v1/stats and the dashboard show the next fire times; a
--- bad schedule stops the server from starting, naming the line.
+-- "none" none; /v1/stats and the dashboard show the next fire times (in
+-- a named zone too); a bad schedule or time zone stops the server from
+-- starting, naming the line.
 local proc = require "helpers.proc"
 local serve = require "helpers.serve"
 local cron = require "tide.cron"
@@ -25,6 +26,7 @@ p:schedule("* * * * * *", { name = "tick", catchup = os.getenv("CATCHUP") or "no
         return { t = now, late = fire.late }
     end)
 p:schedule("0 0 1 1 *", { name = "new-year", tz = "+02:00" }, function() return {} end)
+p:schedule("0 0 1 1 *", { name = "berlin", tz = "Europe/Berlin" }, function() return {} end)
 return p
 ]]
 
@@ -125,6 +127,9 @@ describe("tide serve with a schedule", function()
             assert.matches("^%d%d%d%d%-12%-31T22:00:00Z$", ny.next)
             assert.near(unix(ny.next) - os.time(), ny.next_in, 2)
             assert.equal(json.null, ny.last)
+            -- In Berlin (CET, +01:00 in winter) it is 23:00 UTC.
+            assert.equal("Europe/Berlin", by.berlin.tz)
+            assert.matches("^%d%d%d%d%-12%-31T23:00:00Z$", by.berlin.next)
             local code, page = serve.http(s, "GET", "/")
             assert.equal(200, code)
             assert.matches('id="schedules"', page, 1, true)
@@ -208,5 +213,25 @@ describe("tide serve with a schedule", function()
         local r = proc.tide({ "serve", dir .. "/bad.lua", "--listen", "127.0.0.1:0" })
         assert.equal(2, r.code, r.stderr)
         assert.matches("bad%.lua:3: p:schedule: '%*/5 %* %* %*' has 4 fields", r.stderr)
+    end)
+
+    it("refuses a time zone the tz database does not have, or no tz database", function()
+        proc.write(dir .. "/zone.lua", 'local p = require("tide").pipeline "z"\n'
+                   .. 'p:task("t", function(x) return x end)\n'
+                   .. 'p:schedule("0 9 * * *", { tz = os.getenv("ZONE") }, function() return 1 end)\nreturn p\n')
+        local r = proc.tide({ "serve", dir .. "/zone.lua", "--listen", "127.0.0.1:0" }, nil,
+                            { ZONE = "Mars/Olympus_Mons" })
+        assert.equal(2, r.code, r.stderr)
+        assert.matches("zone.lua:3: p:schedule: tz 'Mars/Olympus_Mons' is not a known time zone (no file "
+                       .. "/usr/share/zoneinfo/Mars/Olympus_Mons)", r.stderr, 1, true)
+        r = proc.tide({ "serve", dir .. "/zone.lua", "--listen", "127.0.0.1:0" }, nil,
+                      { ZONE = "Europe/Berlin", TZDIR = dir .. "/no-tzdata" })
+        assert.equal(2, r.code, r.stderr)
+        assert.matches("zone.lua:3: p:schedule: tz 'Europe/Berlin' needs the tz database in " .. dir
+                       .. "/no-tzdata, which is missing (Debian package tzdata)", r.stderr, 1, true)
+        r = proc.tide({ "serve", dir .. "/zone.lua", "--listen", "127.0.0.1:0" }, nil,
+                      { ZONE = "../../etc/passwd" })
+        assert.equal(2, r.code, r.stderr)
+        assert.matches("tz '../../etc/passwd' is not a time zone name", r.stderr, 1, true)
     end)
 end)

@@ -52,6 +52,9 @@ typedef struct {
     char *out;         /* result bytes or error text (owned, malloc'd) */
     size_t outlen;
     char *trace;       /* traceback of a failure (owned) */
+    char *logs;        /* what the body printed, encoded (owned; NULL:
+                        * nothing) */
+    size_t logslen;
     /* The pool's, the Lua box's and the stuck list's. Atomic: the pool's
      * is dropped by the loop when it takes the job back, or by the worker
      * thread of an orphan (its pool stopped while it ran). */
@@ -99,6 +102,7 @@ static void lpool_job_unref(lpool_job *j) {
     free(j->code);
     free(j->out);
     free(j->trace);
+    free(j->logs);
     free(j);
 }
 
@@ -121,14 +125,42 @@ static const char *LPOOL_LOADER =
     "return p.tasks[i].fn\n";
 
 /* print in a worker state: stdout carries tide run's JSONL results, so a
- * sync task's print goes to stderr, as the loop state's does. */
+ * sync task's print goes to stderr, as the loop state's does. The lines
+ * are also kept for the job (the last KEEP of an attempt, each with its
+ * time and its first CUT bytes, cut at a UTF-8 character boundary;
+ * runner.lua clips them to its LOG_LINE_MAX, 4096, and says how long they
+ * were), and
+ * come back with its result so that the loop keeps them in the job's log
+ * (bridge.lua). The chunk returns take() (the lines since the last call,
+ * as { {time, text, length}, ..., dropped = n }, or nil) and reset(). */
 static const char *LPOOL_PRINT =
-    "local stderr, concat, select, tostring = io.stderr, table.concat, select, tostring\n"
+    "local stderr, concat, select = io.stderr, table.concat, select\n"
+    "local tostring, sub = tostring, string.sub\n"
+    "local ok, core = pcall(require, 'tide.core')\n"
+    "local now = ok and core.cache_now or os.time\n"
+    "local KEEP, CUT = 1000, 4100\n"
+    "local log, n = {}, 0\n"
     "print = function(...)\n"
     "  local t = {}\n"
     "  for i = 1, select('#', ...) do t[i] = tostring((select(i, ...))) end\n"
-    "  stderr:write(concat(t, '\\t'), '\\n')\n"
-    "end\n";
+    "  local text = concat(t, '\\t')\n"
+    "  stderr:write(text, '\\n')\n"
+    "  n = n + 1\n"
+    "  local cut = text\n"
+    "  if #text > CUT then\n"
+    "    cut = sub(text, 1, CUT):gsub('[\\192-\\255][\\128-\\191]*$', '')\n"
+    "  end\n"
+    "  log[(n - 1) % KEEP + 1] = { now(), cut, #text }\n"
+    "end\n"
+    "local function take()\n"
+    "  if n == 0 then return nil end\n"
+    "  local out, first = {}, n > KEEP and n - KEEP + 1 or 1\n"
+    "  for k = first, n do out[#out + 1] = log[(k - 1) % KEEP + 1] end\n"
+    "  out.dropped = first - 1\n"
+    "  log, n = {}, 0\n"
+    "  return out\n"
+    "end\n"
+    "return take, function() log, n = {}, 0 end\n";
 
 static void *lpool_worker_init(tide__pool *pool, int index) {
     lpool *lp = tide__container_of(pool, lpool, pool);
@@ -151,8 +183,12 @@ static void *lpool_worker_init(tide__pool *pool, int index) {
         tide__lua_preload_bundle(L);
     lua_newtable(L);
     lua_setfield(L, LUA_REGISTRYINDEX, "tide.worker.fns");
-    if (luaL_dostring(L, LPOOL_PRINT) != 0)
+    if (luaL_loadstring(L, LPOOL_PRINT) != 0 || lua_pcall(L, 0, 2, 0) != 0) {
         lua_pop(L, 1); /* keep the stock print rather than fail the worker */
+    } else {
+        lua_setfield(L, LUA_REGISTRYINDEX, "tide.worker.log_reset");
+        lua_setfield(L, LUA_REGISTRYINDEX, "tide.worker.log_take");
+    }
     tide__lua_mem_limit(L, lp->mem_limit);
     return L;
 }
@@ -237,6 +273,33 @@ static void lpool_oom(lua_State *L, lpool_job *j) {
     lpool_fail(j, UV_ENOMEM, msg, NULL);
 }
 
+/* Encodes the lines the body printed into j->logs (nothing when it
+ * printed none). Raises only a memory error (under lua_cpcall). */
+static void lpool_take_logs(lua_State *L, lpool_job *j) {
+    char err[256];
+    lua_getfield(L, LUA_REGISTRYINDEX, "tide.worker.log_take");
+    if (!lua_isfunction(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_call(L, 0, 1);
+    if (lua_istable(L, -1) &&
+        tide__marshal_encode(L, -1, &j->logs, &j->logslen, err,
+                             sizeof(err)) != 0)
+        j->logs = NULL; /* cannot happen: strings and numbers only */
+    lua_pop(L, 1);
+}
+
+/* Forgets lines printed outside a job (or by a job that ended before its
+ * lines were taken). */
+static void lpool_reset_logs(lua_State *L) {
+    lua_getfield(L, LUA_REGISTRYINDEX, "tide.worker.log_reset");
+    if (lua_isfunction(L, -1))
+        lua_call(L, 0, 0);
+    else
+        lua_pop(L, 1);
+}
+
 /* The Lua half of lpool_run, under lua_cpcall: loading the function,
  * decoding the input and encoding the output allocate from the worker's
  * state and may raise a memory error when it is at its limit; an error
@@ -261,6 +324,7 @@ static int lpool_run_lua(lua_State *L) {
         lpool_fail(j, TIDE_EVALUE, err, NULL);
         return 0;
     }
+    lpool_reset_logs(L);
     lpool_stopped = 0;
     if (j->timeout_ms > 0) {
         lpool_deadline = uv_hrtime() + (uint64_t)(j->timeout_ms * 1e6);
@@ -278,6 +342,7 @@ static int lpool_run_lua(lua_State *L) {
         lpool_oom(L, j);
         return 0;
     }
+    lpool_take_logs(L, j);
     if (prc != 0) {
         const char *tb = lua_tostring(L, -1);
         /* The message is the traceback's first line. */
@@ -622,7 +687,20 @@ static int l_pool_wait(lua_State *L) {
                              &j->att);
 }
 
-/* pool_result(job) -> true, value | false, message, traceback, code */
+/* Pushes the lines a finished job printed (decoded); returns 0 and
+ * pushes nothing when it printed none. */
+static int lpool_push_logs(lua_State *L, lpool_job *j) {
+    char err[256];
+    if (j->logs == NULL)
+        return 0;
+    if (tide__marshal_decode(L, j->logs, j->logslen, err, sizeof(err)))
+        return luaL_error(L, "sync task: cannot decode its log: %s", err);
+    return 1;
+}
+
+/* pool_result(job) -> true, value, nil, nil, logs | false, message,
+ * traceback, code, logs; logs: the lines the body printed, { {time, text,
+ * length}, ..., dropped = n }, or nil. */
 static int l_pool_result(lua_State *L) {
     lpool_job *j = lpool_job_check(L, 1);
     if (!j->done)
@@ -633,7 +711,11 @@ static int l_pool_result(lua_State *L) {
         if (tide__marshal_decode(L, j->out, j->outlen, err, sizeof(err)))
             return luaL_error(L, "sync task: cannot decode its output: %s",
                               err);
-        return 2;
+        lua_pushnil(L);
+        lua_pushnil(L);
+        if (!lpool_push_logs(L, j))
+            lua_pushnil(L);
+        return 5;
     }
     lua_pushboolean(L, 0);
     lua_pushlstring(L, j->out, j->outlen);
@@ -648,7 +730,9 @@ static int l_pool_result(lua_State *L) {
      * limit. */
     const char *name = tide_err_name(j->status);
     lua_pushstring(L, name ? name : uv_err_name(j->status));
-    return 4;
+    if (!lpool_push_logs(L, j))
+        lua_pushnil(L);
+    return 5;
 }
 
 static int l_job_gc(lua_State *L) {
