@@ -222,6 +222,53 @@ describe("checkpoints", function()
 end)
 
 
+describe("checkpoints around slow steps (checkpoint_after)", function()
+    -- a -> slow (sleeps `secs`) -> b, with every checkpoint and the end of
+    -- each body noted in order.
+    local function run(secs, opts)
+        local log = {}
+        local p = tide.pipeline "slowstep"
+        p:task("a", function(x) return x + 1 end)
+        p:task("slow", { after = "a" }, function(x)
+            tide.sleep(secs)
+            log[#log + 1] = "slow returns"
+            return x * 10
+        end)
+        p:task("b", { after = "slow" }, function(x)
+            log[#log + 1] = "b runs"
+            return x + 1
+        end)
+        opts.on = { checkpoint = function(id, task, out)
+            log[#log + 1] = "checkpoint " .. id .. " " .. task .. " " .. tide.json.encode(out)
+        end }
+        local ex = tide.executor(opts)
+        ex:submit(p, 1, { id = "s" })
+        ex:run()
+        assert.equal(0, ex:stats().held)
+        ex:close()
+        return log
+    end
+
+    it("keep what the context needs while the step runs, and the step's output as it ends", function()
+        assert.same({ "checkpoint s a 2", "slow returns", "checkpoint s slow 20", "b runs" },
+                    run(0.8, { checkpoint_after = 0.2 }))
+    end)
+
+    it("leave fast steps alone, and are off with checkpoint_after = 0", function()
+        assert.same({ "slow returns", "b runs" }, run(0.05, { checkpoint_after = 1 }))
+        assert.same({ "slow returns", "b runs" }, run(0.6, { checkpoint_after = 0 }))
+    end)
+
+    it("refuse a checkpoint_after that is not seconds >= 0", function()
+        for _, bad in ipairs({ -1, "1", 0 / 0, math.huge }) do
+            assert.has_error(function() tide.executor { checkpoint_after = bad } end,
+                             "tide.executor: checkpoint_after must be a number of seconds >= 0 (0: never), got "
+                             .. tostring(bad))
+        end
+    end)
+end)
+
+
 describe("setup and teardown in tide run", function()
     local proc = require "helpers.proc"
     it("run in the loop's state and in each worker state that ran a sync task", function()
