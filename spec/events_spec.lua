@@ -259,6 +259,30 @@ describe("checkpoints around slow steps (checkpoint_after)", function()
         assert.same({ "slow returns", "b runs" }, run(0.6, { checkpoint_after = 0 }))
     end)
 
+    it("never keep a router's output (a restored router could not choose again), but what fed it", function()
+        local kept, tries = {}, 0
+        local p = tide.pipeline "routed"
+        p:task("a", function(x) return x + 1 end)
+        p:task("r", { after = "a", route = true }, function() return "x" end)
+        p:task("x", { after = "r", retry = { times = 1, interval = 0 } }, function(v)
+            tide.sleep(0.5)
+            tries = tries + 1
+            if tries == 1 then error("x fails once") end
+            return v * 2
+        end)
+        p:task("y", { after = "r" }, function(v) return v end)
+        local ex = tide.executor { checkpoint_after = 0.1, on = { checkpoint = function(id, task, out)
+            kept[#kept + 1] = id .. " " .. task .. " " .. tide.json.encode(out)
+        end } }
+        ex:submit(p, 1, { id = "q" })
+        ex:run()
+        ex:close()
+        -- x was slow (the sweep) and failed once (its inputs): r fed it,
+        -- and a, which fed r, was kept instead; x's own output was kept as
+        -- it ended.
+        assert.same({ "q a 2", "q x 4" }, kept)
+    end)
+
     it("refuse a checkpoint_after that is not seconds >= 0", function()
         for _, bad in ipairs({ -1, "1", 0 / 0, math.huge }) do
             assert.has_error(function() tide.executor { checkpoint_after = bad } end,

@@ -503,8 +503,13 @@ end
 -- per task and context. A router is never checkpointed: its output is
 -- the input it passed on, while a restored task's output is judged as if
 -- its body returned it, and a router's body returns the names it chose.
+-- What fed it is checkpointed instead: a resume runs the router again.
 local function checkpoint(rt, slot, loc, p)
-    if p.tasks[loc].route then return end
+    local t = p.tasks[loc]
+    if t.route then
+        for _, pr in ipairs(t.preds) do checkpoint(rt, slot, pr, p) end
+        return
+    end
     local done = slot_table(rt, "checkpointed", slot)
     if done[loc] then return end
     done[loc] = true
