@@ -1,7 +1,8 @@
 #!/bin/sh
 # bench/journal.sh: the journal lines of `make bench`. What a journal costs
-# a run: `tide run` over N generated inputs through the 3-task pipeline of
-# bench/mem.lua with --output, without and with --journal (SQLite, WAL,
+# a run: `tide run` over N generated inputs through W1 (bench/w1.lua: the
+# 4-task chain t0 -> t3 of `x + 1` that bench/tide.lua times in process)
+# with --output, without and with --journal (SQLite, WAL,
 # synchronous=FULL, group commits), alternated BENCH_PAIRS times so that
 # both see the same machine. Prints one line per run and then
 #
@@ -33,11 +34,11 @@ one() {
         extra=
     fi
     # shellcheck disable=SC2086 # $extra is two words or none
-    build/tide run bench/mem.lua --input "$tmp/in.jsonl" --output "$tmp/out" $extra 2>"$tmp/err" || true
+    build/tide run bench/w1.lua --input "$tmp/in.jsonl" --output "$tmp/out" $extra 2>"$tmp/err" || true
     # The journal's own line: how long a result waited to be on the device.
     wait=$(sed -n 's/.*on the device within \([0-9.]*\) ms on average (at worst \([0-9.]*\) ms).*/ wait_mean_ms=\1 wait_max_ms=\2/p' "$tmp/err")
     sed -n 's/.*tide: \([0-9]*\) done.* \([0-9.]*\)\/s, \([0-9.]*\) s, .*/\1 \2 \3/p' "$tmp/err" |
-        awk -v impl="$1" -v n="$N" -v wait="$wait" -v lines="$(wc -l <"$tmp/out/label.jsonl" 2>/dev/null || echo 0)" '
+        awk -v impl="$1" -v n="$N" -v wait="$wait" -v lines="$(wc -l <"$tmp/out/t3.jsonl" 2>/dev/null || echo 0)" '
             { printf "workload=journal-run impl=%s n=%d done=%d lines_per_s=%.0f seconds=%.2f%s ok=%d\n",
                      impl, n, $1, $2, $3, wait, ($1 == n && lines == n) ? 1 : 0; found = 1 }
             END { if (!found) printf "workload=journal-run impl=%s ok=0 (no summary line)\n", impl }'

@@ -222,6 +222,77 @@ describe("checkpoints", function()
 end)
 
 
+describe("checkpoints around slow steps (checkpoint_after)", function()
+    -- a -> slow (sleeps `secs`) -> b, with every checkpoint and the end of
+    -- each body noted in order.
+    local function run(secs, opts)
+        local log = {}
+        local p = tide.pipeline "slowstep"
+        p:task("a", function(x) return x + 1 end)
+        p:task("slow", { after = "a" }, function(x)
+            tide.sleep(secs)
+            log[#log + 1] = "slow returns"
+            return x * 10
+        end)
+        p:task("b", { after = "slow" }, function(x)
+            log[#log + 1] = "b runs"
+            return x + 1
+        end)
+        opts.on = { checkpoint = function(id, task, out)
+            log[#log + 1] = "checkpoint " .. id .. " " .. task .. " " .. tide.json.encode(out)
+        end }
+        local ex = tide.executor(opts)
+        ex:submit(p, 1, { id = "s" })
+        ex:run()
+        assert.equal(0, ex:stats().held)
+        ex:close()
+        return log
+    end
+
+    it("keep what the context needs while the step runs, and the step's output as it ends", function()
+        assert.same({ "checkpoint s a 2", "slow returns", "checkpoint s slow 20", "b runs" },
+                    run(0.8, { checkpoint_after = 0.2 }))
+    end)
+
+    it("leave fast steps alone, and are off with checkpoint_after = 0", function()
+        assert.same({ "slow returns", "b runs" }, run(0.05, { checkpoint_after = 1 }))
+        assert.same({ "slow returns", "b runs" }, run(0.6, { checkpoint_after = 0 }))
+    end)
+
+    it("never keep a router's output (a restored router could not choose again), but what fed it", function()
+        local kept, tries = {}, 0
+        local p = tide.pipeline "routed"
+        p:task("a", function(x) return x + 1 end)
+        p:task("r", { after = "a", route = true }, function() return "x" end)
+        p:task("x", { after = "r", retry = { times = 1, interval = 0 } }, function(v)
+            tide.sleep(0.5)
+            tries = tries + 1
+            if tries == 1 then error("x fails once") end
+            return v * 2
+        end)
+        p:task("y", { after = "r" }, function(v) return v end)
+        local ex = tide.executor { checkpoint_after = 0.1, on = { checkpoint = function(id, task, out)
+            kept[#kept + 1] = id .. " " .. task .. " " .. tide.json.encode(out)
+        end } }
+        ex:submit(p, 1, { id = "q" })
+        ex:run()
+        ex:close()
+        -- x was slow (the sweep) and failed once (its inputs): r fed it,
+        -- and a, which fed r, was kept instead; x's own output was kept as
+        -- it ended.
+        assert.same({ "q a 2", "q x 4" }, kept)
+    end)
+
+    it("refuse a checkpoint_after that is not seconds >= 0", function()
+        for _, bad in ipairs({ -1, "1", 0 / 0, math.huge }) do
+            assert.has_error(function() tide.executor { checkpoint_after = bad } end,
+                             "tide.executor: checkpoint_after must be a number of seconds >= 0 (0: never), got "
+                             .. tostring(bad))
+        end
+    end)
+end)
+
+
 describe("setup and teardown in tide run", function()
     local proc = require "helpers.proc"
     it("run in the loop's state and in each worker state that ran a sync task", function()

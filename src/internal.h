@@ -498,6 +498,8 @@ enum {
     TIDE__OP_FAIL = 4,   /* attempt (`slot`, `task`) failed with `code` */
     TIDE__OP_BATCH = 5,  /* the batch of task `task` waited long enough */
     TIDE__OP_QUIT = 6,   /* (to an idle runner) the engine closes: return */
+    TIDE__OP_SLOW = 7,   /* task `task` of context `slot`, which ran past the
+                          * slow mark (tide__eng_sweep), just completed */
 };
 
 typedef struct {
@@ -546,6 +548,11 @@ typedef struct tide__att {
     uint64_t (*op_started)(void *op);
     uint32_t unstarted;           /* deadlines passed with op not started */
     uint64_t t0;                  /* uv_hrtime() at its start, if timing */
+    /* uv_now() (ms) when the record was made: at the attempt's start when
+     * it has a deadline, else when its body first parked. The slow sweep
+     * (tide__eng_sweep) reads it; nothing on a task's path does. */
+    uint64_t born;
+    int slow; /* the sweep reported it: its completion is reported too */
     tide__tentry deadline;        /* per-attempt timeout */
     tide__tentry wake;            /* sleep/park timer, or the retry time */
     struct tide__att *next_in_ctx, *prev_in_ctx;
@@ -719,6 +726,22 @@ void tide__eng_fail(tide__eng *eng, uint32_t slot, uint32_t gtask,
                     int status);
 int tide__eng_status(tide__eng *eng, uint32_t slot);
 tide__att *tide__eng_current_att(tide__eng *eng);
+/* Calls fn(ud, slot, gtask) once for each attempt that has been running
+ * or parked for at least min_ms and was not reported before; such an
+ * attempt is marked slow, and its successful completion is handed to the
+ * runner as TIDE__OP_SLOW (before anything that completion causes).
+ * Returns how many it reported. The attempts without a record (plain
+ * bodies that never yielded) are not seen: they hold the loop, so no
+ * sweep runs while they do. */
+uint32_t tide__eng_sweep(tide__eng *eng, uint64_t min_ms,
+                         void (*fn)(void *ud, uint32_t slot, uint32_t gtask),
+                         void *ud);
+/* Writes to out (at most cap) the local indices of the tasks of context
+ * slot that are done and feed a task that is not (neither done nor
+ * bypassed; a map's inner tasks, which run in its children, count as not
+ * done): what a resume needs to go on from where the context is. Returns how many there are (may exceed cap). */
+uint32_t tide__eng_frontier(tide__eng *eng, uint32_t slot, uint32_t *out,
+                            uint32_t cap);
 /* The slot, global task and attempt number of the running body, without
  * making an attempt record; returns 0 when no body runs. */
 int tide__eng_current(tide__eng *eng, uint32_t *slot, uint32_t *task,

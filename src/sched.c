@@ -36,6 +36,9 @@ const char *tide__ctx_status_name(int status) {
 
 #define ENG_HANDLE(att) (((uint64_t)(att)->gen << 32) | (att)->idx)
 #define ATT_GEN_LIMIT (1u << 21) /* 2^21 * 2^32 = 2^53 */
+/* A doneq entry with this bit is not a context that completed but a slow
+ * attempt that succeeded: (task << 32 | slot), see tide__eng_sweep. */
+#define DONEQ_SLOW (1ull << 63)
 
 static void eng_on_timer(uv_timer_t *t);
 static void ctx_maybe_free(tide__eng *eng, tide__ctx *c);
@@ -603,6 +606,8 @@ static tide__att *att_new(tide__eng *eng, tide__ctx *c, uint32_t gtask,
     a->op_started = NULL;
     a->unstarted = 0;
     a->t0 = eng->cur_t0;
+    a->born = uv_now(eng->loop);
+    a->slow = 0;
     a->deadline.pos = a->wake.pos = UINT32_MAX;
     a->deadline.data = a->wake.data = a;
     a->prev_in_ctx = NULL;
@@ -703,6 +708,50 @@ int tide__eng_current(tide__eng *eng, uint32_t *slot, uint32_t *task,
         *attempt = c->attempt[eng->cur_task - c->gbase] + 1u;
     }
     return 1;
+}
+
+uint32_t tide__eng_sweep(tide__eng *eng, uint64_t min_ms,
+                         void (*fn)(void *ud, uint32_t slot, uint32_t gtask),
+                         void *ud) {
+    uint64_t now = uv_now(eng->loop);
+    uint32_t n = 0;
+    for (uint32_t i = 1; i < eng->natts; i++) {
+        tide__att *a = eng->atts[i];
+        if (a->slow || a->state == 0 || a->state == TIDE__ATT_RETRY ||
+            now - a->born < min_ms || a->born > now)
+            continue;
+        tide__ctx *c = eng_ctx(eng, a->slot);
+        if (c->status >= TIDE__CTX_DONE)
+            continue;
+        a->slow = 1;
+        fn(ud, a->slot, a->task);
+        n++;
+    }
+    return n;
+}
+
+uint32_t tide__eng_frontier(tide__eng *eng, uint32_t slot, uint32_t *out,
+                            uint32_t cap) {
+    tide__ctx *c = eng_ctx(eng, slot);
+    const tide__graph *g = eng->graphs[c->graph];
+    uint32_t n = 0;
+    for (uint32_t i = 1; i <= g->n; i++) {
+        if (c->tstate[i] != TIDE__TS_DONE)
+            continue;
+        const tide__gtask *t = &g->t[i];
+        for (uint32_t k = 0; k < t->nsuccs; k++) {
+            uint32_t s = t->succs[k];
+            /* A map's successors run in its children (their state here
+             * stays waiting): the map counts while its context runs. */
+            if (c->tstate[s] == TIDE__TS_WAITING) {
+                if (n < cap)
+                    out[n] = i;
+                n++;
+                break;
+            }
+        }
+    }
+    return n;
 }
 
 /* The running body parks: it will be resumed by tide__eng_wake, or with
@@ -819,15 +868,25 @@ static void eng_time_attempt(tide__eng *eng, tide__tstat *ts,
 /* Ends the attempt (slot, gtask) the runner just finished with: drops its
  * record, if any, and its running count. */
 static tide__ctx *eng_end_attempt(tide__eng *eng, uint32_t slot,
-                                  uint32_t gtask) {
+                                  uint32_t gtask, int succeeded) {
     tide__ctx *c = eng_ctx(eng, slot);
     tide__att *a = eng->cur;
     tide__tstat *ts = &eng->tstat[gtask];
     tide__wd_leave(&eng->wd);
     if (tide__unlikely(eng->timing))
         eng_time_attempt(eng, ts, a, slot, gtask);
-    if (a && a->slot == slot && a->task == gtask)
+    if (a && a->slot == slot && a->task == gtask) {
+        /* A slow attempt's success goes to the runner first, ahead of the
+         * context's end that it may cause (doneq is first in, first
+         * out), while the context's values are still there. Only
+         * attempts with a record can be slow, so a plain task never
+         * reads this. */
+        if (tide__unlikely(a->slow) && succeeded &&
+            c->status < TIDE__CTX_DONE)
+            tide__ring_push(&eng->doneq, DONEQ_SLOW |
+                                             (uint64_t)gtask << 32 | slot);
         att_release(eng, a);
+    }
     ts->running--;
     eng->cur = NULL;
     eng->cur_slot = 0;
@@ -843,7 +902,7 @@ void tide__eng_complete(tide__eng *eng, uint32_t slot, uint32_t gtask) {
      * happens to it. */
     int nroute = eng->nroute;
     eng->nroute = -1;
-    tide__ctx *c = eng_end_attempt(eng, slot, gtask);
+    tide__ctx *c = eng_end_attempt(eng, slot, gtask, 1);
     eng->tstat[gtask].done++;
     if (c->status >= TIDE__CTX_DONE) {
         ctx_maybe_free(eng, c); /* cancelled while it ran */
@@ -883,7 +942,7 @@ void tide__eng_complete(tide__eng *eng, uint32_t slot, uint32_t gtask) {
 /* The attempt (slot, gtask) failed and will be retried after delay_ms. */
 void tide__eng_retry(tide__eng *eng, uint32_t slot, uint32_t gtask,
                      double delay_ms) {
-    tide__ctx *c = eng_end_attempt(eng, slot, gtask);
+    tide__ctx *c = eng_end_attempt(eng, slot, gtask, 0);
     tide__tstat *ts = &eng->tstat[gtask];
     ts->failures++;
     if (c->status >= TIDE__CTX_DONE) {
@@ -956,7 +1015,7 @@ void tide__eng_finalize(tide__eng *eng, uint32_t slot, int status) {
  * context, with `status`. */
 void tide__eng_fail(tide__eng *eng, uint32_t slot, uint32_t gtask,
                     int status) {
-    tide__ctx *c = eng_end_attempt(eng, slot, gtask);
+    tide__ctx *c = eng_end_attempt(eng, slot, gtask, 0);
     if (status == TIDE__CTX_FAILED)
         eng->tstat[gtask].failures++;
     eng_finalize_tree(eng, c, status);
@@ -1005,6 +1064,12 @@ void tide__eng_next(tide__eng *eng, tide__op *op) {
     uint64_t v;
     if (tide__unlikely(eng->doneq.len)) {
         tide__ring_shift(&eng->doneq, &v);
+        if (v & DONEQ_SLOW) {
+            op->op = TIDE__OP_SLOW;
+            op->slot = (uint32_t)v;
+            op->task = (uint32_t)(v >> 32) & 0x7fffffffu;
+            return;
+        }
         tide__ctx *c = eng_ctx(eng, (uint32_t)v);
         op->slot = c->slot;
         if (c->parent) {

@@ -27,7 +27,8 @@ commands:
   run PIPELINE.lua [--input FILE|-] [--output DIR [--append|--overwrite]]
                    [--concurrency N] [--threads N] [--task-timeout S]
                    [--priority high|low|lifo] [--max-line-bytes N]
-                   [--memory-limit BYTES] [--journal FILE [--journal-reset]]
+                   [--memory-limit BYTES]
+                   [--journal FILE [--journal-reset] [--checkpoint-after S]]
                    [--cache FILE] [--redis URL]
                    [--trace ID]... [--trace-format text|jsonl]
                    [--log-lines N] [--keep-logs]
@@ -38,7 +39,9 @@ commands:
       routers choose no sink). A DIR that holds results needs --append or
       --overwrite, except to re-run --input DIR/failed.jsonl into DIR.
       --journal FILE makes the run resumable: the same command after a
-      crash or Ctrl-C goes on where it stopped. Tasks declared with cache
+      crash or Ctrl-C goes on where it stopped; a step that runs longer
+      than --checkpoint-after S (default 1; 0: never) has what its input
+      needs, and then its own output, checkpointed. Tasks declared with cache
       keep their outputs in --cache FILE (default
       $XDG_CACHE_HOME/tide/cache.db or ~/.cache/tide/cache.db).
       --redis URL hands the jobs to `tide worker` processes through Redis
@@ -69,11 +72,13 @@ commands:
                      [--memory-limit BYTES]
                      [--drain-timeout S] [--request-timeout S] [--max-results N]
                      [--max-pending N] [--max-pending-bytes N] [--allow-host NAME]...
-                     [--journal FILE [--journal-reset]] [--cache FILE] [--log-lines N]
+                     [--journal FILE [--journal-reset] [--checkpoint-after S]]
+                     [--cache FILE] [--log-lines N]
       The HTTP/JSON job API (POST /v1/jobs, GET /v1/jobs/ID[/result|/logs],
       DELETE /v1/jobs/ID, /healthz, /metrics). Port 0 picks a free port.
       With --journal, a job is answered 201 once it is on the device, and
-      a restart runs again the accepted jobs that have no result.
+      a restart runs again the accepted jobs that have no result (from
+      their checkpoints, as tide run does).
       Past --max-pending unfinished jobs (100000) or --max-pending-bytes of
       their request bodies (268435456), POST answers 503 with Retry-After.
       Without --token-file only Host localhost, 127.0.0.1 and [::1] are
@@ -112,6 +117,9 @@ local function check_stores(o)
     if o.journal_reset and not o.journal then
         return die(EXIT_USAGE, "--journal-reset needs --journal FILE")
     end
+    if o.checkpoint_after and not o.journal then
+        return die(EXIT_USAGE, "--checkpoint-after needs --journal FILE (checkpoints are kept in the journal)")
+    end
     if o.cache then
         local ok, why = cache.check_place(o.cache)
         if not ok then return die(EXIT_IO, "--cache: " .. why) end
@@ -145,6 +153,10 @@ end
 local function nonnegative(v)
     v = tonumber(v)
     return v and v >= 0 and v or nil
+end
+local function finite_nonnegative(v)
+    v = nonnegative(v)
+    return v and v < math.huge and v or nil
 end
 local function host_port(v)
     local port = v:match("^%[?[^%]]*%]?:(%d+)$")
@@ -210,6 +222,8 @@ local RUN_OPTIONS = {
     ["--max-line-bytes"] = { "max_line_bytes", whole, "--max-line-bytes needs a whole number >= 1" },
     ["--journal"] = { "journal", as_text, "--journal needs a file name" },
     ["--journal-reset"] = { "journal_reset" },
+    ["--checkpoint-after"] = { "checkpoint_after", finite_nonnegative,
+                               "--checkpoint-after needs a number of seconds >= 0 (0: never)" },
     ["--cache"] = { "cache", as_text, "--cache needs a file name" },
     ["--concurrency"] = { "concurrency", whole_upto(executor.MAX_CONCURRENCY),
                           "--concurrency needs a whole number from 1 to " .. executor.MAX_CONCURRENCY },
@@ -247,6 +261,7 @@ local SERVE_OPTIONS = {
     ["--drain-timeout"] = { "drain", nonnegative, "--drain-timeout needs seconds >= 0" },
     ["--journal"] = { "journal", as_text, "--journal needs a file name" },
     ["--journal-reset"] = { "journal_reset" },
+    ["--checkpoint-after"] = RUN_OPTIONS["--checkpoint-after"],
     ["--cache"] = RUN_OPTIONS["--cache"],
     ["--max-pending"] = { "max_pending", whole, "--max-pending needs a whole number >= 1" },
     ["--max-pending-bytes"] = { "max_pending_bytes", whole,
@@ -443,6 +458,7 @@ local function run(args)
     local ex = executor.new {
         concurrency = o.concurrency, task_timeout = o.task_timeout, threads = o.threads,
         memory_limit = o.memory_limit, results = false, cache = o.cache, log_lines = o.log_lines,
+        checkpoint_after = o.checkpoint_after,
     }
     if o.trace then
         -- The trace goes to stderr, since stdout may carry the results. On a
@@ -722,7 +738,8 @@ local function serve(args)
     end
     local sex = executor.new {
         max_results = o.max_results or 100000, threads = o.threads, memory_limit = o.memory_limit,
-        cache = o.cache, log_lines = o.log_lines, results = "json",
+        cache = o.cache, log_lines = o.log_lines, checkpoint_after = o.checkpoint_after,
+        results = "json",
     }
     local jr
     if o.journal then

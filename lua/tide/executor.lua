@@ -57,8 +57,14 @@ M.fd, M.timeout, M.step, M.run_all = hub.fd, hub.timeout, hub.step, hub.run_all
 local EXEC_OPTS = {
     threads = true, concurrency = true, task_timeout = true,
     retention = true, max_results = true, results = true, cache = true, bare_yield = true,
-    memory_limit = true, on = true, log_lines = true,
+    memory_limit = true, on = true, log_lines = true, checkpoint_after = true,
 }
+
+-- Seconds a step runs before a journaled run checkpoints around it
+-- (checkpoint_after), and how often the sweep that finds such steps runs
+-- at most.
+M.CHECKPOINT_AFTER = 1
+local SWEEP_EVERY = 0.25
 
 -- The most lines a job may keep (log_lines): a bound that still lets a
 -- mistyped option show up as an error instead of eating the memory.
@@ -148,7 +154,10 @@ end
 --   `cache`: a file, the default file, or none; default: the default
 --   file, opened on first use), on = { event = fn } (lifecycle hooks, as
 --   ex:on), log_lines = n (the lines of ctx.log and print each job keeps
---   for ex:logs, the newest; 0 keeps none; default 100) }
+--   for ex:logs, the newest; 0 keeps none; default 100),
+--   checkpoint_after = s (while a checkpoint hook exists, a step that
+--   runs or waits this long gets the outputs its context needs
+--   checkpointed, and its own when it ends; 0: never; default 1) }
 -- @raise on a bad option
 function M.new(opts)
     opts = opts or {}
@@ -207,6 +216,11 @@ function M.new(opts)
     if ll ~= nil and (type(ll) ~= "number" or ll < 0 or ll ~= floor(ll) or ll > M.MAX_LOG_LINES) then
         error("tide.executor: log_lines must be a whole number from 0 to " .. M.MAX_LOG_LINES, 2)
     end
+    local cpa = opts.checkpoint_after
+    if cpa ~= nil and (type(cpa) ~= "number" or not (cpa >= 0) or cpa == math.huge) then
+        error("tide.executor: checkpoint_after must be a number of seconds >= 0 (0: never), got "
+              .. tostring(cpa), 2)
+    end
     local mem
     if opts.memory_limit ~= nil then
         mem = M.parse_bytes(opts.memory_limit)
@@ -224,7 +238,7 @@ function M.new(opts)
         _ud = ud, _E = E, _task_timeout = tt, _threads = opts.threads or core.cores(),
         _worker_memory = mem or M.WORKER_MEMORY_LIMIT,
         _live = {}, _next_id = 0, _subs = {}, _waiters = {}, _hook_errors = 0,
-        _pid = core.getpid(),
+        _pid = core.getpid(), _checkpoint_after = cpa or M.CHECKPOINT_AFTER,
     }, Executor)
     if by == "fail" then E.bare_yield(true) end
     if opts.results ~= false then
@@ -582,6 +596,24 @@ function Executor:unsubscribe(token)
 end
 
 
+-- The slow sweep (runner.sweep) runs while the executor has a checkpoint
+-- hook (a journal adds one) and checkpoint_after is not 0: one timer,
+-- nothing on a task's path.
+local function update_sweep(self)
+    local want = self._rt.ev.checkpoint ~= nil and self._checkpoint_after > 0
+        and not self._E.closed()
+    if want and not self._sweep then
+        local after, rt = self._checkpoint_after, self._rt
+        self._sweep = core.timer(self._ud, math.min(SWEEP_EVERY, after), function()
+            runner.sweep(rt, after)
+        end)
+    elseif not want and self._sweep then
+        self._sweep:close()
+        self._sweep = nil
+    end
+end
+
+
 --- Attaches fn to a lifecycle event of every job of this executor:
 -- context_start(id, input), task_start(id, task, attempt, map_index),
 -- task_end(id, task, attempt, output, rec, map_index, from: "cache" or
@@ -601,6 +633,7 @@ function Executor:on(event, fn)
     list[#list + 1] = fn
     ev[event] = list
     runner.update_flags(self._rt)
+    if event == "checkpoint" then update_sweep(self) end
     return fn
 end
 
@@ -616,6 +649,7 @@ function Executor:off(event, fn)
             table.remove(list, i)
             if #list == 0 then ev[event] = nil end
             runner.update_flags(self._rt)
+            if event == "checkpoint" then update_sweep(self) end
             return true
         end
     end
@@ -831,6 +865,10 @@ function Executor:close()
     -- The engine first: it refuses while the executor runs, before the
     -- pool's threads are touched.
     self._E.close()
+    if self._sweep then
+        self._sweep:close()
+        self._sweep = nil
+    end
     if self._pool_ud then
         self._pool_ud:close() -- joins idle workers, leaves busy ones
         self._pool_ud = nil

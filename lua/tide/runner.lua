@@ -44,7 +44,7 @@ local mem_tripped, mem_rearm = core.mem_tripped, core.mem_rearm
 
 local M = {}
 
-local OP_RUN, OP_FINISH, OP_CHILD, OP_FAIL, OP_BATCH, OP_QUIT = 1, 2, 3, 4, 5, 6
+local OP_RUN, OP_FINISH, OP_CHILD, OP_FAIL, OP_BATCH, OP_QUIT, OP_SLOW = 1, 2, 3, 4, 5, 6, 7
 local checkpoint_inputs -- defined with the failures, used before them
 
 
@@ -504,8 +504,16 @@ end
 
 
 -- Fires checkpoint(id, task, output) for a task of a root context, once
--- per task and context.
+-- per task and context. A router is never checkpointed: its output is
+-- the input it passed on, while a restored task's output is judged as if
+-- its body returned it, and a router's body returns the names it chose.
+-- What fed it is checkpointed instead: a resume runs the router again.
 local function checkpoint(rt, slot, loc, p)
+    local t = p.tasks[loc]
+    if t.route then
+        for _, pr in ipairs(t.preds) do checkpoint(rt, slot, pr, p) end
+        return
+    end
     local done = slot_table(rt, "checkpointed", slot)
     if done[loc] then return end
     done[loc] = true
@@ -521,6 +529,46 @@ checkpoint_inputs = function(rt, slot, g, p)
         checkpoint(rt, slot, p1, p)
     elseif rt.T_preds[g] and not rt.T_gather_of[g] then
         for _, pr in ipairs(rt.T_preds[g]) do checkpoint(rt, slot, pr, p) end
+    end
+end
+
+
+-- ===== SLOW STEPS =====
+-- A journaled run checkpoints around slow steps without timing any task:
+-- a periodic sweep (M.sweep, on a timer of the executor's, only while a
+-- checkpoint hook exists) asks the engine for the attempts that have run
+-- or waited past the mark. For each, the outputs its root context already
+-- has and still needs (the done tasks that feed one not done) are
+-- checkpointed, so that a crash during the slow step resumes at it; and
+-- the engine hands its success back (OP_SLOW), so that its own output is
+-- checkpointed as it ends, before its successors run.
+
+--- Checkpoints around the attempts that have run for `after` seconds or
+-- more since the last sweep (once per attempt).
+function M.sweep(rt, after)
+    local E = rt.E
+    local list = E.sweep(after)
+    local parent_of, ids, pipe_of = rt.parent_of, rt.ids, rt.pipe_of
+    for i = 1, #list, 2 do
+        local root = list[i]
+        while parent_of[root] do root = parent_of[root] end
+        local p = pipe_of[root]
+        if ids[root] ~= nil and p and hooked(rt, p, "checkpoint") then
+            local front = E.frontier(root)
+            for k = 1, #front do checkpoint(rt, root, front[k], p) end
+        end
+    end
+end
+
+
+-- Task g of slot, which the sweep found slow, succeeded (OP_SLOW, right
+-- after its completion): its output is checkpointed.
+local function slow_done(rt, slot, g)
+    local p = rt.pipe_of[slot]
+    local loc = rt.T_local[g]
+    if rt.parent_of[slot] == nil and rt.ids[slot] ~= nil and p and p._gbase + loc == g
+       and hooked(rt, p, "checkpoint") and rt.E.task_done(slot, loc) then
+        checkpoint(rt, slot, loc, p)
     end
 end
 
@@ -1020,6 +1068,9 @@ function M.install(E, live, emit)
             elseif op == OP_FAIL then
                 local slot, g, attempt = out[0], out[1], out[2]
                 attempt_failed(rt, slot, g, attempt, engine_failure(rt, slot, g, fail_code[1]))
+                op = nxt(0, 0)
+            elseif op == OP_SLOW then
+                slow_done(rt, out[0], out[1])
                 op = nxt(0, 0)
             elseif op == OP_QUIT then
                 -- The engine closes: this thread may serve another one.

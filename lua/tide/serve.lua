@@ -754,6 +754,22 @@ function M.serve(p, opts)
         end
     end)
 
+    -- Checkpoints (docs/journal.md): what a job's resume needs, journaled
+    -- while the job runs and dropped with its result. Only this server's
+    -- jobs: a Lua host may share the executor.
+    local checkpointed = {} -- id -> true while the journal holds some
+    local on_checkpoint
+    if jr then
+        on_checkpoint = ex:on("checkpoint", function(id, task, output)
+            if not mine[id] then return end
+            local text = json.encode(output)
+            if text then
+                jr:checkpoint(id, task, text)
+                checkpointed[id] = true
+            end
+        end)
+    end
+
     -- Every finished job of this executor passes here; the server counts
     -- its own (a Lua host may share the executor).
     local sub_token = ex:subscribe(function(jid, status, value, _, logs)
@@ -765,7 +781,13 @@ function M.serve(p, opts)
             c.in_flight = c.in_flight - 1
             c[status] = (c[status] or 0) + 1
         end
-        if jr then jr:job_result(jid, status, record.encode(jid, status, value, true)) end
+        if jr then
+            jr:job_result(jid, status, record.encode(jid, status, value, true))
+            if checkpointed[jid] then
+                checkpointed[jid] = nil
+                jr:forget(jid)
+            end
+        end
         pending, pending_bytes = pending - 1, pending_bytes - nbytes
         counts[status] = (counts[status] or 0) + 1
         if status == "failed" then
@@ -786,15 +808,22 @@ function M.serve(p, opts)
     end)
 
     -- A restart: the jobs the journal accepted and holds no result for
-    -- run again, under their ids.
+    -- run again, under their ids, with the checkpoints they had.
     local recovered = 0
     if jr then
+        local saved = jr:checkpoints()
         for _, row in ipairs(jr:unfinished_jobs()) do
             local id, prio, input_json = row[1], row[2], row[3] or "null"
             local input = json.decode(input_json)
             if input == json.null then input = nil end
             if not ex:has(id) then
-                ex:submit(p, input, { id = id, priority = prio })
+                local restore
+                if saved[id] then
+                    restore = {}
+                    for task, text in pairs(saved[id]) do restore[task] = json.decode(text) end
+                    checkpointed[id] = true
+                end
+                ex:submit(p, input, { id = id, priority = prio, restore = restore })
                 counts.submitted = counts.submitted + 1
                 pending, pending_bytes = pending + 1, pending_bytes + #input_json
                 mine[id] = #input_json
@@ -822,6 +851,7 @@ function M.serve(p, opts)
         lag_timer:close()
         ex:unsubscribe(sub_token)
         ex:off_evict(evict_token)
+        if on_checkpoint then ex:off("checkpoint", on_checkpoint) end
     end
     if not srv then
         release()

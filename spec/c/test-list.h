@@ -28,6 +28,7 @@
     XX(sched_limiter_holds_attempts)   \
     XX(sched_handles_after_many_reuses) \
     XX(sched_context_memory_is_kept)   \
+    XX(sched_sweep_reports_slow_attempts) \
     XX(bucket_starts_full)             \
     XX(bucket_window_bound)            \
     XX(bucket_wait_is_exact)           \

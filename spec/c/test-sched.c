@@ -855,4 +855,69 @@ TEST_IMPL(sched_context_memory_is_kept) {
     ASSERT_OK(fx_close(&f));
     tide__graph_free(&g2);
     return 0;
+/* Sweep callback: records what it was given. */
+typedef struct {
+    uint32_t slot[8], task[8], n;
+} swept;
+
+static void on_swept(void *ud, uint32_t slot, uint32_t gtask) {
+    swept *s = ud;
+    if (s->n < TIDE_ARRAY_SIZE(s->slot)) {
+        s->slot[s->n] = slot;
+        s->task[s->n] = gtask;
+    }
+    s->n++;
+}
+
+TEST_IMPL(sched_sweep_reports_slow_attempts) {
+    /* a -> b -> c: b parks (a slow step); the sweep reports it once, the
+     * frontier is what feeds it, and its success comes back as
+     * TIDE__OP_SLOW before its successor runs. */
+    tide__gspec s[] = {SPEC("a", 0), SPEC("b", 0, "a"), SPEC("c", 0, "b")};
+    fx f;
+    tide__op op;
+    uint32_t front[4];
+    swept sw = {0};
+    ASSERT_OK(fx_open(&f, 1, s, 3, NULL, NULL));
+    uint32_t c1 = tide__eng_submit(&f.eng, f.gid, TIDE__PRIO_LOW);
+    ASSERT_EQ(tide__eng_frontier(&f.eng, c1, front, 4), 0);
+    tide__eng_next(&f.eng, &op);
+    ASSERT_EQ(op.task, gt(&f, 1));
+    tide__eng_complete(&f.eng, c1, op.task);
+    /* A plain completion is not reported: the next op is b's run. */
+    tide__eng_next(&f.eng, &op);
+    ASSERT_EQ(op.op, TIDE__OP_RUN);
+    ASSERT_EQ(op.task, gt(&f, 2));
+    tide__att *a = park_body(&f, -1, 0);
+    ASSERT_EQ(tide__eng_frontier(&f.eng, c1, front, 4), 1);
+    ASSERT_EQ(front[0], 1); /* a: done, feeds b */
+
+    /* The loop's clock has not moved since b parked: not slow for a
+     * 1000 ms mark, slow for a 0 ms one, and reported once only. */
+    ASSERT_EQ(tide__eng_sweep(&f.eng, 1000, on_swept, &sw), 0);
+    ASSERT_EQ(tide__eng_sweep(&f.eng, 0, on_swept, &sw), 1);
+    ASSERT_EQ(sw.n, 1);
+    ASSERT_EQ(sw.slot[0], c1);
+    ASSERT_EQ(sw.task[0], gt(&f, 2));
+    ASSERT_EQ(tide__eng_sweep(&f.eng, 0, on_swept, &sw), 0);
+
+    /* b succeeds: the runner hears of it first, then c runs. */
+    tide__eng_wake(&f.eng, a, 1);
+    ASSERT(resume_next(&f) == a);
+    tide__eng_complete(&f.eng, c1, gt(&f, 2));
+    tide__eng_next(&f.eng, &op);
+    ASSERT_EQ(op.op, TIDE__OP_SLOW);
+    ASSERT_EQ(op.slot, c1);
+    ASSERT_EQ(op.task, gt(&f, 2));
+    ASSERT_EQ(tide__eng_frontier(&f.eng, c1, front, 4), 1);
+    ASSERT_EQ(front[0], 2); /* b: done, feeds c */
+    tide__eng_next(&f.eng, &op);
+    ASSERT_EQ(op.op, TIDE__OP_RUN);
+    ASSERT_EQ(op.task, gt(&f, 3));
+    tide__eng_complete(&f.eng, c1, op.task);
+    trace t = {0};
+    drive(&f, &t);
+    ASSERT_EQ(t.nfinished, 1);
+    ASSERT_EQ(t.finished[0], c1);
+    return fx_close(&f);
 }

@@ -343,6 +343,139 @@ describe("tide run --journal and checkpoints", function()
 end)
 
 
+describe("tide run --journal around slow steps", function()
+    -- spec/fixtures/pipelines/slow_step.lua: a -> slow -> b; none asks
+    -- for a checkpoint, so only the slow sweep can keep what they made.
+    local PIPE_SLOW = "spec/fixtures/pipelines/slow_step.lua"
+    local dir
+    before_each(function() dir = proc.tmpdir() end)
+    after_each(function() proc.rmrf(dir) end)
+
+    local function env()
+        return ("TIDE_SPEC_COUNTS=%s TIDE_SPEC_SLOW=%s TIDE_SPEC_MARK=%s"):format(
+            q(dir .. "/counts"), q(dir .. "/slow"), q(dir .. "/mark"))
+    end
+
+    local function count(name)
+        return select(2, (proc.slurp(dir .. "/" .. name) or ""):gsub("\n", ""))
+    end
+
+    -- Runs the journaled command in the background (and, beside it, a
+    -- clean run of the same input without journal into dir/clean), waits
+    -- for a line of the mark file that starts with `mark` (a step began;
+    -- at most 30 s), then `after` seconds, and kills the run with -9.
+    local function run_and_kill(mark, after, extra)
+        local cmd = ("%s %s run %s --input %s --output %s --journal %s %s >/dev/null 2>&1 & p=$!; "
+                     .. "%s run %s --input %s --output %s >/dev/null 2>&1 & c=$!; "
+                     .. "n=0; while ! grep -q '^%s' %s 2>/dev/null && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done; "
+                     .. "sleep %s; kill -9 $p; { wait $p; } 2>/dev/null; wait $c")
+            :format(env(), q(proc.bin), q(PIPE_SLOW), q(dir .. "/in.jsonl"), q(dir .. "/out"), q(dir .. "/j.db"),
+                    extra or "", q(proc.bin), q(PIPE_SLOW), q(dir .. "/in.jsonl"), q(dir .. "/clean"), mark,
+                    q(dir .. "/mark"), after)
+        os.execute("sh -c " .. q(cmd))
+    end
+
+    local function resume_slow()
+        local r = tide({ "run", PIPE_SLOW, "--input", dir .. "/in.jsonl", "--output", dir .. "/out",
+                         "--journal", dir .. "/j.db" }, nil,
+                       { TIDE_SPEC_COUNTS = dir .. "/counts", TIDE_SPEC_SLOW = dir .. "/slow" })
+        assert.equal(0, r.code, r.stderr)
+        assert.matches("resuming from the journal", r.stderr, 1, true)
+        same_lines(lines_sorted(dir .. "/clean/b.jsonl"), lines_sorted(dir .. "/out/b.jsonl"), "b.jsonl")
+        assert.equal(5, #lines_sorted(dir .. "/out/b.jsonl"))
+    end
+
+    local function inputs(slow, b)
+        local f = assert(io.open(dir .. "/in.jsonl", "wb"))
+        for i = 1, 5 do f:write(('{"n":%d,"slow":%s,"b":%s}\n'):format(i, slow, b)) end
+        f:close()
+    end
+
+    it("a kill -9 while a step runs past --checkpoint-after resumes at it: its predecessor ran once", function()
+        -- slow takes 5 s; the kill comes 2.5 s in, after the mark (1 s,
+        -- the default) and the sweep (every 0.25 s), well before its end.
+        inputs(5, 0)
+        run_and_kill("slow", 2.5)
+        assert.equal(5, count("counts")) -- a ran for each input
+        assert.equal(5, count("slow"))
+        resume_slow()
+        assert.equal(5, count("counts")) -- and not again: its outputs were checkpointed
+        assert.equal(10, count("slow")) -- slow had not ended: it ran again
+    end)
+
+    it("with --checkpoint-after 0 the same kill runs the predecessor again", function()
+        inputs(5, 0)
+        run_and_kill("slow", 2.5, "--checkpoint-after 0")
+        assert.equal(5, count("counts"))
+        resume_slow()
+        assert.equal(10, count("counts"))
+    end)
+
+    it("a step that ran past the mark has its output checkpointed as it ends", function()
+        -- slow takes 1.5 s (past the 1 s mark); the kill comes 0.3 s into
+        -- b, before b itself could pass the mark.
+        inputs(1.5, 3)
+        run_and_kill("b", 0.3, "--checkpoint-after 1")
+        assert.equal(5, count("slow"))
+        resume_slow()
+        assert.equal(5, count("slow")) -- slow did not run again
+        assert.equal(5, count("counts"))
+    end)
+
+    it("tide serve --journal: a job killed during a slow step resumes at it after the restart", function()
+        local serve = require "helpers.serve"
+        local vars = { TIDE_SPEC_COUNTS = dir .. "/counts", TIDE_SPEC_SLOW = dir .. "/slow",
+                       TIDE_SPEC_MARK = dir .. "/mark" }
+        local s = serve.start("--journal " .. q(dir .. "/j.db"), PIPE_SLOW, vars)
+        for i = 1, 3 do
+            local st = serve.http(s, "POST", "/v1/jobs", ('{"id":"j%d","input":{"n":%d,"slow":5}}'):format(i, i))
+            assert.equal(201, st)
+        end
+        -- The kill comes 2.5 s into the slow step: past the mark (1 s) and
+        -- the sweep, well before its end.
+        os.execute("n=0; while ! grep -q '^slow' " .. q(dir .. "/mark") .. " 2>/dev/null && [ $n -lt 600 ]; "
+                   .. "do sleep 0.05; n=$((n+1)); done; sleep 2.5")
+        serve.stop(s, "KILL")
+        assert.equal(3, count("counts"))
+        local s2 = serve.start("--journal " .. q(dir .. "/j.db"), PIPE_SLOW, vars)
+        finally(function() serve.stop(s2) end)
+        for i = 1, 3 do
+            local st, body = serve.http(s2, "GET", "/v1/jobs/j" .. i .. "/result?wait=30")
+            assert.equal(200, st, tostring(body))
+            local rec = json.decode(body)
+            assert.same({ "j" .. i, "done", i * 10 + 1 }, { rec.id, rec.status, rec.output })
+        end
+        assert.equal(3, count("counts")) -- a did not run again
+        assert.equal(6, count("slow"))
+        -- The journal keeps no checkpoints of jobs that ended.
+        local h = io.popen("sqlite3 " .. q(dir .. "/j.db") .. " 'SELECT count(*) FROM checkpoints'")
+        local n = tonumber(h:read("*a"))
+        h:close()
+        assert.equal(0, n)
+    end)
+
+    it("refuses a bad --checkpoint-after, and one without --journal", function()
+        inputs(0, 0)
+        for _, bad in ipairs({ "-1", "soon", "inf" }) do
+            local r = tide({ "run", PIPE_SLOW, "--input", dir .. "/in.jsonl", "--output", dir .. "/out",
+                             "--journal", dir .. "/j.db", "--checkpoint-after", bad })
+            assert.equal(2, r.code, bad)
+            assert.matches("--checkpoint-after needs a number of seconds >= 0 (0: never)", r.stderr, 1, true)
+        end
+        local r = tide({ "run", PIPE_SLOW, "--input", dir .. "/in.jsonl", "--checkpoint-after", "2" })
+        assert.equal(2, r.code)
+        assert.matches("--checkpoint-after needs --journal FILE", r.stderr, 1, true)
+        local r2 = tide({ "serve", PIPE_SLOW, "--listen", "127.0.0.1:0", "--checkpoint-after", "2" })
+        assert.equal(2, r2.code)
+        assert.matches("--checkpoint-after needs --journal FILE", r2.stderr, 1, true)
+        local r3 = tide({ "serve", PIPE_SLOW, "--listen", "127.0.0.1:0", "--journal", dir .. "/s.db",
+                          "--checkpoint-after", "x" })
+        assert.equal(2, r3.code)
+        assert.matches("--checkpoint-after needs a number of seconds >= 0", r3.stderr, 1, true)
+    end)
+end)
+
+
 describe("a journal after a simulated power loss", function()
     -- spec/helpers/powerloss.c, loaded with LD_PRELOAD, keeps beside each
     -- file under the directory what a power cut would leave of it (its

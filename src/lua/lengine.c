@@ -656,6 +656,11 @@ static int l_nxt(lua_State *L) {
         lua_pushinteger(L, 0);
         lua_pushinteger(L, op.task);
         return 3;
+    case TIDE__OP_SLOW:
+        lua_pushinteger(L, TIDE__OP_SLOW);
+        lua_pushinteger(L, op.slot);
+        lua_pushinteger(L, op.task);
+        return 3;
     case TIDE__OP_FAIL:
         lua_pushinteger(L, TIDE__OP_FAIL);
         lua_pushinteger(L, op.slot);
@@ -718,6 +723,10 @@ static int32_t leng_step(void *ud, uint32_t slot, uint32_t task,
         out[0] = 0;
         out[1] = (int32_t)op.task;
         return TIDE__OP_BATCH;
+    case TIDE__OP_SLOW:
+        out[0] = (int32_t)op.slot;
+        out[1] = (int32_t)op.task;
+        return TIDE__OP_SLOW;
     default:
         return 0;
     }
@@ -978,6 +987,58 @@ static int l_bypassed(lua_State *L) {
     uint32_t slot = leng_slot(L, e, 1);
     lua_pushboolean(L, tide__eng_bypassed(&e->eng, slot,
                                           (uint32_t)luaL_checkinteger(L, 2)));
+    return 1;
+}
+
+static void leng_sweep_one(void *ud, uint32_t slot, uint32_t gtask) {
+    lua_State *L = ud;
+    int n = (int)lua_objlen(L, -1);
+    lua_pushinteger(L, slot);
+    lua_rawseti(L, -2, n + 1);
+    lua_pushinteger(L, gtask);
+    lua_rawseti(L, -2, n + 2);
+}
+
+/* sweep(seconds) -> { slot, task, slot, task, ... }: the attempts running
+ * or parked for at least that long that no sweep reported before (see
+ * tide__eng_sweep). Called by a periodic timer, never on a task's path. */
+static int l_sweep(lua_State *L) {
+    leng *e = LENG_UP(L);
+    double s = luaL_checknumber(L, 1);
+    lua_newtable(L);
+    tide__eng_sweep(&e->eng, s > 0 ? (uint64_t)(s * 1000.0) : 0,
+                    leng_sweep_one, L);
+    return 1;
+}
+
+/* frontier(slot) -> { local, ... }: its done tasks that feed one that is
+ * not (see tide__eng_frontier). */
+static int l_frontier(lua_State *L) {
+    leng *e = LENG_UP(L);
+    uint32_t slot = leng_slot(L, e, 1);
+    uint32_t buf[64], *out = buf;
+    uint32_t n = tide__eng_frontier(&e->eng, slot, buf, 64);
+    if (n > 64) { /* a userdata, so that an error cannot leak it */
+        out = lua_newuserdata(L, (size_t)n * sizeof(*out));
+        tide__eng_frontier(&e->eng, slot, out, n);
+    }
+    lua_createtable(L, (int)n, 0);
+    for (uint32_t i = 0; i < n; i++) {
+        lua_pushinteger(L, out[i]);
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    return 1;
+}
+
+/* task_done(slot, local) -> whether that task of the context is done */
+static int l_task_done(lua_State *L) {
+    leng *e = LENG_UP(L);
+    uint32_t slot = leng_slot(L, e, 1);
+    lua_Integer i = luaL_checkinteger(L, 2);
+    tide__ctx *c = e->eng.ctx[slot];
+    const tide__graph *g = e->eng.graphs[c->graph];
+    lua_pushboolean(L, i >= 1 && i <= (lua_Integer)g->n &&
+                           c->tstate[i] == TIDE__TS_DONE);
     return 1;
 }
 
@@ -1429,6 +1490,8 @@ static const luaL_Reg engine_funcs[] = {
     {"set_runner", l_set_runner},
     {"limiter", l_limiter}, {"limiter_stats", l_limiter_stats},
     {"route", l_route},     {"bypassed", l_bypassed},
+    {"sweep", l_sweep},     {"frontier", l_frontier},
+    {"task_done", l_task_done},
     {"batch_timer", l_batch_timer}, {"done", l_done},
     {"detach", l_detach},
     {"park", l_park},       {"handle", l_handle},
