@@ -855,6 +855,8 @@ TEST_IMPL(sched_context_memory_is_kept) {
     ASSERT_OK(fx_close(&f));
     tide__graph_free(&g2);
     return 0;
+}
+
 /* Sweep callback: records what it was given. */
 typedef struct {
     uint32_t slot[8], task[8], n;
