@@ -162,15 +162,16 @@ describe("tide run --redis with tide worker", function()
         assert.equal("", proc.slurp(dir .. "/out/failed.jsonl"))
     end)
 
-    it("a job that kills every worker that takes it goes to the dead-letter stream", function()
+    it("a job that kills every worker that takes it goes to the dead-letter stream, alone", function()
+        -- Thirty jobs, the second one poison, all read at once by the
+        -- first worker (--concurrency 100). Workers are started again as
+        -- they die, as a service manager would. Jobs taken over run
+        -- alone, so only the poison job's deliveries grow: with
+        -- --max-deliveries 2 every other job still gets its result.
         local f = assert(io.open(dir .. "/in.jsonl", "wb"))
-        f:write('{"n":1}\n{"n":2,"poison":true}\n{"n":3}\n')
+        for i = 1, 30 do f:write(i == 2 and '{"n":2,"poison":true}\n' or ('{"n":' .. i .. '}\n')) end
         f:close()
-        -- Workers are started again as they die, as a service manager
-        -- would. One job at a time: a job held with the poison one by a
-        -- worker it kills would have its deliveries counted too (running
-        -- suspects alone is not done yet).
-        local loop = ("while [ ! -e %s ]; do %s worker %s --redis %s --lease 0.5 --max-deliveries 2 --concurrency 1 "
+        local loop = ("while [ ! -e %s ]; do %s worker %s --redis %s --lease 0.5 --max-deliveries 2 --concurrency 100 "
                       .. "2>>%s & echo $! >%s; wait $!; done"):format(
             q(dir .. "/stop"), q(proc.bin), q(PIPE), q(server.url), q(dir .. "/w.err"), q(dir .. "/w.pid"))
         local h = io.popen("sh -c " .. q(loop .. " >/dev/null 2>&1 & echo $!"))
@@ -183,13 +184,14 @@ describe("tide run --redis with tide worker", function()
         local wpid = tonumber(proc.slurp(dir .. "/w.pid") or "")
         if wpid then stop_workers({ wpid }) end
         assert.equal(1, rc, err)
-        assert.equal(2, #sorted_lines(dir .. "/out/double.jsonl"))
+        assert.equal(29, #sorted_lines(dir .. "/out/double.jsonl"), proc.slurp(dir .. "/w.err"))
         local failed = sorted_lines(dir .. "/out/failed.jsonl")
         assert.equal(1, #failed)
         local rec = json.decode(failed[1])
         assert.equal("2", rec.id)
         assert.equal("EDELIVERY", rec.error.code)
         assert.equal("1", server:cli("XLEN", "tide:{distributed}:dlq"))
+        assert.matches("jobs taken over run alone", proc.slurp(dir .. "/w.err"))
     end)
 
     it("a worker stopped with SIGSTOP past its lease: its late results are refused, one result each", function()
