@@ -100,27 +100,33 @@ return lost
 
 -- KEYS: jobs, dlq. ARGV: group, consumer, min_idle_ms, scan (entries to
 -- look at, at most), max_deliveries, ttl_ms, results key prefix, hash
--- (of this worker's pipeline file), pass_idle_ms.
+-- (of this worker's pipeline file), pass_idle_ms, count.
 --
 -- Looks at the jobs idle past their lease (XPENDING IDLE, which claims
--- nothing) and claims the first one of this worker's pipeline version
--- with XCLAIM (not JUSTID, so that the delivery is counted), one at a
--- time: a job taken over may be the one that killed its last worker, so
--- it runs alone (see Source:take). A job of another version is left to
--- the workers of that version; once it has been idle for pass_idle_ms
--- (none of them took it within its lease), this worker claims it too
--- (counted) and leaves it idle again: a "pass". A job delivered more than
--- max_deliveries times goes to the dead-letter stream, with a failure
--- result for the run that submitted it: "no worker with pipeline hash X"
--- when its last delivery was a pass, "delivered N times" otherwise.
+-- nothing) and claims those of this worker's pipeline version with
+-- XCLAIM, setting their delivery count one higher (RETRYCOUNT: the
+-- count of a delivery, as XAUTOCLAIM without JUSTID would). A job never
+-- run (count 0: a worker of another version passed it on, see PASS) is
+-- claimed with others, up to `count`. A job run before (count 1 or
+-- more) may be the one that killed its last worker: it is claimed alone,
+-- when nothing else was, and runs alone (see Source:take).
 --
--- Returns { job or false, notes }: job = { entry, fields, deliveries };
+-- A job of another version is left to the workers of that version; once
+-- it has been idle for pass_idle_ms (none of them took it within its
+-- lease), this worker claims it too (counted) and leaves it idle again:
+-- a pass. A job delivered more than max_deliveries times goes to the
+-- dead-letter stream, with a failure result for the run that submitted
+-- it: EVERSION "no worker with pipeline hash X" when its last delivery
+-- was a pass, EDELIVERY "delivered N times" otherwise.
+--
+-- Returns { jobs, notes }: jobs = { { entry, fields, deliveries }... };
 -- notes = { { id, hash, deliveries, given_up (0|1), passed (0|1) }... }
 -- for the worker's log.
 M.REAP = redis.script([==[
 local g, me, idle, scan = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local maxd, ttl, pre, hash, pass_idle = tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
-local notes = {}
+local count = tonumber(ARGV[10])
+local jobs, notes = {}, {}
 local function give_up(id, f, n, err)
   redis.call('XADD', KEYS[2], '*', 'id', f.id or '', 'run', f.run or '', 'hash', f.hash or '',
              'input', f.input or 'null', 'deliveries', n, 'error', err)
@@ -147,7 +153,7 @@ while looked < scan do
       local fields, f = ent[2], {}
       for i = 1, #fields, 2 do f[fields[i]] = fields[i + 1] end
       local mine = f.hash == hash
-      if mine or pidle >= pass_idle then
+      if (mine and (n == 0 or #jobs == 0)) or (not mine and pidle >= pass_idle) then
         redis.call('XCLAIM', KEYS[1], g, me, idle, id, 'JUSTID', 'RETRYCOUNT', n + 1)
         n = n + 1
         if n > maxd then
@@ -161,10 +167,11 @@ while looked < scan do
           end
           give_up(id, f, n, cjson.encode({ code = mine and 'EDELIVERY' or 'EVERSION', message = msg }))
           notes[#notes + 1] = { f.id or '', f.hash or '', n, 1, mine and 0 or 1 }
-        elseif mine then
-          return { { id, fields, n }, notes }
-        else
+        elseif not mine then
           notes[#notes + 1] = { f.id or '', f.hash or '', n, 0, 1 }
+        else
+          jobs[#jobs + 1] = { id, fields, n }
+          if n > 1 or #jobs >= count then return { jobs, notes } end
         end
       end
     end
@@ -172,7 +179,23 @@ while looked < scan do
   end
   start = '(' .. page[#page][1]
 end
-return { false, notes }
+return { jobs, notes }
+]==])
+
+-- KEYS: jobs. ARGV: group, consumer, idle_ms, then entries: jobs of
+-- another version of the pipeline, read by this worker and never run.
+-- Each one this consumer still holds in its first delivery is given the
+-- idle time idle_ms (so that the next reaper round of a worker of its
+-- version takes it) and the delivery count 0 (it never ran: that worker
+-- runs it as a first delivery, not alone).
+M.PASS = redis.script([==[
+for i = 4, #ARGV do
+  local e = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)[1]
+  if e and e[2] == ARGV[2] and e[4] == 1 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID', 'RETRYCOUNT', 0)
+  end
+end
+return 0
 ]==])
 
 
@@ -323,7 +346,7 @@ function M.worker(ex, opts)
         reaping = true
         cmd:eval(M.REAP, { keys.jobs, keys.dlq },
                  { M.GROUP, opts.consumer, lease_ms, M.REAP_SCAN, opts.max_deliveries, M.RESULT_TTL_MS,
-                   keys.res, opts.hash, 2 * lease_ms + 1000 },
+                   keys.res, opts.hash, 2 * lease_ms + 1000, batch },
                  function(v, rec)
             reaping = false
             if rec then return end -- Redis is away: the next round tries again
@@ -340,8 +363,8 @@ function M.worker(ex, opts)
                                            .. "moved to the dead-letter stream\n", id, deliveries))
                 end
             end
-            local job = v[1]
-            if not job then
+            local jobs = v[1]
+            if #jobs == 0 then
                 if src.streak > 1 then
                     io_stderr:write(format("tide: worker: took over %d jobs in all\n", src.streak))
                 end
@@ -349,14 +372,22 @@ function M.worker(ex, opts)
                 return
             end
             if src.closed then return end
+            local first = jobs[1]
             if src.streak == 0 then
-                io_stderr:write(format("tide: worker: took over job %s whose lease ran out (delivery %d); "
-                                       .. "jobs taken over run alone, one at a time\n",
-                                       tostring(fields_table(job[2]).id), job[3]))
+                io_stderr:write(format("tide: worker: took over job %s whose lease ran out (delivery %d)%s\n",
+                                       tostring(fields_table(first[2]).id), first[3],
+                                       first[3] > 1 and "; jobs that ran before run alone, one at a time" or ""))
             end
-            src.streak = src.streak + 1
-            held[job[1]] = job[3]
-            src.suspect = { entry = job[1], fields = job[2], deliveries = job[3] }
+            src.streak = src.streak + #jobs
+            if first[3] > 1 then
+                held[first[1]] = first[3]
+                src.suspect = { entry = first[1], fields = first[2], deliveries = first[3] }
+            else
+                -- Never run (passed on by a worker of another version):
+                -- with the jobs read, and the next round at once.
+                for _, j in ipairs(jobs) do push(j[1], j[2], j[3]) end
+                reap()
+            end
             src.on_ready()
         end)
     end
@@ -426,15 +457,14 @@ end
 
 
 -- A job of another version of the pipeline, read here: never run here.
--- Its idle time is set to the lease at once (XCLAIM IDLE ... JUSTID does
--- not count a delivery), so that the reaper of a worker of its version
--- takes it on its next round; with none, the reapers pass it on and it
--- ends in the dead-letter stream (REAP).
+-- PASS makes it idle past its lease at once, so that the reaper of a
+-- worker of its version takes it on its next round; with none, the
+-- reapers pass it on and it ends in the dead-letter stream (REAP).
 function Source:_pass(j, f)
     self.held[j.entry] = nil
     local s = self.sink
-    s.cmd:send(function() end, "XCLAIM", s.keys.jobs, M.GROUP, s.opts.consumer, 0, j.entry,
-               "IDLE", math.floor(s.opts.lease * 1000), "JUSTID")
+    s.cmd:eval(M.PASS, { s.keys.jobs }, { M.GROUP, s.opts.consumer, math.floor(s.opts.lease * 1000), j.entry },
+               function() end)
     if not self.warned[f.hash or ""] then
         self.warned[f.hash or ""] = true
         io_stderr:write(format("tide: worker: job %s was submitted with another version of the "

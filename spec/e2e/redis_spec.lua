@@ -28,9 +28,9 @@ local function write_inputs(path, n, extra)
 end
 
 -- Starts `tide worker` in the background; returns its pid.
-local function start_worker(url, dir, name, args)
+local function start_worker(url, dir, name, args, pipe)
     local cmd = ("%s worker %s --redis %s %s 2>%s & echo $!"):format(
-        q(proc.bin), q(PIPE), q(url), args or "", q(dir .. "/" .. name .. ".err"))
+        q(proc.bin), q(pipe or PIPE), q(url), args or "", q(dir .. "/" .. name .. ".err"))
     local h = io.popen("sh -c " .. q(cmd))
     local pid = tonumber(h:read("*l"))
     h:close()
@@ -59,9 +59,9 @@ end
 
 -- Runs `tide run --redis` in the background; returns a function that
 -- waits for it and gives its exit code and stderr.
-local function start_run(url, dir, extra)
+local function start_run(url, dir, extra, pipe)
     local cmd = ("%s run %s --redis %s --input %s --output %s %s 2>%s; echo $? >%s"):format(
-        q(proc.bin), q(PIPE), q(url), q(dir .. "/in.jsonl"), q(dir .. "/out"), extra or "",
+        q(proc.bin), q(pipe or PIPE), q(url), q(dir .. "/in.jsonl"), q(dir .. "/out"), extra or "",
         q(dir .. "/run.err"), q(dir .. "/run.rc"))
     os.execute("sh -c " .. q(cmd) .. " &")
     return function(secs)
@@ -225,6 +225,48 @@ describe("tide run --redis with tide worker", function()
         assert.equal(0, rc, err)
         assert.equal(10, #sorted_lines(dir .. "/out/double.jsonl"))
         assert.matches("stopped: 10 done", proc.slurp(dir .. "/a.err"))
+    end)
+
+    it("a worker with a changed pipeline file runs none of the jobs; a version no worker runs is reported", function()
+        -- b runs a copy of the pipeline with one more line: the same
+        -- name, another hash. Every job goes to a, and b says why.
+        local changed = dir .. "/changed.lua"
+        proc.write(changed, proc.slurp(PIPE) .. "-- changed\n")
+        write_inputs(dir .. "/in.jsonl", 300)
+        local args = "--concurrency 50 --lease 0.5 --max-deliveries 2"
+        local b = start_worker(server.url, dir, "b", args, changed)
+        local a = start_worker(server.url, dir, "a", args)
+        local wait = start_run(server.url, dir)
+        local rc, err = wait(60)
+        assert.equal(0, rc, err)
+        one_result_each(dir, 300)
+        -- Jobs submitted with a third version: no worker runs it. They end
+        -- in the dead-letter stream with a record naming the hash, and
+        -- the run reports them as failures.
+        local third = dir .. "/third.lua"
+        proc.write(third, proc.slurp(PIPE) .. "-- third\n")
+        local hash = core.xxh128(proc.slurp(third))
+        write_inputs(dir .. "/in.jsonl", 3)
+        proc.rmrf(dir .. "/out")
+        os.remove(dir .. "/run.rc")
+        wait = start_run(server.url, dir, nil, third)
+        rc, err = wait(60)
+        stop_workers({ a, b })
+        assert.equal(1, rc, err)
+        assert.matches("stopped: 0 done", proc.slurp(dir .. "/b.err"))
+        assert.matches("another version of the pipeline", proc.slurp(dir .. "/b.err"))
+        assert.matches("stopped: 300 done", proc.slurp(dir .. "/a.err"))
+        local failed = sorted_lines(dir .. "/out/failed.jsonl")
+        assert.equal(3, #failed)
+        for _, l in ipairs(failed) do
+            local rec = json.decode(l)
+            assert.equal("EVERSION", rec.error.code)
+            assert.matches("no worker with pipeline hash " .. hash, rec.error.message)
+        end
+        assert.equal("3", server:cli("XLEN", "tide:{distributed}:dlq"))
+        local dlq = server:cli("XRANGE", "tide:{distributed}:dlq", "-", "+")
+        assert.matches("no worker with pipeline hash " .. hash, dlq)
+        assert.matches("no worker with that hash took it", proc.slurp(dir .. "/a.err") .. proc.slurp(dir .. "/b.err"))
     end)
 
     it("Redis that cannot be reached: tide run --redis and tide worker exit 3 at once", function()
