@@ -37,6 +37,8 @@ M.GROUP = "workers"
 M.DEFAULT_LEASE = 10
 M.DEFAULT_MAX_DELIVERIES = 5
 M.RESULT_TTL_MS = 24 * 3600 * 1000
+-- Times `tide run --redis` sends a job whose submission got no reply.
+M.SUBMIT_ATTEMPTS = 5
 
 -- The keys of a pipeline.
 function M.keys(name)
@@ -303,12 +305,15 @@ function M.worker(ex, opts)
             src.reading = false
             if src.closed then return end
             if rec then
+                if rec.code == "ECLOSED" then return end
                 if not src.down then
                     io_stderr:write("tide: worker: reading jobs: ", tostring(rec), "\n")
                     src.down = true
                 end
-                -- The client reconnects; the next read waits for it.
-                return src.read_later()
+                -- The client reconnects, and the next read waits for it
+                -- (up to its time limit): a command that waits keeps the
+                -- loop running, where a timer would not.
+                return src.read()
             end
             if src.down then
                 io_stderr:write("tide: worker: reading jobs again\n")
@@ -325,16 +330,6 @@ function M.worker(ex, opts)
             src.on_ready()
         end, "XREADGROUP", "GROUP", M.GROUP, opts.consumer, "COUNT", batch, "BLOCK", 1000,
            "STREAMS", keys.jobs, ">")
-    end
-
-    -- After a failed read: again in 0.2 s (a one-shot from a repeating
-    -- timer).
-    function src.read_later()
-        local t
-        t = ex:timer(0.2, function()
-            t:close()
-            src.read()
-        end)
     end
 
     -- The reaper: a job whose lease ran out comes to this worker, one at
@@ -750,14 +745,19 @@ function Remote:_read()
     self.blk:send_t(3, function(v, rec)
         self.reading = false
         if rec then
-            -- Redis away: the client reconnects, and the read is tried
-            -- again after a short pause.
-            local t
-            t = self.ex:timer(0.2, function()
-                t:close()
-                self:_read()
-            end)
-            return
+            if rec.code == "ECLOSED" then return end
+            -- Redis away: the client reconnects, and the read sent now
+            -- waits for it (a command that waits keeps the loop running,
+            -- so the run cannot end while jobs are out).
+            if not self.down then
+                io_stderr:write("tide: reading results: ", tostring(rec), "\n")
+                self.down = true
+            end
+            return self:_read()
+        end
+        if self.down then
+            io_stderr:write("tide: reading results again\n")
+            self.down = false
         end
         if v then
             for _, ent in ipairs(v[1][2]) do
@@ -782,11 +782,24 @@ function Remote:submit(_, input, opts)
     local text = encode(input) or "null"
     self.live[id] = true
     self.nlive = self.nlive + 1
-    self.cmd:send(function(_, rec)
-        if rec then self:_emit(id, "failed", rec) end
-    end, "XADD", self.keys.jobs, "*", "id", id, "run", self.run_id, "hash", self.hash, "input", text)
+    self:_add(id, text, 1)
     self:_read()
     return id
+end
+
+
+-- Adds a job to the stream. A submission that failed because the
+-- connection was lost or Redis did not answer in time is sent again (the
+-- client waits for the connection): it may have been added already, and
+-- then the job runs twice, but only its first result is kept (_emit).
+function Remote:_add(id, text, attempt)
+    self.cmd:send(function(_, rec)
+        if not rec or not self.live[id] then return end
+        if rec.code ~= "EREDIS" and rec.code ~= "ECLOSED" and attempt < M.SUBMIT_ATTEMPTS then
+            return self:_add(id, text, attempt + 1)
+        end
+        self:_emit(id, "failed", rec)
+    end, "XADD", self.keys.jobs, "*", "id", id, "run", self.run_id, "hash", self.hash, "input", text)
 end
 
 
