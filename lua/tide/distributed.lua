@@ -276,7 +276,7 @@ function M.worker(ex, opts)
     local batch = math.min(opts.concurrency, 1000)
     local src = setmetatable({
         queue = {}, head = 1, tail = 0, reading = false, closed = false, held = held,
-        hash = opts.hash, warned = {}, last = 0,
+        hash = opts.hash, warned = {}, last = 0, batch = batch,
         suspect = nil,   -- the job taken over from the reaper, run alone
         streak = 0,      -- jobs taken over since the reaper last found none
     }, Source)
@@ -485,6 +485,9 @@ function Source:take()
         if f.hash ~= self.hash then
             self:_pass(j, f)
         elseif self.held[j.entry] == j.deliveries then
+            -- Reading ahead: the next jobs are on their way while these
+            -- run, once fewer than half a read are left here.
+            if self.tail - self.head < self.batch / 2 then self.read() end
             return self:_start_job(j, f)
         end
     end
