@@ -1,5 +1,5 @@
 #!/bin/sh
-# bench/redis.sh: the Redis lines of `make bench` (issue 14). End-to-end
+# bench/redis.sh: the Redis lines of `make bench` End-to-end
 # jobs/s of `tide run --redis` (submit -> result, the wall time of the
 # submitting process) for the trivial one-task pipeline of
 # bench/serve_pipeline.lua, with 1 and then 2 `tide worker` processes, and
@@ -38,6 +38,7 @@ fi
 tmp=$(mktemp -d)
 rpid=
 wpids=
+# shellcheck disable=SC2317 # called by the trap
 cleanup() {
     for p in $wpids; do kill -KILL "$p" 2>/dev/null || true; done
     if [ -n "$rpid" ]; then kill -KILL "$rpid" 2>/dev/null || true; fi

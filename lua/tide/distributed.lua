@@ -15,11 +15,16 @@
 -- A job's lease is its idle time in the group's pending list. A worker
 -- renews the leases of the jobs it holds with RENEW, which checks that it
 -- still owns each one (a bare XCLAIM would take back a job another worker
--- has taken over). A reaper in every worker runs REAP: XAUTOCLAIM (not
--- JUSTID, so that deliveries are counted) of jobs idle longer than the
--- lease; a job delivered more than max_deliveries times goes to the
--- dead-letter stream with a failure result instead. COMMIT writes the
--- result and acknowledges the job in one script, only while the
+-- has taken over). A reaper in every worker runs REAP: it looks at the
+-- jobs idle longer than the lease (XPENDING IDLE) and claims those of its
+-- pipeline version with XCLAIM, counting a delivery; a job that ran
+-- before is claimed alone and runs alone, so that a job that kills its
+-- worker has only its own deliveries counted. A job delivered more than
+-- max_deliveries times goes to the dead-letter stream with a failure
+-- result instead. A job of another version is passed on (PASS, and REAP
+-- after a lease with no taker), and ends in the dead-letter stream when
+-- no worker of its version takes it. COMMIT writes the results of a loop
+-- turn and acknowledges their jobs in one script, each only while the
 -- committing worker still owns that delivery (owner and delivery count),
 -- so a late duplicate never adds a second result.
 local core = require "tide.core"
