@@ -176,6 +176,11 @@ sh bench/serve.sh --journal || status=1
 # What a journal costs tide run (bench/journal.sh).
 sh bench/journal.sh || status=1
 
+# tide run --redis with 1 and 2 tide workers on a redis-server of its own,
+# and redis-benchmark's XADD ceiling (bench/redis.sh; skipped with a
+# message when redis-server is not installed).
+sh bench/redis.sh || status=1
+
 # Host latency: a lua-luv echo server runs 10 000 tasks through
 # tide.luv while a client measures its round trips (docs/benchmarks.md,
 # "Hosts"); the target is a p99 under 5 ms.

@@ -332,31 +332,44 @@ static void r_poll_cb(uv_poll_t *h, int status, int events) {
         redisAsyncHandleWrite(p->context);
 }
 
-/* The adapter's event functions, with r_poll_cb as the callback. */
-static void r_poll_restart(void *privdata) {
-    redisLibuvEvents *p = privdata;
-    if (p->events)
-        uv_poll_start(&p->handle, p->events, r_poll_cb);
+/* The adapter's event functions, with r_poll_cb as the callback. The
+ * adapter's own restart the poll handle at every call, and hiredis asks
+ * for writing once per command: each uv_poll_start is an epoll_ctl
+ * (libuv removes the descriptor and adds it again), which made these
+ * calls the largest system cost of a submitting run. These change the
+ * handle only when the set of events changes: about twice a loop turn
+ * with commands (writing on, then off once the buffer is out). */
+static void r_poll_set(redisLibuvEvents *p, int events) {
+    uv_handle_t *h = (uv_handle_t *)&p->handle;
+    if (uv_is_closing(h))
+        return;
+    if (events == p->events && (events == 0) == !uv_is_active(h))
+        return;
+    p->events = events;
+    if (events)
+        uv_poll_start(&p->handle, events, r_poll_cb);
+    else
+        uv_poll_stop(&p->handle);
 }
 
 static void r_add_read(void *privdata) {
-    redisLibuvAddRead(privdata);
-    r_poll_restart(privdata);
+    redisLibuvEvents *p = privdata;
+    r_poll_set(p, p->events | UV_READABLE);
 }
 
 static void r_del_read(void *privdata) {
-    redisLibuvDelRead(privdata);
-    r_poll_restart(privdata);
+    redisLibuvEvents *p = privdata;
+    r_poll_set(p, p->events & ~UV_READABLE);
 }
 
 static void r_add_write(void *privdata) {
-    redisLibuvAddWrite(privdata);
-    r_poll_restart(privdata);
+    redisLibuvEvents *p = privdata;
+    r_poll_set(p, p->events | UV_WRITABLE);
 }
 
 static void r_del_write(void *privdata) {
-    redisLibuvDelWrite(privdata);
-    r_poll_restart(privdata);
+    redisLibuvEvents *p = privdata;
+    r_poll_set(p, p->events & ~UV_WRITABLE);
 }
 
 static void r_connect(tide__redis *r) {

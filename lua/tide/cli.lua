@@ -404,6 +404,11 @@ local function run_exit_code(report, sink)
         return 128 + report.signal
     end
     if report.read_error then return die(EXIT_IO, report.read_error) end
+    if report.inflight > 0 then
+        -- The loop ended with jobs out: nothing was waiting for their
+        -- results any more (a bug), so the run is not complete.
+        return die(EXIT_IO, format("the run ended with %d jobs still running", report.inflight))
+    end
     local c = sink.counts
     if c.failed > 0 or c.rejected > 0 then return EXIT_FAILED end
     return EXIT_OK

@@ -15,11 +15,16 @@
 -- A job's lease is its idle time in the group's pending list. A worker
 -- renews the leases of the jobs it holds with RENEW, which checks that it
 -- still owns each one (a bare XCLAIM would take back a job another worker
--- has taken over). A reaper in every worker runs REAP: XAUTOCLAIM (not
--- JUSTID, so that deliveries are counted) of jobs idle longer than the
--- lease; a job delivered more than max_deliveries times goes to the
--- dead-letter stream with a failure result instead. COMMIT writes the
--- result and acknowledges the job in one script, only while the
+-- has taken over). A reaper in every worker runs REAP: it looks at the
+-- jobs idle longer than the lease (XPENDING IDLE) and claims those of its
+-- pipeline version with XCLAIM, counting a delivery; a job that ran
+-- before is claimed alone and runs alone, so that a job that kills its
+-- worker has only its own deliveries counted. A job delivered more than
+-- max_deliveries times goes to the dead-letter stream with a failure
+-- result instead. A job of another version is passed on (PASS, and REAP
+-- after a lease with no taker), and ends in the dead-letter stream when
+-- no worker of its version takes it. COMMIT writes the results of a loop
+-- turn and acknowledges their jobs in one script, each only while the
 -- committing worker still owns that delivery (owner and delivery count),
 -- so a late duplicate never adds a second result.
 local core = require "tide.core"
@@ -37,6 +42,8 @@ M.GROUP = "workers"
 M.DEFAULT_LEASE = 10
 M.DEFAULT_MAX_DELIVERIES = 5
 M.RESULT_TTL_MS = 24 * 3600 * 1000
+-- Times `tide run --redis` sends a job whose submission got no reply.
+M.SUBMIT_ATTEMPTS = 5
 
 -- The keys of a pipeline.
 function M.keys(name)
@@ -45,18 +52,41 @@ function M.keys(name)
 end
 
 
--- KEYS: jobs, results. ARGV: group, consumer, entry, deliveries, id,
--- status, value, ran, ttl_ms. Returns 1 (committed), 0 (not pending any
--- more: committed or given up already) or -1 (another delivery owns it).
+-- KEYS: jobs. ARGV: group, consumer, ttl_ms, results key prefix, then
+-- for each job seven values: entry, deliveries, id, run, status, value,
+-- ran. Commits every job the consumer still owns in that delivery:
+-- appends its result to its run's result stream, then acknowledges and
+-- deletes all of them at once. Returns one code per job: 1 (committed),
+-- 0 (not pending any more: committed or given up already) or -1
+-- (another delivery owns it).
 M.COMMIT = redis.script([==[
-local e = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)[1]
-if not e then return 0 end
-if e[2] ~= ARGV[2] or e[4] ~= tonumber(ARGV[4]) then return -1 end
-redis.call('XADD', KEYS[2], '*', 'id', ARGV[5], 'status', ARGV[6], 'value', ARGV[7], 'ran', ARGV[8])
-redis.call('PEXPIRE', KEYS[2], ARGV[9])
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-redis.call('XDEL', KEYS[1], ARGV[3])
-return 1
+local g, me, ttl, pre = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local out, acked, runs, seen = {}, {}, {}, {}
+for i = 5, #ARGV, 7 do
+  local entry = ARGV[i]
+  local e = not seen[entry] and redis.call('XPENDING', KEYS[1], g, entry, entry, 1)[1]
+  seen[entry] = true
+  local r = 0
+  if e then
+    if e[2] ~= me or e[4] ~= tonumber(ARGV[i + 1]) then
+      r = -1
+    else
+      local rk = pre .. ARGV[i + 3]
+      redis.call('XADD', rk, '*', 'id', ARGV[i + 2], 'status', ARGV[i + 4], 'value', ARGV[i + 5],
+                 'ran', ARGV[i + 6])
+      runs[rk] = true
+      acked[#acked + 1] = entry
+      r = 1
+    end
+  end
+  out[#out + 1] = r
+end
+if #acked > 0 then
+  redis.call('XACK', KEYS[1], g, unpack(acked))
+  redis.call('XDEL', KEYS[1], unpack(acked))
+end
+for rk in pairs(runs) do redis.call('PEXPIRE', rk, ttl) end
+return out
 ]==])
 
 -- KEYS: jobs. ARGV: group, consumer, then entry, deliveries pairs.
@@ -75,37 +105,104 @@ end
 return lost
 ]==])
 
--- KEYS: jobs, dlq. ARGV: group, consumer, min_idle_ms, count,
--- max_deliveries, ttl_ms, results key prefix. Claims jobs idle past their
--- lease; returns { entry, fields, deliveries } of each one to run, after
--- moving those delivered too often to the dead-letter stream (with a
--- failure result for the run that submitted them).
+-- KEYS: jobs, dlq. ARGV: group, consumer, min_idle_ms, scan (entries to
+-- look at, at most), max_deliveries, ttl_ms, results key prefix, hash
+-- (of this worker's pipeline file), pass_idle_ms, count.
+--
+-- Looks at the jobs idle past their lease (XPENDING IDLE, which claims
+-- nothing) and claims those of this worker's pipeline version with
+-- XCLAIM, setting their delivery count one higher (RETRYCOUNT: the
+-- count of a delivery, as XAUTOCLAIM without JUSTID would). A job never
+-- run (count 0: a worker of another version passed it on, see PASS) is
+-- claimed with others, up to `count`. A job run before (count 1 or
+-- more) may be the one that killed its last worker: it is claimed alone,
+-- when nothing else was, and runs alone (see Source:take).
+--
+-- A job of another version is left to the workers of that version; once
+-- it has been idle for pass_idle_ms (none of them took it within its
+-- lease), this worker claims it too (counted) and leaves it idle again:
+-- a pass. A job delivered more than max_deliveries times goes to the
+-- dead-letter stream, with a failure result for the run that submitted
+-- it: EVERSION "no worker with pipeline hash X" when its last delivery
+-- was a pass, EDELIVERY "delivered N times" otherwise.
+--
+-- Returns { jobs, notes }: jobs = { { entry, fields, deliveries }... };
+-- notes = { { id, hash, deliveries, given_up (0|1), passed (0|1) }... }
+-- for the worker's log.
 M.REAP = redis.script([==[
-local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], '0-0', 'COUNT', ARGV[4])
-local out = {}
-for _, ent in ipairs(r[2]) do
-  local id, fields = ent[1], ent[2]
-  local e = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)[1]
-  local n = e and e[4] or 0
-  if n > tonumber(ARGV[5]) then
-    local f = {}
-    for i = 1, #fields, 2 do f[fields[i]] = fields[i + 1] end
-    local err = cjson.encode({ code = 'EDELIVERY', message = 'the job was delivered ' .. n ..
-      ' times and no worker finished it (each one stopped while running it); it is in the dead-letter stream' })
-    redis.call('XADD', KEYS[2], '*', 'id', f.id or '', 'run', f.run or '', 'hash', f.hash or '',
-               'input', f.input or 'null', 'deliveries', n, 'error', err)
-    if f.run then
-      local rk = ARGV[7] .. f.run
-      redis.call('XADD', rk, '*', 'id', f.id or '', 'status', 'failed', 'value', err, 'ran', '')
-      redis.call('PEXPIRE', rk, ARGV[6])
+local g, me, idle, scan = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local maxd, ttl, pre, hash, pass_idle = tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
+local count = tonumber(ARGV[10])
+local jobs, notes = {}, {}
+local function give_up(id, f, n, err)
+  redis.call('XADD', KEYS[2], '*', 'id', f.id or '', 'run', f.run or '', 'hash', f.hash or '',
+             'input', f.input or 'null', 'deliveries', n, 'error', err)
+  if f.run then
+    local rk = pre .. f.run
+    redis.call('XADD', rk, '*', 'id', f.id or '', 'status', 'failed', 'value', err, 'ran', '')
+    redis.call('PEXPIRE', rk, ttl)
+  end
+  redis.call('XACK', KEYS[1], g, id)
+  redis.call('XDEL', KEYS[1], id)
+end
+local start, looked = '-', 0
+while looked < scan do
+  local page = redis.call('XPENDING', KEYS[1], g, 'IDLE', idle, start, '+', 100)
+  if #page == 0 then break end
+  for _, p in ipairs(page) do
+    looked = looked + 1
+    local id, pidle, n = p[1], p[3], p[4]
+    local ent = redis.call('XRANGE', KEYS[1], id, id)[1]
+    if not ent then
+      -- Deleted from the stream while pending: nothing to run.
+      redis.call('XACK', KEYS[1], g, id)
+    else
+      local fields, f = ent[2], {}
+      for i = 1, #fields, 2 do f[fields[i]] = fields[i + 1] end
+      local mine = f.hash == hash
+      if (mine and (n == 0 or #jobs == 0)) or (not mine and pidle >= pass_idle) then
+        redis.call('XCLAIM', KEYS[1], g, me, idle, id, 'JUSTID', 'RETRYCOUNT', n + 1)
+        n = n + 1
+        if n > maxd then
+          local msg
+          if mine then
+            msg = 'the job was delivered ' .. n .. ' times and no worker finished it (each one stopped '
+              .. 'while running it); it is in the dead-letter stream'
+          else
+            msg = 'no worker with pipeline hash ' .. (f.hash or '?') .. ' took the job within '
+              .. n .. ' deliveries (workers of other versions passed it on); it is in the dead-letter stream'
+          end
+          give_up(id, f, n, cjson.encode({ code = mine and 'EDELIVERY' or 'EVERSION', message = msg }))
+          notes[#notes + 1] = { f.id or '', f.hash or '', n, 1, mine and 0 or 1 }
+        elseif not mine then
+          notes[#notes + 1] = { f.id or '', f.hash or '', n, 0, 1 }
+        else
+          jobs[#jobs + 1] = { id, fields, n }
+          if n > 1 or #jobs >= count then return { jobs, notes } end
+        end
+      end
     end
-    redis.call('XACK', KEYS[1], ARGV[1], id)
-    redis.call('XDEL', KEYS[1], id)
-  else
-    out[#out + 1] = { id, fields, n }
+    if looked >= scan then break end
+  end
+  start = '(' .. page[#page][1]
+end
+return { jobs, notes }
+]==])
+
+-- KEYS: jobs. ARGV: group, consumer, idle_ms, then entries: jobs of
+-- another version of the pipeline, read by this worker and never run.
+-- Each one this consumer still holds in its first delivery is given the
+-- idle time idle_ms (so that the next reaper round of a worker of its
+-- version takes it) and the delivery count 0 (it never ran: that worker
+-- runs it as a first delivery, not alone).
+M.PASS = redis.script([==[
+for i = 4, #ARGV do
+  local e = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)[1]
+  if e and e[2] == ARGV[2] and e[4] == 1 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID', 'RETRYCOUNT', 0)
   end
 end
-return out
+return 0
 ]==])
 
 
@@ -163,6 +260,12 @@ Source.__index = Source
 local Sink = {}
 Sink.__index = Sink
 
+-- Jobs one COMMIT carries at most (7 arguments each, under the client's
+-- limit of 1024 arguments a command).
+M.COMMIT_BATCH = 128
+-- Entries of the pending list one reaper round looks at, at most.
+M.REAP_SCAN = 1000
+
 
 --- The job source and result sink of `tide worker`.
 -- @param ex the executor that runs the jobs
@@ -175,19 +278,22 @@ function M.worker(ex, opts)
     local lease_ms = math.floor(opts.lease * 1000)
     local held = {}      -- entry -> deliveries, for every job this worker holds
     local exids = {}     -- entry -> the executor id of the job running it
-    local batch = math.min(opts.concurrency, 100)
+    local batch = math.min(opts.concurrency, 1000)
     local src = setmetatable({
         queue = {}, head = 1, tail = 0, reading = false, closed = false, held = held,
-        hash = opts.hash, warned = {}, last = 0,
+        hash = opts.hash, warned = {}, last = 0, batch = batch,
+        suspect = nil,   -- the job taken over from the reaper, run alone
+        streak = 0,      -- jobs taken over since the reaper last found none
     }, Source)
     local sink = setmetatable({
-        jobs = {}, counts = { done = 0, failed = 0, rejected = 0, dropped = 0 },
-        refused = 0, commit_errors = 0, held = held, exids = exids,
+        jobs = {}, njobs = 0, counts = { done = 0, failed = 0, rejected = 0, dropped = 0 },
+        refused = 0, commit_errors = 0, held = held, exids = exids, src = src,
+        pending = {}, npending = 0, flush_timer = nil,
     }, Sink)
     sink.id_json = function(id) return id end
 
     local function push(entry, fields, deliveries)
-        if held[entry] then return end -- already here (a reap of our own job)
+        if held[entry] then return end -- already here
         held[entry] = deliveries
         local t = src.tail + 1
         src.tail = t
@@ -195,22 +301,29 @@ function M.worker(ex, opts)
     end
 
     -- One blocking read of new jobs; another follows while the driver
-    -- has room (see Source:take).
+    -- has room (see Source:take). None while a job taken over waits to
+    -- run alone.
     function src.read()
-        if src.reading or src.closed then return end
+        if src.reading or src.closed or src.suspect then return end
         src.reading = true
         blk:send_t(3, function(v, rec)
             src.reading = false
             if src.closed then return end
             if rec then
+                if rec.code == "ECLOSED" then return end
                 if not src.down then
                     io_stderr:write("tide: worker: reading jobs: ", tostring(rec), "\n")
                     src.down = true
                 end
-                -- The client reconnects; the next read waits for it.
-                return src.read_later()
+                -- The client reconnects, and the next read waits for it
+                -- (up to its time limit): a command that waits keeps the
+                -- loop running, where a timer would not.
+                return src.read()
             end
-            src.down = false
+            if src.down then
+                io_stderr:write("tide: worker: reading jobs again\n")
+                src.down = false
+            end
             local got = 0
             if v then
                 for _, ent in ipairs(v[1][2]) do
@@ -224,32 +337,61 @@ function M.worker(ex, opts)
            "STREAMS", keys.jobs, ">")
     end
 
-    -- After a failed read: again in 0.2 s (a one-shot from a repeating
-    -- timer).
-    function src.read_later()
-        local t
-        t = ex:timer(0.2, function()
-            t:close()
-            src.read()
-        end)
-    end
-
-    -- The reaper: jobs whose lease ran out come to this worker.
+    -- The reaper: a job whose lease ran out comes to this worker, one at
+    -- a time (REAP): it runs alone, and the next is claimed as soon as it
+    -- is committed.
     local reaping = false
     local function reap()
-        if reaping or src.closed then return end
+        if reaping or src.closed or src.suspect then return end
         reaping = true
         cmd:eval(M.REAP, { keys.jobs, keys.dlq },
-                 { M.GROUP, opts.consumer, lease_ms, batch, opts.max_deliveries, M.RESULT_TTL_MS, keys.res },
+                 { M.GROUP, opts.consumer, lease_ms, M.REAP_SCAN, opts.max_deliveries, M.RESULT_TTL_MS,
+                   keys.res, opts.hash, 2 * lease_ms + 1000, batch },
                  function(v, rec)
             reaping = false
             if rec then return end -- Redis is away: the next round tries again
-            if #v == 0 or src.closed then return end
-            io_stderr:write(format("tide: worker: took over %d jobs whose lease ran out\n", #v))
-            for _, ent in ipairs(v) do push(ent[1], ent[2], ent[3]) end
+            for _, n in ipairs(v[2]) do
+                local id, hash, deliveries, given_up = n[1], n[2], n[3], n[4] == 1
+                if n[5] == 1 then
+                    io_stderr:write(format("tide: worker: job %s is for pipeline hash %s, and no worker with "
+                                           .. "that hash took it within its lease (delivery %d)%s\n",
+                                           id, hash, deliveries,
+                                           given_up and ": moved to the dead-letter stream" or
+                                           ": left for a worker with that hash"))
+                else
+                    io_stderr:write(format("tide: worker: job %s was delivered %d times without finishing: "
+                                           .. "moved to the dead-letter stream\n", id, deliveries))
+                end
+            end
+            local jobs = v[1]
+            if #jobs == 0 then
+                if src.streak > 1 then
+                    io_stderr:write(format("tide: worker: took over %d jobs in all\n", src.streak))
+                end
+                src.streak = 0
+                return
+            end
+            if src.closed then return end
+            local first = jobs[1]
+            if src.streak == 0 then
+                io_stderr:write(format("tide: worker: took over job %s whose lease ran out (delivery %d)%s\n",
+                                       tostring(fields_table(first[2]).id), first[3],
+                                       first[3] > 1 and "; jobs that ran before run alone, one at a time" or ""))
+            end
+            src.streak = src.streak + #jobs
+            if first[3] > 1 then
+                held[first[1]] = first[3]
+                src.suspect = { entry = first[1], fields = first[2], deliveries = first[3] }
+            else
+                -- Never run (passed on by a worker of another version):
+                -- with the jobs read, and the next round at once.
+                for _, j in ipairs(jobs) do push(j[1], j[2], j[3]) end
+                reap()
+            end
             src.on_ready()
         end)
     end
+    src.reap = reap
 
     -- Lease renewal of every job held (running or waiting here).
     local renewing = false
@@ -271,6 +413,9 @@ function M.worker(ex, opts)
                 held[entry] = nil
                 local exid = exids[entry]
                 if exid then ex:cancel(exid) end
+                if src.suspect and src.suspect.entry == entry and not src.suspect.running then
+                    src.suspect = nil
+                end
             end
         end)
     end
@@ -280,10 +425,14 @@ function M.worker(ex, opts)
     local function stop_timers()
         reaper:close()
         renewer:close()
+        if sink.flush_timer then
+            sink.flush_timer:close()
+            sink.flush_timer = nil
+        end
     end
 
     src.ex, src.sink, src.exids, src.blk = ex, sink, exids, blk
-    sink.cmd, sink.keys, sink.opts = cmd, keys, opts
+    sink.cmd, sink.keys, sink.opts, sink.ex = cmd, keys, opts, ex
     return src, sink, stop_timers
 end
 
@@ -295,38 +444,71 @@ function Source:start(on_ready)
 end
 
 
+-- Hands a job to the driver: its record for the sink, its executor id.
+function Source:_start_job(j, f)
+    local exid = j.entry .. "/" .. j.deliveries
+    local sink = self.sink
+    sink.jobs[exid] = { entry = j.entry, deliveries = j.deliveries, id = f.id or "", run = f.run or "" }
+    sink.njobs = sink.njobs + 1
+    self.exids[j.entry] = exid
+    self.last = self.last + 1
+    return { id = exid, input = decode(f.input or "null"), line = self.last }
+end
+
+
+-- A job of another version of the pipeline, read here: never run here.
+-- PASS makes it idle past its lease at once, so that the reaper of a
+-- worker of its version takes it on its next round; with none, the
+-- reapers pass it on and it ends in the dead-letter stream (REAP).
+function Source:_pass(j, f)
+    self.held[j.entry] = nil
+    local s = self.sink
+    s.cmd:eval(M.PASS, { s.keys.jobs }, { M.GROUP, s.opts.consumer, math.floor(s.opts.lease * 1000), j.entry },
+               function() end)
+    if not self.warned[f.hash or ""] then
+        self.warned[f.hash or ""] = true
+        io_stderr:write(format("tide: worker: job %s was submitted with another version of the "
+                               .. "pipeline (hash %s, this worker runs %s): left for a worker that "
+                               .. "runs it\n", tostring(f.id), tostring(f.hash), self.hash))
+    end
+end
+
+
 --- The next job to run, or nil (then a read of new jobs starts: the
--- driver calls take only while it has room).
+-- driver calls take only while it has room). A job taken over by the
+-- reaper (self.suspect) runs alone: no new jobs are read while it waits,
+-- and it starts once every other job this worker held is committed, so
+-- that if it kills the worker, no other job's delivery is counted for it.
 function Source:take()
     while true do
         local h = self.head
-        if h > self.tail then
-            self.read()
-            return nil
-        end
+        if h > self.tail then break end
         local j = self.queue[h]
         self.queue[h] = nil
         self.head = h + 1
         local f = fields_table(j.fields)
         if f.hash ~= self.hash then
-            -- Another version of the pipeline: never run here. Left
-            -- unrenewed, it goes to another worker when its lease ends.
-            self.held[j.entry] = nil
-            if not self.warned[f.hash or ""] then
-                self.warned[f.hash or ""] = true
-                io_stderr:write(format("tide: worker: job %s was submitted with another version of the "
-                                       .. "pipeline (hash %s, this worker runs %s): left for a worker that "
-                                       .. "runs it\n", tostring(f.id), tostring(f.hash), self.hash))
-            end
+            self:_pass(j, f)
         elseif self.held[j.entry] == j.deliveries then
-            local input = decode(f.input or "null")
-            local exid = j.entry .. "/" .. j.deliveries
-            self.sink.jobs[exid] = { entry = j.entry, deliveries = j.deliveries, id = f.id or "", run = f.run or "" }
-            self.exids[j.entry] = exid
-            self.last = self.last + 1
-            return { id = exid, input = input, line = self.last }
+            -- Reading ahead: the next jobs are on their way while these
+            -- run, once fewer than half a read are left here.
+            if self.tail - self.head < self.batch / 2 then self.read() end
+            return self:_start_job(j, f)
         end
     end
+    local s = self.suspect
+    if not s then
+        self.read()
+        return nil
+    end
+    if s.running then return nil end
+    local held = self.held
+    local first = next(held)
+    if first == s.entry and next(held, first) == nil then
+        s.running = true
+        return self:_start_job(s, fields_table(s.fields))
+    end
+    return nil
 end
 
 
@@ -349,20 +531,84 @@ function Source:close()
         self.held[j.entry] = nil
     end
     self.head = self.tail + 1
+    local s = self.suspect
+    if s and not s.running then
+        self.held[s.entry] = nil
+        self.suspect = nil
+    end
 end
 
 
---- Commits one result with COMMIT (the reply comes later: the client
--- keeps the loop running until it does). A cancelled job (a drain that
--- ran out of time, a lease lost) is not committed: it stays pending and
--- another delivery runs it.
+-- After the job of entry left this worker (committed, refused,
+-- cancelled): a job taken over that waits to run alone may start now; one
+-- that ran alone lets the reaper claim the next one and new reads start.
+function Sink:_left(entry)
+    local src = self.src
+    local s = src.suspect
+    if not s then return end
+    if s.entry == entry then
+        src.suspect = nil
+        src.reap()
+    end
+    if not src.closed then src.on_ready() end
+end
+
+
+-- Sends the pending results in one COMMIT.
+function Sink:_commit()
+    local batch, n = self.pending, self.npending
+    if n == 0 then return end
+    self.pending, self.npending = {}, 0
+    local args = { M.GROUP, self.opts.consumer, M.RESULT_TTL_MS, self.keys.res }
+    local a = 4
+    for i = 1, n do
+        local c = batch[i]
+        local job = c.job
+        args[a + 1], args[a + 2], args[a + 3], args[a + 4] = job.entry, job.deliveries, job.id, job.run
+        args[a + 5], args[a + 6], args[a + 7] = c.status, c.vtext, c.rtext
+        a = a + 7
+    end
+    local counts = self.counts
+    self.cmd:eval(M.COMMIT, { self.keys.jobs }, args, function(v, rec)
+        if rec then
+            -- Not committed (Redis away or too slow): the jobs stay
+            -- pending and run again elsewhere when their leases end (or
+            -- the commit ran and its reply was lost: then they are done).
+            self.commit_errors = self.commit_errors + n
+            io_stderr:write(format("tide: worker: committing %d results: %s\n", n, tostring(rec)))
+        end
+        for i = 1, n do
+            local c = batch[i]
+            local job = c.job
+            if self.held[job.entry] == job.deliveries then self.held[job.entry] = nil end
+            local r = not rec and v[i]
+            if r == 1 then
+                if c.status == "done" then counts.done = counts.done + 1 else counts.failed = counts.failed + 1 end
+            elseif r then
+                self.refused = self.refused + 1
+            end
+        end
+        for i = 1, n do self:_left(batch[i].job.entry) end
+    end)
+end
+
+
+--- Queues one result for COMMIT. The results of one loop turn leave in
+-- one script call, sent on the next turn (a one-shot timer), or at once
+-- when no other job runs here (then nothing else would keep the loop
+-- going) or the batch is full; the reply comes later (the client keeps
+-- the loop running until it does). A cancelled job (a drain that ran out
+-- of time, a lease lost) is not committed: it stays pending and another
+-- delivery runs it.
 function Sink:put(exid, status, value, ran)
     local job = self.jobs[exid]
-    self.jobs[exid] = nil
     if not job then return "failed", nil end
+    self.jobs[exid] = nil
+    self.njobs = self.njobs - 1
     if self.exids[job.entry] == exid then self.exids[job.entry] = nil end
     if status == "cancelled" then
-        self.held[job.entry] = nil
+        if self.held[job.entry] == job.deliveries then self.held[job.entry] = nil end
+        self:_left(job.entry)
         return "cancelled", nil
     end
     local vtext, rtext
@@ -377,28 +623,27 @@ function Sink:put(exid, status, value, ran)
         if not errors.is(value) then value = errors.new("ETASK", tostring(value)) end
         vtext, rtext = errors.json(value, true), nil
     end
-    local counts = self.counts
-    self.cmd:eval(M.COMMIT, { self.keys.jobs, self.keys.res .. job.run },
-                  { M.GROUP, self.opts.consumer, job.entry, job.deliveries, job.id, status, vtext,
-                    rtext or "", M.RESULT_TTL_MS },
-                  function(v, rec)
-        if self.held[job.entry] == job.deliveries then self.held[job.entry] = nil end
-        if rec then
-            -- Not committed (Redis away or too slow): the job stays
-            -- pending and runs again elsewhere when its lease ends.
-            self.commit_errors = self.commit_errors + 1
-            io_stderr:write("tide: worker: committing ", tostring(job.id), ": ", tostring(rec), "\n")
-        elseif v == 1 then
-            if status == "done" then counts.done = counts.done + 1 else counts.failed = counts.failed + 1 end
-        else
-            self.refused = self.refused + 1
-        end
-    end)
+    local n = self.npending + 1
+    self.npending = n
+    self.pending[n] = { job = job, status = status, vtext = vtext, rtext = rtext or "" }
+    if n >= M.COMMIT_BATCH or self.njobs == 0 then
+        self:_commit()
+    elseif not self.flush_timer then
+        self.flush_timer = self.ex:timer(0.001, function()
+            self.flush_timer:close()
+            self.flush_timer = nil
+            self:_commit()
+        end)
+    end
     return status, nil
 end
 
 
-function Sink:flush() return nil end
+function Sink:flush()
+    self:_commit()
+    return nil
+end
+
 function Sink:close() return nil end
 function Sink:written() return "" end
 
@@ -508,14 +753,19 @@ function Remote:_read()
     self.blk:send_t(3, function(v, rec)
         self.reading = false
         if rec then
-            -- Redis away: the client reconnects, and the read is tried
-            -- again after a short pause.
-            local t
-            t = self.ex:timer(0.2, function()
-                t:close()
-                self:_read()
-            end)
-            return
+            if rec.code == "ECLOSED" then return end
+            -- Redis away: the client reconnects, and the read sent now
+            -- waits for it (a command that waits keeps the loop running,
+            -- so the run cannot end while jobs are out).
+            if not self.down then
+                io_stderr:write("tide: reading results: ", tostring(rec), "\n")
+                self.down = true
+            end
+            return self:_read()
+        end
+        if self.down then
+            io_stderr:write("tide: reading results again\n")
+            self.down = false
         end
         if v then
             for _, ent in ipairs(v[1][2]) do
@@ -540,11 +790,24 @@ function Remote:submit(_, input, opts)
     local text = encode(input) or "null"
     self.live[id] = true
     self.nlive = self.nlive + 1
-    self.cmd:send(function(_, rec)
-        if rec then self:_emit(id, "failed", rec) end
-    end, "XADD", self.keys.jobs, "*", "id", id, "run", self.run_id, "hash", self.hash, "input", text)
+    self:_add(id, text, 1)
     self:_read()
     return id
+end
+
+
+-- Adds a job to the stream. A submission that failed because the
+-- connection was lost or Redis did not answer in time is sent again (the
+-- client waits for the connection): it may have been added already, and
+-- then the job runs twice, but only its first result is kept (_emit).
+function Remote:_add(id, text, attempt)
+    self.cmd:send(function(_, rec)
+        if not rec or not self.live[id] then return end
+        if rec.code ~= "EREDIS" and rec.code ~= "ECLOSED" and attempt < M.SUBMIT_ATTEMPTS then
+            return self:_add(id, text, attempt + 1)
+        end
+        self:_emit(id, "failed", rec)
+    end, "XADD", self.keys.jobs, "*", "id", id, "run", self.run_id, "hash", self.hash, "input", text)
 end
 
 

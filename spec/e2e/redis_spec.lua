@@ -28,9 +28,9 @@ local function write_inputs(path, n, extra)
 end
 
 -- Starts `tide worker` in the background; returns its pid.
-local function start_worker(url, dir, name, args)
+local function start_worker(url, dir, name, args, pipe)
     local cmd = ("%s worker %s --redis %s %s 2>%s & echo $!"):format(
-        q(proc.bin), q(PIPE), q(url), args or "", q(dir .. "/" .. name .. ".err"))
+        q(proc.bin), q(pipe or PIPE), q(url), args or "", q(dir .. "/" .. name .. ".err"))
     local h = io.popen("sh -c " .. q(cmd))
     local pid = tonumber(h:read("*l"))
     h:close()
@@ -59,9 +59,9 @@ end
 
 -- Runs `tide run --redis` in the background; returns a function that
 -- waits for it and gives its exit code and stderr.
-local function start_run(url, dir, extra)
+local function start_run(url, dir, extra, pipe)
     local cmd = ("%s run %s --redis %s --input %s --output %s %s 2>%s; echo $? >%s"):format(
-        q(proc.bin), q(PIPE), q(url), q(dir .. "/in.jsonl"), q(dir .. "/out"), extra or "",
+        q(proc.bin), q(pipe or PIPE), q(url), q(dir .. "/in.jsonl"), q(dir .. "/out"), extra or "",
         q(dir .. "/run.err"), q(dir .. "/run.rc"))
     os.execute("sh -c " .. q(cmd) .. " &")
     return function(secs)
@@ -162,15 +162,16 @@ describe("tide run --redis with tide worker", function()
         assert.equal("", proc.slurp(dir .. "/out/failed.jsonl"))
     end)
 
-    it("a job that kills every worker that takes it goes to the dead-letter stream", function()
+    it("a job that kills every worker that takes it goes to the dead-letter stream, alone", function()
+        -- Thirty jobs, the second one poison, all read at once by the
+        -- first worker (--concurrency 100). Workers are started again as
+        -- they die, as a service manager would. Jobs taken over run
+        -- alone, so only the poison job's deliveries grow: with
+        -- --max-deliveries 2 every other job still gets its result.
         local f = assert(io.open(dir .. "/in.jsonl", "wb"))
-        f:write('{"n":1}\n{"n":2,"poison":true}\n{"n":3}\n')
+        for i = 1, 30 do f:write(i == 2 and '{"n":2,"poison":true}\n' or ('{"n":' .. i .. '}\n')) end
         f:close()
-        -- Workers are started again as they die, as a service manager
-        -- would. One job at a time: a job held with the poison one by a
-        -- worker it kills would have its deliveries counted too (running
-        -- suspects alone is not done yet).
-        local loop = ("while [ ! -e %s ]; do %s worker %s --redis %s --lease 0.5 --max-deliveries 2 --concurrency 1 "
+        local loop = ("while [ ! -e %s ]; do %s worker %s --redis %s --lease 0.5 --max-deliveries 2 --concurrency 100 "
                       .. "2>>%s & echo $! >%s; wait $!; done"):format(
             q(dir .. "/stop"), q(proc.bin), q(PIPE), q(server.url), q(dir .. "/w.err"), q(dir .. "/w.pid"))
         local h = io.popen("sh -c " .. q(loop .. " >/dev/null 2>&1 & echo $!"))
@@ -183,13 +184,14 @@ describe("tide run --redis with tide worker", function()
         local wpid = tonumber(proc.slurp(dir .. "/w.pid") or "")
         if wpid then stop_workers({ wpid }) end
         assert.equal(1, rc, err)
-        assert.equal(2, #sorted_lines(dir .. "/out/double.jsonl"))
+        assert.equal(29, #sorted_lines(dir .. "/out/double.jsonl"), proc.slurp(dir .. "/w.err"))
         local failed = sorted_lines(dir .. "/out/failed.jsonl")
         assert.equal(1, #failed)
         local rec = json.decode(failed[1])
         assert.equal("2", rec.id)
         assert.equal("EDELIVERY", rec.error.code)
         assert.equal("1", server:cli("XLEN", "tide:{distributed}:dlq"))
+        assert.matches("run alone, one at a time", proc.slurp(dir .. "/w.err"))
     end)
 
     it("a worker stopped with SIGSTOP past its lease: its late results are refused, one result each", function()
@@ -223,6 +225,70 @@ describe("tide run --redis with tide worker", function()
         assert.equal(0, rc, err)
         assert.equal(10, #sorted_lines(dir .. "/out/double.jsonl"))
         assert.matches("stopped: 10 done", proc.slurp(dir .. "/a.err"))
+    end)
+
+    it("a worker with a changed pipeline file runs none of the jobs; a version no worker runs is reported", function()
+        -- b runs a copy of the pipeline with one more line: the same
+        -- name, another hash. Every job goes to a, and b says why.
+        local changed = dir .. "/changed.lua"
+        proc.write(changed, proc.slurp(PIPE) .. "-- changed\n")
+        write_inputs(dir .. "/in.jsonl", 300)
+        local args = "--concurrency 50 --lease 0.5 --max-deliveries 2"
+        local b = start_worker(server.url, dir, "b", args, changed)
+        local a = start_worker(server.url, dir, "a", args)
+        local wait = start_run(server.url, dir)
+        local rc, err = wait(60)
+        assert.equal(0, rc, err)
+        one_result_each(dir, 300)
+        -- Jobs submitted with a third version: no worker runs it. They end
+        -- in the dead-letter stream with a record naming the hash, and
+        -- the run reports them as failures.
+        local third = dir .. "/third.lua"
+        proc.write(third, proc.slurp(PIPE) .. "-- third\n")
+        local hash = core.xxh128(proc.slurp(third))
+        write_inputs(dir .. "/in.jsonl", 3)
+        proc.rmrf(dir .. "/out")
+        os.remove(dir .. "/run.rc")
+        wait = start_run(server.url, dir, nil, third)
+        rc, err = wait(60)
+        stop_workers({ a, b })
+        assert.equal(1, rc, err)
+        assert.matches("stopped: 0 done", proc.slurp(dir .. "/b.err"))
+        assert.matches("another version of the pipeline", proc.slurp(dir .. "/b.err"))
+        assert.matches("stopped: 300 done", proc.slurp(dir .. "/a.err"))
+        local failed = sorted_lines(dir .. "/out/failed.jsonl")
+        assert.equal(3, #failed)
+        for _, l in ipairs(failed) do
+            local rec = json.decode(l)
+            assert.equal("EVERSION", rec.error.code)
+            assert.matches("no worker with pipeline hash " .. hash, rec.error.message)
+        end
+        assert.equal("3", server:cli("XLEN", "tide:{distributed}:dlq"))
+        local dlq = server:cli("XRANGE", "tide:{distributed}:dlq", "-", "+")
+        assert.matches("no worker with pipeline hash " .. hash, dlq)
+        assert.matches("no worker with that hash took it", proc.slurp(dir .. "/a.err") .. proc.slurp(dir .. "/b.err"))
+    end)
+
+    it("Redis killed and restarted mid-run with appendonly yes: everyone reconnects, one result each", function()
+        server:stop()
+        server = rs.start({ appendonly = true })
+        write_inputs(dir .. "/in.jsonl", 2000, ',"secs":0.1')
+        local args = "--concurrency 50 --lease 1"
+        local a = start_worker(server.url, dir, "a", args)
+        local b = start_worker(server.url, dir, "b", args)
+        local wait = start_run(server.url, dir)
+        socket.sleep(0.8)
+        -- SIGKILL: Redis writes its append-only file before it answers,
+        -- so whatever it acknowledged is in the file it reads back.
+        server:restart("KILL")
+        local rc, err = wait(120)
+        stop_workers({ a, b })
+        assert.equal(0, rc, err)
+        one_result_each(dir, 2000)
+        assert.equal(2000, #sorted_lines(dir .. "/out/double.jsonl"))
+        local werr = proc.slurp(dir .. "/a.err") .. proc.slurp(dir .. "/b.err")
+        assert.matches("reading jobs again", werr)
+        assert.equal("0", server:cli("XLEN", "tide:{distributed}:jobs"))
     end)
 
     it("Redis that cannot be reached: tide run --redis and tide worker exit 3 at once", function()

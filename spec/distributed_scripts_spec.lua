@@ -1,0 +1,140 @@
+--- The worker's scripts of lua/tide/distributed.lua run on a real
+-- redis-server: COMMIT fences each job of a batch by owner and delivery
+-- count (a late or repeated result adds nothing), REAP claims a job that
+-- ran before alone and leaves a job of another pipeline version to the
+-- workers of that version until it has waited two leases.
+local tide = require "tide"
+local redis = require "tide.redis"
+local distributed = require "tide.distributed"
+local rs = require "helpers.redis"
+
+local G = distributed.GROUP
+
+describe("tide.distributed scripts", function()
+    local server, ex, c, keys
+
+    -- Runs one command or script on the loop; returns its reply.
+    local function call(...)
+        local v, rec
+        c:send(function(a, b) v, rec = a, b end, ...)
+        ex:run()
+        assert.is_nil(rec, rec and rec.message)
+        return v
+    end
+    local function eval(script, k, args)
+        local v, rec
+        c:eval(script, k, args, function(a, b) v, rec = a, b end)
+        ex:run()
+        assert.is_nil(rec, rec and rec.message)
+        return v
+    end
+    local function add(id, hash)
+        return call("XADD", keys.jobs, "*", "id", id, "run", "r1", "hash", hash or "H", "input", "1")
+    end
+    local function read(consumer, n)
+        local v = call("XREADGROUP", "GROUP", G, consumer, "COUNT", n or 10, "STREAMS", keys.jobs, ">")
+        local out = {}
+        for _, e in ipairs(v[1][2]) do out[#out + 1] = e[1] end
+        return out
+    end
+
+    before_each(function()
+        server = rs.start()
+        ex = tide.executor()
+        c = redis.connect(ex, server.url)
+        keys = distributed.keys("spec")
+        call("XGROUP", "CREATE", keys.jobs, G, "0", "MKSTREAM")
+    end)
+    after_each(function()
+        c:close()
+        ex:close()
+        server:stop()
+    end)
+
+    it("COMMIT: one result per job, only from the delivery that owns it", function()
+        add("a")
+        add("b")
+        add("c")
+        local e = read("w1")
+        local function job(entry, deliveries, id)
+            return { entry, deliveries, id, "r1", "done", '"' .. id .. '"', "" }
+        end
+        local args = { G, "w1", 60000, keys.res }
+        -- a: the wrong delivery count; b: twice in one batch; c: right.
+        for _, t in ipairs({ job(e[1], 2, "a"), job(e[2], 1, "b"), job(e[2], 1, "b"), job(e[3], 1, "c") }) do
+            for _, v in ipairs(t) do args[#args + 1] = v end
+        end
+        assert.same({ -1, 1, 0, 1 }, eval(distributed.COMMIT, { keys.jobs }, args))
+        assert.equal(2, call("XLEN", keys.res .. "r1"))
+        -- Another consumer's late result for a: refused; the owner's: kept.
+        local late = { G, "w2", 60000, keys.res }
+        for _, v in ipairs(job(e[1], 1, "a")) do late[#late + 1] = v end
+        assert.same({ -1 }, eval(distributed.COMMIT, { keys.jobs }, late))
+        late[2] = "w1"
+        assert.same({ 1 }, eval(distributed.COMMIT, { keys.jobs }, late))
+        -- Once committed, again: nothing more.
+        assert.same({ 0 }, eval(distributed.COMMIT, { keys.jobs }, late))
+        assert.equal(3, call("XLEN", keys.res .. "r1"))
+        assert.equal(0, call("XLEN", keys.jobs))
+        assert.equal(0, call("XPENDING", keys.jobs, G)[1])
+    end)
+
+    it("REAP: a job that ran before alone, fresh jobs together, another version only after two leases", function()
+        local ran = add("ran")
+        local fresh1, fresh2 = add("fresh1"), add("fresh2")
+        local other = add("other", "OTHER")
+        read("dead")
+        -- fresh1 and fresh2 were passed on, never run (count 0).
+        for _, e in ipairs({ fresh1, fresh2 }) do
+            call("XCLAIM", keys.jobs, G, "dead", 0, e, "IDLE", 100, "JUSTID", "RETRYCOUNT", 0)
+        end
+        rs.sleep(0.1)
+        local function reap(pass_idle)
+            return eval(distributed.REAP, { keys.jobs, keys.dlq },
+                        { G, "w1", 50, 1000, 5, 60000, keys.res, "H", pass_idle, 100 })
+        end
+        -- ran comes first (the oldest) and alone, as its second delivery.
+        local got = reap(60000)
+        assert.equal(1, #got[1])
+        assert.same({ ran, 2 }, { got[1][1][1], got[1][1][3] })
+        assert.same({}, got[2])
+        -- Then the fresh ones, together, as first deliveries.
+        got = reap(60000)
+        assert.equal(2, #got[1])
+        assert.same({ fresh1, fresh2 }, { got[1][1][1], got[1][2][1] })
+        assert.same({ 1, 1 }, { got[1][1][3], got[1][2][3] })
+        -- A job that ran before is never claimed with fresh ones.
+        call("XCLAIM", keys.jobs, G, "w1", 0, ran, "IDLE", 100, "JUSTID")
+        call("XCLAIM", keys.jobs, G, "w1", 0, fresh1, "IDLE", 100, "JUSTID", "RETRYCOUNT", 0)
+        got = reap(60000)
+        assert.equal(1, #got[1])
+        assert.equal(ran, got[1][1][1])
+        got = reap(60000)
+        assert.equal(1, #got[1])
+        assert.same({ fresh1, 1 }, { got[1][1][1], got[1][1][3] })
+        -- other is not this worker's version: left alone within pass_idle,
+        -- then passed on (counted) and reported.
+        got = reap(60000)
+        assert.same({ {}, {} }, got)
+        got = reap(50)
+        assert.same({}, got[1])
+        assert.same({ { "other", "OTHER", 2, 0, 1 } }, got[2])
+        assert.equal(2, call("XPENDING", keys.jobs, G, other, other, 1)[1][4])
+    end)
+
+    it("REAP: a job of another version past max deliveries goes to the dead-letter stream as EVERSION", function()
+        add("x", "OTHER")
+        read("dead")
+        rs.sleep(0.1)
+        local got = eval(distributed.REAP, { keys.jobs, keys.dlq },
+                         { G, "w1", 50, 1000, 1, 60000, keys.res, "H", 50, 100 })
+        assert.same({ { "x", "OTHER", 2, 1, 1 } }, got[2])
+        local d = call("XRANGE", keys.dlq, "-", "+")
+        local f = redis.pairs_to_table(d[1][2])
+        assert.matches("no worker with pipeline hash OTHER", f.error)
+        assert.matches('"EVERSION"', f.error)
+        local r = redis.pairs_to_table(call("XRANGE", keys.res .. "r1", "-", "+")[1][2])
+        assert.equal("failed", r.status)
+        assert.equal(0, call("XLEN", keys.jobs))
+    end)
+end)
