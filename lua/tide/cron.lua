@@ -367,5 +367,6 @@ end
 
 
 M.days_from_civil = days_from_civil
+M.is_leap = is_leap
 
 return M

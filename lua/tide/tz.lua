@@ -24,21 +24,10 @@ local Zone = {}
 Zone.__index = Zone
 
 
--- Days since 1970-01-01 of a civil date (as cron.lua computes them).
-local function days_from_civil(y, m, d)
-    if m <= 2 then y = y - 1 end
-    local era = floor(y / 400)
-    local yoe = y - era * 400
-    local mp = (m + 9) % 12
-    local doy = floor((153 * mp + 2) / 5) + d - 1
-    local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
-    return era * 146097 + doe - 719468
-end
-
-
-local function is_leap(y)
-    return (y % 4 == 0 and y % 100 ~= 0) or y % 400 == 0
-end
+-- The calendar arithmetic is cron.lua's (cron.lua loads this module only
+-- when a schedule names a zone, so the two do not load each other).
+local cron = require "tide.cron"
+local days_from_civil, is_leap = cron.days_from_civil, cron.is_leap
 
 local MDAYS = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 }
 
