@@ -833,7 +833,7 @@ TEST_IMPL(sched_context_memory_is_kept) {
 
     /* Two graphs of different block classes take turns in one slot. */
     tide__gspec big[40];
-    char names[40][8];
+    char names[40][16];
     for (int i = 0; i < 40; i++) {
         snprintf(names[i], sizeof(names[i]), "t%d", i);
         big[i] = (tide__gspec){names[i], NULL, 0, 0};
