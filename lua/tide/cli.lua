@@ -10,6 +10,7 @@ local journal = require "tide.journal"
 local cache = require "tide.cache"
 local distributed = require "tide.distributed"
 local redis = require "tide.redis"
+local rexec = require "tide.rexec"
 local trace = require "tide.trace"
 local replay = require "tide.replay"
 
@@ -62,8 +63,15 @@ commands:
       when some still fail.
   worker PIPELINE.lua --redis URL [--concurrency N] [--threads N] [--lease S]
                       [--drain-timeout S] [--max-deliveries N] [--task-timeout S]
+                      [--result-ttl S]
       Run the jobs that `tide run --redis` submits for this pipeline.
       SIGTERM or SIGINT stops taking jobs and lets running ones finish.
+      Results are kept in Redis --result-ttl seconds (86400).
+  dlq list|show ID|retry ID|retry --all|drop ID|drop --all --redis URL
+      [--pipeline NAME]
+      The dead-letter streams: list their jobs with their last error (JSON
+      lines), show one with its input, queue it again (its deliveries
+      start from zero) or drop it. ID is a job id or a dead-letter entry.
   serve PIPELINE.lua [--listen 127.0.0.1:8080] [--token-file F] [--threads N]
                      [--memory-limit BYTES]
                      [--drain-timeout S] [--request-timeout S] [--max-results N]
@@ -271,6 +279,14 @@ local WORKER_OPTIONS = {
     ["--lease"] = { "lease", positive, "--lease needs a number of seconds > 0" },
     ["--drain-timeout"] = { "drain", nonnegative, "--drain-timeout needs seconds >= 0" },
     ["--max-deliveries"] = { "max_deliveries", whole, "--max-deliveries needs a whole number >= 1" },
+    ["--result-ttl"] = { "result_ttl", positive, "--result-ttl needs a number of seconds > 0" },
+}
+
+local DLQ_OPTIONS = {
+    ["--redis"] = RUN_OPTIONS["--redis"],
+    ["--pipeline"] = { "pipeline_name", function(v) return v ~= "" and v or nil end,
+                       "--pipeline needs the name of a pipeline" },
+    ["--all"] = { "all" },
 }
 
 local REPLAY_OPTIONS = {
@@ -654,15 +670,21 @@ local function worker(args)
         concurrency = o.concurrency, task_timeout = o.task_timeout, threads = o.threads,
         results = false,
     }
+    -- The results this process commits expire after --result-ttl (the
+    -- one setting of the process's worker).
+    distributed.RESULT_TTL_MS = math.floor((o.result_ttl or rexec.DEFAULT_RESULT_TTL) * 1000)
     local w, werr = distributed.open_worker(ex, o.redis, p, o.pipeline, o)
     if not w then
         ex:close()
         return die(EXIT_IO, werr)
     end
+    -- The stream is trimmed by minimum id of unfinished work, now and then.
+    local stop_trim = rexec.trimmer(ex, w.sink.cmd, p.name)
     io_stderr:write(format("tide: worker %s: pipeline '%s' (%s) from %s, concurrency %d, lease %g s\n",
                            w.consumer, p.name, w.hash:sub(1, 12), o.redis, o.concurrency, o.lease))
     local report = drive.run(ex, p, w.source, w.sink, { concurrency = o.concurrency, priority = "low",
                                                        drain = o.drain })
+    stop_trim()
     w:close()
     local c = w.sink.counts
     io_stderr:write(format("tide: worker stopped: %d done, %d failed, %d results refused "
@@ -758,6 +780,32 @@ local function serve(args)
     ex:close()
     io_stderr:write("tide: stopped\n")
     return EXIT_OK
+end
+
+
+-- tide dlq list|show ID|retry ID|retry --all|drop ID|drop --all --redis
+-- URL [--pipeline NAME]: the dead-letter streams.
+local DLQ_ACTIONS = { list = "", show = "ID", retry = "ID or --all", drop = "ID or --all" }
+local function dlq_command(args)
+    local o, perr = parse_args("dlq", args, DLQ_OPTIONS, {}, "an action (list, show, retry or drop)", "id")
+    if not o then return die(EXIT_USAGE, perr .. "\n" .. USAGE) end
+    o.action = o.pipeline
+    local needs = DLQ_ACTIONS[o.action]
+    if not needs then
+        return die(EXIT_USAGE, "dlq: unknown action '" .. o.action .. "' (list, show, retry or drop)")
+    end
+    if not o.redis then return die(EXIT_USAGE, "tide dlq needs --redis URL") end
+    local uok, uerr = redis.parse_url(o.redis)
+    if not uok then return die(EXIT_USAGE, uerr) end
+    if o.action == "list" and (o.id or o.all) then
+        return die(EXIT_USAGE, "dlq list takes no ID or --all")
+    end
+    if o.action == "show" and o.all then return die(EXIT_USAGE, "dlq show takes an ID, not --all") end
+    if o.action ~= "list" and not o.id == not o.all then
+        return die(EXIT_USAGE, "dlq " .. o.action .. " needs " .. needs .. " (one of them)")
+    end
+    return rexec.dlq_command(o, function(line) io_stdout:write(line, "\n") end,
+                             function(msg) io_stderr:write("tide: ", msg, "\n") end)
 end
 
 
@@ -860,6 +908,8 @@ function M.main(args)
         return worker(args)
     elseif cmd == "replay" then
         return replay_command(args)
+    elseif cmd == "dlq" then
+        return dlq_command(args)
     end
     return die(EXIT_USAGE, "unknown command '" .. tostring(cmd) .. "'\n" .. USAGE)
 end

@@ -155,6 +155,9 @@ function M.new(opts)
     if type(opts) ~= "table" then
         error("tide.executor: options must be a table, got " .. type(opts), 2)
     end
+    -- Jobs that run on `tide worker` processes: another kind of executor
+    -- (tide.rexec), with the same submit, result, status and cancel.
+    if opts.redis ~= nil then return require("tide.rexec").new(opts) end
     for k in pairs(opts) do
         if not EXEC_OPTS[k] then
             error("tide.executor: unknown option '" .. tostring(k) .. "'", 2)
