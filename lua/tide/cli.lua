@@ -77,6 +77,7 @@ commands:
                      [--drain-timeout S] [--request-timeout S] [--max-results N]
                      [--max-pending N] [--max-pending-bytes N] [--allow-host NAME]...
                      [--journal FILE [--journal-reset]] [--cache FILE] [--log-lines N]
+                     [--redis URL [--result-ttl S]]
       The HTTP/JSON job API (POST /v1/jobs, GET /v1/jobs/ID[/result|/logs],
       DELETE /v1/jobs/ID, /healthz, /metrics). Port 0 picks a free port.
       With --journal, a job is answered 201 once it is on the device, and
@@ -86,7 +87,9 @@ commands:
       Without --token-file only Host localhost, 127.0.0.1 and [::1] are
       served; --allow-host adds a name (repeatable). SIGHUP or POST
       /v1/admin/reload loads the file again (not under --journal);
-      SIGTERM or SIGINT drains.
+      SIGTERM or SIGINT drains. With --redis URL the jobs go to the Redis
+      queue that `tide worker` processes run (an id given twice is the
+      first job); Redis that cannot be reached answers 503.
   cache stats|clear [--cache FILE] [--older-than S]
       What the result cache holds (entries, bytes, oldest and newest, hits
       recorded), or remove its entries (all, or those made more than S
@@ -261,6 +264,8 @@ local SERVE_OPTIONS = {
     ["--allow-host"] = { "allow_host", host_name,
                          "--allow-host needs a host name (letters, digits, '.', '-'; or [IPv6]), no port", true },
     ["--log-lines"] = RUN_OPTIONS["--log-lines"],
+    ["--redis"] = RUN_OPTIONS["--redis"],
+    ["--result-ttl"] = { "result_ttl", positive, "--result-ttl needs a number of seconds > 0" },
 }
 
 for k, v in pairs(PARAM_OPTIONS) do SERVE_OPTIONS[k] = v end
@@ -695,6 +700,32 @@ local function worker(args)
 end
 
 
+-- tide serve --redis: the HTTP API in front of the queue (tide.rserve).
+local function serve_redis(o, p, token)
+    local server, rec = require("tide.rserve").serve(p, {
+        listen = o.listen, token = token, allow_host = o.allow_host, url = o.redis,
+        result_ttl = o.result_ttl, request_timeout = o.request_timeout,
+    })
+    if not server then return die(EXIT_IO, rec.message) end
+    local host = o.listen:match("^(.*):%d+$")
+    io_stderr:write(format("tide: serving '%s' on http://%s:%d, jobs in Redis at %s\n", p.name, host,
+                           server.port, o.redis))
+    local ex = server.executor
+    local sigs = {}
+    local function on_signal(signum)
+        io_stderr:write("tide: stopping (signal ", signum, "): jobs in Redis go on on the workers\n")
+        for _, s in ipairs(sigs) do s:close() end
+        server.drain()
+    end
+    sigs[1] = ex:signal(2, on_signal)
+    sigs[2] = ex:signal(15, on_signal)
+    ex:run()
+    ex:close()
+    io_stderr:write("tide: stopped\n")
+    return EXIT_OK
+end
+
+
 local function serve(args)
     local o, perr = parse_args("serve", args, SERVE_OPTIONS, { listen = "127.0.0.1:8080", drain = 30 })
     if not o then return die(EXIT_USAGE, perr .. "\n" .. USAGE) end
@@ -707,10 +738,20 @@ local function serve(args)
         f:close()
         if token == "" then return die(EXIT_USAGE, "--token-file: the file is empty") end
     end
+    if o.redis then
+        local uok, uerr = redis.parse_url(o.redis)
+        if not uok then return die(EXIT_USAGE, uerr) end
+        if o.journal then
+            return die(EXIT_USAGE, "--redis and --journal cannot be given together (Redis keeps the jobs)")
+        end
+    elseif o.result_ttl then
+        return die(EXIT_USAGE, "--result-ttl goes with --redis URL")
+    end
     -- Pinned: worker threads compile the text read now, so a reload
     -- (SIGHUP, POST /v1/admin/reload) never changes a running job's code.
     local p, lcode = load_params(o, true)
     if not p then return lcode end
+    if o.redis then return serve_redis(o, p, token) end
     local bad = check_stores(o)
     if bad then return bad end
     -- Prints in tasks still go where they went (stdout), and the job

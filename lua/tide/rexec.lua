@@ -257,6 +257,108 @@ function M.trimmer(ex, cmd, name, every)
 end
 
 
+-- ===== WAITING FOR RESULTS =====
+
+local Waiter = {}
+Waiter.__index = Waiter
+
+
+--- What wakes those who wait for results: one blocking XREAD over the
+-- records of every job waited for, on the connection blk (its own: the
+-- read blocks it). A wait added while a read blocks ends that read
+-- (CLIENT UNBLOCK, sent on cmd), so that the next read includes it: no
+-- polling, and no wait for the read's BLOCK time.
+function M.waiter(ex, cmd, blk)
+    return setmetatable({ ex = ex, cmd = cmd, blk = blk, keys = {}, n = 0, reading = nil, blkid = nil },
+                        Waiter)
+end
+
+
+--- Calls fn({ status, value, ran }) once job id's result is in its
+-- record `key` after entry `last`. Returns a token for remove.
+function Waiter:add(key, id, last, fn)
+    local k = self.keys[key]
+    if not k then
+        k = { id = id, last = last, fns = {} }
+        self.keys[key] = k
+    end
+    local token = { key = key, fn = fn }
+    k.fns[token] = true
+    self.n = self.n + 1
+    if self.reading and not self.reading[key] and self.blkid then
+        self.cmd:send(function() end, "CLIENT", "UNBLOCK", self.blkid)
+    end
+    self:_read()
+    return token
+end
+
+
+--- Stops a wait (the caller gave up). Returns whether it was waiting.
+function Waiter:remove(token)
+    local k = self.keys[token.key]
+    if not k or not k.fns[token] then return false end
+    k.fns[token] = nil
+    self.n = self.n - 1
+    if next(k.fns) == nil then self.keys[token.key] = nil end
+    return true
+end
+
+
+function Waiter:close()
+    self.closed = true
+end
+
+
+function Waiter:_read()
+    if self.reading or self.n == 0 or self.closed then return end
+    local args, keys, ids = { "XREAD", "COUNT", 16, "BLOCK", 10000, "STREAMS" }, {}, {}
+    local reading = {}
+    for key, k in pairs(self.keys) do
+        keys[#keys + 1] = key
+        ids[#ids + 1] = k.last
+        reading[key] = true
+    end
+    for _, key in ipairs(keys) do args[#args + 1] = key end
+    for _, i in ipairs(ids) do args[#args + 1] = i end
+    self.reading = reading
+    self.blk:send(function(v) self.blkid = v end, "CLIENT", "ID")
+    self.blk:send_t(13, function(v, rec)
+        self.reading = nil
+        if self.closed then return end
+        if rec then
+            -- Redis away: again shortly (the client reconnects meanwhile).
+            local t
+            t = self.ex:timer(0.2, function()
+                t:close()
+                self:_read()
+            end)
+            return
+        end
+        for _, st in ipairs(v or {}) do
+            local k = self.keys[st[1]]
+            for _, ent in ipairs(st[2]) do
+                if k then
+                    k.last = ent[1]
+                    local f = redis.pairs_to_table(ent[2])
+                    if f.status then
+                        local res = { status = f.status, value = result_value(k.id, f.status, f.value),
+                                      value_json = f.value,
+                                      ran = f.ran and f.ran ~= "" and decode(f.ran) or nil }
+                        self.keys[st[1]] = nil
+                        for token in pairs(k.fns) do
+                            self.n = self.n - 1
+                            token.fn(res)
+                        end
+                        k = nil
+                    end
+                end
+            end
+        end
+        self:_read()
+    end, unpack(args))
+end
+
+
 -- ===== THE DEAD-LETTER STREAMS: tide dlq =====
 
 -- Runs ex's loop until fn_async calls back; returns what it gave.
@@ -450,9 +552,8 @@ function M.new(opts)
     local self = setmetatable({
         _ex = ex, _cmd = cmd, _blk = blk, url = opts.redis, _ttl = ttl, _pname = pname,
         _names = {},   -- id -> pipeline name, for the jobs submitted here
-        _waits = {},   -- record key -> { id, last, result = nil | { status, value, ran } }
-        _nwaits = 0, _reading = nil, _blkid = nil,
     }, RExecutor)
+    self._waiter = M.waiter(ex, cmd, blk)
     return self
 end
 
@@ -563,61 +664,6 @@ function RExecutor:cancel(id)
 end
 
 
--- The blocking read of the records waited for: XREAD on every one of
--- them, on the executor's own connection. A wait added while a read
--- blocks ends that read (CLIENT UNBLOCK from the command connection), so
--- the next one includes it: no polling, and no wait for the BLOCK time.
-function RExecutor:_read()
-    if self._reading or self._nwaits == 0 or self._closed then return end
-    local args, keys, ids = { "XREAD", "COUNT", 16, "BLOCK", 10000, "STREAMS" }, {}, {}
-    for k, w in pairs(self._waits) do
-        if not w.result then
-            keys[#keys + 1] = k
-            ids[#ids + 1] = w.last
-        end
-    end
-    if #keys == 0 then return end
-    for _, k in ipairs(keys) do args[#args + 1] = k end
-    for _, i in ipairs(ids) do args[#args + 1] = i end
-    local reading = {}
-    for _, k in ipairs(keys) do reading[k] = true end
-    self._reading = reading
-    self._blk:send(function(v) self._blkid = v end, "CLIENT", "ID")
-    self._blk:send_t(13, function(v, rec)
-        self._reading = nil
-        if self._closed then return end
-        if not rec and v then
-            for _, s in ipairs(v) do
-                local w = self._waits[s[1]]
-                for _, ent in ipairs(s[2]) do
-                    if w then
-                        w.last = ent[1]
-                        local f = redis.pairs_to_table(ent[2])
-                        if f.status then
-                            w.result = { status = f.status, value = result_value(w.id, f.status, f.value),
-                                         ran = f.ran ~= "" and f.ran and decode(f.ran) or nil }
-                        elseif f.state == "queued" then
-                            -- A dead-letter retry made the record again.
-                            w.result = nil
-                        end
-                    end
-                end
-            end
-        end
-        if rec then
-            -- Redis away: try again shortly (the client reconnects).
-            local t
-            t = self._ex:timer(0.2, function()
-                t:close()
-                self:_read()
-            end)
-            return
-        end
-        self:_read()
-    end, unpack(args))
-end
-
-
 --- The output of a job, waiting up to `timeout` seconds (nil: no limit)
 -- for it; the loop runs meanwhile. Woken by a blocking read of the job's
 -- record, not by polling.
@@ -638,26 +684,13 @@ function RExecutor:result(id, timeout)
         if st.status == "done" then return st.value end
         return nil, st.value
     end
-    local key = M.record_key(name, id)
-    local w = self._waits[key]
-    if not w then
-        w = { id = id, last = st.last, n = 0 }
-        self._waits[key] = w
-        self._nwaits = self._nwaits + 1
+    local r
+    local token = self._waiter:add(M.record_key(name, id), id, st.last, function(res) r = res end)
+    self:_until(function() return r ~= nil end, deadline)
+    if not r then
+        self._waiter:remove(token)
+        return errors.fail("EAGAIN", "job '" .. id .. "' has not finished yet")
     end
-    w.n = w.n + 1
-    if self._reading and not self._reading[key] and self._blkid then
-        self._cmd:send(function() end, "CLIENT", "UNBLOCK", self._blkid)
-    end
-    self:_read()
-    self:_until(function() return w.result ~= nil end, deadline)
-    w.n = w.n - 1
-    local r = w.result
-    if w.n == 0 then
-        self._waits[key] = nil
-        self._nwaits = self._nwaits - 1
-    end
-    if not r then return errors.fail("EAGAIN", "job '" .. id .. "' has not finished yet") end
     if r.status == "done" then return r.value end
     return nil, r.value
 end
@@ -666,7 +699,7 @@ end
 --- Counters: { waits (results waited for), redis = the command client's }.
 function RExecutor:stats()
     check_self(self, "ex:stats")
-    return { waits = self._nwaits, redis = self._cmd:stats() }
+    return { waits = self._waiter.n, redis = self._cmd:stats() }
 end
 
 
@@ -679,6 +712,7 @@ function RExecutor:loop() return self._ex:loop() end
 function RExecutor:close()
     if self._closed then return end
     self._closed = true
+    self._waiter:close()
     self._cmd:close()
     self._blk:close()
     self._ex:close()
