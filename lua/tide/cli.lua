@@ -685,11 +685,27 @@ local function worker(args)
     end
     -- The stream is trimmed by minimum id of unfinished work, now and then.
     local stop_trim = rexec.trimmer(ex, w.sink.cmd, p.name)
+    -- A job cancelled elsewhere (ex:cancel, DELETE /v1/jobs/ID) stops here
+    -- at once: its result is written already, and its commit would be
+    -- refused.
+    local stop_listen = rexec.cancel_listener(ex, o.redis, p.name, function(entry)
+        local exid = w.sink.exids[entry]
+        w.sink.held[entry] = nil
+        if exid then ex:cancel(exid) end
+    end)
+    -- The listener's blocking read ends when the worker stops taking jobs
+    -- (it would hold the loop of a drain open).
+    local source_close = w.source.close
+    w.source.close = function(src)
+        stop_listen()
+        return source_close(src)
+    end
     io_stderr:write(format("tide: worker %s: pipeline '%s' (%s) from %s, concurrency %d, lease %g s\n",
                            w.consumer, p.name, w.hash:sub(1, 12), o.redis, o.concurrency, o.lease))
     local report = drive.run(ex, p, w.source, w.sink, { concurrency = o.concurrency, priority = "low",
                                                        drain = o.drain })
     stop_trim()
+    stop_listen()
     w:close()
     local c = w.sink.counts
     io_stderr:write(format("tide: worker stopped: %d done, %d failed, %d results refused "

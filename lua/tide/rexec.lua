@@ -83,12 +83,14 @@ if p then return { 'running', '', '', last, first.hash or '', p[2] } end
 return { 'pending', '', '', last, first.hash or '', '' }
 ]==])
 
--- KEYS: jobs, record. ARGV: group, id, error record (JSON), ttl_ms.
--- Writes the job's one result as cancelled and takes it out of the jobs
--- stream (acknowledged and deleted), so that a worker running it finds it
--- gone: its renewal reports the job lost (the worker cancels it) and its
--- COMMIT is refused. Returns { "OK" }, { "ENOENT" } or { "EINVAL",
--- status } for a job already finished.
+-- KEYS: jobs, record, cancels. ARGV: group, id, error record (JSON),
+-- ttl_ms. Writes the job's one result as cancelled and takes it out of
+-- the jobs stream (acknowledged and deleted), so that a worker running
+-- it finds it gone: its COMMIT is refused, and its renewal reports the
+-- job lost (the worker cancels it then, if the cancels stream did not
+-- tell it first). A job taken by a worker is announced on the cancels
+-- stream, which keeps the last minute of them. Returns { "OK" },
+-- { "ENOENT" } or { "EINVAL", status } for a job already finished.
 M.CANCEL = redis.script(FIELDS .. [==[
 local all = redis.call('XRANGE', KEYS[2], '-', '+')
 if #all == 0 then return { 'ENOENT' } end
@@ -100,6 +102,11 @@ local e = fields(all[1][2]).entry
 redis.call('XADD', KEYS[2], '*', 'id', ARGV[2], 'status', 'cancelled', 'value', ARGV[3], 'ran', '')
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 if e then
+  local ok, pl = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1], e, e, 1)
+  if ok and pl[1] then
+    local now = redis.call('TIME')
+    redis.call('XADD', KEYS[3], 'MINID', '~', (tonumber(now[1]) - 60) * 1000, '*', 'entry', e)
+  end
   redis.call('XACK', KEYS[1], ARGV[1], e)
   redis.call('XDEL', KEYS[1], e)
 end
@@ -182,6 +189,12 @@ end
 M.new_id = new_id
 
 
+--- The stream that tells workers which running jobs were cancelled.
+function M.cancels_key(name)
+    return "tide:{" .. name .. "}:cancels"
+end
+
+
 --- The record key of job id of pipeline name.
 function M.record_key(name, id)
     return distributed.keys(name).res .. "job:" .. id
@@ -233,7 +246,7 @@ end
 --- fn(true) or fn(nil, rec): ENOENT (no such job), EINVAL (finished).
 function M.cancel(cmd, name, id, ttl, fn)
     local err = errors.json(errors.new("ECANCELED", "job '" .. id .. "' was cancelled"), false)
-    cmd:eval(M.CANCEL, { distributed.keys(name).jobs, M.record_key(name, id) },
+    cmd:eval(M.CANCEL, { distributed.keys(name).jobs, M.record_key(name, id), M.cancels_key(name) },
              { GROUP, id, err, math.floor(ttl * 1000) }, function(v, rec)
         if rec then return fn(nil, rec) end
         if v[1] == "OK" then return fn(true) end
@@ -493,6 +506,45 @@ function M.dlq_command(o, out, say)
     end
     say(format("%s %d dead-letter jobs", action == "retry" and "queued again" or "dropped", n))
     return finish(0)
+end
+
+
+--- A worker's ear for cancels: a blocking read of pipeline name's
+-- cancels stream on a connection of its own; on_cancel(entry) for each
+-- job cancelled from now on. Returns a function that stops it. An entry
+-- missed (Redis away) is still noticed by the worker's lease renewal.
+function M.cancel_listener(ex, url, name, on_cancel)
+    local c = redis.connect(ex, url, { timeout = 15 })
+    local key = M.cancels_key(name)
+    local last, closed = "$", false
+    local function read()
+        if closed then return end
+        c:send_t(13, function(v, rec)
+            if closed then return end
+            if rec then
+                local t
+                t = ex:timer(0.5, function()
+                    t:close()
+                    read()
+                end)
+                return
+            end
+            for _, st in ipairs(v or {}) do
+                for _, ent in ipairs(st[2]) do
+                    last = ent[1]
+                    local f = redis.pairs_to_table(ent[2])
+                    if f.entry then on_cancel(f.entry) end
+                end
+            end
+            read()
+        end, "XREAD", "BLOCK", 10000, "STREAMS", key, last)
+    end
+    read()
+    return function()
+        if closed then return end
+        closed = true
+        c:close()
+    end
 end
 
 

@@ -160,7 +160,7 @@ describe("tide.executor{ redis = URL }", function()
     end)
 
     it("cancels a job a worker runs: one cancelled result, and the worker stops running it", function()
-        local w = start_worker(server.url, dir, "w", "--lease 1")
+        local w = start_worker(server.url, dir, "w", "--lease 100")
         local ex = assert(tide.executor { redis = server.url })
         local id = ex:submit(p, { n = 1, secs = 20 })
         assert.is_true(eventually(10, function() return ex:status(id) == "running" end))
@@ -174,8 +174,9 @@ describe("tide.executor{ redis = URL }", function()
         local ok, crec = other:cancel(id)
         assert.is_nil(ok)
         assert.equal("EINVAL", crec.code)
-        -- The worker drops it at its next renewal (a third of its lease):
-        -- a drain then has nothing to wait for, far less than the 20 s job.
+        -- The worker hears of it on the cancels stream and drops it (its
+        -- lease of 100 s would renew for half a minute first): a drain
+        -- then has nothing to wait for, far less than the 20 s job.
         socket.sleep(1)
         local t0 = socket.gettime()
         stop_workers({ w })

@@ -135,7 +135,7 @@ describe("tide serve --redis", function()
         assert.equal(200, st)
         assert.equal("cancelled", b.status)
         assert.equal("ECANCELED", b.error.code)
-        -- The worker dropped it (at its next renewal): it drains at once.
+        -- The worker dropped it (told by the cancels stream): it drains at once.
         socket.sleep(1)
         local t0 = socket.gettime()
         stop_worker(w)
