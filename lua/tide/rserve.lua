@@ -140,6 +140,10 @@ function M.serve(p, opts)
     end
 
     local function submit(conn, query, headers, body)
+        local ctype = headers["content-type"] or ""
+        if not ctype:lower():match("^application/json") then
+            return respond(conn, 415, jerr("EINVAL", "Content-Type must be application/json"))
+        end
         local req, err = json.decode(body)
         if req == nil then return respond(conn, 400, jerr("EVALUE", "malformed JSON: " .. tostring(err))) end
         if type(req) ~= "table" or getmetatable(req) ~= json.object_mt then

@@ -49,6 +49,8 @@ describe("tide serve --redis", function()
     end)
 
     local function req(method, path, body, headers)
+        headers = headers or {}
+        headers[#headers + 1] = "Content-Type: application/json"
         local status, text = serve.http(s, method, path, body, headers)
         return status, text and text ~= "" and json.decode(text) or nil, text
     end
@@ -100,7 +102,8 @@ describe("tide serve --redis", function()
         local cmd = {}
         for i = 1, 20 do
             for _ = 1, 2 do
-                cmd[#cmd + 1] = ("env -u LD_PRELOAD curl -s -o /dev/null -w '%%{http_code}\\n' -H %s -d %s %s &")
+                cmd[#cmd + 1] = ("env -u LD_PRELOAD curl -s -o /dev/null -w '%%{http_code}\\n' "
+                              .. "-H 'Content-Type: application/json' -H %s -d %s %s &")
                     :format(q("Idempotency-Key: r" .. i), q('{"input":{"n":' .. i .. '}}'), q(s.url .. "/v1/jobs"))
             end
         end
@@ -171,6 +174,8 @@ describe("tide serve --redis", function()
         check(404, "ENOENT", "POST", "/v1/admin/reload")
         check(405, "EINVAL", "PUT", "/v1/jobs/x")
         check(405, "EINVAL", "GET", "/v1/jobs")
+        local st, _, text = serve.http(s, "POST", "/v1/jobs", '{"input":1}', { "Content-Type: text/plain" })
+        assert.equal(415, st, text)
         -- Nothing was submitted by any of them.
         assert.equal("0", server:cli("XLEN", "tide:{distributed}:jobs"))
     end)
