@@ -298,11 +298,32 @@ function Waiter:add(key, id, last, fn)
     local token = { key = key, fn = fn }
     k.fns[token] = true
     self.n = self.n + 1
-    if self.reading and not self.reading[key] and self.blkid then
-        self.cmd:send(function() end, "CLIENT", "UNBLOCK", self.blkid)
+    if self.reading and not self.reading[key] and self.unblocking ~= self.reading then
+        self.unblocking = self.reading
+        self:_unblock(self.reading, 0)
     end
     self:_read()
     return token
+end
+
+
+-- Ends the blocking read `reading`, so that the next read covers a new
+-- record. CLIENT UNBLOCK goes on the other connection and can reach Redis
+-- before the read it is meant for (or before this connection's id is
+-- known): when it ended nothing and that read still stands, it is sent
+-- again 10 ms later, for at most a second (after that, the read's BLOCK
+-- time ends it).
+function Waiter:_unblock(reading, tries)
+    if self.reading ~= reading or self.closed or tries > 100 then return end
+    local function again()
+        local t
+        t = self.ex:timer(0.01, function()
+            t:close()
+            self:_unblock(reading, tries + 1)
+        end)
+    end
+    if not self.blkid then return again() end
+    self.cmd:send(function(v) if v == 0 then again() end end, "CLIENT", "UNBLOCK", self.blkid)
 end
 
 

@@ -297,6 +297,43 @@ describe("the jobs stream is trimmed by minimum id", function()
 end)
 
 
+describe("rexec.waiter", function()
+    local server
+
+    setup(function() server = rs.start() end)
+    teardown(function() server:stop() end)
+
+    it("a wait added while the blocking read is on its way is woken at once, not after the read's BLOCK", function()
+        local ex = tide.executor()
+        local cmd = redis.connect(ex, server.url)
+        local blk = redis.connect(ex, server.url)
+        local w = rexec.waiter(ex, cmd, blk)
+        local got = {}
+        -- Both in one loop turn: the second comes while the first read is
+        -- sent but not blocking yet (and this connection's id unknown).
+        w:add("spec:rec:a", "a", "0-0", function(r) got.a = r end)
+        w:add("spec:rec:b", "b", "0-0", function(r) got.b = r end)
+        local t0 = socket.gettime()
+        local t = ex:timer(0.2, function() end)
+        ex._E.turn(0.3)
+        t:close()
+        server:cli("XADD", "spec:rec:b", "*", "id", "b", "status", "done", "value", '{"x":1}', "ran", "")
+        while not got.b and socket.gettime() - t0 < 15 do ex._E.turn(0.1) end
+        local took = socket.gettime() - t0
+        assert.is_truthy(got.b)
+        assert.same({ x = 1 }, got.b.value)
+        assert.is_nil(got.a)
+        assert.is_true(took < 5, "woken after " .. took .. " s")
+        assert.is_true(w:remove(next(w.keys["spec:rec:a"].fns)))
+        assert.equal(0, w.n)
+        w:close()
+        cmd:close()
+        blk:close()
+        ex:close()
+    end)
+end)
+
+
 describe("tide dlq", function()
     local server, dir
 

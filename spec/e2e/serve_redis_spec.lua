@@ -119,6 +119,25 @@ describe("tide serve --redis", function()
         end
     end)
 
+    it("answers many long-polls that start at once as their jobs end, none left to the read's BLOCK time",
+       function()
+        local cmd = {}
+        for i = 1, 30 do
+            cmd[#cmd + 1] = ("env -u LD_PRELOAD curl -s -m 60 -H 'Content-Type: application/json' -d %s %s &")
+                :format(q('{"input":{"n":' .. i .. ',"secs":0.5}}'), q(s.url .. "/v1/jobs?wait=30"))
+        end
+        local t0 = socket.gettime()
+        local h = io.popen("sh -c " .. q(table.concat(cmd, "\n") .. "\nwait"))
+        local out = h:read("*a")
+        h:close()
+        local took = socket.gettime() - t0
+        local _, n = out:gsub('"status":"done"', "")
+        assert.equal(30, n, out)
+        -- A wait missed by the blocking read would be answered only when
+        -- that read's 10 s BLOCK ends.
+        assert.is_true(took < 8, "took " .. took .. " s")
+    end)
+
     it("cancels from another server; the job a worker runs ends with one cancelled result", function()
         local st, b = req("POST", "/v1/jobs", '{"id":"long","input":{"n":1,"secs":30}}')
         assert.equal(201, st)
