@@ -542,7 +542,9 @@ function M.cancel_listener(ex, url, name, on_cancel)
         if closed then return end
         c:send_t(13, function(v, rec)
             if closed then return end
-            if rec then
+            if rec and rec.code == "EREDIS" then
+                -- An error reply (not a stream?): again in a while, not in
+                -- a tight loop.
                 local t
                 t = ex:timer(0.5, function()
                     t:close()
@@ -550,6 +552,9 @@ function M.cancel_listener(ex, url, name, on_cancel)
                 end)
                 return
             end
+            -- A lost connection: read again at once; the command waits for
+            -- the reconnect (and, pending, keeps the loop alive meanwhile).
+            if rec then return read() end
             for _, st in ipairs(v or {}) do
                 for _, ent in ipairs(st[2]) do
                     last = ent[1]
