@@ -297,6 +297,34 @@ describe("the jobs stream is trimmed by minimum id", function()
 end)
 
 
+describe("tide worker trims its jobs stream", function()
+    local server, dir
+
+    before_each(function()
+        server = rs.start()
+        dir = proc.tmpdir()
+    end)
+    after_each(function()
+        server:stop()
+        proc.rmrf(dir)
+    end)
+
+    it("every 5 s, removing finished entries that are still in the stream", function()
+        -- A finished entry that was acknowledged but not deleted (as a
+        -- worker that only acknowledges would leave it).
+        local k = "tide:{distributed}:jobs"
+        server:cli("XGROUP", "CREATE", k, "workers", "0", "MKSTREAM")
+        local e = server:cli("XADD", k, "*", "id", "old", "run", "r", "hash", "h", "input", "null")
+        server:cli("XREADGROUP", "GROUP", "workers", "someone", "STREAMS", k, ">")
+        server:cli("XACK", k, "workers", e)
+        assert.equal("1", server:cli("XLEN", k))
+        local w = start_worker(server.url, dir, "w")
+        assert.is_true(eventually(20, function() return server:cli("XLEN", k) == "0" end))
+        stop_workers({ w })
+    end)
+end)
+
+
 describe("rexec.waiter", function()
     local server
 
