@@ -737,6 +737,19 @@ function Executor:run()
 end
 
 
+--- Runs one turn of the loop, waiting at most `seconds` for something to
+-- happen (I/O, a timer, a finished job): for code that waits on this loop
+-- for an event of its own (the Redis executor's replies). Returns whether
+-- jobs are left.
+function Executor:turn(seconds)
+    check_self(self, "ex:turn")
+    if type(seconds) ~= "number" or seconds < 0 then
+        error("ex:turn: seconds must be a number >= 0", 2)
+    end
+    return self._E.turn(seconds)
+end
+
+
 --- This executor's own fd for a host loop: readable when its loop has
 -- something to do (I/O, a finished sync job, a submit or cancel from
 -- outside the loop). tide.fd() covers every executor at once.

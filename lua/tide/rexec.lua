@@ -399,8 +399,7 @@ end
 local function sync(ex, fn_async)
     local got, a, b = false, nil, nil
     fn_async(function(x, y) got, a, b = true, x, y end)
-    local E = ex._E
-    while not got do E.turn(1) end
+    while not got do ex:turn(1) end
     return a, b
 end
 M.sync = sync
@@ -509,7 +508,9 @@ function M.dlq_command(o, out, say)
         local keys = distributed.keys(x[1])
         local v, rec
         if action == "retry" then
-            v, rec = sync(ex, function(cb) cmd:eval(M.DLQ_RETRY, { keys.dlq, keys.jobs }, { x[2][1], keys.res }, cb) end)
+            v, rec = sync(ex, function(cb)
+                cmd:eval(M.DLQ_RETRY, { keys.dlq, keys.jobs }, { x[2][1], keys.res }, cb)
+            end)
         else
             v, rec = sync(ex, function(cb) cmd:send(cb, "XDEL", keys.dlq, x[2][1]) end)
         end
@@ -638,11 +639,11 @@ end
 
 -- Runs the loop until done() or the deadline (hrtime; nil: none).
 function RExecutor:_until(done, deadline)
-    local E = self._ex._E
+    local ex = self._ex
     while not done() do
         local left = deadline and (deadline - hrtime()) or 1
         if left <= 0 then return false end
-        E.turn(math.min(left, 1))
+        ex:turn(math.min(left, 1))
     end
     return true
 end

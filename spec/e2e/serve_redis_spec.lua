@@ -96,6 +96,7 @@ describe("tide serve --redis", function()
         assert.equal(200, st)
         assert.is_true(b.existing)
         st, b = req("GET", "/v1/jobs/order-7/result")
+        assert.equal(200, st)
         assert.same({ n = 4, twice = 8 }, b.output)
         assert.equal("2", server:cli("XLEN", "tide:{distributed}:res:job:order-7"))
         -- Two clients racing: one job per key.
@@ -115,6 +116,7 @@ describe("tide serve --redis", function()
         assert.same({ 20, 20 }, { created, again })
         for i = 1, 20 do
             st, b = req("GET", "/v1/jobs/r" .. i .. "/result?wait=20")
+            assert.equal(200, st)
             assert.same({ n = i, twice = 2 * i }, b.output)
         end
     end)
@@ -139,13 +141,16 @@ describe("tide serve --redis", function()
     end)
 
     it("cancels from another server; the job a worker runs ends with one cancelled result", function()
-        local st, b = req("POST", "/v1/jobs", '{"id":"long","input":{"n":1,"secs":30}}')
+        local st = req("POST", "/v1/jobs", '{"id":"long","input":{"n":1,"secs":30}}')
         assert.equal(201, st)
+        local b
         local other = serve.start("--redis " .. server.url, PIPE)
         local deadline = socket.gettime() + 10
         repeat
-            st, b = serve.http(other, "GET", "/v1/jobs/long")
-            b = json.decode(b)
+            local text
+            st, text = serve.http(other, "GET", "/v1/jobs/long")
+            assert.equal(200, st)
+            b = json.decode(text)
         until b.status == "running" or socket.gettime() > deadline
         assert.equal("running", b.status)
         st = serve.http(other, "DELETE", "/v1/jobs/long")
@@ -208,6 +213,7 @@ describe("tide serve --redis", function()
         assert.matches("Redis at", b.error.message)
         st, b = req("GET", "/v1/jobs/x")
         assert.equal(503, st)
+        assert.equal("ECONN", b.error.code)
         st = req("GET", "/healthz")
         assert.equal(503, st)
         local mst, mtext = serve.http(s, "GET", "/metrics")
