@@ -11,6 +11,7 @@ local cache = require "tide.cache"
 local distributed = require "tide.distributed"
 local schedule_redis = require "tide.schedule_redis"
 local redis = require "tide.redis"
+local rexec = require "tide.rexec"
 local trace = require "tide.trace"
 local replay = require "tide.replay"
 
@@ -66,14 +67,21 @@ commands:
       when some still fail.
   worker PIPELINE.lua --redis URL [--concurrency N] [--threads N] [--lease S]
                       [--drain-timeout S] [--max-deliveries N] [--task-timeout S]
+                      [--result-ttl S]
       Run the jobs that `tide run --redis` submits for this pipeline.
       SIGTERM or SIGINT stops taking jobs and lets running ones finish.
+      Results are kept in Redis --result-ttl seconds (86400).
+  dlq list|show ID|retry ID|retry --all|drop ID|drop --all --redis URL
+      [--pipeline NAME]
+      The dead-letter streams: list their jobs with their last error (JSON
+      lines), show one with its input, queue it again (its deliveries
+      start from zero) or drop it. ID is a job id or a dead-letter entry.
   serve PIPELINE.lua [--listen 127.0.0.1:8080] [--token-file F] [--threads N]
                      [--memory-limit BYTES]
                      [--drain-timeout S] [--request-timeout S] [--max-results N]
                      [--max-pending N] [--max-pending-bytes N] [--allow-host NAME]...
                      [--journal FILE [--journal-reset] [--checkpoint-after S]]
-                     [--cache FILE] [--log-lines N]
+                     [--cache FILE] [--log-lines N] [--redis URL [--result-ttl S]]
       The HTTP/JSON job API (POST /v1/jobs, GET /v1/jobs/ID[/result|/logs],
       DELETE /v1/jobs/ID, /healthz, /metrics). Port 0 picks a free port.
       With --journal, a job is answered 201 once it is on the device, and
@@ -84,7 +92,9 @@ commands:
       Without --token-file only Host localhost, 127.0.0.1 and [::1] are
       served; --allow-host adds a name (repeatable). SIGHUP or POST
       /v1/admin/reload loads the file again (not under --journal);
-      SIGTERM or SIGINT drains.
+      SIGTERM or SIGINT drains. With --redis URL the jobs go to the Redis
+      queue that `tide worker` processes run (an id given twice is the
+      first job); Redis that cannot be reached answers 503.
   cache stats|clear [--cache FILE] [--older-than S]
       What the result cache holds (entries, bytes, oldest and newest, hits
       recorded), or remove its entries (all, or those made more than S
@@ -269,6 +279,8 @@ local SERVE_OPTIONS = {
     ["--allow-host"] = { "allow_host", host_name,
                          "--allow-host needs a host name (letters, digits, '.', '-'; or [IPv6]), no port", true },
     ["--log-lines"] = RUN_OPTIONS["--log-lines"],
+    ["--redis"] = RUN_OPTIONS["--redis"],
+    ["--result-ttl"] = { "result_ttl", positive, "--result-ttl needs a number of seconds > 0" },
 }
 
 for k, v in pairs(PARAM_OPTIONS) do SERVE_OPTIONS[k] = v end
@@ -287,6 +299,14 @@ local WORKER_OPTIONS = {
     ["--lease"] = { "lease", positive, "--lease needs a number of seconds > 0" },
     ["--drain-timeout"] = { "drain", nonnegative, "--drain-timeout needs seconds >= 0" },
     ["--max-deliveries"] = { "max_deliveries", whole, "--max-deliveries needs a whole number >= 1" },
+    ["--result-ttl"] = { "result_ttl", positive, "--result-ttl needs a number of seconds > 0" },
+}
+
+local DLQ_OPTIONS = {
+    ["--redis"] = RUN_OPTIONS["--redis"],
+    ["--pipeline"] = { "pipeline_name", function(v) return v ~= "" and v or nil end,
+                       "--pipeline needs the name of a pipeline" },
+    ["--all"] = { "all" },
 }
 
 local REPLAY_OPTIONS = {
@@ -676,10 +696,30 @@ local function worker(args)
         concurrency = o.concurrency, task_timeout = o.task_timeout, threads = o.threads,
         results = false,
     }
+    -- The results this process commits expire after --result-ttl (the
+    -- one setting of the process's worker).
+    distributed.RESULT_TTL_MS = math.floor((o.result_ttl or rexec.DEFAULT_RESULT_TTL) * 1000)
     local w, werr = distributed.open_worker(ex, o.redis, p, o.pipeline, o)
     if not w then
         ex:close()
         return die(EXIT_IO, werr)
+    end
+    -- The stream is trimmed by minimum id of unfinished work, now and then.
+    local stop_trim = rexec.trimmer(ex, w.sink.cmd, p.name)
+    -- A job cancelled elsewhere (ex:cancel, DELETE /v1/jobs/ID) stops here
+    -- at once: its result is written already, and its commit would be
+    -- refused.
+    local stop_listen = rexec.cancel_listener(ex, o.redis, p.name, function(entry)
+        local exid = w.sink.exids[entry]
+        w.sink.held[entry] = nil
+        if exid then ex:cancel(exid) end
+    end)
+    -- The listener's blocking read ends when the worker stops taking jobs
+    -- (it would hold the loop of a drain open).
+    local source_close = w.source.close
+    w.source.close = function(src)
+        stop_listen()
+        return source_close(src)
     end
     io_stderr:write(format("tide: worker %s: pipeline '%s' (%s) from %s, concurrency %d, lease %g s\n",
                            w.consumer, p.name, w.hash:sub(1, 12), o.redis, o.concurrency, o.lease))
@@ -704,12 +744,40 @@ local function worker(args)
     local report = drive.run(ex, p, w.source, w.sink, { concurrency = o.concurrency, priority = "low",
                                                        drain = o.drain })
     if sched then sched.close() end
+    stop_trim()
+    stop_listen()
     w:close()
     local c = w.sink.counts
     io_stderr:write(format("tide: worker stopped: %d done, %d failed, %d results refused "
                            .. "(another delivery owned the job)\n", c.done, c.failed, w.sink.refused))
     ex:close()
     if report.internal then return die(EXIT_IO, report.internal) end
+    return EXIT_OK
+end
+
+
+-- tide serve --redis: the HTTP API in front of the queue (tide.rserve).
+local function serve_redis(o, p, token)
+    local server, rec = require("tide.rserve").serve(p, {
+        listen = o.listen, token = token, allow_host = o.allow_host, url = o.redis,
+        result_ttl = o.result_ttl, request_timeout = o.request_timeout,
+    })
+    if not server then return die(EXIT_IO, rec.message) end
+    local host = o.listen:match("^(.*):%d+$")
+    io_stderr:write(format("tide: serving '%s' on http://%s:%d, jobs in Redis at %s\n", p.name, host,
+                           server.port, o.redis))
+    local ex = server.executor
+    local sigs = {}
+    local function on_signal(signum)
+        io_stderr:write("tide: stopping (signal ", signum, "): jobs in Redis go on on the workers\n")
+        for _, s in ipairs(sigs) do s:close() end
+        server.drain()
+    end
+    sigs[1] = ex:signal(2, on_signal)
+    sigs[2] = ex:signal(15, on_signal)
+    ex:run()
+    ex:close()
+    io_stderr:write("tide: stopped\n")
     return EXIT_OK
 end
 
@@ -726,10 +794,20 @@ local function serve(args)
         f:close()
         if token == "" then return die(EXIT_USAGE, "--token-file: the file is empty") end
     end
+    if o.redis then
+        local uok, uerr = redis.parse_url(o.redis)
+        if not uok then return die(EXIT_USAGE, uerr) end
+        if o.journal then
+            return die(EXIT_USAGE, "--redis and --journal cannot be given together (Redis keeps the jobs)")
+        end
+    elseif o.result_ttl then
+        return die(EXIT_USAGE, "--result-ttl goes with --redis URL")
+    end
     -- Pinned: worker threads compile the text read now, so a reload
     -- (SIGHUP, POST /v1/admin/reload) never changes a running job's code.
     local p, lcode = load_params(o, true)
     if not p then return lcode end
+    if o.redis then return serve_redis(o, p, token) end
     local bad = check_stores(o)
     if bad then return bad end
     -- Prints in tasks still go where they went (stdout), and the job
@@ -800,6 +878,32 @@ local function serve(args)
     ex:close()
     io_stderr:write("tide: stopped\n")
     return EXIT_OK
+end
+
+
+-- tide dlq list|show ID|retry ID|retry --all|drop ID|drop --all --redis
+-- URL [--pipeline NAME]: the dead-letter streams.
+local DLQ_ACTIONS = { list = "", show = "ID", retry = "ID or --all", drop = "ID or --all" }
+local function dlq_command(args)
+    local o, perr = parse_args("dlq", args, DLQ_OPTIONS, {}, "an action (list, show, retry or drop)", "id")
+    if not o then return die(EXIT_USAGE, perr .. "\n" .. USAGE) end
+    o.action = o.pipeline
+    local needs = DLQ_ACTIONS[o.action]
+    if not needs then
+        return die(EXIT_USAGE, "dlq: unknown action '" .. o.action .. "' (list, show, retry or drop)")
+    end
+    if not o.redis then return die(EXIT_USAGE, "tide dlq needs --redis URL") end
+    local uok, uerr = redis.parse_url(o.redis)
+    if not uok then return die(EXIT_USAGE, uerr) end
+    if o.action == "list" and (o.id or o.all) then
+        return die(EXIT_USAGE, "dlq list takes no ID or --all")
+    end
+    if o.action == "show" and o.all then return die(EXIT_USAGE, "dlq show takes an ID, not --all") end
+    if o.action ~= "list" and not o.id == not o.all then
+        return die(EXIT_USAGE, "dlq " .. o.action .. " needs " .. needs .. " (one of them)")
+    end
+    return rexec.dlq_command(o, function(line) io_stdout:write(line, "\n") end,
+                             function(msg) io_stderr:write("tide: ", msg, "\n") end)
 end
 
 
@@ -902,6 +1006,8 @@ function M.main(args)
         return worker(args)
     elseif cmd == "replay" then
         return replay_command(args)
+    elseif cmd == "dlq" then
+        return dlq_command(args)
     end
     return die(EXIT_USAGE, "unknown command '" .. tostring(cmd) .. "'\n" .. USAGE)
 end

@@ -164,6 +164,9 @@ function M.new(opts)
     if type(opts) ~= "table" then
         error("tide.executor: options must be a table, got " .. type(opts), 2)
     end
+    -- Jobs that run on `tide worker` processes: another kind of executor
+    -- (tide.rexec), with the same submit, result, status and cancel.
+    if opts.redis ~= nil then return require("tide.rexec").new(opts) end
     for k in pairs(opts) do
         if not EXEC_OPTS[k] then
             error("tide.executor: unknown option '" .. tostring(k) .. "'", 2)
@@ -766,6 +769,19 @@ function Executor:run()
               .. "their results may be lost", 2)
     end
     return true
+end
+
+
+--- Runs one turn of the loop, waiting at most `seconds` for something to
+-- happen (I/O, a timer, a finished job): for code that waits on this loop
+-- for an event of its own (the Redis executor's replies). Returns whether
+-- jobs are left.
+function Executor:turn(seconds)
+    check_self(self, "ex:turn")
+    if type(seconds) ~= "number" or seconds < 0 then
+        error("ex:turn: seconds must be a number >= 0", 2)
+    end
+    return self._E.turn(seconds)
 end
 
 

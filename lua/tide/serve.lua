@@ -937,4 +937,12 @@ function M.serve(p, opts)
     return server
 end
 
+-- What the HTTP front of `tide serve --redis` (tide.rserve) shares with
+-- this server: the error body, the token and Host checks, query strings.
+M.http = {
+    jerr = jerr, same_token = same_token, query_param = query_param, unescape = unescape,
+    host_allowed = host_allowed, label = label, MAX_WAIT = MAX_WAIT, MAX_ID = MAX_ID,
+    RETRY_AFTER = RETRY_AFTER,
+}
+
 return M
