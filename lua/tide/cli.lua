@@ -704,23 +704,6 @@ local function worker(args)
         ex:close()
         return die(EXIT_IO, werr)
     end
-    -- The stream is trimmed by minimum id of unfinished work, now and then.
-    local stop_trim = rexec.trimmer(ex, w.sink.cmd, p.name)
-    -- A job cancelled elsewhere (ex:cancel, DELETE /v1/jobs/ID) stops here
-    -- at once: its result is written already, and its commit would be
-    -- refused.
-    local stop_listen = rexec.cancel_listener(ex, o.redis, p.name, function(entry)
-        local exid = w.sink.exids[entry]
-        w.sink.held[entry] = nil
-        if exid then ex:cancel(exid) end
-    end)
-    -- The listener's blocking read ends when the worker stops taking jobs
-    -- (it would hold the loop of a drain open).
-    local source_close = w.source.close
-    w.source.close = function(src)
-        stop_listen()
-        return source_close(src)
-    end
     io_stderr:write(format("tide: worker %s: pipeline '%s' (%s) from %s, concurrency %d, lease %g s\n",
                            w.consumer, p.name, w.hash:sub(1, 12), o.redis, o.concurrency, o.lease))
     -- p:schedule: every worker keeps the clock, and Redis makes each fire
@@ -740,6 +723,25 @@ local function worker(args)
             sched.stop()
             return close_source(src)
         end
+    end
+    -- (After the schedules: their start runs the loop until Redis answers,
+    -- and the listener's blocking read would hold that loop open.)
+    -- The stream is trimmed by minimum id of unfinished work, now and then.
+    local stop_trim = rexec.trimmer(ex, w.sink.cmd, p.name)
+    -- A job cancelled elsewhere (ex:cancel, DELETE /v1/jobs/ID) stops here
+    -- at once: its result is written already, and its commit would be
+    -- refused.
+    local stop_listen = rexec.cancel_listener(ex, o.redis, p.name, function(entry)
+        local exid = w.sink.exids[entry]
+        w.sink.held[entry] = nil
+        if exid then ex:cancel(exid) end
+    end)
+    -- The listener's blocking read ends when the worker stops taking jobs
+    -- (it would hold the loop of a drain open).
+    local source_close = w.source.close
+    w.source.close = function(src)
+        stop_listen()
+        return source_close(src)
     end
     local report = drive.run(ex, p, w.source, w.sink, { concurrency = o.concurrency, priority = "low",
                                                        drain = o.drain })

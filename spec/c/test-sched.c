@@ -843,7 +843,7 @@ TEST_IMPL(sched_context_memory_is_kept) {
     uint32_t bad;
     ASSERT_OK(fx_open(&f, 8, s, 2, NULL, NULL));
     ASSERT_OK(tide__graph_compile(big, 40, &g2, err, sizeof(err), &bad));
-    double none[40] = {0};
+    double none[41] = {0}; /* per task, 1-based */
     uint32_t gid2 = tide__eng_attach(&f.eng, &g2, none, NULL);
     for (int i = 0; i < 2000; i++) {
         tide__eng_submit(&f.eng, i % 2 ? gid2 : f.gid, TIDE__PRIO_LOW);

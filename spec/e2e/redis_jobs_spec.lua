@@ -386,7 +386,8 @@ describe("tide dlq", function()
 
     it("lists, shows, queues again (deliveries from zero) and drops dead-letter jobs", function()
         -- Jobs of another version of the file: the worker running this
-        -- version never takes them, so they reach the dead-letter stream.
+        -- version never takes them, and with no worker of theirs they
+        -- reach the dead-letter stream as EVERSION.
         local v2 = dir .. "/distributed.lua"
         proc.write(v2, proc.slurp(PIPE) .. "-- version 2\n")
         local p2 = assert(tide.pipeline_file(v2))
@@ -396,8 +397,8 @@ describe("tide dlq", function()
         ex:submit(p2, { n = 2 }, { id = "d2" })
         local v, rec = ex:result("d1", 30)
         assert.is_nil(v)
-        assert.equal("EDELIVERY", rec.code)
-        assert.equal("EDELIVERY", select(2, ex:result("d2", 30)).code)
+        assert.equal("EVERSION", rec.code)
+        assert.equal("EVERSION", select(2, ex:result("d2", 30)).code)
         stop_workers({ w })
 
         local r = dlq("list", "--redis", server.url)
@@ -406,8 +407,8 @@ describe("tide dlq", function()
         assert.equal(2, #lines)
         local rec1 = json.decode(lines[1])
         assert.equal("distributed", rec1.pipeline)
-        assert.equal("EDELIVERY", rec1.error.code)
-        assert.equal(3, rec1.deliveries)
+        assert.equal("EVERSION", rec1.error.code)
+        assert.is_true(rec1.deliveries >= 1, tostring(rec1.deliveries))
         assert.matches("2 dead%-letter jobs", r.stderr)
         r = dlq("show", "d2", "--redis", server.url, "--pipeline", "distributed")
         assert.equal(0, r.code, r.stderr)
