@@ -287,7 +287,10 @@ describe("tide run --redis with tide worker", function()
         one_result_each(dir, 2000)
         assert.equal(2000, #sorted_lines(dir .. "/out/double.jsonl"))
         local werr = proc.slurp(dir .. "/a.err") .. proc.slurp(dir .. "/b.err")
-        assert.matches("reading jobs again", werr)
+        -- The workers saw the outage: a read or a commit failed, and went
+        -- on (which one depends on what was in flight at the kill: a
+        -- worker with no room for more jobs has no read out).
+        assert.is_truthy(werr:find("reading jobs again", 1, true) or werr:find("ECONN", 1, true), werr)
         assert.equal("0", server:cli("XLEN", "tide:{distributed}:jobs"))
     end)
 
