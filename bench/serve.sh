@@ -46,15 +46,16 @@ if ! command -v wrk >/dev/null 2>&1; then
     echo "workload=$workload impl=tide ok=0 (wrk is not installed: apt-get install wrk)"
     exit 1
 fi
-NGINX=${NGINX:-nginx}
-if [ "$workload" = serve ] && ! command -v "$NGINX" >/dev/null 2>&1; then
+if [ -z "${NGINX:-}" ]; then
     # Debian installs it under /usr/sbin, which a user's PATH may lack.
-    if [ -x /usr/sbin/nginx ]; then
+    NGINX=nginx
+    if ! command -v nginx >/dev/null 2>&1 && [ -x /usr/sbin/nginx ]; then
         NGINX=/usr/sbin/nginx
-    else
-        echo "workload=serve impl=nginx-static ok=0 (nginx is not installed: apt-get install nginx-light)"
-        exit 1
     fi
+fi
+if [ "$workload" = serve ] && ! command -v "$NGINX" >/dev/null 2>&1; then
+    echo "workload=serve impl=nginx-static ok=0 (nginx is not installed: apt-get install nginx-light)"
+    exit 1
 fi
 
 tmp=$(mktemp -d)
@@ -141,7 +142,7 @@ EOF
         kill "$npid" 2>/dev/null || true
         wait "$npid" 2>/dev/null || true
         npid=
-        grep -q "Address already in use" "$d/error.log" "$d/stderr" || return 1
+        grep -qs "Address already in use" "$d/error.log" "$d/stderr" || return 1
         nport=$((nport + 1))
     done
     return 1
@@ -149,7 +150,7 @@ EOF
 
 if [ "$workload" = serve ]; then
     if ! nginx_start; then
-        echo "workload=serve impl=nginx-static ok=0 (nginx did not start: $(cat "$tmp/nginx/error.log" "$tmp/nginx/stderr" 2>/dev/null | tr "\n" " "))"
+        echo "workload=serve impl=nginx-static ok=0 ($NGINX did not start: $(cat "$tmp/nginx/error.log" "$tmp/nginx/stderr" 2>/dev/null | tr "\n" " "))"
         exit 1
     fi
     nok=$(check "$nurl")
