@@ -1,8 +1,9 @@
 #!/bin/sh
 # scripts/bench.sh: `make bench` (docs/benchmarks.md). Workloads W1, W2, W3
 # and W5, tide against its floors, alternated so that both see the same
-# machine; then W4, the memory line, the serve lines (without and with a
-# journal) and the journal lines of tide run.
+# machine; then W4, the memory line, the serve lines (next to nginx, then
+# with a journal), the JSONL line (tide run against jq), the retained
+# results line and the journal lines of tide run.
 #
 # Assumes `make` was already run (tide.run needs build/lib/tide/core.so).
 # For each of W1 W2 W3 it runs BENCH_PAIRS pairs of processes, the
@@ -24,7 +25,10 @@
 #
 # Environment: BENCH_PAIRS (default 5), BENCH_N (N for W1-W3, default
 # 100000), BENCH_N_W5 (N for W5, default 1000), BENCH_MEM_N (inputs of the
-# large memory run, default 10000000), LUAJIT (default luajit).
+# large memory run, default 10000000), BENCH_SERVE_S and BENCH_SERVE_C
+# (bench/serve.sh), BENCH_JSONL_N (bench/jsonl.sh), BENCH_RETAIN_N
+# (bench/retain.lua), BENCH_JOURNAL_N (bench/journal.sh), LUAJIT (default
+# luajit).
 # Exit status: 0 when every run completed and verified its result, 1 when
 # one failed. A missed target is reported on its line only: timings on a
 # shared machine are noise, so they never fail the script.
@@ -169,9 +173,18 @@ echo "$small" "$large" | awk -v n1=100000 -v n2="$MEM_N" '
     { print "memory workload=tide-run ok=0 (no summary line from tide run)"; exit }'
 
 # Serve: submit-and-wait round trips through tide serve, driven by wrk,
-# without and with a journal.
+# next to nginx answering a fixed body (alternated rounds), then with a
+# journal.
 sh bench/serve.sh || status=1
 sh bench/serve.sh --journal || status=1
+
+# JSONL: tide run of an identity pipeline against jq -c . over the same
+# generated file, alternated (bench/jsonl.sh).
+LUAJIT=$LUAJIT sh bench/jsonl.sh || status=1
+
+# Retained results: RSS per finished result an executor keeps, as tide
+# serve keeps them (bench/retain.lua).
+"$LUAJIT" bench/retain.lua || status=1
 
 # What a journal costs tide run (bench/journal.sh).
 sh bench/journal.sh || status=1

@@ -9,7 +9,10 @@
 #                             must load in the LuaJIT of its host; busted,
 #                             lua-luv, wrk and neovim run on either
 #                             (docs/embedding.md, "Which LuaJIT")
-#   nginx libnginx-mod-http-lua the nginx host of spec/e2e/ngx_spec.lua
+#   nginx libnginx-mod-http-lua the nginx host of spec/e2e/ngx_spec.lua;
+#                             nginx alone (the binary nginx-light installs
+#                             too) is the fixed-body reference of the serve
+#                             line of make bench
 #   neovim                    the Neovim host of spec/e2e/nvim_spec.lua
 #   valgrind                  the C hosts' leak check with TIDE_VALGRIND=1
 #                             (spec/e2e/embed_spec.lua); callgrind counts;
@@ -26,6 +29,7 @@
 #   libhttp-parser-dev curl   tide serve's HTTP parser; the serve specs' client
 #   chromium chromium-driver  the dashboard spec drives headless Chromium
 #   wrk                       the serve line of make bench, and make soak
+#   jq                        the reference of the JSONL line of make bench
 #   libsqlite3-dev sqlite3    the journal (tide run --journal); the specs read it
 #   libxxhash-dev             xxHash3-128, the hash of pipeline files
 #   libhiredis-dev            the Redis client of tide worker (with its libuv adapter)
@@ -34,7 +38,7 @@
 #   clang libclang-rt-14-dev  make fuzz: libFuzzer targets (with ASan/UBSan)
 #   pkg-config build-essential
 set -eu
-PKGS="luajit2 libluajit2-5.1-dev nginx libnginx-mod-http-lua neovim valgrind libuv1-dev libyajl-dev lua-cjson lua-busted lua-check lua-socket lua-luv graphviz luarocks libedit-dev libhttp-parser-dev curl chromium chromium-driver wrk libsqlite3-dev sqlite3 libxxhash-dev libhiredis-dev redis-server tzdata clang libclang-rt-14-dev pkg-config build-essential"
+PKGS="luajit2 libluajit2-5.1-dev nginx libnginx-mod-http-lua neovim valgrind libuv1-dev libyajl-dev lua-cjson lua-busted lua-check lua-socket lua-luv graphviz luarocks libedit-dev libhttp-parser-dev curl chromium chromium-driver wrk jq libsqlite3-dev sqlite3 libxxhash-dev libhiredis-dev redis-server tzdata clang libclang-rt-14-dev pkg-config build-essential"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
