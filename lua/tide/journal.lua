@@ -104,6 +104,14 @@ function M.open(ex, path, p, file, opts)
         end
         self.resume = true
         self.finished = meta.state == "finished"
+        -- The items of the runs before this one count as journaled: a
+        -- resume writes again the lines of those after "flushed" before
+        -- its first flush mark, so that mark, and every one until this
+        -- run journals an item of its own, must name the last of them.
+        -- From 0, a crash before this run's first item left a mark that
+        -- made the next resume write every item's lines a second time
+        -- into files that held them already.
+        self.last_item = j:rows("SELECT coalesce(max(seq), 0) FROM items")[1][1]
         return self
     end
     local nitems = j:rows("SELECT count(*) FROM items")[1][1]

@@ -164,6 +164,37 @@ describe("tide run --journal", function()
         assert.is_true(redone < N / 10, redone .. " executions redone")
     end)
 
+    it("a resume killed before any input of its own ended leaves a journal the next resume trusts", function()
+        -- 50 inputs end at once, 5 take 4 s: the first run is killed once
+        -- the 50 are in the files and the journal, the second (a resume)
+        -- while only the 5 run, so that it journals no item of its own.
+        -- The flush marks of that second run must still count the items
+        -- of the first: the third run cuts the files back to the lengths
+        -- they record and writes again only the items after the mark.
+        local f = assert(io.open(dir .. "/in.jsonl", "wb"))
+        for i = 1, 55 do f:write('{"n":', i, i > 50 and ',"secs":4' or "", '}\n') end
+        f:close()
+        clean_run(dir)
+        local function run_until(wait, n)
+            local cmd = ("TIDE_SPEC_COUNTS=%s %s run %s --input %s --output %s --journal %s --concurrency 100"
+                         .. " >/dev/null 2>%s & p=$!; n=0; while ! %s && [ $n -lt 600 ]; do sleep 0.05;"
+                         .. " n=$((n+1)); done; sleep 0.5; kill -9 $p; { wait $p; } 2>/dev/null")
+                :format(q(dir .. "/counts"), q(proc.bin), q(PIPE), q(dir .. "/in.jsonl"), q(dir .. "/out"),
+                        q(dir .. "/j.db"), q(dir .. "/err" .. n), wait)
+            os.execute("sh -c " .. q(cmd))
+        end
+        -- The 43 lines of the fast inputs that pass check are in the file.
+        run_until(("[ \"$(cat %s 2>/dev/null | wc -l)\" -ge 43 ]"):format(q(dir .. "/out/check.jsonl")), 1)
+        assert.equal(43, #lines_sorted(dir .. "/out/check.jsonl"))
+        run_until(("grep -q 'resuming from the journal' %s"):format(q(dir .. "/err2")), 2)
+        assert.matches("50 inputs ended before", proc.slurp(dir .. "/err2"), 1, true)
+        local r = resume(dir)
+        assert.equal(1, r.code, r.stderr)
+        assert.matches("50 inputs ended before", r.stderr, 1, true)
+        same_files(dir)
+        assert.equal(48, #lines_sorted(dir .. "/out/check.jsonl"))
+    end)
+
     it("resumes after SIGINT, and a second run of a finished journal does nothing", function()
         write_inputs(dir .. "/in.jsonl", 3000, 0.05)
         clean_run(dir)
