@@ -20,33 +20,10 @@ local LUAJIT = os.getenv("LUAJIT") or "luajit"
 -- Starts `tide worker` in the background on pipeline file `pipe`;
 -- returns its pid.
 local function start_worker(url, dir, name, args, pipe)
-    local cmd = ("%s worker %s --redis %s %s 2>%s & echo $!"):format(
-        q(proc.bin), q(pipe or PIPE), q(url), args or "", q(dir .. "/" .. name .. ".err"))
-    local h = io.popen("sh -c " .. q(cmd))
-    local pid = tonumber(h:read("*l"))
-    h:close()
-    return pid
+    return rs.start_worker(url, pipe or PIPE, dir .. "/" .. name .. ".err", args)
 end
 
-local function alive(pid)
-    return os.execute("kill -0 " .. pid .. " 2>/dev/null") == 0
-end
-
-local function wait_exit(pid, secs)
-    local deadline = socket.gettime() + secs
-    while socket.gettime() < deadline do
-        if not alive(pid) then return true end
-        socket.sleep(0.05)
-    end
-    return false
-end
-
-local function stop_workers(pids)
-    for _, pid in ipairs(pids) do os.execute("kill -TERM " .. pid .. " 2>/dev/null") end
-    for _, pid in ipairs(pids) do
-        if not wait_exit(pid, 10) then os.execute("kill -KILL " .. pid .. " 2>/dev/null") end
-    end
-end
+local stop_workers = rs.stop_workers
 
 -- Waits until fn() is true (at most secs); returns whether it became so.
 local function eventually(secs, fn)

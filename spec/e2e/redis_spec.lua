@@ -29,33 +29,10 @@ end
 
 -- Starts `tide worker` in the background; returns its pid.
 local function start_worker(url, dir, name, args, pipe)
-    local cmd = ("%s worker %s --redis %s %s 2>%s & echo $!"):format(
-        q(proc.bin), q(pipe or PIPE), q(url), args or "", q(dir .. "/" .. name .. ".err"))
-    local h = io.popen("sh -c " .. q(cmd))
-    local pid = tonumber(h:read("*l"))
-    h:close()
-    return pid
+    return rs.start_worker(url, pipe or PIPE, dir .. "/" .. name .. ".err", args)
 end
 
-local function alive(pid)
-    return os.execute("kill -0 " .. pid .. " 2>/dev/null") == 0
-end
-
-local function wait_exit(pid, secs)
-    local deadline = socket.gettime() + secs
-    while socket.gettime() < deadline do
-        if not alive(pid) then return true end
-        socket.sleep(0.05)
-    end
-    return false
-end
-
-local function stop_workers(pids)
-    for _, pid in ipairs(pids) do os.execute("kill -TERM " .. pid .. " 2>/dev/null") end
-    for _, pid in ipairs(pids) do
-        if not wait_exit(pid, 10) then os.execute("kill -KILL " .. pid .. " 2>/dev/null") end
-    end
-end
+local wait_exit, stop_workers = rs.wait_exit, rs.stop_workers
 
 -- Runs `tide run --redis` in the background; returns a function that
 -- waits for it and gives its exit code and stderr.
@@ -278,6 +255,8 @@ describe("tide run --redis with tide worker", function()
         local b = start_worker(server.url, dir, "b", args)
         local wait = start_run(server.url, dir)
         socket.sleep(0.8)
+        -- The run is in the middle: some results are in, not all.
+        local before = #(proc.lines(proc.slurp(dir .. "/out/double.jsonl") or ""))
         -- SIGKILL: Redis writes its append-only file before it answers,
         -- so whatever it acknowledged is in the file it reads back.
         server:restart("KILL")
@@ -286,11 +265,7 @@ describe("tide run --redis with tide worker", function()
         assert.equal(0, rc, err)
         one_result_each(dir, 2000)
         assert.equal(2000, #sorted_lines(dir .. "/out/double.jsonl"))
-        local werr = proc.slurp(dir .. "/a.err") .. proc.slurp(dir .. "/b.err")
-        -- The workers saw the outage: a read or a commit failed, and went
-        -- on (which one depends on what was in flight at the kill: a
-        -- worker with no room for more jobs has no read out).
-        assert.is_truthy(werr:find("reading jobs again", 1, true) or werr:find("ECONN", 1, true), werr)
+        assert.is_true(before < 2000, before .. " results before the restart")
         assert.equal("0", server:cli("XLEN", "tide:{distributed}:jobs"))
     end)
 

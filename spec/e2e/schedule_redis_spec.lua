@@ -13,24 +13,11 @@ local PIPE = "spec/fixtures/pipelines/ticks.lua"
 
 -- Starts `tide worker` in the background; returns its pid.
 local function start_worker(url, dir, name)
-    local cmd = ("TICKS_OUT=%s %s worker %s --redis %s --lease 2 2>>%s & echo $!"):format(
-        q(dir .. "/ticks"), q(proc.bin), q(PIPE), q(url), q(dir .. "/" .. name .. ".err"))
-    local h = io.popen("sh -c " .. q(cmd))
-    local pid = tonumber(h:read("*l"))
-    h:close()
-    return pid
+    return rs.start_worker(url, PIPE, dir .. "/" .. name .. ".err", "--lease 2",
+                           { env = "TICKS_OUT=" .. q(dir .. "/ticks"), append = true })
 end
 
-local function stop_workers(pids)
-    for _, pid in ipairs(pids) do os.execute("kill -TERM " .. pid .. " 2>/dev/null") end
-    for _, pid in ipairs(pids) do
-        local deadline = socket.gettime() + 10
-        while socket.gettime() < deadline and os.execute("kill -0 " .. pid .. " 2>/dev/null") == 0 do
-            socket.sleep(0.05)
-        end
-        os.execute("kill -KILL " .. pid .. " 2>/dev/null")
-    end
-end
+local stop_workers = rs.stop_workers
 
 -- The runs of one schedule in the ticks file: a list of { t, late } in
 -- file order.

@@ -114,4 +114,44 @@ function Server:stop()
     proc.rmrf(self.dir)
 end
 
+--- Starts `tide worker PIPE --redis URL ARGS` in the background, its
+-- stderr to errfile (appended with opts.append; opts.env: "NAME=value ..."
+-- before the command). Returns its pid.
+function M.start_worker(url, pipe, errfile, args, opts)
+    opts = opts or {}
+    local cmd = ("%s%s worker %s --redis %s %s 2>%s%s & echo $!"):format(
+        opts.env and (opts.env .. " ") or "", q(proc.bin), q(pipe), q(url), args or "",
+        opts.append and ">" or "", q(errfile))
+    local h = io.popen("sh -c " .. q(cmd))
+    local pid = tonumber(h:read("*l"))
+    h:close()
+    return pid
+end
+
+
+function M.alive(pid)
+    return os.execute("kill -0 " .. pid .. " 2>/dev/null") == 0
+end
+
+
+--- Waits up to secs for pid to exit; true when it did.
+function M.wait_exit(pid, secs)
+    local deadline = socket.gettime() + secs
+    while socket.gettime() < deadline do
+        if not M.alive(pid) then return true end
+        socket.sleep(0.05)
+    end
+    return false
+end
+
+
+--- SIGTERM to each worker, then SIGKILL to those still there after 10 s.
+function M.stop_workers(pids)
+    for _, pid in ipairs(pids) do os.execute("kill -TERM " .. pid .. " 2>/dev/null") end
+    for _, pid in ipairs(pids) do
+        if not M.wait_exit(pid, 10) then os.execute("kill -KILL " .. pid .. " 2>/dev/null") end
+    end
+end
+
+
 return M
