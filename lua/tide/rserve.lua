@@ -129,14 +129,9 @@ function M.serve(p, opts)
     end
 
     local function wait_of(query, conn)
-        local w = query_param(query, "wait")
-        if w == nil then return 0 end
-        local n = tonumber(w)
-        if not n or n < 0 then
-            respond(conn, 400, jerr("EINVAL", "wait must be a number of seconds >= 0"))
-            return nil
-        end
-        return math.min(n, http.MAX_WAIT)
+        local w, why = http.wait_param(query)
+        if not w then respond(conn, 400, jerr("EINVAL", why)) end
+        return w
     end
 
     local function submit(conn, query, headers, body)

@@ -896,7 +896,7 @@ function M.next_op(E)
     end
     if not step_ct or not E.fast or os.getenv("TIDE_NO_FFI") then
         out = { [0] = 0, 0, 0, 0 }
-        return function(slot, g) return classic(slot, g) end, out, code
+        return classic, out, code
     end
     local ep, fstep, fsubmit, fspawn, frelease = E.fast()
     local eng, step = ffi.cast("void *", ep), ffi.cast(step_ct, fstep)

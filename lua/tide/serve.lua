@@ -104,6 +104,17 @@ local function query_param(query, name)
 end
 
 
+-- The seconds a request's ?wait= asks for: 0 without one, at most
+-- MAX_WAIT; nil, message when it is not a number >= 0.
+local function wait_param(query)
+    local w = query_param(query, "wait")
+    if w == nil then return 0 end
+    local n = tonumber(w)
+    if not n or n < 0 then return nil, "wait must be a number of seconds >= 0" end
+    return math.min(n, MAX_WAIT)
+end
+
+
 local function unescape(s)
     return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
 end
@@ -362,14 +373,9 @@ function M.serve(p, opts)
     end
 
     local function wait_of(query, conn)
-        local w = query_param(query, "wait")
-        if w == nil then return 0 end
-        local n = tonumber(w)
-        if not n or n < 0 then
-            respond(conn, 400, jerr("EINVAL", "wait must be a number of seconds >= 0"))
-            return nil
-        end
-        return math.min(n, MAX_WAIT)
+        local w, why = wait_param(query)
+        if not w then respond(conn, 400, jerr("EINVAL", why)) end
+        return w
     end
 
     local function metrics()
@@ -938,9 +944,11 @@ function M.serve(p, opts)
 end
 
 -- What the HTTP front of `tide serve --redis` (tide.rserve) shares with
--- this server: the error body, the token and Host checks, query strings.
+-- this server: the error body, the token and Host checks, query strings
+-- and ?wait=.
 M.http = {
-    jerr = jerr, same_token = same_token, query_param = query_param, unescape = unescape,
+    jerr = jerr, same_token = same_token, query_param = query_param, wait_param = wait_param,
+    unescape = unescape,
     host_allowed = host_allowed, label = label, MAX_WAIT = MAX_WAIT, MAX_ID = MAX_ID,
     RETRY_AFTER = RETRY_AFTER,
 }
