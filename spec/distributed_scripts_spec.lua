@@ -1,8 +1,9 @@
 --- The worker's scripts of lua/tide/distributed.lua run on a real
 -- redis-server: COMMIT fences each job of a batch by owner and delivery
--- count (a late or repeated result adds nothing), REAP claims a job that
--- ran before alone and leaves a job of another pipeline version to the
--- workers of that version until it has waited two leases.
+-- count (a late or repeated result adds nothing), REAP claims a dead
+-- worker's jobs together and a job at its third delivery alone, and
+-- leaves a job of another pipeline version to the workers of that
+-- version until it has waited two leases.
 local tide = require "tide"
 local redis = require "tide.redis"
 local distributed = require "tide.distributed"
@@ -79,41 +80,59 @@ describe("tide.distributed scripts", function()
         assert.equal(0, call("XPENDING", keys.jobs, G)[1])
     end)
 
-    it("REAP: a job that ran before alone, fresh jobs together, another version only after two leases", function()
-        local ran = add("ran")
+    it("REAP: a dead worker's jobs together, at delivery 3 alone, another version only after two leases", function()
+        local twice = add("twice")
+        local once1, once2 = add("once1"), add("once2")
         local fresh1, fresh2 = add("fresh1"), add("fresh2")
         local other = add("other", "OTHER")
         read("dead")
-        -- fresh1 and fresh2 were passed on, never run (count 0).
+        -- twice was held by a worker that died before (count 2); fresh1
+        -- and fresh2 were passed on, never run (count 0).
+        call("XCLAIM", keys.jobs, G, "dead", 0, twice, "JUSTID", "RETRYCOUNT", 2)
         for _, e in ipairs({ fresh1, fresh2 }) do
             call("XCLAIM", keys.jobs, G, "dead", 0, e, "IDLE", 100, "JUSTID", "RETRYCOUNT", 0)
         end
         rs.sleep(0.1)
-        local function reap(pass_idle)
+        local function reap(pass_idle, count, maxd)
             return eval(distributed.REAP, { keys.jobs, keys.dlq },
-                        { G, "w1", 50, 1000, 5, 60000, keys.res, "H", pass_idle, 100 })
+                        { G, "w1", 50, 1000, maxd or 5, 60000, keys.res, "H", pass_idle, count or 100,
+                          distributed.alone_from(maxd or 5) })
         end
-        -- ran comes first (the oldest) and alone, as its second delivery.
+        local function entries(got)
+            local t = {}
+            for i, j in ipairs(got[1]) do t[i] = { j[1], j[3] } end
+            return t
+        end
+        -- twice comes first (the oldest) and alone, as its third delivery.
         local got = reap(60000)
-        assert.equal(1, #got[1])
-        assert.same({ ran, 2 }, { got[1][1][1], got[1][1][3] })
+        assert.same({ { twice, 3 } }, entries(got))
         assert.same({}, got[2])
-        -- Then the fresh ones, together, as first deliveries.
+        -- Then the others, together: once1 and once2 as second
+        -- deliveries, the fresh ones as first deliveries; two a round
+        -- with count 2.
+        got = reap(60000, 2)
+        assert.same({ { once1, 2 }, { once2, 2 } }, entries(got))
         got = reap(60000)
-        assert.equal(2, #got[1])
-        assert.same({ fresh1, fresh2 }, { got[1][1][1], got[1][2][1] })
-        assert.same({ 1, 1 }, { got[1][1][3], got[1][2][3] })
-        -- A job that ran before is never claimed with fresh ones.
-        call("XCLAIM", keys.jobs, G, "w1", 0, ran, "IDLE", 100, "JUSTID")
-        call("XCLAIM", keys.jobs, G, "w1", 0, fresh1, "IDLE", 100, "JUSTID", "RETRYCOUNT", 0)
+        assert.same({ { fresh1, 1 }, { fresh2, 1 } }, entries(got))
+        -- A job at its third delivery is never claimed with others, and
+        -- with count 0 (no room) none is claimed but it.
+        call("XCLAIM", keys.jobs, G, "w1", 0, twice, "IDLE", 100, "JUSTID")
+        call("XCLAIM", keys.jobs, G, "w1", 0, once1, "IDLE", 100, "JUSTID", "RETRYCOUNT", 0)
+        got = reap(60000, 0)
+        assert.same({ { twice, 4 } }, entries(got))
+        got = reap(60000, 0)
+        assert.same({}, got[1])
         got = reap(60000)
-        assert.equal(1, #got[1])
-        assert.equal(ran, got[1][1][1])
-        got = reap(60000)
-        assert.equal(1, #got[1])
-        assert.same({ fresh1, 1 }, { got[1][1][1], got[1][1][3] })
+        assert.same({ { once1, 1 } }, entries(got))
+        -- With max_deliveries 2, a second delivery already runs alone.
+        call("XCLAIM", keys.jobs, G, "w1", 0, once1, "IDLE", 100, "JUSTID")
+        call("XCLAIM", keys.jobs, G, "w1", 0, once2, "IDLE", 100, "JUSTID")
+        got = reap(60000, 100, 2)
+        assert.same({ { once1, 2 } }, entries(got))
         -- other is not this worker's version: left alone within pass_idle,
         -- then passed on (counted) and reported.
+        got = reap(60000)
+        assert.same({ { once2, 3 } }, entries(got))
         got = reap(60000)
         assert.same({ {}, {} }, got)
         got = reap(50)
@@ -122,12 +141,34 @@ describe("tide.distributed scripts", function()
         assert.equal(2, call("XPENDING", keys.jobs, G, other, other, 1)[1][4])
     end)
 
+    it("REAP: past max deliveries a job goes to the dead-letter stream even with no room", function()
+        local e = add("p")
+        read("dead")
+        call("XCLAIM", keys.jobs, G, "dead", 0, e, "JUSTID", "RETRYCOUNT", 5)
+        rs.sleep(0.1)
+        local got = eval(distributed.REAP, { keys.jobs, keys.dlq },
+                         { G, "w1", 50, 1000, 5, 60000, keys.res, "H", 60000, 0, 3 })
+        assert.same({}, got[1])
+        assert.same({ { "p", "H", 6, 1, 0 } }, got[2])
+        local f = redis.pairs_to_table(call("XRANGE", keys.dlq, "-", "+")[1][2])
+        assert.matches('"EDELIVERY"', f.error)
+        assert.equal("6", f.deliveries)
+        assert.equal(0, call("XLEN", keys.jobs))
+    end)
+
+    it("alone_from: delivery 3, or 2 when max_deliveries is below 3", function()
+        assert.equal(3, distributed.alone_from(5))
+        assert.equal(3, distributed.alone_from(3))
+        assert.equal(2, distributed.alone_from(2))
+        assert.equal(2, distributed.alone_from(1))
+    end)
+
     it("REAP: a job of another version past max deliveries goes to the dead-letter stream as EVERSION", function()
         add("x", "OTHER")
         read("dead")
         rs.sleep(0.1)
         local got = eval(distributed.REAP, { keys.jobs, keys.dlq },
-                         { G, "w1", 50, 1000, 1, 60000, keys.res, "H", 50, 100 })
+                         { G, "w1", 50, 1000, 1, 60000, keys.res, "H", 50, 100, 2 })
         assert.same({ { "x", "OTHER", 2, 1, 1 } }, got[2])
         local d = call("XRANGE", keys.dlq, "-", "+")
         local f = redis.pairs_to_table(d[1][2])

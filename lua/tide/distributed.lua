@@ -17,9 +17,12 @@
 -- still owns each one (a bare XCLAIM would take back a job another worker
 -- has taken over). A reaper in every worker runs REAP: it looks at the
 -- jobs idle longer than the lease (XPENDING IDLE) and claims those of its
--- pipeline version with XCLAIM, counting a delivery; a job that ran
--- before is claimed alone and runs alone, so that a job that kills its
--- worker has only its own deliveries counted. A job delivered more than
+-- pipeline version with XCLAIM, counting a delivery. A dead worker's
+-- jobs run again together, at full parallelism; from their third
+-- delivery (M.alone_from) they are claimed one at a time and run alone,
+-- so that a job that kills every worker it runs on has only its own
+-- deliveries counted from then on, and the jobs that died with it twice
+-- end at delivery 3, short of max_deliveries. A job delivered more than
 -- max_deliveries times goes to the dead-letter stream with a failure
 -- result instead. A job of another version is passed on (PASS, and REAP
 -- after a lease with no taker), and ends in the dead-letter stream when
@@ -107,16 +110,22 @@ return lost
 
 -- KEYS: jobs, dlq. ARGV: group, consumer, min_idle_ms, scan (entries to
 -- look at, at most), max_deliveries, ttl_ms, results key prefix, hash
--- (of this worker's pipeline file), pass_idle_ms, count.
+-- (of this worker's pipeline file), pass_idle_ms, count, alone (see
+-- M.alone_from).
 --
 -- Looks at the jobs idle past their lease (XPENDING IDLE, which claims
 -- nothing) and claims those of this worker's pipeline version with
 -- XCLAIM, setting their delivery count one higher (RETRYCOUNT: the
--- count of a delivery, as XAUTOCLAIM without JUSTID would). A job never
--- run (count 0: a worker of another version passed it on, see PASS) is
--- claimed with others, up to `count`. A job run before (count 1 or
--- more) may be the one that killed its last worker: it is claimed alone,
--- when nothing else was, and runs alone (see Source:take).
+-- count of a delivery, as XAUTOCLAIM without JUSTID would). A job whose
+-- delivery count is then below `alone` is claimed with others, up to
+-- `count` (a read's worth), and runs with them: a job
+-- never run (count 0: a worker of another version passed it on, see
+-- PASS), or a job whose worker died once while holding it (count 1: it
+-- ran there, or only waited there, read ahead). A job that reaches
+-- `alone` was held by workers that died twice: it is claimed alone, when
+-- nothing else was, and runs alone (see Source:take), so that if it is
+-- the one that kills its workers, no other job's delivery is counted for
+-- it from then on.
 --
 -- A job of another version is left to the workers of that version; once
 -- it has been idle for pass_idle_ms (none of them took it within its
@@ -124,15 +133,17 @@ return lost
 -- a pass. A job delivered more than max_deliveries times goes to the
 -- dead-letter stream, with a failure result for the run that submitted
 -- it: EVERSION "no worker with pipeline hash X" when its last delivery
--- was a pass, EDELIVERY "delivered N times" otherwise.
+-- was a pass, EDELIVERY "delivered N times" otherwise. Giving up takes
+-- no room, so it happens whatever `count` is.
 --
--- Returns { jobs, notes }: jobs = { { entry, fields, deliveries }... };
--- notes = { { id, hash, deliveries, given_up (0|1), passed (0|1) }... }
--- for the worker's log.
+-- Returns { jobs, notes }: jobs = { { entry, fields, deliveries }... }
+-- (either jobs to run together, or one job to run alone); notes = { {
+-- id, hash, deliveries, given_up (0|1), passed (0|1) }... } for the
+-- worker's log.
 M.REAP = redis.script([==[
 local g, me, idle, scan = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local maxd, ttl, pre, hash, pass_idle = tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
-local count = tonumber(ARGV[10])
+local count, alone = tonumber(ARGV[10]), tonumber(ARGV[11])
 local jobs, notes = {}, {}
 local function give_up(id, f, n, err)
   redis.call('XADD', KEYS[2], '*', 'id', f.id or '', 'run', f.run or '', 'hash', f.hash or '',
@@ -145,6 +156,9 @@ local function give_up(id, f, n, err)
   redis.call('XACK', KEYS[1], g, id)
   redis.call('XDEL', KEYS[1], id)
 end
+local function claim(id, n)
+  redis.call('XCLAIM', KEYS[1], g, me, idle, id, 'JUSTID', 'RETRYCOUNT', n)
+end
 local start, looked = '-', 0
 while looked < scan do
   local page = redis.call('XPENDING', KEYS[1], g, 'IDLE', idle, start, '+', 100)
@@ -152,42 +166,74 @@ while looked < scan do
   for _, p in ipairs(page) do
     looked = looked + 1
     local id, pidle, n = p[1], p[3], p[4]
-    local ent = redis.call('XRANGE', KEYS[1], id, id)[1]
-    if not ent then
+    local after = n + 1
+    -- A job that could not be claimed now (no room for it, or one to
+    -- run alone after others were claimed) is skipped without reading
+    -- it, unless it is past max_deliveries or may be another version's
+    -- job to pass on.
+    local need = after > maxd or pidle >= pass_idle or (after < alone and #jobs < count)
+      or (after >= alone and #jobs == 0)
+    local ent = need and redis.call('XRANGE', KEYS[1], id, id)[1]
+    if ent == false then
+      -- Skipped.
+    elseif not ent then
       -- Deleted from the stream while pending: nothing to run.
       redis.call('XACK', KEYS[1], g, id)
     else
       local fields, f = ent[2], {}
       for i = 1, #fields, 2 do f[fields[i]] = fields[i + 1] end
-      local mine = f.hash == hash
-      if (mine and (n == 0 or #jobs == 0)) or (not mine and pidle >= pass_idle) then
-        redis.call('XCLAIM', KEYS[1], g, me, idle, id, 'JUSTID', 'RETRYCOUNT', n + 1)
-        n = n + 1
-        if n > maxd then
-          local msg
-          if mine then
-            msg = 'the job was delivered ' .. n .. ' times and no worker finished it (each one stopped '
-              .. 'while running it); it is in the dead-letter stream'
-          else
-            msg = 'no worker with pipeline hash ' .. (f.hash or '?') .. ' took the job within '
-              .. n .. ' deliveries (workers of other versions passed it on); it is in the dead-letter stream'
+      if f.hash == hash then
+        if after > maxd then
+          claim(id, after)
+          give_up(id, f, after, cjson.encode({ code = 'EDELIVERY', message = 'the job was delivered ' .. after
+            .. ' times and no worker finished it (each one stopped while running it); it is in the '
+            .. 'dead-letter stream' }))
+          notes[#notes + 1] = { f.id or '', f.hash or '', after, 1, 0 }
+        elseif after < alone then
+          if #jobs < count then
+            claim(id, after)
+            jobs[#jobs + 1] = { id, fields, after }
           end
-          give_up(id, f, n, cjson.encode({ code = mine and 'EDELIVERY' or 'EVERSION', message = msg }))
-          notes[#notes + 1] = { f.id or '', f.hash or '', n, 1, mine and 0 or 1 }
-        elseif not mine then
-          notes[#notes + 1] = { f.id or '', f.hash or '', n, 0, 1 }
+        elseif #jobs == 0 then
+          claim(id, after)
+          return { { { id, fields, after } }, notes }
+        end
+      elseif pidle >= pass_idle then
+        claim(id, after)
+        if after > maxd then
+          give_up(id, f, after, cjson.encode({ code = 'EVERSION', message = 'no worker with pipeline hash '
+            .. (f.hash or '?') .. ' took the job within ' .. after .. ' deliveries (workers of other '
+            .. 'versions passed it on); it is in the dead-letter stream' }))
+          notes[#notes + 1] = { f.id or '', f.hash or '', after, 1, 1 }
         else
-          jobs[#jobs + 1] = { id, fields, n }
-          if n > 1 or #jobs >= count then return { jobs, notes } end
+          notes[#notes + 1] = { f.id or '', f.hash or '', after, 0, 1 }
         end
       end
     end
-    if looked >= scan then break end
+    if looked >= scan or (count > 0 and #jobs >= count) then break end
   end
+  if count > 0 and #jobs >= count then break end
   start = '(' .. page[#page][1]
 end
 return { jobs, notes }
 ]==])
+
+--- The delivery count from which a job taken over runs alone, for a
+-- worker whose jobs go to the dead-letter stream after max_deliveries.
+-- A worker that dies takes down every job it holds, the one that killed
+-- it (if a job did) and the innocent ones running or waiting with it.
+-- Run together up to delivery 2, a job is counted for at most two such
+-- deaths of other jobs' making; from delivery 3 it runs alone, so it
+-- dies only of itself. An innocent job therefore ends at delivery 3 at
+-- most, within the default max_deliveries of 5, while the jobs of a
+-- worker that died once (its read-ahead included) run again at full
+-- parallelism. With max_deliveries 2, delivery 3 would be past the
+-- limit: jobs run alone from delivery 2 (a dead worker's jobs then run
+-- one at a time). With max_deliveries 1 a job is never delivered twice:
+-- every job a dead worker held goes to the dead-letter stream.
+function M.alone_from(max_deliveries)
+    return math.max(2, math.min(3, max_deliveries))
+end
 
 -- KEYS: jobs. ARGV: group, consumer, idle_ms, then entries: jobs of
 -- another version of the pipeline, read by this worker and never run.
@@ -284,6 +330,7 @@ function M.worker(ex, opts)
         hash = opts.hash, warned = {}, last = 0, batch = batch,
         suspect = nil,   -- the job taken over from the reaper, run alone
         streak = 0,      -- jobs taken over since the reaper last found none
+        warned_alone = false, -- this streak's log said that jobs run alone
     }, Source)
     local sink = setmetatable({
         jobs = {}, njobs = 0, counts = { done = 0, failed = 0, rejected = 0, dropped = 0 },
@@ -298,6 +345,15 @@ function M.worker(ex, opts)
         local t = src.tail + 1
         src.tail = t
         src.queue[t] = { entry = entry, fields = fields, deliveries = deliveries }
+    end
+
+    -- A job taken over: it goes before the jobs read and waiting.
+    local function push_front(entry, fields, deliveries)
+        if held[entry] then return end
+        held[entry] = deliveries
+        local h = src.head - 1
+        src.head = h
+        src.queue[h] = { entry = entry, fields = fields, deliveries = deliveries }
     end
 
     -- One blocking read of new jobs; another follows while the driver
@@ -337,16 +393,21 @@ function M.worker(ex, opts)
            "STREAMS", keys.jobs, ">")
     end
 
-    -- The reaper: a job whose lease ran out comes to this worker, one at
-    -- a time (REAP): it runs alone, and the next is claimed as soon as it
-    -- is committed.
+    -- The reaper: jobs whose lease ran out come to this worker (REAP).
+    -- Those whose delivery count stays below `alone` come up to a read's
+    -- worth a round (twice a second) and go to the front of the queue:
+    -- they have waited longest, and a dead worker's jobs so run again
+    -- spread over the live workers at their full parallelism. One that
+    -- reaches `alone` comes by itself and runs alone, and the next is
+    -- claimed as soon as it is committed.
+    local alone = M.alone_from(opts.max_deliveries)
     local reaping = false
     local function reap()
         if reaping or src.closed or src.suspect then return end
         reaping = true
         cmd:eval(M.REAP, { keys.jobs, keys.dlq },
                  { M.GROUP, opts.consumer, lease_ms, M.REAP_SCAN, opts.max_deliveries, M.RESULT_TTL_MS,
-                   keys.res, opts.hash, 2 * lease_ms + 1000, batch },
+                   keys.res, opts.hash, 2 * lease_ms + 1000, batch, alone },
                  function(v, rec)
             reaping = false
             if rec then return end -- Redis is away: the next round tries again
@@ -369,24 +430,26 @@ function M.worker(ex, opts)
                     io_stderr:write(format("tide: worker: took over %d jobs in all\n", src.streak))
                 end
                 src.streak = 0
+                src.warned_alone = false
                 return
             end
             if src.closed then return end
             local first = jobs[1]
-            if src.streak == 0 then
+            if src.streak == 0 or (first[3] >= alone and not src.warned_alone) then
                 io_stderr:write(format("tide: worker: took over job %s whose lease ran out (delivery %d)%s\n",
                                        tostring(fields_table(first[2]).id), first[3],
-                                       first[3] > 1 and "; jobs that ran before run alone, one at a time" or ""))
+                                       first[3] >= alone and format("; jobs delivered %d times or more run "
+                                                                    .. "alone, one at a time", alone) or ""))
+                if first[3] >= alone then src.warned_alone = true end
             end
             src.streak = src.streak + #jobs
-            if first[3] > 1 then
+            if first[3] >= alone then
                 held[first[1]] = first[3]
                 src.suspect = { entry = first[1], fields = first[2], deliveries = first[3] }
             else
-                -- Never run (passed on by a worker of another version):
-                -- with the jobs read, and the next round at once.
-                for _, j in ipairs(jobs) do push(j[1], j[2], j[3]) end
-                reap()
+                -- Run with the jobs read (never run, or held by one
+                -- worker that died), before them, in their order.
+                for i = #jobs, 1, -1 do push_front(jobs[i][1], jobs[i][2], jobs[i][3]) end
             end
             src.on_ready()
         end)
@@ -476,9 +539,10 @@ end
 
 --- The next job to run, or nil (then a read of new jobs starts: the
 -- driver calls take only while it has room). A job taken over by the
--- reaper (self.suspect) runs alone: no new jobs are read while it waits,
--- and it starts once every other job this worker held is committed, so
--- that if it kills the worker, no other job's delivery is counted for it.
+-- reaper at delivery M.alone_from or later (self.suspect) runs alone:
+-- no new jobs are read while it waits, and it starts once every other
+-- job this worker held is committed, so that if it kills the worker, no
+-- other job's delivery is counted for it.
 function Source:take()
     while true do
         local h = self.head
