@@ -118,7 +118,7 @@ return lost
 -- XCLAIM, setting their delivery count one higher (RETRYCOUNT: the
 -- count of a delivery, as XAUTOCLAIM without JUSTID would). A job whose
 -- delivery count is then below `alone` is claimed with others, up to
--- `count` (a read's worth), and runs with them: a job
+-- `count` (two reads' worth), and runs with them: a job
 -- never run (count 0: a worker of another version passed it on, see
 -- PASS), or a job whose worker died once while holding it (count 1: it
 -- ran there, or only waited there, read ahead). A job that reaches
@@ -394,20 +394,24 @@ function M.worker(ex, opts)
     end
 
     -- The reaper: jobs whose lease ran out come to this worker (REAP).
-    -- Those whose delivery count stays below `alone` come up to a read's
-    -- worth a round (twice a second) and go to the front of the queue:
-    -- they have waited longest, and a dead worker's jobs so run again
-    -- spread over the live workers at their full parallelism. One that
-    -- reaches `alone` comes by itself and runs alone, and the next is
-    -- claimed as soon as it is committed.
+    -- Those whose delivery count stays below `alone` come up to two
+    -- reads' worth a round (twice a second) and go to the front of the
+    -- queue: they have waited longest. A worker holds up to
+    -- --concurrency running jobs and one and a half reads waiting, so two
+    -- rounds (of one live worker, or one each of two) take over all that
+    -- a dead worker held, within lease + 1 s, and they run again at the
+    -- live workers' full parallelism. One that reaches `alone` comes by
+    -- itself and runs alone, and the next is claimed as soon as it is
+    -- committed.
     local alone = M.alone_from(opts.max_deliveries)
+    local reap_count = math.min(2 * batch, M.REAP_SCAN)
     local reaping = false
     local function reap()
         if reaping or src.closed or src.suspect then return end
         reaping = true
         cmd:eval(M.REAP, { keys.jobs, keys.dlq },
                  { M.GROUP, opts.consumer, lease_ms, M.REAP_SCAN, opts.max_deliveries, M.RESULT_TTL_MS,
-                   keys.res, opts.hash, 2 * lease_ms + 1000, batch, alone },
+                   keys.res, opts.hash, 2 * lease_ms + 1000, reap_count, alone },
                  function(v, rec)
             reaping = false
             if rec then return end -- Redis is away: the next round tries again
