@@ -1,9 +1,11 @@
 --- End-to-end specs of the distributed mode: `tide run --redis` and
 -- `tide worker` processes against a real redis-server started here. The
--- same inputs give the same files and exit code as a local run; a worker
--- killed with SIGKILL loses no job (its jobs come back within lease + 1
--- s, measured); a job that kills every worker that takes it ends in the
--- dead-letter stream; a Redis that cannot be reached is exit 3.
+-- same inputs give the same files and exit code as a local run; fault
+-- (a): a worker killed with SIGKILL twice loses no job and adds no second
+-- result (its jobs are taken over within lease + 1 s and run together,
+-- measured); fault (b): a job that kills every worker that takes it ends
+-- in the dead-letter stream, and the jobs that ran with it do not; a
+-- Redis that cannot be reached is exit 3.
 local proc = require "helpers.proc"
 local rs = require "helpers.redis"
 local socket = require "socket"
