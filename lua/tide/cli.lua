@@ -706,6 +706,16 @@ local function worker(args)
     end
     io_stderr:write(format("tide: worker %s: pipeline '%s' (%s) from %s, concurrency %d, lease %g s\n",
                            w.consumer, p.name, w.hash:sub(1, 12), o.redis, o.concurrency, o.lease))
+    -- Below 3, a dead worker's jobs cannot run again together without
+    -- risking an innocent job's last delivery (distributed.alone_from):
+    -- said once at start, since it changes what a crash costs.
+    if o.max_deliveries == 1 then
+        io_stderr:write("tide: worker: --max-deliveries 1: every job a dead worker held (running or read "
+                        .. "ahead) goes to the dead-letter stream\n")
+    elseif o.max_deliveries == 2 then
+        io_stderr:write("tide: worker: --max-deliveries 2: a dead worker's jobs run again one at a time "
+                        .. "(3 or more lets them run together)\n")
+    end
     -- p:schedule: every worker keeps the clock, and Redis makes each fire
     -- one job (schedule_redis.lua). The fires stop when the worker stops
     -- taking jobs (its source closes: a signal, a drain).

@@ -321,6 +321,7 @@ return { done, bad }]==])
             local _, starts = log:gsub("tide: worker [^\n]*: pipeline", "")
             assert.equal(maxd + 1, starts)
             assert.matches(("jobs delivered %d times or more run alone"):format(distributed.alone_from(maxd)), log)
+            if maxd == 2 then assert.matches("%-%-max%-deliveries 2: a dead worker's jobs run again one at a time", log) end
         end)
     end
 
@@ -440,5 +441,18 @@ return { done, bad }]==])
         assert.equal(2, proc.tide({ "worker", PIPE }).code)
         assert.equal(2, proc.tide({ "worker", PIPE, "--redis", "redis://h:0" }).code)
         assert.equal(2, proc.tide({ "run", PIPE, "--redis", "redis://" }, "").code)
+        for _, bad in ipairs({ "0", "-1", "2.5", "x" }) do
+            local r = proc.tide({ "worker", PIPE, "--redis", server.url, "--max-deliveries", bad })
+            assert.equal(2, r.code)
+            assert.matches("%-%-max%-deliveries needs a whole number >= 1", r.stderr)
+        end
+    end)
+
+    it("a worker with --max-deliveries 1 says at start what a crash costs", function()
+        local w = start_worker(server.url, dir, "w", "--max-deliveries 1")
+        assert.is_true(eventually(10, function()
+            return (proc.slurp(dir .. "/w.err") or ""):find("max%-deliveries 1: every job a dead worker held")
+        end), proc.slurp(dir .. "/w.err"))
+        stop_workers({ w })
     end)
 end)
