@@ -182,7 +182,9 @@ for i = 1, tonumber(ARGV[2]) do
     local f, r = {}, redis.call('XREVRANGE', k, '+', '-', 'COUNT', 1)[1][2]
     for j = 1, #r, 2 do f[r[j]] = r[j + 1] end
     local v = f.status == 'done' and cjson.decode(f.value)
-    if not v or v.twice ~= 2 * i then bad[#bad + 1] = 'f' .. i .. ': ' .. tostring(f.status) .. ' ' .. tostring(f.value) end
+    if not v or v.twice ~= 2 * i then
+      bad[#bad + 1] = 'f' .. i .. ': ' .. tostring(f.status) .. ' ' .. tostring(f.value)
+    end
   end
 end
 return { done, bad }]==])
@@ -321,7 +323,9 @@ return { done, bad }]==])
             local _, starts = log:gsub("tide: worker [^\n]*: pipeline", "")
             assert.equal(maxd + 1, starts)
             assert.matches(("jobs delivered %d times or more run alone"):format(distributed.alone_from(maxd)), log)
-            if maxd == 2 then assert.matches("%-%-max%-deliveries 2: a dead worker's jobs run again one at a time", log) end
+            if maxd == 2 then
+                assert.matches("%-%-max%-deliveries 2: a dead worker's jobs run again one at a time", log)
+            end
         end)
     end
 
