@@ -705,7 +705,7 @@ local function worker(args)
         return die(EXIT_IO, werr)
     end
     io_stderr:write(format("tide: worker %s: pipeline '%s' (%s) from %s, concurrency %d, lease %g s\n",
-                           w.consumer, p.name, w.hash:sub(1, 12), o.redis, o.concurrency, o.lease))
+                           w.consumer, p.name, w.hash:sub(1, 12), redis.redact(o.redis), o.concurrency, o.lease))
     -- p:schedule: every worker keeps the clock, and Redis makes each fire
     -- one job (schedule_redis.lua). The fires stop when the worker stops
     -- taking jobs (its source closes: a signal, a drain).
@@ -767,7 +767,7 @@ local function serve_redis(o, p, token)
     if not server then return die(EXIT_IO, rec.message) end
     local host = o.listen:match("^(.*):%d+$")
     io_stderr:write(format("tide: serving '%s' on http://%s:%d, jobs in Redis at %s\n", p.name, host,
-                           server.port, o.redis))
+                           server.port, redis.redact(o.redis)))
     local ex = server.executor
     local sigs = {}
     local function on_signal(signum)

@@ -246,7 +246,7 @@ function M.connect_checked(ex, url, timeout)
     ex:run()
     if not ok then
         c:close()
-        return nil, format("cannot reach Redis at %s: %s", url, why and why.message or "no answer")
+        return nil, format("cannot reach Redis at %s: %s", redis.redact(url), why and why.message or "no answer")
     end
     return c
 end

@@ -629,7 +629,7 @@ function M.new(opts)
     end
     local blk = redis.connect(ex, opts.redis, { timeout = timeout })
     local self = setmetatable({
-        _ex = ex, _cmd = cmd, _blk = blk, url = opts.redis, _ttl = ttl, _pname = pname,
+        _ex = ex, _cmd = cmd, _blk = blk, url = redis.redact(opts.redis), _ttl = ttl, _pname = pname,
         _names = {},   -- id -> pipeline name, for the jobs submitted here
     }, RExecutor)
     self._waiter = M.waiter(ex, cmd, blk)

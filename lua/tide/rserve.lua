@@ -50,6 +50,7 @@ function M.serve(p, opts)
     local log = opts.log or function(msg) io.stderr:write("tide: ", msg, "\n") end
     local name = p.name
     local keys = distributed.keys(name)
+    local shown = redis.redact(opts.url) -- the URL without its password
 
     local ex = require("tide.executor").new { results = false, cache = false, concurrency = 1, threads = 1 }
     local cmd, cerr = distributed.connect_checked(ex, opts.url, M.COMMAND_TIMEOUT)
@@ -77,7 +78,7 @@ function M.serve(p, opts)
     -- Redis failed under a request: 503, with what failed.
     local function unavailable(conn, rec)
         counts.redis_errors = counts.redis_errors + 1
-        srv:respond(conn, 503, jerr(rec and rec.code or "ECONN", "Redis at " .. opts.url .. ": "
+        srv:respond(conn, 503, jerr(rec and rec.code or "ECONN", "Redis at " .. shown .. ": "
                                     .. (rec and rec.message or "not connected") .. "; retry later"),
                     "application/json", "Retry-After: " .. http.RETRY_AFTER .. "\r\n")
     end
@@ -203,7 +204,7 @@ function M.serve(p, opts)
         with_redis(conn, function()
             queue_state(function(q)
                 respond(conn, 200, enc(json.object({
-                    pipeline = name, version = version, redis = opts.url,
+                    pipeline = name, version = version, redis = shown,
                     uptime = hrtime() - started,
                     jobs = json.object({ submitted = counts.submitted, existing = counts.existing,
                                          cancelled = counts.cancelled }),
@@ -346,7 +347,7 @@ function M.serve(p, opts)
         local up = cmd:stats().up
         if up ~= was_up then
             was_up = up
-            log(up and ("Redis at " .. opts.url .. " is back") or ("Redis at " .. opts.url
+            log(up and ("Redis at " .. shown .. " is back") or ("Redis at " .. shown
                 .. " cannot be reached: requests are answered 503 until it is back"))
         end
     end)
