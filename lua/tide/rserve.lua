@@ -289,12 +289,10 @@ function M.serve(p, opts)
         id = unescape(id)
         local bad = rexec.check_id(id)
         if bad then return respond(conn, 400, jerr("EINVAL", bad)) end
-        if rest == "/logs" and method == "GET" then
-            return respond(conn, 404, jerr("ENOENT", "with --redis the log lines of a job stay on the worker "
-                                                   .. "that ran it (its stderr)"))
-        end
         local wait
-        if rest == "/result" and method == "GET" then
+        if rest == "/logs" and method == "GET" then
+            wait = false
+        elseif rest == "/result" and method == "GET" then
             wait = wait_of(query, conn)
             if not wait then return end
         elseif not (rest == "" and (method == "GET" or method == "DELETE")) then
@@ -319,6 +317,13 @@ function M.serve(p, opts)
                                                          .. "expired)"))
                 end
                 if rest == "" then return respond(conn, 200, status_body(id, st)) end
+                if rest == "/logs" then
+                    -- The lines come with the result (the worker commits
+                    -- them together): none before the job ends.
+                    local l = st.logs or { lines = {}, dropped = 0 }
+                    return respond(conn, 200, enc(json.object({
+                        id = id, lines = json.array(l.lines), dropped = l.dropped })))
+                end
                 long_poll(conn, id, wait, st)
             end)
         end)
