@@ -57,16 +57,21 @@ describe("tide.distributed scripts", function()
         add("b")
         add("c")
         local e = read("w1")
-        local function job(entry, deliveries, id)
-            return { entry, deliveries, id, "r1", "done", '"' .. id .. '"', "" }
+        local function job(entry, deliveries, id, logs)
+            return { entry, deliveries, id, "r1", "done", '"' .. id .. '"', "", logs or "" }
         end
         local args = { G, "w1", 60000, keys.res }
         -- a: the wrong delivery count; b: twice in one batch; c: right.
-        for _, t in ipairs({ job(e[1], 2, "a"), job(e[2], 1, "b"), job(e[2], 1, "b"), job(e[3], 1, "c") }) do
+        for _, t in ipairs({ job(e[1], 2, "a"), job(e[2], 1, "b"), job(e[2], 1, "b"),
+                             job(e[3], 1, "c", '{"lines":[],"dropped":3}') }) do
             for _, v in ipairs(t) do args[#args + 1] = v end
         end
         assert.same({ -1, 1, 0, 1 }, eval(distributed.COMMIT, { keys.jobs }, args))
         assert.equal(2, call("XLEN", keys.res .. "r1"))
+        -- A result carries a logs field only when the job kept lines.
+        local res = call("XRANGE", keys.res .. "r1", "-", "+")
+        assert.equal(8, #res[1][2])
+        assert.same({ "logs", '{"lines":[],"dropped":3}' }, { res[2][2][9], res[2][2][10] })
         -- Another consumer's late result for a: refused; the owner's: kept.
         local late = { G, "w2", 60000, keys.res }
         for _, v in ipairs(job(e[1], 1, "a")) do late[#late + 1] = v end

@@ -21,6 +21,21 @@ describe("tide.redis", function()
         assert.same({ "::1", 7000, 0 }, { redis.parse_url("redis://[::1]:7000") })
         assert.is_nil((redis.parse_url("redis://h:99999")))
         assert.is_nil((redis.parse_url("redis://")))
+        -- Users and passwords, with %XX escapes undone.
+        assert.same({ "h", 1, 3, nil, "p@s:s" }, { redis.parse_url("redis://:p%40s%3As@h:1/3") })
+        assert.same({ "h", 6379, 0, "bob", "pw" }, { redis.parse_url("redis://bob:pw@h") })
+        assert.same({ "::1", 7000, 0, "u", "x" }, { redis.parse_url("redis://u:x@[::1]:7000") })
+        for _, bad in ipairs { "redis://pw@h", "redis://:%4@h", "redis://:%g1@h", "redis://u:@h",
+                               "rediss://:pw@h" } do
+            local host, msg = redis.parse_url(bad)
+            assert.is_nil(host, bad)
+            assert.is_nil(msg:find("pw", 1, true), msg)
+        end
+        -- The last @ ends the password, as in other clients.
+        assert.same({ "h", 6379, 0, nil, "a@b" }, { redis.parse_url("redis://:a@b@h") })
+        assert.equal("redis://u:***@h:1/2", redis.redact("redis://u:secret@h:1/2"))
+        assert.equal("redis://:***@h", redis.redact("redis://secret@h"))
+        assert.equal("redis://h:1", redis.redact("redis://h:1"))
     end)
 
     it("parks a task body for each call and gives replies as Lua values", function()

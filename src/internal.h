@@ -166,7 +166,8 @@ enum {
     TIDE__REDIS_OK = 0,
     TIDE__REDIS_ETIMEDOUT, /* no reply within its time limit */
     TIDE__REDIS_ECONN,     /* the connection was lost after it was sent */
-    TIDE__REDIS_ECLOSED    /* the client was closed */
+    TIDE__REDIS_ECLOSED,   /* the client was closed */
+    TIDE__REDIS_EAUTH      /* the server refused the user and password */
 };
 
 /* Called once per command: with the reply (err 0; an error reply is a
@@ -182,6 +183,9 @@ typedef struct {
     double connect_timeout_ms; /* one connection attempt, at most */
     double backoff_min_ms, backoff_max_ms; /* delay before a new attempt */
     int db;                                /* SELECT db after connecting */
+    /* AUTH [user] password after connecting, when password is not NULL;
+     * both are copied by tide__redis_open. */
+    const char *user, *password;
 } tide__redis_opts;
 
 tide__redis *tide__redis_open(uv_loop_t *loop, const char *host, int port,

@@ -74,6 +74,11 @@ struct tide__redis {
     rd_cmd head;            /* list sentinel: head.next is the oldest */
     uint32_t waiting;
     uint64_t sent, replies, timeouts, connects, failures;
+    char *user, *password; /* copies of opts.user and opts.password */
+    /* The server's answer to this connection's AUTH when it refused it,
+     * else empty: the replies that follow (NOAUTH errors) end their
+     * commands with EAUTH and this message instead. */
+    char auth_err[200];
 };
 
 static void r_connect(tide__redis *r);
@@ -209,11 +214,31 @@ static void r_on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     if (reply == NULL) {
         r_finish(c, NULL, TIDE__REDIS_ECONN,
                  "the connection to Redis was lost before the reply came");
+    } else if (r->auth_err[0] &&
+               ((redisReply *)reply)->type == REDIS_REPLY_ERROR) {
+        r->replies++;
+        r_finish(c, NULL, TIDE__REDIS_EAUTH, r->auth_err);
     } else {
         r->replies++;
         r_finish(c, reply, TIDE__REDIS_OK, NULL);
     }
     free(c);
+}
+
+/* The reply to the AUTH sent on connecting. A refusal is kept for the
+ * commands pipelined behind it (see auth_err); the connection stays, as
+ * the credentials may be fixed on the server without a restart, and the
+ * next connection (after a loss) tries again. */
+static void r_on_auth(redisAsyncContext *ac, void *reply, void *privdata) {
+    tide__redis *r = privdata;
+    redisReply *rep = reply;
+    if (r == NULL || r->ac != ac || rep == NULL)
+        return;
+    if (rep->type == REDIS_REPLY_ERROR) {
+        snprintf(r->auth_err, sizeof r->auth_err,
+                 "Redis at %s:%d refused the user and password of the URL: "
+                 "%.*s", r->host, r->port, (int)rep->len, rep->str);
+    }
 }
 
 /* Hands the queued commands (a suffix of the list) to hiredis, in
@@ -280,6 +305,16 @@ static void r_on_connect(const redisAsyncContext *ac, int status) {
     r->state = S_UP;
     r->connects++;
     r->backoff_ms = r->opts.backoff_min_ms;
+    r->auth_err[0] = '\0';
+    if (r->password) {
+        /* First on the connection, pipelined with what follows: no round
+         * trip is added. r_on_auth checks the answer. */
+        if (r->user)
+            redisAsyncCommand(r->ac, r_on_auth, r, "AUTH %s %s", r->user,
+                              r->password);
+        else
+            redisAsyncCommand(r->ac, r_on_auth, r, "AUTH %s", r->password);
+    }
     if (r->opts.db > 0) {
         /* Before every queued command; with no record, because its reply
          * only confirms the choice (an error shows in the next reply). */
@@ -410,6 +445,9 @@ tide__redis *tide__redis_open(uv_loop_t *loop, const char *host, int port,
     r->host = tide__xstrdup(host);
     r->port = port;
     r->opts = *opts;
+    r->user = opts->user ? tide__xstrdup(opts->user) : NULL;
+    r->password = opts->password ? tide__xstrdup(opts->password) : NULL;
+    r->opts.user = r->opts.password = NULL;
     if (r->opts.connect_timeout_ms <= 0)
         r->opts.connect_timeout_ms = 2000;
     if (r->opts.backoff_min_ms <= 0)
@@ -459,6 +497,8 @@ static void r_handle_closed(uv_handle_t *h) {
     tide__redis *r = h->data;
     if (--r->nhandles == 0) {
         free(r->host);
+        free(r->user);
+        free(r->password);
         free(r);
     }
 }

@@ -67,10 +67,11 @@ commands:
       when some still fail.
   worker PIPELINE.lua --redis URL [--concurrency N] [--threads N] [--lease S]
                       [--drain-timeout S] [--max-deliveries N] [--task-timeout S]
-                      [--result-ttl S]
+                      [--result-ttl S] [--log-lines N]
       Run the jobs that `tide run --redis` submits for this pipeline.
       SIGTERM or SIGINT stops taking jobs and lets running ones finish.
-      Results are kept in Redis --result-ttl seconds (86400).
+      Results are kept in Redis --result-ttl seconds (86400), with the
+      last --log-lines N lines each job logged (100; 0 keeps none).
   dlq list|show ID|retry ID|retry --all|drop ID|drop --all --redis URL
       [--pipeline NAME]
       The dead-letter streams: list their jobs with their last error (JSON
@@ -300,6 +301,7 @@ local WORKER_OPTIONS = {
     ["--drain-timeout"] = { "drain", nonnegative, "--drain-timeout needs seconds >= 0" },
     ["--max-deliveries"] = { "max_deliveries", whole, "--max-deliveries needs a whole number >= 1" },
     ["--result-ttl"] = { "result_ttl", positive, "--result-ttl needs a number of seconds > 0" },
+    ["--log-lines"] = RUN_OPTIONS["--log-lines"],
 }
 
 local DLQ_OPTIONS = {
@@ -685,16 +687,14 @@ local function worker(args)
     if not o.redis then return die(EXIT_USAGE, "tide worker needs --redis URL\n" .. USAGE) end
     local uok, uerr = redis.parse_url(o.redis)
     if not uok then return die(EXIT_USAGE, uerr) end
-    _G.print = function(...)
-        local parts = {}
-        for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
-        io_stderr:write(table.concat(parts, "\t"), "\n")
-    end
+    -- A job's print lines go to stderr and are kept with it, as in tide
+    -- run: they travel with its result (distributed.lua's COMMIT).
+    print_to_stderr()
     local p, lcode = load_params(o)
     if not p then return lcode end
     local ex = executor.new {
         concurrency = o.concurrency, task_timeout = o.task_timeout, threads = o.threads,
-        results = false,
+        results = false, log_lines = o.log_lines,
     }
     -- The results this process commits expire after --result-ttl (the
     -- one setting of the process's worker).
@@ -705,7 +705,7 @@ local function worker(args)
         return die(EXIT_IO, werr)
     end
     io_stderr:write(format("tide: worker %s: pipeline '%s' (%s) from %s, concurrency %d, lease %g s\n",
-                           w.consumer, p.name, w.hash:sub(1, 12), o.redis, o.concurrency, o.lease))
+                           w.consumer, p.name, w.hash:sub(1, 12), redis.redact(o.redis), o.concurrency, o.lease))
     -- Below 3, a dead worker's jobs cannot run again together without
     -- risking an innocent job's last delivery (distributed.alone_from):
     -- said once at start, since it changes what a crash costs.
@@ -777,7 +777,7 @@ local function serve_redis(o, p, token)
     if not server then return die(EXIT_IO, rec.message) end
     local host = o.listen:match("^(.*):%d+$")
     io_stderr:write(format("tide: serving '%s' on http://%s:%d, jobs in Redis at %s\n", p.name, host,
-                           server.port, o.redis))
+                           server.port, redis.redact(o.redis)))
     local ex = server.executor
     local sigs = {}
     local function on_signal(signum)

@@ -56,8 +56,9 @@ end
 
 
 -- KEYS: jobs. ARGV: group, consumer, ttl_ms, results key prefix, then
--- for each job seven values: entry, deliveries, id, run, status, value,
--- ran. Commits every job the consumer still owns in that delivery:
+-- for each job eight values: entry, deliveries, id, run, status, value,
+-- ran, logs (the job's kept log lines as JSON, or "" for none: then the
+-- result has no logs field). Commits every job the consumer still owns in that delivery:
 -- appends its result to its run's result stream, then acknowledges and
 -- deletes all of them at once. Returns one code per job: 1 (committed),
 -- 0 (not pending any more: committed or given up already) or -1
@@ -65,7 +66,7 @@ end
 M.COMMIT = redis.script([==[
 local g, me, ttl, pre = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local out, acked, runs, seen = {}, {}, {}, {}
-for i = 5, #ARGV, 7 do
+for i = 5, #ARGV, 8 do
   local entry = ARGV[i]
   local e = not seen[entry] and redis.call('XPENDING', KEYS[1], g, entry, entry, 1)[1]
   seen[entry] = true
@@ -75,8 +76,13 @@ for i = 5, #ARGV, 7 do
       r = -1
     else
       local rk = pre .. ARGV[i + 3]
-      redis.call('XADD', rk, '*', 'id', ARGV[i + 2], 'status', ARGV[i + 4], 'value', ARGV[i + 5],
-                 'ran', ARGV[i + 6])
+      if ARGV[i + 7] == '' then
+        redis.call('XADD', rk, '*', 'id', ARGV[i + 2], 'status', ARGV[i + 4], 'value', ARGV[i + 5],
+                   'ran', ARGV[i + 6])
+      else
+        redis.call('XADD', rk, '*', 'id', ARGV[i + 2], 'status', ARGV[i + 4], 'value', ARGV[i + 5],
+                   'ran', ARGV[i + 6], 'logs', ARGV[i + 7])
+      end
       runs[rk] = true
       acked[#acked + 1] = entry
       r = 1
@@ -292,7 +298,7 @@ function M.connect_checked(ex, url, timeout)
     ex:run()
     if not ok then
         c:close()
-        return nil, format("cannot reach Redis at %s: %s", url, why and why.message or "no answer")
+        return nil, format("cannot reach Redis at %s: %s", redis.redact(url), why and why.message or "no answer")
     end
     return c
 end
@@ -306,9 +312,9 @@ Source.__index = Source
 local Sink = {}
 Sink.__index = Sink
 
--- Jobs one COMMIT carries at most (7 arguments each, under the client's
+-- Jobs one COMMIT carries at most (8 arguments each, under the client's
 -- limit of 1024 arguments a command).
-M.COMMIT_BATCH = 128
+M.COMMIT_BATCH = 120
 -- Entries of the pending list one reaper round looks at, at most.
 M.REAP_SCAN = 1000
 
@@ -633,8 +639,8 @@ function Sink:_commit()
         local c = batch[i]
         local job = c.job
         args[a + 1], args[a + 2], args[a + 3], args[a + 4] = job.entry, job.deliveries, job.id, job.run
-        args[a + 5], args[a + 6], args[a + 7] = c.status, c.vtext, c.rtext
-        a = a + 7
+        args[a + 5], args[a + 6], args[a + 7], args[a + 8] = c.status, c.vtext, c.rtext, c.ltext
+        a = a + 8
     end
     local counts = self.counts
     self.cmd:eval(M.COMMIT, { self.keys.jobs }, args, function(v, rec)
@@ -668,7 +674,7 @@ end
 -- the loop running until it does). A cancelled job (a drain that ran out
 -- of time, a lease lost) is not committed: it stays pending and another
 -- delivery runs it.
-function Sink:put(exid, status, value, ran)
+function Sink:put(exid, status, value, ran, _, logs)
     local job = self.jobs[exid]
     if not job then return "failed", nil end
     self.jobs[exid] = nil
@@ -693,7 +699,10 @@ function Sink:put(exid, status, value, ran)
     end
     local n = self.npending + 1
     self.npending = n
-    self.pending[n] = { job = job, status = status, vtext = vtext, rtext = rtext or "" }
+    -- The lines the job kept travel with its result (tide run --redis
+    -- writes them to DIR/logs, GET /v1/jobs/ID/logs answers them).
+    local ltext = logs and #logs.lines > 0 and encode(logs) or ""
+    self.pending[n] = { job = job, status = status, vtext = vtext, rtext = rtext or "", ltext = ltext }
     if n >= M.COMMIT_BATCH or self.njobs == 0 then
         self:_commit()
     elseif not self.flush_timer then
@@ -777,6 +786,27 @@ function M.open_remote(ex, url, p, path)
 end
 
 
+--- Decodes the logs field of a result entry (distributed.lua's COMMIT):
+-- { lines = { {time, task, attempt, line}... }, dropped = n }, or nil
+-- when it has none or it is not of that shape (written by something
+-- else than a worker).
+function M.logs_value(text)
+    if type(text) ~= "string" or text == "" then return nil end
+    local v = decode(text)
+    if type(v) ~= "table" or type(v.lines) ~= "table" then return nil end
+    local lines = {}
+    for i, l in ipairs(v.lines) do
+        if type(l) ~= "table" or type(l.time) ~= "number" or type(l.attempt) ~= "number"
+            or type(l.line) ~= "string" then
+            return nil
+        end
+        lines[i] = { time = l.time, task = tostring(l.task), attempt = l.attempt, line = l.line }
+    end
+    return { lines = lines, dropped = type(v.dropped) == "number" and v.dropped or 0 }
+end
+
+
+
 -- ===== THE SUBMITTING SIDE (tide run --redis) =====
 
 local Remote = {}
@@ -802,14 +832,14 @@ function M.remote(ex, opts)
 end
 
 
-function Remote:_emit(id, status, value, ran)
+function Remote:_emit(id, status, value, ran, logs)
     if not self.live[id] then
         self.duplicates = self.duplicates + 1
         return
     end
     self.live[id] = nil
     self.nlive = self.nlive - 1
-    for _, fn in ipairs(self.subs) do fn(id, status, value, ran) end
+    for _, fn in ipairs(self.subs) do fn(id, status, value, ran, logs) end
 end
 
 
@@ -845,7 +875,7 @@ function Remote:_read()
                 else
                     value = setmetatable(value or {}, errors.mt)
                 end
-                self:_emit(f.id, status, value, ran)
+                self:_emit(f.id, status, value, ran, M.logs_value(f.logs))
             end
         end
         self:_read()

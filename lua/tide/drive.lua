@@ -122,7 +122,7 @@ function M.run(ex, p, source, sink, opts)
             pump()
             return
         end
-        local kind, err = sink:put(sid, status, value, ran, input)
+        local kind, err = sink:put(sid, status, value, ran, input, logs)
         if err then on_write_error(err) end
         -- After the result, so that a log that cannot be written never
         -- costs one: the run goes on and ends with exit 3 (cli.lua).

@@ -32,19 +32,69 @@ Client.__index = Client
 M.DEFAULT_TIMEOUT = 5
 
 
---- Parses redis://HOST[:PORT][/DB] (or HOST[:PORT]). Returns host, port,
--- db, or nil and a message.
+local URL_FORM = "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]"
+
+-- Undoes the %XX escapes a user or password needs for ':', '@', '/' or
+-- '%' itself; nil when an escape is malformed.
+local function unescape(s)
+    if find(s, "%%") and (find(s, "%%%X") or find(s, "%%.%X") or find(s, "%%.?$")) then
+        return nil
+    end
+    return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+
+--- Parses redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] (or HOST[:PORT]).
+-- Returns host, port, db, user, password (user and password nil when the
+-- URL has none; %XX escapes undone), or nil and a message, which never
+-- holds the password.
 function M.parse_url(url)
     if type(url) ~= "string" then return nil, "a Redis URL must be a string" end
+    if find(url, "^rediss://") or find(url, "^unix:") or find(url, "^redis%+unix:") then
+        return nil, "Redis URL '" .. M.redact(url) .. "': only plain TCP (redis://) is supported"
+            .. " (the hiredis of this system has no TLS; put stunnel or an SSH tunnel in front)"
+    end
     local rest = url:match("^redis://(.*)$") or url
+    local user, password
+    local userinfo, after = rest:match("^([^/]*)@([^@]*)$")
+    if userinfo then
+        local u, pw = userinfo:match("^([^:]*):(.*)$")
+        if not u then
+            return nil, "bad Redis URL '" .. M.redact(url) .. "': the password follows a colon ("
+                .. URL_FORM .. ")"
+        end
+        user, password = unescape(u), unescape(pw)
+        if not user or not password then
+            return nil, "bad Redis URL '" .. M.redact(url) .. "': a malformed %XX escape in the user or password"
+        end
+        if password == "" then
+            return nil, "bad Redis URL '" .. M.redact(url) .. "': an empty password (" .. URL_FORM .. ")"
+        end
+        if user == "" then user = nil end
+        rest = after
+    end
     local hostport, db = rest:match("^([^/]*)/?(%d*)$")
-    if not hostport or hostport == "" then return nil, "bad Redis URL '" .. url .. "' (redis://HOST:PORT[/DB])" end
+    if not hostport or hostport == "" then
+        return nil, "bad Redis URL '" .. M.redact(url) .. "' (" .. URL_FORM .. ")"
+    end
     local host, port = hostport:match("^%[([^%]]+)%]:?(%d*)$")
-    if not host then host, port = hostport:match("^([^:]+):?(%d*)$") end
-    if not host then return nil, "bad Redis URL '" .. url .. "' (redis://HOST:PORT[/DB])" end
+    if not host then host, port = hostport:match("^([^:@]+):?(%d*)$") end
+    if not host then return nil, "bad Redis URL '" .. M.redact(url) .. "' (" .. URL_FORM .. ")" end
     port = tonumber(port ~= "" and port or "6379")
-    if port < 1 or port > 65535 then return nil, "bad port in Redis URL '" .. url .. "'" end
-    return host, port, tonumber(db ~= "" and db or "0")
+    if port < 1 or port > 65535 then return nil, "bad port in Redis URL '" .. M.redact(url) .. "'" end
+    return host, port, tonumber(db ~= "" and db or "0"), user, password
+end
+
+
+--- The URL with its password replaced by ***, for messages and logs.
+function M.redact(url)
+    if type(url) ~= "string" then return tostring(url) end
+    local scheme, rest = url:match("^(%a[%w+.-]*://)(.*)$")
+    if not scheme then scheme, rest = "", url end
+    local userinfo, after = rest:match("^([^/]*)@(.*)$")
+    if not userinfo then return url end
+    local u = userinfo:match("^([^:]*):") or ""
+    return scheme .. u .. ":***@" .. after
 end
 
 
@@ -64,10 +114,10 @@ function M.connect(ex, url, opts)
     if type(timeout) ~= "number" or not (timeout > 0) then
         error("redis.connect: timeout must be a number of seconds > 0", 2)
     end
-    local host, port, db = M.parse_url(url)
+    local host, port, db, user, password = M.parse_url(url)
     if not host then return fail("EINVAL", port) end
     local self = setmetatable({
-        url = url, timeout = timeout, _seq = 0,
+        url = M.redact(url), timeout = timeout, _seq = 0,
         _cbs = {}, _parked = {}, _vals = {}, _codes = {}, _msgs = {},
         _shas = {}, _loading = {},
     }, Client)
@@ -86,6 +136,7 @@ function M.connect(ex, url, opts)
     local on_state = opts.on_state
     self._c = core.redis_open(ex:loop(), host, port, {
         connect_timeout = opts.connect_timeout, db = db,
+        user = user, password = password,
     }, on_reply, on_state and function(up, msg) on_state(up, msg) end or nil)
     return self
 end

@@ -64,7 +64,7 @@ return { 1, e, m, ARGV[3] }
 ]==])
 
 -- KEYS: jobs, record. ARGV: group. Returns { status, value, ran, last
--- record entry id, hash, owner }: status "unknown" (no record), "pending"
+-- record entry id, hash, owner, logs }: status "unknown" (no record), "pending"
 -- (in the stream, not taken), "running" (taken by worker `owner`), or
 -- the result's "done", "failed", "cancelled".
 M.STATUS = redis.script(FIELDS .. [==[
@@ -73,7 +73,9 @@ if #all == 0 then return { 'unknown' } end
 local first = fields(all[1][2])
 for i = #all, 1, -1 do
   local f = fields(all[i][2])
-  if f.status then return { f.status, f.value or 'null', f.ran or '', all[i][1], first.hash or '', '' } end
+  if f.status then
+    return { f.status, f.value or 'null', f.ran or '', all[i][1], first.hash or '', '', f.logs or '' }
+  end
 end
 local last = all[#all][1]
 local e = first.entry
@@ -227,7 +229,8 @@ end
 
 
 --- fn(st) or fn(nil, rec): st = { status, value (decoded, for a finished
--- job), ran, last, hash, owner }.
+-- job), ran, last, hash, owner, logs (the lines a finished job kept, as
+-- ex:logs gives them, or nil) }.
 function M.status(cmd, name, id, fn)
     cmd:eval(M.STATUS, { distributed.keys(name).jobs, M.record_key(name, id) }, { GROUP }, function(v, rec)
         if rec then return fn(nil, rec) end
@@ -237,6 +240,7 @@ function M.status(cmd, name, id, fn)
             st.value_json = v[2]
             st.value = result_value(id, v[1], v[2])
             if v[3] and v[3] ~= "" then st.ran = decode(v[3]) end
+            st.logs = distributed.logs_value(v[7])
         end
         fn(st)
     end)
@@ -629,7 +633,7 @@ function M.new(opts)
     end
     local blk = redis.connect(ex, opts.redis, { timeout = timeout })
     local self = setmetatable({
-        _ex = ex, _cmd = cmd, _blk = blk, url = opts.redis, _ttl = ttl, _pname = pname,
+        _ex = ex, _cmd = cmd, _blk = blk, url = redis.redact(opts.redis), _ttl = ttl, _pname = pname,
         _names = {},   -- id -> pipeline name, for the jobs submitted here
     }, RExecutor)
     self._waiter = M.waiter(ex, cmd, blk)
@@ -727,6 +731,23 @@ function RExecutor:status(id)
     if not st then return nil, rec end
     if st.status == "unknown" then return errors.fail("ENOENT", "no job with id '" .. id .. "'") end
     return st.status
+end
+
+
+--- The log lines a finished job kept (committed with its result by the
+-- worker that ran it, up to its --log-lines): { id, lines, dropped },
+-- as the local ex:logs. A job not finished yet has no lines here (they
+-- stay on its worker until its result); nil, rec (ENOENT) for an
+-- unknown id.
+function RExecutor:logs(id)
+    check_self(self, "ex:logs")
+    id = check_id_arg("ex:logs", id)
+    local name = self:_name(id, "ex:logs")
+    local st, rec = self:_sync(function(cb) M.status(self._cmd, name, id, cb) end)
+    if not st then return nil, rec end
+    if st.status == "unknown" then return errors.fail("ENOENT", "no job with id '" .. id .. "'") end
+    local l = st.logs or { lines = {}, dropped = 0 }
+    return { id = id, lines = l.lines, dropped = l.dropped }
 end
 
 

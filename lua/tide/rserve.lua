@@ -50,6 +50,7 @@ function M.serve(p, opts)
     local log = opts.log or function(msg) io.stderr:write("tide: ", msg, "\n") end
     local name = p.name
     local keys = distributed.keys(name)
+    local shown = redis.redact(opts.url) -- the URL without its password
 
     local ex = require("tide.executor").new { results = false, cache = false, concurrency = 1, threads = 1 }
     local cmd, cerr = distributed.connect_checked(ex, opts.url, M.COMMAND_TIMEOUT)
@@ -77,7 +78,7 @@ function M.serve(p, opts)
     -- Redis failed under a request: 503, with what failed.
     local function unavailable(conn, rec)
         counts.redis_errors = counts.redis_errors + 1
-        srv:respond(conn, 503, jerr(rec and rec.code or "ECONN", "Redis at " .. opts.url .. ": "
+        srv:respond(conn, 503, jerr(rec and rec.code or "ECONN", "Redis at " .. shown .. ": "
                                     .. (rec and rec.message or "not connected") .. "; retry later"),
                     "application/json", "Retry-After: " .. http.RETRY_AFTER .. "\r\n")
     end
@@ -203,7 +204,7 @@ function M.serve(p, opts)
         with_redis(conn, function()
             queue_state(function(q)
                 respond(conn, 200, enc(json.object({
-                    pipeline = name, version = version, redis = opts.url,
+                    pipeline = name, version = version, redis = shown,
                     uptime = hrtime() - started,
                     jobs = json.object({ submitted = counts.submitted, existing = counts.existing,
                                          cancelled = counts.cancelled }),
@@ -288,12 +289,10 @@ function M.serve(p, opts)
         id = unescape(id)
         local bad = rexec.check_id(id)
         if bad then return respond(conn, 400, jerr("EINVAL", bad)) end
-        if rest == "/logs" and method == "GET" then
-            return respond(conn, 404, jerr("ENOENT", "with --redis the log lines of a job stay on the worker "
-                                                   .. "that ran it (its stderr)"))
-        end
         local wait
-        if rest == "/result" and method == "GET" then
+        if rest == "/logs" and method == "GET" then
+            wait = false
+        elseif rest == "/result" and method == "GET" then
             wait = wait_of(query, conn)
             if not wait then return end
         elseif not (rest == "" and (method == "GET" or method == "DELETE")) then
@@ -318,6 +317,13 @@ function M.serve(p, opts)
                                                          .. "expired)"))
                 end
                 if rest == "" then return respond(conn, 200, status_body(id, st)) end
+                if rest == "/logs" then
+                    -- The lines come with the result (the worker commits
+                    -- them together): none before the job ends.
+                    local l = st.logs or { lines = {}, dropped = 0 }
+                    return respond(conn, 200, enc(json.object({
+                        id = id, lines = json.array(l.lines), dropped = l.dropped })))
+                end
                 long_poll(conn, id, wait, st)
             end)
         end)
@@ -346,7 +352,7 @@ function M.serve(p, opts)
         local up = cmd:stats().up
         if up ~= was_up then
             was_up = up
-            log(up and ("Redis at " .. opts.url .. " is back") or ("Redis at " .. opts.url
+            log(up and ("Redis at " .. shown .. " is back") or ("Redis at " .. shown
                 .. " cannot be reached: requests are answered 503 until it is back"))
         end
     end)

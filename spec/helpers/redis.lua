@@ -27,13 +27,15 @@ M.sleep = sleep
 
 
 --- Starts redis-server. opts: { appendonly = true, port = n (default:
--- a free one), dir = a directory (default: a new temporary one) }.
+-- a free one), dir = a directory (default: a new temporary one),
+-- password = the default user's password (requirepass) }.
 function M.start(opts)
     opts = opts or {}
     local self = setmetatable({
         port = opts.port or free_port(),
         dir = opts.dir or proc.tmpdir(),
         appendonly = opts.appendonly,
+        password = opts.password,
     }, Server)
     self.url = "redis://127.0.0.1:" .. self.port
     self:spawn()
@@ -48,6 +50,10 @@ function Server:spawn()
         "--save", "''", "--appendonly", self.appendonly and "yes" or "no",
         "--appendfsync", "everysec", "--daemonize", "no", "--logfile", "redis.log",
     }
+    if self.password then
+        args[#args + 1] = "--requirepass"
+        args[#args + 1] = q(self.password)
+    end
     -- LD_PRELOAD (the sanitizer runtime under make check) is not for it.
     local cmd = "env -u LD_PRELOAD " .. table.concat(args, " ") .. " >/dev/null 2>&1 & echo $!"
     local h = io.popen("sh -c " .. q(cmd))
@@ -70,6 +76,10 @@ function Server:ping()
         c:close()
         return false
     end
+    if self.password then
+        c:send("AUTH " .. self.password .. "\r\n")
+        c:receive("*l")
+    end
     c:send("PING\r\n")
     local line = c:receive("*l")
     c:close()
@@ -80,6 +90,9 @@ end
 --- Runs redis-cli with the arguments; returns its output.
 function Server:cli(...)
     local parts = { "env -u LD_PRELOAD redis-cli -p", self.port }
+    if self.password then
+        parts[#parts + 1] = "--no-auth-warning -a " .. q(self.password)
+    end
     for i = 1, select("#", ...) do parts[#parts + 1] = q(select(i, ...)) end
     local h = io.popen(table.concat(parts, " ") .. " 2>&1")
     local out = h:read("*a")

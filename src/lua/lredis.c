@@ -119,7 +119,7 @@ static void lr_push_reply(lua_State *L, redisReply *rep, int top) {
 }
 
 static const char *const lr_codes[] = {"EREDIS", "ETIMEDOUT", "ECONN",
-                                       "ECLOSED"};
+                                       "ECLOSED", "EAUTH"};
 
 static void lr_on_reply(void *ud, struct redisReply *rep, int err,
                         const char *msg) {
@@ -187,7 +187,8 @@ static double lr_optms(lua_State *L, int idx, const char *field,
 }
 
 /* redis_open(engine, host, port, opts, on_reply, on_state) -> client
- * opts: { connect_timeout = s, backoff_min = s, backoff_max = s, db = n } */
+ * opts: { connect_timeout = s, backoff_min = s, backoff_max = s, db = n,
+ *         user = s, password = s } */
 static int l_redis_open(lua_State *L) {
     uv_loop_t *loop = tide__lua_engine_loop(L, 1);
     const char *host = luaL_checkstring(L, 2);
@@ -205,6 +206,12 @@ static int l_redis_open(lua_State *L) {
     lua_getfield(L, 4, "db");
     o.db = (int)luaL_optinteger(L, -1, 0);
     lua_pop(L, 1);
+    /* The strings stay on the stack (so alive) until tide__redis_open has
+     * copied them. */
+    lua_getfield(L, 4, "user");
+    o.user = luaL_optstring(L, -1, NULL);
+    lua_getfield(L, 4, "password");
+    o.password = luaL_optstring(L, -1, NULL);
     lredis **box = lua_newuserdata(L, sizeof(*box));
     *box = NULL;
     luaL_getmetatable(L, LR_MT);
