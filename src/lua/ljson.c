@@ -404,9 +404,15 @@ typedef struct {
     yajl_gen g;
     int arr_mt, obj_mt; /* absolute stack indices of the metatables */
     int push;           /* push the result as a Lua string */
-    /* The output, owned here until handed to the caller. */
+    int append;         /* buf is the caller's: never freed here */
+    /* The output, owned here until handed to the caller (with append,
+     * borrowed from it; a failure cuts it back to base bytes). */
     char *buf;
-    size_t len, cap;
+    size_t len, cap, base;
+    /* With append: where the buffer goes back to the caller, before
+     * json_encode_run returns or raises (it may have moved). */
+    char **out_buf;
+    size_t *out_len, *out_cap;
     /* Keys of the objects being encoded, a stack shared by all levels. */
     json_key *keys;
     size_t nkeys, keycap;
@@ -892,7 +898,13 @@ static int json_encode_run(lua_State *L, int idx, json_enc *e) {
     free(e->keys);
     if (e->frames != e->inline_frames)
         free(e->frames);
-    if (status != 0 || e->rc != 0 || e->push) {
+    if (e->append) {
+        if (status != 0 || e->rc != 0)
+            e->len = e->base;
+        *e->out_buf = e->buf;
+        *e->out_len = e->len;
+        *e->out_cap = e->cap;
+    } else if (status != 0 || e->rc != 0 || e->push) {
         free(e->buf);
         e->buf = NULL;
         e->len = 0;
@@ -921,6 +933,27 @@ int tide__json_encode_value(lua_State *L, int idx, char **out,
     }
     *out = e.buf;
     *outlen = e.len;
+    return rc;
+}
+
+int tide__json_encode_append(lua_State *L, int idx, char **buf, size_t *len,
+                             size_t *cap, char *err, size_t errlen) {
+    json_enc e;
+    int rc;
+
+    memset(&e, 0, sizeof e);
+    e.append = 1;
+    e.buf = *buf;
+    e.len = e.base = *len;
+    e.cap = *cap;
+    e.err.p = err;
+    e.err.cap = errlen;
+    if (errlen > 0)
+        err[0] = '\0';
+    e.out_buf = buf;
+    e.out_len = len;
+    e.out_cap = cap;
+    rc = json_encode_run(L, idx, &e);
     return rc;
 }
 
