@@ -516,6 +516,10 @@ static void json_put(json_enc *e, const char *s, size_t n) {
 }
 
 static void json_putc(json_enc *e, char c) {
+    if (e->cap - e->len >= 2) { /* room for c and json_put's spare byte */
+        e->buf[e->len++] = c;
+        return;
+    }
     json_put(e, &c, 1);
 }
 
