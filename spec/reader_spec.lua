@@ -157,3 +157,26 @@ describe("w:json_line", function()
         os.remove(path)
     end)
 end)
+
+describe("core.idset", function()
+    it("adds each string once, keeps them across growth and tells which it holds", function()
+        local set = core.idset()
+        assert.is_false(set:has("1"))
+        for i = 1, 5000 do assert.is_true(set:add(tostring(i))) end
+        assert.is_false(set:add("17"))
+        assert.is_true(set:add("")) -- the empty string is a string too
+        assert.is_false(set:add(""))
+        assert.is_true(set:add("a\0b"))
+        assert.is_false(set:has("a"))
+        assert.equal(5002, #set)
+        for i = 1, 5000 do assert.is_true(set:has(tostring(i))) end
+        assert.is_false(set:has("5001"))
+    end)
+
+    it("refuses what is not a string", function()
+        local set = core.idset()
+        assert.has_error(function() set:add({}) end)
+        assert.has_error(function() set:has(nil) end)
+        assert.has_error(function() set.add({}, "x") end)
+    end)
+end)

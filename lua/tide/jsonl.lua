@@ -29,11 +29,13 @@ M.DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
 -- in the unlikely case that is taken too), so no valid line is refused for
 -- another line's id and every id in the output is unique.
 --
--- Memory: ids given by the input are remembered for the whole run; line
--- numbers used as ids are remembered as runs of consecutive numbers
--- (one run for an input that gives no ids at all).
+-- Memory: ids given by the input are remembered for the whole run, in a
+-- set outside the Lua heap (core.idset: a Lua table of a million ids
+-- cost the collector a walk of them all each cycle); line numbers used
+-- as ids are remembered as runs of consecutive numbers (one run for an
+-- input that gives no ids at all).
 function M.ids()
-    local taken = {}
+    local taken = core.idset()
     local lo, hi, nruns = {}, {}, 0
 
     -- Whether id is a line number handed out as an id already.
@@ -51,7 +53,7 @@ function M.ids()
     return function(lineno, id)
         if id == nil then
             id = tostring(lineno)
-            if not taken[id] then
+            if not taken:has(id) then
                 if nruns > 0 and hi[nruns] == lineno - 1 then
                     hi[nruns] = lineno
                 else
@@ -60,17 +62,16 @@ function M.ids()
                 end
                 return id
             end
-        elseif not taken[id] and not generated(id) then
-            taken[id] = true
+        elseif not taken:has(id) and not generated(id) then
+            taken:add(id)
             return id
         end
         local base = id .. "#" .. lineno
         local cand, k = base, 1
-        while taken[cand] do
+        while not taken:add(cand) do
             k = k + 1
             cand = base .. "-" .. k
         end
-        taken[cand] = true
         return cand, id
     end
 end
