@@ -62,9 +62,8 @@ function M.ids()
                 end
                 return id
             end
-        elseif not taken:has(id) and not generated(id) then
-            taken:add(id)
-            return id
+        elseif not generated(id) and taken:add(id) then
+            return id -- add() said it was free, and took it
         end
         local base = id .. "#" .. lineno
         local cand, k = base, 1
