@@ -919,7 +919,7 @@ end
 function Remote:subscribe(fn) self.subs[#self.subs + 1] = fn end
 function Remote:timer(s, fn) return self.ex:timer(s, fn) end
 function Remote:signal(n, fn) return self.ex:signal(n, fn) end
-function Remote:reader(path, fn) return self.ex:reader(path, fn) end
+function Remote:reader(path, fn, max_line) return self.ex:reader(path, fn, max_line) end
 function Remote:run() return self.ex:run() end
 
 

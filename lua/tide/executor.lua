@@ -742,10 +742,12 @@ end
 
 --- A chunked reader of a file (or stdin when path is nil) on this
 -- executor's loop: fn(chunk) per chunk, fn(nil, err|nil) at the end.
+-- With max_line (bytes) it reads lines instead, kept in C and taken
+-- decoded (:take(); see src/lua/lreader.c for the protocol).
 -- Returns the reader (:pause(), :resume(), :close()), or nil, rec.
-function Executor:reader(path, fn)
+function Executor:reader(path, fn, max_line)
     check_self(self, "ex:reader")
-    local r, err, code = core.reader(self._ud, path, fn)
+    local r, err, code = core.reader(self._ud, path, fn, max_line)
     if not r then return errors.fail(code or "EIO", tostring(err)) end
     return r
 end

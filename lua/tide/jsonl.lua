@@ -1,15 +1,15 @@
---- JSONL input: framing (a stream of chunks cut into numbered lines), the
--- id rule of `tide run`, and the JSONL job source built on both.
+--- JSONL input: the id rule of `tide run`, and the JSONL job source.
 --
--- Linear in the input: the pieces of a line that spans chunks are kept in
--- a table and joined once, when its newline arrives (joining the partial
--- line to each new chunk would copy a long line once per chunk: an 8 MiB
--- line took seconds, a 30 MiB one a minute). A line longer than
--- `max_bytes` is not kept at all: its pieces are dropped as they come and
--- it is reported by number and size, so one bad line costs no memory.
+-- The lines themselves never reach Lua as strings: the core reader in
+-- line mode (src/lua/lreader.c) cuts the input into numbered lines in C
+-- and decodes each one straight from its buffer when the source takes it
+-- (a Lua string per line made LuaJIT's string table the cost of a long
+-- run: see lreader.c). Only a rejected line's text comes to Lua. A line
+-- longer than `max_bytes` is not kept at all: it is dropped as it comes
+-- and reported by number and size, so one bad line costs no memory; a
+-- line that spans chunks is copied once, whatever its length.
 local core = require "tide.core"
 
-local sub, find, byte, concat = string.sub, string.find, string.byte, table.concat
 local floor, tostring, type, getmetatable = math.floor, tostring, type, getmetatable
 local format = string.format
 local json = core.json
@@ -17,104 +17,6 @@ local json = core.json
 local M = {}
 
 M.DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
-
-
---- Makes a framer.
--- @param max_bytes the longest line kept (bytes, without the newline)
--- @param on_line function(lineno, line) for each line that is not blank
---   (a trailing "\r" removed), and function(lineno, nil, nbytes) for a
---   line longer than max_bytes
--- @return an object with feed(chunk) and finish()
-function M.framer(max_bytes, on_line)
-    local pieces, npieces, plen = {}, 0, 0 -- the unfinished line
-    local toolong = false
-    local lineno = 0
-
-    local function emit(line, n)
-        lineno = lineno + 1
-        if toolong then
-            toolong = false
-            on_line(lineno, nil, n)
-            return
-        end
-        if byte(line, -1) == 13 then line = sub(line, 1, -2) end
-        local b = byte(line, 1)
-        if b and (b > 32 or find(line, "%S")) then on_line(lineno, line) end
-    end
-
-    -- Adds s (no newline in it) to the unfinished line.
-    local function keep(s)
-        local n = #s
-        if n == 0 then return end
-        plen = plen + n
-        if toolong then return end
-        if plen > max_bytes then
-            toolong = true
-            for i = 1, npieces do pieces[i] = nil end
-            npieces = 0
-            return
-        end
-        npieces = npieces + 1
-        pieces[npieces] = s
-    end
-
-    -- The unfinished line plus s, as one string; the unfinished line is
-    -- reset.
-    local function take(s)
-        local line
-        if npieces == 0 then
-            line = s
-        else
-            npieces = npieces + 1
-            pieces[npieces] = s
-            line = concat(pieces, "", 1, npieces)
-            for i = 1, npieces do pieces[i] = nil end
-            npieces = 0
-        end
-        local n = plen + #s
-        plen = 0
-        return line, n
-    end
-
-    local self = {}
-
-    function self.feed(chunk)
-        local pos = 1
-        while true do
-            local nl = find(chunk, "\n", pos, true)
-            if not nl then break end
-            if toolong or plen + nl - pos > max_bytes then
-                toolong = true
-                local n = plen + nl - pos
-                for i = 1, npieces do pieces[i] = nil end
-                npieces, plen = 0, 0
-                emit(nil, n)
-            else
-                emit(take(sub(chunk, pos, nl - 1)))
-            end
-            pos = nl + 1
-        end
-        if pos <= #chunk then keep(sub(chunk, pos)) end
-    end
-
-    --- The end of the input: a last line without a newline counts.
-    function self.finish()
-        if plen > 0 then
-            if toolong then
-                local n = plen
-                plen = 0
-                emit(nil, n)
-            else
-                emit(take(""))
-            end
-        end
-    end
-
-    --- The number of the last line seen.
-    function self.lineno() return lineno end
-
-    return self
-end
 
 
 --- Makes the id allocator of a run: next_id(lineno, id) returns the id
@@ -127,11 +29,13 @@ end
 -- in the unlikely case that is taken too), so no valid line is refused for
 -- another line's id and every id in the output is unique.
 --
--- Memory: ids given by the input are remembered for the whole run; line
--- numbers used as ids are remembered as runs of consecutive numbers
--- (one run for an input that gives no ids at all).
+-- Memory: ids given by the input are remembered for the whole run, in a
+-- set outside the Lua heap (core.idset: a Lua table of a million ids
+-- cost the collector a walk of them all each cycle); line numbers used
+-- as ids are remembered as runs of consecutive numbers (one run for an
+-- input that gives no ids at all).
 function M.ids()
-    local taken = {}
+    local taken = core.idset()
     local lo, hi, nruns = {}, {}, 0
 
     -- Whether id is a line number handed out as an id already.
@@ -149,7 +53,7 @@ function M.ids()
     return function(lineno, id)
         if id == nil then
             id = tostring(lineno)
-            if not taken[id] then
+            if not taken:has(id) then
                 if nruns > 0 and hi[nruns] == lineno - 1 then
                     hi[nruns] = lineno
                 else
@@ -158,17 +62,15 @@ function M.ids()
                 end
                 return id
             end
-        elseif not taken[id] and not generated(id) then
-            taken[id] = true
-            return id
+        elseif not generated(id) and taken:add(id) then
+            return id -- add() said it was free, and took it
         end
         local base = id .. "#" .. lineno
         local cand, k = base, 1
-        while taken[cand] do
+        while not taken:add(cand) do
             k = k + 1
             cand = base .. "-" .. k
         end
-        taken[cand] = true
         return cand, id
     end
 end
@@ -201,8 +103,9 @@ Source.__index = Source
 
 --- The JSONL job source of `tide run`: lines of a file (or stdin, path
 -- nil) read on executor ex's loop. It is pulled: on_ready() says that
--- jobs may be there, take() hands them out one by one. The reader pauses
--- while lines wait, so memory holds at most about one chunk of input.
+-- jobs may be there, take() hands them out one by one. The reader stops
+-- reading while lines wait, so memory holds at most about one chunk of
+-- input (and one line that spans chunks).
 --
 -- A job is { id =, input =, line = } with a unique id (see M.ids); a line
 -- of failed.jsonl ({"id","error","input"}) is the job of its input. Lines
@@ -211,33 +114,18 @@ Source.__index = Source
 -- handlers.skip(id), when given, says which jobs to leave out (a resume).
 -- @return the source, or nil, rec (the input cannot be opened)
 function M.source(ex, path, max_line_bytes, handlers)
-    local self = setmetatable({
-        ex = ex, path = path, handlers = handlers, next_id = M.ids(),
-        nos = {}, lines = {}, head = 1, tail = 0, eof = false, paused = false,
-        read_error = nil, last = 0,
+    return setmetatable({
+        ex = ex, path = path, max_line_bytes = max_line_bytes, handlers = handlers,
+        next_id = M.ids(), eof = false, read_error = nil, last = 0,
     }, Source)
-    self.framer = M.framer(max_line_bytes, function(no, line, nbytes)
-        if line == nil then
-            handlers.reject(no, nil, format("the line is %d bytes long, more than --max-line-bytes (%d)",
-                                            nbytes, max_line_bytes))
-            return
-        end
-        local t = self.tail + 1
-        self.tail = t
-        self.nos[t], self.lines[t] = no, line
-    end)
-    return self
 end
 
 
--- Pauses the reader while lines wait, resumes it when none do.
-function Source:_flow()
-    local r = self.reader
-    if not r then return end
-    local want = self.head <= self.tail
-    if want ~= self.paused then
-        self.paused = want
-        if want then r:pause() elseif not self.eof then r:resume() end
+-- Rejects the lines the reader found too long ({lineno, bytes, ...}).
+function Source:_too_long(longs)
+    for i = 1, #longs, 2 do
+        self.handlers.reject(longs[i], nil, format("the line is %d bytes long, more than --max-line-bytes (%d)",
+                                                   longs[i + 1], self.max_line_bytes))
     end
 end
 
@@ -245,53 +133,41 @@ end
 --- Starts reading; on_ready() is called whenever lines arrived or the
 -- input ended. Returns true, or nil, rec when the input cannot be read.
 function Source:start(on_ready)
-    local r, rec = self.ex:reader(self.path, function(chunk, err)
-        if chunk == nil then
+    local r, rec = self.ex:reader(self.path, function(more, err, longs)
+        if more == nil then
             self.eof = true
             if err then self.read_error = "reading input: " .. tostring(err) end
-            self.framer.finish()
         else
-            self.framer.feed(chunk)
+            longs = err
         end
+        if longs then self:_too_long(longs) end
         on_ready()
-        self:_flow()
-    end)
+    end, self.max_line_bytes)
     if not r then return nil, rec end
     self.reader = r
     return true
 end
 
 
--- The next waiting line: lineno, text; or nil.
-function Source:_next_line()
-    local h = self.head
-    if h > self.tail then return nil end
-    local no, line = self.nos[h], self.lines[h]
-    self.nos[h], self.lines[h] = nil, nil
-    self.head = h + 1
-    return no, line
-end
-
-
 --- The next job, or nil when no line waits (rejected lines are reported
 -- on the way).
 function Source:take()
+    local r = self.reader
+    if not r then return nil end
     while true do
-        local no, line = self:_next_line()
-        if not no then
-            self:_flow()
-            return nil
-        end
-        local job = self:_job(no, line)
+        local no, v, err, text = r:take()
+        if not no then return nil end
+        local job = self:_job(no, v, err, text)
         if job then return job end
     end
 end
 
 
-function Source:_job(no, line)
-    local v, err = json.decode(line)
+-- The job of line `no`, decoded as v (or not JSON: err, text); nil when
+-- the line is rejected or skipped.
+function Source:_job(no, v, err, text)
     if v == nil and err then
-        self.handlers.reject(no, line, "malformed JSON: " .. tostring(err))
+        self.handlers.reject(no, text, "malformed JSON: " .. tostring(err))
         return nil
     end
     local id, why
@@ -323,18 +199,19 @@ end
 -- now and, as they arrive, the rest of the input (a re-run of failures
 -- that stops copies them on). on_ready() still says when more came.
 function Source:pass_rest(fn)
+    local r = self.reader
+    if not r then return end
     while true do
-        local no, line = self:_next_line()
+        local no, line = r:take_raw()
         if not no then break end
         fn(line)
     end
-    self:_flow()
 end
 
 
 --- Whether the whole input was read and taken (not stopped by close()).
 function Source:done()
-    return self.eof and not self.closed and self.head > self.tail
+    return self.eof and not self.closed and not (self.reader and self.reader:waiting())
 end
 
 
@@ -347,7 +224,6 @@ end
 --- Stops reading; lines waiting are dropped.
 function Source:close()
     self.eof, self.closed = true, true
-    self.head = self.tail + 1
     if self.reader then
         self.reader:close()
         self.reader = nil

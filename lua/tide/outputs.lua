@@ -32,7 +32,7 @@ local record = require "tide.record"
 local bit = require "bit"
 local json = core.json
 local enc = json.encode
-local format, tostring, ipairs, pairs = string.format, tostring, ipairs, pairs
+local format, tostring, ipairs, pairs, next, select = string.format, tostring, ipairs, pairs, next, select
 local io_stderr = io.stderr
 
 local M = {}
@@ -301,15 +301,27 @@ end
 
 function Out:_done(sid, value, ran, input)
     local pending, ok, err = self.pending, true, nil
-    if self.stdout then
-        local s, eerr = enc(value)
-        if s == nil then return false, eerr end
-        ok, err = self:_line(self.stdout, record.done(sid, s))
-    elseif ran == nil then
-        local _, w = next(self.sinks)
-        local s, eerr = enc(value)
-        if s == nil then return false, eerr end
-        ok, err = self:_line(w, '{"id":' .. sid .. ',"output":' .. s .. '}')
+    if self.stdout or ran == nil then
+        local w = self.stdout or select(2, next(self.sinks))
+        if self.captured then
+            -- A journal keeps the text of each line: make it a string.
+            local s, eerr = enc(value)
+            if s == nil then return false, eerr end
+            if self.stdout then
+                ok, err = self:_line(w, record.done(sid, s))
+            else
+                ok, err = self:_line(w, '{"id":' .. sid .. ',"output":' .. s .. '}')
+            end
+        else
+            -- Encoded straight into the file's buffer (no string per line).
+            local code
+            if self.stdout then
+                ok, err, code = w:json_line('{"id":', sid, ',"status":"done","output":', value, '}')
+            else
+                ok, err, code = w:json_line('{"id":', sid, ',"output":', value, '}')
+            end
+            if code then return false, err end
+        end
     elseif next(ran) == nil then
         local si = enc(input)
         ok, err = self:_line(self.dropped, '{"id":' .. sid .. ',"input":' .. (si or "null") .. '}')

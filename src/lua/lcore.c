@@ -25,6 +25,7 @@ int luaopen_tide_core(lua_State *L) {
     tide__lua_open_engine(L);
     tide__lua_open_graph(L);
     tide__lua_open_reader(L);
+    tide__lua_open_idset(L);
     tide__lua_open_handle(L);
     tide__lua_open_os(L);
     tide__lua_open_file(L);

@@ -40,6 +40,7 @@
 #include <lua.h>
 
 #include "lglue.h"
+#include "ljson.h"
 
 #define LFILE_MT "tide.writer"
 
@@ -239,6 +240,70 @@ static int l_line(lua_State *L) {
     return 1;
 }
 
+/* w:json_line(s1, ..., sk, value, tail) -> true | nil, msg[, "EVALUE"]:
+ * adds s1..sk, value encoded as JSON (ljson.c), tail and a newline as one
+ * line. The value is encoded straight into the write buffer: a result
+ * line never becomes a Lua string (LuaJIT interns every string, which
+ * costs a long run dearly: see lreader.c). When the value cannot be
+ * encoded nothing is added and the third result is "EVALUE" (the message
+ * is "EVALUE: ..." as json.encode gives it); a failure of the flush, or
+ * of an earlier one, is returned as by line(). */
+static int l_json_line(lua_State *L) {
+    lfile_writer *w = lfile_check(L);
+    int n = lua_gettop(L);
+    if (n < 3)
+        return luaL_error(L, "json_line: expected the value and the tail");
+    size_t pre = 0, taillen;
+    for (int i = 2; i < n - 1; i++) {
+        size_t len;
+        luaL_checklstring(L, i, &len);
+        pre += len;
+    }
+    const char *tail = luaL_checklstring(L, n, &taillen);
+    /* The line grows in len; w->len moves only once it is whole, so a
+     * failure (or a memory error raised by the encoder) adds nothing. */
+    size_t len = w->len;
+    if (w->cap - len < pre) {
+        size_t cap = w->cap ? w->cap : 4096;
+        while (cap - len < pre)
+            cap *= 2;
+        w->buf = tide__xrealloc(w->buf, cap);
+        w->cap = cap;
+    }
+    for (int i = 2; i < n - 1; i++) {
+        size_t l;
+        const char *s = lua_tolstring(L, i, &l);
+        memcpy(w->buf + len, s, l);
+        len += l;
+    }
+    char err[TIDE_JSON_ERRLEN];
+    int rc = tide__json_encode_append(L, n - 1, &w->buf, &len, &w->cap, err,
+                                      sizeof err);
+    if (rc != 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "%s: %s", tide_err_name(rc), err);
+        lua_pushstring(L, tide_err_name(rc));
+        return 3;
+    }
+    if (w->err)
+        return lfile_fail(L, w, w->err);
+    if (w->cap - len < taillen + 1) {
+        size_t cap = w->cap;
+        while (cap - len < taillen + 1)
+            cap *= 2;
+        w->buf = tide__xrealloc(w->buf, cap);
+        w->cap = cap;
+    }
+    memcpy(w->buf + len, tail, taillen);
+    len += taillen;
+    w->buf[len++] = '\n';
+    w->len = len;
+    if (w->len >= LFILE_AUTOFLUSH && lfile_flush(w) != 0)
+        return lfile_fail(L, w, w->err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* w:flush() -> true | nil, msg */
 static int l_flush(lua_State *L) {
     lfile_writer *w = lfile_check(L);
@@ -333,6 +398,7 @@ static int l_gc(lua_State *L) {
 
 void tide__lua_open_file(lua_State *L) {
     static const luaL_Reg methods[] = {{"line", l_line},   {"flush", l_flush},
+                                       {"json_line", l_json_line},
                                        {"close", l_close}, {"stats", l_stats},
                                        {"name", l_name},
                                        {"truncate", l_truncate},

@@ -83,6 +83,7 @@ void tide__lua_newclass(lua_State *L, const char *name, const luaL_Reg *methods,
 void tide__lua_open_engine(lua_State *L);  /* lengine.c */
 void tide__lua_open_graph(lua_State *L);   /* lgraph.c */
 void tide__lua_open_reader(lua_State *L);  /* lreader.c */
+void tide__lua_open_idset(lua_State *L);   /* lidset.c */
 void tide__lua_open_handle(lua_State *L);  /* lhandle.c */
 void tide__lua_open_os(lua_State *L);      /* los.c */
 void tide__lua_open_file(lua_State *L);    /* lfile.c */

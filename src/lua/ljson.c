@@ -38,15 +38,17 @@
  * those are decoded again here from the input (json_dec_text): a high-low
  * pair is one code point, any other surrogate escape U+FFFD, as in jq 1.7.
  *
- * Encoding walks the Lua value itself and writes the structure ({, [, :, ,)
- * into its own buffer, because yajl_gen keeps a fixed state array and
- * fails past 128 levels (YAJL_MAX_DEPTH in yajl_gen.c). Every scalar goes
- * through yajl_gen, reset to a fresh top level each time, with its print
- * callback pointed at the same buffer: strings and keys are checked here
- * as strict UTF-8 (yajl_gen_validate_utf8 would let the same overlongs,
- * surrogates and code points through, so it is off) and escaped by
- * yajl_gen_string ('/' is not escaped), numbers are formatted here and
- * emitted with yajl_gen_number (yajl_gen_double prints %.20g, so 0.1
+ * Encoding walks the Lua value itself and writes everything into its own
+ * buffer: the structure ({, [, :, ,), because yajl_gen keeps a fixed
+ * state array and fails past 128 levels (YAJL_MAX_DEPTH in yajl_gen.c),
+ * and the scalars too, because going through yajl_gen for each one (a
+ * reset, a call, a print callback per piece) cost more than the rest of
+ * the encoder when `tide run` writes a million lines. Strings and keys
+ * are checked as strict UTF-8 and escaped exactly as yajl_gen_string
+ * escapes them (json_gen_string: '"', '\\', \b \f \n \r \t by name, the
+ * other bytes below 0x20 as \u00XX with upper-case hex, '/' and
+ * everything else as it is), so the text is the one yajl made before.
+ * Numbers are formatted here (yajl_gen_double prints %.20g, so 0.1
  * would become 0.10000000000000000555). Integral doubles up to 2^53 print
  * as integers, -0.0 as -0, other doubles as the shortest of %.15g, %.16g
  * and %.17g that strtod reads back to the same double. int64_t and
@@ -94,7 +96,6 @@
 
 #include <lauxlib.h>
 #include <lua.h>
-#include <yajl/yajl_gen.h>
 #include <yajl/yajl_parse.h>
 
 #include "lglue.h"
@@ -336,6 +337,76 @@ static void json_msg_quoted(json_msg *m, const char *s, size_t n) {
  * cannot carry. Integral values with |v| <= 2^53 print as integers, -0.0
  * as "-0", anything else as the shortest of %.15g/%.16g/%.17g that reads
  * back to v. */
+/* Powers of ten that doubles hold exactly (all up to 1e22 do). */
+static const double json_p10[] = {1e0, 1e1, 1e2,  1e3,  1e4,  1e5,
+                                  1e6, 1e7, 1e8,  1e9,  1e10, 1e11,
+                                  1e12, 1e13, 1e14, 1e15};
+
+/* Writes the digits of u into out (NUL-terminated); returns their count. */
+static size_t json_format_u64(uint64_t u, char *out) {
+    char tmp[24];
+    size_t n = 0, i;
+
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    for (i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    out[n] = '\0';
+    return n;
+}
+
+/* The fast path of json_format_number for a value with a short decimal
+ * form: 1e-4 <= |v| < 1e15 and v == r / 10^d for an integer r of at most
+ * 15 digits (found with the smallest d). Both r and 10^d are exact, so
+ * the division, like strtod on the text "r / 10^d", is correctly rounded:
+ * the text reads back to v, and it is what "%.15g" prints (v lies within
+ * half an ulp of it, far closer than half a unit in its 15th digit, and
+ * %g strips the trailing zeros the smallest d has none of). Returns the
+ * length written, or 0 when v has no such form. */
+static size_t json_format_short(double v, char *out) {
+    double a = fabs(v);
+    char digits[24];
+    size_t n = 0, len, d;
+
+    if (!(a >= 1e-4 && a < 1e15))
+        return 0;
+    for (d = 1; d <= 15; d++) {
+        double m = a * json_p10[d], r;
+        if (m >= 1e15)
+            return 0;
+        r = floor(m + 0.5);
+        if (r >= 1e15 || r / json_p10[d] != a)
+            continue;
+        len = json_format_u64((uint64_t)r, digits);
+        if (v < 0)
+            out[n++] = '-';
+        if (len <= d) {
+            out[n++] = '0';
+            out[n++] = '.';
+            memset(out + n, '0', d - len);
+            n += d - len;
+            memcpy(out + n, digits, len);
+            n += len;
+        } else {
+            memcpy(out + n, digits, len - d);
+            n += len - d;
+            out[n++] = '.';
+            memcpy(out + n, digits + len - d, d);
+            n += d;
+        }
+        out[n] = '\0';
+        return n;
+    }
+    return 0;
+}
+
+/* Writes v as JSON number text into out (JSON_NUMLEN bytes, NUL-terminated)
+ * and returns its length, or returns 0 for NaN and infinities, which JSON
+ * cannot carry. Integral values with |v| <= 2^53 print as integers, -0.0
+ * as "-0", anything else as the shortest of %.15g/%.16g/%.17g that reads
+ * back to v (json_format_short finds the common case without printf). */
 static size_t json_format_number(double v, char *out) {
     char radix;
     int n = 0, prec;
@@ -346,8 +417,16 @@ static size_t json_format_number(double v, char *out) {
         strcpy(out, signbit(v) ? "-0" : "0");
         return strlen(out);
     }
-    if (floor(v) == v && fabs(v) <= JSON_MAX_EXACT)
-        return (size_t)snprintf(out, JSON_NUMLEN, "%lld", (long long)v);
+    if (floor(v) == v && fabs(v) <= JSON_MAX_EXACT) {
+        if (v < 0) {
+            out[0] = '-';
+            return 1 + json_format_u64((uint64_t)-v, out + 1);
+        }
+        return json_format_u64((uint64_t)v, out);
+    }
+    size_t fast = json_format_short(v, out);
+    if (fast > 0)
+        return fast;
     radix = json_radix();
     for (prec = 15; prec <= 17; prec++) {
         char back[JSON_NUMLEN];
@@ -401,12 +480,17 @@ typedef struct {
 
 typedef struct {
     lua_State *L;
-    yajl_gen g;
     int arr_mt, obj_mt; /* absolute stack indices of the metatables */
     int push;           /* push the result as a Lua string */
-    /* The output, owned here until handed to the caller. */
+    int append;         /* buf is the caller's: never freed here */
+    /* The output, owned here until handed to the caller (with append,
+     * borrowed from it; a failure cuts it back to base bytes). */
     char *buf;
-    size_t len, cap;
+    size_t len, cap, base;
+    /* With append: where the buffer goes back to the caller, before
+     * json_encode_run returns or raises (it may have moved). */
+    char **out_buf;
+    size_t *out_len, *out_cap;
     /* Keys of the objects being encoded, a stack shared by all levels. */
     json_key *keys;
     size_t nkeys, keycap;
@@ -432,12 +516,11 @@ static void json_put(json_enc *e, const char *s, size_t n) {
 }
 
 static void json_putc(json_enc *e, char c) {
+    if (e->cap - e->len >= 2) { /* room for c and json_put's spare byte */
+        e->buf[e->len++] = c;
+        return;
+    }
     json_put(e, &c, 1);
-}
-
-/* yajl_gen's print callback: everything yajl writes goes to the output. */
-static void json_print(void *ctx, const char *s, size_t n) {
-    json_put(ctx, s, n);
 }
 
 /* Makes room for frames[0..depth]. */
@@ -514,37 +597,59 @@ static int json_enc_fail(json_enc *e, int depth, const char *fmt, ...) {
     return TIDE_EVALUE;
 }
 
-/* Emits s (n bytes) as a JSON string through yajl. Returns 0, or -1 when
- * s is not strict UTF-8 (checked here: yajl_gen_validate_utf8 lets
- * overlongs, surrogates and code points above U+10FFFF through). */
+/* Emits s (n bytes) as a JSON string, escaped as yajl_gen_string
+ * escapes (see the top of this file). Returns 0, or -1 when s is not
+ * strict UTF-8. */
 static int json_gen_string(json_enc *e, const char *s, size_t n) {
-    yajl_gen_status st;
+    static const char hex[] = "0123456789ABCDEF";
+    size_t beg = 0, i;
 
     if (tide__utf8_check(s, n) != n)
         return -1;
-    yajl_gen_reset(e->g, NULL);
-    st = yajl_gen_string(e->g, (const unsigned char *)s, n);
-    if (st == yajl_gen_invalid_string)
-        return -1;
-    TIDE_ASSERT(st == yajl_gen_status_ok);
+    json_putc(e, '"');
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char esc[6];
+        size_t elen = 2;
+
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        esc[0] = '\\';
+        switch (c) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\b': esc[1] = 'b'; break;
+        case '\f': esc[1] = 'f'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        default:
+            memcpy(esc + 1, "u00", 3);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            elen = 6;
+        }
+        json_put(e, s + beg, i - beg);
+        json_put(e, esc, elen);
+        beg = i + 1;
+    }
+    json_put(e, s + beg, n - beg);
+    json_putc(e, '"');
     return 0;
 }
 
-/* Emits number text through yajl (never yajl_gen_double). */
+/* Emits number text (never yajl_gen_double: see the top of this file). */
 static void json_gen_number(json_enc *e, const char *s, size_t n) {
-    yajl_gen_status st;
-
-    yajl_gen_reset(e->g, NULL);
-    st = yajl_gen_number(e->g, s, n);
-    TIDE_ASSERT(st == yajl_gen_status_ok);
+    json_put(e, s, n);
 }
 
 static void json_gen_literal(json_enc *e, int which) {
-    yajl_gen_status st;
-
-    yajl_gen_reset(e->g, NULL);
-    st = which < 0 ? yajl_gen_null(e->g) : yajl_gen_bool(e->g, which);
-    TIDE_ASSERT(st == yajl_gen_status_ok);
+    if (which < 0)
+        json_put(e, "null", 4);
+    else if (which)
+        json_put(e, "true", 4);
+    else
+        json_put(e, "false", 5);
 }
 
 static int json_enc_value(json_enc *e, int depth);
@@ -882,17 +987,19 @@ static int json_encode_run(lua_State *L, int idx, json_enc *e) {
     e->frames = e->inline_frames;
     e->framecap = JSON_INLINE_LEVELS;
     e->frames[0].kind = JSON_SEG_ROOT;
-    e->g = yajl_gen_alloc(&json_yajl_alloc);
-    TIDE_ASSERT(e->g != NULL);
-    yajl_gen_config(e->g, yajl_gen_print_callback, json_print, e);
 
     status = lua_pcall(L, 2, e->push ? 1 : 0, 0);
 
-    yajl_gen_free(e->g);
     free(e->keys);
     if (e->frames != e->inline_frames)
         free(e->frames);
-    if (status != 0 || e->rc != 0 || e->push) {
+    if (e->append) {
+        if (status != 0 || e->rc != 0)
+            e->len = e->base;
+        *e->out_buf = e->buf;
+        *e->out_len = e->len;
+        *e->out_cap = e->cap;
+    } else if (status != 0 || e->rc != 0 || e->push) {
         free(e->buf);
         e->buf = NULL;
         e->len = 0;
@@ -921,6 +1028,27 @@ int tide__json_encode_value(lua_State *L, int idx, char **out,
     }
     *out = e.buf;
     *outlen = e.len;
+    return rc;
+}
+
+int tide__json_encode_append(lua_State *L, int idx, char **buf, size_t *len,
+                             size_t *cap, char *err, size_t errlen) {
+    json_enc e;
+    int rc;
+
+    memset(&e, 0, sizeof e);
+    e.append = 1;
+    e.buf = *buf;
+    e.len = e.base = *len;
+    e.cap = *cap;
+    e.err.p = err;
+    e.err.cap = errlen;
+    if (errlen > 0)
+        err[0] = '\0';
+    e.out_buf = buf;
+    e.out_len = len;
+    e.out_cap = cap;
+    rc = json_encode_run(L, idx, &e);
     return rc;
 }
 
@@ -1022,6 +1150,36 @@ static int json_parse_u64(const char *s, size_t n, uint64_t *u) {
     return 1;
 }
 
+/* Reads a number of the form [-]digits.digits (no exponent) with at most
+ * 15 digits in all as m / 10^f, m and 10^f exact: the division is
+ * correctly rounded, so the result is strtod's (Clinger's fast path),
+ * without copying the text or going through the locale. Returns 0 for
+ * any other form. */
+static int json_parse_short(const char *s, size_t n, double *out) {
+    size_t i = s[0] == '-';
+    uint64_t m = 0;
+    int digits = 0, frac = -1;
+
+    for (; i < n; i++) {
+        unsigned dg = (unsigned)(s[i] - '0');
+        if (s[i] == '.' && frac < 0) {
+            frac = 0;
+            continue;
+        }
+        if (dg > 9 || ++digits > 15)
+            return 0;
+        m = m * 10 + dg;
+        if (frac >= 0)
+            frac++;
+    }
+    if (frac <= 0)
+        return 0;
+    *out = (double)m / json_p10[frac];
+    if (s[0] == '-')
+        *out = -*out;
+    return 1;
+}
+
 /* Numbers arrive as text that yajl's lexer already checked. An integer
  * (no fraction, no exponent) of magnitude up to 2^53 is a plain number,
  * read here without strtod. One beyond 2^53 that fits int64_t (every
@@ -1047,6 +1205,10 @@ static int json_dec_number(void *ctx, const char *s, size_t n) {
                                   !neg && u > (uint64_t)INT64_MAX);
             return json_dec_add(d);
         }
+    }
+    if (json_parse_short(s, n, &v)) {
+        lua_pushnumber(d->L, v);
+        return json_dec_add(d);
     }
     p = n < sizeof tmp ? tmp : tide__xmalloc(n + 1);
     memcpy(p, s, n);

@@ -65,6 +65,16 @@ int tide__json_encode_value(lua_State *L, int idx, char **out,
  * returns TIDE_EVALUE, pushes nothing and fills err. */
 int tide__json_encode_push(lua_State *L, int idx, char *err, size_t errlen);
 
+/* Like tide__json_encode_value, but appends the JSON text to the caller's
+ * malloc'd buffer *buf (*len bytes used of *cap; may be NULL, 0, 0),
+ * which it may move (realloc): *buf, *len and *cap are updated before it
+ * returns or raises. No NUL is added. On failure returns TIDE_EVALUE,
+ * leaves *len as it was (nothing appended) and fills err. A result file
+ * encodes each output straight into its write buffer this way, with no
+ * Lua string in between. */
+int tide__json_encode_append(lua_State *L, int idx, char **buf, size_t *len,
+                             size_t *cap, char *err, size_t errlen);
+
 /* Decodes the len bytes at s (borrowed; no NUL terminator needed, NUL
  * bytes inside are data) as exactly one JSON value of any type.
  *

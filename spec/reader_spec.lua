@@ -1,0 +1,182 @@
+-- Specs of the core reader's line mode (ex:reader with max_line: lines cut
+-- and decoded in C, as `tide run` reads JSONL) and of w:json_line (a
+-- result encoded straight into a writer's buffer).
+local tide = require "tide"
+local core = require "tide.core"
+local json = tide.json
+
+local function tmpfile(content)
+    local path = os.tmpname()
+    local f = assert(io.open(path, "wb"))
+    f:write(content)
+    f:close()
+    return path
+end
+
+local function slurp(path)
+    local f = assert(io.open(path, "rb"))
+    local s = f:read("*a")
+    f:close()
+    return s
+end
+
+-- Reads path in line mode; returns the events in order: {no, value} for
+-- a line, {no, "bad", err, text} for a malformed one, {no, "long", bytes}
+-- for one longer than max_line, and "end" (with the read error, if any).
+local function read_lines(path, max_line)
+    local ex = tide.executor()
+    local events, r = {}, nil
+    local function drain()
+        while true do
+            local no, v, err, text = r:take()
+            if not no then break end
+            if v == nil and err then
+                events[#events + 1] = { no, "bad", err, text }
+            else
+                events[#events + 1] = { no, v }
+            end
+        end
+    end
+    local function longs(t)
+        for i = 1, t and #t or 0, 2 do events[#events + 1] = { t[i], "long", t[i + 1] } end
+    end
+    r = assert(ex:reader(path, function(more, err, l)
+        if more == nil then
+            longs(l)
+            drain()
+            events[#events + 1] = { "end", err }
+        else
+            longs(err)
+            drain()
+        end
+    end, max_line))
+    ex:run()
+    r:close()
+    ex:close()
+    return events
+end
+
+describe("ex:reader in line mode", function()
+    it("numbers lines, drops one \\r, skips blank lines and decodes the rest", function()
+        local big = string.rep("é", 50000) -- 100 000 bytes: spans chunks
+        local path = tmpfile('{"a":1}\r\n\n  \t\r\n[1,2]\n{"b" oops\n"' .. big .. '"\n'
+                             .. string.rep("x", 300) .. '\nnull\n{"last":true}')
+        local ev = read_lines(path, 200000)
+        os.remove(path)
+        assert.same({ 1, { a = 1 } }, { ev[1][1], { a = ev[1][2].a } })
+        assert.equal(json.object_mt, getmetatable(ev[1][2]))
+        assert.equal(4, ev[2][1])
+        assert.same({ 1, 2 }, { ev[2][2][1], ev[2][2][2] })
+        assert.equal(5, ev[3][1])
+        assert.equal("bad", ev[3][2])
+        assert.matches("^EVALUE: invalid JSON at byte", ev[3][3])
+        assert.equal('{"b" oops', ev[3][4])
+        assert.same({ 6, big }, ev[4])
+        assert.equal(7, ev[5][1])
+        assert.equal("bad", ev[5][2])
+        assert.equal(string.rep("x", 300), ev[5][4])
+        assert.same({ 8, json.null }, ev[6])
+        assert.equal(9, ev[7][1])
+        assert.equal(true, ev[7][2].last)
+        assert.same({ "end" }, ev[8])
+        assert.equal(8, #ev)
+    end)
+
+    it("reports a line longer than max_line by number and size, without keeping it", function()
+        local path = tmpfile('1\n' .. string.rep("x", 150000) .. '\r\n2\n' .. string.rep("y", 70000))
+        local ev = read_lines(path, 1000)
+        os.remove(path)
+        assert.same({ 1, 1 }, ev[1])
+        assert.same({ 2, "long", 150001 }, ev[2])
+        assert.same({ 3, 2 }, ev[3])
+        assert.same({ 4, "long", 70000 }, ev[4])
+        assert.same({ "end" }, ev[5])
+    end)
+
+    it("hands a waiting line out as it is with take_raw", function()
+        local path = tmpfile('{"a": 1}\r\nnot json\n')
+        local ex = tide.executor()
+        local got = {}
+        local r
+        r = assert(ex:reader(path, function(more)
+            if more then
+                while true do
+                    local no, line = r:take_raw()
+                    if not no then break end
+                    got[#got + 1] = no .. ":" .. line
+                end
+            end
+        end, 100))
+        ex:run()
+        assert.is_false(r:waiting())
+        r:close()
+        assert.is_nil(r:take()) -- closed: nothing waits
+        ex:close()
+        os.remove(path)
+        assert.same({ '1:{"a": 1}', "2:not json" }, got)
+    end)
+
+    it("refuses a max_line that is not a number of bytes, and line calls in chunk mode", function()
+        local ex = tide.executor()
+        local path = tmpfile("1\n")
+        assert.has_error(function() ex:reader(path, function() end, -1) end)
+        assert.has_error(function() ex:reader(path, function() end, "big") end)
+        local r = assert(ex:reader(path, function() end))
+        local ok, err = pcall(r.take, r)
+        assert.is_false(ok)
+        assert.matches("not a line reader", err)
+        r:close()
+        ex:run()
+        ex:close()
+        os.remove(path)
+    end)
+end)
+
+describe("w:json_line", function()
+    it("writes the strings, the value as JSON and the tail as one line", function()
+        local path = os.tmpname()
+        local w = assert(core.file_open(path, "truncate"))
+        assert.is_true(w:json_line('{"id":', '"a"', ',"output":', { b = { 1, 2.5, "é\n" }, a = json.null }, "}"))
+        assert.is_true(w:json_line("", 3, ""))
+        -- A value JSON cannot carry: nothing is written, and the code says why.
+        local ok, err, code = w:json_line('{"x":', { f = print }, "}")
+        assert.is_nil(ok)
+        assert.equal("EVALUE: cannot encode function at $.f", err)
+        assert.equal("EVALUE", code)
+        assert.is_true(w:close())
+        assert.equal('{"id":"a","output":{"a":null,"b":[1,2.5,"é\\n"]}}\n3\n', slurp(path))
+        os.remove(path)
+    end)
+
+    it("refuses a call without the value and the tail", function()
+        local path = os.tmpname()
+        local w = assert(core.file_open(path, "truncate"))
+        assert.has_error(function() w:json_line("x") end)
+        assert.has_error(function() w:json_line({}, 1, {}) end)
+        w:close()
+        os.remove(path)
+    end)
+end)
+
+describe("core.idset", function()
+    it("adds each string once, keeps them across growth and tells which it holds", function()
+        local set = core.idset()
+        assert.is_false(set:has("1"))
+        for i = 1, 5000 do assert.is_true(set:add(tostring(i))) end
+        assert.is_false(set:add("17"))
+        assert.is_true(set:add("")) -- the empty string is a string too
+        assert.is_false(set:add(""))
+        assert.is_true(set:add("a\0b"))
+        assert.is_false(set:has("a"))
+        assert.equal(5002, #set)
+        for i = 1, 5000 do assert.is_true(set:has(tostring(i))) end
+        assert.is_false(set:has("5001"))
+    end)
+
+    it("refuses what is not a string", function()
+        local set = core.idset()
+        assert.has_error(function() set:add({}) end)
+        assert.has_error(function() set:has(nil) end)
+        assert.has_error(function() set.add({}, "x") end)
+    end)
+end)
