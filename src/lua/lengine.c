@@ -394,6 +394,10 @@ static void leng_drain(leng *e) {
     atomic_store_explicit(&leng_current, e, memory_order_relaxed);
     tide__wd_here(&eng->wd);
     eng->draining = 1;
+    /* The timers this slice starts count from the loop's time (sched.c,
+     * eng_timer_add): read it now, not at the start of a turn whose
+     * callbacks may have run long. */
+    uv_update_time(&e->loop);
     eng->slice_end = uv_hrtime() + 1000000;
     for (;;) {
         uint64_t h;
