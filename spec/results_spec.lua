@@ -148,6 +148,23 @@ describe("the result store", function()
         end
     end)
 
+    it("keeps empty ids and values, and ids and values longer than a chunk", function()
+        local s = results.new(5, 3600)
+        s:put("", "done", "")
+        assert.same({ "done", "" }, { s:get("") })
+        local big = string.rep("y", 70000)
+        s:put("a", "done", big)
+        s:put(big, "done", "v")
+        assert.equal(big, select(2, s:get("a")))
+        assert.equal("v", select(2, s:get(big)))
+        for i = 1, 10 do s:put("k" .. i, "done", i) end
+        assert.is_nil(s:get(big))
+        assert.equal(10, select(2, s:get("k10")))
+        local chunks = 0
+        for _ in pairs(s.chunks) do chunks = chunks + 1 end
+        assert.equal(1, chunks)
+    end)
+
     it("keeps ids that are not strings", function()
         local s = results.new(3, 3600, true)
         s:put(7, "done", { a = 1 })

@@ -155,7 +155,7 @@ local function alloc(self, size)
         self.pos = CHUNK -- the next entry starts a new chunk
         return c, 0
     end
-    if self.pos + size > CHUNK then
+    if self.pos + size > CHUNK or not self.chunks[self.cur] then
         local c = self.cur
         -- The chunk left behind goes now if nothing in it is kept (its
         -- last result went while it was still the current one).
