@@ -15,8 +15,8 @@
 -- that long-lived strings leave between garbage in the Lua heap cost as
 -- much again in RSS).
 --
--- * Results sit in a ring of parallel FFI arrays (status code, time,
---   the id's hash, where its bytes are), indexed by ring slot: no table
+-- * Results sit in a ring of C records (status code, time, the id's
+--   hash, where its bytes are; 28 bytes), indexed by ring slot: no table
 --   per result, and a ring rather than ever-growing positions. Results
 --   go oldest first, by count and by age.
 -- * A result's id and, for small outputs, its value are bytes in an
@@ -46,7 +46,7 @@ local hrtime = core.hrtime
 local json = core.json
 local jencode, jdecode = json.encode, json.decode
 local is_error = errors.is
-local pcall, tostring, type, ipairs, pairs, error = pcall, tostring, type, ipairs, pairs, error
+local pcall, tostring, type, ipairs, error = pcall, tostring, type, ipairs, error
 local byte = string.byte
 local band, bxor, lshift, tobit = bit.band, bit.bxor, bit.lshift, bit.tobit
 local ffi_copy, ffi_string = ffi.copy, ffi.string
@@ -87,10 +87,7 @@ local function c_array(ptr_ct, size)
         return ffi.gc(ffi.cast(ptr_ct, p), C.tide_results_free)
     end
 end
-local u8_ct, i32_ct, u32_ct, f32_ct, bytes_ct =
-    c_array(ffi.typeof("uint8_t *"), 1), c_array(ffi.typeof("int32_t *"), 4),
-    c_array(ffi.typeof("uint32_t *"), 4), c_array(ffi.typeof("float *"), 4),
-    c_array(ffi.typeof("uint8_t *"), 1)
+local i32_ct, bytes_ct = c_array(ffi.typeof("int32_t *"), 4), c_array(ffi.typeof("uint8_t *"), 1)
 
 local Store = {}
 Store.__index = Store
@@ -108,15 +105,19 @@ local function hash(s)
 end
 
 
--- The ring's arrays for cap slots (1-based, index 0 unused).
-local function new_ring(cap)
-    return {
-        st = u8_ct(cap + 1), times = f32_ct(cap + 1), hash = i32_ct(cap + 1),
-        chunk = i32_ct(cap + 1), off = u32_ct(cap + 1), idlen = u32_ct(cap + 1),
-        vlen = u32_ct(cap + 1),
-    }
-end
-local RING_FIELDS = { "st", "times", "hash", "chunk", "off", "idlen", "vlen" }
+-- The ring: one record per slot (1-based, index 0 unused), so that a
+-- lookup touches one cache line of it rather than one per field.
+ffi.cdef [[
+struct tide_results_slot {
+    int32_t hash;   /* FNV-1a of the id */
+    int32_t chunk;  /* the arena chunk of its bytes; -1: an id that is no string */
+    uint32_t off, idlen, vlen; /* the id's bytes at off, the value's after them */
+    float time;     /* seconds since the store was made */
+    uint8_t st;     /* status code; 0: no result */
+};
+]]
+local SLOT_SIZE = ffi.sizeof("struct tide_results_slot")
+local new_ring = c_array(ffi.typeof("struct tide_results_slot *"), SLOT_SIZE)
 
 
 --- A store keeping at most max_results results for retention seconds;
@@ -126,11 +127,11 @@ function M.new(max_results, retention, as_json)
     local self = setmetatable({
         vals = {}, logs_of = {}, oids = {}, oindex = {}, t0 = hrtime(),
         head = 0, n = 0, cap = 0, -- ring: positions head .. head + n - 1 (mod cap), 1-based slots
+        r = new_ring(1), -- the ring's records
         ix = i32_ct(1), mask = 0, -- the id -> slot map (0: empty)
         chunks = {}, live = {}, cur = 0, pos = CHUNK, -- the arena: chunk number -> bytes, live results
         max = max_results, retention = retention, hooks = {}, as_json = as_json or false,
     }, Store)
-    for k, v in pairs(new_ring(0)) do self[k] = v end
     return self
 end
 
@@ -184,9 +185,9 @@ end
 
 -- The id of slot k, as a Lua value.
 local function id_at(self, k)
-    local c = self.chunk[k]
+    local c = self.r[k].chunk
     if c < 0 then return self.oids[k] end
-    return ffi_string(self.chunks[c] + self.off[k], self.idlen[k])
+    return ffi_string(self.chunks[c] + self.r[k].off, self.r[k].idlen)
 end
 
 
@@ -195,7 +196,7 @@ end
 -- The map's position of slot k (which it holds).
 local function pos_of(self, k)
     local ix, mask = self.ix, self.mask
-    local i = band(self.hash[k], mask)
+    local i = band(self.r[k].hash, mask)
     while ix[i] ~= k do i = band(i + 1, mask) end
     return i
 end
@@ -209,8 +210,8 @@ local function find(self, id, h)
     while true do
         local k = ix[i]
         if k == 0 then return nil end
-        if self.hash[k] == h and self.idlen[k] == len
-            and memcmp(self.chunks[self.chunk[k]] + self.off[k], id, len) == 0 then
+        if self.r[k].hash == h and self.r[k].idlen == len
+            and memcmp(self.chunks[self.r[k].chunk] + self.r[k].off, id, len) == 0 then
             return k
         end
         i = band(i + 1, mask)
@@ -220,7 +221,7 @@ end
 
 local function map_insert(self, k)
     local ix, mask = self.ix, self.mask
-    local i = band(self.hash[k], mask)
+    local i = band(self.r[k].hash, mask)
     while ix[i] ~= 0 do i = band(i + 1, mask) end
     ix[i] = k
 end
@@ -229,7 +230,7 @@ end
 -- Empties position i, moving back the entries after it that would no
 -- longer be found (backward-shift deletion: no tombstones to pile up).
 local function map_delete(self, i)
-    local ix, mask, hashes = self.ix, self.mask, self.hash
+    local ix, mask, r = self.ix, self.mask, self.r
     ix[i] = 0
     local j = i
     while true do
@@ -237,7 +238,7 @@ local function map_delete(self, i)
         local k = ix[j]
         if k == 0 then return end
         -- Its home r is in (i, j] (cyclically): it stays where it is.
-        local d = band(band(hashes[k], mask) - i, mask)
+        local d = band(band(r[k].hash, mask) - i, mask)
         if d == 0 or d > band(j - i, mask) then
             ix[i], ix[j] = k, 0
             i = j
@@ -257,7 +258,7 @@ end
 
 -- Forgets slot k's result: its map entry, bytes, value and lines.
 local function clear(self, k)
-    local c = self.chunk[k]
+    local c = self.r[k].chunk
     if c >= 0 then
         map_delete(self, pos_of(self, k))
         release(self, c)
@@ -265,7 +266,7 @@ local function clear(self, k)
         self.oindex[self.oids[k]] = nil
         self.oids[k] = nil
     end
-    self.st[k] = 0
+    self.r[k].st = 0
     self.vals[k], self.logs_of[k] = nil, nil
 end
 
@@ -276,24 +277,24 @@ local function grow(self)
     local cap = self.cap == 0 and 64 or self.cap * 2
     if cap > self.max then cap = self.max end
     if cap < 1 then cap = 1 end
-    local ring, vals, logs, oids, oindex = new_ring(cap), {}, {}, {}, {}
+    local ring, vals, logs, oids, oindex = new_ring(cap + 1), {}, {}, {}, {}
     for i = 0, self.n - 1 do
         local k = slot_of(self, i)
-        for _, f in ipairs(RING_FIELDS) do ring[f][i + 1] = self[f][k] end
+        ffi_copy(ring + (i + 1), self.r + k, SLOT_SIZE)
         vals[i + 1], logs[i + 1] = self.vals[k], self.logs_of[k]
         local oid = self.oids[k]
         if oid ~= nil then
             oids[i + 1] = oid
-            if self.st[k] ~= 0 then oindex[oid] = i + 1 end
+            if self.r[k].st ~= 0 then oindex[oid] = i + 1 end
         end
     end
-    for f, arr in pairs(ring) do self[f] = arr end
+    self.r = ring
     self.vals, self.logs_of, self.oids, self.oindex = vals, logs, oids, oindex
     local size = 128
     while size < 2 * cap do size = size * 2 end
     self.ix, self.mask = i32_ct(size), size - 1
     for k = 1, self.n do
-        if self.st[k] ~= 0 and self.chunk[k] >= 0 then map_insert(self, k) end
+        if self.r[k].st ~= 0 and self.r[k].chunk >= 0 then map_insert(self, k) end
     end
     self.head, self.cap = 0, cap
 end
@@ -303,7 +304,7 @@ end
 -- replaced goes without a hook).
 local function drop_oldest(self)
     local k = self.head % self.cap + 1
-    local live = self.st[k] ~= 0
+    local live = self.r[k].st ~= 0
     local id = live and #self.hooks > 0 and id_at(self, k)
     if live then clear(self, k) end
     self.head = (self.head + 1) % self.cap
@@ -321,7 +322,7 @@ function Store:evict()
     local now, retention = hrtime() - self.t0, self.retention
     while self.n > 0 do
         local k = self.head % self.cap + 1
-        if self.st[k] ~= 0 and self.n <= self.max and now - self.times[k] < retention then break end
+        if self.r[k].st ~= 0 and self.n <= self.max and now - self.r[k].time < retention then break end
         drop_oldest(self)
     end
 end
@@ -356,7 +357,7 @@ function Store:put(id, status, value, logs)
     end
     local k = slot_of(self, self.n)
     self.n = self.n + 1
-    self.st[k], self.times[k] = code, hrtime() - self.t0
+    self.r[k].st, self.r[k].time = code, hrtime() - self.t0
     if is_str then
         local idlen, vlen = #id, inline and #value or 0
         local c, off = alloc(self, idlen + vlen)
@@ -364,10 +365,10 @@ function Store:put(id, status, value, logs)
         ffi_copy(base, id, idlen)
         if inline then ffi_copy(base + idlen, value, vlen) end
         self.live[c] = self.live[c] + 1
-        self.hash[k], self.chunk[k], self.off[k], self.idlen[k], self.vlen[k] = h, c, off, idlen, vlen
+        self.r[k].hash, self.r[k].chunk, self.r[k].off, self.r[k].idlen, self.r[k].vlen = h, c, off, idlen, vlen
         map_insert(self, k)
     else
-        self.chunk[k] = -1
+        self.r[k].chunk = -1
         self.oids[k], self.oindex[id] = id, k
     end
     if not inline then self.vals[k] = value end
@@ -379,7 +380,7 @@ end
 -- The value of slot k.
 local function value_at(self, k, code)
     if code == DONE_JSON or code == DONE_STR then
-        local text = ffi_string(self.chunks[self.chunk[k]] + self.off[k] + self.idlen[k], self.vlen[k])
+        local text = ffi_string(self.chunks[self.r[k].chunk] + self.r[k].off + self.r[k].idlen, self.r[k].vlen)
         if code == DONE_JSON then return jdecode(text) end
         return text
     end
@@ -391,7 +392,7 @@ end
 function Store:get(id)
     local k = slot_by_id(self, id)
     if not k then return nil end
-    local code = self.st[k]
+    local code = self.r[k].st
     return NAME[code], value_at(self, k, code)
 end
 
@@ -400,7 +401,7 @@ end
 function Store:status(id)
     local k = slot_by_id(self, id)
     if not k then return nil end
-    return NAME[self.st[k]]
+    return NAME[self.r[k].st]
 end
 
 
@@ -437,7 +438,7 @@ function Store:each()
         while i < self.n - 1 do
             i = i + 1
             local k = slot_of(self, i)
-            local code = self.st[k]
+            local code = self.r[k].st
             if code ~= 0 then return id_at(self, k), NAME[code], value_at(self, k, code) end
         end
         return nil
