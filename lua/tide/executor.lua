@@ -619,19 +619,27 @@ function Executor:logs(id)
 end
 
 
+--- The open executor whose task body runs now, and that body's slot,
+-- global task and attempt; nil outside task bodies (and in sync tasks:
+-- they run on other threads).
+function M.current()
+    for ex in hub.each() do
+        local slot, g, attempt = ex._E.current()
+        if slot then return ex, slot, g, attempt end
+    end
+    return nil
+end
+
+
 --- Keeps `text` as a line of the job whose task body runs now, on
 -- whichever open executor runs it; returns whether a job kept it (false
 -- outside task bodies, and in sync tasks: they run on other threads).
 -- print replacements call it (M.print, the REPL's print).
 function M.keep_print(text)
-    for ex in hub.each() do
-        local slot, g, attempt = ex._E.current()
-        if slot then
-            runner.keep_log(ex._rt, slot, g, attempt, text)
-            return true
-        end
-    end
-    return false
+    local ex, slot, g, attempt = M.current()
+    if not ex then return false end
+    runner.keep_log(ex._rt, slot, g, attempt, text)
+    return true
 end
 
 
