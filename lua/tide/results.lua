@@ -52,11 +52,24 @@ local band, bxor, lshift, tobit = bit.band, bit.bxor, bit.lshift, bit.tobit
 local ffi_copy, ffi_string = ffi.copy, ffi.string
 local io_stderr = io.stderr
 
-ffi.cdef [[
+-- Declared once per Lua state: a host that reloads tide (package.loaded
+-- cleared) runs this file again, and the FFI refuses a second definition.
+-- The ring's record: one per slot (1-based, index 0 unused), so that a
+-- lookup touches one cache line of the ring rather than one per field.
+if not pcall(ffi.typeof, "struct tide_results_slot") then
+    ffi.cdef [[
 int tide_results_memcmp(const void *a, const void *b, size_t n) __asm__("memcmp");
 void *tide_results_calloc(size_t n, size_t size) __asm__("calloc");
 void tide_results_free(void *p) __asm__("free");
+struct tide_results_slot {
+    int32_t hash;   /* FNV-1a of the id */
+    int32_t chunk;  /* the arena chunk of its bytes; -1: an id that is no string */
+    uint32_t off, idlen, vlen; /* the id's bytes at off, the value's after them */
+    float time;     /* seconds since the store was made */
+    uint8_t st;     /* status code; 0: no result */
+};
 ]]
+end
 local C = ffi.C
 local memcmp = C.tide_results_memcmp
 
@@ -105,17 +118,6 @@ local function hash(s)
 end
 
 
--- The ring: one record per slot (1-based, index 0 unused), so that a
--- lookup touches one cache line of it rather than one per field.
-ffi.cdef [[
-struct tide_results_slot {
-    int32_t hash;   /* FNV-1a of the id */
-    int32_t chunk;  /* the arena chunk of its bytes; -1: an id that is no string */
-    uint32_t off, idlen, vlen; /* the id's bytes at off, the value's after them */
-    float time;     /* seconds since the store was made */
-    uint8_t st;     /* status code; 0: no result */
-};
-]]
 local SLOT_SIZE = ffi.sizeof("struct tide_results_slot")
 local new_ring = c_array(ffi.typeof("struct tide_results_slot *"), SLOT_SIZE)
 
