@@ -7,8 +7,9 @@
 --   luajit bench/tide.lua W5 [N]            (N defaults to 1000)
 --
 -- The timed section is `tide.run(p, inputs)` with default options: submit
--- every input, schedule, run the bodies, collect the outputs. Declaring the
--- pipeline and building the inputs is reported as build_s.
+-- every input, schedule, run the bodies, collect the outputs, on the
+-- executor tide.run keeps between calls (made by the warm-up). Declaring
+-- the pipeline and building the inputs is reported as build_s.
 
 package.path = "lua/?.lua;lua/?/init.lua;bench/?.lua;" .. package.path
 package.cpath = "build/lib/?.so;" .. package.cpath

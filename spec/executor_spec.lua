@@ -59,6 +59,114 @@ describe("tide.run", function()
     end)
 end)
 
+describe("tide.run's executor", function()
+    local hub = require "tide.hub"
+    local hrtime = require("tide.core").hrtime
+
+    -- The executor running the calling body (outputs must be JSON
+    -- values, so the bodies below leave it in `seen`).
+    local seen
+    local running = require("tide.executor").current
+    -- A closed executor refuses to run (an open one has nothing to run).
+    local function closed(ex) return not pcall(ex.turn, ex, 0) end
+
+    -- A pipeline whose one task notes the executor running it; run
+    -- returns that executor.
+    local function whose(name)
+        local p = tide.pipeline(name)
+        p:task("which", function() seen = running() return 1 end)
+        return p
+    end
+    local function run_on(p, opts)
+        seen = nil
+        tide.run(p, { 1 }, opts)
+        return seen
+    end
+
+    it("is kept from one call to the next, and out of the hub between calls", function()
+        local p = whose "kept1"
+        local a = run_on(p)
+        local b = run_on(p)
+        assert.is_not_nil(a)
+        assert.equal(a, b)
+        assert.is_false(closed(a))
+        for ex in hub.each() do assert.are_not.equal(a, ex) end
+        -- tide.run() (every open executor) has nothing to wait for.
+        assert.is_true(tide.run())
+        assert.is_nil(tide.timeout())
+        -- Options other than the defaults get an executor of their own,
+        -- closed after the call.
+        local c = run_on(p, { concurrency = 5 })
+        assert.are_not.equal(a, c)
+        assert.is_true(closed(c))
+    end)
+
+    it("is replaced after MAX_DEFAULT_PIPELINES pipelines, the old one closed", function()
+        local first = run_on(whose "kept-first")
+        local last = first
+        for i = 1, require("tide.executor").MAX_DEFAULT_PIPELINES + 1 do
+            last = run_on(whose("kept-" .. i))
+        end
+        assert.are_not.equal(first, last)
+        assert.is_true(closed(first))
+        assert.is_false(closed(last))
+    end)
+
+    it("lets a body call tide.run, which then gets an executor of its own", function()
+        local inner = whose "kept-inner"
+        local inners = {}
+        local p = tide.pipeline "kept-outer"
+        p:task("outer", function(x)
+            local me = running()
+            local outs = tide.run(inner, { x })
+            inners[x] = seen
+            return me == running() and outs[1] or -1
+        end)
+        local me = run_on(whose "kept-outer2")
+        local outs, errs = tide.run(p, { 1, 2 })
+        assert.is_nil(next(errs))
+        for i = 1, 2 do
+            assert.equal(1, outs[i])
+            assert.are_not.equal(me, inners[i])
+            assert.is_true(closed(inners[i]))
+        end
+        -- The outer run still kept its executor for the next call.
+        assert.equal(me, run_on(whose "kept-outer2"))
+    end)
+
+    it("gives its worker threads back after each call", function()
+        local p = tide.pipeline "kept-sync"
+        local workers
+        p:task("s", { kind = "sync" }, function(x) return x + 1 end)
+        p:task("which", { after = "s" }, function(x)
+            seen = running()
+            workers = seen:stats().workers
+            return x
+        end)
+        local outs, errs = tide.run(p, { 1 })
+        assert.is_nil(next(errs))
+        assert.equal(2, outs[1])
+        assert.is_true(workers >= 1)
+        assert.is_false(closed(seen))
+        assert.equal(0, seen:stats().workers)
+    end)
+
+    it("times sleeps from the slice they start in, never more than 2 ms short", function()
+        local p = tide.pipeline "kept-sleep"
+        p:task("nap", function()
+            local t0 = hrtime()
+            tide.sleep(0.03)
+            return hrtime() - t0
+        end)
+        local inputs = {}
+        for i = 1, 200 do inputs[i] = i end
+        local outs = tide.run(p, inputs)
+        for i = 1, 200 do
+            assert.is_true(outs[i] >= 0.03 - 0.0025, "slept " .. outs[i])
+        end
+    end)
+end)
+
 describe("error records", function()
     it("have code, task, message, traceback and attempts", function()
         local p = tide.pipeline "boom"
@@ -173,7 +281,9 @@ describe("retries", function()
         local took = require("tide.core").hrtime() - t0
         assert.equal(3, outs[1])
         assert.same({ { "1", 1, "ETASK" }, { "1", 2, "ETASK" } }, calls)
-        assert.is_true(took >= 0.1, "waited " .. took)
+        -- Timers count from the loop's time, to the millisecond (as
+        -- tide.sleep): each wait may end up to 2 ms early.
+        assert.is_true(took >= 0.1 - 2 * 0.002, "waited " .. took)
     end)
 
     it("retries only when on(err) says so", function()
@@ -773,8 +883,13 @@ describe("runner threads", function()
     end
 
     it("are kept when an executor closes and serve the next one #timing", function()
-        local outs = tide.run(sleepers("reuse1"), range(200))
-        for i = 1, 200 do assert.equal(2 * i, outs[i]) end
+        -- An executor of its own: tide.run keeps its executor open.
+        local ex0 = tide.executor()
+        local p0 = sleepers("reuse1")
+        for i = 1, 200 do ex0:submit(p0, i, { id = "n" .. i }) end
+        ex0:run()
+        for i = 1, 200 do assert.equal(2 * i, (ex0:result("n" .. i))) end
+        ex0:close()
         local kept = #cache()
         assert.is_true(kept >= 200, "kept " .. kept)
         -- The next executor takes them instead of making new ones, and

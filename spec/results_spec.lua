@@ -74,7 +74,108 @@ describe("the result store", function()
         local _, back = server:get("a")
         assert.are_not.equal(out, back)
         assert.same(json.decode(json.encode(out)), back)
-        assert.equal("string", type(server.vals[server.index.a]))
+        -- The JSON text is in the arena: no Lua value kept for it.
+        assert.is_nil(next(server.vals))
+        assert.equal(out, plain.vals[1])
+    end)
+
+    it("agrees with a plain model over many puts, replacements and evictions", function()
+        -- Ids from a small pool (so that results replace each other and
+        -- the id map deletes and shifts entries), of lengths 1 to 40,
+        -- values of every kind the store keeps apart.
+        local long = string.rep("x", results.INLINE_MAX + 1)
+        local function value_of(r)
+            local v = r % 5
+            if v == 0 then return "s" .. r end
+            if v == 1 then return r end
+            if v == 2 then return { r = r } end
+            if v == 3 then return long .. r end
+            return ""
+        end
+        local seed = 12345
+        local function rand(n)
+            seed = (seed * 1103515245 + 12345) % 2147483648
+            return seed % n
+        end
+        for _, as_json in ipairs { false, true } do
+            local max = 50
+            local s = results.new(max, 3600, as_json)
+            -- The model: each id's latest put. The ring holds the slots of
+            -- the last max puts, so an id is kept exactly when its latest
+            -- put is one of them.
+            local latest, gone = {}, {}
+            s:on_evict(function(id) gone[#gone + 1] = id end)
+            for r = 1, 20000 do
+                local id = "i" .. rand(80) .. string.rep("-", rand(40))
+                local v = value_of(r)
+                local status = r % 7 == 0 and "failed" or "done"
+                s:put(id, status, v)
+                latest[id] = { status, v, r }
+                if r % 97 == 0 or r > 19900 then
+                    for id2, want in pairs(latest) do
+                        local st, got = s:get(id2)
+                        if want[3] > r - max then
+                            assert.equal(want[1], st)
+                            if as_json and type(want[2]) == "table" then
+                                assert.same(want[2], got)
+                            else
+                                assert.equal(want[2], got)
+                            end
+                        else
+                            assert.is_nil(st, id2)
+                        end
+                    end
+                end
+            end
+            -- Everything each() lists is right; nothing evicted is found.
+            local n = 0
+            for id, status, v in s:each() do
+                n = n + 1
+                assert.is_not_nil(latest[id], id)
+                assert.equal(latest[id][1], status)
+                if not (as_json and type(v) == "table") then assert.equal(latest[id][2], v) end
+            end
+            assert.is_true(n > 0 and n <= max)
+            local kept = {}
+            for id in s:each() do kept[id] = true end
+            for _, id in ipairs(gone) do
+                if not kept[id] then assert.is_nil(s:get(id)) end
+            end
+            -- The arena's chunks go with their last result.
+            local chunks = 0
+            for _ in pairs(s.chunks) do chunks = chunks + 1 end
+            assert.is_true(chunks <= 4 + max, "chunks " .. chunks)
+        end
+    end)
+
+    it("keeps empty ids and values, and ids and values longer than a chunk", function()
+        local s = results.new(5, 3600)
+        s:put("", "done", "")
+        assert.same({ "done", "" }, { s:get("") })
+        local big = string.rep("y", 70000)
+        s:put("a", "done", big)
+        s:put(big, "done", "v")
+        assert.equal(big, select(2, s:get("a")))
+        assert.equal("v", select(2, s:get(big)))
+        for i = 1, 10 do s:put("k" .. i, "done", i) end
+        assert.is_nil(s:get(big))
+        assert.equal(10, select(2, s:get("k10")))
+        local chunks = 0
+        for _ in pairs(s.chunks) do chunks = chunks + 1 end
+        assert.equal(1, chunks)
+    end)
+
+    it("keeps ids that are not strings", function()
+        local s = results.new(3, 3600, true)
+        s:put(7, "done", { a = 1 })
+        s:put(true, "done", "x")
+        assert.same({ a = 1 }, select(2, s:get(7)))
+        assert.equal("x", select(2, s:get(true)))
+        s:put(7, "done", 2)
+        s:put("a", "done", 3)
+        s:put("b", "done", 4)
+        assert.is_nil(s:get(true))
+        assert.equal(2, select(2, s:get(7)))
     end)
 
     it("backs ex:status, ex:finished and ex:result of an executor", function()

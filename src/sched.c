@@ -216,9 +216,19 @@ void tide__eng_arm(tide__eng *eng) {
                    0);
 }
 
+/* A timer started while the engine drains counts from the loop's time
+ * read when the slice began, as libuv's own timers count from the time of
+ * their loop turn, rather than from the clock read anew: so the timers
+ * one slice starts with the same delay (a thousand sleeps begun together)
+ * fall due in the same millisecond and wake the loop once, instead of
+ * spreading over as many wake-ups as the slice lasted milliseconds. Once
+ * the slice is over its 1 ms (a long body ran in it), and outside a
+ * drain, the clock is read again: a due time is never more than about
+ * 1 ms early, plus the loop time's truncation to the millisecond. */
 static void eng_timer_add(tide__eng *eng, tide__tentry *e, int kind,
                           double ms) {
-    uv_update_time(eng->loop);
+    if (!eng->draining || uv_hrtime() > eng->slice_end)
+        uv_update_time(eng->loop);
     if (!(ms > 0))
         ms = 0;
     if (ms > 1e15)

@@ -268,27 +268,114 @@ function M.new(opts)
 end
 
 
+-- tide.run's own executor. Making and closing an executor (a libuv
+-- loop, the engine, its runners) costs a good part of a millisecond, as
+-- much as a short run itself, so tide.run keeps one between its calls:
+-- made by the first call without options, it belongs to this module
+-- (`default`), which releases it when a call fails, when it has attached
+-- MAX_DEFAULT_PIPELINES pipelines and a new one comes (the engine keeps
+-- every pipeline it attached), and in a forked child (it is the
+-- parent's); the collector closes the last one. It is out of the hub
+-- between calls, so tide.fd() and tide.run() never see it idle, and
+-- each call gives back what an executor holds beyond its loop: the
+-- worker threads of sync tasks and the cache file.
+local default, default_pipes = nil, 0
+M.MAX_DEFAULT_PIPELINES = 16
+
+local function drop_default()
+    local ex = default
+    default, default_pipes = nil, 0
+    if ex and not ex._E.forked() and not ex._E.closed() then
+        hub.add(ex) -- close() takes it out again
+        pcall(ex.close, ex)
+    end
+end
+
+
+-- The executor for a call of tide.run with these options: the kept one
+-- (made on first use) for the default options, when no other call is
+-- running on it; else a new one, closed after the call. Returns it and
+-- whether it is the kept one.
+local function run_executor(p, opts)
+    if opts.concurrency == nil and opts.task_timeout == nil and opts.threads == nil
+        and opts.memory_limit == nil and opts.cache == nil then
+        if default and (default._E.forked() or default._E.closed()) then drop_default() end
+        if default and not default._running then
+            if not default._rt.attached[p] and default_pipes >= M.MAX_DEFAULT_PIPELINES then
+                drop_default()
+            end
+        end
+        if not default then
+            default = M.new { results = false }
+            hub.remove(default)
+        end
+        if not default._running then
+            if not default._rt.attached[p] then default_pipes = default_pipes + 1 end
+            return default, true
+        end
+    end
+    return M.new {
+        concurrency = opts.concurrency, task_timeout = opts.task_timeout,
+        threads = opts.threads, memory_limit = opts.memory_limit, results = false, cache = opts.cache,
+    }, false
+end
+
+
+-- Gives back what a kept executor holds between runs but its loop: the
+-- worker threads (joined, as ex:close does) and the cache file
+-- (committed; a new store opens it again on the next cached attempt).
+local function release_between_runs(ex)
+    if ex._pool_ud then
+        ex._pool_ud:close()
+        ex._pool_ud = nil
+    end
+    if ex._cache and ex._cache.db then
+        ex._cache:close()
+        ex._cache = cache.store(nil)
+        ex._rt.cache = ex._cache
+    end
+end
+
+
 --- Runs every input through p and returns `outputs, errors`, both
 -- indexed like inputs (tide.run(p, inputs, opts)).
 function M.run_inputs(p, inputs, opts)
     local outs, errs = {}, {}
-    local ex = M.new {
-        concurrency = opts.concurrency, task_timeout = opts.task_timeout,
-        threads = opts.threads, memory_limit = opts.memory_limit, results = false, cache = opts.cache,
-    }
-    ex:subscribe(function(id, status, value)
+    local ex, kept = run_executor(p, opts)
+    local sub = function(id, status, value)
         if status == "done" then outs[id] = value else errs[id] = value end
-    end)
-    local att = runner.attach(ex._rt, p, ex._task_timeout, function(pp, t) return bridge.body(ex, pp, t) end)
-    local rt, submit, low = ex._rt, ex._E.submit, PRIO.low
-    for i = 1, #inputs do
-        -- The ids are the indices (numbers): they never leave this call.
-        local slot = submit(att.gid, low)
-        runner.seed(rt, slot, inputs[i], i, att)
-        ex._live[i] = slot
     end
-    local ok, err = pcall(ex.run, ex)
-    ex:close()
+    local ok, err = pcall(function()
+        if kept then
+            ex._running = true
+            hub.add(ex)
+        end
+        ex:subscribe(sub)
+        local att = runner.attach(ex._rt, p, ex._task_timeout,
+                                  function(pp, t) return bridge.body(ex, pp, t) end)
+        local rt, submit, low = ex._rt, ex._E.submit, PRIO.low
+        for i = 1, #inputs do
+            -- The ids are the indices (numbers): they never leave this call.
+            local slot = submit(att.gid, low)
+            runner.seed(rt, slot, inputs[i], i, att)
+            ex._live[i] = slot
+        end
+        ex:run()
+    end)
+    if kept and ok then
+        ex._running = nil
+        ex:unsubscribe(sub)
+        hub.remove(ex)
+        ok, err = pcall(release_between_runs, ex)
+    end
+    if not kept then
+        ex:close()
+    elseif not ok then
+        -- Jobs may be left in it (a failed runner, an input that did not
+        -- seed): the next call makes a new one.
+        ex._running = nil
+        if default == ex then drop_default() end
+    end
     if not ok then error(err, 0) end
     return outs, errs
 end
@@ -532,19 +619,27 @@ function Executor:logs(id)
 end
 
 
+--- The open executor whose task body runs now, and that body's slot,
+-- global task and attempt; nil outside task bodies (and in sync tasks:
+-- they run on other threads).
+function M.current()
+    for ex in hub.each() do
+        local slot, g, attempt = ex._E.current()
+        if slot then return ex, slot, g, attempt end
+    end
+    return nil
+end
+
+
 --- Keeps `text` as a line of the job whose task body runs now, on
 -- whichever open executor runs it; returns whether a job kept it (false
 -- outside task bodies, and in sync tasks: they run on other threads).
 -- print replacements call it (M.print, the REPL's print).
 function M.keep_print(text)
-    for ex in hub.each() do
-        local slot, g, attempt = ex._E.current()
-        if slot then
-            runner.keep_log(ex._rt, slot, g, attempt, text)
-            return true
-        end
-    end
-    return false
+    local ex, slot, g, attempt = M.current()
+    if not ex then return false end
+    runner.keep_log(ex._rt, slot, g, attempt, text)
+    return true
 end
 
 

@@ -394,6 +394,10 @@ static void leng_drain(leng *e) {
     atomic_store_explicit(&leng_current, e, memory_order_relaxed);
     tide__wd_here(&eng->wd);
     eng->draining = 1;
+    /* The timers this slice starts count from the loop's time (sched.c,
+     * eng_timer_add): read it now, not at the start of a turn whose
+     * callbacks may have run long. */
+    uv_update_time(&e->loop);
     eng->slice_end = uv_hrtime() + 1000000;
     for (;;) {
         uint64_t h;
@@ -429,6 +433,11 @@ static void leng_drain(leng *e) {
             break;
     }
     eng->draining = 0;
+    /* libuv computes the poll's timeout from the loop's time after the
+     * idle handles ran: without reading the clock again, a slice's length
+     * would be added to the wait for the next timer (a 10 ms sleep begun
+     * in a 0.5 ms slice would wake 10.5 ms after the slice began). */
+    uv_update_time(&e->loop);
     atomic_store_explicit(&leng_current, prev, memory_order_relaxed);
     /* Near a memory limit, garbage goes between slices (lmem.c). */
     tide__lua_mem_relieve(e->L);
