@@ -38,7 +38,7 @@ local NFAILURES = 20     -- recent failures kept for the dashboard
 local FAILURE_LOG_LINES = 10
 local LAG_EVERY = 0.25   -- seconds between loop-lag samples
 -- Seconds between the checks of long-poll deadlines: a poll whose wait
--- expired is answered 202 at most this late.
+-- ends is answered 202 within this much before its end.
 local POLL_TICK = 0.01
 -- Versions whose jobs /v1/stats and /metrics list one by one: the current
 -- one and the last ones before it that still have counts (a server that
@@ -426,10 +426,13 @@ function M.serve(p, opts)
     local function poll_tick()
         local now, left = hrtime(), 0
         for wait, q in pairs(deadlines) do
-            local h = q.head
-            while h <= q.tail and q.at[h] <= now do
-                local conn, seq = q.conn[h], q.seq[h]
-                q.conn[h], q.seq[h], q.at[h] = nil, nil, nil
+            -- Expired deadlines go, and so do those of polls that ended
+            -- already (most end within a loop turn): the queue holds the
+            -- polls that wait, not every request of the last `wait` s.
+            local h, cs, ss, at = q.head, q.conn, q.seq, q.at
+            while h <= q.tail and (at[h] <= now or poll_seq[cs[h]] ~= ss[h]) do
+                local conn, seq = cs[h], ss[h]
+                cs[h], ss[h], at[h] = nil, nil, nil
                 h = h + 1
                 if poll_seq[conn] == seq then
                     local id = end_poll(conn)
@@ -484,7 +487,9 @@ function M.serve(p, opts)
         end
         local t = q.tail + 1
         q.tail = t
-        q.conn[t], q.seq[t], q.at[t] = conn, next_seq, hrtime() + wait
+        -- Deadlines are checked every POLL_TICK: a poll is due one tick
+        -- early, so that its 202 never comes later than its wait.
+        q.conn[t], q.seq[t], q.at[t] = conn, next_seq, hrtime() + math.max(0, wait - POLL_TICK)
         if not poll_timer then poll_timer = ex:timer(POLL_TICK, poll_tick) end
     end
 
@@ -748,7 +753,9 @@ function M.serve(p, opts)
         end
         local input = req.input
         if input == json.null then input = nil end
-        local ok, res = pcall(ex.submit, ex, p, input, { id = id, priority = prio })
+        local sopts = nil -- no table for the common submission without either
+        if id ~= nil or prio ~= nil then sopts = { id = id, priority = prio } end
+        local ok, res = pcall(ex.submit, ex, p, input, sopts)
         if not ok then
             return respond(conn, 400, jerr("EINVAL", tostring(res)))
         end
