@@ -366,10 +366,14 @@ function Executor:submit(p, input, opts)
         att = res
     end
     if id == nil then
-        repeat
+        -- A loop that runs once would abort the JIT's trace ("leaving
+        -- loop"): it runs only when the next number is taken already.
+        self._next_id = self._next_id + 1
+        id = tostring(self._next_id)
+        while self:has(id) do
             self._next_id = self._next_id + 1
             id = tostring(self._next_id)
-        until not self:has(id)
+        end
     elseif self:has(id) then
         error("ex:submit: duplicate id '" .. id .. "'", 2)
     end

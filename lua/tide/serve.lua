@@ -101,19 +101,29 @@ end
 
 
 -- The value of the first `name=value` pair of a query string (nil when
--- there is none): pairs split at '&', a pair at its first '='. Plain
--- finds, no pattern iterator: this runs on every request and compiles.
+-- there is none): pairs split at '&', a pair at its first '='. A pair
+-- whose key is `name` starts right after an '&' (or at the start) with
+-- `name=`: plain finds, no pattern iterator and no loop (a loop that
+-- returns from its first turn makes the JIT give up on the function), on
+-- every request. A `=name=` (a pair with an empty key before it) takes
+-- the pattern's reading, as it always did.
 local function query_param(query, name)
-    local pos, n = 1, #query
-    while pos <= n do
-        local amp = find(query, "&", pos, true) or n + 1
-        local eq = find(query, "=", pos, true)
-        if eq and eq < amp and eq > pos and sub(query, pos, eq - 1) == name then
-            return sub(query, eq + 1, amp - 1)
+    if query == "" then return nil end
+    if find(query, "=" .. name .. "=", 1, true) then
+        -- An empty key before it ("a&=wait=3"): the pattern's reading.
+        for k, v in query:gmatch("([^&=]+)=([^&]*)") do
+            if k == name then return v end
         end
-        pos = amp + 1
+        return nil
     end
-    return nil
+    local at = find(query, name .. "=", 1, true)
+    if at ~= 1 then
+        at = find("&" .. query, "&" .. name .. "=", 1, true)
+        if not at then return nil end
+    end
+    local from = at + #name + 1
+    local amp = find(query, "&", from, true)
+    return sub(query, from, amp and amp - 1 or -1)
 end
 
 
@@ -402,6 +412,14 @@ function M.serve(p, opts)
         return id, status
     end
 
+    -- Answers conn's poll with body (its job ended).
+    local function poll_answer(conn, body)
+        local status = poll_status[conn]
+        poll_id[conn], poll_seq[conn], poll_status[conn] = nil, nil, nil
+        nwatchers = nwatchers - 1
+        respond(conn, status, body)
+    end
+
     -- The executor's watcher: job id ended, its polls are answered.
     function poll_done(id)
         local w = pollers[id]
@@ -410,16 +428,10 @@ function M.serve(p, opts)
         local t0 = phases and hrtime()
         local body = result_body(id)
         if phases then srv:phase(4, hrtime() - t0) end
-        local function answer(conn)
-            local status = poll_status[conn]
-            poll_id[conn], poll_seq[conn], poll_status[conn] = nil, nil, nil
-            nwatchers = nwatchers - 1
-            respond(conn, status, body)
-        end
         if type(w) == "table" then
-            for i = 1, #w do answer(w[i]) end
+            for i = 1, #w do poll_answer(w[i], body) end
         else
-            answer(w)
+            poll_answer(w, body)
         end
     end
 
@@ -768,12 +780,16 @@ function M.serve(p, opts)
         pending, pending_bytes = pending + 1, pending_bytes + nbytes
         mine[res] = nbytes
         book(res)
-        local waits = query ~= "" and query_param(query, "wait") ~= nil
+        local waits = query_param(query, "wait") ~= nil
+        if not jr then
+            if waits then return long_poll(conn, res, wait, 200) end
+            return respond(conn, 201, enc(json.object({ id = res, version = version })))
+        end
+        -- (A closure only here: making one stops the JIT on this path.)
         local function answer()
             if waits then return long_poll(conn, res, wait, 200) end
             respond(conn, 201, enc(json.object({ id = res, version = version })))
         end
-        if not jr then return answer() end
         -- Accepted means on the device: the answer waits for the group
         -- commit that holds the job.
         local seq = jr:job(res, json.encode(input == nil and json.null or input) or "null", prio)
