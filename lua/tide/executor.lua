@@ -816,6 +816,16 @@ function Executor:step()
 end
 
 
+--- Runs the ready work now when called from a callback of the loop
+-- ex:run (or step, turn) runs, outside a task: what the loop would run at
+-- its next turn (for servers answering in the same callback). Elsewhere it
+-- does nothing. Returns whether it ran.
+function Executor:drain_now()
+    check_self(self, "ex:drain_now")
+    return self._E.drain_now()
+end
+
+
 --- Counters for tests and progress: live, active, queued, timers, slots,
 -- attempts, runners; held (slots whose values Lua keeps); for sync
 -- tasks: workers (threads alive) and workers_replaced (stand-ins started

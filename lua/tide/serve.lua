@@ -782,7 +782,14 @@ function M.serve(p, opts)
         book(res)
         local waits = query_param(query, "wait") ~= nil
         if not jr then
-            if waits then return long_poll(conn, res, wait, 200) end
+            if waits then
+                -- The job runs now rather than at the next loop turn: a
+                -- job that ends at once (most) is answered here, with no
+                -- watcher or deadline registered, and a loop turn's
+                -- answers do not wait for the turn's other requests.
+                ex:drain_now()
+                return long_poll(conn, res, wait, 200)
+            end
             return respond(conn, 201, enc(json.object({ id = res, version = version })))
         end
         -- (A closure only here: making one stops the JIT on this path.)
