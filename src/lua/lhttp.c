@@ -162,6 +162,8 @@ typedef struct lhttp_conn {
     int complete;
     int error_status;   /* set by callbacks: respond with it and close */
     uint64_t t_read;    /* with phases: when the request's first bytes came */
+    uint64_t deadline;  /* loop time (ms) the current time limit ends */
+    uint64_t timer_due; /* loop time the timer was last started for */
 } lhttp_conn;
 
 struct lhttp_server {
@@ -179,6 +181,7 @@ struct lhttp_server {
     uint64_t request_ms, idle_ms;
     uint64_t requests, rejected;
     lhttp_phases *phases; /* NULL unless opts.phases */
+    lhttp_conn *current;  /* the connection whose request Lua is handed */
 };
 
 static const http_parser_settings lhttp_settings;
@@ -453,6 +456,8 @@ static void lhttp_conn_close(lhttp_conn *c) {
         lua_pushinteger(T, c->id);
         tide__lua_pcall_hook(T, 1, "HTTP hang-up handler");
     }
+    if (s->current == c)
+        s->current = NULL;
     if (c->prev)
         c->prev->next = c->next;
     else if (s->conns == c)
@@ -469,6 +474,13 @@ static void lhttp_conn_close(lhttp_conn *c) {
 
 static void lhttp_on_timer(uv_timer_t *t) {
     lhttp_conn *c = t->data;
+    uint64_t now = uv_now(c->srv->loop);
+    if (now < c->deadline) {
+        /* Armed for an earlier limit that was moved on since. */
+        c->timer_due = c->deadline;
+        uv_timer_start(&c->timer, lhttp_on_timer, c->deadline - now, 0);
+        return;
+    }
     if (c->waiting)
         return; /* Lua holds the request (a long-poll): its business */
     if (c->in_request || c->len > 0)
@@ -477,9 +489,19 @@ static void lhttp_on_timer(uv_timer_t *t) {
         lhttp_conn_close(c); /* idle keep-alive connection */
 }
 
+/* Sets the connection's time limit to ms from now. The timer is restarted
+ * only when the limit comes earlier than it is due (or it is not running):
+ * a limit that moves later, as each answer's does, is found by the timer
+ * when it fires and re-arms, so that a request costs no timer-heap work. */
 static void lhttp_arm(lhttp_conn *c, uint64_t ms) {
-    if (!c->socketless)
+    if (c->socketless)
+        return;
+    uint64_t due = uv_now(c->srv->loop) + ms;
+    c->deadline = due;
+    if (!uv_is_active((uv_handle_t *)&c->timer) || due < c->timer_due) {
+        c->timer_due = due;
         uv_timer_start(&c->timer, lhttp_on_timer, ms, 0);
+    }
 }
 
 /* The length of the block that ends at its first empty line (CRLF, or a
@@ -590,7 +612,10 @@ static void lhttp_dispatch(lhttp_conn *c) {
     }
     lua_pushlstring(T, c->body ? c->body : "", c->bodylen);
     c->dispatching = 1;
+    lhttp_conn *outer = s->current;
+    s->current = c;
     int rc = tide__lua_pcall_hook(T, 6, "HTTP request handler");
+    s->current = outer;
     c->dispatching = 0;
     if (rc != 0 && c->waiting && !c->closing)
         lhttp_send(c, 500, "application/json", NULL,
@@ -779,6 +804,10 @@ static void lhttp_received(lhttp_conn *c) {
 }
 
 static lhttp_conn *lhttp_find(lhttp_server *s, uint32_t id) {
+    /* Most answers are to the request being dispatched (a job that ended
+     * at once): no walk of the list for those. */
+    if (s->current && s->current->id == id && !s->current->closing)
+        return s->current;
     for (lhttp_conn *c = s->conns; c; c = c->next)
         if (c->id == id)
             return c;
