@@ -958,3 +958,40 @@ describe("ex:finished", function()
         ex:close()
     end)
 end)
+
+
+describe("ex:drain_now", function()
+    it("runs ready jobs from a loop callback, and does nothing elsewhere", function()
+        local ex = tide.executor()
+        local p = tide.pipeline "drain-now"
+        p:task("inc", function(x)
+            -- The first job keeps the loop running until the timer fired.
+            if x == 1 then tide.sleep(0.2) end
+            return x + 1
+        end)
+        local id = ex:submit(p, 1)
+        -- Outside the loop: nothing runs.
+        assert.is_false(ex:drain_now())
+        assert.is_nil(ex:finished(id))
+        local seen
+        local t
+        t = ex:timer(0.01, function()
+            t:close()
+            local id2 = ex:submit(p, 41)
+            local ran = ex:drain_now()
+            local status, value = ex:finished(id2)
+            seen = { ran, status, value }
+        end)
+        ex:run()
+        assert.same({ true, "done", 42 }, seen)
+        assert.equal("done", (ex:finished(id)))
+        -- Inside a task: nothing, the engine is draining already.
+        local q = tide.pipeline "drain-in-task"
+        q:task("t", function() return ex:drain_now() end)
+        local id3 = ex:submit(q, 0)
+        ex:run()
+        assert.same({ "done", false }, { ex:finished(id3) })
+        assert.has_error(function() ex.drain_now(nil) end)
+        ex:close()
+    end)
+end)

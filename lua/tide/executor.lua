@@ -453,10 +453,14 @@ function Executor:submit(p, input, opts)
         att = res
     end
     if id == nil then
-        repeat
+        -- A loop that runs once would abort the JIT's trace ("leaving
+        -- loop"): it runs only when the next number is taken already.
+        self._next_id = self._next_id + 1
+        id = tostring(self._next_id)
+        while self:has(id) do
             self._next_id = self._next_id + 1
             id = tostring(self._next_id)
-        until not self:has(id)
+        end
     elseif self:has(id) then
         error("ex:submit: duplicate id '" .. id .. "'", 2)
     end
@@ -906,6 +910,16 @@ end
 function Executor:step()
     check_self(self, "ex:step")
     return self._E.step()
+end
+
+
+--- Runs the ready work now when called from a callback of the loop
+-- ex:run (or step, turn) runs, outside a task: what the loop would run at
+-- its next turn (for servers answering in the same callback). Elsewhere it
+-- does nothing. Returns whether it ran.
+function Executor:drain_now()
+    check_self(self, "ex:drain_now")
+    return self._E.drain_now()
 end
 
 

@@ -19,6 +19,7 @@ local schedule = require "tide.schedule"
 
 local json = core.json
 local format, tostring, type, ipairs = string.format, tostring, type, ipairs
+local find, sub = string.find, string.sub
 local hrtime = core.hrtime
 
 local M = {}
@@ -36,6 +37,9 @@ local NFAILURES = 20     -- recent failures kept for the dashboard
 -- it every second, so all of a job's lines stay at /v1/jobs/ID/logs.
 local FAILURE_LOG_LINES = 10
 local LAG_EVERY = 0.25   -- seconds between loop-lag samples
+-- Seconds between the checks of long-poll deadlines: a poll whose wait
+-- ends is answered 202 within this much before its end.
+local POLL_TICK = 0.01
 -- Versions whose jobs /v1/stats and /metrics list one by one: the current
 -- one and the last ones before it that still have counts (a server that
 -- reloads every minute must not grow its metrics without bound).
@@ -96,11 +100,30 @@ local function same_token(a, b)
 end
 
 
+-- The value of the first `name=value` pair of a query string (nil when
+-- there is none): pairs split at '&', a pair at its first '='. A pair
+-- whose key is `name` starts right after an '&' (or at the start) with
+-- `name=`: plain finds, no pattern iterator and no loop (a loop that
+-- returns from its first turn makes the JIT give up on the function), on
+-- every request. A `=name=` (a pair with an empty key before it) takes
+-- the pattern's reading, as it always did.
 local function query_param(query, name)
-    for k, v in query:gmatch("([^&=]+)=([^&]*)") do
-        if k == name then return v end
+    if query == "" then return nil end
+    if find(query, "=" .. name .. "=", 1, true) then
+        -- An empty key before it ("a&=wait=3"): the pattern's reading.
+        for k, v in query:gmatch("([^&=]+)=([^&]*)") do
+            if k == name then return v end
+        end
+        return nil
     end
-    return nil
+    local at = find(query, name .. "=", 1, true)
+    if at ~= 1 then
+        at = find("&" .. query, "&" .. name .. "=", 1, true)
+        if not at then return nil end
+    end
+    local from = at + #name + 1
+    local amp = find(query, "&", from, true)
+    return sub(query, from, amp and amp - 1 or -1)
 end
 
 
@@ -198,9 +221,15 @@ function M.serve(p, opts)
     -- and the submissions refused because either was at its bound.
     local pending, pending_bytes, refused = 0, 0, 0
     local mine = {} -- id -> request bytes, for the jobs submitted here and not finished
-    -- Long-polls: conn -> the function that ends the one it holds, and
-    -- how many watchers they have registered with the executor.
-    local polls, nwatchers = {}, 0
+    -- Long-polls (see long_poll): the job each waiting connection waits
+    -- for, the status its answer takes when the job ends, the connection
+    -- (or list of them) waiting for each job, and how many wait.
+    local poll_id, poll_status, poll_seq, pollers, nwatchers = {}, {}, {}, {}, 0
+    -- Per-request phase times (TIDE_SERVE_PHASES=1, docs/benchmarks.md):
+    -- off, nothing below reads the clock for them.
+    local phases = opts.phases
+    if phases == nil then phases = os.getenv("TIDE_SERVE_PHASES") == "1" end
+    local t_submitted = phases and {} or nil -- id -> when it was submitted
     local failures, nfail = {}, 0 -- ring of the last NFAILURES failed jobs
     -- id -> version, for the jobs submitted here whose results are kept
     -- (an eviction drops the entry), and the counts of each version.
@@ -274,8 +303,16 @@ function M.serve(p, opts)
     local function finished_body(id)
         local status, value = ex:finished(id)
         if status then
-            local body = record.encode(id, status, value, true)
             local v = jobver[id]
+            if status == "done" and v and v ~= "none" then
+                -- The common answer, built in one concatenation.
+                local out = json.encode(value)
+                if out then
+                    return '{"id":' .. record.id(id) .. ',"status":"done","output":' .. out
+                        .. ',"version":"' .. v .. '"}'
+                end
+            end
+            local body = record.encode(id, status, value, true)
             -- The record is a JSON object: the version goes in as its last
             -- field (a job of a pipeline without a file has none).
             if body and v and v ~= "none" then body = body:sub(1, -2) .. ',"version":"' .. v .. '"}' end
@@ -339,37 +376,133 @@ function M.serve(p, opts)
         end)
     end
 
+    -- Long-polls cost no handle, closure or timer of their own: a
+    -- waiting connection is a few table entries, one watcher function
+    -- (poll_done) serves every job, and the deadlines sit in one FIFO per
+    -- wait length (FIFO order is deadline order within one), checked by
+    -- one timer every POLL_TICK while any is queued. Whichever comes
+    -- first (the job ends, the wait expires, the client hangs up) ends the
+    -- poll; the others then find it gone (poll_seq tells a connection's
+    -- new poll from the one a queued deadline was for).
+    local deadlines, ndeadlines, poll_timer, next_seq = {}, 0, nil, 0
+    local poll_done -- the executor's watcher of polled jobs, below
+
+    -- Removes conn's poll (it ended), and the executor's watcher with the
+    -- last poll of its job.
+    local function end_poll(conn)
+        local id = poll_id[conn]
+        if id == nil then return nil end
+        poll_id[conn], poll_seq[conn] = nil, nil
+        local status = poll_status[conn]
+        poll_status[conn] = nil
+        nwatchers = nwatchers - 1
+        local w = pollers[id]
+        if w == conn then
+            pollers[id] = nil
+            ex:unwatch(id, poll_done)
+        elseif type(w) == "table" then
+            for i = #w, 1, -1 do
+                if w[i] == conn then table.remove(w, i) end
+            end
+            if #w == 0 then
+                pollers[id] = nil
+                ex:unwatch(id, poll_done)
+            end
+        end
+        return id, status
+    end
+
+    -- Answers conn's poll with body (its job ended).
+    local function poll_answer(conn, body)
+        local status = poll_status[conn]
+        poll_id[conn], poll_seq[conn], poll_status[conn] = nil, nil, nil
+        nwatchers = nwatchers - 1
+        respond(conn, status, body)
+    end
+
+    -- The executor's watcher: job id ended, its polls are answered.
+    function poll_done(id)
+        local w = pollers[id]
+        pollers[id] = nil
+        if w == nil then return end
+        local t0 = phases and hrtime()
+        local body = result_body(id)
+        if phases then srv:phase(4, hrtime() - t0) end
+        if type(w) == "table" then
+            for i = 1, #w do poll_answer(w[i], body) end
+        else
+            poll_answer(w, body)
+        end
+    end
+
+    local function poll_tick()
+        local now, left = hrtime(), 0
+        for wait, q in pairs(deadlines) do
+            -- Expired deadlines go, and so do those of polls that ended
+            -- already (most end within a loop turn): the queue holds the
+            -- polls that wait, not every request of the last `wait` s.
+            local h, cs, ss, at = q.head, q.conn, q.seq, q.at
+            while h <= q.tail and (at[h] <= now or poll_seq[cs[h]] ~= ss[h]) do
+                local conn, seq = cs[h], ss[h]
+                cs[h], ss[h], at[h] = nil, nil, nil
+                h = h + 1
+                if poll_seq[conn] == seq then
+                    local id = end_poll(conn)
+                    respond(conn, 202, enc(json.object({ id = id, status = status_of(id) })))
+                end
+            end
+            q.head = h
+            if h > q.tail then
+                deadlines[wait] = nil
+                ndeadlines = ndeadlines - 1
+            else
+                left = left + 1
+            end
+        end
+        if left == 0 and poll_timer then
+            poll_timer:close()
+            poll_timer = nil
+        end
+    end
+
     -- Answers conn with id's result now, or when it finishes, or with 202
-    -- after `wait` seconds, whichever is first. Whichever comes first (or
-    -- the client hanging up) removes what the others registered: a poll
-    -- that ended costs nothing however long the job runs.
+    -- after `wait` seconds, whichever is first.
     local function long_poll(conn, id, wait, status_when_done)
         if not ex:has(id) or ex:finished(id) then
+            local t0 = phases and hrtime()
             local body = finished_body(id)
-            if body then return respond(conn, status_when_done, body) end
+            if body then
+                if phases then srv:phase(4, hrtime() - t0) end
+                return respond(conn, status_when_done, body)
+            end
         end
         if wait <= 0 then
             return respond(conn, 202, enc(json.object({ id = id, status = status_of(id) })))
         end
-        local timer, watch_token, abandon
-        timer = ex:timer(wait, function()
-            abandon()
-            respond(conn, 202, enc(json.object({ id = id, status = status_of(id) })))
-        end)
-        watch_token = ex:watch(id, function()
-            nwatchers = nwatchers - 1
-            polls[conn] = nil
-            timer:close()
-            respond(conn, status_when_done, result_body(id))
-        end)
+        next_seq = next_seq + 1
+        poll_id[conn], poll_status[conn], poll_seq[conn] = id, status_when_done, next_seq
         nwatchers = nwatchers + 1
-        -- Ends the poll early: the wait expired, or the client left.
-        abandon = function()
-            polls[conn] = nil
-            timer:close()
-            if ex:unwatch(id, watch_token) then nwatchers = nwatchers - 1 end
+        local w = pollers[id]
+        if w == nil then
+            pollers[id] = conn
+            ex:watch(id, poll_done)
+        elseif type(w) == "table" then
+            w[#w + 1] = conn
+        else
+            pollers[id] = { w, conn }
         end
-        polls[conn] = abandon
+        local q = deadlines[wait]
+        if not q then
+            q = { head = 1, tail = 0, conn = {}, seq = {}, at = {} }
+            deadlines[wait] = q
+            ndeadlines = ndeadlines + 1
+        end
+        local t = q.tail + 1
+        q.tail = t
+        -- Deadlines are checked every POLL_TICK: a poll is due one tick
+        -- early, so that its 202 never comes later than its wait.
+        q.conn[t], q.seq[t], q.at[t] = conn, next_seq, hrtime() + math.max(0, wait - POLL_TICK)
+        if not poll_timer then poll_timer = ex:timer(POLL_TICK, poll_tick) end
     end
 
     local function wait_of(query, conn)
@@ -583,10 +716,15 @@ function M.serve(p, opts)
         }))
     end
 
+    local t_route -- with phases: when the request being routed reached Lua
+    local host_ok, ctype_ok -- the last Host and Content-Type values that passed
     local function submit(conn, query, headers, body)
         local ctype = headers["content-type"] or ""
-        if not ctype:lower():match("^application/json") then
-            return respond(conn, 415, jerr("EINVAL", "Content-Type must be application/json"))
+        if ctype ~= ctype_ok then
+            if not ctype:lower():match("^application/json") then
+                return respond(conn, 415, jerr("EINVAL", "Content-Type must be application/json"))
+            end
+            ctype_ok = ctype -- the last one that passed: one compare next time
         end
         -- The bounds are checked before the body is decoded: a full queue
         -- sheds load cheaply. A body that could never fit is a 413.
@@ -631,19 +769,38 @@ function M.serve(p, opts)
         end
         local input = req.input
         if input == json.null then input = nil end
-        local ok, res = pcall(ex.submit, ex, p, input, { id = id, priority = prio })
+        local sopts = nil -- no table for the common submission without either
+        if id ~= nil or prio ~= nil then sopts = { id = id, priority = prio } end
+        local ok, res = pcall(ex.submit, ex, p, input, sopts)
         if not ok then
             return respond(conn, 400, jerr("EINVAL", tostring(res)))
+        end
+        if phases then
+            local now = hrtime()
+            srv:phase(2, now - t_route)
+            t_submitted[res] = now
         end
         counts.submitted = counts.submitted + 1
         pending, pending_bytes = pending + 1, pending_bytes + nbytes
         mine[res] = nbytes
         book(res)
+        local waits = query_param(query, "wait") ~= nil
+        if not jr then
+            if waits then
+                -- The job runs now rather than at the next loop turn: a
+                -- job that ends at once (most) is answered here, with no
+                -- watcher or deadline registered, and a loop turn's
+                -- answers do not wait for the turn's other requests.
+                ex:drain_now()
+                return long_poll(conn, res, wait, 200)
+            end
+            return respond(conn, 201, enc(json.object({ id = res, version = version })))
+        end
+        -- (A closure only here: making one stops the JIT on this path.)
         local function answer()
-            if query_param(query, "wait") then return long_poll(conn, res, wait, 200) end
+            if waits then return long_poll(conn, res, wait, 200) end
             respond(conn, 201, enc(json.object({ id = res, version = version })))
         end
-        if not jr then return answer() end
         -- Accepted means on the device: the answer waits for the group
         -- commit that holds the job.
         local seq = jr:job(res, json.encode(input == nil and json.null or input) or "null", prio)
@@ -659,6 +816,7 @@ function M.serve(p, opts)
     local page -- the dashboard's HTML, made on first request
     local server_reload -- defined with the server, below
     local function route(conn, method, path, query, headers, body)
+        if phases then t_route = hrtime() end
         if path == "/healthz" then
             if method ~= "GET" then return respond(conn, 405, jerr("EINVAL", "use GET")) end
             return respond(conn, 200, '{"ok":true}')
@@ -668,8 +826,12 @@ function M.serve(p, opts)
             -- so the request must name this machine: a page from another
             -- site that rebinds its own name to 127.0.0.1 (DNS rebinding)
             -- sends that name, and its Origin.
-            local origin = headers["origin"]
-            if not host_allowed(headers["host"], allowed)
+            local origin, host = headers["origin"], headers["host"]
+            -- The last Host found allowed passes with one compare (equal
+            -- strings are one object in Lua): clients send the same one.
+            local fine = host ~= nil and host == host_ok
+            if not fine and host_allowed(host, allowed) then host_ok, fine = host, true end
+            if not fine
                 or (origin and not host_allowed(origin:lower():match("^https?://([^/]+)$"), allowed)) then
                 return respond(conn, 403, jerr("EPERM", "Host '" .. (headers["host"] or "")
                     .. "' is not allowed: without a token only localhost, 127.0.0.1 and [::1] are served"
@@ -782,6 +944,13 @@ function M.serve(p, opts)
         local nbytes = mine[jid]
         if not nbytes then return end
         mine[jid] = nil
+        if phases then
+            local ts = t_submitted[jid]
+            if ts then
+                srv:phase(3, hrtime() - ts)
+                t_submitted[jid] = nil
+            end
+        end
         local c = versions[jobver[jid]]
         if c then
             c.in_flight = c.in_flight - 1
@@ -844,15 +1013,27 @@ function M.serve(p, opts)
         max_body = opts.max_body or 1048576,
         request_timeout = opts.request_timeout or 10,
         idle_timeout = opts.idle_timeout or 60,
-        on_hangup = function(conn)
-            local abandon = polls[conn]
-            if abandon then abandon() end
-        end,
+        on_hangup = function(conn) end_poll(conn) end,
+        phases = phases,
     }, function(conn, method, path, query, headers, body)
         route(conn, method, path, query, headers, body)
     end)
     -- What the server registered with the executor goes when it stops.
+    -- The phase report goes to stderr once, when the server stops or
+    -- starts draining (SIGTERM): what was measured under load.
+    local reported = false
+    local function report_phases()
+        if phases and srv and not reported then
+            reported = true
+            for _, line in ipairs(M.phase_lines(srv)) do io.stderr:write("tide: ", line, "\n") end
+        end
+    end
     local function release()
+        report_phases()
+        if poll_timer then
+            poll_timer:close()
+            poll_timer = nil
+        end
         stop_schedules()
         lag_timer:close()
         ex:unsubscribe(sub_token)
@@ -910,6 +1091,9 @@ function M.serve(p, opts)
         return res, rec
     end
     function server.version() return version end
+    --- The phase report (TIDE_SERVE_PHASES=1 or opts.phases): lines of
+    -- text, as the server prints them when it stops; nil when off.
+    function server.phases() return phases and M.phase_lines(srv) or nil end
     -- Schedules start once the server listens: their jobs can be asked for.
     start_schedules()
     if listen == false then
@@ -926,6 +1110,7 @@ function M.serve(p, opts)
     -- Stops accepting, lets jobs in flight finish (at most `timeout` s),
     -- answers what waits, then calls done().
     function server.drain(timeout, done)
+        report_phases()
         srv:close(true)
         stop_schedules()
         local deadline = hrtime() + (timeout or 30)
@@ -941,6 +1126,24 @@ function M.serve(p, opts)
         end)
     end
     return server
+end
+
+--- The lines of a server's phase report: per phase, the count and the
+-- mean and percentiles in microseconds, then the loop turns, how many
+-- held a GC sweep, and the Lua heap growth per request.
+function M.phase_lines(srv)
+    local list, turns = srv:phase_report()
+    if not list then return {} end
+    local out = {}
+    for i, h in ipairs(list) do
+        out[i] = format("phase=%s n=%d mean_us=%.1f p50_us=%.1f p90_us=%.1f p99_us=%.1f p999_us=%.1f max_us=%.1f",
+                        h.name, h.n, h.mean, h.p50, h.p90, h.p99, h.p999, h.max)
+    end
+    out[#out + 1] = format("phases turns=%d gc_turns=%d requests=%d requests_per_turn=%.1f heap_growth_kb_per_request=%.2f",
+                           turns.turns, turns.gc_turns, turns.requests,
+                           turns.turns > 0 and turns.requests / turns.turns or 0,
+                           turns.requests > 0 and turns.alloc_kb / turns.requests or 0)
+    return out
 end
 
 -- What the HTTP front of `tide serve --redis` (tide.rserve) shares with

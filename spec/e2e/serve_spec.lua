@@ -495,3 +495,35 @@ describe("tide serve usage errors", function()
         assert.matches("rc=2", text)
     end)
 end)
+
+describe("tide serve with TIDE_SERVE_PHASES=1", function()
+    it("prints per-phase percentiles on SIGTERM; garbage requests still get their errors", function()
+        local s = start("", nil, { TIDE_SERVE_PHASES = "1" })
+        local st, body = http(s, "POST", "/v1/jobs?wait=5", '{"input":21}')
+        assert.equal(200, st)
+        assert.equal(42, json.decode(body).output)
+        st = http(s, "POST", "/v1/jobs?wait=5", '{"input":')
+        assert.equal(400, st)
+        assert.equal(400, raw(s, "GET / HTTP/1.1\nHost: localhost\n\n"))
+        st, body = http(s, "GET", "/v1/jobs/1/result?wait=0.2")
+        assert.equal(200, st)
+        local err = stop(s)
+        for _, phase in ipairs({ "read_parse", "submit", "run", "encode", "write", "total", "loop_turn" }) do
+            local n = err:match("phase=" .. phase .. " n=(%d+) mean_us=[%d.]+ p50_us=[%d.]+ p90_us=[%d.]+ "
+                                .. "p99_us=[%d.]+ p999_us=[%d.]+ max_us=[%d.]+\n")
+            assert(n, "no line for " .. phase .. " in: " .. err)
+        end
+        -- One submission reached a job; the malformed body and the GET
+        -- passed through Lua; the bare-LF request never got there.
+        assert.equal("1", err:match("phase=submit n=(%d+)"))
+        assert.equal("1", err:match("phase=run n=(%d+)"))
+        assert.equal("3", err:match("phase=read_parse n=(%d+)"))
+        assert.matches("phases turns=%d+ gc_turns=%d+ requests=3 ", err)
+    end)
+
+    it("is off by default: no report", function()
+        local s = start("")
+        assert.equal(200, (http(s, "POST", "/v1/jobs?wait=5", '{"input":1}')))
+        assert.is_nil(stop(s):match("phase="))
+    end)
+end)

@@ -1273,6 +1273,23 @@ static int l_step(lua_State *L) {
     return 1;
 }
 
+/* drain_now() -> ran: runs the ready work now, as the idle handle would at
+ * the start of the next loop turn, when called from a callback of the
+ * loop that ex:run/ex:step/ex:turn is running and not from inside the
+ * engine's own drain (a task): a server answering from a read callback
+ * (tide serve's `?wait`) has the job run and its answer written in the
+ * same callback instead of a loop turn later. Anywhere else it does
+ * nothing and returns false: the idle handle runs the work as usual. */
+static int l_drain_now(lua_State *L) {
+    leng *e = LENG_UP(L);
+    int ok = e->in_run && !e->eng.draining && !e->closed && e->L != NULL &&
+             e->env != 0 && tide__eng_has_work(&e->eng);
+    if (ok)
+        leng_drain(e);
+    lua_pushboolean(L, ok);
+    return 1;
+}
+
 /* backend() -> the loop's pollable fd and how long it may sleep (ms, -1:
  * until an fd is ready), for hosts that wait in their own poll. */
 static int l_backend(lua_State *L) {
@@ -1507,6 +1524,7 @@ static const luaL_Reg engine_funcs[] = {
     {"wake", l_wake},       {"run", l_run},
     {"turn", l_turn},       {"stats", l_stats},
     {"step", l_step},       {"backend", l_backend},
+    {"drain_now", l_drain_now},
     {"task_stats", l_task_stats}, {"hist_bounds", l_hist_bounds},
     {"timing", l_timing},   {"closed", l_closed},
     {"close", l_close},     {"set_watchdog", l_set_watchdog},
