@@ -826,11 +826,11 @@ function M.serve(p, opts)
             -- so the request must name this machine: a page from another
             -- site that rebinds its own name to 127.0.0.1 (DNS rebinding)
             -- sends that name, and its Origin.
-            local origin, host = headers["origin"], headers["host"]
+            local origin, named = headers["origin"], headers["host"]
             -- The last Host found allowed passes with one compare (equal
             -- strings are one object in Lua): clients send the same one.
-            local fine = host ~= nil and host == host_ok
-            if not fine and host_allowed(host, allowed) then host_ok, fine = host, true end
+            local fine = named ~= nil and named == host_ok
+            if not fine and host_allowed(named, allowed) then host_ok, fine = named, true end
             if not fine
                 or (origin and not host_allowed(origin:lower():match("^https?://([^/]+)$"), allowed)) then
                 return respond(conn, 403, jerr("EPERM", "Host '" .. (headers["host"] or "")
@@ -1139,7 +1139,8 @@ function M.phase_lines(srv)
         out[i] = format("phase=%s n=%d mean_us=%.1f p50_us=%.1f p90_us=%.1f p99_us=%.1f p999_us=%.1f max_us=%.1f",
                         h.name, h.n, h.mean, h.p50, h.p90, h.p99, h.p999, h.max)
     end
-    out[#out + 1] = format("phases turns=%d gc_turns=%d requests=%d requests_per_turn=%.1f heap_growth_kb_per_request=%.2f",
+    out[#out + 1] = format("phases turns=%d gc_turns=%d requests=%d requests_per_turn=%.1f "
+                           .. "heap_growth_kb_per_request=%.2f",
                            turns.turns, turns.gc_turns, turns.requests,
                            turns.turns > 0 and turns.requests / turns.turns or 0,
                            turns.requests > 0 and turns.alloc_kb / turns.requests or 0)

@@ -507,6 +507,7 @@ describe("tide serve with TIDE_SERVE_PHASES=1", function()
         assert.equal(400, raw(s, "GET / HTTP/1.1\nHost: localhost\n\n"))
         st, body = http(s, "GET", "/v1/jobs/1/result?wait=0.2")
         assert.equal(200, st)
+        assert.equal(42, json.decode(body).output)
         local err = stop(s)
         for _, phase in ipairs({ "read_parse", "submit", "run", "encode", "write", "total", "loop_turn" }) do
             local n = err:match("phase=" .. phase .. " n=(%d+) mean_us=[%d.]+ p50_us=[%d.]+ p90_us=[%d.]+ "
