@@ -125,8 +125,12 @@ static void lreader_emit(lreader *r, const char *s, size_t n) {
     int blank = lreader_blank(r->part, fromp) && lreader_blank(s, froms);
     if (!blank) {
         lreader_reserve(&r->q, &r->qcap, r->qlen, total);
-        memcpy(r->q + r->qlen, r->part, fromp);
-        memcpy(r->q + r->qlen + fromp, s, froms);
+        /* part is NULL until a line first spans two chunks, and
+         * memcpy's pointers must be valid even for 0 bytes. */
+        if (fromp)
+            memcpy(r->q + r->qlen, r->part, fromp);
+        if (froms)
+            memcpy(r->q + r->qlen + fromp, s, froms);
         if (r->n == r->reccap) {
             r->reccap = r->reccap ? r->reccap * 2 : 256;
             r->recs = tide__xrealloc(r->recs, r->reccap * sizeof(*r->recs));
