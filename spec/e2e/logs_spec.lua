@@ -18,14 +18,7 @@ local function input(id, n, fail, extra)
     return json.encode(t) .. "\n"
 end
 
-local function ls(dir)
-    local names = {}
-    local h = io.popen("ls -A " .. q(dir) .. " 2>/dev/null")
-    for name in h:lines() do names[#names + 1] = name end
-    h:close()
-    table.sort(names)
-    return names
-end
+local ls = proc.ls
 
 describe("tide run --output and per-job logs", function()
     local dir

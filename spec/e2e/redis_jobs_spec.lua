@@ -25,15 +25,7 @@ end
 
 local stop_workers = rs.stop_workers
 
--- Waits until fn() is true (at most secs); returns whether it became so.
-local function eventually(secs, fn)
-    local deadline = socket.gettime() + secs
-    while socket.gettime() < deadline do
-        if fn() then return true end
-        socket.sleep(0.05)
-    end
-    return false
-end
+local eventually = rs.eventually
 
 local function record_key(id) return rexec.record_key("distributed", id) end
 

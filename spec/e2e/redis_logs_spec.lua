@@ -23,14 +23,7 @@ local function lines_of(path)
     return out
 end
 
-local function files_in(dir)
-    local h = io.popen("ls " .. proc.shquote(dir) .. " 2>/dev/null")
-    local out = {}
-    for f in h:lines() do out[#out + 1] = f end
-    h:close()
-    table.sort(out)
-    return out
-end
+local files_in = proc.ls
 
 describe("job logs through Redis", function()
     local server, dir

@@ -40,15 +40,7 @@ end
 
 local wait_exit, stop_workers = rs.wait_exit, rs.stop_workers
 
--- Waits until fn() is true (at most secs); returns whether it became so.
-local function eventually(secs, fn)
-    local deadline = socket.gettime() + secs
-    while socket.gettime() < deadline do
-        if fn() then return true end
-        socket.sleep(0.05)
-    end
-    return false
-end
+local eventually = rs.eventually
 
 -- The length of a stream (0 when it does not exist).
 local function call_len(server, key)

@@ -59,6 +59,17 @@ end
 
 
 --- A fresh temporary directory (removed by M.rmrf).
+--- The names in dir (with dot files), sorted; {} when it does not exist.
+function M.ls(dir)
+    local names = {}
+    local h = io.popen("ls -A " .. shquote(dir) .. " 2>/dev/null")
+    for name in h:lines() do names[#names + 1] = name end
+    h:close()
+    table.sort(names)
+    return names
+end
+
+
 function M.tmpdir()
     local p = os.tmpname()
     os.remove(p)

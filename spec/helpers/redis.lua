@@ -26,6 +26,17 @@ local function sleep(s) socket.sleep(s) end
 M.sleep = sleep
 
 
+--- Waits until fn() is true (at most secs); returns whether it became so.
+function M.eventually(secs, fn)
+    local deadline = socket.gettime() + secs
+    while socket.gettime() < deadline do
+        if fn() then return true end
+        sleep(0.05)
+    end
+    return false
+end
+
+
 --- Starts redis-server. opts: { appendonly = true, port = n (default:
 -- a free one), dir = a directory (default: a new temporary one),
 -- password = the default user's password (requirepass) }.
