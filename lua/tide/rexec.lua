@@ -721,15 +721,24 @@ function RExecutor:submit(p, input, opts)
 end
 
 
+-- The state of job id of pipeline `name` (M.status's st), or nil, rec:
+-- ENOENT for an id Redis does not know, or Redis's failure.
+function RExecutor:_known(name, id)
+    local st, rec = self:_sync(function(cb) M.status(self._cmd, name, id, cb) end)
+    if not st then return nil, rec end
+    if st.status == "unknown" then return errors.fail("ENOENT", "no job with id '" .. id .. "'") end
+    return st
+end
+
+
 --- The status of a job: "pending", "running", "done", "failed" or
 -- "cancelled"; nil, rec (ENOENT for an unknown id, or Redis's failure).
 function RExecutor:status(id)
     check_self(self, "ex:status")
     id = check_id_arg("ex:status", id)
     local name = self:_name(id, "ex:status")
-    local st, rec = self:_sync(function(cb) M.status(self._cmd, name, id, cb) end)
+    local st, rec = self:_known(name, id)
     if not st then return nil, rec end
-    if st.status == "unknown" then return errors.fail("ENOENT", "no job with id '" .. id .. "'") end
     return st.status
 end
 
@@ -743,9 +752,8 @@ function RExecutor:logs(id)
     check_self(self, "ex:logs")
     id = check_id_arg("ex:logs", id)
     local name = self:_name(id, "ex:logs")
-    local st, rec = self:_sync(function(cb) M.status(self._cmd, name, id, cb) end)
+    local st, rec = self:_known(name, id)
     if not st then return nil, rec end
-    if st.status == "unknown" then return errors.fail("ENOENT", "no job with id '" .. id .. "'") end
     local l = st.logs or { lines = {}, dropped = 0 }
     return { id = id, lines = l.lines, dropped = l.dropped }
 end
@@ -777,9 +785,8 @@ function RExecutor:result(id, timeout)
     end
     local name = self:_name(id, "ex:result")
     local deadline = timeout and hrtime() + timeout
-    local st, rec = self:_sync(function(cb) M.status(self._cmd, name, id, cb) end)
+    local st, rec = self:_known(name, id)
     if not st then return nil, rec end
-    if st.status == "unknown" then return errors.fail("ENOENT", "no job with id '" .. id .. "'") end
     if st.finished then
         if st.status == "done" then return st.value end
         return nil, st.value
