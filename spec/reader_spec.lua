@@ -173,8 +173,62 @@ describe("core.idset", function()
         assert.is_false(set:has("5001"))
     end)
 
-    it("refuses what is not a string", function()
+    it("keeps a number with each string: get, put, and add leaves a present one as it was", function()
         local set = core.idset()
+        assert.is_nil(set:get("a"))
+        assert.is_true(set:add("a", 7))
+        assert.is_false(set:add("a", 9))
+        assert.equal(7, set:get("a"))
+        set:put("a", 4294967295)
+        assert.equal(4294967295, set:get("a"))
+        set:put("b", 2)
+        assert.equal(2, set:get("b"))
+        assert.is_true(set:add("c"))
+        assert.equal(0, set:get("c"))
+        assert.equal(3, #set)
+    end)
+
+    it("removes strings, while growing too, and agrees with a table under random churn", function()
+        local set = core.idset()
+        assert.is_false(set:remove("x"))
+        -- A model: every operation on the set and on a Lua table must agree,
+        -- over growth (incremental, with two tables), removals from either
+        -- table and the arena's compaction.
+        math.randomseed(7)
+        local m, n = {}, 0
+        for i = 1, 60000 do
+            local id = "k" .. math.random(i < 30000 and 40000 or 3000) .. ("x"):rep(i % 17)
+            local op = math.random(5)
+            if op <= 2 then
+                local added = set:add(id, i % 5)
+                assert.equal(m[id] == nil, added)
+                if added then m[id], n = i % 5, n + 1 end
+            elseif op == 3 then
+                local gone = set:remove(id)
+                assert.equal(m[id] ~= nil, gone)
+                if gone then m[id], n = nil, n - 1 end
+            elseif op == 4 then
+                if m[id] == nil then n = n + 1 end
+                set:put(id, i)
+                m[id] = i
+            else
+                assert.equal(m[id], set:get(id))
+                assert.equal(m[id] ~= nil, set:has(id))
+            end
+            assert.equal(n, #set)
+        end
+        for id, v in pairs(m) do assert.equal(v, set:get(id)) end
+    end)
+
+    it("refuses what is not a string, and a value that is not a 32-bit count", function()
+        local set = core.idset()
+        assert.has_error(function() set:add("a", -1) end)
+        assert.has_error(function() set:put("a", 1.5) end)
+        assert.has_error(function() set:put("a", 2 ^ 32) end)
+        assert.has_error(function() set:put("a", 0 / 0) end)
+        assert.has_error(function() set:put("a", "x") end)
+        assert.has_error(function() set:remove({}) end)
+        assert.equal(0, #set)
         assert.has_error(function() set:add({}) end)
         assert.has_error(function() set:has(nil) end)
         assert.has_error(function() set.add({}, "x") end)

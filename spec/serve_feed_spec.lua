@@ -58,6 +58,42 @@ describe("tide.serve{ listen = false }", function()
         s.executor:close()
         assert.has_error(function() tide.serve(tide.pipeline("x"):task("a", print), { listen = true }) end)
     end)
+
+    it("answers 410 for at least the last evicted ids and 404 past them, across generations", function()
+        local p = tide.pipeline "evict"
+        p:task("echo", function(x) return x end)
+        local ex = tide.executor { max_results = 3 }
+        local s = assert(tide.serve(p, { listen = false, executor = ex, _evicted_kept = 4 }))
+        local function ask(method, path, body)
+            local req = method .. " " .. path .. " HTTP/1.1\r\nHost: localhost\r\n"
+            if body then
+                req = req .. "Content-Type: application/json\r\nContent-Length: " .. #body .. "\r\n"
+            end
+            local out = s.feed(req .. "\r\n" .. (body or ""), true)
+            for _ = 1, 3 do ex:step() end
+            out = out .. s.feed("")
+            return tonumber(out:match("^HTTP/1%.1 (%d+)")), out:match("\r\n\r\n(.*)$")
+        end
+        for i = 1, 30 do
+            local st, body = ask("POST", "/v1/jobs?wait=1", '{"id":"j' .. i .. '","input":' .. i .. '}')
+            assert.equal(200, st)
+            assert.equal('{"id":"j' .. i .. '","status":"done","output":' .. i .. '}', body)
+        end
+        -- Kept: the last 3. Evicted and remembered: at least the 4 before
+        -- them (two generations of 4: up to 8). Forgotten: the oldest.
+        for i = 28, 30 do assert.equal(200, (ask("GET", "/v1/jobs/j" .. i .. "/result"))) end
+        for i = 24, 27 do
+            local st, body = ask("GET", "/v1/jobs/j" .. i)
+            assert.equal(410, st)
+            assert.matches("EGONE", body)
+        end
+        for i = 1, 18 do assert.equal(404, (ask("GET", "/v1/jobs/j" .. i))) end
+        -- An evicted id given again is a new job, kept, and evicted again.
+        assert.equal(200, (ask("POST", "/v1/jobs?wait=1", '{"id":"j25","input":0}')))
+        assert.equal(200, (ask("GET", "/v1/jobs/j25")))
+        s.close()
+        ex:close()
+    end)
 end)
 
 

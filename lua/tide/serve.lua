@@ -36,6 +36,7 @@ local NFAILURES = 20     -- recent failures kept for the dashboard
 -- The last log lines a failure entry of /v1/stats carries: the page polls
 -- it every second, so all of a job's lines stay at /v1/jobs/ID/logs.
 local FAILURE_LOG_LINES = 10
+local EVICTED_KEPT = 100000 -- evicted ids remembered (410 rather than 404), at least
 local LAG_EVERY = 0.25   -- seconds between loop-lag samples
 -- Seconds between the checks of long-poll deadlines: a poll whose wait
 -- ends is answered 202 within this much before its end.
@@ -215,7 +216,12 @@ function M.serve(p, opts)
     }
     local token = opts.token
     local started = hrtime()
-    local evicted = {} -- ids whose results were evicted: 410, not 404
+    -- The ids whose results were evicted, to answer 410 rather than 404:
+    -- at least the last EVICTED_KEPT, in two generations (a full one is
+    -- dropped whole, so nothing is removed id by id). Like jobver below,
+    -- they live outside the Lua heap: see there.
+    local evicted_new, evicted_old = core.idset(), core.idset()
+    local evicted_kept = opts._evicted_kept or EVICTED_KEPT -- a smaller bound: specs only
     local counts = { submitted = 0, done = 0, failed = 0, cancelled = 0 }
     -- Jobs submitted here and not finished, the bytes of their requests,
     -- and the submissions refused because either was at its bound.
@@ -232,8 +238,17 @@ function M.serve(p, opts)
     local t_submitted = phases and {} or nil -- id -> when it was submitted
     local failures, nfail = {}, 0 -- ring of the last NFAILURES failed jobs
     -- id -> version, for the jobs submitted here whose results are kept
-    -- (an eviction drops the entry), and the counts of each version.
-    local jobver = {}
+    -- (an eviction drops the entry), and the counts of each version. The
+    -- ids live in a C set (core.idset) with the index of their version
+    -- in vnames: as a Lua table, this map of up to --max-results ids,
+    -- changed by every job, was traversed whole in the atomic step of
+    -- each collector cycle, and with the evicted ids made pauses of
+    -- 10-25 ms (docs/benchmarks.md).
+    local jobvers, vnames, vindex = core.idset(), {}, {}
+    local function jobver(id)
+        local k = jobvers:get(id)
+        return k and vnames[k]
+    end
     local versions, vorder = {}, {}
     local reloads = { ok = 0, failed = 0 }
     local function version_counts(v)
@@ -261,7 +276,12 @@ function M.serve(p, opts)
     version_counts(VKEY)
     -- Books a job submitted here under the current version.
     local function book(id)
-        jobver[id] = VKEY
+        local k = vindex[VKEY]
+        if not k then
+            k = #vnames + 1
+            vnames[k], vindex[VKEY] = VKEY, k
+        end
+        jobvers:put(id, k)
         local c = version_counts(VKEY)
         c.submitted, c.in_flight = c.submitted + 1, c.in_flight + 1
     end
@@ -303,7 +323,7 @@ function M.serve(p, opts)
     local function finished_body(id)
         local status, value = ex:finished(id)
         if status then
-            local v = jobver[id]
+            local v = jobver(id)
             if status == "done" and v and v ~= "none" then
                 -- The common answer, built in one concatenation.
                 local out = json.encode(value)
@@ -883,13 +903,13 @@ function M.serve(p, opts)
             return respond(conn, 400, jerr("EINVAL", format("job ids are at most %d bytes, got %d", MAX_ID, #id)))
         end
         if not known(id) then
-            if evicted[id] then
+            if evicted_new:has(id) or evicted_old:has(id) then
                 return respond(conn, 410, jerr("EGONE", "the result of job '" .. id .. "' was evicted"))
             end
             return respond(conn, 404, jerr("ENOENT", "no job with id '" .. id .. "'"))
         end
         if rest == "" and method == "GET" then
-            local v = jobver[id]
+            local v = jobver(id)
             return respond(conn, 200, enc(json.object({ id = id, status = status_of(id),
                                                         version = v ~= "none" and v or nil })))
         elseif rest == "" and method == "DELETE" then
@@ -910,15 +930,11 @@ function M.serve(p, opts)
     end
 
     -- Remember evicted ids (bounded) to answer 410 instead of 404.
-    local nevicted, evict_order = 0, {}
     local evict_token = ex:on_evict(function(id)
-        jobver[id] = nil
-        evicted[id] = true
-        nevicted = nevicted + 1
-        evict_order[nevicted] = id
-        if nevicted > 100000 then
-            evicted[evict_order[nevicted - 100000]] = nil
-            evict_order[nevicted - 100000] = nil
+        jobvers:remove(id)
+        evicted_new:add(id)
+        if #evicted_new >= evicted_kept then
+            evicted_old, evicted_new = evicted_new, core.idset()
         end
     end)
 
@@ -951,7 +967,7 @@ function M.serve(p, opts)
                 t_submitted[jid] = nil
             end
         end
-        local c = versions[jobver[jid]]
+        local c = versions[jobver(jid)]
         if c then
             c.in_flight = c.in_flight - 1
             c[status] = (c[status] or 0) + 1

@@ -31,6 +31,7 @@
  * server is freed. */
 #include <ctype.h>
 #include <string.h>
+#include <time.h>
 
 #include <http_parser.h>
 #include <lauxlib.h>
@@ -60,11 +61,13 @@ enum {
     LHTTP_PH_TOTAL,     /* first bytes read -> write syscall done */
     LHTTP_PH_TURN,      /* a loop turn's work (its time not blocked in poll) */
     LHTTP_PH_TURN_GC,   /* the same, for turns in which the Lua heap shrank */
+    LHTTP_PH_TURN_CPU,  /* the CPU time of the thread in a turn: a turn far
+                           longer than its CPU time was preempted */
     LHTTP_PH_N
 };
 static const char *const lhttp_phase_names[LHTTP_PH_N] = {
     "read_parse", "submit", "run", "encode", "write", "total",
-    "loop_turn", "loop_turn_gc"};
+    "loop_turn", "loop_turn_gc", "loop_turn_cpu"};
 #define LHTTP_HIST_BUCKETS 512
 
 typedef struct {
@@ -122,6 +125,7 @@ typedef struct {
     lhttp_hist hist[LHTTP_PH_N];
     uv_prepare_t prepare;   /* a loop turn ends where the next one starts */
     uint64_t turn_start, idle_start; /* hrtime and uv_metrics_idle_time */
+    uint64_t cpu_start;     /* the thread's CPU time at the turn's start */
     double heap_kb;         /* the Lua heap at the last turn's start */
     double alloc_kb;        /* heap growth summed over the turns */
     uint64_t turns, gc_turns;
@@ -827,6 +831,9 @@ static void lhttp_on_prepare(uv_prepare_t *h) {
     if (ph == NULL)
         return;
     uint64_t now = uv_hrtime(), idle = uv_metrics_idle_time(s->loop);
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    uint64_t cpu = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
     lua_State *T = s->hook.T;
     double kb = T ? lua_gc(T, LUA_GCCOUNT, 0) + lua_gc(T, LUA_GCCOUNTB, 0) / 1024.0
                   : 0;
@@ -841,7 +848,9 @@ static void lhttp_on_prepare(uv_prepare_t *h) {
             ph->alloc_kb += kb - ph->heap_kb;
         }
         lhttp_hist_add(&ph->hist[LHTTP_PH_TURN], work);
+        lhttp_hist_add(&ph->hist[LHTTP_PH_TURN_CPU], cpu - ph->cpu_start);
     }
+    ph->cpu_start = cpu;
     ph->turn_start = now;
     ph->idle_start = idle;
     ph->heap_kb = kb;
