@@ -63,7 +63,7 @@ describe("tide.serve{ listen = false }", function()
         local p = tide.pipeline "evict"
         p:task("echo", function(x) return x end)
         local ex = tide.executor { max_results = 3 }
-        local s = assert(tide.serve(p, { listen = false, executor = ex, _evicted_kept = 4 }))
+        local s = assert(tide.serve(p, { listen = false, executor = ex, evicted_kept = 4 }))
         local function ask(method, path, body)
             local req = method .. " " .. path .. " HTTP/1.1\r\nHost: localhost\r\n"
             if body then
@@ -93,6 +93,8 @@ describe("tide.serve{ listen = false }", function()
         assert.equal(200, (ask("GET", "/v1/jobs/j25")))
         s.close()
         ex:close()
+        assert.has_error(function() tide.serve(p, { listen = false, evicted_kept = 0 }) end)
+        assert.has_error(function() tide.serve(p, { listen = false, evicted_kept = "many" }) end)
     end)
 end)
 

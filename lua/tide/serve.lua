@@ -192,6 +192,7 @@ function M.serve(p, opts)
     end
     local max_pending = check_count(opts, "max_pending", MAX_PENDING)
     local max_pending_bytes = check_count(opts, "max_pending_bytes", MAX_PENDING_BYTES)
+    local evicted_kept = check_count(opts, "evicted_kept", EVICTED_KEPT)
     local allowed = {}
     local hosts = opts.allow_host
     if type(hosts) == "string" then hosts = { hosts } end
@@ -221,7 +222,6 @@ function M.serve(p, opts)
     -- dropped whole, so nothing is removed id by id). Like jobver below,
     -- they live outside the Lua heap: see there.
     local evicted_new, evicted_old = core.idset(), core.idset()
-    local evicted_kept = opts._evicted_kept or EVICTED_KEPT -- a smaller bound: specs only
     local counts = { submitted = 0, done = 0, failed = 0, cancelled = 0 }
     -- Jobs submitted here and not finished, the bytes of their requests,
     -- and the submissions refused because either was at its bound.
