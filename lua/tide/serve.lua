@@ -243,11 +243,34 @@ function M.serve(p, opts)
     -- in vnames: as a Lua table, this map of up to --max-results ids,
     -- changed by every job, was traversed whole in the atomic step of
     -- each collector cycle, and with the evicted ids made pauses of
-    -- 10-25 ms (docs/benchmarks.md).
+    -- 10-25 ms (docs/benchmarks.md). A job enters it when it finishes:
+    -- until then its version is in livever, a Lua table as small as the
+    -- jobs in flight. The job that finished last is remembered apart
+    -- (done_id, done_ver): its answer, which follows at once for a
+    -- ?wait, needs no call into C.
     local jobvers, vnames, vindex = core.idset(), {}, {}
+    local livever = {}
+    local done_id, done_ver
     local function jobver(id)
+        local v = livever[id]
+        if v then return v end
+        if id == done_id then return done_ver end
         local k = jobvers:get(id)
         return k and vnames[k]
+    end
+    -- A finished job of this server: its version goes to the kept ones.
+    local function keep_version(id)
+        local v = livever[id]
+        if v == nil then return nil end
+        livever[id] = nil
+        local k = vindex[v]
+        if not k then
+            k = #vnames + 1
+            vnames[k], vindex[v] = v, k
+        end
+        jobvers:put(id, k)
+        done_id, done_ver = id, v
+        return v
     end
     local versions, vorder = {}, {}
     local reloads = { ok = 0, failed = 0 }
@@ -276,12 +299,7 @@ function M.serve(p, opts)
     version_counts(VKEY)
     -- Books a job submitted here under the current version.
     local function book(id)
-        local k = vindex[VKEY]
-        if not k then
-            k = #vnames + 1
-            vnames[k], vindex[VKEY] = VKEY, k
-        end
-        jobvers:put(id, k)
+        livever[id] = VKEY
         local c = version_counts(VKEY)
         c.submitted, c.in_flight = c.submitted + 1, c.in_flight + 1
     end
@@ -930,11 +948,15 @@ function M.serve(p, opts)
     end
 
     -- Remember evicted ids (bounded) to answer 410 instead of 404.
+    local nevicted = 0 -- in evicted_new
     local evict_token = ex:on_evict(function(id)
         jobvers:remove(id)
-        evicted_new:add(id)
-        if #evicted_new >= evicted_kept then
-            evicted_old, evicted_new = evicted_new, core.idset()
+        if id == done_id then done_id, done_ver = nil, nil end
+        if evicted_new:add(id) then
+            nevicted = nevicted + 1
+            if nevicted >= evicted_kept then
+                evicted_old, evicted_new, nevicted = evicted_new, core.idset(), 0
+            end
         end
     end)
 
@@ -967,7 +989,7 @@ function M.serve(p, opts)
                 t_submitted[jid] = nil
             end
         end
-        local c = versions[jobver(jid)]
+        local c = versions[keep_version(jid)]
         if c then
             c.in_flight = c.in_flight - 1
             c[status] = (c[status] or 0) + 1
