@@ -957,6 +957,41 @@ describe("ex:finished", function()
         assert.equal(4, (ex:result(a)))
         ex:close()
     end)
+
+    it("finished_json: the JSON text a json store keeps, undecoded; nothing else", function()
+        local p = tide.pipeline "finished_json"
+        p:task("shape", function(x)
+            if x == "fail" then error("no") end
+            if x == "str" then return "a string" end
+            if x == "num" then return 0.1 end
+            if x == "bool" then return false end
+            return { b = { 1, 2 }, a = "x", e = tide.json.array() }
+        end)
+        local ex = tide.executor { results = "json" }
+        local t, n, b, s, f = ex:submit(p, "table"), ex:submit(p, "num"), ex:submit(p, "bool"),
+            ex:submit(p, "str"), ex:submit(p, "fail")
+        assert.is_nil(ex:finished_json(t)) -- still running
+        ex:run()
+        assert.same({ "done", '{"a":"x","b":[1,2],"e":[]}' }, { ex:finished_json(t) })
+        assert.same({ "done", "0.1" }, { ex:finished_json(n) })
+        assert.same({ "done", "false" }, { ex:finished_json(b) })
+        -- Kept, but not as JSON text: the status only.
+        assert.same({ "done" }, { ex:finished_json(s) })
+        assert.same({ "failed" }, { ex:finished_json(f) })
+        assert.is_nil(ex:finished_json("no-such-job"))
+        -- The values read back decoded are the same.
+        assert.same({ "done", 0.1 }, { ex:finished(n) })
+        assert.same({ "done", false }, { ex:finished(b) })
+        assert.same({ "done", "a string" }, { ex:finished(s) })
+        ex:close()
+        -- An executor keeping values as they are has no text to give.
+        local ex2 = tide.executor()
+        local id = ex2:submit(p, "table")
+        ex2:run()
+        assert.same({ "done" }, { ex2:finished_json(id) })
+        ex2:close()
+        assert.has_error(function() ex2.finished_json({}, id) end)
+    end)
 end)
 
 

@@ -500,6 +500,16 @@ function Executor:finished(id)
 end
 
 
+--- The status of a finished job whose result is kept and, when the
+-- store keeps its output as JSON text (`results = "json"`: a table,
+-- number or boolean output), that text, undecoded; nil otherwise.
+function Executor:finished_json(id)
+    check_self(self, "ex:finished_json")
+    if not self._store then return nil end
+    return self._store:get_json(id)
+end
+
+
 local function result_of(id, status, value)
     if status == "done" then return value end
     local rec = value

@@ -339,12 +339,22 @@ function M.serve(p, opts)
     -- A job's result record: from memory, or from the journal once the
     -- memory store let it go (or the server restarted).
     local function finished_body(id)
-        local status, value = ex:finished(id)
+        local status, out = ex:finished_json(id)
+        if status == "done" and out then
+            -- The common answer, built in one concatenation from the JSON
+            -- text the store keeps (no decoding and encoding again).
+            local v = jobver(id)
+            if v and v ~= "none" then
+                return '{"id":' .. record.id(id) .. ',"status":"done","output":' .. out
+                    .. ',"version":"' .. v .. '"}'
+            end
+        end
+        local value
+        status, value = ex:finished(id)
         if status then
             local v = jobver(id)
             if status == "done" and v and v ~= "none" then
-                -- The common answer, built in one concatenation.
-                local out = json.encode(value)
+                out = json.encode(value)
                 if out then
                     return '{"id":' .. record.id(id) .. ',"status":"done","output":' .. out
                         .. ',"version":"' .. v .. '"}'
