@@ -958,7 +958,7 @@ describe("ex:finished", function()
         ex:close()
     end)
 
-    it("finished_json: the JSON text a json store keeps, undecoded; nothing else", function()
+    it("finished_json: the JSON text a json store keeps, undecoded; else the value", function()
         local p = tide.pipeline "finished_json"
         p:task("shape", function(x)
             if x == "fail" then error("no") end
@@ -973,11 +973,12 @@ describe("ex:finished", function()
         assert.is_nil(ex:finished_json(t)) -- still running
         ex:run()
         assert.same({ "done", '{"a":"x","b":[1,2],"e":[]}' }, { ex:finished_json(t) })
-        assert.same({ "done", "0.1" }, { ex:finished_json(n) })
-        assert.same({ "done", "false" }, { ex:finished_json(b) })
-        -- Kept, but not as JSON text: the status only.
-        assert.same({ "done" }, { ex:finished_json(s) })
-        assert.same({ "failed" }, { ex:finished_json(f) })
+        -- Kept, but not as JSON text: the status and the value.
+        assert.same({ "done", nil, 0.1 }, { ex:finished_json(n) })
+        assert.same({ "done", nil, false }, { ex:finished_json(b) })
+        assert.same({ "done", nil, "a string" }, { ex:finished_json(s) })
+        local status, text, rec = ex:finished_json(f)
+        assert.same({ "failed", nil, "ETASK" }, { status, text, rec.code })
         assert.is_nil(ex:finished_json("no-such-job"))
         -- The values read back decoded are the same.
         assert.same({ "done", 0.1 }, { ex:finished(n) })
@@ -988,7 +989,8 @@ describe("ex:finished", function()
         local ex2 = tide.executor()
         local id = ex2:submit(p, "table")
         ex2:run()
-        assert.same({ "done" }, { ex2:finished_json(id) })
+        local st2, text2, value2 = ex2:finished_json(id)
+        assert.same({ "done", nil, { b = { 1, 2 }, a = "x", e = {} } }, { st2, text2, value2 })
         ex2:close()
         assert.has_error(function() ex2.finished_json({}, id) end)
     end)

@@ -500,9 +500,9 @@ function Executor:finished(id)
 end
 
 
---- The status of a finished job whose result is kept and, when the
--- store keeps its output as JSON text (`results = "json"`: a table,
--- number or boolean output), that text, undecoded; nil otherwise.
+--- status, text of a finished job whose output the store keeps as JSON
+-- text (`results = "json"`: a table output), undecoded; status, nil,
+-- value (as ex:finished) for another kept result; nil otherwise.
 function Executor:finished_json(id)
     check_self(self, "ex:finished_json")
     if not self._store then return nil end

@@ -343,9 +343,7 @@ function Store:put(id, status, value, logs)
     local inline = false
     if code == DONE and is_str then
         local tv = type(value)
-        if self.as_json and (tv == "table" and not is_error(value) or tv == "number" or tv == "boolean") then
-            -- (A number or boolean too: kept in the arena rather than in
-            -- `vals`, a Lua table that every result would change.)
+        if self.as_json and tv == "table" and not is_error(value) then
             local ok, text = pcall(jencode, value)
             if ok and text and #text <= M.INLINE_MAX then value, code, inline = text, DONE_JSON, true end
         elseif tv == "string" and #value <= M.INLINE_MAX then
@@ -402,14 +400,13 @@ end
 
 
 --- status, text of a kept result whose value the store keeps as JSON
--- text (a server's store: a successful job's table, number or boolean
--- output), without decoding it; status, nil for another kept result;
--- nil for none.
+-- text (a server's store: a successful job's table output), without
+-- decoding it; status, nil, value for another kept result; nil for none.
 function Store:get_json(id)
     local k = slot_by_id(self, id)
     if not k then return nil end
     local code = self.r[k].st
-    if code ~= DONE_JSON then return NAME[code], nil end
+    if code ~= DONE_JSON then return NAME[code], nil, value_at(self, k, code) end
     return "done", ffi_string(self.chunks[self.r[k].chunk] + self.r[k].off + self.r[k].idlen, self.r[k].vlen)
 end
 

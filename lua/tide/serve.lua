@@ -339,27 +339,20 @@ function M.serve(p, opts)
     -- A job's result record: from memory, or from the journal once the
     -- memory store let it go (or the server restarted).
     local function finished_body(id)
-        local status, out = ex:finished_json(id)
-        if status == "done" and out then
-            -- The common answer, built in one concatenation from the JSON
-            -- text the store keeps (no decoding and encoding again).
-            local v = jobver(id)
-            if v and v ~= "none" then
-                return '{"id":' .. record.id(id) .. ',"status":"done","output":' .. out
-                    .. ',"version":"' .. v .. '"}'
-            end
-        end
-        local value
-        status, value = ex:finished(id)
+        -- A table output comes as the JSON text the store keeps (not
+        -- decoded to be encoded again), another as its value.
+        local status, out, value = ex:finished_json(id)
         if status then
             local v = jobver(id)
             if status == "done" and v and v ~= "none" then
-                out = json.encode(value)
+                -- The common answer, built in one concatenation.
+                out = out or json.encode(value)
                 if out then
                     return '{"id":' .. record.id(id) .. ',"status":"done","output":' .. out
                         .. ',"version":"' .. v .. '"}'
                 end
             end
+            if out then value = json.decode(out) end
             local body = record.encode(id, status, value, true)
             -- The record is a JSON object: the version goes in as its last
             -- field (a job of a pipeline without a file has none).
