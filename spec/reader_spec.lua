@@ -173,6 +173,41 @@ describe("core.idset", function()
         assert.is_false(set:has("5001"))
     end)
 
+    it("keeps whole numbers as runs and agrees with a Lua table in any order", function()
+        -- Plain whole numbers that come in increasing order go to runs,
+        -- the others to the hash table: the set must not tell them apart.
+        local set, ref, n = core.idset(), {}, 0
+        local state = 7
+        local function rand(m)
+            state = (state * 1103515245 + 12345) % 2147483648
+            return state % m
+        end
+        local function try(s)
+            local fresh = ref[s] == nil
+            assert.equal(not fresh, set:has(s), s)
+            assert.equal(fresh, set:add(s), s)
+            if fresh then ref[s], n = true, n + 1 end
+            assert.is_true(set:has(s), s)
+        end
+        for i = 1, 3000 do
+            local k = rand(8)
+            if k < 3 then try(tostring(i)) -- increasing, with gaps
+            elseif k == 3 then try(tostring(rand(4000))) -- anywhere
+            elseif k == 4 then try("0" .. rand(50)) -- leading zeros: not plain
+            elseif k == 5 then try("-" .. rand(50))
+            elseif k == 6 then try(tostring(rand(50)) .. "x")
+            else try(string.format("%.0f", 1e17 + rand(1000))) end
+        end
+        try("0"); try("0"); try("999999999999999999"); try("9999999999999999999"); try("18446744073709551616")
+        try("1000000000000000000"); try("12345678901234567890123")
+        for s in pairs(ref) do assert.is_true(set:has(s), s) end
+        for i = 0, 4100 do
+            local s = tostring(i)
+            assert.equal(ref[s] == true, set:has(s), s)
+        end
+        assert.equal(n, #set)
+    end)
+
     it("refuses what is not a string", function()
         local set = core.idset()
         assert.has_error(function() set:add({}) end)

@@ -2333,6 +2333,65 @@ static int json_chk_clash(json_chk *c, int depth) {
     return 0;
 }
 
+/* The first walk over a table with the array or object metatable (marked
+ * 'a' or 'o'), as decoded tables are: the rules of json_chk_table for
+ * such a table, with fewer calls into Lua, and no message (the second
+ * walk, with frames, names the fault). An object's keys must be strict
+ * UTF-8 strings or finite numbers, and none of those numbers may print
+ * as one of the strings; an array's keys must be indices 1..2^53 and not
+ * too sparse. Returns 0 or -1. */
+static int json_chk_marked(json_chk *c, int depth, int marked) {
+    lua_State *L = c->L;
+    double count = 0, max = 0, n;
+    int numkeys = 0, rc;
+    const char *ks;
+    size_t kl;
+
+    lua_pushnil(L);
+    while (lua_next(L, -2) != 0) {
+        int kt = lua_type(L, -2);
+        if (marked == 'o') {
+            if (kt == LUA_TSTRING) {
+                ks = lua_tolstring(L, -2, &kl);
+                rc = tide__utf8_check(ks, kl) == kl ? 0 : -1;
+            } else if (kt == LUA_TNUMBER) {
+                numkeys++;
+                rc = isfinite(lua_tonumber(L, -2)) ? 0 : -1;
+            } else {
+                rc = -1;
+            }
+        } else {
+            rc = -1;
+            if (kt == LUA_TNUMBER) {
+                n = lua_tonumber(L, -2);
+                if (n >= 1 && n <= JSON_MAX_EXACT && floor(n) == n) {
+                    rc = 0;
+                    count++;
+                    if (n > max)
+                        max = n;
+                }
+            }
+        }
+        if (rc == 0)
+            rc = json_chk_value(c, depth + 1);
+        lua_pop(L, 1);
+        if (rc != 0) {
+            lua_pop(L, 1);
+            return rc;
+        }
+    }
+    if (marked == 'a') {
+        if (max > INT_MAX || (max > 1000 && max > 2 * count))
+            return -1;
+        if (depth == 0)
+            c->top = 'a';
+        return 0;
+    }
+    if (depth == 0)
+        c->top = 'o';
+    return numkeys > 0 ? json_chk_clash(c, depth) : 0;
+}
+
 /* Checks the table on top of the stack, found at depth, with the rules of
  * json_enc_table: its keys, its values, and as an array its sparseness or
  * as an object its keys that clash. */
@@ -2361,6 +2420,8 @@ static int json_chk_table(json_chk *c, int depth) {
             marked = 'o';
         lua_pop(L, 1);
     }
+    if (marked != 0 && c->frames == NULL)
+        return json_chk_marked(c, depth, marked);
     lua_pushnil(L);
     while (lua_next(L, -2) != 0) {
         count++;
