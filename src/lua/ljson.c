@@ -643,8 +643,8 @@ static int json_gen_string(json_enc *e, const char *s, size_t n) {
     const unsigned char *u = (const unsigned char *)s;
     size_t beg = 0, i = 0;
 
-    /* Most strings are printable ASCII with nothing to escape: one scan,
-     * one copy. */
+    /* Most strings are printable ASCII with nothing to escape: one scan
+     * and one copy. */
     while (i < n && u[i] >= 0x20 && u[i] < 0x80 && u[i] != '"' &&
            u[i] != '\\')
         i++;
@@ -766,39 +766,49 @@ static int json_enc_array(json_enc *e, int depth, double n) {
     return 0;
 }
 
-static int json_key_cmp(const void *a, const void *b) {
-    const json_key *x = a, *y = b;
+static inline int json_key_order(const json_key *x, const json_key *y) {
     const char *xs = x->isnum ? x->text : x->s;
     const char *ys = y->isnum ? y->text : y->s;
     size_t n = x->len < y->len ? x->len : y->len;
-    int c = memcmp(xs, ys, n);
+    int c;
 
+    /* Most keys of an object differ in their first byte. */
+    if (n > 0 && xs[0] != ys[0])
+        return (unsigned char)xs[0] - (unsigned char)ys[0];
+    c = memcmp(xs, ys, n);
     if (c != 0)
         return c;
     return (x->len > y->len) - (x->len < y->len);
 }
 
-/* Sorts keys[0..n) with json_key_cmp: insertion sort, since most objects
- * have a few keys (and qsort's merge sort costs a call per comparison),
- * qsort for large ones. */
-static void json_sort_keys(json_key *keys, size_t n) {
+static int json_key_cmp(const void *a, const void *b) {
+    return json_key_order(a, b);
+}
+
+/* Objects with at most this many keys are sorted through an index array
+ * (json_sort_keys); larger ones with qsort. */
+#define JSON_SORT_SMALL 32
+
+/* Sorts the n keys at keys (n <= JSON_SORT_SMALL) into idx, an array of
+ * their indices in key order: an insertion sort that moves indices, not
+ * keys, since most objects have a few keys (qsort's merge sort costs a
+ * call per comparison). */
+static void json_sort_keys(const json_key *keys, size_t n,
+                           unsigned char *idx) {
     size_t i, j;
 
-    if (n > 24) {
-        qsort(keys, n, sizeof(json_key), json_key_cmp);
-        return;
-    }
+    for (i = 0; i < n; i++)
+        idx[i] = (unsigned char)i;
     for (i = 1; i < n; i++) {
-        json_key k;
-        if (json_key_cmp(&keys[i - 1], &keys[i]) <= 0)
+        unsigned char k = idx[i];
+        if (json_key_order(&keys[idx[i - 1]], &keys[k]) <= 0)
             continue;
-        k = keys[i];
         j = i;
         do {
-            keys[j] = keys[j - 1];
+            idx[j] = idx[j - 1];
             j--;
-        } while (j > 0 && json_key_cmp(&keys[j - 1], &k) > 0);
-        keys[j] = k;
+        } while (j > 0 && json_key_order(&keys[idx[j - 1]], &keys[k]) > 0);
+        idx[j] = k;
     }
 }
 
@@ -846,6 +856,7 @@ static int json_enc_object(json_enc *e, int depth) {
     lua_State *L = e->L;
     int tab = lua_gettop(L), stacked = 1, rc;
     size_t base = e->nkeys, i, n;
+    unsigned char idx[JSON_SORT_SMALL];
 
     lua_pushnil(L);
     while (lua_next(L, tab) != 0) {
@@ -880,11 +891,16 @@ static int json_enc_object(json_enc *e, int depth) {
         }
     }
     n = e->nkeys - base;
-    if (n > 1)
-        json_sort_keys(e->keys + base, n);
+    /* KEY(i): the i-th key in order (idx holds the order of small
+     * objects; large ones are sorted in place). */
+#define KEY(i) (&e->keys[base + (n <= JSON_SORT_SMALL ? idx[i] : (i))])
+    if (n <= JSON_SORT_SMALL)
+        json_sort_keys(e->keys + base, n, idx);
+    else
+        qsort(e->keys + base, n, sizeof(json_key), json_key_cmp);
     for (i = 1; i < n; i++) {
-        if (json_key_cmp(&e->keys[base + i - 1], &e->keys[base + i]) == 0) {
-            const json_key *k = &e->keys[base + i];
+        if (json_key_cmp(KEY(i - 1), KEY(i)) == 0) {
+            const json_key *k = KEY(i);
             json_msg_puts(&e->err, "cannot encode table with both a number "
                           "and a string key ");
             json_msg_quoted(&e->err, k->isnum ? k->text : k->s, k->len);
@@ -899,7 +915,7 @@ static int json_enc_object(json_enc *e, int depth) {
     json_putc(e, '{');
     for (i = 0; i < n; i++) {
         /* e->keys may move while a value is encoded: copy what is needed. */
-        json_key k = e->keys[base + i];
+        json_key k = *KEY(i);
         json_frame *f;
 
         if (i > 0)
@@ -940,6 +956,7 @@ static int json_enc_object(json_enc *e, int depth) {
             return rc;
         }
     }
+#undef KEY
     json_putc(e, '}');
     lua_settop(L, tab);
     e->nkeys = base;
