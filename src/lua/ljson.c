@@ -2,7 +2,14 @@
  *
  * DESIGN
  *
- * Decoding runs yajl's streaming parser over the whole text at once, with
+ * Decoding first tries a fast path of its own (json_fast_decode, see
+ * FAST DECODING below) that reads the common text (objects and arrays of
+ * plain strings, short numbers, literals) in two passes over C-stack
+ * tokens and makes each table at its final size; it answers only when
+ * sure of the value, and on anything else (every malformed text
+ * included) gives up having pushed nothing, so the rest of this
+ * paragraph decides values and error messages. The general path runs
+ * yajl's streaming parser over the whole text at once, with
  * comments, trailing garbage, multiple values and partial values off and
  * UTF-8 validation on, and builds the value on the Lua stack from its
  * callbacks. Objects get the shared object metatable and arrays the shared
@@ -39,8 +46,14 @@
  * pair is one code point, any other surrogate escape U+FFFD, as in jq 1.7.
  *
  * Encoding walks the Lua value itself and writes everything into its own
- * buffer: the structure ({, [, :, ,), because yajl_gen keeps a fixed
- * state array and fails past 128 levels (YAJL_MAX_DEPTH in yajl_gen.c),
+ * buffer. An object's keys are collected with lua_next, each value left
+ * on the Lua stack behind its key (up to JSON_ENC_STACK_BUDGET slots;
+ * past it, values are looked up again by key), then sorted through an
+ * index array by insertion (qsort for more than JSON_SORT_SMALL keys),
+ * and written in that order; small non-negative integers are written
+ * straight into the output. The buffer holds the structure ({, [, :, ,),
+ * because yajl_gen keeps a fixed state array and fails past 128 levels
+ * (YAJL_MAX_DEPTH in yajl_gen.c),
  * and the scalars too, because going through yajl_gen for each one (a
  * reset, a call, a print callback per piece) cost more than the rest of
  * the encoder when `tide run` writes a million lines. Strings and keys
@@ -68,6 +81,12 @@
  * of entries is refused as too sparse (cjson's guard against {[1e9] = 1}).
  * Tables with other metatables are plain tables: no metamethod ever runs.
  *
+ * check() walks a value as the encoder would (see CHECKING). Its first
+ * walk, which only says yes or no, takes a shortcut for tables marked as
+ * decoded ones are (json_chk_marked: no index bookkeeping for objects,
+ * no string keys for arrays); a value that fails is walked again the
+ * general way, which names the fault, so messages do not change.
+ *
  * Errors: malformed input, invalid UTF-8, non-finite numbers, cycles, depth
  * and non-data values return TIDE_EVALUE with a message that says what and
  * where: a byte offset for decoding, a path such as $.a[2] for encoding
@@ -79,7 +98,10 @@
  * (which can only be a memory error: no metamethod and no Lua code runs
  * inside but the ffi helpers of json_push_ffi). The re-raise goes through
  * lua_error, so a LUA_ERRMEM arrives as LUA_ERRRUN with the message "not
- * enough memory", as in cjson's safe functions. C allocations go through
+ * enough memory", as in cjson's safe functions. The decoder's fast path
+ * holds no C buffer (its tokens are on the C stack) and runs unprotected:
+ * a memory error there arrives as it is, LUA_ERRMEM with the same
+ * message. C allocations go through
  * tide__xmalloc (out of memory aborts), yajl's included. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* nl_langinfo, memrchr */
