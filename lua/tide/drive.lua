@@ -129,7 +129,7 @@ function M.run(ex, p, source, sink, opts)
         if dels >= every then
             local n
             jobs, n = runner.roomy_copy(jobs)
-            dels, every = 0, n + math.floor(n / 2) + 16
+            dels, every = 0, math.floor(n / 2) + 16
         end
         if jr and stopping and status == "cancelled" then
             -- Stopped by a signal or a write error, not ended: a journaled

@@ -327,13 +327,12 @@ local function with_input(rec, outs)
 end
 
 
---- A copy of table t with room for four times its keys, and their
--- number: such a copy takes at least 3n + 32 new keys before LuaJIT
--- rehashes it.
+--- A copy of table t with room for twice its n keys, and n: such a copy
+-- takes at least n + 32 new keys before LuaJIT rehashes it.
 function M.roomy_copy(t)
     local n = 0
     for _ in pairs(t) do n = n + 1 end
-    local fresh = tnew(0, 4 * n + 32)
+    local fresh = tnew(0, 2 * n + 32)
     for k, v in pairs(t) do fresh[k] = v end
     return fresh, n
 end
@@ -349,9 +348,10 @@ local roomy_copy = M.roomy_copy
 -- rehash comes a few insertions later. With 1000 jobs in flight (the
 -- default --concurrency) each insertion cost a rehash of 1024 nodes
 -- every few jobs: more than decoding and encoding a line. So every so
--- many removals (one and a half times the keys it had) the table is
--- replaced by a copy with room for four times its keys (roomy_copy),
--- before its free nodes run out.
+-- many removals (half the keys it had, and 16) the table is replaced by
+-- a copy with room for twice its keys (roomy_copy), before its free
+-- nodes run out; a copy costs about three insertions per removal, and
+-- its size stays within twice what LuaJIT would give the table.
 function M.live_forget(rt, id)
     local live = rt.live
     live[id] = nil
@@ -361,7 +361,7 @@ function M.live_forget(rt, id)
         return
     end
     local fresh, n = roomy_copy(live)
-    rt.live, rt.live_dels, rt.live_every = fresh, 0, n + math.floor(n / 2) + 16
+    rt.live, rt.live_dels, rt.live_every = fresh, 0, math.floor(n / 2) + 16
 end
 
 
