@@ -173,8 +173,58 @@ describe("core.idset", function()
         assert.is_false(set:has("5001"))
     end)
 
-    it("keeps a number with each string: get, put, and add leaves a present one as it was", function()
+    it("keeps whole numbers as runs and agrees with a Lua table in any order", function()
+        -- Plain whole numbers that come in increasing order go to runs,
+        -- the others to the hash table: the set must not tell them apart.
+        local set, ref, n = core.idset(), {}, 0
+        local state = 7
+        local function rand(m)
+            state = (state * 1103515245 + 12345) % 2147483648
+            return state % m
+        end
+        local function try(s)
+            local fresh = ref[s] == nil
+            assert.equal(not fresh, set:has(s), s)
+            assert.equal(fresh, set:add(s), s)
+            if fresh then ref[s], n = true, n + 1 end
+            assert.is_true(set:has(s), s)
+        end
+        for i = 1, 3000 do
+            local k = rand(8)
+            if k < 3 then try(tostring(i)) -- increasing, with gaps
+            elseif k == 3 then try(tostring(rand(4000))) -- anywhere
+            elseif k == 4 then try("0" .. rand(50)) -- leading zeros: not plain
+            elseif k == 5 then try("-" .. rand(50))
+            elseif k == 6 then try(tostring(rand(50)) .. "x")
+            else try(string.format("%.0f", 1e17 + rand(1000))) end
+        end
+        try("0"); try("0"); try("999999999999999999"); try("9999999999999999999"); try("18446744073709551616")
+        try("1000000000000000000"); try("12345678901234567890123")
+        for s in pairs(ref) do assert.is_true(set:has(s), s) end
+        for i = 0, 4100 do
+            local s = tostring(i)
+            assert.equal(ref[s] == true, set:has(s), s)
+        end
+        assert.equal(n, #set)
+    end)
+
+    it("refuses what is not a string, and keeps no values: get, put and remove are a map's", function()
         local set = core.idset()
+        assert.has_error(function() set:add({}) end)
+        assert.has_error(function() set:has(nil) end)
+        assert.has_error(function() set.add({}, "x") end)
+        assert.is_true(set:add("7"))
+        assert.has_error(function() set:get("7") end,
+            "calling 'get' on bad self (a core.idmap expected (a core.idset keeps no values and removes nothing))")
+        assert.has_error(function() set:put("7", 1) end)
+        assert.has_error(function() set:remove("7") end)
+        assert.is_true(set:has("7"))
+    end)
+end)
+
+describe("core.idmap", function()
+    it("keeps a number with each string: get, put, and add leaves a present one as it was", function()
+        local set = core.idmap()
         assert.is_nil(set:get("a"))
         assert.is_true(set:add("a", 7))
         assert.is_false(set:add("a", 9))
@@ -189,7 +239,8 @@ describe("core.idset", function()
     end)
 
     it("removes strings, while growing too, and agrees with a table under random churn", function()
-        local set = core.idset()
+        -- (Whole numbers too: a map keeps no runs.)
+        local set = core.idmap()
         assert.is_false(set:remove("x"))
         -- A model: every operation on the set and on a Lua table must agree,
         -- over growth (incremental, with two tables), removals from either
@@ -197,7 +248,8 @@ describe("core.idset", function()
         math.randomseed(7)
         local m, n = {}, 0
         for i = 1, 60000 do
-            local id = "k" .. math.random(i < 30000 and 40000 or 3000) .. ("x"):rep(i % 17)
+            local id = (i % 3 == 0 and "" or "k") .. math.random(i < 30000 and 40000 or 3000)
+                .. ("x"):rep(i % 3 == 0 and 0 or i % 17)
             local op = math.random(5)
             if op <= 2 then
                 local added = set:add(id, i % 5)
@@ -221,7 +273,7 @@ describe("core.idset", function()
     end)
 
     it("refuses what is not a string, and a value that is not a 32-bit count", function()
-        local set = core.idset()
+        local set = core.idmap()
         assert.has_error(function() set:add("a", -1) end)
         assert.has_error(function() set:put("a", 1.5) end)
         assert.has_error(function() set:put("a", 2 ^ 32) end)

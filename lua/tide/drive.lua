@@ -4,8 +4,9 @@
 -- source and the stdout or --output sink (see docs/architecture.md for
 -- the shapes of sources and sinks).
 local json = require("tide.core").json
+local runner = require "tide.runner"
 
-local format, tostring, pairs = string.format, tostring, pairs
+local format, tostring, pairs, ipairs = string.format, tostring, pairs, ipairs
 local io_stderr = io.stderr
 
 local M = {}
@@ -29,8 +30,11 @@ function M.run(ex, p, source, sink, opts)
     local concurrency = opts.concurrency
     local submit_opts = { id = nil, priority = opts.priority }
     local inflight = 0
-    local inputs = {} -- id -> original input, while in flight (for failed.jsonl)
-    local quoted = {} -- id -> the id as JSON text, while in flight
+    -- id -> its job while in flight: .input for failed.jsonl, .sid the id
+    -- as JSON text. One table, not one per field, and replaced by a roomy
+    -- copy every so many removals: a table of string keys that come and
+    -- go falls into LuaJIT's rehash trap (see runner.live_forget).
+    local jobs, dels, every = {}, 0, 16
     local report = { inflight = 0, interrupted = 0 }
     local stopping -- a signal number, or true after a write error
     local pump -- defined below
@@ -43,7 +47,11 @@ function M.run(ex, p, source, sink, opts)
     -- error). A re-run of failed.jsonl keeps reading after a signal: its
     -- unread lines are copied on as failures still to run.
     local function cancel_all()
-        for id in pairs(inputs) do ex:cancel(id) end
+        -- Cancelling ends jobs, which takes them out of `jobs` (and may
+        -- replace it): the ids are collected first.
+        local ids = {}
+        for id in pairs(jobs) do ids[#ids + 1] = id end
+        for _, id in ipairs(ids) do ex:cancel(id) end
     end
     local drain_timer
 
@@ -88,7 +96,8 @@ function M.run(ex, p, source, sink, opts)
             if not job then break end
             local id = job.id
             inflight = inflight + 1
-            inputs[id], quoted[id] = job.input, sink.id_json(id)
+            job.sid = sink.id_json(id)
+            jobs[id] = job
             submit_opts.id = id
             local saved = restore and restore[id]
             if saved then
@@ -113,8 +122,15 @@ function M.run(ex, p, source, sink, opts)
     end
     ex:subscribe(function(id, status, value, ran, logs)
         inflight = inflight - 1
-        local input, sid = inputs[id], quoted[id]
-        inputs[id], quoted[id] = nil, nil
+        local job = jobs[id]
+        local input, sid = job.input, job.sid
+        jobs[id] = nil
+        dels = dels + 1
+        if dels >= every then
+            local n
+            jobs, n = runner.roomy_copy(jobs)
+            dels, every = 0, math.floor(n / 2) + 16
+        end
         if jr and stopping and status == "cancelled" then
             -- Stopped by a signal or a write error, not ended: a journaled
             -- run leaves no trace of it, and its resume runs it again.

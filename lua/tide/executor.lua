@@ -240,7 +240,7 @@ function M.new(opts)
     local self = setmetatable({
         _ud = ud, _E = E, _task_timeout = tt, _threads = opts.threads or core.cores(),
         _worker_memory = mem or M.WORKER_MEMORY_LIMIT,
-        _live = {}, _next_id = 0, _subs = {}, _waiters = {}, _hook_errors = 0,
+        _next_id = 0, _subs = {}, _waiters = {}, _hook_errors = 0,
         _pid = core.getpid(), _checkpoint_after = cpa or M.CHECKPOINT_AFTER,
     }, Executor)
     if by == "fail" then E.bare_yield(true) end
@@ -248,7 +248,9 @@ function M.new(opts)
         self._store = results.new(opts.max_results or 1000000, opts.retention or 3600,
                                   opts.results == "json")
     end
-    self._rt = runner.install(E, self._live, function(id, status, value, ran, logs)
+    -- The ids of the running jobs (id -> slot) are self._rt.live, which
+    -- the runner replaces now and then (see runner.live_forget).
+    self._rt = runner.install(E, {}, function(id, status, value, ran, logs)
         emit(self, id, status, value, ran, logs)
     end)
     if ll then self._rt.log_lines = ll end
@@ -358,7 +360,7 @@ function M.run_inputs(p, inputs, opts)
             -- The ids are the indices (numbers): they never leave this call.
             local slot = submit(att.gid, low)
             runner.seed(rt, slot, inputs[i], i, att)
-            ex._live[i] = slot
+            rt.live[i] = slot
         end
         ex:run()
     end)
@@ -466,7 +468,7 @@ function Executor:submit(p, input, opts)
     end
     local slot = self._E.submit(att.gid, prio)
     runner.seed(self._rt, slot, input, id, att, opts and opts.restore)
-    self._live[id] = slot
+    self._rt.live[id] = slot
     return id
 end
 
@@ -474,7 +476,7 @@ end
 --- Whether a job with this id runs or has a kept result (a new job may
 -- not take its id).
 function Executor:has(id)
-    return self._live[id] ~= nil or (self._store ~= nil and self._store:status(id) ~= nil)
+    return self._rt.live[id] ~= nil or (self._store ~= nil and self._store:status(id) ~= nil)
 end
 
 
@@ -482,7 +484,7 @@ end
 -- or "cancelled"; nil, rec (code ENOENT) for an unknown id.
 function Executor:status(id)
     check_self(self, "ex:status")
-    local slot = self._live[id]
+    local slot = self._rt.live[id]
     if slot then return self._E.status(slot) end
     local status = self._store and self._store:status(id)
     if status then return status end
@@ -543,7 +545,7 @@ function Executor:result(id, timeout)
     local store = self._store
     local status, value = self:finished(id)
     if status then return result_of(id, status, value) end
-    if not self._live[id] or not store then return no_job(id) end
+    if not self._rt.live[id] or not store then return no_job(id) end
     local E = self._E
     local h, me = E.handle()
     if h then
@@ -570,7 +572,7 @@ function Executor:result(id, timeout)
     end
     status, value = store:get(id)
     if status then return result_of(id, status, value) end
-    if self._live[id] then
+    if self._rt.live[id] then
         return errors.fail("EAGAIN", "job '" .. tostring(id) .. "' has not finished yet")
     end
     return no_job(id)
@@ -582,7 +584,7 @@ end
 -- or nil, rec for an unknown (ENOENT) or finished (EINVAL) job.
 function Executor:cancel(id)
     check_self(self, "ex:cancel")
-    local slot = self._live[id]
+    local slot = self._rt.live[id]
     if not slot then
         if self:finished(id) then
             return errors.fail("EINVAL", "job '" .. tostring(id) .. "' has already finished")
@@ -599,7 +601,7 @@ end
 function Executor:cancel_all()
     check_self(self, "ex:cancel_all")
     local ids = {}
-    for id in pairs(self._live) do ids[#ids + 1] = id end
+    for id in pairs(self._rt.live) do ids[#ids + 1] = id end
     for _, id in ipairs(ids) do self:cancel(id) end
     return #ids
 end
@@ -609,7 +611,7 @@ end
 function Executor:jobs()
     check_self(self, "ex:jobs")
     local out, status = {}, self._E.status
-    for id, slot in pairs(self._live) do out[#out + 1] = { id = id, status = status(slot) } end
+    for id, slot in pairs(self._rt.live) do out[#out + 1] = { id = id, status = status(slot) } end
     return out
 end
 
@@ -620,7 +622,7 @@ end
 -- one's while its result is kept. nil, rec (ENOENT) for an unknown id.
 function Executor:logs(id)
     check_self(self, "ex:logs")
-    local slot = self._live[id]
+    local slot = self._rt.live[id]
     local out
     if slot then
         out = runner.live_logs(self._rt, slot)

@@ -327,6 +327,44 @@ local function with_input(rec, outs)
 end
 
 
+--- A copy of table t with room for twice its n keys, and n: such a copy
+-- takes at least n + 32 new keys before LuaJIT rehashes it.
+function M.roomy_copy(t)
+    local n = 0
+    for _ in pairs(t) do n = n + 1 end
+    local fresh = tnew(0, 2 * n + 32)
+    for k, v in pairs(t) do fresh[k] = v end
+    return fresh, n
+end
+local roomy_copy = M.roomy_copy
+
+
+--- Takes id out of rt.live, the ids of the running jobs (id -> slot).
+--
+-- A LuaJIT table whose string keys come and go, with about as many of
+-- them as a power of two, falls into a trap: a key set to nil keeps its
+-- node, so new keys use up the free nodes, and then a rehash sizes the
+-- table to the keys it holds, leaving almost no free node, so the next
+-- rehash comes a few insertions later. With 1000 jobs in flight (the
+-- default --concurrency) each insertion cost a rehash of 1024 nodes
+-- every few jobs: more than decoding and encoding a line. So every so
+-- many removals (half the keys it had, and 16) the table is replaced by
+-- a copy with room for twice its keys (roomy_copy), before its free
+-- nodes run out; a copy costs about three insertions per removal, and
+-- its size stays within twice what LuaJIT would give the table.
+function M.live_forget(rt, id)
+    local live = rt.live
+    live[id] = nil
+    local d = rt.live_dels + 1
+    if d < rt.live_every then
+        rt.live_dels = d
+        return
+    end
+    local fresh, n = roomy_copy(live)
+    rt.live, rt.live_dels, rt.live_every = fresh, 0, math.floor(n / 2) + 16
+end
+
+
 --- A root context ended: its slot goes, and the result leaves through
 -- the executor (`ran`: see context_output).
 function M.finish(rt, slot, status, value, ran)
@@ -338,7 +376,7 @@ function M.finish(rt, slot, status, value, ran)
     local ring = rt.logs[slot]
     forget(rt, slot)
     rt.E.release(slot)
-    rt.live[id] = nil
+    M.live_forget(rt, id)
     rt.emit(id, status, value, ran, ring and M.log_lines(rt, ring) or nil)
 end
 local finish = M.finish
@@ -927,7 +965,8 @@ end
 
 function M.install(E, live, emit)
     local rt = {
-        E = E, live = live, emit = emit, attached = {}, limiter_ids = {}, batches = {},
+        E = E, live = live, live_dels = 0, live_every = 16, emit = emit, attached = {}, limiter_ids = {},
+        batches = {},
         ev = {}, flags = { tasks = false, restored = 0, general = false }, restored = {}, checkpointed = {},
         T_checkpoint = {},
         -- Per global task index.

@@ -239,7 +239,7 @@ function M.serve(p, opts)
     local failures, nfail = {}, 0 -- ring of the last NFAILURES failed jobs
     -- id -> version, for the jobs submitted here whose results are kept
     -- (an eviction drops the entry), and the counts of each version. The
-    -- ids live in a C set (core.idset) with the index of their version
+    -- ids live in a C map (core.idmap) with the index of their version
     -- in vnames: as a Lua table, this map of up to --max-results ids,
     -- changed by every job, was traversed whole in the atomic step of
     -- each collector cycle, and with the evicted ids made pauses of
@@ -248,7 +248,7 @@ function M.serve(p, opts)
     -- jobs in flight. The job that finished last is remembered apart
     -- (done_id, done_ver): its answer, which follows at once for a
     -- ?wait, needs no call into C.
-    local jobvers, vnames, vindex = core.idset(), {}, {}
+    local jobvers, vnames, vindex = core.idmap(), {}, {}
     local livever = {}
     local done_id, done_ver
     local function jobver(id)

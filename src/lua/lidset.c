@@ -21,6 +21,18 @@
  * dead bytes outweigh its live ones, so a set with churn stays bounded by
  * what it holds.
  *
+ * A set (core.idset, not core.idmap) keeps ids that are whole numbers
+ * written plainly ("0", "42": no sign, no leading zero, at most 18
+ * digits) and come in increasing order, as the ids of most inputs do,
+ * apart as runs of consecutive numbers (one run for 1, 2, 3, ...): no
+ * hash, no bytes, and no slot of a table that outgrows the caches (at a
+ * million ids, the hash table's cache misses were a tenth of a `tide
+ * run`). Such an id goes to the runs when it is larger than every number
+ * in them (`top`), and to the hash table otherwise (when the runs do not
+ * hold it), so a number in the hash table is never larger than `top`, and
+ * one larger than `top` is in neither. A map (core.idmap) keeps a value
+ * with each id and can remove ids, so it has no runs.
+ *
  * Growing is incremental, as Redis's dict rehashes: the doubled table
  * comes from calloc (an empty slot is all zero bytes, so its pages are
  * not touched until used) and each later add moves a few slots of the
@@ -31,8 +43,8 @@
  * probe runs stay whole); the slots below `moved` are copies, ignored,
  * and a removal from above it leaves a tombstone.
  *
- * Ownership: the userdata owns the tables and the arena; __gc frees
- * them. */
+ * Ownership: the userdata owns the tables, the arena and the runs;
+ * __gc frees them. */
 #include <stdint.h>
 #include <string.h>
 
@@ -56,16 +68,75 @@ typedef struct {
 } lidset_slot;
 
 typedef struct {
+    uint64_t lo, hi; /* lo..hi, both included */
+} lidset_run;
+
+typedef struct {
     lidset_slot *slots; /* the table new strings go to */
     size_t mask;        /* its slots - 1 (a power of two minus one), 0: none yet */
     lidset_slot *old;   /* while growing: the table before, else NULL */
     size_t omask;       /* its slots - 1 */
     size_t moved;       /* the old table's slots below this were moved */
-    size_t count;       /* strings in the set (in either table) */
+    size_t hcount;      /* strings in the hash tables (either one) */
+    size_t count;       /* strings in all (the hash tables and the runs) */
     char *arena;
     size_t alen, acap;
     size_t dead; /* bytes of removed strings still in the arena */
+    int map;     /* a core.idmap: values, removal, and no runs */
+    lidset_run *runs; /* increasing, disjoint, not adjacent */
+    size_t nruns, runcap;
+    uint64_t top; /* runs[nruns - 1].hi when nruns > 0 */
 } lidset;
+
+/* Whether s (n bytes) is a plain whole number (see the top), and then its
+ * value in *v. */
+static int lidset_number(const char *s, size_t n, uint64_t *v) {
+    uint64_t x = 0;
+
+    if (n == 0 || n > 18 || (s[0] == '0' && n > 1))
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned d = (unsigned)(s[i] - '0');
+        if (d > 9)
+            return 0;
+        x = x * 10 + d;
+    }
+    *v = x;
+    return 1;
+}
+
+/* Whether the runs hold v. */
+static int lidset_in_runs(const lidset *set, uint64_t v) {
+    size_t a = 0, b = set->nruns;
+
+    while (a < b) {
+        size_t m = a + (b - a) / 2;
+        if (v < set->runs[m].lo)
+            b = m;
+        else if (v > set->runs[m].hi)
+            a = m + 1;
+        else
+            return 1;
+    }
+    return 0;
+}
+
+/* Adds v, larger than every number in the runs, to them. */
+static void lidset_run_add(lidset *set, uint64_t v) {
+    if (set->nruns > 0 && v == set->top + 1) {
+        set->runs[set->nruns - 1].hi = v;
+    } else {
+        if (set->nruns == set->runcap) {
+            set->runcap = set->runcap ? set->runcap * 2 : 16;
+            set->runs = tide__xrealloc(set->runs,
+                                       set->runcap * sizeof(*set->runs));
+        }
+        set->runs[set->nruns].lo = set->runs[set->nruns].hi = v;
+        set->nruns++;
+    }
+    set->top = v;
+    set->count++;
+}
 
 static int lidset_is(const lidset *set, const lidset_slot *sl, const char *s,
                      size_t n, uint64_t h) {
@@ -129,7 +200,7 @@ static void lidset_reserve(lidset *set) {
         set->mask = 1023;
         return;
     }
-    if ((set->count + 1) * 2 <= set->mask + 1)
+    if ((set->hcount + 1) * 2 <= set->mask + 1)
         return;
     /* Still growing at half full: only when adds outran the moves, which
      * LIDSET_MOVES > 2 rules out; finish the move first all the same. */
@@ -171,6 +242,7 @@ static void lidset_compact(lidset *set) {
  * one it leaves a tombstone (that table is dropped when the move ends). */
 static void lidset_unlink(lidset *set, lidset_slot *sl) {
     set->dead += sl->lenp1 - 1;
+    set->hcount--;
     set->count--;
     uintptr_t at = (uintptr_t)sl, old = (uintptr_t)set->old;
     if (set->old && at >= old && at <= old + set->omask * sizeof(*sl)) {
@@ -201,20 +273,41 @@ static lidset *lidset_check(lua_State *L) {
     return luaL_checkudata(L, 1, LIDSET_MT);
 }
 
-/* idset() -> an empty set */
-static int l_idset(lua_State *L) {
+static lidset *lidset_new(lua_State *L, int map) {
     lidset *set = lua_newuserdata(L, sizeof(*set));
     memset(set, 0, sizeof(*set));
+    set->map = map;
     luaL_getmetatable(L, LIDSET_MT);
     lua_setmetatable(L, -2);
+    return set;
+}
+
+/* idset() -> an empty set */
+static int l_idset(lua_State *L) {
+    lidset_new(L, 0);
     return 1;
+}
+
+/* idmap() -> an empty map (a set with a value for each id, and removal) */
+static int l_idmap(lua_State *L) {
+    lidset_new(L, 1);
+    return 1;
+}
+
+/* The map at argument 1: a set made by idset() has no values to give. */
+static lidset *lidset_checkmap(lua_State *L) {
+    lidset *set = lidset_check(L);
+    if (!set->map)
+        luaL_argerror(L, 1, "a core.idmap expected (a core.idset keeps no values "
+                            "and removes nothing)");
+    return set;
 }
 
 /* The slot holding s (argument 2), or NULL. */
 static lidset_slot *lidset_lookup(lua_State *L, lidset *set) {
     size_t n;
     const char *s = luaL_checklstring(L, 2, &n);
-    if (set->count == 0)
+    if (set->hcount == 0)
         return NULL;
     uint64_t h = XXH3_64bits(s, n);
     lidset_slot *sl = lidset_find(set, s, n, h);
@@ -239,7 +332,7 @@ static lidset_slot *lidset_insert(lua_State *L, lidset *set, uint32_t val,
         luaL_argerror(L, 2, "string too long for an id set");
     uint64_t h = XXH3_64bits(s, n);
     *added = 0;
-    if (set->count > 0) {
+    if (set->hcount > 0) {
         lidset_slot *sl = lidset_find(set, s, n, h);
         if (sl->lenp1 != 0)
             return sl;
@@ -262,6 +355,7 @@ static lidset_slot *lidset_insert(lua_State *L, lidset *set, uint32_t val,
     sl->lenp1 = (uint32_t)n + 1;
     sl->val = val;
     set->alen += n;
+    set->hcount++;
     set->count++;
     *added = 1;
     return sl;
@@ -269,15 +363,40 @@ static lidset_slot *lidset_insert(lua_State *L, lidset *set, uint32_t val,
 
 /* set:has(s) -> whether s is in the set */
 static int l_idset_has(lua_State *L) {
-    lua_pushboolean(L, lidset_lookup(L, lidset_check(L)) != NULL);
+    lidset *set = lidset_check(L);
+    size_t n;
+    const char *s = luaL_checklstring(L, 2, &n);
+    uint64_t v;
+    if (set->nruns > 0 && lidset_number(s, n, &v) &&
+        (v > set->top || lidset_in_runs(set, v))) {
+        lua_pushboolean(L, v <= set->top);
+        return 1;
+    }
+    lua_pushboolean(L, lidset_lookup(L, set) != NULL);
     return 1;
 }
 
-/* set:add(s [, val]) -> true when s was added (with val, default 0),
- * false when it was there already (its value unchanged) */
+/* set:add(s [, val]) -> true when s was added (with val, default 0, in a
+ * map), false when it was there already (its value unchanged) */
 static int l_idset_add(lua_State *L) {
     lidset *set = lidset_check(L);
     uint32_t val = lidset_checkval(L, 3);
+    if (!set->map) {
+        size_t n;
+        const char *s = luaL_checklstring(L, 2, &n);
+        uint64_t v;
+        if (lidset_number(s, n, &v)) {
+            if (set->nruns == 0 || v > set->top) {
+                lidset_run_add(set, v);
+                lua_pushboolean(L, 1);
+                return 1;
+            }
+            if (lidset_in_runs(set, v)) {
+                lua_pushboolean(L, 0);
+                return 1;
+            }
+        }
+    }
     int added;
     lidset_insert(L, set, val, &added);
     lua_pushboolean(L, added);
@@ -286,7 +405,7 @@ static int l_idset_add(lua_State *L) {
 
 /* set:put(s, val): adds s, or changes its value */
 static int l_idset_put(lua_State *L) {
-    lidset *set = lidset_check(L);
+    lidset *set = lidset_checkmap(L);
     uint32_t val = lidset_checkval(L, 3);
     int added;
     lidset_insert(L, set, val, &added)->val = val;
@@ -295,7 +414,7 @@ static int l_idset_put(lua_State *L) {
 
 /* set:get(s) -> the value kept with s, or nil when s is not in the set */
 static int l_idset_get(lua_State *L) {
-    lidset_slot *sl = lidset_lookup(L, lidset_check(L));
+    lidset_slot *sl = lidset_lookup(L, lidset_checkmap(L));
     if (sl)
         lua_pushnumber(L, sl->val);
     else
@@ -305,7 +424,7 @@ static int l_idset_get(lua_State *L) {
 
 /* set:remove(s) -> true when s was in the set (and is no more) */
 static int l_idset_remove(lua_State *L) {
-    lidset *set = lidset_check(L);
+    lidset *set = lidset_checkmap(L);
     lidset_slot *sl = lidset_lookup(L, set);
     if (sl)
         lidset_unlink(set, sl);
@@ -324,6 +443,7 @@ static int l_idset_gc(lua_State *L) {
     free(set->slots);
     free(set->old);
     free(set->arena);
+    free(set->runs);
     memset(set, 0, sizeof(*set));
     return 0;
 }
@@ -339,4 +459,6 @@ void tide__lua_open_idset(lua_State *L) {
     lua_pop(L, 1);
     lua_pushcfunction(L, l_idset);
     lua_setfield(L, -2, "idset");
+    lua_pushcfunction(L, l_idmap);
+    lua_setfield(L, -2, "idmap");
 }

@@ -84,7 +84,10 @@ int tide__json_encode_append(lua_State *L, int idx, char **buf, size_t *len,
  * invalid UTF-8, trailing data or nesting deeper than TIDE_JSON_MAX_DEPTH
  * returns TIDE_EVALUE, pushes nothing and writes a message naming the byte
  * offset into err (as above). Raises only a Lua memory error, after
- * freeing every C buffer. */
+ * freeing every C buffer: re-raised through lua_error (LUA_ERRRUN) from
+ * the yajl path, as it is (LUA_ERRMEM) from the fast path that decodes
+ * common texts, which holds no C buffer; the message is "not enough
+ * memory" either way. */
 int tide__json_decode_push(lua_State *L, const char *s, size_t len,
                            char *err, size_t errlen);
 
