@@ -355,6 +355,10 @@ local roomy_copy = M.roomy_copy
 function M.live_forget(rt, id)
     local live = rt.live
     live[id] = nil
+    -- Whole-number ids (tide.run's: 1 .. n) live in the table's array
+    -- part, which has no such trap; a copy would move them into a hash
+    -- part (W1 took 70 % longer).
+    if type(id) == "number" then return end
     local d = rt.live_dels + 1
     if d < rt.live_every then
         rt.live_dels = d
