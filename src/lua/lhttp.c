@@ -211,6 +211,8 @@ static void lhttp_append(char **p, size_t *len, const char *at, size_t n) {
  * its tail, where the piece is (or is moved to, if another came after). */
 static void lhttp_piece(lhttp_conn *c, size_t *off, size_t *len, const char *at,
                         size_t n) {
+    if (n == 0) /* nothing to add (and the buffer may not exist yet) */
+        return;
     int moved = *len > 0 && *off + *len != c->reqlen;
     size_t need = c->reqlen + n + (moved ? *len : 0);
     if (need > c->reqcap) {

@@ -348,7 +348,8 @@ static lidset_slot *lidset_insert(lua_State *L, lidset *set, uint32_t val,
         set->arena = tide__xrealloc(set->arena, cap);
         set->acap = cap;
     }
-    memcpy(set->arena + set->alen, s, n);
+    if (n > 0) /* the arena may not exist yet (NULL is UB even for 0 bytes) */
+        memcpy(set->arena + set->alen, s, n);
     lidset_slot *sl = lidset_find(set, s, n, h);
     sl->hash = h;
     sl->off = set->alen;
