@@ -140,8 +140,9 @@ static void lidset_run_add(lidset *set, uint64_t v) {
 
 static int lidset_is(const lidset *set, const lidset_slot *sl, const char *s,
                      size_t n, uint64_t h) {
+    /* (An empty string may be all the arena holds, and no arena.) */
     return sl->hash == h && sl->lenp1 == n + 1 &&
-           memcmp(set->arena + sl->off, s, n) == 0;
+           (n == 0 || memcmp(set->arena + sl->off, s, n) == 0);
 }
 
 /* The slot of (s, n, h) in the new table: its own, or the empty one where
