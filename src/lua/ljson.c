@@ -1793,6 +1793,14 @@ static const unsigned char *json_fast_ws(const unsigned char *p,
     return p;
 }
 
+/* The end of the literal w (n bytes) at p, or NULL when p holds another
+ * text. */
+static const unsigned char *json_fast_word(const unsigned char *p,
+                                           const unsigned char *end,
+                                           const char *w, size_t n) {
+    return (size_t)(end - p) >= n && memcmp(p, w, n) == 0 ? p + n : NULL;
+}
+
 static int json_fast_hex(unsigned char c) {
     return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f');
 }
@@ -1941,22 +1949,16 @@ static int json_fast_scan(json_fast *f) {
             p = json_fast_string(f, p + 1, t);
             break;
         case 't':
-            if (end - p < 4 || memcmp(p, "true", 4) != 0)
-                return 0;
             t->kind = JSON_T_TRUE;
-            p += 4;
+            p = json_fast_word(p, end, "true", 4);
             break;
         case 'f':
-            if (end - p < 5 || memcmp(p, "false", 5) != 0)
-                return 0;
             t->kind = JSON_T_FALSE;
-            p += 5;
+            p = json_fast_word(p, end, "false", 5);
             break;
         case 'n':
-            if (end - p < 4 || memcmp(p, "null", 4) != 0)
-                return 0;
             t->kind = JSON_T_NULL;
-            p += 4;
+            p = json_fast_word(p, end, "null", 4);
             break;
         default:
             p = json_fast_number(f, p, t);
