@@ -379,13 +379,16 @@ function Store:put(id, status, value, logs)
 end
 
 
+-- The value bytes slot k keeps in the arena (after its id's), as a string.
+local function inline_text(self, k)
+    return ffi_string(self.chunks[self.r[k].chunk] + self.r[k].off + self.r[k].idlen, self.r[k].vlen)
+end
+
+
 -- The value of slot k.
 local function value_at(self, k, code)
-    if code == DONE_JSON or code == DONE_STR then
-        local text = ffi_string(self.chunks[self.r[k].chunk] + self.r[k].off + self.r[k].idlen, self.r[k].vlen)
-        if code == DONE_JSON then return jdecode(text) end
-        return text
-    end
+    if code == DONE_JSON then return jdecode(inline_text(self, k)) end
+    if code == DONE_STR then return inline_text(self, k) end
     return self.vals[k]
 end
 
@@ -407,7 +410,7 @@ function Store:get_json(id)
     if not k then return nil end
     local code = self.r[k].st
     if code ~= DONE_JSON then return NAME[code], nil, value_at(self, k, code) end
-    return "done", ffi_string(self.chunks[self.r[k].chunk] + self.r[k].off + self.r[k].idlen, self.r[k].vlen)
+    return "done", inline_text(self, k)
 end
 
 
