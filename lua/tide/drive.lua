@@ -33,7 +33,7 @@ function M.run(ex, p, source, sink, opts)
     -- id -> its job while in flight: .input for failed.jsonl, .sid the id
     -- as JSON text. One table, not one per field, and replaced by a roomy
     -- copy every so many removals: a table of string keys that come and
-    -- go falls into LuaJIT's rehash trap (see runner.live_forget).
+    -- go falls into LuaJIT's rehash trap (see runner.churn_remove).
     local jobs, dels, every = {}, 0, 16
     local report = { inflight = 0, interrupted = 0 }
     local stopping -- a signal number, or true after a write error
@@ -124,13 +124,7 @@ function M.run(ex, p, source, sink, opts)
         inflight = inflight - 1
         local job = jobs[id]
         local input, sid = job.input, job.sid
-        jobs[id] = nil
-        dels = dels + 1
-        if dels >= every then
-            local n
-            jobs, n = runner.roomy_copy(jobs)
-            dels, every = 0, math.floor(n / 2) + 16
-        end
+        jobs, dels, every = runner.churn_remove(jobs, id, dels, every)
         if jr and stopping and status == "cancelled" then
             -- Stopped by a signal or a write error, not ended: a journaled
             -- run leaves no trace of it, and its resume runs it again.

@@ -327,19 +327,20 @@ local function with_input(rec, outs)
 end
 
 
---- A copy of table t with room for twice its n keys, and n: such a copy
+-- A copy of table t with room for twice its n keys, and n: such a copy
 -- takes at least n + 32 new keys before LuaJIT rehashes it.
-function M.roomy_copy(t)
+local function roomy_copy(t)
     local n = 0
     for _ in pairs(t) do n = n + 1 end
     local fresh = tnew(0, 2 * n + 32)
     for k, v in pairs(t) do fresh[k] = v end
     return fresh, n
 end
-local roomy_copy = M.roomy_copy
 
 
---- Takes id out of rt.live, the ids of the running jobs (id -> slot).
+--- Takes key out of t, a table whose keys come and go (the ids of the
+-- running jobs, of the jobs in flight), and returns the table to use from
+-- now on with the new counts: t, dels, every (start with 0 and 16).
 --
 -- A LuaJIT table whose string keys come and go, with about as many of
 -- them as a power of two, falls into a trap: a key set to nil keeps its
@@ -348,24 +349,29 @@ local roomy_copy = M.roomy_copy
 -- rehash comes a few insertions later. With 1000 jobs in flight (the
 -- default --concurrency) each insertion cost a rehash of 1024 nodes
 -- every few jobs: more than decoding and encoding a line. So every so
--- many removals (half the keys it had, and 16) the table is replaced by
--- a copy with room for twice its keys (roomy_copy), before its free
--- nodes run out; a copy costs about three insertions per removal, and
--- its size stays within twice what LuaJIT would give the table.
+-- many removals (`every`: half the keys it had, and 16) the table is
+-- replaced by a copy with room for twice its keys (roomy_copy), before
+-- its free nodes run out; a copy costs about three insertions per
+-- removal, and its size stays within twice what LuaJIT would give the
+-- table.
+function M.churn_remove(t, key, dels, every)
+    t[key] = nil
+    -- Whole-number keys (tide.run's ids: 1 .. n) live in the table's
+    -- array part, which has no such trap; a copy would move them into a
+    -- hash part (W1 took 70 % longer).
+    if type(key) == "number" then return t, dels, every end
+    dels = dels + 1
+    if dels < every then return t, dels, every end
+    local fresh, n = roomy_copy(t)
+    return fresh, 0, math.floor(n / 2) + 16
+end
+local churn_remove = M.churn_remove
+
+
+--- Takes id out of rt.live, the ids of the running jobs (id -> slot),
+-- which churn_remove may replace.
 function M.live_forget(rt, id)
-    local live = rt.live
-    live[id] = nil
-    -- Whole-number ids (tide.run's: 1 .. n) live in the table's array
-    -- part, which has no such trap; a copy would move them into a hash
-    -- part (W1 took 70 % longer).
-    if type(id) == "number" then return end
-    local d = rt.live_dels + 1
-    if d < rt.live_every then
-        rt.live_dels = d
-        return
-    end
-    local fresh, n = roomy_copy(live)
-    rt.live, rt.live_dels, rt.live_every = fresh, 0, math.floor(n / 2) + 16
+    rt.live, rt.live_dels, rt.live_every = churn_remove(rt.live, id, rt.live_dels, rt.live_every)
 end
 
 
