@@ -304,10 +304,8 @@ static lidset *lidset_checkmap(lua_State *L) {
     return set;
 }
 
-/* The slot holding s (argument 2), or NULL. */
-static lidset_slot *lidset_lookup(lua_State *L, lidset *set) {
-    size_t n;
-    const char *s = luaL_checklstring(L, 2, &n);
+/* The slot holding s (n bytes) in the hash tables, or NULL. */
+static lidset_slot *lidset_lookup(const lidset *set, const char *s, size_t n) {
     if (set->hcount == 0)
         return NULL;
     uint64_t h = XXH3_64bits(s, n);
@@ -323,14 +321,18 @@ static uint32_t lidset_checkval(lua_State *L, int i) {
     return (uint32_t)v;
 }
 
-/* Adds s (argument 2) with value val, or finds it: its slot, and whether
- * it is new. */
-static lidset_slot *lidset_insert(lua_State *L, lidset *set, uint32_t val,
-                                  int *added) {
-    size_t n;
-    const char *s = luaL_checklstring(L, 2, &n);
-    if (n >= LIDSET_TOMB - 1)
+/* The string argument 2 as an id to add: one short enough for a slot. */
+static const char *lidset_checkid(lua_State *L, size_t *n) {
+    const char *s = luaL_checklstring(L, 2, n);
+    if (*n >= LIDSET_TOMB - 1)
         luaL_argerror(L, 2, "string too long for an id set");
+    return s;
+}
+
+/* Adds s (n bytes) to the hash tables with value val, or finds it there:
+ * its slot, and whether it is new. */
+static lidset_slot *lidset_insert(lidset *set, const char *s, size_t n,
+                                  uint32_t val, int *added) {
     uint64_t h = XXH3_64bits(s, n);
     *added = 0;
     if (set->hcount > 0) {
@@ -374,7 +376,7 @@ static int l_idset_has(lua_State *L) {
         lua_pushboolean(L, v <= set->top);
         return 1;
     }
-    lua_pushboolean(L, lidset_lookup(L, set) != NULL);
+    lua_pushboolean(L, lidset_lookup(set, s, n) != NULL);
     return 1;
 }
 
@@ -382,10 +384,10 @@ static int l_idset_has(lua_State *L) {
  * map), false when it was there already (its value unchanged) */
 static int l_idset_add(lua_State *L) {
     lidset *set = lidset_check(L);
+    size_t n;
+    const char *s = lidset_checkid(L, &n);
     uint32_t val = lidset_checkval(L, 3);
     if (!set->map) {
-        size_t n;
-        const char *s = luaL_checklstring(L, 2, &n);
         uint64_t v;
         if (lidset_number(s, n, &v)) {
             if (set->nruns == 0 || v > set->top) {
@@ -400,7 +402,7 @@ static int l_idset_add(lua_State *L) {
         }
     }
     int added;
-    lidset_insert(L, set, val, &added);
+    lidset_insert(set, s, n, val, &added);
     lua_pushboolean(L, added);
     return 1;
 }
@@ -408,15 +410,20 @@ static int l_idset_add(lua_State *L) {
 /* set:put(s, val): adds s, or changes its value */
 static int l_idset_put(lua_State *L) {
     lidset *set = lidset_checkmap(L);
+    size_t n;
+    const char *s = lidset_checkid(L, &n);
     uint32_t val = lidset_checkval(L, 3);
     int added;
-    lidset_insert(L, set, val, &added)->val = val;
+    lidset_insert(set, s, n, val, &added)->val = val;
     return 0;
 }
 
 /* set:get(s) -> the value kept with s, or nil when s is not in the set */
 static int l_idset_get(lua_State *L) {
-    lidset_slot *sl = lidset_lookup(L, lidset_checkmap(L));
+    lidset *set = lidset_checkmap(L);
+    size_t n;
+    const char *s = luaL_checklstring(L, 2, &n);
+    lidset_slot *sl = lidset_lookup(set, s, n);
     if (sl)
         lua_pushnumber(L, sl->val);
     else
@@ -427,7 +434,9 @@ static int l_idset_get(lua_State *L) {
 /* set:remove(s) -> true when s was in the set (and is no more) */
 static int l_idset_remove(lua_State *L) {
     lidset *set = lidset_checkmap(L);
-    lidset_slot *sl = lidset_lookup(L, set);
+    size_t n;
+    const char *s = luaL_checklstring(L, 2, &n);
+    lidset_slot *sl = lidset_lookup(set, s, n);
     if (sl)
         lidset_unlink(set, sl);
     lua_pushboolean(L, sl != NULL);
